@@ -1,0 +1,172 @@
+//! Start-up and shutdown: store (owned or external), migrations, dedup state, catalog, keys,
+//! the batcher, and the HTTP server.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::auth::KeyRing;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::ingest::batcher::{self, BatcherHandle, Settings};
+use crate::ingest::dedup::DedupSet;
+use crate::limits::RateLimits;
+use crate::metrics::Metrics;
+use crate::store::local::LocalClickHouse;
+use crate::store::{Store, migrate};
+
+/// A built service, ready to serve.
+pub struct Application {
+    state: AppState,
+    batcher: BatcherHandle,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    owned_clickhouse: Option<LocalClickHouse>,
+}
+
+/// Connects to (or starts) ClickHouse and applies migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<(Store, Option<LocalClickHouse>)> {
+    let (url, owned) = match &config.store.clickhouse_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let local = LocalClickHouse::start(&config.store.data_dir).await?;
+            (local.url(), Some(local))
+        }
+    };
+    let store =
+        connect_with_retry(Store::new(&url, &config.store), Duration::from_secs(30)).await?;
+    let ran = migrate::run(&store).await.context("applying migrations")?;
+    tracing::info!(migrations_applied = ran, "schema up to date");
+    Ok((store, owned))
+}
+
+async fn connect_with_retry(store: Store, patience: Duration) -> anyhow::Result<Store> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match store.clone().connect().await {
+            Ok(store) => return Ok(store),
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tracing::warn!(error = %e, "clickhouse not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("connecting to clickhouse"),
+        }
+    }
+}
+
+impl Application {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let (store, owned_clickhouse) = open_store(config).await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let dedup = DedupSet::load(&store, config.dedup_window(), config.dedup_max_ids, now_ms)
+            .await
+            .context("loading accepted event ids")?;
+        tracing::info!(
+            remembered_ids = dedup.len(),
+            window_hours = config.dedup_window_hours,
+            "dedup state loaded"
+        );
+        let catalog = match &config.catalog {
+            Some(path) => Catalog::load(path)?,
+            None => Catalog::default(),
+        };
+        let keys = KeyRing::from_config(&config.api_keys)?;
+        http::keys::load_stored(&store, &keys)
+            .await
+            .context("loading API keys")?;
+        if keys.is_empty() {
+            tracing::warn!(
+                "no API keys configured: every request will get 401 (set METERHOUSE_API_KEYS)"
+            );
+        }
+        let metrics = Metrics::new();
+        let settings = Settings {
+            max_events: config.batch_max_events,
+            max_wait: config.batch_max_wait(),
+            queue_max_events: config.queue_max_events,
+            ack_timeout: config.ack_timeout(),
+        };
+        let (ingestor, batcher) = batcher::start(store.clone(), dedup, settings, metrics.clone());
+        let background = vec![http::keys::spawn_refresh(
+            store.clone(),
+            keys.clone(),
+            Duration::from_secs(5),
+        )];
+        let limits = RateLimits::new(config.rate_limit_rps, config.rate_limit_eps);
+        let state = AppState {
+            store,
+            ingestor,
+            catalog,
+            keys,
+            limits,
+            metrics,
+        };
+        Ok(Self {
+            state,
+            batcher,
+            background,
+            owned_clickhouse,
+        })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains: stops accepting, lets
+    /// in-flight requests finish, flushes the batcher, stops an owned ClickHouse.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        let router = http::router(self.state.clone());
+        tracing::info!("listening on {addr}");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("http server stopped; flushing");
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Flushes what the batcher holds and stops background work and an owned ClickHouse.
+    pub async fn shutdown(self) {
+        let Self {
+            state,
+            batcher,
+            background,
+            owned_clickhouse,
+        } = self;
+        batcher.shutdown().await;
+        for task in background {
+            task.abort();
+        }
+        // Close our connections first: the server waits for open ones before it exits.
+        drop(state);
+        if let Some(mut clickhouse) = owned_clickhouse {
+            clickhouse.stop().await;
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received");
+}

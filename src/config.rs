@@ -1,0 +1,100 @@
+//! Service configuration: flags with `METERHOUSE_*` environment equivalents and their defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the events live: an external ClickHouse, or one this process starts and owns.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreConfig {
+    /// ClickHouse HTTP URL. Unset: start and own a local `clickhouse-server` under `--data-dir`.
+    #[arg(long, env = "METERHOUSE_CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+    #[arg(long, env = "METERHOUSE_CLICKHOUSE_USER", default_value = "default")]
+    pub clickhouse_user: String,
+    #[arg(
+        long,
+        env = "METERHOUSE_CLICKHOUSE_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub clickhouse_password: String,
+    /// Database that holds meterhouse's tables; created if missing.
+    #[arg(long, env = "METERHOUSE_DATABASE", default_value = "meterhouse")]
+    pub database: String,
+    /// Directory for the owned ClickHouse's files (and nothing else).
+    #[arg(long, env = "METERHOUSE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// Everything `meterhouse serve` needs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[arg(long, env = "METERHOUSE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreConfig,
+    /// `key:tenant:role[:customer]`, comma-separated. Roles: admin, ingest, read, customer.
+    #[arg(
+        long,
+        env = "METERHOUSE_API_KEYS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub api_keys: String,
+    /// JSON file with tenants and their meters (see `demo/catalog.json`).
+    #[arg(long, env = "METERHOUSE_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// A batch is inserted once it holds this many events...
+    #[arg(long, env = "METERHOUSE_BATCH_MAX_EVENTS", default_value_t = 100_000)]
+    pub batch_max_events: usize,
+    /// ...or this many milliseconds after its first event arrived.
+    #[arg(long, env = "METERHOUSE_BATCH_MAX_WAIT_MS", default_value_t = 50)]
+    pub batch_max_wait_ms: u64,
+    /// Events waiting for an insert, at most; past it requests get 503 (bounds memory).
+    #[arg(long, env = "METERHOUSE_QUEUE_MAX_EVENTS", default_value_t = 500_000)]
+    pub queue_max_events: usize,
+    /// A request waits this long for its batch to be durable before it gets 503.
+    #[arg(long, env = "METERHOUSE_ACK_TIMEOUT_MS", default_value_t = 30_000)]
+    pub ack_timeout_ms: u64,
+    /// An accepted event id is remembered for dedup this many hours of ingestion time...
+    #[arg(long, env = "METERHOUSE_DEDUP_WINDOW_HOURS", default_value_t = 72)]
+    pub dedup_window_hours: u64,
+    /// ...and at most this many ids (about 40 bytes each).
+    #[arg(long, env = "METERHOUSE_DEDUP_MAX_IDS", default_value_t = 20_000_000)]
+    pub dedup_max_ids: usize,
+    /// Requests per second per API key.
+    #[arg(long, env = "METERHOUSE_RATE_LIMIT_RPS", default_value_t = 2_000)]
+    pub rate_limit_rps: u32,
+    /// Events per second per API key.
+    #[arg(long, env = "METERHOUSE_RATE_LIMIT_EPS", default_value_t = 2_000_000)]
+    pub rate_limit_eps: u32,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "METERHOUSE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl Config {
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_secs(self.dedup_window_hours * 3600)
+    }
+
+    /// Defaults as `serve` would have them with no flags and no environment; for tests and tools.
+    pub fn defaults() -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        Wrapper::parse_from(["meterhouse"]).config
+    }
+}

@@ -1,0 +1,384 @@
+//! Group commit. Handlers hand validated rows to one task that owns the insert: it gathers
+//! submissions until a size or time threshold, drops ids already accepted, writes one
+//! RowBinary insert, and only then acknowledges every waiting request.
+//!
+//! An insert that fails with a passing error may or may not have landed; its ids are then
+//! "in doubt" and are settled against ClickHouse (by batch id) before any of them is accepted
+//! again, so a client's retry is never counted twice.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::dedup::{DedupSet, KeySet};
+use crate::metrics::Metrics;
+use crate::store::rows::EventRow;
+use crate::store::{Store, StoreError};
+
+/// The answer to an accepted ingest request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Ack {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The store cannot take the events now; nothing of the request was acknowledged.
+    #[error("the event store is unavailable")]
+    Unavailable,
+    /// The queue is full: backpressure.
+    #[error("the ingest queue is full")]
+    Overloaded,
+    /// ClickHouse refused the batch as data; a bug, since rows are validated.
+    #[error("the event store rejected the batch: {0}")]
+    Rejected(String),
+}
+
+/// Thresholds and bounds of the batcher.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_events: usize,
+    pub max_wait: Duration,
+    pub queue_max_events: usize,
+    pub ack_timeout: Duration,
+}
+
+/// Insert attempts per batch; another is made only once the previous one is known not to
+/// have landed.
+const MAX_ATTEMPTS: u32 = 3;
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const END_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Submission {
+    rows: Vec<EventRow>,
+    keys: Vec<u128>,
+    reply: oneshot::Sender<Result<Ack, IngestError>>,
+    /// Holds this submission's share of the queue bound until it is answered.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The handlers' side: submit rows and wait for them to be durable. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingestor {
+    tx: mpsc::Sender<Submission>,
+    queue: Arc<Semaphore>,
+    queue_max: usize,
+    ack_timeout: Duration,
+}
+
+impl Ingestor {
+    /// Queues the rows and waits until they are in ClickHouse (or known not to be).
+    pub async fn submit(&self, rows: Vec<EventRow>, keys: Vec<u128>) -> Result<Ack, IngestError> {
+        debug_assert_eq!(rows.len(), keys.len());
+        let permits = u32::try_from(rows.len()).map_err(|_| IngestError::Overloaded)?;
+        let permit = self
+            .queue
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| IngestError::Overloaded)?;
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .try_send(Submission {
+                rows,
+                keys,
+                reply,
+                _permit: permit,
+            })
+            .map_err(|_| IngestError::Unavailable)?;
+        match tokio::time::timeout(self.ack_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            // The batcher ended (shutdown) or the batch outlived the wait; a retry is safe:
+            // if the batch lands, the retried ids are reported as duplicates.
+            _ => Err(IngestError::Unavailable),
+        }
+    }
+
+    /// Events waiting for an insert right now.
+    pub fn queued_events(&self) -> usize {
+        self.queue_max - self.queue.available_permits()
+    }
+}
+
+/// The running batcher task; `shutdown` drains and flushes it.
+pub struct BatcherHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl BatcherHandle {
+    /// Refuses new submissions, flushes the queued ones and waits for the task to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "batcher task failed");
+        }
+    }
+}
+
+/// Starts the batcher task over `store`, remembering accepted ids in `dedup`.
+pub fn start(
+    store: Store,
+    dedup: DedupSet,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+) -> (Ingestor, BatcherHandle) {
+    let (tx, rx) = mpsc::channel(settings.queue_max_events.max(1));
+    let (stop, stopped) = watch::channel(false);
+    let ingestor = Ingestor {
+        tx,
+        queue: Arc::new(Semaphore::new(settings.queue_max_events)),
+        queue_max: settings.queue_max_events,
+        ack_timeout: settings.ack_timeout,
+    };
+    let batcher = Batcher {
+        rx,
+        stopped,
+        store,
+        dedup,
+        in_doubt: InDoubt::default(),
+        settings,
+        metrics,
+    };
+    let task = tokio::spawn(batcher.run());
+    (ingestor, BatcherHandle { stop, task })
+}
+
+/// Batches whose insert failed ambiguously, and their keys.
+#[derive(Default)]
+struct InDoubt {
+    batches: Vec<(u64, i64, Vec<u128>)>,
+    keys: KeySet,
+}
+
+struct Batcher {
+    rx: mpsc::Receiver<Submission>,
+    stopped: watch::Receiver<bool>,
+    store: Store,
+    dedup: DedupSet,
+    in_doubt: InDoubt,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+}
+
+impl Batcher {
+    async fn run(mut self) {
+        let mut stopping = false;
+        loop {
+            let first = if stopping {
+                self.rx.recv().await
+            } else {
+                tokio::select! {
+                    first = self.rx.recv() => first,
+                    _ = self.stopped.changed() => {
+                        stopping = true;
+                        self.rx.close();
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { break };
+            let deadline = tokio::time::Instant::now() + self.settings.max_wait;
+            let mut count = first.rows.len();
+            let mut pending = vec![first];
+            while count < self.settings.max_events {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(next)) => {
+                        count += next.rows.len();
+                        pending.push(next);
+                    }
+                    _ => break,
+                }
+            }
+            self.flush(pending).await;
+        }
+        tracing::info!(
+            remembered_ids = self.dedup.len(),
+            "batcher stopped after flushing"
+        );
+    }
+
+    async fn flush(&mut self, submissions: Vec<Submission>) {
+        if let Err(e) = self.settle_in_doubt().await {
+            tracing::warn!(error = %e, "cannot settle in-doubt batches; refusing this batch");
+            for submission in submissions {
+                self.refuse(submission);
+            }
+            return;
+        }
+        let mut rows = Vec::new();
+        let mut keys = KeySet::default();
+        let mut waiting = Vec::with_capacity(submissions.len());
+        for submission in submissions {
+            if submission
+                .keys
+                .iter()
+                .any(|k| self.in_doubt.keys.contains(k))
+            {
+                self.refuse(submission);
+                continue;
+            }
+            let (mut accepted, mut duplicates) = (0, 0);
+            for (row, key) in submission.rows.into_iter().zip(submission.keys) {
+                if self.dedup.contains(key) || !keys.insert(key) {
+                    duplicates += 1;
+                } else {
+                    rows.push(row);
+                    accepted += 1;
+                }
+            }
+            waiting.push((
+                submission.reply,
+                Ack {
+                    accepted,
+                    duplicates,
+                },
+            ));
+        }
+        let result = if rows.is_empty() {
+            Ok(())
+        } else {
+            self.commit(&mut rows, keys).await
+        };
+        for (reply, ack) in waiting {
+            let answer = match &result {
+                Ok(()) => {
+                    self.metrics
+                        .events_accepted
+                        .fetch_add(ack.accepted as u64, Relaxed);
+                    self.metrics
+                        .events_duplicate
+                        .fetch_add(ack.duplicates as u64, Relaxed);
+                    Ok(ack)
+                }
+                Err(StoreError::Unavailable(_)) => Err(IngestError::Unavailable),
+                Err(StoreError::Rejected(e)) => Err(IngestError::Rejected(e.clone())),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Inserts one batch; on success its keys join the dedup set, on an ambiguous failure
+    /// they are held in doubt.
+    async fn commit(&mut self, rows: &mut [EventRow], keys: KeySet) -> Result<(), StoreError> {
+        let batch_id: u64 = rand::random();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for row in rows.iter_mut() {
+            row.stamp(now_ms, batch_id);
+        }
+        let started = Instant::now();
+        let result = self.insert_with_retries(rows, batch_id, now_ms).await;
+        match &result {
+            Ok(()) => {
+                self.dedup.insert_all(keys, now_ms);
+                self.metrics.batches_inserted.fetch_add(1, Relaxed);
+                self.metrics.batch_events.observe(rows.len() as f64);
+                self.metrics
+                    .insert_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::debug!(
+                    batch_events = rows.len(),
+                    insert_duration_ms = started.elapsed().as_millis() as u64,
+                    "batch committed"
+                );
+            }
+            Err(e) => {
+                self.metrics.batches_failed.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, batch_events = rows.len(), batch_id, "batch insert failed");
+                if e.is_retryable() {
+                    self.in_doubt.keys.extend(keys.iter().copied());
+                    self.in_doubt
+                        .batches
+                        .push((batch_id, now_ms, keys.into_iter().collect()));
+                }
+            }
+        }
+        result
+    }
+
+    async fn insert_with_retries(
+        &self,
+        rows: &[EventRow],
+        batch_id: u64,
+        since_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.insert(rows).await {
+                Ok(()) => return Ok(()),
+                Err(e) if !e.is_retryable() || attempt >= MAX_ATTEMPTS => return Err(e),
+                Err(e) => e,
+            };
+            let backoff = Duration::from_millis(200 * 4u64.pow(attempt - 1));
+            let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+            tracing::info!(error = %error, attempt, "retrying batch insert");
+            tokio::time::sleep(backoff + jitter).await;
+            // Retry only what is known not to have landed.
+            if self
+                .landed(&[batch_id], since_ms)
+                .await?
+                .contains(&batch_id)
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn insert(&self, rows: &[EventRow]) -> Result<(), StoreError> {
+        let mut insert = self
+            .store
+            .client()
+            .insert::<EventRow>("events")
+            .await?
+            .with_timeouts(Some(SEND_TIMEOUT), Some(END_TIMEOUT));
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    /// Which of these batches ClickHouse holds.
+    async fn landed(&self, batch_ids: &[u64], since_ms: i64) -> Result<Vec<u64>, StoreError> {
+        let query = self
+            .store
+            .client()
+            .query("SELECT DISTINCT batch_id FROM events PREWHERE ingested_ms >= ? WHERE has(?, batch_id)")
+            .bind(since_ms)
+            .bind(batch_ids);
+        Ok(query.fetch_all::<u64>().await?)
+    }
+
+    /// Settles every in-doubt batch: landed ones become accepted ids, others are released.
+    async fn settle_in_doubt(&mut self) -> Result<(), StoreError> {
+        if self.in_doubt.batches.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<u64> = self.in_doubt.batches.iter().map(|b| b.0).collect();
+        let since = self.in_doubt.batches.iter().map(|b| b.1).min().unwrap_or(0);
+        let landed = self.landed(&ids, since).await?;
+        for (batch_id, ingested_ms, keys) in std::mem::take(&mut self.in_doubt.batches) {
+            let did_land = landed.contains(&batch_id);
+            tracing::info!(
+                batch_id,
+                landed = did_land,
+                batch_events = keys.len(),
+                "settled in-doubt batch"
+            );
+            if did_land {
+                self.dedup.insert_all(keys, ingested_ms);
+            }
+        }
+        self.in_doubt.keys.clear();
+        Ok(())
+    }
+
+    fn refuse(&self, submission: Submission) {
+        let _ = submission.reply.send(Err(IngestError::Unavailable));
+    }
+}

@@ -1,0 +1,193 @@
+//! Which event ids a tenant has already had accepted: an in-memory window of 128-bit keys,
+//! rebuilt from ClickHouse at start-up so that dedup survives a restart.
+//!
+//! Memory: about 40 bytes per remembered id (a 16-byte key in a hash set at its load factor).
+//! The window is both a time (ingestion time) and a count; the oldest generation goes first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::time::Duration;
+
+use hashbrown::HashSet;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use crate::store::{Store, StoreError};
+
+/// The dedup key of an event: a 128-bit hash of (tenant, id). Tenants never contain NUL.
+pub fn key(tenant: &str, id: &str) -> u128 {
+    let mut hasher = Xxh3Default::new();
+    hasher.update(tenant.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(id.as_bytes());
+    hasher.digest128()
+}
+
+/// Keys are already uniform hashes: use their bits directly.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64 ^ (value >> 64) as u64;
+    }
+}
+
+pub type KeySet = HashSet<u128, BuildHasherDefault<KeyHasher>>;
+
+/// Generations per window: eviction drops one generation, i.e. 1/16 of the window, at a time.
+const GENERATIONS: i64 = 16;
+
+/// Accepted keys by ingestion-time generation.
+pub struct DedupSet {
+    generations: BTreeMap<i64, KeySet>,
+    span_ms: i64,
+    window_ms: i64,
+    max_ids: usize,
+    len: usize,
+}
+
+impl DedupSet {
+    pub fn new(window: Duration, max_ids: usize) -> Self {
+        let window_ms = (window.as_millis() as i64).max(GENERATIONS);
+        Self {
+            generations: BTreeMap::new(),
+            span_ms: window_ms / GENERATIONS,
+            window_ms,
+            max_ids,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, key: u128) -> bool {
+        self.generations
+            .values()
+            .rev()
+            .any(|set| set.contains(&key))
+    }
+
+    /// Records keys accepted at `ingested_ms`, then evicts what fell out of the window.
+    pub fn insert_all(&mut self, keys: impl IntoIterator<Item = u128>, ingested_ms: i64) {
+        let generation = self
+            .generations
+            .entry(ingested_ms.div_euclid(self.span_ms))
+            .or_default();
+        for key in keys {
+            if generation.insert(key) {
+                self.len += 1;
+            }
+        }
+        self.evict(ingested_ms);
+    }
+
+    fn evict(&mut self, now_ms: i64) {
+        let oldest_kept = (now_ms - self.window_ms).div_euclid(self.span_ms);
+        while let Some(&oldest) = self.generations.keys().next() {
+            let too_old = oldest < oldest_kept;
+            let too_many = self.len > self.max_ids && self.generations.len() > 1;
+            if !(too_old || too_many) {
+                break;
+            }
+            self.len -= self.generations.remove(&oldest).map_or(0, |set| set.len());
+        }
+    }
+
+    /// Rebuilds the set from the events ClickHouse holds for the window.
+    pub async fn load(
+        store: &Store,
+        window: Duration,
+        max_ids: usize,
+        now_ms: i64,
+    ) -> Result<Self, StoreError> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Accepted {
+            tenant: String,
+            id: String,
+            ingested_ms: i64,
+        }
+        let mut set = Self::new(window, max_ids);
+        let since_ms = now_ms - set.window_ms;
+        let mut cursor = store
+            .client()
+            .query("SELECT tenant, id, ingested_ms FROM events WHERE ingested_ms >= ? ORDER BY ingested_ms")
+            .bind(since_ms)
+            .fetch::<Accepted>()?;
+        let mut by_generation: HashMap<i64, Vec<u128>> = HashMap::new();
+        while let Some(row) = cursor.next().await? {
+            by_generation
+                .entry(row.ingested_ms.div_euclid(set.span_ms))
+                .or_default()
+                .push(key(&row.tenant, &row.id));
+        }
+        let mut generations: Vec<_> = by_generation.into_iter().collect();
+        generations.sort_unstable_by_key(|(generation, _)| *generation);
+        for (generation, keys) in generations {
+            set.insert_all(keys, generation * set.span_ms);
+        }
+        set.evict(now_ms);
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn keys_separate_tenants_and_ids() {
+        assert_ne!(key("a", "bc"), key("ab", "c"));
+        assert_ne!(key("t1", "e1"), key("t2", "e1"));
+        assert_eq!(key("t1", "e1"), key("t1", "e1"));
+    }
+
+    #[test]
+    fn a_key_is_remembered_within_the_window_and_forgotten_after() {
+        let mut set = DedupSet::new(16 * HOUR, 1_000);
+        set.insert_all([1], 0);
+        set.insert_all([2], 15 * 3_600_000);
+        assert!(set.contains(1));
+        set.insert_all([3], 17 * 3_600_000 + 1);
+        assert!(
+            !set.contains(1),
+            "an hour past the window the first generation is gone"
+        );
+        assert!(set.contains(2) && set.contains(3));
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn the_oldest_generation_goes_first_when_over_capacity() {
+        let mut set = DedupSet::new(16 * HOUR, 3);
+        set.insert_all([1, 2], 0);
+        set.insert_all([3, 4], 3_600_000);
+        assert!(!set.contains(1) && !set.contains(2));
+        assert!(set.contains(3) && set.contains(4));
+    }
+
+    #[test]
+    fn the_newest_generation_is_kept_even_when_alone_over_capacity() {
+        let mut set = DedupSet::new(HOUR, 1);
+        set.insert_all([1, 2, 3], 0);
+        assert_eq!(set.len(), 3);
+        assert!(set.contains(3));
+    }
+}

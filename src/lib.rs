@@ -1,0 +1,27 @@
+//! meterhouse: usage metering and rating for usage-based billing, on ClickHouse.
+//!
+//! - [`config`]: flags and `METERHOUSE_*` variables of `meterhouse serve`.
+//! - [`app`]: start-up (store, migrations, dedup state, keys, batcher) and graceful shutdown.
+//! - [`http`]: the HTTP API, one module per resource, and the shared [`http::AppState`].
+//! - [`error`]: the one error type of the HTTP edge and API.md's error body.
+//! - [`auth`]: API keys (held hashed), tenants and roles.
+//! - [`limits`]: per-key request and event rate limits.
+//! - [`ingest`]: body decoding and validation, meter samples, dedup, group commit.
+//! - [`catalog`]: tenants' meters and settings, in memory.
+//! - [`store`]: ClickHouse client, error classes, rows, migrations, an owned local server.
+//! - [`metrics`]: Prometheus text metrics.
+//! - [`loadgen`]: the ingest load harness behind `meterhouse loadgen`.
+
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod ingest;
+pub mod limits;
+pub mod loadgen;
+pub mod metrics;
+pub mod store;

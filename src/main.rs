@@ -1,0 +1,67 @@
+//! The `meterhouse` command: parse the CLI, set up logs, run the chosen subcommand.
+
+use clap::{Parser, Subcommand};
+use meterhouse::app::{self, Application};
+use meterhouse::config::Config;
+use meterhouse::loadgen::{self, LoadgenArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "meterhouse",
+    version,
+    about = "Usage metering and rating on ClickHouse"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve(Box<Config>),
+    /// Apply pending migrations and exit.
+    Migrate(Box<Config>),
+    /// Measure ingest throughput and latency against a direct-insert baseline.
+    Loadgen(LoadgenArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let json_logs =
+        matches!(&cli.command, Command::Serve(c) | Command::Migrate(c) if c.log_format == "json");
+    init_tracing(json_logs);
+    match cli.command {
+        Command::Serve(config) => {
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            let application = Application::build(&config).await?;
+            application.serve(listener, app::shutdown_signal()).await
+        }
+        Command::Migrate(config) => {
+            let (_store, owned) = app::open_store(&config).await?;
+            if let Some(mut clickhouse) = owned {
+                clickhouse.stop().await;
+            }
+            Ok(())
+        }
+        Command::Loadgen(args) => {
+            let report = loadgen::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("METERHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

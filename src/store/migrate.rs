@@ -1,0 +1,110 @@
+//! Forward-only migrations from `sql/`, embedded at build time and recorded in `schema_migrations`.
+
+use super::{Store, StoreError};
+
+/// `(version, name, sql)` in order. Add new files here; never edit a released one.
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "events", include_str!("../../sql/0001_events.sql")),
+    (
+        2,
+        "meter_samples",
+        include_str!("../../sql/0002_meter_samples.sql"),
+    ),
+    (3, "api_keys", include_str!("../../sql/0003_api_keys.sql")),
+];
+
+const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
+     (version UInt32, name String, applied_at DateTime) \
+     ENGINE = ReplacingMergeTree ORDER BY version";
+
+#[derive(clickhouse::Row, serde::Serialize)]
+struct Applied<'a> {
+    version: u32,
+    name: &'a str,
+    applied_at: u32,
+}
+
+/// Applies every migration not yet recorded; returns how many ran.
+pub async fn run(store: &Store) -> Result<usize, StoreError> {
+    let client = store.client();
+    client.query(CREATE_LEDGER).execute().await?;
+    let done: Vec<u32> = client
+        .query("SELECT DISTINCT version FROM schema_migrations")
+        .fetch_all()
+        .await?;
+    let mut ran = 0;
+    for &(version, name, sql) in MIGRATIONS.iter().filter(|(v, ..)| !done.contains(v)) {
+        for statement in statements(sql) {
+            client.query(&statement).execute().await?;
+        }
+        let mut insert = client.insert::<Applied<'_>>("schema_migrations").await?;
+        let applied_at = chrono::Utc::now().timestamp() as u32;
+        insert
+            .write(&Applied {
+                version,
+                name,
+                applied_at,
+            })
+            .await?;
+        insert.end().await?;
+        tracing::info!(version, name, "migration applied");
+        ran += 1;
+    }
+    Ok(ran)
+}
+
+/// Splits a migration file into statements: `;` at a line end ends one; `--` lines are comments.
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if trimmed.ends_with(';') {
+            let statement = current.trim().trim_end_matches(';').trim().to_owned();
+            out.push(statement);
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_owned());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order_without_gaps() {
+        for (i, (version, ..)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version as usize, i + 1);
+        }
+    }
+
+    #[test]
+    fn statements_split_on_line_final_semicolons_and_skip_comments() {
+        let sql = "-- a comment; with a semicolon\nCREATE TABLE a (x String);\n\nCREATE VIEW b AS\nSELECT ';' AS s;\n";
+        assert_eq!(
+            statements(sql),
+            vec![
+                "CREATE TABLE a (x String)",
+                "CREATE VIEW b AS\nSELECT ';' AS s"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_migration_statement_is_idempotent() {
+        for (_, name, sql) in MIGRATIONS {
+            for statement in statements(sql) {
+                assert!(statement.contains("IF NOT EXISTS"), "{name}: {statement}");
+            }
+        }
+    }
+}

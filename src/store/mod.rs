@@ -1,0 +1,164 @@
+//! ClickHouse access: the client, error classification, row structs, migrations, owned server.
+
+pub mod local;
+pub mod migrate;
+pub mod rows;
+
+use std::time::Duration;
+
+use clickhouse::Client;
+
+use crate::config::StoreConfig;
+
+/// A failure talking to ClickHouse, classified by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Network trouble, timeouts, overload, a full disk: try again later; nothing was stored,
+    /// or (for an insert) it is not known whether it was.
+    #[error("clickhouse unavailable: {0}")]
+    Unavailable(String),
+    /// ClickHouse refused the statement itself; retrying the same thing will fail again.
+    #[error("clickhouse rejected the request: {0}")]
+    Rejected(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// ClickHouse server error codes that describe a passing condition, not a bad statement.
+const RETRYABLE_CODES: &[u32] = &[
+    159,  // TIMEOUT_EXCEEDED
+    164,  // READONLY (e.g. read-only disk, replica in read-only mode)
+    202,  // TOO_MANY_SIMULTANEOUS_QUERIES
+    209,  // SOCKET_TIMEOUT
+    210,  // NETWORK_ERROR
+    241,  // MEMORY_LIMIT_EXCEEDED
+    243,  // NOT_ENOUGH_SPACE
+    252,  // TOO_MANY_PARTS
+    425,  // SYSTEM_ERROR (errno, e.g. EROFS / ENOSPC)
+    1000, // POCO_EXCEPTION (I/O errors, cannot write to file)
+    1001, // STD_EXCEPTION
+];
+
+fn server_code(message: &str) -> Option<u32> {
+    let rest = message.split("Code: ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl From<clickhouse::error::Error> for StoreError {
+    fn from(err: clickhouse::error::Error) -> Self {
+        use clickhouse::error::Error as E;
+        let text = err.to_string();
+        match &err {
+            E::Network(_) | E::TimedOut => Self::Unavailable(text),
+            E::BadResponse(message) => match server_code(message) {
+                Some(code) if !RETRYABLE_CODES.contains(&code) => Self::Rejected(text),
+                // Unknown shape (a proxy page, a truncated body): treat as passing trouble.
+                _ => Self::Unavailable(text),
+            },
+            _ => Self::Rejected(text),
+        }
+    }
+}
+
+/// A handle on meterhouse's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    database: String,
+}
+
+impl Store {
+    /// A client for `url`, without touching the network.
+    pub fn new(url: &str, config: &StoreConfig) -> Self {
+        let client = Client::default()
+            .with_url(url)
+            .with_user(&config.clickhouse_user)
+            .with_password(&config.clickhouse_password)
+            .with_database(&config.database)
+            // Old servers lack RowBinaryWithNamesAndTypes input; `connect` turns it back on.
+            .with_validation(false);
+        Self {
+            client,
+            database: config.database.clone(),
+        }
+    }
+
+    /// Checks the server, creates the database and enables schema validation where supported.
+    pub async fn connect(mut self) -> Result<Self, StoreError> {
+        let bare = self.client.clone().with_database("default");
+        let version: String = bare.query("SELECT version()").fetch_one().await?;
+        if major_version(&version) >= 24 {
+            self.client = self.client.with_validation(true);
+        }
+        tracing::info!(clickhouse_version = %version, database = %self.database, "connected to clickhouse");
+        bare.query(&format!(
+            "CREATE DATABASE IF NOT EXISTS {}",
+            quote_ident(&self.database)
+        ))
+        .execute()
+        .await?;
+        Ok(self)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// `SELECT 1` with a short deadline: is the server answering right now?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let query = self.client.query("SELECT 1").fetch_one::<u8>();
+        match tokio::time::timeout(Duration::from_secs(2), query).await {
+            Ok(result) => result.map(drop).map_err(StoreError::from),
+            Err(_) => Err(StoreError::Unavailable("ping timed out".into())),
+        }
+    }
+}
+
+fn major_version(version: &str) -> u32 {
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Quotes an identifier that comes from configuration (a database name), never from requests.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_codes_are_read_from_exception_text() {
+        assert_eq!(
+            server_code("Code: 243, e.displayText() = DB::Exception: no space"),
+            Some(243)
+        );
+        assert_eq!(
+            server_code("bad response: Code: 62. DB::Exception: Syntax error"),
+            Some(62)
+        );
+        assert_eq!(server_code("gateway timeout"), None);
+    }
+
+    #[test]
+    fn versions_parse_to_their_major_number() {
+        assert_eq!(major_version("18.16.1"), 18);
+        assert_eq!(major_version("25.3.2.1"), 25);
+        assert_eq!(major_version("garbage"), 0);
+    }
+}

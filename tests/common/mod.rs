@@ -1,0 +1,225 @@
+//! Shared helpers for integration tests: one owned ClickHouse per test binary, one database
+//! per test, the service on an ephemeral loopback port.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use meterhouse::app::Application;
+use meterhouse::config::Config;
+use meterhouse::store::Store;
+use meterhouse::store::local::LocalClickHouse;
+use serde_json::Value;
+
+pub const KEYS: &str = "admin_key_a:acme:admin,ingest_key_a:acme:ingest,read_key_a:acme:read,\
+                        cust_key_a:acme:customer:c1,admin_key_b:beta:admin,ingest_key_b:beta:ingest";
+
+pub const CATALOG: &str = r#"{"tenants": [
+  {"id": "acme", "meters": [
+    {"slug": "calls", "name": "Calls", "event_type": "api_call", "aggregation": "count"},
+    {"slug": "tokens", "name": "Tokens", "event_type": "llm_call", "aggregation": "sum",
+     "value_property": "tokens", "group_by": ["model"]},
+    {"slug": "eu_tokens", "name": "EU tokens", "event_type": "llm_call", "aggregation": "sum",
+     "value_property": "usage.input_tokens", "filters": {"region": ["eu"]}}]},
+  {"id": "beta", "meters": [
+    {"slug": "calls", "name": "Calls", "event_type": "api_call", "aggregation": "count"}]}]}"#;
+
+/// Logs only when `TEST_LOG` is set.
+pub fn init_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("info")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// A directory of this test binary's own, emptied on first use.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let suite = exe
+        .as_ref()
+        .and_then(|p| p.file_stem())
+        .and_then(|s| s.to_str())
+        .unwrap_or("suite");
+    let dir = std::env::temp_dir()
+        .join("meterhouse-tests")
+        .join(format!("{suite}-{name}"));
+    dir
+}
+
+/// Starts a ClickHouse under `dir` from a thread that outlives every test's runtime.
+pub fn start_clickhouse(dir: PathBuf) -> LocalClickHouse {
+    std::thread::spawn(move || {
+        let _ = std::fs::remove_dir_all(&dir);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(LocalClickHouse::start(&dir))
+            .expect("starting clickhouse-server for tests")
+    })
+    .join()
+    .expect("clickhouse start thread")
+}
+
+/// The URL of this test binary's shared ClickHouse, started on first use.
+pub fn clickhouse_url() -> String {
+    static SHARED: OnceLock<LocalClickHouse> = OnceLock::new();
+    SHARED
+        .get_or_init(|| start_clickhouse(scratch_dir("shared")))
+        .url()
+}
+
+/// A running service for one test.
+pub struct TestApp {
+    pub base: String,
+    pub config: Config,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The configuration a test's service gets: its own database, the test keys and catalog.
+pub fn test_config(test: &str, url: &str) -> Config {
+    init_logs();
+    let mut config = Config::defaults();
+    config.store.clickhouse_url = Some(url.into());
+    config.store.database = format!("test_{test}");
+    config.api_keys = KEYS.into();
+    let catalog = scratch_dir("catalog.json");
+    std::fs::create_dir_all(catalog.parent().unwrap()).unwrap();
+    if !catalog.exists() {
+        std::fs::write(&catalog, CATALOG).unwrap();
+    }
+    config.catalog = Some(catalog);
+    config.batch_max_wait_ms = 5;
+    config
+}
+
+/// Drops the test's database, then starts the service on it.
+pub async fn spawn_app(test: &str) -> TestApp {
+    spawn_with(test_config(test, &clickhouse_url()), true).await
+}
+
+pub async fn spawn_with(config: Config, fresh: bool) -> TestApp {
+    if fresh {
+        let store = Store::new(
+            config.store.clickhouse_url.as_deref().unwrap(),
+            &config.store,
+        );
+        let store = store.connect().await.expect("connect");
+        store
+            .client()
+            .query(&format!(
+                "DROP DATABASE IF EXISTS {}",
+                config.store.database
+            ))
+            .execute()
+            .await
+            .expect("drop test database");
+    }
+    let app = Application::build(&config).await.expect("build app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    TestApp {
+        base,
+        config,
+        http,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// POSTs a JSON body to /v1/events with `key`; returns status and JSON answer.
+    pub async fn post_events(&self, key: &str, body: &Value) -> (u16, Value) {
+        self.post_raw("/v1/events", key, "application/json", body.to_string())
+            .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        key: &str,
+        content_type: &str,
+        body: String,
+    ) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// A store handle on this test's database, for checking what was written.
+    pub async fn store(&self) -> Store {
+        let url = self.config.store.clickhouse_url.clone().unwrap();
+        Store::new(&url, &self.config.store)
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A single UInt64 from ClickHouse (e.g. a count) over this test's database.
+    pub async fn scalar(&self, sql: &str) -> u64 {
+        self.store()
+            .await
+            .client()
+            .query(sql)
+            .fetch_one::<u64>()
+            .await
+            .expect(sql)
+    }
+
+    /// Stops the service gracefully (flushing its batcher).
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+/// `n` events for `customer` with ids `{prefix}-{i}`.
+pub fn events(prefix: &str, customer: &str, n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| serde_json::json!({"id": format!("{prefix}-{i}"), "customer": customer, "type": "api_call"}))
+            .collect(),
+    )
+}

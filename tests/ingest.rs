@@ -1,0 +1,487 @@
+//! POST /v1/events against a real ClickHouse: body forms, validation, limits, dedup,
+//! concurrency, tenants and roles, rate limits, operations endpoints.
+
+mod common;
+
+use common::{clickhouse_url, events, spawn_app, spawn_with, test_config};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn every_body_form_and_alias_is_stored_with_its_samples() {
+    let app = spawn_app("body_forms").await;
+    let bodies = [
+        ("application/json", json!({"id": "single", "customer": "c1", "type": "api_call"}).to_string()),
+        ("application/json", json!([{"transaction_id": "lago", "external_customer_id": "c1", "code": "api_call"}]).to_string()),
+        ("application/json", json!({"events": [{"event_id": "flex", "external_customer_id": "c1", "event_name": "api_call"}]}).to_string()),
+        ("application/x-ndjson", format!("{}\n{}\n",
+            json!({"id": "nd1", "subject": "c1", "type": "api_call", "timestamp": chrono::Utc::now().timestamp()}),
+            json!({"id": "nd2", "customer": "c2", "type": "llm_call", "timestamp": chrono::Utc::now().to_rfc3339(),
+                   "properties": {"tokens": "1250.5", "model": "gpt-x", "region": "eu", "usage": {"input_tokens": 40}}}))),
+    ];
+    for (content_type, body) in bodies {
+        let (status, ack) = app
+            .post_raw("/v1/events", "ingest_key_a", content_type, body.clone())
+            .await;
+        assert_eq!(status, 202, "{body}: {ack}");
+        assert_eq!(ack["duplicates"], 0);
+    }
+    assert_eq!(
+        app.scalar("SELECT count() FROM events WHERE tenant = 'acme'")
+            .await,
+        5
+    );
+    let ids: Vec<String> = app
+        .store()
+        .await
+        .client()
+        .query("SELECT id FROM events ORDER BY id")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(ids, vec!["flex", "lago", "nd1", "nd2", "single"]);
+    // api_call -> calls (4 events); llm_call -> tokens and eu_tokens (1 event each).
+    assert_eq!(
+        app.scalar("SELECT count() FROM meter_samples WHERE meter = 'calls'")
+            .await,
+        4
+    );
+    let tokens: Vec<(String, String, String)> = app.store().await.client()
+        .query("SELECT meter, arrayStringConcat(group_values, ','), toString(value) FROM meter_samples WHERE customer = 'c2' ORDER BY meter")
+        .fetch_all().await.unwrap();
+    assert_eq!(
+        tokens,
+        vec![
+            ("eu_tokens".into(), "".into(), "40.000000000000".into()),
+            ("tokens".into(), "gpt-x".into(), "1250.500000000000".into()),
+        ]
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_event_rejects_the_whole_request_and_writes_nothing() {
+    let app = spawn_app("invalid").await;
+    let body = json!([
+        {"id": "ok-1", "customer": "c1", "type": "api_call"},
+        {"id": "bad-ts", "customer": "c1", "type": "api_call", "timestamp": "yesterday"},
+        {"customer": "c1", "type": "api_call"},
+        {"id": "bad-val", "customer": "c1", "type": "llm_call", "properties": {"tokens": "lots"}},
+        {"id": "old", "customer": "c1", "type": "api_call", "timestamp": "2020-01-01T00:00:00Z"},
+    ]);
+    let (status, answer) = app.post_events("ingest_key_a", &body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["code"], "invalid_events");
+    let errors: Vec<(u64, String)> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["field"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (1, "timestamp".into()),
+            (2, "id".into()),
+            (3, "properties.tokens".into()),
+            (4, "timestamp".into())
+        ]
+    );
+    assert_eq!(app.scalar("SELECT count() FROM events").await, 0);
+    assert_eq!(app.scalar("SELECT count() FROM meter_samples").await, 0);
+
+    let (status, answer) = app
+        .post_raw(
+            "/v1/events",
+            "ingest_key_a",
+            "application/json",
+            "{not json".into(),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_over_the_limits_get_413() {
+    let app = spawn_app("limits").await;
+    let (status, answer) = app
+        .post_events("ingest_key_a", &events("many", "c1", 10_001))
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{answer}"
+    );
+    let padding = "x".repeat(11 * 1024 * 1024);
+    let huge =
+        json!({"id": "huge", "customer": "c1", "type": "api_call", "properties": {"pad": padding}});
+    let (status, answer) = app.post_events("ingest_key_a", &huge).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{answer}"
+    );
+    let (status, _) = app
+        .post_events("ingest_key_a", &events("max", "c1", 10_000))
+        .await;
+    assert_eq!(status, 202, "exactly 10,000 events is allowed");
+    assert_eq!(app.scalar("SELECT count() FROM events").await, 10_000);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicates_within_and_across_requests_are_counted_once() {
+    let app = spawn_app("dedup").await;
+    let body = json!([
+        {"id": "a", "customer": "c1", "type": "api_call"},
+        {"id": "a", "customer": "c1", "type": "api_call"},
+        {"id": "b", "customer": "c1", "type": "api_call"},
+    ]);
+    let (status, ack) = app.post_events("ingest_key_a", &body).await;
+    assert_eq!(
+        (status, ack),
+        (202, json!({"accepted": 2, "duplicates": 1}))
+    );
+    let (_, ack) = app.post_events("ingest_key_a", &body).await;
+    assert_eq!(ack, json!({"accepted": 0, "duplicates": 3}));
+    let (_, ack) = app.post_events("admin_key_a", &json!([{"id": "b", "customer": "c9", "type": "api_call"}, {"id": "c", "customer": "c1", "type": "api_call"}])).await;
+    assert_eq!(
+        ack,
+        json!({"accepted": 1, "duplicates": 1}),
+        "ids are per tenant, whichever key sends them"
+    );
+    assert_eq!(app.scalar("SELECT count() FROM events").await, 3);
+    assert_eq!(app.scalar("SELECT count() FROM meter_samples").await, 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicates_are_recognised_after_a_restart() {
+    let app = spawn_app("dedup_restart").await;
+    let (_, ack) = app
+        .post_events("ingest_key_a", &events("r", "c1", 100))
+        .await;
+    assert_eq!(ack["accepted"], 100);
+    let config = app.config.clone();
+    app.shutdown().await;
+
+    let app = spawn_with(config, false).await;
+    let (status, ack) = app
+        .post_events("ingest_key_a", &events("r", "c1", 150))
+        .await;
+    assert_eq!(
+        (status, ack),
+        (202, json!({"accepted": 50, "duplicates": 100}))
+    );
+    assert_eq!(app.scalar("SELECT count() FROM events").await, 150);
+    assert_eq!(app.scalar("SELECT uniqExact(id) FROM events").await, 150);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_clients_each_land_exactly_once() {
+    let app = std::sync::Arc::new(spawn_app("concurrency").await);
+    let mut clients = Vec::new();
+    for client in 0..50 {
+        let app = app.clone();
+        clients.push(tokio::spawn(async move {
+            let mut acked = 0;
+            for chunk in 0..10 {
+                let body: Vec<Value> = (0..100)
+                    .map(|i| json!({"id": format!("c{client}-{}", chunk * 100 + i), "customer": format!("cust{client}"), "type": "api_call"}))
+                    .collect();
+                let body = Value::Array(body);
+                let (status, ack) = app.post_events("ingest_key_a", &body).await;
+                assert_eq!(status, 202, "{ack}");
+                acked += ack["accepted"].as_u64().unwrap();
+                if chunk == 0 {
+                    // A client retrying a request it already got an answer for.
+                    let (_, again) = app.post_events("ingest_key_a", &body).await;
+                    assert_eq!(again["duplicates"], 100);
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = 0;
+    for client in clients {
+        acked += client.await.unwrap();
+    }
+    assert_eq!(acked, 50_000);
+    assert_eq!(app.scalar("SELECT count() FROM events").await, 50_000);
+    assert_eq!(app.scalar("SELECT uniqExact(id) FROM events").await, 50_000);
+    assert_eq!(
+        app.scalar("SELECT count() FROM meter_samples WHERE meter = 'calls'")
+            .await,
+        50_000
+    );
+    let batches = app.scalar("SELECT uniqExact(batch_id) FROM events").await;
+    assert!(
+        batches < 500,
+        "500 requests should share inserts, got {batches} batches"
+    );
+    std::sync::Arc::try_unwrap(app)
+        .ok()
+        .unwrap()
+        .shutdown()
+        .await;
+}
+
+#[tokio::test]
+async fn tenants_are_isolated_and_roles_enforced() {
+    let app = spawn_app("tenants").await;
+    let body = json!({"id": "same-id", "customer": "c1", "type": "api_call"});
+    assert_eq!(
+        app.post_events("ingest_key_a", &body).await.1,
+        json!({"accepted": 1, "duplicates": 0})
+    );
+    assert_eq!(
+        app.post_events("ingest_key_b", &body).await.1,
+        json!({"accepted": 1, "duplicates": 0})
+    );
+    let tenants: Vec<String> = app
+        .store()
+        .await
+        .client()
+        .query("SELECT tenant FROM events ORDER BY tenant")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(tenants, vec!["acme", "beta"]);
+    assert_eq!(
+        app.scalar("SELECT count() FROM meter_samples WHERE tenant = 'beta' AND meter = 'calls'")
+            .await,
+        1
+    );
+
+    for (key, status, code) in [
+        ("read_key_a", 403, "forbidden"),
+        ("cust_key_a", 403, "forbidden"),
+        ("nope_nope", 401, "unauthorized"),
+    ] {
+        let (got, answer) = app.post_events(key, &body).await;
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{key}: {answer}"
+        );
+    }
+    let anonymous = app
+        .http
+        .post(format!("{}/v1/events", app.base))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let via_header = app
+        .http
+        .post(format!("{}/v1/events", app.base))
+        .header("x-api-key", "ingest_key_b")
+        .body(json!({"id": "x2", "customer": "c1", "type": "api_call"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_header.status(), 202);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn created_api_keys_work_and_only_admins_create_them() {
+    let app = spawn_app("api_keys").await;
+    let (status, created) = app
+        .post_raw(
+            "/v1/api-keys",
+            "admin_key_b",
+            "application/json",
+            json!({"role": "ingest", "name": "ci"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(created["tenant"], "beta");
+    let (status, _) = app
+        .post_events(
+            &key,
+            &json!({"id": "k1", "customer": "c1", "type": "api_call"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        app.scalar("SELECT count() FROM events WHERE tenant = 'beta'")
+            .await,
+        1
+    );
+    let stored: Vec<String> = app
+        .store()
+        .await
+        .client()
+        .query("SELECT key_hash FROM api_keys")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert!(
+        !stored.iter().any(|h| h.contains(&key)),
+        "only a digest is stored"
+    );
+
+    let (status, _) = app
+        .post_raw(
+            "/v1/api-keys",
+            "ingest_key_a",
+            "application/json",
+            json!({"role": "admin"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, answer) = app
+        .post_raw(
+            "/v1/api-keys",
+            "admin_key_a",
+            "application/json",
+            json!({"role": "customer"}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, answer) = app
+        .post_raw(
+            "/v1/api-keys",
+            "admin_key_a",
+            "application/json",
+            "{".into(),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    let mut config = test_config("rate_limit", &clickhouse_url());
+    config.rate_limit_rps = 3;
+    let app = spawn_with(config, true).await;
+    let mut limited = None;
+    for i in 0..20 {
+        let response = app
+            .http
+            .post(format!("{}/v1/events", app.base))
+            .bearer_auth("ingest_key_a")
+            .body(json!({"id": format!("rl{i}"), "customer": "c1", "type": "api_call"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let response = limited.expect("20 requests at once must exceed 3 requests/s");
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    // Another key of the same tenant has its own budget.
+    let (status, _) = app
+        .post_events(
+            "admin_key_a",
+            &json!({"id": "other", "customer": "c1", "type": "api_call"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn sql_looking_strings_are_stored_verbatim() {
+    let app = spawn_app("injection").await;
+    let nasty = "'); DROP TABLE events; --";
+    let body = json!({"id": nasty, "customer": nasty, "type": "api_call", "properties": {"q": nasty, "\\": "\\'"}});
+    let (status, _) = app.post_events("ingest_key_a", &body).await;
+    assert_eq!(status, 202);
+    let row: (String, String, String) = app
+        .store()
+        .await
+        .client()
+        .query("SELECT id, customer, properties FROM events WHERE id = ?")
+        .bind(nasty)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!((row.0.as_str(), row.1.as_str()), (nasty, nasty));
+    assert_eq!(
+        serde_json::from_str::<Value>(&row.2).unwrap(),
+        body["properties"]
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn operations_endpoints_report_health_readiness_and_metrics() {
+    let app = spawn_app("ops").await;
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    let ready: Value = app.get("/readyz", None).await.json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    app.post_events("ingest_key_a", &json!([{"id": "m1", "customer": "c", "type": "api_call"}, {"id": "m1", "customer": "c", "type": "api_call"}])).await;
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    for line in [
+        "meterhouse_events_accepted_total 1",
+        "meterhouse_events_duplicate_total 1",
+        "meterhouse_batches_inserted_total 1",
+        "meterhouse_queue_events 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("meterhouse_insert_duration_seconds_count 1"));
+    let missing = app.get("/v1/nothing", Some("read_key_a")).await;
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["status"], 404);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_flushes_a_pending_batch_before_exiting() {
+    let mut config = test_config("shutdown_flush", &clickhouse_url());
+    config.batch_max_wait_ms = 3_000;
+    let app = spawn_with(config, true).await;
+    let http = app.http.clone();
+    let url = format!("{}/v1/events", app.base);
+    let request = tokio::spawn(async move {
+        http.post(url)
+            .bearer_auth("ingest_key_a")
+            .body(events("late", "c1", 10).to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let store = app.store().await;
+    app.shutdown().await;
+    assert_eq!(request.await.unwrap(), 202);
+    assert_eq!(
+        store
+            .client()
+            .query("SELECT count() FROM events")
+            .fetch_one::<u64>()
+            .await
+            .unwrap(),
+        10
+    );
+}
