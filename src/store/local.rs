@@ -44,11 +44,18 @@ impl LocalClickHouse {
 
     /// Stops the server (SIGTERM, then SIGKILL after 20 s); its files stay.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+        self.end(libc::SIGTERM).await;
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would; its files stay.
+    pub async fn kill(&mut self) {
+        self.end(libc::SIGKILL).await;
+    }
+
+    async fn end(&mut self, signal: i32) {
+        let Some(mut child) = self.child.take() else { return };
         // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -60,7 +67,7 @@ impl LocalClickHouse {
         let _ = child.wait();
         self.keeper = None;
         let _ = std::fs::remove_file(self.dir.join("server.pid"));
-        tracing::info!(dir = %self.dir.display(), "owned clickhouse stopped");
+        tracing::info!(dir = %self.dir.display(), signal, "owned clickhouse ended");
     }
 
     /// Starts the server again on the same ports and files.

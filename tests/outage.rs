@@ -1,0 +1,83 @@
+//! ClickHouse dies mid-stream (SIGKILL): requests get 503, readiness says so, and once it is back every
+//! acknowledged event is present exactly once, clients' retries included.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{scratch_dir, spawn_with, start_clickhouse, test_config};
+use serde_json::{Value, json};
+
+const CLIENTS: usize = 10;
+const REQUESTS: usize = 40;
+const EVENTS: usize = 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_a_clickhouse_outage_exactly_once() {
+    let mut clickhouse = start_clickhouse(scratch_dir("outage"));
+    let mut config = test_config("outage", &clickhouse.url());
+    config.ack_timeout_ms = 5_000;
+    let app = Arc::new(spawn_with(config, true).await);
+    let unavailable = Arc::new(AtomicUsize::new(0));
+
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (app, unavailable) = (app.clone(), unavailable.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for request in 0..REQUESTS {
+                let ids: Vec<String> = (0..EVENTS).map(|i| format!("o{client}-{request}-{i}")).collect();
+                let body = Value::Array(ids.iter().map(|id| json!({"id": id, "customer": "c1", "type": "api_call"})).collect());
+                // Retry until acknowledged, as a client following Retry-After would.
+                for _attempt in 0..300 {
+                    let (status, answer) = app.post_events("ingest_key_a", &body).await;
+                    match status {
+                        202 => {
+                            let ack = &answer;
+                            assert_eq!(ack["accepted"].as_u64().unwrap() + ack["duplicates"].as_u64().unwrap(), EVENTS as u64);
+                            acknowledged.extend(ids.iter().cloned());
+                            break;
+                        }
+                        503 => {
+                            assert_eq!(answer["code"], "unavailable");
+                            unavailable.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => panic!("unexpected {other}: {answer}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            acknowledged
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    clickhouse.kill().await;
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status(), 503, "readiness must reflect the outage");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    clickhouse.restart().await.expect("restart clickhouse");
+
+    let mut acknowledged = HashSet::new();
+    for client in clients {
+        let ids = client.await.unwrap();
+        assert_eq!(ids.len(), REQUESTS * EVENTS, "every request was eventually acknowledged");
+        acknowledged.extend(ids);
+    }
+    assert!(unavailable.load(Ordering::Relaxed) > 0, "the outage must have been visible as 503");
+    assert_eq!(app.get("/readyz", None).await.status(), 200);
+
+    let store = app.store().await;
+    let stored: Vec<String> = store.client().query("SELECT id FROM events").fetch_all().await.unwrap();
+    let unique: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), unique.len(), "no event stored twice");
+    assert_eq!(unique, acknowledged, "exactly the acknowledged events are stored");
+    let samples = store.client().query("SELECT count() FROM meter_samples").fetch_one::<u64>().await.unwrap();
+    assert_eq!(samples as usize, acknowledged.len(), "every event has its one sample");
+    Arc::try_unwrap(app).ok().unwrap().shutdown().await;
+    clickhouse.stop().await;
+}
