@@ -1,6 +1,7 @@
 -- One row per (event x matching meter): the input of every usage figure.
 -- value: the sample's quantity (1 for count and unique_count); value_str: the distinct key
 -- for unique_count; group_keys/group_values: the meter's and its prices' group_by properties.
+-- batch_id ties a sample to its insert, so a batch can be checked (and repaired) as a whole.
 CREATE TABLE IF NOT EXISTS meter_samples
 (
     tenant String,
@@ -13,7 +14,8 @@ CREATE TABLE IF NOT EXISTS meter_samples
     value Decimal(38, 12),
     value_str String,
     event_id String,
-    ingested_ms Int64
+    ingested_ms Int64,
+    batch_id UInt64
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(ts)
@@ -31,7 +33,8 @@ SELECT
     s_value AS value,
     s_value_str AS value_str,
     id AS event_id,
-    ingested_ms
+    ingested_ms,
+    batch_id
 FROM events
 ARRAY JOIN
     sample_meter AS s_meter,

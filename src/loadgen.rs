@@ -138,7 +138,7 @@ async fn direct_baseline(url: &str, args: &LoadgenArgs, bodies: &[String]) -> an
     let catalog = Catalog::from_json(METERS)?;
     let tenant = catalog.tenant("load");
     let ctx = Context {
-        tenant: "load",
+        tenant: &"load".into(),
         catalog: &tenant,
         now_ms: chrono::Utc::now().timestamp_millis(),
     };

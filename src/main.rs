@@ -26,6 +26,11 @@ enum Command {
     Loadgen(LoadgenArgs),
 }
 
+/// The service allocates per event; mimalloc measured faster than the system allocator
+/// on the ingest path (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

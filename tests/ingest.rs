@@ -485,3 +485,66 @@ async fn shutdown_flushes_a_pending_batch_before_exiting() {
         10
     );
 }
+
+#[tokio::test]
+async fn a_batch_stored_without_its_samples_is_repaired_when_settled() {
+    use meterhouse::ingest::batcher::landed;
+    use meterhouse::ingest::parse::{Context, decode};
+    let app = spawn_app("repair").await;
+    let store = app.store().await;
+    // As if the insert stopped after `events` and before its view wrote `meter_samples`.
+    store
+        .client()
+        .query("DETACH TABLE events_to_meter_samples")
+        .execute()
+        .await
+        .unwrap();
+    let catalog = meterhouse::catalog::Catalog::load(app.config.catalog.as_ref().unwrap()).unwrap();
+    let tenant_catalog = catalog.tenant("acme");
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let body = json!([{"id": "h1", "customer": "c1", "type": "api_call"},
+                      {"id": "h2", "customer": "c1", "type": "llm_call", "properties": {"tokens": 5, "region": "eu", "usage": {"input_tokens": 2}}}]);
+    let ctx = Context {
+        tenant: &"acme".into(),
+        catalog: &tenant_catalog,
+        now_ms,
+    };
+    let mut rows = decode(body.to_string().as_bytes(), false, &ctx)
+        .unwrap()
+        .rows;
+    let mut insert = store
+        .client()
+        .insert::<meterhouse::store::rows::EventRow>("events")
+        .await
+        .unwrap();
+    for row in &mut rows {
+        row.stamp(now_ms, 77);
+        insert.write(row).await.unwrap();
+    }
+    insert.end().await.unwrap();
+    store
+        .client()
+        .query("ATTACH TABLE events_to_meter_samples")
+        .execute()
+        .await
+        .unwrap();
+    assert_eq!(app.scalar("SELECT count() FROM meter_samples").await, 0);
+
+    assert_eq!(landed(&store, &[77, 78], now_ms).await.unwrap(), vec![77]);
+    assert_eq!(
+        app.scalar("SELECT count() FROM meter_samples WHERE batch_id = 77")
+            .await,
+        3
+    );
+    // Settling again finds the samples complete and adds nothing.
+    assert_eq!(landed(&store, &[77], now_ms).await.unwrap(), vec![77]);
+    assert_eq!(app.scalar("SELECT count() FROM meter_samples").await, 3);
+    let sum: String = store
+        .client()
+        .query("SELECT toString(sum(value)) FROM meter_samples WHERE meter = 'tokens'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(sum, "5.000000000000");
+    app.shutdown().await;
+}

@@ -29,15 +29,25 @@ async fn acknowledged_events_survive_a_clickhouse_outage_exactly_once() {
         clients.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for request in 0..REQUESTS {
-                let ids: Vec<String> = (0..EVENTS).map(|i| format!("o{client}-{request}-{i}")).collect();
-                let body = Value::Array(ids.iter().map(|id| json!({"id": id, "customer": "c1", "type": "api_call"})).collect());
+                let ids: Vec<String> = (0..EVENTS)
+                    .map(|i| format!("o{client}-{request}-{i}"))
+                    .collect();
+                let body = Value::Array(
+                    ids.iter()
+                        .map(|id| json!({"id": id, "customer": "c1", "type": "api_call"}))
+                        .collect(),
+                );
                 // Retry until acknowledged, as a client following Retry-After would.
                 for _attempt in 0..300 {
                     let (status, answer) = app.post_events("ingest_key_a", &body).await;
                     match status {
                         202 => {
                             let ack = &answer;
-                            assert_eq!(ack["accepted"].as_u64().unwrap() + ack["duplicates"].as_u64().unwrap(), EVENTS as u64);
+                            assert_eq!(
+                                ack["accepted"].as_u64().unwrap()
+                                    + ack["duplicates"].as_u64().unwrap(),
+                                EVENTS as u64
+                            );
                             acknowledged.extend(ids.iter().cloned());
                             break;
                         }
@@ -65,19 +75,43 @@ async fn acknowledged_events_survive_a_clickhouse_outage_exactly_once() {
     let mut acknowledged = HashSet::new();
     for client in clients {
         let ids = client.await.unwrap();
-        assert_eq!(ids.len(), REQUESTS * EVENTS, "every request was eventually acknowledged");
+        assert_eq!(
+            ids.len(),
+            REQUESTS * EVENTS,
+            "every request was eventually acknowledged"
+        );
         acknowledged.extend(ids);
     }
-    assert!(unavailable.load(Ordering::Relaxed) > 0, "the outage must have been visible as 503");
+    assert!(
+        unavailable.load(Ordering::Relaxed) > 0,
+        "the outage must have been visible as 503"
+    );
     assert_eq!(app.get("/readyz", None).await.status(), 200);
 
     let store = app.store().await;
-    let stored: Vec<String> = store.client().query("SELECT id FROM events").fetch_all().await.unwrap();
+    let stored: Vec<String> = store
+        .client()
+        .query("SELECT id FROM events")
+        .fetch_all()
+        .await
+        .unwrap();
     let unique: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), unique.len(), "no event stored twice");
-    assert_eq!(unique, acknowledged, "exactly the acknowledged events are stored");
-    let samples = store.client().query("SELECT count() FROM meter_samples").fetch_one::<u64>().await.unwrap();
-    assert_eq!(samples as usize, acknowledged.len(), "every event has its one sample");
+    assert_eq!(
+        unique, acknowledged,
+        "exactly the acknowledged events are stored"
+    );
+    let samples = store
+        .client()
+        .query("SELECT count() FROM meter_samples")
+        .fetch_one::<u64>()
+        .await
+        .unwrap();
+    assert_eq!(
+        samples as usize,
+        acknowledged.len(),
+        "every event has its one sample"
+    );
     Arc::try_unwrap(app).ok().unwrap().shutdown().await;
     clickhouse.stop().await;
 }

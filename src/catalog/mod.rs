@@ -12,17 +12,35 @@ use serde::Deserialize;
 
 pub use meter::{Aggregation, Meter};
 
+/// A meter with the strings every sample repeats, shared rather than copied per event.
+#[derive(Debug)]
+pub struct MeterEntry {
+    pub meter: Meter,
+    pub slug: Arc<str>,
+    pub group_keys: Arc<[String]>,
+}
+
+impl MeterEntry {
+    pub fn new(meter: Meter) -> Self {
+        Self {
+            slug: meter.slug.as_str().into(),
+            group_keys: meter.group_by.clone().into(),
+            meter,
+        }
+    }
+}
+
 /// What ingest needs to know of one tenant.
 #[derive(Debug, Default)]
 pub struct TenantCatalog {
     /// Meters by the event type they read.
-    pub meters_by_type: HashMap<String, Vec<Arc<Meter>>>,
+    pub meters_by_type: HashMap<String, Vec<Arc<MeterEntry>>>,
     /// Accept events older than 35 days or more than 1 day ahead.
     pub allow_backfill: bool,
 }
 
 impl TenantCatalog {
-    pub fn meters_for(&self, event_type: &str) -> &[Arc<Meter>] {
+    pub fn meters_for(&self, event_type: &str) -> &[Arc<MeterEntry>] {
         self.meters_by_type
             .get(event_type)
             .map(Vec::as_slice)
@@ -76,12 +94,12 @@ impl Catalog {
 
     /// Replaces one tenant's meters and settings.
     pub fn set_tenant(&self, tenant: &str, meters: Vec<Meter>, allow_backfill: bool) {
-        let mut meters_by_type: HashMap<String, Vec<Arc<Meter>>> = HashMap::new();
+        let mut meters_by_type: HashMap<String, Vec<Arc<MeterEntry>>> = HashMap::new();
         for meter in meters {
             meters_by_type
                 .entry(meter.event_type.clone())
                 .or_default()
-                .push(Arc::new(meter));
+                .push(Arc::new(MeterEntry::new(meter)));
         }
         let entry = Arc::new(TenantCatalog {
             meters_by_type,

@@ -105,7 +105,7 @@ async fn store_key(store: &Store, row: &StoredKey) -> Result<(), StoreError> {
 pub async fn load_stored(store: &Store, ring: &KeyRing) -> Result<usize, StoreError> {
     let rows: Vec<StoredKey> = store
         .client()
-        .query("SELECT ?fields FROM api_keys FINAL")
+        .query(crate::store::queries::STORED_KEYS)
         .fetch_all()
         .await?;
     let mut loaded = 0;

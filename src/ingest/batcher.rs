@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::dedup::{DedupSet, KeySet};
 use crate::metrics::Metrics;
 use crate::store::rows::EventRow;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, queries};
 
 /// The answer to an accepted ingest request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -58,6 +58,9 @@ struct Submission {
     rows: Vec<EventRow>,
     keys: Vec<u128>,
     reply: oneshot::Sender<Result<Ack, IngestError>>,
+    /// When the handler queued it: a batch is flushed at most `max_wait` after its first
+    /// submission arrived, however long the previous insert took.
+    arrived: tokio::time::Instant,
     /// Holds this submission's share of the queue bound until it is answered.
     _permit: OwnedSemaphorePermit,
 }
@@ -87,6 +90,7 @@ impl Ingestor {
                 rows,
                 keys,
                 reply,
+                arrived: tokio::time::Instant::now(),
                 _permit: permit,
             })
             .map_err(|_| IngestError::Unavailable)?;
@@ -182,17 +186,21 @@ impl Batcher {
                 }
             };
             let Some(first) = first else { break };
-            let deadline = tokio::time::Instant::now() + self.settings.max_wait;
+            let deadline = first.arrived + self.settings.max_wait;
             let mut count = first.rows.len();
             let mut pending = vec![first];
             while count < self.settings.max_events {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(next)) => {
-                        count += next.rows.len();
-                        pending.push(next);
-                    }
-                    _ => break,
-                }
+                // What is already queued joins without waiting, even past the deadline.
+                let next = match self.rx.try_recv() {
+                    Ok(next) => Some(next),
+                    Err(_) => tokio::time::timeout_at(deadline, self.rx.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                };
+                let Some(next) = next else { break };
+                count += next.rows.len();
+                pending.push(next);
             }
             self.flush(pending).await;
         }
@@ -320,7 +328,7 @@ impl Batcher {
             tokio::time::sleep(backoff + jitter).await;
             // Retry only what is known not to have landed.
             if self
-                .landed(&[batch_id], since_ms)
+                .landed_one(batch_id, since_ms)
                 .await?
                 .contains(&batch_id)
             {
@@ -343,15 +351,8 @@ impl Batcher {
         Ok(())
     }
 
-    /// Which of these batches ClickHouse holds.
-    async fn landed(&self, batch_ids: &[u64], since_ms: i64) -> Result<Vec<u64>, StoreError> {
-        let query = self
-            .store
-            .client()
-            .query("SELECT DISTINCT batch_id FROM events PREWHERE ingested_ms >= ? WHERE has(?, batch_id)")
-            .bind(since_ms)
-            .bind(batch_ids);
-        Ok(query.fetch_all::<u64>().await?)
+    async fn landed_one(&self, batch_id: u64, since_ms: i64) -> Result<Vec<u64>, StoreError> {
+        landed(&self.store, &[batch_id], since_ms).await
     }
 
     /// Settles every in-doubt batch: landed ones become accepted ids, others are released.
@@ -361,7 +362,7 @@ impl Batcher {
         }
         let ids: Vec<u64> = self.in_doubt.batches.iter().map(|b| b.0).collect();
         let since = self.in_doubt.batches.iter().map(|b| b.1).min().unwrap_or(0);
-        let landed = self.landed(&ids, since).await?;
+        let landed = landed(&self.store, &ids, since).await?;
         for (batch_id, ingested_ms, keys) in std::mem::take(&mut self.in_doubt.batches) {
             let did_land = landed.contains(&batch_id);
             tracing::info!(
@@ -381,4 +382,59 @@ impl Batcher {
     fn refuse(&self, submission: Submission) {
         let _ = submission.reply.send(Err(IngestError::Unavailable));
     }
+}
+
+/// Which of these batches ClickHouse holds. A batch found in `events` whose samples are
+/// missing (the insert stopped between the table and its view) gets them re-derived.
+pub async fn landed(
+    store: &Store,
+    batch_ids: &[u64],
+    since_ms: i64,
+) -> Result<Vec<u64>, StoreError> {
+    let client = store.client();
+    let in_events: Vec<(u64, u64)> = client
+        .query(queries::LANDED_BATCHES)
+        .bind(since_ms)
+        .bind(batch_ids)
+        .fetch_all()
+        .await?;
+    if in_events.is_empty() {
+        return Ok(vec![]);
+    }
+    let sampled: Vec<(u64, u64)> = client
+        .query(queries::BATCH_SAMPLES)
+        .bind(since_ms)
+        .bind(batch_ids)
+        .fetch_all()
+        .await?;
+    for &(batch_id, expected) in &in_events {
+        let have = sampled
+            .iter()
+            .find(|(id, _)| *id == batch_id)
+            .map_or(0, |(_, n)| *n);
+        if have == expected {
+            continue;
+        }
+        if have > 0 {
+            // A block is written as one part, so this cannot happen; never add to it.
+            tracing::error!(
+                batch_id,
+                expected,
+                have,
+                "batch has part of its samples; left as is"
+            );
+            continue;
+        }
+        tracing::warn!(
+            batch_id,
+            samples = expected,
+            "re-deriving the samples of a batch from events"
+        );
+        client
+            .query(queries::REPAIR_BATCH_SAMPLES)
+            .bind(batch_id)
+            .execute()
+            .await?;
+    }
+    Ok(in_events.into_iter().map(|(id, _)| id).collect())
 }

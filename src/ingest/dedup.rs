@@ -126,7 +126,7 @@ impl DedupSet {
         let since_ms = now_ms - set.window_ms;
         let mut cursor = store
             .client()
-            .query("SELECT tenant, id, ingested_ms FROM events WHERE ingested_ms >= ? ORDER BY ingested_ms")
+            .query(crate::store::queries::ACCEPTED_SINCE)
             .bind(since_ms)
             .fetch::<Accepted>()?;
         let mut by_generation: HashMap<i64, Vec<u128>> = HashMap::new();

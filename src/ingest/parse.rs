@@ -1,16 +1,19 @@
 //! Request bodies to validated event rows: every body form and alias of API.md, with every
 //! problem reported by event index; a request with any problem writes nothing.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use chrono::DateTime;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use super::MAX_EVENTS_PER_REQUEST;
 use super::dedup;
-use super::samples::{self, parse_decimal};
+use super::samples::{self, Props, parse_decimal};
 use crate::catalog::TenantCatalog;
 use crate::error::{ApiError, EventError};
 use crate::store::rows::EventRow;
@@ -35,7 +38,7 @@ pub struct Validated {
 
 /// Who is ingesting and against what catalog, at what time.
 pub struct Context<'a> {
-    pub tenant: &'a str,
+    pub tenant: &'a Arc<str>,
     pub catalog: &'a TenantCatalog,
     pub now_ms: i64,
 }
@@ -121,8 +124,8 @@ struct WireEvent<'a> {
     customer: Option<Value>,
     #[serde(default, rename = "type", alias = "code", alias = "event_name")]
     event_type: Option<Value>,
-    #[serde(default)]
-    timestamp: Option<Value>,
+    #[serde(default, borrow)]
+    timestamp: Option<&'a RawValue>,
     #[serde(default, borrow)]
     properties: Option<&'a RawValue>,
 }
@@ -188,8 +191,9 @@ fn validate_one(
     let customer = required_string(wire.customer, "customer", report);
     let event_type = required_string(wire.event_type, "type", report);
     let ts_ms = match wire.timestamp {
-        None | Some(Value::Null) => Some(ctx.now_ms),
-        Some(value) => check_timestamp(&value, ctx)
+        None => Some(ctx.now_ms),
+        Some(raw) if raw.get() == "null" => Some(ctx.now_ms),
+        Some(raw) => check_timestamp(raw, ctx)
             .map_err(|m| report("timestamp", m))
             .ok(),
     };
@@ -200,7 +204,7 @@ fn validate_one(
     }
     let (id, customer, event_type, ts_ms) = (id?, customer?, event_type?, ts_ms?);
     let mut row = EventRow {
-        tenant: ctx.tenant.to_owned(),
+        tenant: ctx.tenant.clone(),
         id,
         customer,
         event_type,
@@ -220,13 +224,14 @@ fn validate_one(
         sample_group_keys: vec![],
         sample_group_values: vec![],
     };
-    add_samples(&mut row, ctx.catalog, report)?;
+    add_samples(&mut row, properties_text, ctx.catalog, report)?;
     Some(row)
 }
 
 /// Runs the tenant's meters for this event type over its properties.
 fn add_samples(
     row: &mut EventRow,
+    properties_text: &str,
     catalog: &TenantCatalog,
     report: &mut impl FnMut(&str, String),
 ) -> Option<()> {
@@ -235,26 +240,26 @@ fn add_samples(
         return Some(());
     }
     // Properties are parsed only when some meter reads them.
-    let properties: Map<String, Value> = match serde_json::from_str(&row.properties) {
-        Ok(map) => map,
+    let properties = match Props::parse(properties_text) {
+        Ok(props) => props,
         Err(e) => {
             report("properties", format!("not a valid object: {e}"));
             return None;
         }
     };
     let mut ok = true;
-    for meter in meters {
-        match samples::extract(meter, &properties) {
+    for entry in meters {
+        match samples::extract(&entry.meter, &properties) {
             Ok(Some(sample)) => {
-                row.sample_meter.push(meter.slug.clone());
+                row.sample_meter.push(entry.slug.clone());
                 row.sample_value.push(sample.value);
                 row.sample_value_str.push(sample.value_str);
-                row.sample_group_keys.push(meter.group_by.clone());
+                row.sample_group_keys.push(entry.group_keys.clone());
                 row.sample_group_values.push(sample.group_values);
             }
             Ok(None) => {}
             Err(e) => {
-                report(&e.field, format!("{} (meter {})", e.message, meter.slug));
+                report(&e.field, format!("{} (meter {})", e.message, entry.slug));
                 ok = false;
             }
         }
@@ -279,8 +284,8 @@ fn required_string(
     None
 }
 
-fn check_timestamp(value: &Value, ctx: &Context<'_>) -> Result<i64, String> {
-    let ms = parse_timestamp(value)?;
+fn check_timestamp(raw: &RawValue, ctx: &Context<'_>) -> Result<i64, String> {
+    let ms = parse_timestamp(raw)?;
     if !(0..MAX_TIMESTAMP_MS).contains(&ms) {
         return Err("must be between 1970-01-01 and 2100-01-01".into());
     }
@@ -297,18 +302,23 @@ fn check_timestamp(value: &Value, ctx: &Context<'_>) -> Result<i64, String> {
 
 /// RFC 3339 with any offset, or Unix seconds or milliseconds as a number or numeric string.
 /// Magnitudes of 10^11 and above are read as milliseconds (10^11 s is the year 5138).
-pub fn parse_timestamp(value: &Value) -> Result<i64, String> {
-    let numeric = match value {
-        Value::Number(n) => parse_decimal(&n.to_string()),
-        Value::String(s) => match DateTime::parse_from_rfc3339(s.trim()) {
-            Ok(dt) => return Ok(dt.timestamp_millis()),
-            Err(e) => parse_decimal(s.trim())
-                .ok_or_else(|| format!("not RFC 3339 ({e}) nor Unix seconds/milliseconds"))?
-                .into(),
-        },
+pub fn parse_timestamp(raw: &RawValue) -> Result<i64, String> {
+    let text = raw.get();
+    let numeric = match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            let s = s.trim();
+            match DateTime::parse_from_rfc3339(s) {
+                Ok(dt) => return Ok(dt.timestamp_millis()),
+                Err(e) => parse_decimal(s)
+                    .ok_or_else(|| format!("not RFC 3339 ({e}) nor Unix seconds/milliseconds"))?,
+            }
+        }
+        Some(b'-' | b'0'..=b'9') => {
+            parse_decimal(text).ok_or("not a valid number of seconds or milliseconds")?
+        }
         _ => return Err("must be an RFC 3339 string or Unix seconds/milliseconds".into()),
-    }
-    .ok_or("not a valid number of seconds or milliseconds")?;
+    };
     let millis = if numeric.abs() >= Decimal::from(100_000_000_000i64) {
         numeric
     } else {

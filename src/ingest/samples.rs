@@ -1,7 +1,14 @@
 //! Meter samples: what one event contributes to one meter (value, distinct key, groups).
+//!
+//! Properties are read in place from the request body ([`Props`]): only the top level is
+//! split, nested objects only when a meter's dotted path walks into them.
+
+use std::borrow::Cow;
+use std::fmt;
 
 use rust_decimal::Decimal;
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::catalog::{Aggregation, Meter};
 use crate::store::rows::to_scaled;
@@ -26,15 +33,89 @@ pub struct SampleError {
 
 const ONE: i128 = 1_000_000_000_000;
 
+/// The top level of a JSON object, borrowed from the text it was parsed from.
+#[derive(Debug, Default)]
+pub struct Props<'a> {
+    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Props<'a> {
+    /// Splits a JSON object's top level; values stay unparsed.
+    pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    fn get_key(&self, key: &str) -> Option<&'a RawValue> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// A property by name; dots walk into nested objects (`usage.input_tokens`). A key that
+    /// itself contains the dots wins over the nested path.
+    pub fn get(&self, path: &str) -> Option<&'a RawValue> {
+        if let Some(value) = self.get_key(path) {
+            return Some(value);
+        }
+        let (head, rest) = path.split_once('.')?;
+        let nested = self.get_key(head)?;
+        if !nested.get().starts_with('{') {
+            return None;
+        }
+        Props::parse(nested.get()).ok()?.get(rest)
+    }
+}
+
+impl<'de> Deserialize<'de> for Props<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = Props<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((key, value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    entries.push((key.0, value));
+                }
+                Ok(Props { entries })
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
+
+/// An object key: borrowed unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
 /// The sample `meter` takes from an event with `properties`, if the event matches its filters
 /// and carries its value. A missing value property yields no sample (the event is still
 /// stored, and a backfill can recount it); a present but non-numeric one is an error.
-pub fn extract(
-    meter: &Meter,
-    properties: &Map<String, Value>,
-) -> Result<Option<Sample>, SampleError> {
+pub fn extract(meter: &Meter, properties: &Props<'_>) -> Result<Option<Sample>, SampleError> {
     for (key, allowed) in &meter.filters {
-        let matches = lookup(properties, key)
+        let matches = properties
+            .get(key)
             .and_then(render)
             .is_some_and(|v| allowed.contains(&v));
         if !matches {
@@ -42,8 +123,9 @@ pub fn extract(
         }
     }
     let raw = match &meter.value_property {
-        Some(path) if meter.aggregation != Aggregation::Count => match lookup(properties, path) {
-            None | Some(Value::Null) => return Ok(None),
+        Some(path) if meter.aggregation != Aggregation::Count => match properties.get(path) {
+            None => return Ok(None),
+            Some(value) if value.get() == "null" => return Ok(None),
             Some(value) => Some((path, value)),
         },
         _ => None,
@@ -58,7 +140,7 @@ pub fn extract(
     let group_values = meter
         .group_by
         .iter()
-        .map(|key| lookup(properties, key).and_then(render).unwrap_or_default())
+        .map(|key| properties.get(key).and_then(render).unwrap_or_default())
         .collect();
     Ok(Some(Sample {
         value,
@@ -67,14 +149,17 @@ pub fn extract(
     }))
 }
 
-fn numeric(path: &str, value: &Value) -> Result<i128, SampleError> {
+fn numeric(path: &str, value: &RawValue) -> Result<i128, SampleError> {
     let error = |message: String| SampleError {
         field: format!("properties.{path}"),
         message,
     };
-    let decimal = match value {
-        Value::Number(n) => parse_decimal(&n.to_string()),
-        Value::String(s) => parse_decimal(s.trim()),
+    let text = value.get();
+    let decimal = match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<Cow<'_, str>>(text)
+            .ok()
+            .and_then(|s| parse_decimal(s.trim())),
+        Some(b'-' | b'0'..=b'9') => parse_decimal(text),
         _ => None,
     }
     .ok_or_else(|| error("must be a number or a numeric string".into()))?;
@@ -97,35 +182,20 @@ pub fn parse_decimal(text: &str) -> Option<Decimal> {
     }
 }
 
-/// A property by name; dots walk into nested objects (`usage.input_tokens`). A key that itself
-/// contains the dots wins over the nested path.
-pub fn lookup<'v>(properties: &'v Map<String, Value>, path: &str) -> Option<&'v Value> {
-    if let Some(value) = properties.get(path) {
-        return Some(value);
-    }
-    let mut parts = path.split('.');
-    let mut current = properties.get(parts.next()?)?;
-    for part in parts {
-        current = current.as_object()?.get(part)?;
-    }
-    Some(current)
-}
-
-/// A property value as the string filters, groups and distinct counts compare.
-pub fn render(value: &Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        other => Some(other.to_string()),
+/// A property value as the string filters, groups and distinct counts compare: strings
+/// unescaped, anything else as its JSON text; `null` is no value.
+pub fn render(value: &RawValue) -> Option<String> {
+    let text = value.get();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(text).ok(),
+        Some(b'n') => None,
+        _ => Some(text.to_owned()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn meter(aggregation: Aggregation, property: Option<&str>) -> Meter {
         Meter {
@@ -139,59 +209,74 @@ mod tests {
         }
     }
 
-    fn props(value: Value) -> Map<String, Value> {
-        value.as_object().unwrap().clone()
+    fn run(meter: &Meter, properties: &str) -> Result<Option<Sample>, SampleError> {
+        extract(meter, &Props::parse(properties).unwrap())
     }
 
     #[test]
     fn count_samples_are_one_whatever_the_properties() {
-        let s = extract(&meter(Aggregation::Count, None), &props(json!({})))
-            .unwrap()
-            .unwrap();
-        assert_eq!(s.value, ONE);
+        assert_eq!(
+            run(&meter(Aggregation::Count, None), "{}")
+                .unwrap()
+                .unwrap()
+                .value,
+            ONE
+        );
     }
 
     #[test]
     fn sums_read_numbers_and_numeric_strings_exactly() {
         let m = meter(Aggregation::Sum, Some("tokens"));
-        let number: Map<String, Value> = serde_json::from_str(r#"{"tokens": 0.1}"#).unwrap();
         assert_eq!(
-            extract(&m, &number).unwrap().unwrap().value,
+            run(&m, r#"{"tokens": 0.1}"#).unwrap().unwrap().value,
             100_000_000_000
         );
         assert_eq!(
-            extract(&m, &props(json!({"tokens": " 1250 "})))
-                .unwrap()
-                .unwrap()
-                .value,
+            run(&m, r#"{"tokens": " 1250 "}"#).unwrap().unwrap().value,
             1250 * ONE
         );
         assert_eq!(
-            extract(&m, &props(json!({"tokens": "1e3"})))
-                .unwrap()
-                .unwrap()
-                .value,
+            run(&m, r#"{"tokens": "1e3"}"#).unwrap().unwrap().value,
             1000 * ONE
+        );
+        assert_eq!(
+            run(&m, r#"{"tokens": -2.5E-1}"#).unwrap().unwrap().value,
+            -250_000_000_000
         );
     }
 
     #[test]
     fn a_missing_value_gives_no_sample_and_a_bad_one_an_error() {
         let m = meter(Aggregation::Max, Some("usage.gb"));
-        assert_eq!(extract(&m, &props(json!({"other": 1}))).unwrap(), None);
-        let err = extract(&m, &props(json!({"usage": {"gb": "lots"}}))).unwrap_err();
+        assert_eq!(run(&m, r#"{"other": 1}"#).unwrap(), None);
+        assert_eq!(run(&m, r#"{"usage": {"gb": null}}"#).unwrap(), None);
+        assert_eq!(run(&m, r#"{"usage": 5}"#).unwrap(), None);
+        let err = run(&m, r#"{"usage": {"gb": "lots"}}"#).unwrap_err();
         assert_eq!(err.field, "properties.usage.gb");
-        let err = extract(&m, &props(json!({"usage": {"gb": true}}))).unwrap_err();
+        let err = run(&m, r#"{"usage": {"gb": true}}"#).unwrap_err();
         assert!(err.message.contains("number"));
     }
 
     #[test]
     fn nested_paths_and_literal_dotted_keys_both_resolve() {
         let m = meter(Aggregation::Sum, Some("usage.input_tokens"));
-        let nested = props(json!({"usage": {"input_tokens": 7}}));
-        assert_eq!(extract(&m, &nested).unwrap().unwrap().value, 7 * ONE);
-        let literal = props(json!({"usage.input_tokens": 9, "usage": {"input_tokens": 7}}));
-        assert_eq!(extract(&m, &literal).unwrap().unwrap().value, 9 * ONE);
+        assert_eq!(
+            run(&m, r#"{"usage": {"input_tokens": 7}}"#)
+                .unwrap()
+                .unwrap()
+                .value,
+            7 * ONE
+        );
+        let literal = r#"{"usage.input_tokens": 9, "usage": {"input_tokens": 7}}"#;
+        assert_eq!(run(&m, literal).unwrap().unwrap().value, 9 * ONE);
+        let deep = meter(Aggregation::Sum, Some("a.b.c"));
+        assert_eq!(
+            run(&deep, r#"{"a": {"b": {"c": 3}}}"#)
+                .unwrap()
+                .unwrap()
+                .value,
+            3 * ONE
+        );
     }
 
     #[test]
@@ -200,28 +285,16 @@ mod tests {
         m.filters
             .insert("region".into(), vec!["eu".into(), "us".into()]);
         m.filters.insert("tier".into(), vec!["1".into()]);
-        assert!(
-            extract(&m, &props(json!({"region": "eu", "tier": 1})))
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            extract(&m, &props(json!({"region": "ap", "tier": 1})))
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            extract(&m, &props(json!({"region": "eu"})))
-                .unwrap()
-                .is_none()
-        );
+        assert!(run(&m, r#"{"region": "eu", "tier": 1}"#).unwrap().is_some());
+        assert!(run(&m, r#"{"region": "ap", "tier": 1}"#).unwrap().is_none());
+        assert!(run(&m, r#"{"region": "eu"}"#).unwrap().is_none());
     }
 
     #[test]
     fn unique_counts_keep_the_rendered_value_and_groups_default_to_empty() {
         let mut m = meter(Aggregation::UniqueCount, Some("user"));
         m.group_by = vec!["model".into(), "absent".into()];
-        let s = extract(&m, &props(json!({"user": 42, "model": "gpt-x"})))
+        let s = run(&m, r#"{"user": 42, "model": "gpt-\u0078"}"#)
             .unwrap()
             .unwrap();
         assert_eq!(s.value_str, "42");
@@ -229,10 +302,20 @@ mod tests {
     }
 
     #[test]
+    fn escaped_keys_are_found_by_their_unescaped_name() {
+        let m = meter(Aggregation::Sum, Some("tokens"));
+        assert_eq!(
+            run(&m, r#"{"tok\u0065ns": 4}"#).unwrap().unwrap().value,
+            4 * ONE
+        );
+    }
+
+    #[test]
     fn values_that_cannot_be_stored_exactly_are_errors() {
         let m = meter(Aggregation::Sum, Some("v"));
-        let err = extract(&m, &props(json!({"v": "0.0000000000001"}))).unwrap_err();
+        let err = run(&m, r#"{"v": "0.0000000000001"}"#).unwrap_err();
         assert!(err.message.contains("decimal places"));
-        assert!(extract(&m, &props(json!({"v": "NaN"}))).is_err());
+        assert!(run(&m, r#"{"v": "NaN"}"#).is_err());
+        assert!(run(&m, r#"{"v": [1]}"#).is_err());
     }
 }

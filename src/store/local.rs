@@ -53,7 +53,9 @@ impl LocalClickHouse {
     }
 
     async fn end(&mut self, signal: i32) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -3,7 +3,7 @@
 use super::{Store, StoreError};
 
 /// `(version, name, sql)` in order. Add new files here; never edit a released one.
-const MIGRATIONS: &[(u32, &str, &str)] = &[
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "events", include_str!("../../sql/0001_events.sql")),
     (
         2,
@@ -12,10 +12,6 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
     (3, "api_keys", include_str!("../../sql/0003_api_keys.sql")),
 ];
-
-const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
-     (version UInt32, name String, applied_at DateTime) \
-     ENGINE = ReplacingMergeTree ORDER BY version";
 
 #[derive(clickhouse::Row, serde::Serialize)]
 struct Applied<'a> {
@@ -27,9 +23,12 @@ struct Applied<'a> {
 /// Applies every migration not yet recorded; returns how many ran.
 pub async fn run(store: &Store) -> Result<usize, StoreError> {
     let client = store.client();
-    client.query(CREATE_LEDGER).execute().await?;
+    client
+        .query(super::queries::CREATE_MIGRATIONS_LEDGER)
+        .execute()
+        .await?;
     let done: Vec<u32> = client
-        .query("SELECT DISTINCT version FROM schema_migrations")
+        .query(super::queries::APPLIED_MIGRATIONS)
         .fetch_all()
         .await?;
     let mut ran = 0;
@@ -54,7 +53,7 @@ pub async fn run(store: &Store) -> Result<usize, StoreError> {
 }
 
 /// Splits a migration file into statements: `;` at a line end ends one; `--` lines are comments.
-fn statements(sql: &str) -> Vec<String> {
+pub fn statements(sql: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
     for line in sql.lines() {

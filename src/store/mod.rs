@@ -2,6 +2,7 @@
 
 pub mod local;
 pub mod migrate;
+pub mod queries;
 pub mod rows;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Row structs as ClickHouse stores them, and the one fixed scale of stored decimals.
 
+use std::sync::Arc;
+
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -50,7 +52,7 @@ pub fn from_scaled(mut scaled: i128) -> Option<Decimal> {
 /// One row of `events`, samples included (see `sql/0001_events.sql`).
 #[derive(Debug, Clone, clickhouse::Row, Serialize)]
 pub struct EventRow {
-    pub tenant: String,
+    pub tenant: Arc<str>,
     pub id: String,
     pub customer: String,
     pub event_type: String,
@@ -62,10 +64,10 @@ pub struct EventRow {
     pub ingested_ms: i64,
     pub ingested_at: u32,
     pub batch_id: u64,
-    pub sample_meter: Vec<String>,
+    pub sample_meter: Vec<Arc<str>>,
     pub sample_value: Vec<i128>,
     pub sample_value_str: Vec<String>,
-    pub sample_group_keys: Vec<Vec<String>>,
+    pub sample_group_keys: Vec<Arc<[String]>>,
     pub sample_group_values: Vec<Vec<String>>,
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::catalog::Catalog;
 
-const NOW: i64 = 1_795_000_000_000; // 2026-11-18
+const NOW: i64 = 1_795_000_000_000; // 2026-11-18T11:06:40Z
 
 fn catalog() -> Catalog {
     Catalog::from_json(
@@ -19,7 +19,7 @@ fn decode_as(tenant: &str, body: &str, ndjson: bool) -> Result<Validated, ApiErr
         body.as_bytes(),
         ndjson,
         &Context {
-            tenant,
+            tenant: &tenant.into(),
             catalog: &catalog,
             now_ms: NOW,
         },
@@ -148,9 +148,12 @@ fn properties_must_be_an_object_and_are_kept_verbatim() {
 #[test]
 fn matching_meters_add_samples_with_groups() {
     let row = &ok(r#"{"id": "e", "customer": "c", "type": "llm", "properties": {"tokens": "1250", "model": "gpt-x"}}"#).rows[0];
-    assert_eq!(row.sample_meter, vec!["tokens"]);
+    assert_eq!(
+        row.sample_meter,
+        vec![std::sync::Arc::<str>::from("tokens")]
+    );
     assert_eq!(row.sample_value, vec![1250 * 1_000_000_000_000]);
-    assert_eq!(row.sample_group_keys, vec![vec!["model".to_string()]]);
+    assert_eq!(row.sample_group_keys[0].as_ref(), ["model".to_string()]);
     assert_eq!(row.sample_group_values, vec![vec!["gpt-x".to_string()]]);
     let other =
         &ok(r#"{"id": "e", "customer": "c", "type": "other", "properties": {"tokens": 5}}"#).rows
@@ -178,7 +181,7 @@ fn malformed_bodies_are_invalid_requests() {
         );
     }
     assert!(
-        matches!(decode(&[0xff, 0xfe], false, &Context { tenant: "t", catalog: &Default::default(), now_ms: NOW }),
+        matches!(decode(&[0xff, 0xfe], false, &Context { tenant: &"t".into(), catalog: &Default::default(), now_ms: NOW }),
         Err(ApiError::InvalidRequest(m)) if m.contains("UTF-8"))
     );
     assert!(
@@ -234,7 +237,7 @@ mod fuzz {
         #[test]
         fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512), ndjson in any::<bool>()) {
             let catalog = catalog().tenant("t");
-            let _ = decode(&body, ndjson, &Context { tenant: "t", catalog: &catalog, now_ms: NOW });
+            let _ = decode(&body, ndjson, &Context { tenant: &"t".into(), catalog: &catalog, now_ms: NOW });
         }
 
         #[test]

@@ -1,0 +1,37 @@
+//! Every statement the service sends besides migrations and inserts, in one place, so that a
+//! test can run each on current ClickHouse (chDB) as well as on the 18.16 server of the suite.
+//! `?` marks a bound value (bound client-side by the `clickhouse` crate, escaped).
+
+/// The ledger of applied migrations.
+pub const CREATE_MIGRATIONS_LEDGER: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
+     (version UInt32, name String, applied_at DateTime) \
+     ENGINE = ReplacingMergeTree ORDER BY version";
+
+pub const APPLIED_MIGRATIONS: &str = "SELECT DISTINCT version FROM schema_migrations";
+
+/// Ids accepted since `?` (epoch ms), oldest first: the dedup state after a restart.
+pub const ACCEPTED_SINCE: &str =
+    "SELECT tenant, id, ingested_ms FROM events WHERE ingested_ms >= ? ORDER BY ingested_ms";
+
+/// Of the batch ids `?` (an array), committed at or after `?` (epoch ms), those in `events`
+/// with the number of samples each should have.
+pub const LANDED_BATCHES: &str = "SELECT batch_id, toUInt64(sum(length(sample_meter))) \
+     FROM events PREWHERE ingested_ms >= ? WHERE has(?, batch_id) GROUP BY batch_id";
+
+/// The samples `meter_samples` holds for each of the batch ids `?` committed since `?`.
+pub const BATCH_SAMPLES: &str = "SELECT batch_id, count() \
+     FROM meter_samples PREWHERE ingested_ms >= ? WHERE has(?, batch_id) GROUP BY batch_id";
+
+/// Re-derives the samples of batch `?` from `events`, exactly as the view
+/// `events_to_meter_samples` (sql/0002) does at insert; for a batch whose insert stopped
+/// between the two tables.
+pub const REPAIR_BATCH_SAMPLES: &str = "INSERT INTO meter_samples \
+     (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
+     SELECT tenant, s_meter, customer, s_group_keys, s_group_values, ts_ms, ts, s_value, s_value_str, id, ingested_ms, batch_id \
+     FROM events ARRAY JOIN sample_meter AS s_meter, sample_value AS s_value, sample_value_str AS s_value_str, \
+     sample_group_keys AS s_group_keys, sample_group_values AS s_group_values \
+     WHERE batch_id = ?";
+
+/// Every stored API key digest, latest version of each.
+pub const STORED_KEYS: &str =
+    "SELECT key_hash, tenant, role, customer, name, created_at, version FROM api_keys FINAL";

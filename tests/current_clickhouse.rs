@@ -1,0 +1,84 @@
+//! The migrations and every query of `store::queries` on current ClickHouse (chDB, in-process),
+//! beside the 18.16 server the other suites use. `scripts/test` installs chDB into
+//! `target/chdb-venv`; `METERHOUSE_CHDB_PYTHON` may name another interpreter that has it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use meterhouse::store::{migrate, queries};
+use serde_json::json;
+
+fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("METERHOUSE_CHDB_PYTHON") {
+        return path.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/chdb-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "chDB is not installed: run scripts/test (it creates {})",
+        venv.display()
+    );
+    venv
+}
+
+/// Substitutes `?` placeholders in order, as the client's binding would.
+fn bind(sql: &str, values: &[&str]) -> String {
+    let mut parts = sql.split('?');
+    let mut out = parts.next().unwrap_or_default().to_owned();
+    for (part, value) in parts.zip(values.iter().chain(std::iter::repeat(&"?"))) {
+        out.push_str(value);
+        out.push_str(part);
+    }
+    out
+}
+
+#[test]
+fn migrations_and_queries_run_on_current_clickhouse() {
+    let mut statements = vec![queries::CREATE_MIGRATIONS_LEDGER.to_owned()];
+    for (_, _, sql) in migrate::MIGRATIONS {
+        statements.extend(migrate::statements(sql));
+    }
+    // Twice: every migration must be idempotent.
+    statements.extend(statements.clone());
+    statements.push(
+        "INSERT INTO events (tenant, id, customer, event_type, ts_ms, ts, properties, ingested_ms, ingested_at, batch_id, \
+         sample_meter, sample_value, sample_value_str, sample_group_keys, sample_group_values) VALUES \
+         ('t', 'e1', 'c', 'llm', 1795000000000, 1795000000, '{}', 1795000000500, 1795000000, 42, \
+          ['tokens', 'users'], [toDecimal128('1250.5', 12), toDecimal128('1', 12)], ['', 'u7'], [['model'], []], [['gpt-x'], []])"
+            .into(),
+    );
+    statements.push("INSERT INTO schema_migrations VALUES (1, 'events', 1795000000)".into());
+    statements
+        .push("INSERT INTO api_keys VALUES ('ab', 't', 'read', '', 'n', 1795000000, 1)".into());
+    let checks = vec![
+        json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM meter_samples ORDER BY meter",
+               "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
+        json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),
+        json!({"sql": bind(queries::ACCEPTED_SINCE, &["1795000000000"]), "expect": "t\te1\t1795000000500"}),
+        json!({"sql": bind(queries::LANDED_BATCHES, &["1795000000000", "[41, 42]"]), "expect": "42\t2"}),
+        json!({"sql": bind(queries::BATCH_SAMPLES, &["1795000000000", "[41, 42]"]), "expect": "42\t2"}),
+        json!({"sql": "TRUNCATE TABLE meter_samples", "expect": ""}),
+        json!({"sql": bind(queries::REPAIR_BATCH_SAMPLES, &["42"]), "expect": ""}),
+        json!({"sql": "SELECT meter, toString(value), batch_id FROM meter_samples ORDER BY meter", "expect": "tokens\t1250.5\t42\nusers\t1\t42"}),
+        json!({"sql": queries::STORED_KEYS, "expect": "ab\tt\tread\t\tn\t2026-11-18 11:06:40\t1"}),
+    ];
+    let plan = json!({"statements": statements, "checks": checks});
+    let dir = std::env::temp_dir().join(format!("meterhouse-chdb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plan_path = dir.join("plan.json");
+    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/chdb/run_sql.py");
+    let output = Command::new(python())
+        .arg(script)
+        .arg(&plan_path)
+        .env("TZ", "UTC")
+        .output()
+        .expect("running python");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "on current ClickHouse:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
