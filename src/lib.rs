@@ -7,6 +7,7 @@
 //! - [`auth`]: API keys (held hashed), tenants and roles.
 //! - [`limits`]: per-key request and event rate limits.
 //! - [`ingest`]: body decoding and validation, meter samples, dedup, group commit.
+//! - [`billing`]: billing windows, rating and currencies; pure, no IO.
 //! - [`catalog`]: tenants' meters and settings, in memory.
 //! - [`store`]: ClickHouse client, error classes, rows, migrations, an owned local server.
 //! - [`metrics`]: Prometheus text metrics.
@@ -16,6 +17,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod catalog;
 pub mod config;
 pub mod error;

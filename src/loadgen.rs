@@ -31,6 +31,9 @@ pub struct LoadgenArgs {
     /// Rows per direct insert in the baseline.
     #[arg(long, default_value_t = 100_000)]
     pub direct_batch: usize,
+    /// Alternating rounds of baseline and service; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Use this ClickHouse instead of starting one in a temporary directory.
     #[arg(long)]
     pub clickhouse_url: Option<String>,
@@ -46,6 +49,9 @@ const KEY: &str = "loadgen-ingest-key";
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
     pub events: usize,
+    pub rounds: usize,
+    pub clients: usize,
+    pub events_per_request: usize,
     pub direct_events_per_s: f64,
     pub service_events_per_s: f64,
     pub ratio: f64,
@@ -68,8 +74,17 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     };
     let run_id = format!("{:x}", rand::random::<u32>());
     let bodies = make_bodies(&args, &run_id);
-    let direct = direct_baseline(&url, &args, &bodies).await?;
-    let (service, latencies) = through_service(&url, &args, &bodies).await?;
+    let (mut directs, mut services, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        let direct = direct_baseline(&url, &args, &bodies).await?;
+        let (service, round_latencies) = through_service(&url, &args, &bodies).await?;
+        eprintln!("round {round}: direct {direct:.0} events/s, service {service:.0} events/s");
+        directs.push(direct);
+        services.push(service);
+        latencies.extend(round_latencies);
+    }
+    latencies.sort_unstable();
+    let (direct, service) = (median(&mut directs), median(&mut services));
     if let Some(mut local) = owned {
         local.stop().await;
     }
@@ -77,6 +92,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
     let report = Report {
         events: args.events,
+        rounds: args.rounds.max(1),
+        clients: args.clients,
+        events_per_request: args.batch,
         direct_events_per_s: direct,
         service_events_per_s: service,
         ratio: service / direct,
@@ -85,6 +103,11 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         ack_max_ms: pct(1.0),
     };
     Ok(report)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -122,18 +145,6 @@ async fn direct_baseline(url: &str, args: &LoadgenArgs, bodies: &[String]) -> an
     let store = Store::new(url, &store_config("loadgen_direct"))
         .connect()
         .await?;
-    store
-        .client()
-        .query("DROP TABLE IF EXISTS events_to_meter_samples")
-        .execute()
-        .await?;
-    for table in ["events", "meter_samples", "schema_migrations"] {
-        store
-            .client()
-            .query(&format!("DROP TABLE IF EXISTS {table}"))
-            .execute()
-            .await?;
-    }
     migrate::run(&store).await?;
     let catalog = Catalog::from_json(METERS)?;
     let tenant = catalog.tenant("load");
@@ -157,6 +168,8 @@ async fn direct_baseline(url: &str, args: &LoadgenArgs, bodies: &[String]) -> an
         insert.end().await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // Leave no merges behind to slow the next phase.
+    store.client().query("DROP DATABASE loadgen_direct").execute().await?;
     Ok(rows.len() as f64 / elapsed)
 }
 
@@ -213,10 +226,11 @@ async fn through_service(
     let _ = stop.send(());
     server.await??;
     let _ = std::fs::remove_file(catalog_path);
+    let store = Store::new(url, &config.store).connect().await?;
+    store.client().query("DROP DATABASE loadgen_service").execute().await?;
     if accepted != args.events {
         bail!("service accepted {accepted} of {} events", args.events);
     }
-    latencies.sort_unstable();
     Ok((accepted as f64 / elapsed, latencies))
 }
 

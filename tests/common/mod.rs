@@ -39,7 +39,7 @@ pub fn init_logs() {
     });
 }
 
-/// A directory of this test binary's own, emptied on first use.
+/// A directory of this test binary's own.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let exe = std::env::current_exe().ok();
     let suite = exe
@@ -47,10 +47,9 @@ pub fn scratch_dir(name: &str) -> PathBuf {
         .and_then(|p| p.file_stem())
         .and_then(|s| s.to_str())
         .unwrap_or("suite");
-    let dir = std::env::temp_dir()
+    std::env::temp_dir()
         .join("meterhouse-tests")
-        .join(format!("{suite}-{name}"));
-    dir
+        .join(format!("{suite}-{name}"))
 }
 
 /// Starts a ClickHouse under `dir` from a thread that outlives every test's runtime.

@@ -1,0 +1,15 @@
+//! Serde helpers: decimals arrive as strings (API.md) or exact JSON numbers, and always
+//! leave as strings.
+
+use rust_decimal::Decimal;
+use serde::Deserializer;
+
+/// A required decimal from a string or an exact JSON number.
+pub fn required<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+    rust_decimal::serde::arbitrary_precision::deserialize(deserializer)
+}
+
+/// An optional decimal: `null` or absent is `None`.
+pub fn option<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Decimal>, D::Error> {
+    rust_decimal::serde::arbitrary_precision_option::deserialize(deserializer)
+}

@@ -1,0 +1,61 @@
+//! Currencies and rounding: ISO 4217 minor units, half-even rounding, done once per total.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+/// Digits after the decimal point of a currency's minor unit (ISO 4217); 2 when not listed.
+pub fn minor_units(currency: &str) -> u32 {
+    match currency {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        "CLF" | "UYW" => 4,
+        _ => 2,
+    }
+}
+
+/// A currency code is three upper-case ASCII letters.
+pub fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// `amount` rounded half-even to the currency's minor unit, with that many decimals shown.
+pub fn round_to_currency(amount: Decimal, currency: &str) -> Decimal {
+    let digits = minor_units(currency);
+    let mut rounded = amount.round_dp_with_strategy(digits, RoundingStrategy::MidpointNearestEven);
+    rounded.rescale(digits);
+    rounded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn totals_round_half_even_to_the_minor_unit() {
+        let cases = [
+            ("70.345", "USD", "70.34"),
+            ("70.355", "USD", "70.36"),
+            ("70.3451", "USD", "70.35"),
+            ("12.5", "JPY", "12"),
+            ("13.5", "JPY", "14"),
+            ("1.23456", "KWD", "1.235"),
+            ("1.2345", "KWD", "1.234"),
+            ("7", "EUR", "7.00"),
+        ];
+        for (amount, currency, expected) in cases {
+            assert_eq!(round_to_currency(d(amount), currency).to_string(), expected, "{amount} {currency}");
+        }
+    }
+
+    #[test]
+    fn currency_codes_are_three_capitals() {
+        assert!(is_currency_code("USD"));
+        assert!(!is_currency_code("usd"));
+        assert!(!is_currency_code("US"));
+    }
+}
