@@ -68,10 +68,15 @@ impl Application {
             window_hours = config.dedup_window_hours,
             "dedup state loaded"
         );
-        let catalog = match &config.catalog {
-            Some(path) => Catalog::load(path)?,
-            None => Catalog::default(),
-        };
+        let catalog = Catalog::open(store.clone())
+            .await
+            .context("loading the catalog")?;
+        if let Some(path) = &config.catalog {
+            catalog
+                .seed(&Catalog::read_seed(path)?)
+                .await
+                .map_err(|e| anyhow::anyhow!("seeding the catalog: {e}"))?;
+        }
         let keys = KeyRing::from_config(&config.api_keys)?;
         http::keys::load_stored(&store, &keys)
             .await
@@ -89,11 +94,10 @@ impl Application {
             ack_timeout: config.ack_timeout(),
         };
         let (ingestor, batcher) = batcher::start(store.clone(), dedup, settings, metrics.clone());
-        let background = vec![http::keys::spawn_refresh(
-            store.clone(),
-            keys.clone(),
-            Duration::from_secs(5),
-        )];
+        let background = vec![
+            http::keys::spawn_refresh(store.clone(), keys.clone(), Duration::from_secs(5)),
+            catalog.spawn_refresh(Duration::from_secs(1)),
+        ];
         let limits = RateLimits::new(config.rate_limit_rps, config.rate_limit_eps);
         let state = AppState {
             store,

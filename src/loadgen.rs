@@ -169,7 +169,11 @@ async fn direct_baseline(url: &str, args: &LoadgenArgs, bodies: &[String]) -> an
     }
     let elapsed = started.elapsed().as_secs_f64();
     // Leave no merges behind to slow the next phase.
-    store.client().query("DROP DATABASE loadgen_direct").execute().await?;
+    store
+        .client()
+        .query("DROP DATABASE loadgen_direct")
+        .execute()
+        .await?;
     Ok(rows.len() as f64 / elapsed)
 }
 
@@ -227,7 +231,11 @@ async fn through_service(
     server.await??;
     let _ = std::fs::remove_file(catalog_path);
     let store = Store::new(url, &config.store).connect().await?;
-    store.client().query("DROP DATABASE loadgen_service").execute().await?;
+    store
+        .client()
+        .query("DROP DATABASE loadgen_service")
+        .execute()
+        .await?;
     if accepted != args.events {
         bail!("service accepted {accepted} of {} events", args.events);
     }

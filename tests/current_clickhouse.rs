@@ -50,6 +50,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     statements.push("INSERT INTO schema_migrations VALUES (1, 'events', 1795000000)".into());
     statements
         .push("INSERT INTO api_keys VALUES ('ab', 't', 'read', '', 'n', 1795000000, 1)".into());
+    statements.push("INSERT INTO catalog VALUES ('t', 'meter', 'm', '{\"v\":1}', 5), ('t', 'meter', 'm', '{\"v\":2}', 9)".into());
     let checks = vec![
         json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM meter_samples ORDER BY meter",
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
@@ -60,6 +61,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": "TRUNCATE TABLE meter_samples", "expect": ""}),
         json!({"sql": bind(queries::REPAIR_BATCH_SAMPLES, &["42"]), "expect": ""}),
         json!({"sql": "SELECT meter, toString(value), batch_id FROM meter_samples ORDER BY meter", "expect": "tokens\t1250.5\t42\nusers\t1\t42"}),
+        json!({"sql": bind(queries::CATALOG_SINCE, &["3"]), "expect": "t\tmeter\tm\t{\"v\":2}\t9"}),
         json!({"sql": queries::STORED_KEYS, "expect": "ab\tt\tread\t\tn\t2026-11-18 11:06:40\t1"}),
     ];
     let plan = json!({"statements": statements, "checks": checks});

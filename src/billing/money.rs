@@ -48,7 +48,11 @@ mod tests {
             ("7", "EUR", "7.00"),
         ];
         for (amount, currency, expected) in cases {
-            assert_eq!(round_to_currency(d(amount), currency).to_string(), expected, "{amount} {currency}");
+            assert_eq!(
+                round_to_currency(d(amount), currency).to_string(),
+                expected,
+                "{amount} {currency}"
+            );
         }
     }
 

@@ -2,7 +2,9 @@
 //! calendar, in the customer's timezone); a [`Timeline`] adds what a subscription adds: its
 //! start, trial, plan phases and cancellation. All windows are half-open `[from, to)` in UTC.
 
-use chrono::{DateTime, Datelike, Days, Months, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, Days, Months, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc,
+};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -124,10 +126,16 @@ impl Cadence {
             return Ok(self.origin);
         }
         match self.anchor {
-            Anchor::Anniversary => self.shifted(self.local(self.origin), k * i64::from(self.step())),
+            Anchor::Anniversary => {
+                self.shifted(self.local(self.origin), k * i64::from(self.step()))
+            }
             Anchor::Calendar => {
                 let (first, exact) = self.natural_index(self.local(self.origin))?;
-                let first = if exact { first + i64::from(self.step()) } else { first + 1 };
+                let first = if exact {
+                    first + i64::from(self.step())
+                } else {
+                    first + 1
+                };
                 self.natural(first + (k - 1) * i64::from(self.step()))
             }
         }
@@ -138,11 +146,13 @@ impl Cadence {
     fn shifted(&self, local: NaiveDateTime, intervals: i64) -> Result<DateTime<Utc>, PeriodError> {
         let date = match self.interval.months() {
             Some(months) => {
-                let total = u32::try_from(intervals * i64::from(months)).map_err(|_| PeriodError::OutOfRange)?;
+                let total = u32::try_from(intervals * i64::from(months))
+                    .map_err(|_| PeriodError::OutOfRange)?;
                 local.date().checked_add_months(Months::new(total))
             }
             None => {
-                let days = u64::try_from(intervals).map_err(|_| PeriodError::OutOfRange)? * self.interval.days();
+                let days = u64::try_from(intervals).map_err(|_| PeriodError::OutOfRange)?
+                    * self.interval.days();
                 local.date().checked_add_days(Days::new(days))
             }
         }
@@ -170,7 +180,8 @@ impl Cadence {
             let year = i32::try_from(months.div_euclid(12)).ok()?;
             NaiveDate::from_ymd_opt(year, u32::try_from(months.rem_euclid(12)).ok()? + 1, 1)
         };
-        let days_from_ce = |days: i64| NaiveDate::from_num_days_from_ce_opt(i32::try_from(days).ok()?);
+        let days_from_ce =
+            |days: i64| NaiveDate::from_num_days_from_ce_opt(i32::try_from(days).ok()?);
         let date = match self.interval {
             Interval::Day => days_from_ce(index),
             // 0001-01-01 is a Monday: weeks start on Mondays.
@@ -180,7 +191,10 @@ impl Cadence {
             Interval::Year => month_start(index * 12),
         }
         .ok_or(PeriodError::OutOfRange)?;
-        to_utc(self.tz, date.and_hms_opt(0, 0, 0).ok_or(PeriodError::OutOfRange)?)
+        to_utc(
+            self.tz,
+            date.and_hms_opt(0, 0, 0).ok_or(PeriodError::OutOfRange)?,
+        )
     }
 
     /// The period containing `t`, for `t` at or after the origin.
@@ -194,7 +208,13 @@ impl Cadence {
         while self.boundary(k + 1)? <= t {
             k += 1;
         }
-        Ok((k, Window { from: self.boundary(k)?, to: self.boundary(k + 1)? }))
+        Ok((
+            k,
+            Window {
+                from: self.boundary(k)?,
+                to: self.boundary(k + 1)?,
+            },
+        ))
     }
 }
 
@@ -269,11 +289,22 @@ impl Timeline {
             return Ok(None);
         }
         let phase = self.phase_at(t);
-        let limit = Window { from: self.start, to: self.end.unwrap_or(DateTime::<Utc>::MAX_UTC) };
+        let limit = Window {
+            from: self.start,
+            to: self.end.unwrap_or(DateTime::<Utc>::MAX_UTC),
+        };
         if let Some(trial_end) = self.trial_end.filter(|&trial_end| t < trial_end) {
-            let full = Window { from: self.start, to: trial_end };
+            let full = Window {
+                from: self.start,
+                to: trial_end,
+            };
             let window = full.intersect(&limit).unwrap_or(full);
-            return Ok(Some(Period { window, phase, trial: true, full }));
+            return Ok(Some(Period {
+                window,
+                phase,
+                trial: true,
+                full,
+            }));
         }
         let span = &self.phases[phase];
         let cadence = Cadence {
@@ -284,20 +315,34 @@ impl Timeline {
             origin: self.trial_end.unwrap_or(self.start),
         };
         let (_, full) = cadence.period_at(t)?;
-        let phase_window = Window { from: span.from, to: span.to.unwrap_or(DateTime::<Utc>::MAX_UTC) };
+        let phase_window = Window {
+            from: span.from,
+            to: span.to.unwrap_or(DateTime::<Utc>::MAX_UTC),
+        };
         let window = full
             .intersect(&phase_window)
             .and_then(|w| w.intersect(&limit))
             .ok_or(PeriodError::OutOfRange)?;
-        Ok(Some(Period { window, phase, trial: false, full }))
+        Ok(Some(Period {
+            window,
+            phase,
+            trial: false,
+            full,
+        }))
     }
 
     /// The periods overlapping `[from, to)`, in order, each whole (not cut to the window).
-    pub fn periods_overlapping(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<Period>, PeriodError> {
+    pub fn periods_overlapping(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Period>, PeriodError> {
         let mut periods = Vec::new();
         let mut t = from.max(self.start);
         while t < to {
-            let Some(period) = self.period_at(t)? else { break };
+            let Some(period) = self.period_at(t)? else {
+                break;
+            };
             if periods.len() == MAX_PERIODS {
                 return Err(PeriodError::TooManyPeriods(MAX_PERIODS));
             }
@@ -309,7 +354,10 @@ impl Timeline {
 
     /// When the next invoice falls after `t`: the end of the period containing `t` (the start
     /// for a subscription not yet started); `None` once it has ended.
-    pub fn next_invoice_date(&self, t: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, PeriodError> {
+    pub fn next_invoice_date(
+        &self,
+        t: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, PeriodError> {
         if t < self.start {
             return Ok(Some(self.start));
         }

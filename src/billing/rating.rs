@@ -27,9 +27,15 @@ pub enum Rounding {
 /// How a billable quantity becomes an amount.
 #[derive(Debug, Clone, Copy)]
 pub enum Model<'a> {
-    PerUnit { unit_amount: Decimal },
+    PerUnit {
+        unit_amount: Decimal,
+    },
     /// Units are sold in packages of `size`; a started package is charged (`Up`) or not (`Down`).
-    Package { size: Decimal, amount: Decimal, rounding: Rounding },
+    Package {
+        size: Decimal,
+        amount: Decimal,
+        rounding: Rounding,
+    },
     /// Each tier prices the units that fall in it, plus its flat amount once if any do.
     Graduated(&'a [Tier]),
     /// The tier that holds the total prices all units, plus its flat amount.
@@ -74,18 +80,37 @@ fn add(a: Decimal, b: Decimal) -> Result<Decimal, RatingError> {
 }
 
 /// Rates `quantity` after taking `included` free units off it (never below zero).
-pub fn rate(model: &Model<'_>, quantity: Decimal, included: Decimal) -> Result<Charge, RatingError> {
+pub fn rate(
+    model: &Model<'_>,
+    quantity: Decimal,
+    included: Decimal,
+) -> Result<Charge, RatingError> {
     let billable = (quantity - included.max(Decimal::ZERO)).max(Decimal::ZERO);
     let (amount, tiers) = match *model {
         Model::PerUnit { unit_amount } => (mul(billable, unit_amount)?, Vec::new()),
-        Model::Package { size, amount, rounding } => (package(billable, size, amount, rounding)?, Vec::new()),
+        Model::Package {
+            size,
+            amount,
+            rounding,
+        } => (package(billable, size, amount, rounding)?, Vec::new()),
         Model::Graduated(tiers) => graduated(billable, tiers)?,
         Model::Volume(tiers) => volume(billable, tiers)?,
     };
-    Ok(Charge { quantity, included_units: included, billable_quantity: billable, amount, tiers })
+    Ok(Charge {
+        quantity,
+        included_units: included,
+        billable_quantity: billable,
+        amount,
+        tiers,
+    })
 }
 
-fn package(billable: Decimal, size: Decimal, amount: Decimal, rounding: Rounding) -> Result<Decimal, RatingError> {
+fn package(
+    billable: Decimal,
+    size: Decimal,
+    amount: Decimal,
+    rounding: Rounding,
+) -> Result<Decimal, RatingError> {
     if size <= Decimal::ZERO {
         return Err(RatingError::ZeroPackage);
     }
@@ -110,9 +135,18 @@ fn graduated(billable: Decimal, tiers: &[Tier]) -> Result<(Decimal, Vec<TierLine
             Some(up_to) => remaining.min((up_to - from).max(Decimal::ZERO)),
             None => remaining,
         };
-        let amount = if in_tier > Decimal::ZERO { add(mul(in_tier, tier.unit_amount)?, tier.flat_amount)? } else { Decimal::ZERO };
+        let amount = if in_tier > Decimal::ZERO {
+            add(mul(in_tier, tier.unit_amount)?, tier.flat_amount)?
+        } else {
+            Decimal::ZERO
+        };
         total = add(total, amount)?;
-        lines.push(TierLine { from, up_to: tier.up_to, quantity: in_tier, amount });
+        lines.push(TierLine {
+            from,
+            up_to: tier.up_to,
+            quantity: in_tier,
+            amount,
+        });
         remaining -= in_tier;
         match tier.up_to {
             Some(up_to) => from = up_to,
@@ -127,8 +161,20 @@ fn volume(billable: Decimal, tiers: &[Tier]) -> Result<(Decimal, Vec<TierLine>),
     for (i, tier) in tiers.iter().enumerate() {
         let holds = tier.up_to.is_none_or(|up_to| billable <= up_to) || i + 1 == tiers.len();
         if holds {
-            let amount = if billable > Decimal::ZERO { add(mul(billable, tier.unit_amount)?, tier.flat_amount)? } else { Decimal::ZERO };
-            return Ok((amount, vec![TierLine { from, up_to: tier.up_to, quantity: billable, amount }]));
+            let amount = if billable > Decimal::ZERO {
+                add(mul(billable, tier.unit_amount)?, tier.flat_amount)?
+            } else {
+                Decimal::ZERO
+            };
+            return Ok((
+                amount,
+                vec![TierLine {
+                    from,
+                    up_to: tier.up_to,
+                    quantity: billable,
+                    amount,
+                }],
+            ));
         }
         from = tier.up_to.unwrap_or(from);
     }
@@ -160,7 +206,11 @@ pub fn rate_groups<G>(
         sum = add(sum, charge.amount)?;
         rated.push((group, charge));
     }
-    Ok(GroupedCharge { amount: clamp(sum, minimum, maximum), groups_amount: sum, groups: rated })
+    Ok(GroupedCharge {
+        amount: clamp(sum, minimum, maximum),
+        groups_amount: sum,
+        groups: rated,
+    })
 }
 
 /// `amount` raised to `minimum` and capped at `maximum`, where given.
@@ -171,7 +221,12 @@ pub fn clamp(amount: Decimal, minimum: Option<Decimal>, maximum: Option<Decimal>
 
 /// A flat fee for a period of which the subscription is active `active_seconds` out of
 /// `period_seconds`; the full fee unless `prorate`.
-pub fn flat_fee(amount: Decimal, prorate: bool, active_seconds: i64, period_seconds: i64) -> Result<Decimal, RatingError> {
+pub fn flat_fee(
+    amount: Decimal,
+    prorate: bool,
+    active_seconds: i64,
+    period_seconds: i64,
+) -> Result<Decimal, RatingError> {
     if !prorate || period_seconds <= 0 || active_seconds >= period_seconds {
         return Ok(amount);
     }

@@ -1,5 +1,6 @@
 //! The HTTP API: shared state, the router, and one module per resource.
 
+pub mod catalog;
 pub mod events;
 pub mod keys;
 pub mod ops;
@@ -34,6 +35,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(events::router())
+        .merge(catalog::router())
         .merge(keys::router())
         .merge(ops::router())
         .fallback(not_found)
@@ -67,8 +69,16 @@ where
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
         let bytes = events::read_body(req.into_body()).await?;
-        serde_json::from_slice(&bytes)
+        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(deserializer)
             .map(ApiJson)
-            .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                match path.as_str() {
+                    "." | "" => ApiError::InvalidRequest(format!("invalid JSON body: {inner}")),
+                    _ => ApiError::InvalidRequest(format!("{path}: {inner}")),
+                }
+            })
     }
 }

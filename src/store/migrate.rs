@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../sql/0002_meter_samples.sql"),
     ),
     (3, "api_keys", include_str!("../../sql/0003_api_keys.sql")),
+    (4, "catalog", include_str!("../../sql/0004_catalog.sql")),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

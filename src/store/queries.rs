@@ -32,6 +32,10 @@ pub const REPAIR_BATCH_SAMPLES: &str = "INSERT INTO meter_samples \
      sample_group_keys AS s_group_keys, sample_group_values AS s_group_values \
      WHERE batch_id = ?";
 
+/// Catalog documents written after version `?` (minus a margin for clock skew), oldest first.
+pub const CATALOG_SINCE: &str =
+    "SELECT tenant, kind, key, body, version FROM catalog FINAL WHERE version > ? ORDER BY version";
+
 /// Every stored API key digest, latest version of each.
 pub const STORED_KEYS: &str =
     "SELECT key_hash, tenant, role, customer, name, created_at, version FROM api_keys FINAL";

@@ -7,12 +7,20 @@ fn d(s: &str) -> Decimal {
 }
 
 fn tier(up_to: Option<&str>, unit: &str, flat: &str) -> Tier {
-    Tier { up_to: up_to.map(d), unit_amount: d(unit), flat_amount: d(flat) }
+    Tier {
+        up_to: up_to.map(d),
+        unit_amount: d(unit),
+        flat_amount: d(flat),
+    }
 }
 
 /// Tiers with flat fees: (0, 100] at 1 + 10, (100, 200] at 0.5 + 5, above at 0.1.
 fn stepped() -> Vec<Tier> {
-    vec![tier(Some("100"), "1", "10"), tier(Some("200"), "0.5", "5"), tier(None, "0.1", "0")]
+    vec![
+        tier(Some("100"), "1", "10"),
+        tier(Some("200"), "0.5", "5"),
+        tier(None, "0.1", "0"),
+    ]
 }
 
 #[test]
@@ -21,8 +29,18 @@ fn the_api_example_graduated_charge_is_exact() {
     let charge = rate(&Model::Graduated(&tiers), d("12345"), d("1000")).unwrap();
     assert_eq!(charge.billable_quantity, d("11345"));
     assert_eq!(charge.amount, d("21.345"));
-    let lines: Vec<_> = charge.tiers.iter().map(|l| (l.from, l.up_to, l.quantity, l.amount)).collect();
-    assert_eq!(lines, vec![(d("0"), Some(d("10000")), d("10000"), d("20.000")), (d("10000"), None, d("1345"), d("1.345"))]);
+    let lines: Vec<_> = charge
+        .tiers
+        .iter()
+        .map(|l| (l.from, l.up_to, l.quantity, l.amount))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            (d("0"), Some(d("10000")), d("10000"), d("20.000")),
+            (d("10000"), None, d("1345"), d("1.345"))
+        ]
+    );
 }
 
 #[test]
@@ -38,61 +56,149 @@ fn graduated_and_volume_worked_examples() {
     ];
     let tiers = stepped();
     for (quantity, graduated, volume) in cases {
-        assert_eq!(rate(&Model::Graduated(&tiers), d(quantity), Decimal::ZERO).unwrap().amount, d(graduated), "graduated {quantity}");
-        assert_eq!(rate(&Model::Volume(&tiers), d(quantity), Decimal::ZERO).unwrap().amount, d(volume), "volume {quantity}");
+        assert_eq!(
+            rate(&Model::Graduated(&tiers), d(quantity), Decimal::ZERO)
+                .unwrap()
+                .amount,
+            d(graduated),
+            "graduated {quantity}"
+        );
+        assert_eq!(
+            rate(&Model::Volume(&tiers), d(quantity), Decimal::ZERO)
+                .unwrap()
+                .amount,
+            d(volume),
+            "volume {quantity}"
+        );
     }
 }
 
 #[test]
 fn package_and_transform_quantity_examples() {
     // Lago package / Flexprice transform_quantity {divide_by: 1000, round: up|down}.
-    let up = Model::Package { size: d("1000"), amount: d("0.50"), rounding: Rounding::Up };
-    let down = Model::Package { size: d("1000"), amount: d("0.50"), rounding: Rounding::Down };
-    for (quantity, included, up_amount, down_amount) in
-        [("2500", "0", "1.50", "1.00"), ("1", "0", "0.50", "0"), ("0", "0", "0", "0"), ("3000", "1000", "1.00", "1.00")]
-    {
-        assert_eq!(rate(&up, d(quantity), d(included)).unwrap().amount, d(up_amount), "up {quantity}");
-        assert_eq!(rate(&down, d(quantity), d(included)).unwrap().amount, d(down_amount), "down {quantity}");
+    let up = Model::Package {
+        size: d("1000"),
+        amount: d("0.50"),
+        rounding: Rounding::Up,
+    };
+    let down = Model::Package {
+        size: d("1000"),
+        amount: d("0.50"),
+        rounding: Rounding::Down,
+    };
+    for (quantity, included, up_amount, down_amount) in [
+        ("2500", "0", "1.50", "1.00"),
+        ("1", "0", "0.50", "0"),
+        ("0", "0", "0", "0"),
+        ("3000", "1000", "1.00", "1.00"),
+    ] {
+        assert_eq!(
+            rate(&up, d(quantity), d(included)).unwrap().amount,
+            d(up_amount),
+            "up {quantity}"
+        );
+        assert_eq!(
+            rate(&down, d(quantity), d(included)).unwrap().amount,
+            d(down_amount),
+            "down {quantity}"
+        );
     }
-    let zero = Model::Package { size: Decimal::ZERO, amount: d("1"), rounding: Rounding::Up };
-    assert_eq!(rate(&zero, d("5"), Decimal::ZERO), Err(RatingError::ZeroPackage));
+    let zero = Model::Package {
+        size: Decimal::ZERO,
+        amount: d("1"),
+        rounding: Rounding::Up,
+    };
+    assert_eq!(
+        rate(&zero, d("5"), Decimal::ZERO),
+        Err(RatingError::ZeroPackage)
+    );
 }
 
 #[test]
 fn included_units_come_off_before_the_model() {
-    let per_unit = Model::PerUnit { unit_amount: d("0.25") };
-    assert_eq!(rate(&per_unit, d("50"), d("100")).unwrap().amount, Decimal::ZERO);
-    assert_eq!(rate(&per_unit, d("150"), d("100")).unwrap().amount, d("12.50"));
-    assert_eq!(rate(&per_unit, d("-5"), Decimal::ZERO).unwrap().billable_quantity, Decimal::ZERO);
+    let per_unit = Model::PerUnit {
+        unit_amount: d("0.25"),
+    };
+    assert_eq!(
+        rate(&per_unit, d("50"), d("100")).unwrap().amount,
+        Decimal::ZERO
+    );
+    assert_eq!(
+        rate(&per_unit, d("150"), d("100")).unwrap().amount,
+        d("12.50")
+    );
+    assert_eq!(
+        rate(&per_unit, d("-5"), Decimal::ZERO)
+            .unwrap()
+            .billable_quantity,
+        Decimal::ZERO
+    );
 }
 
 #[test]
 fn groups_are_rated_separately_and_their_sum_clamped() {
-    let per_unit = Model::PerUnit { unit_amount: d("1") };
+    let per_unit = Model::PerUnit {
+        unit_amount: d("1"),
+    };
     let groups = vec![("gpt-x", d("15")), ("small", d("3"))];
     let charge = rate_groups(&per_unit, d("5"), groups.clone(), None, None).unwrap();
     assert_eq!(charge.amount, d("10"), "5 included per group: 10 + 0");
     assert_eq!(charge.groups[1].1.amount, Decimal::ZERO);
-    assert_eq!(rate_groups(&per_unit, d("5"), groups.clone(), Some(d("12")), None).unwrap().amount, d("12"));
-    assert_eq!(rate_groups(&per_unit, d("5"), groups, None, Some(d("8"))).unwrap().amount, d("8"));
-    let nothing = rate_groups(&per_unit, Decimal::ZERO, Vec::<(&str, Decimal)>::new(), Some(d("1.00")), None).unwrap();
-    assert_eq!(nothing.amount, d("1.00"), "a minimum applies to an empty window too");
+    assert_eq!(
+        rate_groups(&per_unit, d("5"), groups.clone(), Some(d("12")), None)
+            .unwrap()
+            .amount,
+        d("12")
+    );
+    assert_eq!(
+        rate_groups(&per_unit, d("5"), groups, None, Some(d("8")))
+            .unwrap()
+            .amount,
+        d("8")
+    );
+    let nothing = rate_groups(
+        &per_unit,
+        Decimal::ZERO,
+        Vec::<(&str, Decimal)>::new(),
+        Some(d("1.00")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        nothing.amount,
+        d("1.00"),
+        "a minimum applies to an empty window too"
+    );
 }
 
 #[test]
 fn flat_fees_prorate_by_the_active_share() {
-    assert_eq!(flat_fee(d("49.00"), true, 15 * 86400, 30 * 86400).unwrap(), d("24.50"));
-    assert_eq!(flat_fee(d("49.00"), false, 15 * 86400, 30 * 86400).unwrap(), d("49.00"));
+    assert_eq!(
+        flat_fee(d("49.00"), true, 15 * 86400, 30 * 86400).unwrap(),
+        d("24.50")
+    );
+    assert_eq!(
+        flat_fee(d("49.00"), false, 15 * 86400, 30 * 86400).unwrap(),
+        d("49.00")
+    );
     assert_eq!(flat_fee(d("30"), true, 10, 30).unwrap(), d("10"));
     assert_eq!(flat_fee(d("30"), true, 40, 30).unwrap(), d("30"));
     let third = flat_fee(d("49"), true, 10, 30).unwrap();
-    assert_eq!(crate::billing::money::round_to_currency(third, "USD"), d("16.33"));
+    assert_eq!(
+        crate::billing::money::round_to_currency(third, "USD"),
+        d("16.33")
+    );
 }
 
 #[test]
 fn overflow_is_an_error_not_a_panic() {
-    let per_unit = Model::PerUnit { unit_amount: Decimal::MAX };
-    assert_eq!(rate(&per_unit, d("10"), Decimal::ZERO), Err(RatingError::Overflow));
+    let per_unit = Model::PerUnit {
+        unit_amount: Decimal::MAX,
+    };
+    assert_eq!(
+        rate(&per_unit, d("10"), Decimal::ZERO),
+        Err(RatingError::Overflow)
+    );
 }
 
 fn quantity() -> impl Strategy<Value = Decimal> {
@@ -112,7 +218,11 @@ fn tiers() -> impl Strategy<Value = Vec<Tier>> {
             .enumerate()
             .map(|(i, (width, unit, flat))| {
                 bound += Decimal::from(width);
-                Tier { up_to: (i + 1 < count).then_some(bound), unit_amount: unit, flat_amount: flat }
+                Tier {
+                    up_to: (i + 1 < count).then_some(bound),
+                    unit_amount: unit,
+                    flat_amount: flat,
+                }
             })
             .collect()
     })

@@ -1,0 +1,326 @@
+//! Catalog routes (API.md "Catalog"): meters, plans, customers, subscriptions. `POST` creates
+//! (409 if the key exists), `PUT /{key}` replaces, `GET` lists or reads; subscriptions also
+//! `cancel` and `change_plan`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiJson, AppState};
+use crate::auth::{Principal, Role};
+use crate::catalog::subscription::{SubscriptionInput, effective_at};
+use crate::catalog::{CatalogError, Customer, Item, Meter, Plan, Subscription, TenantCatalog};
+use crate::error::ApiError;
+use crate::store::StoreError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/meters", get(list::<Meter>).post(create::<Meter>))
+        .route("/v1/meters/{key}", get(read::<Meter>).put(replace::<Meter>))
+        .route("/v1/plans", get(list::<Plan>).post(create::<Plan>))
+        .route("/v1/plans/{key}", get(read::<Plan>).put(replace::<Plan>))
+        .route(
+            "/v1/customers",
+            get(list::<Customer>).post(create::<Customer>),
+        )
+        .route(
+            "/v1/customers/{key}",
+            get(read_customer).put(replace::<Customer>),
+        )
+        .route(
+            "/v1/subscriptions",
+            get(list_subscriptions).post(create_subscription),
+        )
+        .route(
+            "/v1/subscriptions/{key}",
+            get(read_subscription).put(replace_subscription),
+        )
+        .route("/v1/subscriptions/{key}/cancel", post(cancel))
+        .route("/v1/subscriptions/{key}/change_plan", post(change_plan))
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(err: CatalogError) -> Self {
+        match err {
+            CatalogError::Invalid(message) => ApiError::InvalidRequest(message),
+            CatalogError::Conflict(message) => ApiError::Conflict(message),
+            CatalogError::NotFound { kind, message } => {
+                ApiError::not_found(kind.not_found_code(), message)
+            }
+            CatalogError::Store(StoreError::Unavailable(_)) => {
+                ApiError::Unavailable { retry_after_s: 1 }
+            }
+            CatalogError::Store(StoreError::Rejected(detail)) => ApiError::Internal(detail),
+        }
+    }
+}
+
+const READERS: &[Role] = &[Role::Admin, Role::Read];
+
+fn missing<T: Item>(key: &str) -> ApiError {
+    ApiError::not_found(
+        T::KIND.not_found_code(),
+        format!("no {} '{key}' in this tenant", T::KIND.as_str()),
+    )
+}
+
+async fn list<T: Item>(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(READERS, "list the catalog")?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    let items: Vec<&T> = T::map(&catalog).values().collect();
+    Ok(Json(json!({ "data": items })))
+}
+
+async fn read<T: Item>(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+) -> Result<Json<T>, ApiError> {
+    principal.require(READERS, "read the catalog")?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    catalog
+        .get::<T>(&key)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| missing::<T>(&key))
+}
+
+async fn create<T: Item>(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(item): ApiJson<T>,
+) -> Result<(StatusCode, Json<T>), ApiError> {
+    principal.require(&[Role::Admin], "change the catalog")?;
+    let item = state.catalog.create(&principal.tenant, item).await?;
+    Ok((StatusCode::CREATED, Json(item)))
+}
+
+async fn replace<T: Item>(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+    ApiJson(item): ApiJson<T>,
+) -> Result<Json<T>, ApiError> {
+    principal.require(&[Role::Admin], "change the catalog")?;
+    if item.key() != key {
+        return Err(ApiError::InvalidRequest(format!(
+            "the body's key '{}' differs from the path's '{key}'",
+            item.key()
+        )));
+    }
+    Ok(Json(state.catalog.replace(&principal.tenant, item).await?))
+}
+
+/// A customer key sees only its own customer; anyone else's is "not found", not "forbidden".
+fn own_customer(principal: &Principal, customer: &str) -> Result<(), ApiError> {
+    match (&principal.role, &principal.customer) {
+        (Role::Customer, Some(own)) if own == customer => Ok(()),
+        (Role::Customer, _) => Err(missing::<Customer>(customer)),
+        _ => principal.require(READERS, "read the catalog"),
+    }
+}
+
+async fn read_customer(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+) -> Result<Json<Customer>, ApiError> {
+    own_customer(&principal, &key)?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    catalog
+        .get::<Customer>(&key)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| missing::<Customer>(&key))
+}
+
+/// A subscription with what is derived from it now: status, current period, next invoice.
+fn subscription_view(
+    catalog: &TenantCatalog,
+    subscription: &Subscription,
+) -> Result<Value, ApiError> {
+    let mut view =
+        serde_json::to_value(subscription).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let now = Utc::now();
+    let customer = catalog
+        .get::<Customer>(&subscription.customer)
+        .ok_or_else(|| missing::<Customer>(&subscription.customer))?;
+    let timeline = subscription
+        .timeline(customer, |code| catalog.get::<Plan>(code))
+        .map_err(ApiError::Internal)?;
+    let period = timeline
+        .period_at(now)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    view["status"] = json!(timeline.status_at(now));
+    view["current_plan"] = json!(subscription.plan_at(now));
+    view["trial_end"] = json!(timeline.trial_end);
+    view["current_period"] =
+        json!(period.map(|p| json!({"from": p.window.from, "to": p.window.to, "trial": p.trial})));
+    view["next_invoice_date"] = json!(
+        timeline
+            .next_invoice_date(now)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    );
+    Ok(view)
+}
+
+async fn list_subscriptions(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(READERS, "list the catalog")?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    let views = catalog
+        .subscriptions
+        .values()
+        .map(|s| subscription_view(&catalog, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "data": views })))
+}
+
+async fn read_subscription(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = state.catalog.tenant(&principal.tenant);
+    let subscription = catalog
+        .get::<Subscription>(&key)
+        .ok_or_else(|| missing::<Subscription>(&key))?;
+    own_customer(&principal, &subscription.customer).map_err(|_| missing::<Subscription>(&key))?;
+    Ok(Json(subscription_view(&catalog, subscription)?))
+}
+
+async fn create_subscription(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(input): ApiJson<SubscriptionInput>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require(&[Role::Admin], "change the catalog")?;
+    input.validate().map_err(ApiError::InvalidRequest)?;
+    let created = state
+        .catalog
+        .create(&principal.tenant, input.into_subscription(Utc::now()))
+        .await?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    Ok((
+        StatusCode::CREATED,
+        Json(subscription_view(&catalog, &created)?),
+    ))
+}
+
+async fn replace_subscription(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+    ApiJson(input): ApiJson<SubscriptionInput>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(&[Role::Admin], "change the catalog")?;
+    input.validate().map_err(ApiError::InvalidRequest)?;
+    if input.external_id != key {
+        return Err(ApiError::InvalidRequest(format!(
+            "the body's key '{}' differs from the path's '{key}'",
+            input.external_id
+        )));
+    }
+    let replaced = state
+        .catalog
+        .replace(&principal.tenant, input.into_subscription(Utc::now()))
+        .await?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    Ok(Json(subscription_view(&catalog, &replaced)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    #[serde(default = "period_end")]
+    at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePlanRequest {
+    plan: String,
+    #[serde(default = "period_end")]
+    at: String,
+}
+
+fn period_end() -> String {
+    "period_end".into()
+}
+
+/// The subscription `key` and its timeline, for an action on it.
+fn subscription_for_action(
+    catalog: &TenantCatalog,
+    key: &str,
+) -> Result<(Subscription, crate::billing::period::Timeline), ApiError> {
+    let subscription = catalog
+        .get::<Subscription>(key)
+        .cloned()
+        .ok_or_else(|| missing::<Subscription>(key))?;
+    let customer = catalog
+        .get::<Customer>(&subscription.customer)
+        .ok_or_else(|| missing::<Customer>(&subscription.customer))?;
+    let timeline = subscription
+        .timeline(customer, |code| catalog.get::<Plan>(code))
+        .map_err(ApiError::Internal)?;
+    if subscription.ends_at.is_some_and(|end| end <= Utc::now()) {
+        return Err(ApiError::Conflict(format!(
+            "subscription '{key}' has already ended"
+        )));
+    }
+    Ok((subscription, timeline))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+    ApiJson(request): ApiJson<CancelRequest>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(&[Role::Admin], "cancel subscriptions")?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    let (mut subscription, timeline) = subscription_for_action(&catalog, &key)?;
+    let at = effective_at(&request.at, Utc::now(), &timeline).map_err(ApiError::InvalidRequest)?;
+    subscription.cancel(at);
+    let saved = state
+        .catalog
+        .replace(&principal.tenant, subscription)
+        .await?;
+    Ok(Json(subscription_view(
+        &state.catalog.tenant(&principal.tenant),
+        &saved,
+    )?))
+}
+
+async fn change_plan(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+    ApiJson(request): ApiJson<ChangePlanRequest>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(&[Role::Admin], "change plans")?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    let (mut subscription, timeline) = subscription_for_action(&catalog, &key)?;
+    if request.at != "now" && request.at != "period_end" {
+        return Err(ApiError::InvalidRequest("at: 'now' or 'period_end'".into()));
+    }
+    let at = effective_at(&request.at, Utc::now(), &timeline).map_err(ApiError::InvalidRequest)?;
+    subscription.change_plan(&request.plan, at);
+    let saved = state
+        .catalog
+        .replace(&principal.tenant, subscription)
+        .await?;
+    Ok(Json(subscription_view(
+        &state.catalog.tenant(&principal.tenant),
+        &saved,
+    )?))
+}
