@@ -16,16 +16,31 @@ fn d(s: &str) -> Decimal {
 }
 
 fn five_tiers() -> Vec<Tier> {
-    [("1000", "0.010"), ("10000", "0.008"), ("100000", "0.006"), ("1000000", "0.004")]
-        .iter()
-        .map(|(up_to, unit)| Tier { up_to: Some(d(up_to)), unit_amount: d(unit), flat_amount: d("1.00") })
-        .chain([Tier { up_to: None, unit_amount: d("0.002"), flat_amount: Decimal::ZERO }])
-        .collect()
+    [
+        ("1000", "0.010"),
+        ("10000", "0.008"),
+        ("100000", "0.006"),
+        ("1000000", "0.004"),
+    ]
+    .iter()
+    .map(|(up_to, unit)| Tier {
+        up_to: Some(d(up_to)),
+        unit_amount: d(unit),
+        flat_amount: d("1.00"),
+    })
+    .chain([Tier {
+        up_to: None,
+        unit_amount: d("0.002"),
+        flat_amount: Decimal::ZERO,
+    }])
+    .collect()
 }
 
 fn rating(c: &mut Criterion) {
     let tiers = five_tiers();
-    let quantities: Vec<Decimal> = (0..1024u64).map(|i| Decimal::new((i * 7919 % 2_000_000) as i64 * 1000 + 123, 3)).collect();
+    let quantities: Vec<Decimal> = (0..1024u64)
+        .map(|i| Decimal::new((i * 7919 % 2_000_000) as i64 * 1000 + 123, 3))
+        .collect();
     let mut group = c.benchmark_group("rating");
     group.throughput(Throughput::Elements(quantities.len() as u64));
     group.bench_function("graduated, 5 tiers", |b| {

@@ -6,12 +6,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiJson, AppState};
 use crate::auth::{Principal, Role};
+use crate::billing::period::Timeline;
 use crate::catalog::subscription::{SubscriptionInput, effective_at};
 use crate::catalog::{CatalogError, Customer, Item, Meter, Plan, Subscription, TenantCatalog};
 use crate::error::ApiError;
@@ -149,12 +150,7 @@ fn subscription_view(
     let mut view =
         serde_json::to_value(subscription).map_err(|e| ApiError::Internal(e.to_string()))?;
     let now = Utc::now();
-    let customer = catalog
-        .get::<Customer>(&subscription.customer)
-        .ok_or_else(|| missing::<Customer>(&subscription.customer))?;
-    let timeline = subscription
-        .timeline(customer, |code| catalog.get::<Plan>(code))
-        .map_err(ApiError::Internal)?;
+    let timeline = timeline_of(catalog, subscription)?;
     let period = timeline
         .period_at(now)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -257,27 +253,44 @@ fn period_end() -> String {
     "period_end".into()
 }
 
-/// The subscription `key` and its timeline, for an action on it.
-fn subscription_for_action(
-    catalog: &TenantCatalog,
-    key: &str,
-) -> Result<(Subscription, crate::billing::period::Timeline), ApiError> {
-    let subscription = catalog
-        .get::<Subscription>(key)
-        .cloned()
-        .ok_or_else(|| missing::<Subscription>(key))?;
+fn timeline_of(catalog: &TenantCatalog, subscription: &Subscription) -> Result<Timeline, ApiError> {
     let customer = catalog
         .get::<Customer>(&subscription.customer)
         .ok_or_else(|| missing::<Customer>(&subscription.customer))?;
-    let timeline = subscription
+    subscription
         .timeline(customer, |code| catalog.get::<Plan>(code))
-        .map_err(ApiError::Internal)?;
+        .map_err(ApiError::Internal)
+}
+
+/// Applies `action` to subscription `key` at the instant `at` names, stores and returns it.
+async fn act(
+    state: &AppState,
+    principal: &Principal,
+    key: &str,
+    at: &str,
+    action: impl FnOnce(&mut Subscription, DateTime<Utc>),
+) -> Result<Json<Value>, ApiError> {
+    let catalog = state.catalog.tenant(&principal.tenant);
+    let mut subscription = catalog
+        .get::<Subscription>(key)
+        .cloned()
+        .ok_or_else(|| missing::<Subscription>(key))?;
     if subscription.ends_at.is_some_and(|end| end <= Utc::now()) {
         return Err(ApiError::Conflict(format!(
             "subscription '{key}' has already ended"
         )));
     }
-    Ok((subscription, timeline))
+    let timeline = timeline_of(&catalog, &subscription)?;
+    let at = effective_at(at, Utc::now(), &timeline).map_err(ApiError::InvalidRequest)?;
+    action(&mut subscription, at);
+    let saved = state
+        .catalog
+        .replace(&principal.tenant, subscription)
+        .await?;
+    Ok(Json(subscription_view(
+        &state.catalog.tenant(&principal.tenant),
+        &saved,
+    )?))
 }
 
 async fn cancel(
@@ -287,18 +300,7 @@ async fn cancel(
     ApiJson(request): ApiJson<CancelRequest>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(&[Role::Admin], "cancel subscriptions")?;
-    let catalog = state.catalog.tenant(&principal.tenant);
-    let (mut subscription, timeline) = subscription_for_action(&catalog, &key)?;
-    let at = effective_at(&request.at, Utc::now(), &timeline).map_err(ApiError::InvalidRequest)?;
-    subscription.cancel(at);
-    let saved = state
-        .catalog
-        .replace(&principal.tenant, subscription)
-        .await?;
-    Ok(Json(subscription_view(
-        &state.catalog.tenant(&principal.tenant),
-        &saved,
-    )?))
+    act(&state, &principal, &key, &request.at, |s, at| s.cancel(at)).await
 }
 
 async fn change_plan(
@@ -308,19 +310,12 @@ async fn change_plan(
     ApiJson(request): ApiJson<ChangePlanRequest>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(&[Role::Admin], "change plans")?;
-    let catalog = state.catalog.tenant(&principal.tenant);
-    let (mut subscription, timeline) = subscription_for_action(&catalog, &key)?;
     if request.at != "now" && request.at != "period_end" {
         return Err(ApiError::InvalidRequest("at: 'now' or 'period_end'".into()));
     }
-    let at = effective_at(&request.at, Utc::now(), &timeline).map_err(ApiError::InvalidRequest)?;
-    subscription.change_plan(&request.plan, at);
-    let saved = state
-        .catalog
-        .replace(&principal.tenant, subscription)
-        .await?;
-    Ok(Json(subscription_view(
-        &state.catalog.tenant(&principal.tenant),
-        &saved,
-    )?))
+    // An unknown plan is refused by the catalog as plan_not_found.
+    act(&state, &principal, &key, &request.at, |s, at| {
+        s.change_plan(&request.plan, at)
+    })
+    .await
 }
