@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use meterhouse::store::usage::{Part, split, statement};
 use meterhouse::store::{migrate, queries};
 use serde_json::json;
 
@@ -51,7 +52,35 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     statements
         .push("INSERT INTO api_keys VALUES ('ab', 't', 'read', '', 'n', 1795000000, 1)".into());
     statements.push("INSERT INTO catalog VALUES ('t', 'meter', 'm', '{\"v\":1}', 5), ('t', 'meter', 'm', '{\"v\":2}', 9)".into());
+    // The usage read: an hour from the hour rollup, minutes from the minute rollup, a ragged
+    // edge from samples; the event (11:06:40) falls in the minutes.
+    let parts = split(1_794_996_000_000, 1_795_000_030_500);
+    assert!(matches!(
+        parts.as_slice(),
+        [Part::Hours(..), Part::Minutes(..), Part::Samples(..)]
+    ));
+    let mut values = Vec::new();
+    for part in &parts {
+        let (a, b) = match *part {
+            Part::Hours(a, b) | Part::Minutes(a, b) => (a / 1000, b / 1000),
+            Part::Samples(a, b) => (a, b),
+        };
+        values.extend([
+            "'model'".to_string(),
+            "'t'".into(),
+            "'tokens'".into(),
+            "'c'".into(),
+            a.to_string(),
+            b.to_string(),
+        ]);
+    }
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    let usage_sql = format!(
+        "SELECT grp, toString(sum_value), samples, distinct_values FROM ({})",
+        bind(&statement(&parts, 1), &values)
+    );
     let checks = vec![
+        json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1\t1"}),
         json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM meter_samples ORDER BY meter",
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),

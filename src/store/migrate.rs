@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
     (3, "api_keys", include_str!("../../sql/0003_api_keys.sql")),
     (4, "catalog", include_str!("../../sql/0004_catalog.sql")),
+    (5, "rollups", include_str!("../../sql/0005_rollups.sql")),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

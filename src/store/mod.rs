@@ -4,6 +4,7 @@ pub mod local;
 pub mod migrate;
 pub mod queries;
 pub mod rows;
+pub mod usage;
 
 use std::time::Duration;
 

@@ -1,0 +1,204 @@
+//! Exact usage for any window against a real ClickHouse: every aggregation, groups, windows
+//! aligned and ragged, compared with values computed here from the events sent.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::spawn_app;
+use meterhouse::store::usage::{UsageQuery, usage};
+use rust_decimal::Decimal;
+use serde_json::json;
+
+struct Sent {
+    ts_ms: i64,
+    value: Decimal,
+    user: u32,
+    model: &'static str,
+}
+
+/// A deterministic spread of events over the 3 hours before `end_ms`.
+fn events(end_ms: i64) -> Vec<Sent> {
+    let mut seed: u64 = 42;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    (0..600)
+        .map(|_| Sent {
+            ts_ms: end_ms - (next() % (3 * 3_600_000)) as i64,
+            value: Decimal::new((next() % 100_000) as i64 - 20_000, 3),
+            user: (next() % 37) as u32,
+            model: ["gpt-x", "small"][(next() % 2) as usize],
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
+    let app = spawn_app("usage_exact").await;
+    let meter = json!({"slug": "v", "name": "V", "event_type": "measure", "aggregation": "sum", "value_property": "v", "group_by": ["model"]});
+    assert_eq!(
+        app.post_raw(
+            "/v1/meters",
+            "admin_key_a",
+            "application/json",
+            meter.to_string()
+        )
+        .await
+        .0,
+        201
+    );
+    let distinct = json!({"slug": "users", "name": "U", "event_type": "measure", "aggregation": "unique_count", "value_property": "user"});
+    assert_eq!(
+        app.post_raw(
+            "/v1/meters",
+            "admin_key_a",
+            "application/json",
+            distinct.to_string()
+        )
+        .await
+        .0,
+        201
+    );
+
+    let hour = 3_600_000;
+    let end_ms = (chrono::Utc::now().timestamp_millis() / hour) * hour - 1_234;
+    let sent = events(end_ms);
+    let body: Vec<_> = sent.iter().enumerate()
+        .map(|(i, e)| json!({"id": format!("u{i}"), "customer": "c1", "type": "measure", "timestamp": e.ts_ms,
+                             "properties": {"v": e.value.to_string(), "user": e.user, "model": e.model}}))
+        .collect();
+    let (status, ack) = app.post_events("ingest_key_a", &json!(body)).await;
+    assert_eq!(status, 202, "{ack}");
+
+    let store = app.store().await;
+    let start = end_ms - 3 * hour;
+    let windows = [
+        (start - hour, end_ms + hour),                       // everything
+        ((start / hour + 1) * hour, (end_ms / hour) * hour), // whole hours only
+        (start + 61_500, end_ms - 59_999),                   // ragged at both ends
+        (start + 3_600_500, start + 3_600_500 + 45_000),     // inside one minute or two
+        (end_ms - 2 * hour - 7, end_ms - hour + 7),          // an hour plus a few ms
+    ];
+    let group_by = vec!["model".to_string()];
+    for (from, to) in windows {
+        let inside: Vec<&Sent> = sent
+            .iter()
+            .filter(|e| e.ts_ms >= from && e.ts_ms < to)
+            .collect();
+        let q = UsageQuery {
+            tenant: "acme",
+            meter: "v",
+            customer: "c1",
+            from_ms: from,
+            to_ms: to,
+            group_by: &group_by,
+        };
+        let got = usage(&store, &q).await.unwrap();
+        let mut expected: BTreeMap<&str, Vec<&Sent>> = BTreeMap::new();
+        for e in &inside {
+            expected.entry(e.model).or_default().push(e);
+        }
+        assert_eq!(got.len(), expected.len(), "groups in [{from}, {to})");
+        for (g, (model, es)) in got.iter().zip(&expected) {
+            assert_eq!(g.group, vec![model.to_string()]);
+            assert_eq!(
+                g.sum,
+                es.iter().map(|e| e.value).sum::<Decimal>(),
+                "sum {model} [{from}, {to})"
+            );
+            assert_eq!(g.count, es.len() as u64);
+            assert_eq!(g.min, es.iter().map(|e| e.value).min().unwrap());
+            assert_eq!(g.max, es.iter().map(|e| e.value).max().unwrap());
+            let latest_ts = es.iter().map(|e| e.ts_ms).max().unwrap();
+            let latest: BTreeSet<Decimal> = es
+                .iter()
+                .filter(|e| e.ts_ms == latest_ts)
+                .map(|e| e.value)
+                .collect();
+            assert!(latest.contains(&g.latest), "latest {model}");
+        }
+        let q = UsageQuery {
+            tenant: "acme",
+            meter: "users",
+            customer: "c1",
+            from_ms: from,
+            to_ms: to,
+            group_by: &[],
+        };
+        let users = usage(&store, &q).await.unwrap();
+        let expected_users: BTreeSet<u32> = inside.iter().map(|e| e.user).collect();
+        assert_eq!(
+            users.first().map_or(0, |u| u.distinct),
+            expected_users.len() as u64,
+            "distinct users [{from}, {to})"
+        );
+    }
+    // Another customer or tenant sees nothing.
+    let q = UsageQuery {
+        tenant: "beta",
+        meter: "v",
+        customer: "c1",
+        from_ms: start - hour,
+        to_ms: end_ms + hour,
+        group_by: &group_by,
+    };
+    assert!(usage(&store, &q).await.unwrap().is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_late_event_changes_its_own_window_only() {
+    let app = spawn_app("usage_late").await;
+    let hour = 3_600_000;
+    let now = chrono::Utc::now().timestamp_millis();
+    let past = (now / hour - 5) * hour;
+    let send = |id: &str, ts: i64| json!({"id": id, "customer": "c1", "type": "api_call", "timestamp": ts});
+    app.post_events(
+        "ingest_key_a",
+        &json!([send("a", past + 10), send("b", past + hour + 10)]),
+    )
+    .await;
+    let store = app.store().await;
+    let count = |from: i64, to: i64| {
+        let store = store.clone();
+        async move {
+            let q = UsageQuery {
+                tenant: "acme",
+                meter: "calls",
+                customer: "c1",
+                from_ms: from,
+                to_ms: to,
+                group_by: &[],
+            };
+            usage(&store, &q)
+                .await
+                .unwrap()
+                .first()
+                .map_or(0, |g| g.count)
+        }
+    };
+    assert_eq!(
+        (
+            count(past, past + hour).await,
+            count(past + hour, past + 2 * hour).await
+        ),
+        (1, 1)
+    );
+    app.post_events("ingest_key_a", &json!([send("late", past + 1_800_000)]))
+        .await;
+    assert_eq!(
+        count(past, past + hour).await,
+        2,
+        "the late event lands in its own window"
+    );
+    assert_eq!(
+        count(past + hour, past + 2 * hour).await,
+        1,
+        "and nowhere else"
+    );
+    app.shutdown().await;
+}
