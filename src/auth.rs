@@ -152,6 +152,21 @@ impl KeyRing {
     }
 }
 
+impl Principal {
+    /// Allows reading `customer`'s data: admin and read keys of the tenant, or that customer's
+    /// own key. Another customer's is "not found", so a customer key learns nothing of others.
+    pub fn may_read_customer(&self, customer: &str) -> Result<(), ApiError> {
+        match (&self.role, &self.customer) {
+            (Role::Customer, Some(own)) if own == customer => Ok(()),
+            (Role::Customer, _) => Err(ApiError::not_found(
+                "customer_not_found",
+                format!("no customer '{customer}' in this tenant"),
+            )),
+            _ => self.require(&[Role::Admin, Role::Read], "read customer data"),
+        }
+    }
+}
+
 /// The key of a request: `Authorization: Bearer <key>` or `x-api-key: <key>`.
 fn presented_key(parts: &Parts) -> Option<&str> {
     let bearer = parts

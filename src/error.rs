@@ -31,6 +31,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
+    /// Well-formed but not possible now (e.g. `no_active_subscription`).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     #[error("{0}")]
     Conflict(String),
     #[error(
@@ -67,6 +70,7 @@ impl ApiError {
             Self::InvalidRequest(_) | Self::InvalidEvents(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -82,7 +86,7 @@ impl ApiError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidEvents(_) => "invalid_events",
             Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::NotFound { code, .. } => code,
+            Self::NotFound { code, .. } | Self::Unprocessable { code, .. } => code,
             Self::Conflict(_) => "conflict",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
@@ -102,6 +106,14 @@ impl ApiError {
         Self::NotFound {
             code,
             message: message.into(),
+        }
+    }
+
+    /// The same code and message, answered 422.
+    pub fn unprocessable(self) -> Self {
+        match self {
+            Self::NotFound { code, message } => Self::Unprocessable { code, message },
+            other => other,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`billing`]: billing windows, rating and currencies; pure, no IO.
 //! - [`catalog`]: tenants' meters and settings, in memory.
 //! - [`store`]: ClickHouse client, error classes, rows, migrations, an owned local server.
+//! - [`usage`]: usage and charges of a subscription over a window (store + billing).
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`loadgen`]: the ingest load harness behind `meterhouse loadgen`.
 
@@ -27,3 +28,4 @@ pub mod limits;
 pub mod loadgen;
 pub mod metrics;
 pub mod store;
+pub mod usage;

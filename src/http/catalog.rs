@@ -119,21 +119,12 @@ async fn replace<T: Item>(
     Ok(Json(state.catalog.replace(&principal.tenant, item).await?))
 }
 
-/// A customer key sees only its own customer; anyone else's is "not found", not "forbidden".
-fn own_customer(principal: &Principal, customer: &str) -> Result<(), ApiError> {
-    match (&principal.role, &principal.customer) {
-        (Role::Customer, Some(own)) if own == customer => Ok(()),
-        (Role::Customer, _) => Err(missing::<Customer>(customer)),
-        _ => principal.require(READERS, "read the catalog"),
-    }
-}
-
 async fn read_customer(
     State(state): State<AppState>,
     principal: Principal,
     Path(key): Path<String>,
 ) -> Result<Json<Customer>, ApiError> {
-    own_customer(&principal, &key)?;
+    principal.may_read_customer(&key)?;
     let catalog = state.catalog.tenant(&principal.tenant);
     catalog
         .get::<Customer>(&key)
@@ -190,8 +181,14 @@ async fn read_subscription(
     let subscription = catalog
         .get::<Subscription>(&key)
         .ok_or_else(|| missing::<Subscription>(&key))?;
-    own_customer(&principal, &subscription.customer).map_err(|_| missing::<Subscription>(&key))?;
-    Ok(Json(subscription_view(&catalog, subscription)?))
+    principal
+        .may_read_customer(&subscription.customer)
+        .map_err(|_| missing::<Subscription>(&key))?;
+    let mut view = subscription_view(&catalog, subscription)?;
+    let figures = super::usage::current_figures(&state, &principal, &catalog, subscription).await?;
+    view["estimated_next_invoice_amount"] = json!(figures.as_ref().map(|f| f.0));
+    view["usage"] = json!(figures.map(|f| f.1).unwrap_or_default());
+    Ok(Json(view))
 }
 
 async fn create_subscription(

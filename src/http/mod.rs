@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod events;
 pub mod keys;
 pub mod ops;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(events::router())
         .merge(catalog::router())
+        .merge(usage::router())
         .merge(keys::router())
         .merge(ops::router())
         .fallback(not_found)

@@ -300,25 +300,21 @@ fn check_timestamp(raw: &RawValue, ctx: &Context<'_>) -> Result<i64, String> {
     Ok(ms)
 }
 
-/// RFC 3339 with any offset, or Unix seconds or milliseconds as a number or numeric string.
-/// Magnitudes of 10^11 and above are read as milliseconds (10^11 s is the year 5138).
-pub fn parse_timestamp(raw: &RawValue) -> Result<i64, String> {
-    let text = raw.get();
-    let numeric = match text.as_bytes().first() {
-        Some(b'"') => {
-            let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| e.to_string())?;
-            let s = s.trim();
-            match DateTime::parse_from_rfc3339(s) {
-                Ok(dt) => return Ok(dt.timestamp_millis()),
-                Err(e) => parse_decimal(s)
-                    .ok_or_else(|| format!("not RFC 3339 ({e}) nor Unix seconds/milliseconds"))?,
-            }
-        }
-        Some(b'-' | b'0'..=b'9') => {
-            parse_decimal(text).ok_or("not a valid number of seconds or milliseconds")?
-        }
-        _ => return Err("must be an RFC 3339 string or Unix seconds/milliseconds".into()),
-    };
+/// An instant written as RFC 3339 (any offset) or as Unix seconds or milliseconds; epoch ms.
+pub fn parse_instant(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    match DateTime::parse_from_rfc3339(text) {
+        Ok(dt) => Ok(dt.timestamp_millis()),
+        Err(e) => match parse_decimal(text) {
+            Some(numeric) => unix_millis(numeric),
+            None => Err(format!("not RFC 3339 ({e}) nor Unix seconds/milliseconds")),
+        },
+    }
+}
+
+/// Seconds or milliseconds to milliseconds: magnitudes of 10^11 and above are milliseconds
+/// (10^11 s is the year 5138).
+fn unix_millis(numeric: Decimal) -> Result<i64, String> {
     let millis = if numeric.abs() >= Decimal::from(100_000_000_000i64) {
         numeric
     } else {
@@ -328,6 +324,22 @@ pub fn parse_timestamp(raw: &RawValue) -> Result<i64, String> {
         .floor()
         .to_i64()
         .ok_or_else(|| "is out of range".into())
+}
+
+/// RFC 3339 with any offset, or Unix seconds or milliseconds as a number or numeric string.
+pub fn parse_timestamp(raw: &RawValue) -> Result<i64, String> {
+    let text = raw.get();
+    let numeric = match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            return parse_instant(&s);
+        }
+        Some(b'-' | b'0'..=b'9') => {
+            parse_decimal(text).ok_or("not a valid number of seconds or milliseconds")?
+        }
+        _ => return Err("must be an RFC 3339 string or Unix seconds/milliseconds".into()),
+    };
+    unix_millis(numeric)
 }
 
 #[cfg(test)]

@@ -1,0 +1,256 @@
+//! Usage and charges (API.md "Usage and charges"): a subscription's or a customer's usage for
+//! the current period or any window, and a customer's billing state.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::auth::Principal;
+use crate::billing::period::{PeriodError, Status};
+use crate::catalog::{Customer, Subscription, TenantCatalog};
+use crate::error::ApiError;
+use crate::ingest::parse::parse_instant;
+use crate::store::StoreError;
+use crate::usage::{Subject, UsageError, UsageReport, report};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/subscriptions/{key}/usage", get(subscription_usage))
+        .route("/v1/customers/{key}/usage", get(customer_usage))
+        .route("/v1/customers/{key}/billing_state", get(billing_state))
+}
+
+impl From<UsageError> for ApiError {
+    fn from(err: UsageError) -> Self {
+        match err {
+            UsageError::Store(StoreError::Unavailable(_)) => {
+                ApiError::Unavailable { retry_after_s: 1 }
+            }
+            UsageError::Period(PeriodError::TooManyPeriods(n)) => ApiError::InvalidRequest(
+                format!("the window spans more than {n} billing periods; ask for a shorter one"),
+            ),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WindowParams {
+    from: Option<String>,
+    to: Option<String>,
+    subscription: Option<String>,
+}
+
+fn instant(name: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
+    parse_instant(text)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(format!(
+                "{name}: an RFC 3339 timestamp or Unix seconds/milliseconds"
+            ))
+        })
+}
+
+/// The report for `params`' window, or the current period's.
+async fn usage_for(
+    state: &AppState,
+    principal: &Principal,
+    catalog: &TenantCatalog,
+    subscription: &Subscription,
+    params: &WindowParams,
+) -> Result<UsageReport, ApiError> {
+    let subject = Subject::new(&principal.tenant, catalog, subscription)?;
+    let (from, to) = match (&params.from, &params.to) {
+        (Some(from), Some(to)) => (instant("from", from)?, instant("to", to)?),
+        (None, None) => {
+            let period = subject
+                .timeline
+                .period_at(Utc::now())
+                .map_err(UsageError::from)?
+                .ok_or_else(|| no_current_period(subscription))?;
+            (period.window.from, period.window.to)
+        }
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "from and to: give both, or neither for the current period".into(),
+            ));
+        }
+    };
+    if from >= to {
+        return Err(ApiError::InvalidRequest("from: must be before to".into()));
+    }
+    Ok(report(&state.store, &subject, from, to).await?)
+}
+
+fn no_current_period(subscription: &Subscription) -> ApiError {
+    ApiError::NotFound {
+        code: "no_active_subscription",
+        message: format!(
+            "subscription '{}' has no current billing period; pass from and to",
+            subscription.external_id
+        ),
+    }
+    .unprocessable()
+}
+
+async fn subscription_usage(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+    Query(params): Query<WindowParams>,
+) -> Result<Json<UsageReport>, ApiError> {
+    let catalog = state.catalog.tenant(&principal.tenant);
+    let missing = || {
+        ApiError::not_found(
+            "subscription_not_found",
+            format!("no subscription '{key}' in this tenant"),
+        )
+    };
+    let subscription = catalog.get::<Subscription>(&key).ok_or_else(missing)?;
+    principal
+        .may_read_customer(&subscription.customer)
+        .map_err(|_| missing())?;
+    Ok(Json(
+        usage_for(&state, &principal, &catalog, subscription, &params).await?,
+    ))
+}
+
+/// The customer's subscriptions that are active (or trialing) now, newest first.
+fn active_subscriptions<'c>(
+    catalog: &'c TenantCatalog,
+    customer: &str,
+) -> Vec<(&'c Subscription, Status)> {
+    let now = Utc::now();
+    let mut active: Vec<_> = catalog
+        .subscriptions
+        .values()
+        .filter(|s| s.customer == customer)
+        .filter_map(|s| {
+            let subject = Subject::new("", catalog, s).ok()?;
+            let status = subject.timeline.status_at(now);
+            matches!(status, Status::Active | Status::Trialing).then_some((s, status))
+        })
+        .collect();
+    active.sort_by_key(|(s, _)| std::cmp::Reverse(s.start_date));
+    active
+}
+
+async fn customer_usage(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+    Query(params): Query<WindowParams>,
+) -> Result<Json<UsageReport>, ApiError> {
+    principal.may_read_customer(&key)?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    if catalog.get::<Customer>(&key).is_none() {
+        return Err(ApiError::not_found(
+            "customer_not_found",
+            format!("no customer '{key}' in this tenant"),
+        ));
+    }
+    let subscription = match &params.subscription {
+        Some(id) => catalog
+            .get::<Subscription>(id)
+            .filter(|s| s.customer == key)
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "subscription_not_found",
+                    format!("subscription: customer '{key}' has no subscription '{id}'"),
+                )
+            })?,
+        None => active_subscriptions(&catalog, &key)
+            .first()
+            .map(|(s, _)| *s)
+            .ok_or_else(|| {
+                ApiError::NotFound {
+                    code: "no_active_subscription",
+                    message: format!("customer '{key}' has no active subscription"),
+                }
+                .unprocessable()
+            })?,
+    };
+    Ok(Json(
+        usage_for(&state, &principal, &catalog, subscription, &params).await?,
+    ))
+}
+
+/// Per usage price of a report: included and used units.
+pub(crate) fn usage_lines(report: &UsageReport) -> Vec<Value> {
+    report
+        .charges
+        .iter()
+        .map(|c| json!({"price": c.price, "meter": c.meter, "included_units": c.included_units, "used_units": c.quantity}))
+        .collect()
+}
+
+async fn billing_state(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal.may_read_customer(&key)?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    if catalog.get::<Customer>(&key).is_none() {
+        return Err(ApiError::not_found(
+            "customer_not_found",
+            format!("no customer '{key}' in this tenant"),
+        ));
+    }
+    let mut subscriptions = Vec::new();
+    let mut usage = Vec::new();
+    let mut has_overage = false;
+    for (subscription, status) in active_subscriptions(&catalog, &key) {
+        let params = WindowParams {
+            from: None,
+            to: None,
+            subscription: None,
+        };
+        let report = usage_for(&state, &principal, &catalog, subscription, &params).await?;
+        has_overage |= report
+            .charges
+            .iter()
+            .any(|c| c.quantity > c.included_units.max(Decimal::ZERO));
+        subscriptions.push(
+            json!({"subscription": subscription.external_id, "plan": report.plan, "status": status,
+                                  "current_period": {"from": report.from, "to": report.to}}),
+        );
+        for mut line in usage_lines(&report) {
+            line["subscription"] = json!(subscription.external_id);
+            usage.push(line);
+        }
+    }
+    Ok(Json(json!({
+        "customer": key,
+        "has_active_subscription": !subscriptions.is_empty(),
+        "active_subscriptions": subscriptions,
+        "has_overage": has_overage,
+        "usage": usage,
+    })))
+}
+
+/// Current-period figures for `GET /v1/subscriptions/{id}`: the estimated amount of the next
+/// invoice (what the current period owes so far) and per usage price the units used.
+pub(crate) async fn current_figures(
+    state: &AppState,
+    principal: &Principal,
+    catalog: &TenantCatalog,
+    subscription: &Subscription,
+) -> Result<Option<(Decimal, Vec<Value>)>, ApiError> {
+    let subject = Subject::new(&principal.tenant, catalog, subscription)?;
+    let Some(period) = subject
+        .timeline
+        .period_at(Utc::now())
+        .map_err(UsageError::from)?
+    else {
+        return Ok(None);
+    };
+    let report = report(&state.store, &subject, period.window.from, period.window.to).await?;
+    Ok(Some((report.total, usage_lines(&report))))
+}

@@ -1,0 +1,306 @@
+//! Usage and charges of a subscription over a window: its billing periods (`billing::period`),
+//! each usage price's quantity from the store (`store::usage`), rated (`billing::rating`),
+//! flat fees once per period, totals rounded once (`billing::money`).
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::billing::money::round_to_currency;
+use crate::billing::period::{Period, PeriodError, Timeline, Window};
+use crate::billing::rating::{self, Charge, RatingError, TierLine};
+use crate::catalog::plan::{Price, PriceType, Timing};
+use crate::catalog::{Aggregation, Customer, Meter, Plan, Subscription, TenantCatalog};
+use crate::store::usage::{GroupUsage, UsageQuery, usage};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("rating failed: {0}")]
+    Rating(#[from] RatingError),
+    #[error("{0}")]
+    Period(#[from] PeriodError),
+    /// The catalog refers to something that is gone (a plan or meter of a past phase).
+    #[error("{0}")]
+    Catalog(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupCharge {
+    pub group: serde_json::Map<String, serde_json::Value>,
+    pub quantity: Decimal,
+    pub billable_quantity: Decimal,
+    pub events_count: u64,
+    pub amount: Decimal,
+    pub tiers: Vec<TierLine>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageCharge {
+    pub price: String,
+    pub plan: String,
+    pub meter: String,
+    pub model: Option<crate::catalog::plan::UsageModel>,
+    /// The part of the window this charge covers (one billing period or phase).
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub quantity: Decimal,
+    pub included_units: Decimal,
+    pub billable_quantity: Decimal,
+    pub events_count: u64,
+    pub amount: Decimal,
+    pub tiers: Vec<TierLine>,
+    pub groups: Vec<GroupCharge>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlatFee {
+    pub price: String,
+    pub plan: String,
+    pub amount: Decimal,
+    pub timing: Timing,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageReport {
+    pub subscription: String,
+    pub customer: String,
+    pub plan: String,
+    pub currency: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub as_of: DateTime<Utc>,
+    pub charges: Vec<UsageCharge>,
+    pub flat_fees: Vec<FlatFee>,
+    pub subtotal: Decimal,
+    pub total: Decimal,
+}
+
+/// The quantity a meter's aggregation takes from its usage.
+pub fn quantity(aggregation: Aggregation, usage: &GroupUsage) -> Decimal {
+    match aggregation {
+        Aggregation::Count => Decimal::from(usage.count),
+        Aggregation::Sum => usage.sum,
+        Aggregation::Max => usage.max,
+        Aggregation::Min => usage.min,
+        Aggregation::UniqueCount => Decimal::from(usage.distinct),
+        Aggregation::Latest => usage.latest,
+    }
+}
+
+/// Everything needed to report on one subscription.
+pub struct Subject<'a> {
+    pub tenant: &'a str,
+    pub catalog: &'a TenantCatalog,
+    pub subscription: &'a Subscription,
+    pub customer: &'a Customer,
+    pub timeline: Timeline,
+}
+
+impl<'a> Subject<'a> {
+    pub fn new(
+        tenant: &'a str,
+        catalog: &'a TenantCatalog,
+        subscription: &'a Subscription,
+    ) -> Result<Self, UsageError> {
+        let customer = catalog
+            .get::<Customer>(&subscription.customer)
+            .ok_or_else(|| {
+                UsageError::Catalog(format!(
+                    "customer '{}' no longer exists",
+                    subscription.customer
+                ))
+            })?;
+        let timeline = subscription
+            .timeline(customer, |code| catalog.get::<Plan>(code))
+            .map_err(UsageError::Catalog)?;
+        Ok(Self {
+            tenant,
+            catalog,
+            subscription,
+            customer,
+            timeline,
+        })
+    }
+
+    fn plan(&self, period: &Period) -> Result<&'a Plan, UsageError> {
+        let code = &self.subscription.phases[period.phase].plan;
+        self.catalog
+            .get::<Plan>(code)
+            .ok_or_else(|| UsageError::Catalog(format!("plan '{code}' no longer exists")))
+    }
+}
+
+/// Usage and charges over `[from, to)`: every billing period overlapping it, each usage price
+/// measured over the part of the period inside the window.
+pub async fn report(
+    store: &Store,
+    subject: &Subject<'_>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<UsageReport, UsageError> {
+    let periods = subject.timeline.periods_overlapping(from, to)?;
+    let window = Window { from, to };
+    let mut charges = Vec::new();
+    let mut flat_fees = Vec::new();
+    let mut last_plan = subject.catalog.get::<Plan>(
+        subject
+            .subscription
+            .plan_at(to.min(subject.timeline.end.unwrap_or(to))),
+    );
+    for period in &periods {
+        let plan = subject.plan(period)?;
+        last_plan = Some(plan);
+        let Some(inside) = period.window.intersect(&window) else {
+            continue;
+        };
+        for price in &plan.prices {
+            match price.kind {
+                PriceType::Usage => {
+                    charges.push(usage_charge(store, subject, plan, price, inside).await?)
+                }
+                PriceType::Flat if !period.trial => flat_fees.push(flat_fee(plan, price, period)?),
+                PriceType::Flat => {}
+            }
+        }
+    }
+    let plan = last_plan
+        .ok_or_else(|| UsageError::Catalog("the subscription's plan no longer exists".into()))?;
+    let subtotal = charges
+        .iter()
+        .map(|c| c.amount)
+        .chain(flat_fees.iter().map(|f| f.amount))
+        .sum::<Decimal>();
+    Ok(UsageReport {
+        subscription: subject.subscription.external_id.clone(),
+        customer: subject.customer.external_id.clone(),
+        plan: plan.code.clone(),
+        currency: plan.currency.clone(),
+        from,
+        to,
+        as_of: Utc::now(),
+        charges,
+        flat_fees,
+        subtotal,
+        total: round_to_currency(subtotal, &plan.currency),
+    })
+}
+
+fn flat_fee(plan: &Plan, price: &Price, period: &Period) -> Result<FlatFee, UsageError> {
+    let amount = rating::flat_fee(
+        price.amount.unwrap_or_default(),
+        price.prorate.unwrap_or(false),
+        period.window.seconds(),
+        period.full.seconds(),
+    )?;
+    Ok(FlatFee {
+        price: price.code.clone(),
+        plan: plan.code.clone(),
+        amount,
+        timing: price.timing.unwrap_or(Timing::Advance),
+        from: period.window.from,
+        to: period.window.to,
+    })
+}
+
+async fn usage_charge(
+    store: &Store,
+    subject: &Subject<'_>,
+    plan: &Plan,
+    price: &Price,
+    window: Window,
+) -> Result<UsageCharge, UsageError> {
+    let slug = price.meter.as_deref().unwrap_or_default();
+    let meter = subject.catalog.get::<Meter>(slug).ok_or_else(|| {
+        UsageError::Catalog(format!(
+            "meter '{slug}' of price '{}' no longer exists",
+            price.code
+        ))
+    })?;
+    let model = price.rating_model().ok_or_else(|| {
+        UsageError::Catalog(format!("price '{}' has no usable model", price.code))
+    })?;
+    let query = UsageQuery {
+        tenant: subject.tenant,
+        meter: slug,
+        customer: &subject.customer.external_id,
+        from_ms: window.from.timestamp_millis(),
+        to_ms: window.to.timestamp_millis(),
+        group_by: &price.group_by,
+    };
+    let groups = usage(store, &query).await?;
+    let included = price.included();
+    let (amount, total, tiers, group_charges) = if price.group_by.is_empty() {
+        let usage = groups.first();
+        let q = usage.map_or(Decimal::ZERO, |u| quantity(meter.aggregation, u));
+        let charge = rating::rate(&model, q, included)?;
+        let clamped = rating::clamp(charge.amount, price.minimum_amount, price.maximum_amount);
+        (
+            clamped,
+            (
+                charge.quantity,
+                charge.billable_quantity,
+                usage.map_or(0, |u| u.count),
+            ),
+            charge.tiers,
+            vec![],
+        )
+    } else {
+        let rated = rating::rate_groups(
+            &model,
+            included,
+            groups.iter().map(|g| (g, quantity(meter.aggregation, g))),
+            price.minimum_amount,
+            price.maximum_amount,
+        )?;
+        let group_charges: Vec<GroupCharge> = rated
+            .groups
+            .iter()
+            .map(|(g, charge)| group_charge(&price.group_by, g, charge))
+            .collect();
+        let q = group_charges.iter().map(|g| g.quantity).sum();
+        let billable = group_charges.iter().map(|g| g.billable_quantity).sum();
+        let events = group_charges.iter().map(|g| g.events_count).sum();
+        (rated.amount, (q, billable, events), vec![], group_charges)
+    };
+    Ok(UsageCharge {
+        price: price.code.clone(),
+        plan: plan.code.clone(),
+        meter: slug.to_owned(),
+        model: price.model,
+        from: window.from,
+        to: window.to,
+        quantity: total.0,
+        included_units: included,
+        billable_quantity: total.1,
+        events_count: total.2,
+        amount,
+        tiers,
+        groups: group_charges,
+    })
+}
+
+fn group_charge(keys: &[String], usage: &GroupUsage, charge: &Charge) -> GroupCharge {
+    let group = keys
+        .iter()
+        .cloned()
+        .zip(
+            usage
+                .group
+                .iter()
+                .map(|v| serde_json::Value::String(v.clone())),
+        )
+        .collect();
+    GroupCharge {
+        group,
+        quantity: charge.quantity,
+        billable_quantity: charge.billable_quantity,
+        events_count: usage.count,
+        amount: charge.amount,
+        tiers: charge.tiers.clone(),
+    }
+}

@@ -1,0 +1,304 @@
+//! Usage and charges end to end against a real ClickHouse: events in, the API's quantities and
+//! amounts compared with values computed here from the plan's terms.
+
+mod common;
+
+use chrono::{TimeDelta, Utc};
+use common::{TestApp, spawn_app};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use std::str::FromStr;
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn dec(v: &Value) -> Decimal {
+    d(v.as_str()
+        .unwrap_or_else(|| panic!("not a decimal string: {v}")))
+}
+
+async fn post(app: &TestApp, path: &str, body: Value) -> Value {
+    let (status, answer) = app
+        .post_raw(path, "admin_key_a", "application/json", body.to_string())
+        .await;
+    assert!(status < 300, "{path}: {status} {answer}");
+    answer
+}
+
+async fn get(app: &TestApp, path: &str, key: &str) -> (u16, Value) {
+    let response = app.get(path, Some(key)).await;
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// The acme test tenant's meters `calls` (count) and `tokens` (sum by model), a plan on them,
+/// a customer and a subscription that started 10 days ago.
+async fn scenario(app: &TestApp) -> chrono::DateTime<Utc> {
+    post(app, "/v1/plans", json!({"code": "pro", "name": "Pro", "currency": "USD", "interval": "month",
+        "prices": [
+          {"code": "base", "type": "flat", "amount": "49.00", "timing": "advance", "prorate": true},
+          {"code": "calls", "type": "usage", "meter": "calls", "model": "graduated", "included_units": "1000",
+           "tiers": [{"up_to": "10000", "unit_amount": "0.002", "flat_amount": "0"}, {"up_to": null, "unit_amount": "0.001", "flat_amount": "0"}]},
+          {"code": "tokens", "type": "usage", "meter": "tokens", "model": "package", "package_size": "1000",
+           "package_amount": "0.50", "rounding": "up", "minimum_amount": "1.00", "group_by": ["model"]}]})).await;
+    post(
+        app,
+        "/v1/customers",
+        json!({"external_id": "c1", "name": "Acme"}),
+    )
+    .await;
+    let start = (Utc::now() - TimeDelta::days(10)).with_nanosecond_zero();
+    post(app, "/v1/subscriptions", json!({"external_id": "sub_1", "customer": "c1", "plan": "pro", "start_date": start.to_rfc3339()})).await;
+    start
+}
+
+trait NanoZero {
+    fn with_nanosecond_zero(self) -> Self;
+}
+
+impl NanoZero for chrono::DateTime<Utc> {
+    fn with_nanosecond_zero(self) -> Self {
+        chrono::DateTime::from_timestamp(self.timestamp(), 0).unwrap()
+    }
+}
+
+async fn ingest(app: &TestApp, calls: usize, tokens: &[(&str, u64)]) {
+    let now = Utc::now().timestamp_millis();
+    let mut body: Vec<Value> = (0..calls)
+        .map(|i| json!({"id": format!("call-{i}"), "customer": "c1", "type": "api_call", "timestamp": now - 1000 - i as i64 * 997}))
+        .collect();
+    for (i, (model, n)) in tokens.iter().enumerate() {
+        body.push(json!({"id": format!("tok-{i}"), "customer": "c1", "type": "llm_call", "timestamp": now - 5000,
+                         "properties": {"tokens": n, "model": model}}));
+    }
+    let (status, ack) = app.post_events("ingest_key_a", &json!(body)).await;
+    assert_eq!(status, 202, "{ack}");
+}
+
+#[tokio::test]
+async fn current_period_usage_and_charges_are_exact() {
+    let app = spawn_app("billing_current").await;
+    let start = scenario(&app).await;
+    ingest(
+        &app,
+        1234,
+        &[("gpt-x", 1500), ("gpt-x", 1000), ("small", 300)],
+    )
+    .await;
+
+    // Independent figures: calls 1234 - 1000 included = 234 at 0.002; tokens by model:
+    // gpt-x 2500 -> 3 packages, small 300 -> 1 package, at 0.50; base fee whole.
+    let calls_amount = d("234") * d("0.002");
+    let tokens_amount = (d("3") + d("1")) * d("0.50");
+    let subtotal = calls_amount + tokens_amount + d("49.00");
+
+    let (status, usage) = get(&app, "/v1/subscriptions/sub_1/usage", "read_key_a").await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(
+        usage["from"].as_str().unwrap(),
+        start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    assert_eq!(
+        (usage["currency"].as_str(), usage["plan"].as_str()),
+        (Some("USD"), Some("pro"))
+    );
+    let calls = &usage["charges"][0];
+    assert_eq!(
+        (
+            dec(&calls["quantity"]),
+            dec(&calls["billable_quantity"]),
+            calls["events_count"].as_u64()
+        ),
+        (d("1234"), d("234"), Some(1234))
+    );
+    assert_eq!(dec(&calls["amount"]), calls_amount);
+    assert_eq!(dec(&calls["tiers"][0]["quantity"]), d("234"));
+    let tokens = &usage["charges"][1];
+    assert_eq!(dec(&tokens["amount"]), tokens_amount);
+    let groups: Vec<(String, Decimal)> = tokens["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group"]["model"].as_str().unwrap().to_owned(),
+                dec(&g["quantity"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        vec![("gpt-x".into(), d("2500")), ("small".into(), d("300"))]
+    );
+    assert_eq!(dec(&usage["flat_fees"][0]["amount"]), d("49.00"));
+    assert_eq!(dec(&usage["subtotal"]), subtotal);
+    assert_eq!(usage["total"], "51.47", "51.468 rounds half-even to cents");
+
+    let (_, by_customer) = get(&app, "/v1/customers/c1/usage", "admin_key_a").await;
+    assert_eq!(by_customer["total"], usage["total"]);
+    let (_, sub) = get(&app, "/v1/subscriptions/sub_1", "read_key_a").await;
+    assert_eq!(sub["estimated_next_invoice_amount"], "51.47");
+    assert_eq!(sub["usage"][0]["used_units"], "1234");
+
+    let (_, state) = get(&app, "/v1/customers/c1/billing_state", "cust_key_a").await;
+    assert_eq!(state["has_active_subscription"], true);
+    assert_eq!(state["has_overage"], true, "1234 calls > 1000 included");
+    assert_eq!(state["active_subscriptions"][0]["subscription"], "sub_1");
+    assert_eq!(state["usage"][0]["included_units"], "1000");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn any_window_is_rated_and_a_minimum_applies() {
+    let app = spawn_app("billing_window").await;
+    scenario(&app).await;
+    ingest(&app, 10, &[("small", 10)]).await;
+    let from = (Utc::now() - TimeDelta::hours(2)).to_rfc3339();
+    let to = Utc::now().timestamp().to_string();
+    let (status, usage) = get(
+        &app,
+        &format!(
+            "/v1/subscriptions/sub_1/usage?from={}&to={to}",
+            urlencode(&from)
+        ),
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(
+        dec(&usage["charges"][0]["amount"]),
+        Decimal::ZERO,
+        "10 calls are within the 1000 included"
+    );
+    assert_eq!(
+        dec(&usage["charges"][1]["amount"]),
+        d("1.00"),
+        "one package is 0.50, the minimum is 1.00"
+    );
+    let (status, bad) = get(
+        &app,
+        "/v1/subscriptions/sub_1/usage?from=yesterday&to=1",
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(
+        (status, bad["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, _) = get(
+        &app,
+        &format!("/v1/subscriptions/sub_1/usage?from={to}&to={to}"),
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(status, 400, "an empty window is refused");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plan_change_now_splits_the_period_and_each_part_uses_its_plan() {
+    let app = spawn_app("billing_change").await;
+    let start = scenario(&app).await;
+    post(&app, "/v1/plans", json!({"code": "cheap", "name": "Cheap", "currency": "USD", "interval": "month",
+        "prices": [{"code": "calls", "type": "usage", "meter": "calls", "model": "per_unit", "unit_amount": "0.01"}]})).await;
+    ingest(&app, 1500, &[]).await; // before the change: 500 billable on pro
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    post(
+        &app,
+        "/v1/subscriptions/sub_1/change_plan",
+        json!({"plan": "cheap", "at": "now"}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let now = Utc::now().timestamp_millis();
+    let later: Vec<Value> = (0..7).map(|i| json!({"id": format!("after-{i}"), "customer": "c1", "type": "api_call", "timestamp": now})).collect();
+    assert_eq!(app.post_events("ingest_key_a", &json!(later)).await.0, 202);
+
+    let to = (Utc::now() + TimeDelta::seconds(5)).timestamp_millis();
+    let (status, usage) = get(
+        &app,
+        &format!(
+            "/v1/subscriptions/sub_1/usage?from={}&to={to}",
+            start.timestamp()
+        ),
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    let charges: Vec<(String, Decimal, Decimal)> = usage["charges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                format!(
+                    "{}/{}",
+                    c["plan"].as_str().unwrap(),
+                    c["price"].as_str().unwrap()
+                ),
+                dec(&c["quantity"]),
+                dec(&c["amount"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        charges,
+        vec![
+            ("pro/calls".into(), d("1500"), d("500") * d("0.002")),
+            ("pro/tokens".into(), d("0"), d("1.00")),
+            ("cheap/calls".into(), d("7"), d("0.07")),
+        ]
+    );
+    let fee = dec(&usage["flat_fees"][0]["amount"]);
+    assert!(
+        fee > d("0") && fee < d("49.00"),
+        "the base fee is prorated to the part of the period on pro: {fee}"
+    );
+    assert_eq!(usage["plan"], "cheap");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn usage_errors_follow_the_contract() {
+    let app = spawn_app("billing_errors").await;
+    scenario(&app).await;
+    post(&app, "/v1/customers", json!({"external_id": "lonely"})).await;
+    let (status, body) = get(&app, "/v1/customers/lonely/usage", "read_key_a").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("no_active_subscription"))
+    );
+    let (status, body) = get(&app, "/v1/customers/ghost/usage", "read_key_a").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("customer_not_found"))
+    );
+    let (status, body) = get(&app, "/v1/subscriptions/ghost/usage", "read_key_a").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("subscription_not_found"))
+    );
+    let (status, _) = get(&app, "/v1/customers/c1/usage", "ingest_key_a").await;
+    assert_eq!(status, 403);
+    // cust_key_a is bound to c1: lonely's data is "not found" to it.
+    assert_eq!(
+        get(&app, "/v1/customers/lonely/billing_state", "cust_key_a")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        get(&app, "/v1/customers/c1/usage", "cust_key_a").await.0,
+        200
+    );
+    let (_, state) = get(&app, "/v1/customers/lonely/billing_state", "read_key_a").await;
+    assert_eq!(state["has_active_subscription"], false);
+    app.shutdown().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
