@@ -202,3 +202,167 @@ async fn a_late_event_changes_its_own_window_only() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn meter_series_split_by_window_customer_and_group() {
+    let app = spawn_app("usage_series").await;
+    let hour = 3_600_000i64;
+    // Local midnight in Paris between two events, 3 days ago (well inside the 35-day window).
+    use chrono::TimeZone;
+    let paris = chrono_tz::Europe::Paris;
+    let date = (chrono::Utc::now() - chrono::TimeDelta::days(3))
+        .with_timezone(&paris)
+        .date_naive();
+    let midnight_paris = paris
+        .from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap())
+        .earliest()
+        .unwrap()
+        .timestamp_millis();
+    let events = [
+        ("e1", "c1", midnight_paris - 30_000, "gpt-x", 5), // 23:59:30 Paris, previous local day
+        ("e2", "c1", midnight_paris + 30_000, "gpt-x", 7), // 00:00:30 Paris
+        ("e3", "c1", midnight_paris + 90_000, "small", 11),
+        ("e4", "c2", midnight_paris + hour + 1, "gpt-x", 13),
+        ("e5", "c1", midnight_paris + 2 * hour + 59_999, "gpt-x", 17),
+    ];
+    let body: Vec<_> = events.iter()
+        .map(|(id, customer, ts, model, tokens)| json!({"id": id, "customer": customer, "type": "llm_call", "timestamp": ts,
+                                                        "properties": {"tokens": tokens, "model": model}}))
+        .collect();
+    assert_eq!(app.post_events("ingest_key_a", &json!(body)).await.0, 202);
+    let get = |path: String| {
+        let app = &app;
+        async move {
+            let response = app.get(&path, Some("read_key_a")).await;
+            (
+                response.status().as_u16(),
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (from, to) = (midnight_paris - hour, midnight_paris + 3 * hour + 1_234);
+
+    let (status, hourly) = get(format!(
+        "/v1/meters/tokens/query?from={from}&to={to}&window_size=hour&group_by=model&customer=c1"
+    ))
+    .await;
+    assert_eq!(status, 200, "{hourly}");
+    let points: Vec<(i64, String, String)> = hourly["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                chrono::DateTime::parse_from_rfc3339(p["window_start"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_millis(),
+                p["group"]["model"].as_str().unwrap().to_owned(),
+                p["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        points,
+        vec![
+            (midnight_paris - hour, "gpt-x".into(), "5".into()),
+            (midnight_paris, "gpt-x".into(), "7".into()),
+            (midnight_paris, "small".into(), "11".into()),
+            (midnight_paris + 2 * hour, "gpt-x".into(), "17".into()),
+        ]
+    );
+
+    let (_, daily) = get(format!(
+        "/v1/meters/tokens/query?from={from}&to={to}&window_size=day&timezone=Europe/Paris"
+    ))
+    .await;
+    let days: Vec<(String, String, String)> = daily["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["window_start"].as_str().unwrap().to_owned(),
+                p["customer"].as_str().unwrap().to_owned(),
+                p["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let at = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    };
+    assert_eq!(
+        days,
+        vec![
+            (at(from), "c1".into(), "5".into()),
+            (at(midnight_paris), "c1".into(), "35".into()),
+            (at(midnight_paris), "c2".into(), "13".into()),
+        ],
+        "the first window starts at `from`; Paris days split at local midnight"
+    );
+    assert_eq!(
+        daily["data"][1]["window_end"].as_str().unwrap(),
+        at(to),
+        "the last window ends at `to`"
+    );
+
+    let (_, filtered) = get(format!(
+        "/v1/meters/tokens/query?from={from}&to={to}&window_size=day&filter[model]=small"
+    ))
+    .await;
+    assert_eq!(filtered["data"].as_array().unwrap().len(), 1);
+    assert_eq!(filtered["data"][0]["value"], "11");
+
+    for (path, status, code) in [
+        (
+            format!("/v1/meters/nope/query?from={from}&to={to}"),
+            404,
+            "meter_not_found",
+        ),
+        (
+            format!("/v1/meters/tokens/query?from={from}&to={to}&group_by=region"),
+            400,
+            "invalid_request",
+        ),
+        (
+            format!("/v1/meters/tokens/query?from={from}&to={to}&timezone=Mars/Base"),
+            400,
+            "invalid_request",
+        ),
+        (
+            format!("/v1/meters/tokens/query?from={to}&to={from}"),
+            400,
+            "invalid_request",
+        ),
+        (
+            format!("/v1/meters/tokens/query?from=0&to={to}&window_size=minute"),
+            400,
+            "invalid_request",
+        ),
+    ] {
+        let (got, body) = get(path.clone()).await;
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {body}"
+        );
+    }
+    // A customer key sees only its own customer, whatever it asks for.
+    let own = app
+        .get(
+            &format!("/v1/meters/tokens/query?from={from}&to={to}&window_size=day&customer=c2"),
+            Some("cust_key_a"),
+        )
+        .await;
+    let own: serde_json::Value = own.json().await.unwrap();
+    assert!(
+        own["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["customer"] == "c1"),
+        "{own}"
+    );
+    app.shutdown().await;
+}

@@ -10,12 +10,19 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::auth::Principal;
+use chrono::{Offset, TimeZone};
+use chrono_tz::Tz;
+
+use crate::auth::{Principal, Role};
+use crate::billing::period::{Anchor, Cadence, Interval};
 use crate::billing::period::{PeriodError, Status};
+use crate::catalog::Meter;
 use crate::catalog::{Customer, Subscription, TenantCatalog};
 use crate::error::ApiError;
 use crate::ingest::parse::parse_instant;
 use crate::store::StoreError;
+use crate::store::usage::{SeriesQuery, WindowSize, series};
+use crate::usage::quantity;
 use crate::usage::{Subject, UsageError, UsageReport, report};
 
 pub fn router() -> Router<AppState> {
@@ -23,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/subscriptions/{key}/usage", get(subscription_usage))
         .route("/v1/customers/{key}/usage", get(customer_usage))
         .route("/v1/customers/{key}/billing_state", get(billing_state))
+        .route("/v1/meters/{key}/query", get(meter_query))
 }
 
 impl From<UsageError> for ApiError {
@@ -253,4 +261,167 @@ pub(crate) async fn current_figures(
     };
     let report = report(&state.store, &subject, period.window.from, period.window.to).await?;
     Ok(Some((report.total, usage_lines(&report))))
+}
+
+/// At most this many windows in one series.
+const MAX_WINDOWS: i64 = 50_000;
+
+/// `GET /v1/meters/{slug}/query`: a meter's usage per window (minute, hour or day in a
+/// timezone), per customer and group, with filters on group properties.
+async fn meter_query(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(slug): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let customer = match (&principal.role, param("customer")) {
+        (Role::Customer, _) => principal.customer.as_deref(),
+        (_, customer) => {
+            principal.require(&[Role::Admin, Role::Read], "query meters")?;
+            customer
+        }
+    };
+    let catalog = state.catalog.tenant(&principal.tenant);
+    let meter = catalog.get::<Meter>(&slug).ok_or_else(|| {
+        ApiError::not_found(
+            "meter_not_found",
+            format!("no meter '{slug}' in this tenant"),
+        )
+    })?;
+    let (Some(from), Some(to)) = (param("from"), param("to")) else {
+        return Err(ApiError::InvalidRequest(
+            "from and to: both are required".into(),
+        ));
+    };
+    let (from, to) = (instant("from", from)?, instant("to", to)?);
+    if from >= to {
+        return Err(ApiError::InvalidRequest("from: must be before to".into()));
+    }
+    let window_size = match param("window_size").unwrap_or("hour") {
+        "minute" => WindowSize::Minute,
+        "hour" => WindowSize::Hour,
+        "day" => WindowSize::Day,
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "window_size: minute, hour or day".into(),
+            ));
+        }
+    };
+    let window_seconds = match window_size {
+        WindowSize::Minute => 60,
+        WindowSize::Hour => 3600,
+        WindowSize::Day => 86_400,
+    };
+    if (to - from).num_seconds() / window_seconds > MAX_WINDOWS {
+        return Err(ApiError::InvalidRequest(format!(
+            "the range holds more than {MAX_WINDOWS} windows; use a larger window_size"
+        )));
+    }
+    let timezone = param("timezone").unwrap_or("UTC");
+    let tz: Tz = timezone.parse().map_err(|_| {
+        ApiError::InvalidRequest(format!("timezone: '{timezone}' is not an IANA timezone"))
+    })?;
+    let known = catalog
+        .meters_for(&meter.event_type)
+        .iter()
+        .find(|e| e.meter.slug == slug)
+        .map(|e| e.group_keys.clone())
+        .unwrap_or_default();
+    let check_key = |field: &str, key: &str| {
+        if known.iter().any(|k| k == key) {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidRequest(format!(
+                "{field}: '{key}' is not a group property of meter '{slug}' (known: {})",
+                known.join(", ")
+            )))
+        }
+    };
+    let group_by: Vec<String> = param("group_by")
+        .map(|g| {
+            g.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    for key in &group_by {
+        check_key("group_by", key)?;
+    }
+    let mut filters = Vec::new();
+    for (name, value) in &params {
+        if let Some(key) = name
+            .strip_prefix("filter[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
+            check_key(name, key)?;
+            filters.push((
+                key.to_owned(),
+                value.split(',').map(String::from).collect::<Vec<_>>(),
+            ));
+        }
+    }
+    let whole_hours = |t: DateTime<Utc>| {
+        tz.offset_from_utc_datetime(&t.naive_utc())
+            .fix()
+            .local_minus_utc()
+            % 3600
+            == 0
+    };
+    let query = SeriesQuery {
+        tenant: &principal.tenant,
+        meter: &slug,
+        customer,
+        from_ms: from.timestamp_millis(),
+        to_ms: to.timestamp_millis(),
+        window_size,
+        timezone,
+        hours_align: whole_hours(from) && whole_hours(to),
+        group_by: &group_by,
+        filters: &filters,
+    };
+    let points = series(&state.store, &query)
+        .await
+        .map_err(UsageError::from)?;
+    let mut data = Vec::with_capacity(points.len());
+    for point in points {
+        let start = DateTime::from_timestamp(point.window, 0).unwrap_or(from);
+        let end = match window_size {
+            WindowSize::Minute | WindowSize::Hour => {
+                start + chrono::TimeDelta::seconds(window_seconds)
+            }
+            WindowSize::Day => {
+                let day = Cadence {
+                    interval: Interval::Day,
+                    count: 1,
+                    anchor: Anchor::Calendar,
+                    tz,
+                    origin: start,
+                };
+                day.boundary(1).map_err(UsageError::from)?
+            }
+        };
+        let group: serde_json::Map<String, Value> = group_by
+            .iter()
+            .cloned()
+            .zip(point.usage.group.iter().map(|v| json!(v)))
+            .collect();
+        data.push(json!({
+            "window_start": start.max(from),
+            "window_end": end.min(to),
+            "customer": point.customer,
+            "group": group,
+            "value": quantity(meter.aggregation, &point.usage),
+        }));
+    }
+    Ok(Json(
+        json!({"meter": slug, "window_size": window_size, "timezone": timezone, "data": data}),
+    ))
 }

@@ -31,12 +31,17 @@ fn floor_to(ms: i64, unit: i64) -> i64 {
 /// Splits `[from, to)` into the fewest reads: one run of hours, at most two of minutes, at
 /// most four of raw samples. The parts tile the window exactly.
 pub fn split(from: i64, to: i64) -> Vec<Part> {
+    split_with(from, to, true)
+}
+
+/// [`split`], with whole hours read from the minute rollup unless `hours`.
+pub fn split_with(from: i64, to: i64, hours: bool) -> Vec<Part> {
     let mut parts = Vec::new();
     if from >= to {
         return parts;
     }
     let (h0, h1) = (ceil_to(from, HOUR_MS), floor_to(to, HOUR_MS));
-    if h0 < h1 {
+    if hours && h0 < h1 {
         split_minutes(from, h0, &mut parts);
         parts.push(Part::Hours(h0, h1));
         split_minutes(h1, to, &mut parts);
@@ -77,6 +82,7 @@ pub struct GroupUsage {
     pub latest: Decimal,
 }
 
+/// Merged states of one group, as the statement returns them (columns in [`MERGE`]'s order).
 #[derive(clickhouse::Row, Deserialize)]
 struct UsageRow {
     grp: Vec<String>,
@@ -86,6 +92,24 @@ struct UsageRow {
     max_value: i128,
     distinct_values: u64,
     latest_value: i128,
+}
+
+impl UsageRow {
+    fn into_usage(self) -> Result<GroupUsage, StoreError> {
+        let decimal = |scaled: i128| {
+            from_scaled(scaled)
+                .ok_or_else(|| StoreError::Rejected("usage exceeds 28 digits".into()))
+        };
+        Ok(GroupUsage {
+            group: self.grp,
+            sum: decimal(self.sum_value)?,
+            count: self.samples,
+            min: decimal(self.min_value)?,
+            max: decimal(self.max_value)?,
+            distinct: self.distinct_values,
+            latest: decimal(self.latest_value)?,
+        })
+    }
 }
 
 /// What to measure.
@@ -158,22 +182,7 @@ pub async fn usage(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>,
             .bind(b);
     }
     let rows: Vec<UsageRow> = query.fetch_all().await?;
-    let decimal = |scaled: i128| {
-        from_scaled(scaled).ok_or_else(|| StoreError::Rejected("usage exceeds 28 digits".into()))
-    };
-    rows.into_iter()
-        .map(|r| {
-            Ok(GroupUsage {
-                group: r.grp,
-                sum: decimal(r.sum_value)?,
-                count: r.samples,
-                min: decimal(r.min_value)?,
-                max: decimal(r.max_value)?,
-                distinct: r.distinct_values,
-                latest: decimal(r.latest_value)?,
-            })
-        })
-        .collect()
+    rows.into_iter().map(UsageRow::into_usage).collect()
 }
 
 #[cfg(test)]
@@ -235,4 +244,132 @@ mod tests {
             prop_assert!(parts.iter().filter(|p| matches!(p, Part::Samples(..))).count() <= 4);
         }
     }
+}
+
+/// The grain of a time series' windows, in the series' timezone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowSize {
+    Minute,
+    Hour,
+    Day,
+}
+
+/// A time series of one meter.
+#[derive(Debug, Clone)]
+pub struct SeriesQuery<'a> {
+    pub tenant: &'a str,
+    pub meter: &'a str,
+    /// One customer, or all (each gets its own rows).
+    pub customer: Option<&'a str>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub window_size: WindowSize,
+    /// IANA name; windows start at its local minute, hour or midnight.
+    pub timezone: &'a str,
+    /// Whether whole UTC hours fall inside one window (false for minute windows and for
+    /// timezones whose offset is not a whole number of hours).
+    pub hours_align: bool,
+    pub group_by: &'a [String],
+    /// Group key and the values it may take.
+    pub filters: &'a [(String, Vec<String>)],
+}
+
+/// One window of a series for one customer and group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesPoint {
+    /// Local start of the window, as epoch seconds.
+    pub window: i64,
+    pub customer: String,
+    pub usage: GroupUsage,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct SeriesRow {
+    window: i64,
+    customer: String,
+    grp: Vec<String>,
+    sum_value: i128,
+    samples: u64,
+    min_value: i128,
+    max_value: i128,
+    distinct_values: u64,
+    latest_value: i128,
+}
+
+impl SeriesRow {
+    fn into_point(self) -> Result<SeriesPoint, StoreError> {
+        let states = UsageRow {
+            grp: self.grp,
+            sum_value: self.sum_value,
+            samples: self.samples,
+            min_value: self.min_value,
+            max_value: self.max_value,
+            distinct_values: self.distinct_values,
+            latest_value: self.latest_value,
+        };
+        Ok(SeriesPoint {
+            window: self.window,
+            customer: self.customer,
+            usage: states.into_usage()?,
+        })
+    }
+}
+
+/// Usage per window, customer and group over the query's range.
+pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoint>, StoreError> {
+    let parts = split_with(
+        q.from_ms,
+        q.to_ms,
+        q.hours_align && q.window_size != WindowSize::Minute,
+    );
+    if parts.is_empty() {
+        return Ok(vec![]);
+    }
+    let group = group_expr(q.group_by.len());
+    let mut filter = String::new();
+    if q.customer.is_some() {
+        filter.push_str(" AND customer = ?");
+    }
+    for _ in q.filters {
+        filter.push_str(" AND has(?, group_values[indexOf(group_keys, ?)])");
+    }
+    let selects: Vec<String> = parts
+        .iter()
+        .map(|part| match part {
+            Part::Hours(..) => format!("SELECT bucket AS t, customer, {group}, {ROLLUP_COLUMNS} FROM meter_rollup_hour WHERE tenant = ? AND meter = ?{filter} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"),
+            Part::Minutes(..) => format!("SELECT bucket AS t, customer, {group}, {ROLLUP_COLUMNS} FROM meter_rollup_minute WHERE tenant = ? AND meter = ?{filter} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"),
+            Part::Samples(..) => format!("SELECT ts AS t, customer, {group}, {SAMPLE_STATES} FROM meter_samples WHERE tenant = ? AND meter = ?{filter} AND ts_ms >= ? AND ts_ms < ? GROUP BY t, customer, grp"),
+        })
+        .collect();
+    let start_of = match q.window_size {
+        WindowSize::Minute => "toStartOfMinute",
+        WindowSize::Hour => "toStartOfHour",
+        WindowSize::Day => "toStartOfDay",
+    };
+    let sql = format!(
+        "SELECT toInt64(toUnixTimestamp({start_of}(t, ?))) AS window, customer, {MERGE} FROM ({}) \
+         GROUP BY window, customer, grp ORDER BY window, customer, grp",
+        selects.join(" UNION ALL ")
+    );
+    let mut query = store.client().query(&sql).bind(q.timezone);
+    for part in &parts {
+        let (a, b) = match *part {
+            Part::Hours(a, b) | Part::Minutes(a, b) => (a / 1000, b / 1000),
+            Part::Samples(a, b) => (a, b),
+        };
+        for key in q.group_by {
+            query = query.bind(key.as_str());
+        }
+        query = query.bind(q.tenant).bind(q.meter);
+        if let Some(customer) = q.customer {
+            query = query.bind(customer);
+        }
+        for (key, values) in q.filters {
+            query = query.bind(values.as_slice()).bind(key.as_str());
+        }
+        query = query.bind(a).bind(b);
+    }
+    let rows: Vec<SeriesRow> = query.fetch_all().await?;
+    rows.into_iter().map(SeriesRow::into_point).collect()
 }
