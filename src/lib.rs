@@ -11,6 +11,7 @@
 //! - [`catalog`]: tenants' meters and settings, in memory.
 //! - [`store`]: ClickHouse client, error classes, rows, migrations, an owned local server.
 //! - [`usage`]: usage and charges of a subscription over a window (store + billing).
+//! - [`backfill`]: samples and rollups for a meter created after its events arrived.
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`loadgen`]: the ingest load harness behind `meterhouse loadgen`.
 
@@ -18,6 +19,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backfill;
 pub mod billing;
 pub mod catalog;
 pub mod config;

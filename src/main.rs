@@ -22,6 +22,8 @@ enum Command {
     Serve(Box<Config>),
     /// Apply pending migrations and exit.
     Migrate(Box<Config>),
+    /// Write the samples (and rollups) of a meter for events that arrived before it existed.
+    Backfill(BackfillArgs),
     /// Measure ingest throughput and latency against a direct-insert baseline.
     Loadgen(LoadgenArgs),
 }
@@ -50,12 +52,52 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Backfill(args) => {
+            let (store, owned) = app::open_store(&args.config).await?;
+            let catalog = meterhouse::catalog::Catalog::open(store.clone()).await?;
+            let parse = |name: &str, text: &str| {
+                meterhouse::ingest::parse::parse_instant(text)
+                    .ok()
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--{name}: an RFC 3339 timestamp or Unix seconds/milliseconds"
+                        )
+                    })
+            };
+            let (from, to) = (parse("from", &args.from)?, parse("to", &args.to)?);
+            let outcome =
+                meterhouse::backfill::run(&store, &catalog, &args.tenant, &args.meter, from, to)
+                    .await;
+            if let Some(mut clickhouse) = owned {
+                clickhouse.stop().await;
+            }
+            println!("{}", serde_json::to_string_pretty(&outcome?)?);
+            Ok(())
+        }
         Command::Loadgen(args) => {
             let report = loadgen::run(args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
     }
+}
+
+#[derive(clap::Args)]
+struct BackfillArgs {
+    #[arg(long)]
+    tenant: String,
+    /// The meter's slug.
+    #[arg(long)]
+    meter: String,
+    /// Window start (RFC 3339 or Unix seconds/milliseconds), inclusive.
+    #[arg(long)]
+    from: String,
+    /// Window end, exclusive.
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    config: Box<Config>,
 }
 
 fn init_tracing(json: bool) {

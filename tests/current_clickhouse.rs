@@ -91,6 +91,12 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": bind(queries::REPAIR_BATCH_SAMPLES, &["42"]), "expect": ""}),
         json!({"sql": "SELECT meter, toString(value), batch_id FROM meter_samples ORDER BY meter", "expect": "tokens\t1250.5\t42\nusers\t1\t42"}),
         json!({"sql": bind(queries::CATALOG_SINCE, &["3"]), "expect": "t\tmeter\tm\t{\"v\":2}\t9"}),
+        json!({"sql": bind(queries::SAMPLED_EVENT_IDS, &["'t'", "'tokens'", "1795000000000", "1795000000001"]), "expect": "e1"}),
+        json!({"sql": bind(queries::EVENTS_OF_TYPE, &["'t'", "'llm'", "0", "1795000000001"]), "expect": "e1\tc\t1795000000000\t{}"}),
+        json!({"sql": "INSERT INTO events_replay SELECT * FROM events", "expect": ""}),
+        json!({"sql": "SELECT count() FROM meter_samples WHERE meter = 'tokens'", "expect": "2"}),
+        json!({"sql": "SELECT countMerge(samples) FROM meter_rollup_hour WHERE meter = 'tokens'", "expect": "2"}),
+        json!({"sql": "SELECT count() FROM events_replay", "expect": "0"}),
         json!({"sql": queries::STORED_KEYS, "expect": "ab\tt\tread\t\tn\t2026-11-18 11:06:40\t1"}),
     ];
     let plan = json!({"statements": statements, "checks": checks});

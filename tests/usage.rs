@@ -366,3 +366,98 @@ async fn meter_series_split_by_window_customer_and_group() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn backfill_counts_events_that_predate_their_meter_exactly_once() {
+    let app = spawn_app("usage_backfill").await;
+    let hour = 3_600_000i64;
+    let base = (chrono::Utc::now().timestamp_millis() / hour - 4) * hour;
+    let upload = |id: &str, ts: i64, gb: &str| json!({"id": id, "customer": "c1", "type": "upload", "timestamp": ts, "properties": {"size": {"gb": gb}}});
+    let before = json!([upload("b1", base + 10, "1.25"), upload("b2", base + hour + 5, "2"), upload("b3", base + 2 * hour, "0.5"),
+                        {"id": "b4", "customer": "c1", "type": "upload", "timestamp": base + 20, "properties": {}}]);
+    assert_eq!(app.post_events("ingest_key_a", &before).await.0, 202);
+    let meter = json!({"slug": "gb", "name": "GB", "event_type": "upload", "aggregation": "sum", "value_property": "size.gb"});
+    assert_eq!(
+        app.post_raw(
+            "/v1/meters",
+            "admin_key_a",
+            "application/json",
+            meter.to_string()
+        )
+        .await
+        .0,
+        201
+    );
+    let after = json!([upload("a1", base + 3 * hour, "10")]);
+    assert_eq!(app.post_events("ingest_key_a", &after).await.0, 202);
+
+    let store = app.store().await;
+    let total = |from: i64, to: i64| {
+        let store = store.clone();
+        async move {
+            let q = UsageQuery {
+                tenant: "acme",
+                meter: "gb",
+                customer: "c1",
+                from_ms: from,
+                to_ms: to,
+                group_by: &[],
+            };
+            usage(&store, &q)
+                .await
+                .unwrap()
+                .first()
+                .map_or(Decimal::ZERO, |g| g.sum)
+        }
+    };
+    assert_eq!(
+        total(base, base + 4 * hour).await,
+        Decimal::from(10),
+        "only the event after the meter counts so far"
+    );
+
+    let catalog = meterhouse::catalog::Catalog::open(store.clone())
+        .await
+        .unwrap();
+    let from = chrono::DateTime::from_timestamp_millis(base).unwrap();
+    let to = chrono::DateTime::from_timestamp_millis(base + 4 * hour).unwrap();
+    let outcome = meterhouse::backfill::run(&store, &catalog, "acme", "gb", from, to)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            outcome.events,
+            outcome.already_sampled,
+            outcome.samples_written,
+            outcome.skipped
+        ),
+        (5, 1, 3, 1)
+    );
+    let expected: Decimal = ["1.25", "2", "0.5", "10"]
+        .iter()
+        .map(|v| v.parse::<Decimal>().unwrap())
+        .sum();
+    assert_eq!(
+        total(base, base + 4 * hour).await,
+        expected,
+        "whole hours: from the hour rollup"
+    );
+    assert_eq!(
+        total(base + 5, base + 4 * hour - 1).await,
+        expected,
+        "ragged: minutes and samples"
+    );
+
+    let again = meterhouse::backfill::run(&store, &catalog, "acme", "gb", from, to)
+        .await
+        .unwrap();
+    assert_eq!(again.samples_written, 0, "a second run adds nothing");
+    assert_eq!(total(base, base + 4 * hour).await, expected);
+    assert_eq!(
+        app.scalar("SELECT count() FROM events WHERE event_type = 'upload'")
+            .await,
+        5,
+        "events stay as received"
+    );
+    app.shutdown().await;
+}

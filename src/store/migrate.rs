@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (3, "api_keys", include_str!("../../sql/0003_api_keys.sql")),
     (4, "catalog", include_str!("../../sql/0004_catalog.sql")),
     (5, "rollups", include_str!("../../sql/0005_rollups.sql")),
+    (6, "replay", include_str!("../../sql/0006_replay.sql")),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

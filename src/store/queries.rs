@@ -36,6 +36,13 @@ pub const REPAIR_BATCH_SAMPLES: &str = "INSERT INTO meter_samples \
 pub const CATALOG_SINCE: &str =
     "SELECT tenant, kind, key, body, version FROM catalog FINAL WHERE version > ? ORDER BY version";
 
+/// Ids of events that have a sample of meter `?` (tenant `?` first) in `[?, ?)` (epoch ms).
+pub const SAMPLED_EVENT_IDS: &str = "SELECT event_id FROM meter_samples WHERE tenant = ? AND meter = ? AND ts_ms >= ? AND ts_ms < ?";
+
+/// Events of tenant `?` and type `?` in `[?, ?)` (epoch ms), for a backfill.
+pub const EVENTS_OF_TYPE: &str = "SELECT id, customer, ts_ms, properties FROM events \
+     WHERE tenant = ? AND event_type = ? AND ts_ms >= ? AND ts_ms < ?";
+
 /// Every stored API key digest, latest version of each.
 pub const STORED_KEYS: &str =
     "SELECT key_hash, tenant, role, customer, name, created_at, version FROM api_keys FINAL";
