@@ -14,6 +14,7 @@
 //! - [`backfill`]: samples and rollups for a meter created after its events arrived.
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`loadgen`]: the ingest load harness behind `meterhouse loadgen`.
+//! - [`readbench`]: the read-latency harness behind `meterhouse readbench`.
 
 #![warn(rust_2018_idioms, unreachable_pub)]
 
@@ -29,5 +30,6 @@ pub mod ingest;
 pub mod limits;
 pub mod loadgen;
 pub mod metrics;
+pub mod readbench;
 pub mod store;
 pub mod usage;

@@ -26,6 +26,8 @@ enum Command {
     Backfill(BackfillArgs),
     /// Measure ingest throughput and latency against a direct-insert baseline.
     Loadgen(LoadgenArgs),
+    /// Measure read latency on a generated store against a naive raw-events baseline.
+    Readbench(meterhouse::readbench::ReadbenchArgs),
 }
 
 /// The service allocates per event; mimalloc measured faster than the system allocator
@@ -73,6 +75,11 @@ async fn main() -> anyhow::Result<()> {
                 clickhouse.stop().await;
             }
             println!("{}", serde_json::to_string_pretty(&outcome?)?);
+            Ok(())
+        }
+        Command::Readbench(args) => {
+            let report = meterhouse::readbench::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Loadgen(args) => {

@@ -10,7 +10,7 @@ use crate::billing::money::round_to_currency;
 use crate::billing::period::{Period, PeriodError, Timeline, Window};
 use crate::billing::rating::{self, Charge, RatingError, TierLine};
 use crate::catalog::plan::{Price, PriceType, Timing};
-use crate::catalog::{Aggregation, Customer, Meter, Plan, Subscription, TenantCatalog};
+use crate::catalog::{Customer, Meter, Plan, Subscription, TenantCatalog};
 use crate::store::usage::{GroupUsage, UsageQuery, usage};
 use crate::store::{Store, StoreError};
 
@@ -80,18 +80,6 @@ pub struct UsageReport {
     pub total: Decimal,
 }
 
-/// The quantity a meter's aggregation takes from its usage.
-pub fn quantity(aggregation: Aggregation, usage: &GroupUsage) -> Decimal {
-    match aggregation {
-        Aggregation::Count => Decimal::from(usage.count),
-        Aggregation::Sum => usage.sum,
-        Aggregation::Max => usage.max,
-        Aggregation::Min => usage.min,
-        Aggregation::UniqueCount => Decimal::from(usage.distinct),
-        Aggregation::Latest => usage.latest,
-    }
-}
-
 /// Everything needed to report on one subscription.
 pub struct Subject<'a> {
     pub tenant: &'a str,
@@ -158,13 +146,14 @@ pub async fn report(
         let Some(inside) = period.window.intersect(&window) else {
             continue;
         };
-        for price in &plan.prices {
-            match price.kind {
-                PriceType::Usage => {
-                    charges.push(usage_charge(store, subject, plan, price, inside).await?)
-                }
-                PriceType::Flat if !period.trial => flat_fees.push(flat_fee(plan, price, period)?),
-                PriceType::Flat => {}
+        // The usage prices of a period are measured concurrently: one round trip's latency.
+        let usage_prices = plan
+            .usage_prices()
+            .map(|price| usage_charge(store, subject, plan, price, inside));
+        charges.extend(futures_util::future::try_join_all(usage_prices).await?);
+        if !period.trial {
+            for price in plan.prices.iter().filter(|p| p.kind == PriceType::Flat) {
+                flat_fees.push(flat_fee(plan, price, period)?);
             }
         }
     }
@@ -227,6 +216,7 @@ async fn usage_charge(
     let query = UsageQuery {
         tenant: subject.tenant,
         meter: slug,
+        aggregation: meter.aggregation,
         customer: &subject.customer.external_id,
         from_ms: window.from.timestamp_millis(),
         to_ms: window.to.timestamp_millis(),
@@ -236,7 +226,7 @@ async fn usage_charge(
     let included = price.included();
     let (amount, total, tiers, group_charges) = if price.group_by.is_empty() {
         let usage = groups.first();
-        let q = usage.map_or(Decimal::ZERO, |u| quantity(meter.aggregation, u));
+        let q = usage.map_or(Decimal::ZERO, |u| u.value);
         let charge = rating::rate(&model, q, included)?;
         let clamped = rating::clamp(charge.amount, price.minimum_amount, price.maximum_amount);
         (
@@ -253,7 +243,7 @@ async fn usage_charge(
         let rated = rating::rate_groups(
             &model,
             included,
-            groups.iter().map(|g| (g, quantity(meter.aggregation, g))),
+            groups.iter().map(|g| (g, g.value)),
             price.minimum_amount,
             price.maximum_amount,
         )?;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use meterhouse::catalog::Aggregation;
 use meterhouse::store::usage::{Part, split, statement};
 use meterhouse::store::{migrate, queries};
 use serde_json::json;
@@ -76,11 +77,17 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     }
     let values: Vec<&str> = values.iter().map(String::as_str).collect();
     let usage_sql = format!(
-        "SELECT grp, toString(sum_value), samples, distinct_values FROM ({})",
-        bind(&statement(&parts, 1), &values)
+        "SELECT grp, value, events FROM ({})",
+        bind(&statement(&parts, 1, Aggregation::Sum), &values)
     );
+    let users: Vec<&str> = values
+        .iter()
+        .map(|v| if *v == "'tokens'" { "'users'" } else { v })
+        .collect();
+    let users_sql = bind(&statement(&parts, 1, Aggregation::UniqueCount), &users);
     let checks = vec![
-        json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1\t1"}),
+        json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
+        json!({"sql": users_sql, "expect": "['']\t1\t1"}),
         json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM meter_samples ORDER BY meter",
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),

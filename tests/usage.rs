@@ -6,6 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::spawn_app;
+use meterhouse::catalog::Aggregation;
 use meterhouse::store::usage::{UsageQuery, usage};
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -89,41 +90,55 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
             .iter()
             .filter(|e| e.ts_ms >= from && e.ts_ms < to)
             .collect();
-        let q = UsageQuery {
-            tenant: "acme",
-            meter: "v",
-            customer: "c1",
-            from_ms: from,
-            to_ms: to,
-            group_by: &group_by,
-        };
-        let got = usage(&store, &q).await.unwrap();
         let mut expected: BTreeMap<&str, Vec<&Sent>> = BTreeMap::new();
         for e in &inside {
             expected.entry(e.model).or_default().push(e);
         }
-        assert_eq!(got.len(), expected.len(), "groups in [{from}, {to})");
-        for (g, (model, es)) in got.iter().zip(&expected) {
-            assert_eq!(g.group, vec![model.to_string()]);
-            assert_eq!(
-                g.sum,
-                es.iter().map(|e| e.value).sum::<Decimal>(),
-                "sum {model} [{from}, {to})"
-            );
-            assert_eq!(g.count, es.len() as u64);
-            assert_eq!(g.min, es.iter().map(|e| e.value).min().unwrap());
-            assert_eq!(g.max, es.iter().map(|e| e.value).max().unwrap());
-            let latest_ts = es.iter().map(|e| e.ts_ms).max().unwrap();
-            let latest: BTreeSet<Decimal> = es
-                .iter()
-                .filter(|e| e.ts_ms == latest_ts)
-                .map(|e| e.value)
-                .collect();
-            assert!(latest.contains(&g.latest), "latest {model}");
+        let values = |es: &Vec<&Sent>| es.iter().map(|e| e.value).collect::<Vec<_>>();
+        for aggregation in [
+            Aggregation::Sum,
+            Aggregation::Count,
+            Aggregation::Min,
+            Aggregation::Max,
+            Aggregation::Latest,
+        ] {
+            let q = UsageQuery {
+                tenant: "acme",
+                meter: "v",
+                aggregation,
+                customer: "c1",
+                from_ms: from,
+                to_ms: to,
+                group_by: &group_by,
+            };
+            let got = usage(&store, &q).await.unwrap();
+            assert_eq!(got.len(), expected.len(), "groups in [{from}, {to})");
+            for (g, (model, es)) in got.iter().zip(&expected) {
+                assert_eq!(g.group, vec![model.to_string()]);
+                assert_eq!(g.count, es.len() as u64, "events {model}");
+                let want = match aggregation {
+                    Aggregation::Sum => values(es).into_iter().sum::<Decimal>(),
+                    Aggregation::Count => Decimal::from(es.len()),
+                    Aggregation::Min => values(es).into_iter().min().unwrap(),
+                    Aggregation::Max => values(es).into_iter().max().unwrap(),
+                    _ => {
+                        let latest_ts = es.iter().map(|e| e.ts_ms).max().unwrap();
+                        let latest: BTreeSet<Decimal> = es
+                            .iter()
+                            .filter(|e| e.ts_ms == latest_ts)
+                            .map(|e| e.value)
+                            .collect();
+                        assert!(latest.contains(&g.value), "latest {model}");
+                        g.value
+                    }
+                };
+                assert_eq!(g.value, want, "{aggregation:?} {model} [{from}, {to})");
+            }
         }
         let q = UsageQuery {
             tenant: "acme",
             meter: "users",
+            aggregation: Aggregation::UniqueCount,
             customer: "c1",
             from_ms: from,
             to_ms: to,
@@ -132,8 +147,8 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
         let users = usage(&store, &q).await.unwrap();
         let expected_users: BTreeSet<u32> = inside.iter().map(|e| e.user).collect();
         assert_eq!(
-            users.first().map_or(0, |u| u.distinct),
-            expected_users.len() as u64,
+            users.first().map_or(Decimal::ZERO, |u| u.value),
+            Decimal::from(expected_users.len()),
             "distinct users [{from}, {to})"
         );
     }
@@ -141,6 +156,7 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
     let q = UsageQuery {
         tenant: "beta",
         meter: "v",
+        aggregation: Aggregation::Sum,
         customer: "c1",
         from_ms: start - hour,
         to_ms: end_ms + hour,
@@ -169,6 +185,7 @@ async fn a_late_event_changes_its_own_window_only() {
             let q = UsageQuery {
                 tenant: "acme",
                 meter: "calls",
+                aggregation: Aggregation::Count,
                 customer: "c1",
                 from_ms: from,
                 to_ms: to,
@@ -398,6 +415,7 @@ async fn backfill_counts_events_that_predate_their_meter_exactly_once() {
             let q = UsageQuery {
                 tenant: "acme",
                 meter: "gb",
+                aggregation: Aggregation::Sum,
                 customer: "c1",
                 from_ms: from,
                 to_ms: to,
@@ -407,7 +425,7 @@ async fn backfill_counts_events_that_predate_their_meter_exactly_once() {
                 .await
                 .unwrap()
                 .first()
-                .map_or(Decimal::ZERO, |g| g.sum)
+                .map_or(Decimal::ZERO, |g| g.value)
         }
     };
     assert_eq!(

@@ -439,6 +439,55 @@ impl Catalog {
         Ok(item)
     }
 
+    /// Creates many items of one kind in one insert (imports, benchmarks); any invalid or
+    /// existing key refuses the whole lot.
+    pub async fn create_all<T: Item>(
+        &self,
+        tenant: &str,
+        items: Vec<T>,
+    ) -> Result<usize, CatalogError> {
+        let snapshot = self.tenant(tenant);
+        let mut rows = Vec::with_capacity(items.len());
+        for item in &items {
+            item.check(&snapshot)?;
+            if snapshot.get::<T>(item.key()).is_some() {
+                return Err(CatalogError::Conflict(format!(
+                    "a {} '{}' already exists",
+                    T::KIND.as_str(),
+                    item.key()
+                )));
+            }
+            let body =
+                serde_json::to_string(item).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+            rows.push(CatalogRow {
+                tenant: tenant.into(),
+                kind: T::KIND.as_str().into(),
+                key: item.key().into(),
+                body,
+                version: self.next_version(),
+            });
+        }
+        if let Some(store) = &self.store {
+            let mut insert = store
+                .client()
+                .insert::<CatalogRow>("catalog")
+                .await
+                .map_err(StoreError::from)?;
+            for row in &rows {
+                insert.write(row).await.map_err(StoreError::from)?;
+            }
+            insert.end().await.map_err(StoreError::from)?;
+        }
+        self.update(tenant, |c| {
+            for row in &rows {
+                c.apply_raw(T::KIND, &row.key, &row.body, row.version)
+                    .map_err(|e| CatalogError::Invalid(e.to_string()))?;
+            }
+            Ok(())
+        })?;
+        Ok(rows.len())
+    }
+
     /// Loads documents written since the last poll (by any process); returns how many changed.
     pub async fn refresh(&self) -> Result<usize, StoreError> {
         let Some(store) = &self.store else {

@@ -22,7 +22,6 @@ use crate::error::ApiError;
 use crate::ingest::parse::parse_instant;
 use crate::store::StoreError;
 use crate::store::usage::{SeriesQuery, WindowSize, series};
-use crate::usage::quantity;
 use crate::usage::{Subject, UsageError, UsageReport, report};
 
 pub fn router() -> Router<AppState> {
@@ -378,6 +377,7 @@ async fn meter_query(
     let query = SeriesQuery {
         tenant: &principal.tenant,
         meter: &slug,
+        aggregation: meter.aggregation,
         customer,
         from_ms: from.timestamp_millis(),
         to_ms: to.timestamp_millis(),
@@ -418,7 +418,7 @@ async fn meter_query(
             "window_end": end.min(to),
             "customer": point.customer,
             "group": group,
-            "value": quantity(meter.aggregation, &point.usage),
+            "value": point.usage.value,
         }));
     }
     Ok(Json(

@@ -6,8 +6,8 @@
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::rows::from_scaled;
 use super::{Store, StoreError};
+use crate::catalog::Aggregation;
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -69,59 +69,37 @@ fn split_minutes(from: i64, to: i64, parts: &mut Vec<Part>) {
     }
 }
 
-/// Every aggregate of one group of a meter over a window; the meter's aggregation picks one.
+/// One group's usage of a meter over a window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupUsage {
     /// Values of the requested group keys, in order ("" where an event lacked the key).
     pub group: Vec<String>,
-    pub sum: Decimal,
+    /// The meter's aggregate: the sum, count, extreme, distinct count or latest value.
+    pub value: Decimal,
+    /// Samples (events) counted.
     pub count: u64,
-    pub min: Decimal,
-    pub max: Decimal,
-    pub distinct: u64,
-    pub latest: Decimal,
 }
 
-/// Merged states of one group, as the statement returns them (columns in [`MERGE`]'s order).
-#[derive(clickhouse::Row, Deserialize)]
-struct UsageRow {
-    grp: Vec<String>,
-    sum_value: i128,
-    samples: u64,
-    min_value: i128,
-    max_value: i128,
-    distinct_values: u64,
-    latest_value: i128,
-}
-
-impl UsageRow {
-    fn into_usage(self) -> Result<GroupUsage, StoreError> {
-        let decimal = |scaled: i128| {
-            from_scaled(scaled)
-                .ok_or_else(|| StoreError::Rejected("usage exceeds 28 digits".into()))
-        };
-        Ok(GroupUsage {
-            group: self.grp,
-            sum: decimal(self.sum_value)?,
-            count: self.samples,
-            min: decimal(self.min_value)?,
-            max: decimal(self.max_value)?,
-            distinct: self.distinct_values,
-            latest: decimal(self.latest_value)?,
-        })
-    }
-}
-
-/// What to measure.
-#[derive(Debug, Clone)]
-pub struct UsageQuery<'a> {
-    pub tenant: &'a str,
-    pub meter: &'a str,
-    pub customer: &'a str,
-    pub from_ms: i64,
-    pub to_ms: i64,
-    /// Group keys to split by (a price's `group_by`); empty for one total.
-    pub group_by: &'a [String],
+/// The state column and expressions of one aggregation: (rollup column, state of raw
+/// samples, merge). Only the meter's own aggregation is read; `uniqExact` and `argMax`
+/// states are costly to merge when they are not needed.
+fn aggregate(aggregation: Aggregation) -> Option<(&'static str, &'static str, &'static str)> {
+    Some(match aggregation {
+        Aggregation::Count => return None,
+        Aggregation::Sum => ("sum_value", "sumState(value)", "sumMerge(sum_value)"),
+        Aggregation::Min => ("min_value", "minState(value)", "minMerge(min_value)"),
+        Aggregation::Max => ("max_value", "maxState(value)", "maxMerge(max_value)"),
+        Aggregation::UniqueCount => (
+            "distinct_values",
+            "uniqExactState(value_str)",
+            "uniqExactMerge(distinct_values)",
+        ),
+        Aggregation::Latest => (
+            "latest_value",
+            "argMaxState(value, ts_ms)",
+            "argMaxMerge(latest_value)",
+        ),
+    })
 }
 
 /// The group of a row for `keys` group keys: one `?` (the key) per element.
@@ -132,45 +110,146 @@ fn group_expr(keys: usize) -> String {
     let elements = vec!["group_values[indexOf(group_keys, ?)]"; keys].join(", ");
     format!("[{elements}] AS grp")
 }
-const WHERE_KEY: &str = "tenant = ? AND meter = ? AND customer = ?";
-const ROLLUP_COLUMNS: &str =
-    "sum_value, samples, min_value, max_value, distinct_values, latest_value";
-const SAMPLE_STATES: &str = "sumState(value) AS sum_value, countState() AS samples, minState(value) AS min_value, \
-     maxState(value) AS max_value, uniqExactState(value_str) AS distinct_values, argMaxState(value, ts_ms) AS latest_value";
-const MERGE: &str = "grp, sumMerge(sum_value) AS sum_value, countMerge(samples) AS samples, \
-     minMerge(min_value) AS min_value, maxMerge(max_value) AS max_value, \
-     uniqExactMerge(distinct_values) AS distinct_values, argMaxMerge(latest_value) AS latest_value";
+
+/// The inner SELECT of one part. `extra` adds `?` filters after tenant and meter;
+/// `time` is the window column to output (or empty).
+fn part_select(
+    part: &Part,
+    aggregation: Aggregation,
+    group: &str,
+    extra: &str,
+    time: (&str, &str),
+) -> String {
+    let (column, state, _) = aggregate(aggregation).map_or(("", "", ""), |a| a);
+    let state_column = if column.is_empty() {
+        String::new()
+    } else {
+        format!(", {column}")
+    };
+    let raw_state = if column.is_empty() {
+        String::new()
+    } else {
+        format!(", {state} AS {column}")
+    };
+    let (rollup_time, sample_time) = time;
+    match part {
+        Part::Hours(..) | Part::Minutes(..) => {
+            let table = if matches!(part, Part::Hours(..)) {
+                "meter_rollup_hour"
+            } else {
+                "meter_rollup_minute"
+            };
+            format!(
+                "SELECT {rollup_time}{group}, samples{state_column} FROM {table} WHERE tenant = ? AND meter = ?{extra} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"
+            )
+        }
+        Part::Samples(..) => {
+            let by = if sample_time.is_empty() {
+                "grp".to_owned()
+            } else {
+                "t, customer, grp".to_owned()
+            };
+            format!(
+                "SELECT {sample_time}{group}, countState() AS samples{raw_state} FROM meter_samples WHERE tenant = ? AND meter = ?{extra} AND ts_ms >= ? AND ts_ms < ? GROUP BY {by}"
+            )
+        }
+    }
+}
+
+/// The merged value and count of a group, as text (exact for every type).
+fn merged(aggregation: Aggregation) -> String {
+    let value = aggregate(aggregation).map_or("countMerge(samples)", |(_, _, merge)| merge);
+    format!("toString({value}) AS value, countMerge(samples) AS events")
+}
 
 /// The SQL for `parts` grouped by `keys` group keys; per part, `?` stand for each group key,
 /// then tenant, meter, customer, and the part's bounds.
-pub fn statement(parts: &[Part], keys: usize) -> String {
+pub fn statement(parts: &[Part], keys: usize, aggregation: Aggregation) -> String {
     let group = group_expr(keys);
     let selects: Vec<String> = parts
         .iter()
-        .map(|part| match part {
-            Part::Hours(..) => format!("SELECT {group}, {ROLLUP_COLUMNS} FROM meter_rollup_hour WHERE {WHERE_KEY} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"),
-            Part::Minutes(..) => format!("SELECT {group}, {ROLLUP_COLUMNS} FROM meter_rollup_minute WHERE {WHERE_KEY} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"),
-            Part::Samples(..) => format!("SELECT {group}, {SAMPLE_STATES} FROM meter_samples WHERE {WHERE_KEY} AND ts_ms >= ? AND ts_ms < ? GROUP BY grp"),
-        })
+        .map(|p| part_select(p, aggregation, &group, " AND customer = ?", ("", "")))
         .collect();
     format!(
-        "SELECT {MERGE} FROM ({}) GROUP BY grp ORDER BY grp",
+        "SELECT grp, {} FROM ({}) GROUP BY grp ORDER BY grp",
+        merged(aggregation),
         selects.join(" UNION ALL ")
     )
 }
 
+fn bounds(part: &Part) -> (i64, i64) {
+    match *part {
+        Part::Hours(a, b) | Part::Minutes(a, b) => (a / 1000, b / 1000),
+        Part::Samples(a, b) => (a, b),
+    }
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct UsageRow {
+    grp: Vec<String>,
+    value: String,
+    events: u64,
+}
+
+impl UsageRow {
+    fn into_usage(self) -> Result<GroupUsage, StoreError> {
+        let value: Decimal = self.value.parse().map_err(|_| {
+            StoreError::Rejected(format!("usage '{}' is not a decimal", self.value))
+        })?;
+        Ok(GroupUsage {
+            group: self.grp,
+            value: value.normalize(),
+            count: self.events,
+        })
+    }
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct UsageQuery<'a> {
+    pub tenant: &'a str,
+    pub meter: &'a str,
+    pub aggregation: Aggregation,
+    pub customer: &'a str,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Group keys to split by (a price's `group_by`); empty for one total.
+    pub group_by: &'a [String],
+}
+
+/// Splits `[from, to)` for a total: whole hours from the hour rollup, the (under an hour)
+/// edges straight from samples, whose key `(tenant, meter, customer, ts_ms)` reads exactly
+/// them; fewer parts answer faster than minute rollups would.
+pub fn split_for_total(from: i64, to: i64) -> Vec<Part> {
+    if from >= to {
+        return vec![];
+    }
+    let (h0, h1) = (ceil_to(from, HOUR_MS), floor_to(to, HOUR_MS));
+    if h0 >= h1 {
+        return vec![Part::Samples(from, to)];
+    }
+    let mut parts = Vec::with_capacity(3);
+    if from < h0 {
+        parts.push(Part::Samples(from, h0));
+    }
+    parts.push(Part::Hours(h0, h1));
+    if h1 < to {
+        parts.push(Part::Samples(h1, to));
+    }
+    parts
+}
+
 /// Usage per group over the query's window.
 pub async fn usage(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>, StoreError> {
-    let parts = split(q.from_ms, q.to_ms);
+    let parts = split_for_total(q.from_ms, q.to_ms);
     if parts.is_empty() {
         return Ok(vec![]);
     }
-    let mut query = store.client().query(&statement(&parts, q.group_by.len()));
+    let mut query = store
+        .client()
+        .query(&statement(&parts, q.group_by.len(), q.aggregation));
     for part in &parts {
-        let (a, b) = match *part {
-            Part::Hours(a, b) | Part::Minutes(a, b) => (a / 1000, b / 1000),
-            Part::Samples(a, b) => (a, b),
-        };
+        let (a, b) = bounds(part);
         for key in q.group_by {
             query = query.bind(key.as_str());
         }
@@ -183,6 +262,128 @@ pub async fn usage(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>,
     }
     let rows: Vec<UsageRow> = query.fetch_all().await?;
     rows.into_iter().map(UsageRow::into_usage).collect()
+}
+
+/// The grain of a time series' windows, in the series' timezone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowSize {
+    Minute,
+    Hour,
+    Day,
+}
+
+/// A time series of one meter.
+#[derive(Debug, Clone)]
+pub struct SeriesQuery<'a> {
+    pub tenant: &'a str,
+    pub meter: &'a str,
+    pub aggregation: Aggregation,
+    /// One customer, or all (each gets its own rows).
+    pub customer: Option<&'a str>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub window_size: WindowSize,
+    /// IANA name; windows start at its local minute, hour or midnight.
+    pub timezone: &'a str,
+    /// Whether whole UTC hours fall inside one window (false for timezones whose offset is
+    /// not a whole number of hours).
+    pub hours_align: bool,
+    pub group_by: &'a [String],
+    /// Group key and the values it may take.
+    pub filters: &'a [(String, Vec<String>)],
+}
+
+/// One window of a series for one customer and group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesPoint {
+    /// Local start of the window, as epoch seconds.
+    pub window: i64,
+    pub customer: String,
+    pub usage: GroupUsage,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct SeriesRow {
+    window: i64,
+    customer: String,
+    grp: Vec<String>,
+    value: String,
+    events: u64,
+}
+
+/// Usage per window, customer and group over the query's range.
+pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoint>, StoreError> {
+    let parts = split_with(
+        q.from_ms,
+        q.to_ms,
+        q.hours_align && q.window_size != WindowSize::Minute,
+    );
+    if parts.is_empty() {
+        return Ok(vec![]);
+    }
+    let group = group_expr(q.group_by.len());
+    let mut extra = String::new();
+    if q.customer.is_some() {
+        extra.push_str(" AND customer = ?");
+    }
+    for _ in q.filters {
+        extra.push_str(" AND has(?, group_values[indexOf(group_keys, ?)])");
+    }
+    let selects: Vec<String> = parts
+        .iter()
+        .map(|p| {
+            part_select(
+                p,
+                q.aggregation,
+                &group,
+                &extra,
+                ("bucket AS t, customer, ", "ts AS t, customer, "),
+            )
+        })
+        .collect();
+    let start_of = match q.window_size {
+        WindowSize::Minute => "toStartOfMinute",
+        WindowSize::Hour => "toStartOfHour",
+        WindowSize::Day => "toStartOfDay",
+    };
+    let sql = format!(
+        "SELECT toInt64(toUnixTimestamp({start_of}(t, ?))) AS window, customer, grp, {} FROM ({}) \
+         GROUP BY window, customer, grp ORDER BY window, customer, grp",
+        merged(q.aggregation),
+        selects.join(" UNION ALL ")
+    );
+    let mut query = store.client().query(&sql).bind(q.timezone);
+    for part in &parts {
+        let (a, b) = bounds(part);
+        for key in q.group_by {
+            query = query.bind(key.as_str());
+        }
+        query = query.bind(q.tenant).bind(q.meter);
+        if let Some(customer) = q.customer {
+            query = query.bind(customer);
+        }
+        for (key, values) in q.filters {
+            query = query.bind(values.as_slice()).bind(key.as_str());
+        }
+        query = query.bind(a).bind(b);
+    }
+    let rows: Vec<SeriesRow> = query.fetch_all().await?;
+    rows.into_iter()
+        .map(|r| {
+            let usage = UsageRow {
+                grp: r.grp,
+                value: r.value,
+                events: r.events,
+            }
+            .into_usage()?;
+            Ok(SeriesPoint {
+                window: r.window,
+                customer: r.customer,
+                usage,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -218,10 +419,30 @@ mod tests {
     }
 
     #[test]
+    fn totals_read_hours_and_raw_edges() {
+        let (from, to) = (HOUR_MS - 90_500, 3 * HOUR_MS + 61_000);
+        assert_eq!(
+            split_for_total(from, to),
+            vec![
+                Part::Samples(from, HOUR_MS),
+                Part::Hours(HOUR_MS, 3 * HOUR_MS),
+                Part::Samples(3 * HOUR_MS, to)
+            ]
+        );
+        assert_eq!(split_for_total(10, 20), vec![Part::Samples(10, 20)]);
+        assert_eq!(split_for_total(0, HOUR_MS), vec![Part::Hours(0, HOUR_MS)]);
+    }
+
+    #[test]
     fn the_statement_has_one_select_per_part() {
-        let sql = statement(&split(HOUR_MS - 90_500, 3 * HOUR_MS + 61_000), 2);
+        let sql = statement(
+            &split(HOUR_MS - 90_500, 3 * HOUR_MS + 61_000),
+            2,
+            Aggregation::Sum,
+        );
         assert_eq!(sql.matches("UNION ALL").count(), 4);
         assert_eq!(sql.matches('?').count(), 5 * 7);
+        assert!(!sql.contains("uniqExact"), "only the sum is read");
     }
 
     proptest! {
@@ -244,132 +465,4 @@ mod tests {
             prop_assert!(parts.iter().filter(|p| matches!(p, Part::Samples(..))).count() <= 4);
         }
     }
-}
-
-/// The grain of a time series' windows, in the series' timezone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WindowSize {
-    Minute,
-    Hour,
-    Day,
-}
-
-/// A time series of one meter.
-#[derive(Debug, Clone)]
-pub struct SeriesQuery<'a> {
-    pub tenant: &'a str,
-    pub meter: &'a str,
-    /// One customer, or all (each gets its own rows).
-    pub customer: Option<&'a str>,
-    pub from_ms: i64,
-    pub to_ms: i64,
-    pub window_size: WindowSize,
-    /// IANA name; windows start at its local minute, hour or midnight.
-    pub timezone: &'a str,
-    /// Whether whole UTC hours fall inside one window (false for minute windows and for
-    /// timezones whose offset is not a whole number of hours).
-    pub hours_align: bool,
-    pub group_by: &'a [String],
-    /// Group key and the values it may take.
-    pub filters: &'a [(String, Vec<String>)],
-}
-
-/// One window of a series for one customer and group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeriesPoint {
-    /// Local start of the window, as epoch seconds.
-    pub window: i64,
-    pub customer: String,
-    pub usage: GroupUsage,
-}
-
-#[derive(clickhouse::Row, Deserialize)]
-struct SeriesRow {
-    window: i64,
-    customer: String,
-    grp: Vec<String>,
-    sum_value: i128,
-    samples: u64,
-    min_value: i128,
-    max_value: i128,
-    distinct_values: u64,
-    latest_value: i128,
-}
-
-impl SeriesRow {
-    fn into_point(self) -> Result<SeriesPoint, StoreError> {
-        let states = UsageRow {
-            grp: self.grp,
-            sum_value: self.sum_value,
-            samples: self.samples,
-            min_value: self.min_value,
-            max_value: self.max_value,
-            distinct_values: self.distinct_values,
-            latest_value: self.latest_value,
-        };
-        Ok(SeriesPoint {
-            window: self.window,
-            customer: self.customer,
-            usage: states.into_usage()?,
-        })
-    }
-}
-
-/// Usage per window, customer and group over the query's range.
-pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoint>, StoreError> {
-    let parts = split_with(
-        q.from_ms,
-        q.to_ms,
-        q.hours_align && q.window_size != WindowSize::Minute,
-    );
-    if parts.is_empty() {
-        return Ok(vec![]);
-    }
-    let group = group_expr(q.group_by.len());
-    let mut filter = String::new();
-    if q.customer.is_some() {
-        filter.push_str(" AND customer = ?");
-    }
-    for _ in q.filters {
-        filter.push_str(" AND has(?, group_values[indexOf(group_keys, ?)])");
-    }
-    let selects: Vec<String> = parts
-        .iter()
-        .map(|part| match part {
-            Part::Hours(..) => format!("SELECT bucket AS t, customer, {group}, {ROLLUP_COLUMNS} FROM meter_rollup_hour WHERE tenant = ? AND meter = ?{filter} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"),
-            Part::Minutes(..) => format!("SELECT bucket AS t, customer, {group}, {ROLLUP_COLUMNS} FROM meter_rollup_minute WHERE tenant = ? AND meter = ?{filter} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"),
-            Part::Samples(..) => format!("SELECT ts AS t, customer, {group}, {SAMPLE_STATES} FROM meter_samples WHERE tenant = ? AND meter = ?{filter} AND ts_ms >= ? AND ts_ms < ? GROUP BY t, customer, grp"),
-        })
-        .collect();
-    let start_of = match q.window_size {
-        WindowSize::Minute => "toStartOfMinute",
-        WindowSize::Hour => "toStartOfHour",
-        WindowSize::Day => "toStartOfDay",
-    };
-    let sql = format!(
-        "SELECT toInt64(toUnixTimestamp({start_of}(t, ?))) AS window, customer, {MERGE} FROM ({}) \
-         GROUP BY window, customer, grp ORDER BY window, customer, grp",
-        selects.join(" UNION ALL ")
-    );
-    let mut query = store.client().query(&sql).bind(q.timezone);
-    for part in &parts {
-        let (a, b) = match *part {
-            Part::Hours(a, b) | Part::Minutes(a, b) => (a / 1000, b / 1000),
-            Part::Samples(a, b) => (a, b),
-        };
-        for key in q.group_by {
-            query = query.bind(key.as_str());
-        }
-        query = query.bind(q.tenant).bind(q.meter);
-        if let Some(customer) = q.customer {
-            query = query.bind(customer);
-        }
-        for (key, values) in q.filters {
-            query = query.bind(values.as_slice()).bind(key.as_str());
-        }
-        query = query.bind(a).bind(b);
-    }
-    let rows: Vec<SeriesRow> = query.fetch_all().await?;
-    rows.into_iter().map(SeriesRow::into_point).collect()
 }
