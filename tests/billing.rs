@@ -302,3 +302,71 @@ async fn usage_errors_follow_the_contract() {
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+#[tokio::test]
+async fn trials_carry_no_flat_fee_and_a_canceled_subscription_has_no_current_period() {
+    let app = spawn_app("billing_trial_cancel").await;
+    scenario(&app).await;
+    post(&app, "/v1/plans", json!({"code": "trial", "name": "Trial", "currency": "EUR", "interval": "month", "trial_days": 14,
+        "prices": [{"code": "base", "type": "flat", "amount": "20.00", "timing": "advance", "prorate": false},
+                   {"code": "calls", "type": "usage", "meter": "calls", "model": "per_unit", "unit_amount": "0.10"}]})).await;
+    post(
+        &app,
+        "/v1/customers",
+        json!({"external_id": "c2", "timezone": "Asia/Tokyo"}),
+    )
+    .await;
+    let start = (Utc::now() - TimeDelta::days(2)).with_nanosecond_zero();
+    post(&app, "/v1/subscriptions", json!({"external_id": "sub_t", "customer": "c2", "plan": "trial", "start_date": start.to_rfc3339()})).await;
+    let now = Utc::now().timestamp_millis();
+    let calls: Vec<Value> = (0..3).map(|i| json!({"id": format!("t-{i}"), "customer": "c2", "type": "api_call", "timestamp": now - 1000})).collect();
+    assert_eq!(app.post_events("ingest_key_a", &json!(calls)).await.0, 202);
+
+    let (_, sub) = get(&app, "/v1/subscriptions/sub_t", "read_key_a").await;
+    assert_eq!(sub["status"], "trialing");
+    assert_eq!(sub["current_period"]["trial"], true);
+    let (_, usage) = get(&app, "/v1/subscriptions/sub_t/usage", "read_key_a").await;
+    assert_eq!(usage["flat_fees"], json!([]), "no flat fee in a trial");
+    assert_eq!(
+        dec(&usage["charges"][0]["amount"]),
+        d("0.30"),
+        "usage in a trial is rated"
+    );
+    assert_eq!(usage["total"], "0.30");
+
+    let (status, canceled) =
+        post_status(&app, "/v1/subscriptions/sub_1/cancel", json!({"at": "now"})).await;
+    assert_eq!(
+        (status, canceled["status"].as_str()),
+        (200, Some("canceled"))
+    );
+    let (status, body) = get(&app, "/v1/subscriptions/sub_1/usage", "read_key_a").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("no_active_subscription"))
+    );
+    let from = (Utc::now() - TimeDelta::days(20)).timestamp();
+    let (status, past) = get(
+        &app,
+        &format!(
+            "/v1/subscriptions/sub_1/usage?from={from}&to={}",
+            Utc::now().timestamp() + 60
+        ),
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(status, 200, "{past}");
+    let fee = dec(&past["flat_fees"][0]["amount"]);
+    assert!(
+        fee > d("0") && fee < d("49.00"),
+        "the last period's fee is prorated to the cancellation: {fee}"
+    );
+    let (_, state) = get(&app, "/v1/customers/c1/billing_state", "read_key_a").await;
+    assert_eq!(state["has_active_subscription"], false);
+    app.shutdown().await;
+}
+
+async fn post_status(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+    app.post_raw(path, "admin_key_a", "application/json", body.to_string())
+        .await
+}
