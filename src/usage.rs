@@ -27,8 +27,9 @@ pub enum UsageError {
     Catalog(String),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GroupCharge {
+    #[schema(value_type = Object)]
     pub group: serde_json::Map<String, serde_json::Value>,
     pub quantity: Decimal,
     pub billable_quantity: Decimal,
@@ -37,7 +38,7 @@ pub struct GroupCharge {
     pub tiers: Vec<TierLine>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageCharge {
     pub price: String,
     pub plan: String,
@@ -55,7 +56,7 @@ pub struct UsageCharge {
     pub groups: Vec<GroupCharge>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FlatFee {
     pub price: String,
     pub plan: String,
@@ -65,7 +66,7 @@ pub struct FlatFee {
     pub to: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageReport {
     pub subscription: String,
     pub customer: String,

@@ -359,3 +359,70 @@ async fn a_change_through_one_process_is_seen_by_another_within_seconds() {
     first.shutdown().await;
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_every_listed_route_is_served() {
+    let app = spawn_app("openapi").await;
+    let response = app.get("/openapi.json", None).await;
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("/v1/events", "post"),
+        ("/v1/api-keys", "post"),
+        ("/v1/meters", "get"),
+        ("/v1/meters", "post"),
+        ("/v1/meters/{key}", "get"),
+        ("/v1/meters/{key}", "put"),
+        ("/v1/plans", "get"),
+        ("/v1/plans", "post"),
+        ("/v1/plans/{key}", "get"),
+        ("/v1/plans/{key}", "put"),
+        ("/v1/customers", "get"),
+        ("/v1/customers", "post"),
+        ("/v1/customers/{key}", "get"),
+        ("/v1/customers/{key}", "put"),
+        ("/v1/subscriptions", "get"),
+        ("/v1/subscriptions", "post"),
+        ("/v1/subscriptions/{key}", "get"),
+        ("/v1/subscriptions/{key}", "put"),
+        ("/v1/subscriptions/{key}/cancel", "post"),
+        ("/v1/subscriptions/{key}/change_plan", "post"),
+        ("/v1/subscriptions/{key}/usage", "get"),
+        ("/v1/customers/{key}/usage", "get"),
+        ("/v1/customers/{key}/billing_state", "get"),
+        ("/v1/meters/{key}/query", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in expected {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from /openapi.json"
+        );
+    }
+    assert!(
+        doc["components"]["schemas"]["Plan"].is_object(),
+        "request bodies carry schemas"
+    );
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let url = format!("{}{}", app.base, path.replace("{key}", "x"));
+            let request = app
+                .http
+                .request(method.to_uppercase().parse().unwrap(), url)
+                .bearer_auth("admin_key_a")
+                .body("{}");
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert!(
+                status != 405 && body["code"] != "not_found",
+                "{method} {path} is documented but not served: {status} {body}"
+            );
+        }
+    }
+    app.shutdown().await;
+}

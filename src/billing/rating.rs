@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 /// One tier of a graduated or volume price. `up_to` is inclusive; `None` is unbounded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     #[serde(deserialize_with = "crate::billing::decimal::option")]
@@ -17,7 +17,7 @@ pub struct Tier {
     pub flat_amount: Decimal,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Rounding {
     Up,
@@ -43,7 +43,7 @@ pub enum Model<'a> {
 }
 
 /// The part of a charge that one tier contributed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TierLine {
     pub from: Decimal,
     pub up_to: Option<Decimal>,

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{KEY_RULE, is_key};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Customer {
     pub external_id: String,
@@ -16,6 +16,7 @@ pub struct Customer {
     #[serde(default = "utc")]
     pub timezone: String,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
 }
 

@@ -9,7 +9,7 @@ use super::plan::{KEY_RULE, Plan, is_key};
 use crate::billing::period::{Anchor, PeriodError, PhaseSpan, Timeline};
 
 /// What a client sends to create or replace a subscription.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
     pub external_id: String,

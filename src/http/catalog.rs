@@ -2,13 +2,14 @@
 //! (409 if the key exists), `PUT /{key}` replaces, `GET` lists or reads; subscriptions also
 //! `cancel` and `change_plan`.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiJson, AppState};
 use crate::auth::{Principal, Role};
@@ -18,30 +19,90 @@ use crate::catalog::{CatalogError, Customer, Item, Meter, Plan, Subscription, Te
 use crate::error::ApiError;
 use crate::store::StoreError;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/meters", get(list::<Meter>).post(create::<Meter>))
-        .route("/v1/meters/{key}", get(read::<Meter>).put(replace::<Meter>))
-        .route("/v1/plans", get(list::<Plan>).post(create::<Plan>))
-        .route("/v1/plans/{key}", get(read::<Plan>).put(replace::<Plan>))
-        .route(
-            "/v1/customers",
-            get(list::<Customer>).post(create::<Customer>),
-        )
-        .route(
-            "/v1/customers/{key}",
-            get(read_customer).put(replace::<Customer>),
-        )
-        .route(
-            "/v1/subscriptions",
-            get(list_subscriptions).post(create_subscription),
-        )
-        .route(
-            "/v1/subscriptions/{key}",
-            get(read_subscription).put(replace_subscription),
-        )
-        .route("/v1/subscriptions/{key}/cancel", post(cancel))
-        .route("/v1/subscriptions/{key}/change_plan", post(change_plan))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_meters, create_meter))
+        .routes(routes!(read_meter, replace_meter))
+        .routes(routes!(list_plans, create_plan))
+        .routes(routes!(read_plan, replace_plan))
+        .routes(routes!(list_customers, create_customer))
+        .routes(routes!(read_customer, replace_customer))
+        .routes(routes!(list_subscriptions, create_subscription))
+        .routes(routes!(read_subscription, replace_subscription))
+        .routes(routes!(cancel))
+        .routes(routes!(change_plan))
+}
+
+/// Concrete, documented handlers for one catalog kind over the generic ones below.
+macro_rules! catalog_kind {
+    ($kind:ident, $tag:literal, $collection:literal, $item:literal, $list:ident, $create:ident, $replace:ident) => {
+        #[utoipa::path(get, path = $collection, tag = $tag,
+            responses((status = 200, description = "Every item: {\"data\": [...]}"), (status = 401), (status = 403)))]
+        async fn $list(state: State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
+            list::<$kind>(state, principal).await
+        }
+
+        #[utoipa::path(post, path = $collection, tag = $tag, request_body = $kind,
+            responses((status = 201, body = $kind), (status = 400, description = "invalid_request, naming the field"),
+                      (status = 404, description = "a referenced item does not exist"), (status = 409, description = "conflict: the key exists")))]
+        async fn $create(state: State<AppState>, principal: Principal, body: ApiJson<$kind>) -> Result<(StatusCode, Json<$kind>), ApiError> {
+            create::<$kind>(state, principal, body).await
+        }
+
+        #[utoipa::path(put, path = $item, tag = $tag, request_body = $kind, params(("key" = String, Path)),
+            responses((status = 200, body = $kind), (status = 400), (status = 404)))]
+        async fn $replace(state: State<AppState>, principal: Principal, key: Path<String>, body: ApiJson<$kind>) -> Result<Json<$kind>, ApiError> {
+            replace::<$kind>(state, principal, key, body).await
+        }
+    };
+}
+
+catalog_kind!(
+    Meter,
+    "meters",
+    "/v1/meters",
+    "/v1/meters/{key}",
+    list_meters,
+    create_meter,
+    replace_meter
+);
+catalog_kind!(
+    Plan,
+    "plans",
+    "/v1/plans",
+    "/v1/plans/{key}",
+    list_plans,
+    create_plan,
+    replace_plan
+);
+catalog_kind!(
+    Customer,
+    "customers",
+    "/v1/customers",
+    "/v1/customers/{key}",
+    list_customers,
+    create_customer,
+    replace_customer
+);
+
+#[utoipa::path(get, path = "/v1/meters/{key}", tag = "meters", params(("key" = String, Path)),
+    responses((status = 200, body = Meter), (status = 404, description = "meter_not_found")))]
+async fn read_meter(
+    state: State<AppState>,
+    principal: Principal,
+    key: Path<String>,
+) -> Result<Json<Meter>, ApiError> {
+    read::<Meter>(state, principal, key).await
+}
+
+#[utoipa::path(get, path = "/v1/plans/{key}", tag = "plans", params(("key" = String, Path)),
+    responses((status = 200, body = Plan), (status = 404, description = "plan_not_found")))]
+async fn read_plan(
+    state: State<AppState>,
+    principal: Principal,
+    key: Path<String>,
+) -> Result<Json<Plan>, ApiError> {
+    read::<Plan>(state, principal, key).await
 }
 
 impl From<CatalogError> for ApiError {
@@ -119,6 +180,8 @@ async fn replace<T: Item>(
     Ok(Json(state.catalog.replace(&principal.tenant, item).await?))
 }
 
+#[utoipa::path(get, path = "/v1/customers/{key}", tag = "customers", params(("key" = String, Path)),
+    responses((status = 200, body = Customer), (status = 404, description = "customer_not_found")))]
 async fn read_customer(
     State(state): State<AppState>,
     principal: Principal,
@@ -158,6 +221,8 @@ fn subscription_view(
     Ok(view)
 }
 
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions",
+    responses((status = 200, description = "Every subscription with status, current period and next invoice date")))]
 async fn list_subscriptions(
     State(state): State<AppState>,
     principal: Principal,
@@ -172,6 +237,9 @@ async fn list_subscriptions(
     Ok(Json(json!({ "data": views })))
 }
 
+#[utoipa::path(get, path = "/v1/subscriptions/{key}", tag = "subscriptions", params(("key" = String, Path)),
+    responses((status = 200, description = "The subscription with status, current_period, next_invoice_date, estimated_next_invoice_amount and units used per usage price"),
+              (status = 404, description = "subscription_not_found")))]
 async fn read_subscription(
     State(state): State<AppState>,
     principal: Principal,
@@ -191,6 +259,8 @@ async fn read_subscription(
     Ok(Json(view))
 }
 
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionInput,
+    responses((status = 201, description = "The subscription as stored, with status and periods"), (status = 400), (status = 404), (status = 409)))]
 async fn create_subscription(
     State(state): State<AppState>,
     principal: Principal,
@@ -209,6 +279,8 @@ async fn create_subscription(
     ))
 }
 
+#[utoipa::path(put, path = "/v1/subscriptions/{key}", tag = "subscriptions", request_body = SubscriptionInput, params(("key" = String, Path)),
+    responses((status = 200), (status = 400), (status = 404)))]
 async fn replace_subscription(
     State(state): State<AppState>,
     principal: Principal,
@@ -290,6 +362,9 @@ async fn act(
     )?))
 }
 
+#[utoipa::path(post, path = "/v1/subscriptions/{key}/cancel", tag = "subscriptions", params(("key" = String, Path)),
+    request_body(content = Object, description = "{\"at\": \"period_end\" | \"now\" | \"<RFC 3339>\"} (default period_end)"),
+    responses((status = 200), (status = 404), (status = 409, description = "the subscription has already ended")))]
 async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
@@ -300,6 +375,9 @@ async fn cancel(
     act(&state, &principal, &key, &request.at, |s, at| s.cancel(at)).await
 }
 
+#[utoipa::path(post, path = "/v1/subscriptions/{key}/change_plan", tag = "subscriptions", params(("key" = String, Path)),
+    request_body(content = Object, description = "{\"plan\": \"<code>\", \"at\": \"now\" | \"period_end\"}"),
+    responses((status = 200), (status = 404, description = "subscription_not_found or plan_not_found"), (status = 409)))]
 async fn change_plan(
     State(state): State<AppState>,
     principal: Principal,

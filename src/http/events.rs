@@ -1,10 +1,11 @@
 //! `POST /v1/events`: validate the whole request, then wait for its batch to be durable.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::post;
-use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::auth::{Principal, Role};
@@ -12,10 +13,17 @@ use crate::error::ApiError;
 use crate::ingest::parse::{self, Context};
 use crate::ingest::{Ack, IngestError, MAX_BODY_BYTES};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/events", post(ingest))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(ingest))
 }
 
+/// Ingest events: one object, an array, `{"events": [...]}`, or NDJSON
+/// (`Content-Type: application/x-ndjson`). 202 once they are durable.
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body(content = Object, description = "An event, an array of events, {\"events\": [...]}, or NDJSON; at most 10,000 events and 10 MiB"),
+    responses((status = 202, body = Ack), (status = 400, description = "invalid_events, with errors by index and field"),
+              (status = 401), (status = 403), (status = 413, description = "payload_too_large"), (status = 429, description = "rate_limited"),
+              (status = 503, description = "unavailable: nothing acknowledged, retry after Retry-After")))]
 async fn ingest(
     State(state): State<AppState>,
     principal: Principal,

@@ -3,22 +3,23 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiJson, AppState};
 use crate::auth::{KeyRing, Principal, Role, hash_key};
 use crate::error::ApiError;
 use crate::store::{Store, StoreError};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/api-keys", post(create))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewKey {
     role: Role,
@@ -48,6 +49,8 @@ struct StoredKey {
     version: u64,
 }
 
+#[utoipa::path(post, path = "/v1/api-keys", tag = "auth", request_body = NewKey,
+    responses((status = 201, description = "The new key, shown once: {key, tenant, role, customer, name}"), (status = 400), (status = 403)))]
 async fn create(
     State(state): State<AppState>,
     principal: Principal,

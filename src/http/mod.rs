@@ -32,14 +32,49 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-/// Every route of the service.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "meterhouse", description = "Usage metering and rating for usage-based billing. Money and quantities are decimal strings."),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("API key"))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// Every route of the service, and the OpenAPI document generated from their annotations.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(events::router())
         .merge(catalog::router())
         .merge(usage::router())
         .merge(keys::router())
         .merge(ops::router())
+        .split_for_parts()
+}
+
+/// The service's router, `GET /openapi.json` included.
+pub fn router(state: AppState) -> Router {
+    let (routes, openapi) = routes();
+    let document = std::sync::Arc::new(openapi);
+    routes
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { axum::Json(document.as_ref().clone()) }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -82,5 +117,16 @@ where
                     _ => ApiError::InvalidRequest(format!("{path}: {inner}")),
                 }
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimals_are_documented_as_strings() {
+        let (_, doc) = super::routes();
+        let doc = serde_json::to_value(&doc).unwrap();
+        let tier = &doc["components"]["schemas"]["Tier"]["properties"];
+        assert_eq!(tier["unit_amount"]["type"], "string", "{tier}");
     }
 }

@@ -1,13 +1,14 @@
 //! Usage and charges (API.md "Usage and charges"): a subscription's or a customer's usage for
 //! the current period or any window, and a customer's billing state.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use chrono::{Offset, TimeZone};
@@ -24,12 +25,12 @@ use crate::store::StoreError;
 use crate::store::usage::{SeriesQuery, WindowSize, series};
 use crate::usage::{Subject, UsageError, UsageReport, report};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/subscriptions/{key}/usage", get(subscription_usage))
-        .route("/v1/customers/{key}/usage", get(customer_usage))
-        .route("/v1/customers/{key}/billing_state", get(billing_state))
-        .route("/v1/meters/{key}/query", get(meter_query))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(subscription_usage))
+        .routes(routes!(customer_usage))
+        .routes(routes!(billing_state))
+        .routes(routes!(meter_query))
 }
 
 impl From<UsageError> for ApiError {
@@ -106,6 +107,10 @@ fn no_current_period(subscription: &Subscription) -> ApiError {
     .unprocessable()
 }
 
+#[utoipa::path(get, path = "/v1/subscriptions/{key}/usage", tag = "usage",
+    params(("key" = String, Path), ("from" = Option<String>, Query, description = "RFC 3339 or Unix s/ms; with `to`"), ("to" = Option<String>, Query)),
+    responses((status = 200, body = UsageReport), (status = 400), (status = 404, description = "subscription_not_found"),
+              (status = 422, description = "no_active_subscription: no current period; pass from and to")))]
 async fn subscription_usage(
     State(state): State<AppState>,
     principal: Principal,
@@ -148,6 +153,10 @@ fn active_subscriptions<'c>(
     active
 }
 
+#[utoipa::path(get, path = "/v1/customers/{key}/usage", tag = "usage",
+    params(("key" = String, Path), ("subscription" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query)),
+    responses((status = 200, body = UsageReport), (status = 404, description = "customer_not_found or subscription_not_found"),
+              (status = 422, description = "no_active_subscription")))]
 async fn customer_usage(
     State(state): State<AppState>,
     principal: Principal,
@@ -197,6 +206,9 @@ pub(crate) fn usage_lines(report: &UsageReport) -> Vec<Value> {
         .collect()
 }
 
+#[utoipa::path(get, path = "/v1/customers/{key}/billing_state", tag = "usage", params(("key" = String, Path)),
+    responses((status = 200, description = "has_active_subscription, active_subscriptions, has_overage, and per usage price included_units and used_units"),
+              (status = 404, description = "customer_not_found")))]
 async fn billing_state(
     State(state): State<AppState>,
     principal: Principal,
@@ -267,6 +279,14 @@ const MAX_WINDOWS: i64 = 50_000;
 
 /// `GET /v1/meters/{slug}/query`: a meter's usage per window (minute, hour or day in a
 /// timezone), per customer and group, with filters on group properties.
+#[utoipa::path(get, path = "/v1/meters/{key}/query", tag = "usage",
+    params(("key" = String, Path, description = "meter slug"), ("from" = String, Query), ("to" = String, Query),
+           ("window_size" = Option<String>, Query, description = "minute, hour (default) or day"), ("customer" = Option<String>, Query),
+           ("group_by" = Option<String>, Query, description = "comma-separated group properties"),
+           ("timezone" = Option<String>, Query, description = "IANA name, default UTC"),
+           ("filter[prop]" = Option<String>, Query, description = "comma-separated values of a group property")),
+    responses((status = 200, description = "{meter, window_size, timezone, data: [{window_start, window_end, customer, group, value}]}"),
+              (status = 400), (status = 404, description = "meter_not_found")))]
 async fn meter_query(
     State(state): State<AppState>,
     principal: Principal,

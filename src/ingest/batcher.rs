@@ -20,7 +20,7 @@ use crate::store::rows::EventRow;
 use crate::store::{Store, StoreError, queries};
 
 /// The answer to an accepted ingest request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Ack {
     pub accepted: usize,
     pub duplicates: usize,
