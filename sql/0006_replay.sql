@@ -26,25 +26,6 @@ ARRAY JOIN
     sample_group_keys AS s_group_keys,
     sample_group_values AS s_group_values;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS replay_to_rollup_minute TO meter_rollup_minute AS
-SELECT
-    tenant, s_meter AS meter, customer, s_group_keys AS group_keys, s_group_values AS group_values,
-    toDateTime(intDiv(toUInt32(ts), 60) * 60) AS bucket,
-    sumState(s_value) AS sum_value,
-    countState() AS samples,
-    minState(s_value) AS min_value,
-    maxState(s_value) AS max_value,
-    uniqExactState(s_value_str) AS distinct_values,
-    argMaxState(s_value, ts_ms) AS latest_value
-FROM events_replay
-ARRAY JOIN
-    sample_meter AS s_meter,
-    sample_value AS s_value,
-    sample_value_str AS s_value_str,
-    sample_group_keys AS s_group_keys,
-    sample_group_values AS s_group_values
-GROUP BY tenant, meter, customer, group_keys, group_values, bucket;
-
 CREATE MATERIALIZED VIEW IF NOT EXISTS replay_to_rollup_hour TO meter_rollup_hour AS
 SELECT
     tenant, s_meter AS meter, customer, s_group_keys AS group_keys, s_group_values AS group_values,

@@ -53,17 +53,17 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     statements
         .push("INSERT INTO api_keys VALUES ('ab', 't', 'read', '', 'n', 1795000000, 1)".into());
     statements.push("INSERT INTO catalog VALUES ('t', 'meter', 'm', '{\"v\":1}', 5), ('t', 'meter', 'm', '{\"v\":2}', 9)".into());
-    // The usage read: an hour from the hour rollup, minutes from the minute rollup, a ragged
-    // edge from samples; the event (11:06:40) falls in the minutes.
-    let parts = split(1_794_996_000_000, 1_795_000_030_500);
+    // The usage read: an hour from the hour rollup and a ragged edge from samples; the
+    // event (11:06:40) falls in the edge.
+    let parts = split(1_794_996_000_000, 1_795_000_030_500, true);
     assert!(matches!(
         parts.as_slice(),
-        [Part::Hours(..), Part::Minutes(..), Part::Samples(..)]
+        [Part::Hours(..), Part::Samples(..)]
     ));
     let mut values = Vec::new();
     for part in &parts {
         let (a, b) = match *part {
-            Part::Hours(a, b) | Part::Minutes(a, b) => (a / 1000, b / 1000),
+            Part::Hours(a, b) => (a / 1000, b / 1000),
             Part::Samples(a, b) => (a, b),
         };
         values.extend([

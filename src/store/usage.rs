@@ -1,7 +1,7 @@
 //! Usage of one meter over any window `[from, to)`, exact: whole hours come from
-//! `meter_rollup_hour`, whole minutes at the edges from `meter_rollup_minute`, and what is left
-//! (sub-minute edges) from `meter_samples`. The parts are merged as aggregate states in one
-//! statement, so distinct counts and latest values stay exact across the seams.
+//! `meter_rollup_hour` and the ragged edges (under an hour each) from `meter_samples`, whose key
+//! `(tenant, meter, customer, ts_ms)` reads exactly them. The parts are merged as aggregate
+//! states in one statement, so distinct counts and latest values stay exact across the seams.
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -9,14 +9,12 @@ use serde::Deserialize;
 use super::{Store, StoreError};
 use crate::catalog::Aggregation;
 
-const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
 
 /// One contiguous piece of a window and where it is read from. Bounds in epoch milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Hours(i64, i64),
-    Minutes(i64, i64),
     Samples(i64, i64),
 }
 
@@ -28,45 +26,26 @@ fn floor_to(ms: i64, unit: i64) -> i64 {
     ms.div_euclid(unit) * unit
 }
 
-/// Splits `[from, to)` into the fewest reads: one run of hours, at most two of minutes, at
-/// most four of raw samples. The parts tile the window exactly.
-pub fn split(from: i64, to: i64) -> Vec<Part> {
-    split_with(from, to, true)
-}
-
-/// [`split`], with whole hours read from the minute rollup unless `hours`.
-pub fn split_with(from: i64, to: i64, hours: bool) -> Vec<Part> {
-    let mut parts = Vec::new();
+/// Splits `[from, to)`: whole hours from the hour rollup, the (under an hour) edges from
+/// samples; with `hours` false (a series whose windows do not align to UTC hours), all from
+/// samples. The parts tile the window exactly.
+pub fn split(from: i64, to: i64, hours: bool) -> Vec<Part> {
     if from >= to {
-        return parts;
+        return vec![];
     }
     let (h0, h1) = (ceil_to(from, HOUR_MS), floor_to(to, HOUR_MS));
-    if hours && h0 < h1 {
-        split_minutes(from, h0, &mut parts);
-        parts.push(Part::Hours(h0, h1));
-        split_minutes(h1, to, &mut parts);
-    } else {
-        split_minutes(from, to, &mut parts);
+    if !hours || h0 >= h1 {
+        return vec![Part::Samples(from, to)];
+    }
+    let mut parts = Vec::with_capacity(3);
+    if from < h0 {
+        parts.push(Part::Samples(from, h0));
+    }
+    parts.push(Part::Hours(h0, h1));
+    if h1 < to {
+        parts.push(Part::Samples(h1, to));
     }
     parts
-}
-
-fn split_minutes(from: i64, to: i64, parts: &mut Vec<Part>) {
-    if from >= to {
-        return;
-    }
-    let (m0, m1) = (ceil_to(from, MINUTE_MS), floor_to(to, MINUTE_MS));
-    if m0 < m1 {
-        if from < m0 {
-            parts.push(Part::Samples(from, m0));
-        }
-        parts.push(Part::Minutes(m0, m1));
-        if m1 < to {
-            parts.push(Part::Samples(m1, to));
-        }
-    } else {
-        parts.push(Part::Samples(from, to));
-    }
 }
 
 /// One group's usage of a meter over a window.
@@ -133,14 +112,9 @@ fn part_select(
     };
     let (rollup_time, sample_time) = time;
     match part {
-        Part::Hours(..) | Part::Minutes(..) => {
-            let table = if matches!(part, Part::Hours(..)) {
-                "meter_rollup_hour"
-            } else {
-                "meter_rollup_minute"
-            };
+        Part::Hours(..) => {
             format!(
-                "SELECT {rollup_time}{group}, samples{state_column} FROM {table} WHERE tenant = ? AND meter = ?{extra} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"
+                "SELECT {rollup_time}{group}, samples{state_column} FROM meter_rollup_hour WHERE tenant = ? AND meter = ?{extra} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"
             )
         }
         Part::Samples(..) => {
@@ -179,7 +153,7 @@ pub fn statement(parts: &[Part], keys: usize, aggregation: Aggregation) -> Strin
 
 fn bounds(part: &Part) -> (i64, i64) {
     match *part {
-        Part::Hours(a, b) | Part::Minutes(a, b) => (a / 1000, b / 1000),
+        Part::Hours(a, b) => (a / 1000, b / 1000),
         Part::Samples(a, b) => (a, b),
     }
 }
@@ -217,31 +191,9 @@ pub struct UsageQuery<'a> {
     pub group_by: &'a [String],
 }
 
-/// Splits `[from, to)` for a total: whole hours from the hour rollup, the (under an hour)
-/// edges straight from samples, whose key `(tenant, meter, customer, ts_ms)` reads exactly
-/// them; fewer parts answer faster than minute rollups would.
-pub fn split_for_total(from: i64, to: i64) -> Vec<Part> {
-    if from >= to {
-        return vec![];
-    }
-    let (h0, h1) = (ceil_to(from, HOUR_MS), floor_to(to, HOUR_MS));
-    if h0 >= h1 {
-        return vec![Part::Samples(from, to)];
-    }
-    let mut parts = Vec::with_capacity(3);
-    if from < h0 {
-        parts.push(Part::Samples(from, h0));
-    }
-    parts.push(Part::Hours(h0, h1));
-    if h1 < to {
-        parts.push(Part::Samples(h1, to));
-    }
-    parts
-}
-
 /// Usage per group over the query's window.
 pub async fn usage(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>, StoreError> {
-    let parts = split_for_total(q.from_ms, q.to_ms);
+    let parts = split(q.from_ms, q.to_ms, true);
     if parts.is_empty() {
         return Ok(vec![]);
     }
@@ -314,7 +266,7 @@ struct SeriesRow {
 
 /// Usage per window, customer and group over the query's range.
 pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoint>, StoreError> {
-    let parts = split_with(
+    let parts = split(
         q.from_ms,
         q.to_ms,
         q.hours_align && q.window_size != WindowSize::Minute,
@@ -392,77 +344,63 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn aligned_windows_read_only_rollups() {
-        assert_eq!(split(0, 3 * HOUR_MS), vec![Part::Hours(0, 3 * HOUR_MS)]);
+    fn aligned_windows_read_only_the_rollup() {
         assert_eq!(
-            split(MINUTE_MS, 3 * MINUTE_MS),
-            vec![Part::Minutes(MINUTE_MS, 3 * MINUTE_MS)]
+            split(0, 3 * HOUR_MS, true),
+            vec![Part::Hours(0, 3 * HOUR_MS)]
         );
     }
 
     #[test]
-    fn ragged_windows_read_minutes_and_samples_at_the_edges() {
-        let from = HOUR_MS - 90_500; // 58:29.5 past the hour before
-        let to = 3 * HOUR_MS + 61_000; // 1:01 past
-        assert_eq!(
-            split(from, to),
-            vec![
-                Part::Samples(from, HOUR_MS - 60_000),
-                Part::Minutes(HOUR_MS - 60_000, HOUR_MS),
-                Part::Hours(HOUR_MS, 3 * HOUR_MS),
-                Part::Minutes(3 * HOUR_MS, 3 * HOUR_MS + 60_000),
-                Part::Samples(3 * HOUR_MS + 60_000, to),
-            ]
-        );
-        assert_eq!(split(500, 700), vec![Part::Samples(500, 700)]);
-        assert!(split(700, 700).is_empty());
-    }
-
-    #[test]
-    fn totals_read_hours_and_raw_edges() {
+    fn ragged_windows_read_their_edges_from_samples() {
         let (from, to) = (HOUR_MS - 90_500, 3 * HOUR_MS + 61_000);
         assert_eq!(
-            split_for_total(from, to),
+            split(from, to, true),
             vec![
                 Part::Samples(from, HOUR_MS),
                 Part::Hours(HOUR_MS, 3 * HOUR_MS),
                 Part::Samples(3 * HOUR_MS, to)
             ]
         );
-        assert_eq!(split_for_total(10, 20), vec![Part::Samples(10, 20)]);
-        assert_eq!(split_for_total(0, HOUR_MS), vec![Part::Hours(0, HOUR_MS)]);
+        assert_eq!(split(10, 20, true), vec![Part::Samples(10, 20)]);
+        assert_eq!(
+            split(0, 3 * HOUR_MS, false),
+            vec![Part::Samples(0, 3 * HOUR_MS)]
+        );
+        assert!(split(700, 700, true).is_empty());
     }
 
     #[test]
-    fn the_statement_has_one_select_per_part() {
+    fn the_statement_has_one_select_per_part_and_reads_one_state() {
         let sql = statement(
-            &split(HOUR_MS - 90_500, 3 * HOUR_MS + 61_000),
+            &split(HOUR_MS - 90_500, 3 * HOUR_MS + 61_000, true),
             2,
             Aggregation::Sum,
         );
-        assert_eq!(sql.matches("UNION ALL").count(), 4);
-        assert_eq!(sql.matches('?').count(), 5 * 7);
+        assert_eq!(sql.matches("UNION ALL").count(), 2);
+        assert_eq!(sql.matches('?').count(), 3 * 7);
         assert!(!sql.contains("uniqExact"), "only the sum is read");
     }
 
     proptest! {
         #[test]
-        fn parts_tile_the_window(from in -10_000_000_000i64..10_000_000_000, len in 0i64..500_000_000) {
+        fn parts_tile_the_window(from in -10_000_000_000i64..10_000_000_000, len in 0i64..500_000_000, hours in any::<bool>()) {
             let to = from + len;
-            let parts = split(from, to);
+            let parts = split(from, to, hours);
             let mut at = from;
             for part in &parts {
-                let (a, b, unit) = match *part {
-                    Part::Hours(a, b) => (a, b, HOUR_MS),
-                    Part::Minutes(a, b) => (a, b, MINUTE_MS),
-                    Part::Samples(a, b) => (a, b, 1),
+                let (a, b) = match *part {
+                    Part::Hours(a, b) => {
+                        prop_assert!(a % HOUR_MS == 0 && b % HOUR_MS == 0);
+                        (a, b)
+                    }
+                    Part::Samples(a, b) => (a, b),
                 };
                 prop_assert_eq!(a, at);
-                prop_assert!(a < b && a % unit == 0 && b % unit == 0);
+                prop_assert!(a < b);
                 at = b;
             }
             prop_assert_eq!(at, if parts.is_empty() { from } else { to });
-            prop_assert!(parts.iter().filter(|p| matches!(p, Part::Samples(..))).count() <= 4);
         }
     }
 }
