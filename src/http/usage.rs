@@ -133,6 +133,23 @@ async fn subscription_usage(
     ))
 }
 
+/// The tenant's catalog, once `key` is known to be a customer this caller may read.
+fn readable_customer(
+    state: &AppState,
+    principal: &Principal,
+    key: &str,
+) -> Result<std::sync::Arc<TenantCatalog>, ApiError> {
+    principal.may_read_customer(key)?;
+    let catalog = state.catalog.tenant(&principal.tenant);
+    if catalog.get::<Customer>(key).is_none() {
+        return Err(ApiError::not_found(
+            "customer_not_found",
+            format!("no customer '{key}' in this tenant"),
+        ));
+    }
+    Ok(catalog)
+}
+
 /// The customer's subscriptions that are active (or trialing) now, newest first.
 fn active_subscriptions<'c>(
     catalog: &'c TenantCatalog,
@@ -163,14 +180,7 @@ async fn customer_usage(
     Path(key): Path<String>,
     Query(params): Query<WindowParams>,
 ) -> Result<Json<UsageReport>, ApiError> {
-    principal.may_read_customer(&key)?;
-    let catalog = state.catalog.tenant(&principal.tenant);
-    if catalog.get::<Customer>(&key).is_none() {
-        return Err(ApiError::not_found(
-            "customer_not_found",
-            format!("no customer '{key}' in this tenant"),
-        ));
-    }
+    let catalog = readable_customer(&state, &principal, &key)?;
     let subscription = match &params.subscription {
         Some(id) => catalog
             .get::<Subscription>(id)
@@ -214,14 +224,7 @@ async fn billing_state(
     principal: Principal,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    principal.may_read_customer(&key)?;
-    let catalog = state.catalog.tenant(&principal.tenant);
-    if catalog.get::<Customer>(&key).is_none() {
-        return Err(ApiError::not_found(
-            "customer_not_found",
-            format!("no customer '{key}' in this tenant"),
-        ));
-    }
+    let catalog = readable_customer(&state, &principal, &key)?;
     let mut subscriptions = Vec::new();
     let mut usage = Vec::new();
     let mut has_overage = false;
