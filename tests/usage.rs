@@ -11,6 +11,26 @@ use meterhouse::store::usage::{UsageQuery, usage};
 use rust_decimal::Decimal;
 use serde_json::json;
 
+/// Customer c1's ungrouped usage of `meter` in acme over `[from, to)`.
+async fn total(
+    store: &meterhouse::store::Store,
+    meter: &str,
+    aggregation: Aggregation,
+    from: i64,
+    to: i64,
+) -> Option<meterhouse::store::usage::GroupUsage> {
+    let q = UsageQuery {
+        tenant: "acme",
+        meter,
+        aggregation,
+        customer: "c1",
+        from_ms: from,
+        to_ms: to,
+        group_by: &[],
+    };
+    usage(store, &q).await.unwrap().into_iter().next()
+}
+
 struct Sent {
     ts_ms: i64,
     value: Decimal,
@@ -182,19 +202,8 @@ async fn a_late_event_changes_its_own_window_only() {
     let count = |from: i64, to: i64| {
         let store = store.clone();
         async move {
-            let q = UsageQuery {
-                tenant: "acme",
-                meter: "calls",
-                aggregation: Aggregation::Count,
-                customer: "c1",
-                from_ms: from,
-                to_ms: to,
-                group_by: &[],
-            };
-            usage(&store, &q)
+            total(&store, "calls", Aggregation::Count, from, to)
                 .await
-                .unwrap()
-                .first()
                 .map_or(0, |g| g.count)
         }
     };
@@ -409,27 +418,16 @@ async fn backfill_counts_events_that_predate_their_meter_exactly_once() {
     assert_eq!(app.post_events("ingest_key_a", &after).await.0, 202);
 
     let store = app.store().await;
-    let total = |from: i64, to: i64| {
+    let sum = |from: i64, to: i64| {
         let store = store.clone();
         async move {
-            let q = UsageQuery {
-                tenant: "acme",
-                meter: "gb",
-                aggregation: Aggregation::Sum,
-                customer: "c1",
-                from_ms: from,
-                to_ms: to,
-                group_by: &[],
-            };
-            usage(&store, &q)
+            total(&store, "gb", Aggregation::Sum, from, to)
                 .await
-                .unwrap()
-                .first()
                 .map_or(Decimal::ZERO, |g| g.value)
         }
     };
     assert_eq!(
-        total(base, base + 4 * hour).await,
+        sum(base, base + 4 * hour).await,
         Decimal::from(10),
         "only the event after the meter counts so far"
     );
@@ -456,12 +454,12 @@ async fn backfill_counts_events_that_predate_their_meter_exactly_once() {
         .map(|v| v.parse::<Decimal>().unwrap())
         .sum();
     assert_eq!(
-        total(base, base + 4 * hour).await,
+        sum(base, base + 4 * hour).await,
         expected,
         "whole hours: from the hour rollup"
     );
     assert_eq!(
-        total(base + 5, base + 4 * hour - 1).await,
+        sum(base + 5, base + 4 * hour - 1).await,
         expected,
         "ragged: minutes and samples"
     );
@@ -470,7 +468,7 @@ async fn backfill_counts_events_that_predate_their_meter_exactly_once() {
         .await
         .unwrap();
     assert_eq!(again.samples_written, 0, "a second run adds nothing");
-    assert_eq!(total(base, base + 4 * hour).await, expected);
+    assert_eq!(sum(base, base + 4 * hour).await, expected);
     assert_eq!(
         app.scalar("SELECT count() FROM events WHERE event_type = 'upload'")
             .await,
