@@ -108,14 +108,6 @@ impl ApiError {
             message: message.into(),
         }
     }
-
-    /// The same code and message, answered 422.
-    pub fn unprocessable(self) -> Self {
-        match self {
-            Self::NotFound { code, message } => Self::Unprocessable { code, message },
-            other => other,
-        }
-    }
 }
 
 impl IntoResponse for ApiError {

@@ -399,43 +399,8 @@ impl Catalog {
     }
 
     async fn write<T: Item>(&self, tenant: &str, item: T, create: bool) -> Result<T, CatalogError> {
-        let snapshot = self.tenant(tenant);
-        item.check(&snapshot)?;
-        let exists = snapshot.get::<T>(item.key()).is_some();
-        if create && exists {
-            return Err(CatalogError::Conflict(format!(
-                "a {} '{}' already exists; PUT replaces it",
-                T::KIND.as_str(),
-                item.key()
-            )));
-        }
-        if !create && !exists {
-            return Err(not_found(T::KIND, "", item.key()));
-        }
-        let body =
-            serde_json::to_string(&item).map_err(|e| CatalogError::Invalid(e.to_string()))?;
-        let version = self.next_version();
-        if let Some(store) = &self.store {
-            let row = CatalogRow {
-                tenant: tenant.into(),
-                kind: T::KIND.as_str().into(),
-                key: item.key().into(),
-                body: body.clone(),
-                version,
-            };
-            let mut insert = store
-                .client()
-                .insert::<CatalogRow>("catalog")
-                .await
-                .map_err(StoreError::from)?;
-            insert.write(&row).await.map_err(StoreError::from)?;
-            insert.end().await.map_err(StoreError::from)?;
-        }
-        self.update(tenant, |c| {
-            c.apply_raw(T::KIND, item.key(), &body, version)
-                .map(drop)
-                .map_err(|e| CatalogError::Invalid(e.to_string()))
-        })?;
+        let row = self.prepare(tenant, &self.tenant(tenant), &item, create)?;
+        self.commit::<T>(tenant, vec![row]).await?;
         Ok(item)
     }
 
@@ -447,26 +412,50 @@ impl Catalog {
         items: Vec<T>,
     ) -> Result<usize, CatalogError> {
         let snapshot = self.tenant(tenant);
-        let mut rows = Vec::with_capacity(items.len());
-        for item in &items {
-            item.check(&snapshot)?;
-            if snapshot.get::<T>(item.key()).is_some() {
-                return Err(CatalogError::Conflict(format!(
-                    "a {} '{}' already exists",
-                    T::KIND.as_str(),
-                    item.key()
-                )));
-            }
-            let body =
-                serde_json::to_string(item).map_err(|e| CatalogError::Invalid(e.to_string()))?;
-            rows.push(CatalogRow {
-                tenant: tenant.into(),
-                kind: T::KIND.as_str().into(),
-                key: item.key().into(),
-                body,
-                version: self.next_version(),
-            });
+        let rows = items
+            .iter()
+            .map(|item| self.prepare(tenant, &snapshot, item, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.commit::<T>(tenant, rows).await
+    }
+
+    /// Checks `item` against `snapshot` (a create needs a new key, a replace an existing one)
+    /// and makes its versioned row.
+    fn prepare<T: Item>(
+        &self,
+        tenant: &str,
+        snapshot: &TenantCatalog,
+        item: &T,
+        create: bool,
+    ) -> Result<CatalogRow, CatalogError> {
+        item.check(snapshot)?;
+        let exists = snapshot.get::<T>(item.key()).is_some();
+        if create && exists {
+            return Err(CatalogError::Conflict(format!(
+                "a {} '{}' already exists; PUT replaces it",
+                T::KIND.as_str(),
+                item.key()
+            )));
         }
+        if !create && !exists {
+            return Err(not_found(T::KIND, "", item.key()));
+        }
+        let body = serde_json::to_string(item).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+        Ok(CatalogRow {
+            tenant: tenant.into(),
+            kind: T::KIND.as_str().into(),
+            key: item.key().into(),
+            body,
+            version: self.next_version(),
+        })
+    }
+
+    /// Stores `rows` in one insert, then swaps them into the tenant's snapshot.
+    async fn commit<T: Item>(
+        &self,
+        tenant: &str,
+        rows: Vec<CatalogRow>,
+    ) -> Result<usize, CatalogError> {
         if let Some(store) = &self.store {
             let mut insert = store
                 .client()
