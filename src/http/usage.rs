@@ -73,16 +73,12 @@ async fn usage_for(
     subscription: &Subscription,
     params: &WindowParams,
 ) -> Result<UsageReport, ApiError> {
-    let subject = Subject::new(&principal.tenant, catalog, subscription)?;
     let (from, to) = match (&params.from, &params.to) {
         (Some(from), Some(to)) => (instant("from", from)?, instant("to", to)?),
         (None, None) => {
-            let period = subject
-                .timeline
-                .period_at(Utc::now())
-                .map_err(UsageError::from)?
-                .ok_or_else(|| no_current_period(subscription))?;
-            (period.window.from, period.window.to)
+            return current_report(state, principal, catalog, subscription)
+                .await?
+                .ok_or_else(|| no_current_period(subscription));
         }
         _ => {
             return Err(ApiError::InvalidRequest(
@@ -93,18 +89,39 @@ async fn usage_for(
     if from >= to {
         return Err(ApiError::InvalidRequest("from: must be before to".into()));
     }
+    let subject = Subject::new(&principal.tenant, catalog, subscription)?;
     Ok(report(&state.store, &subject, from, to).await?)
 }
 
+/// The report for the subscription's current billing period; `None` when it has none (not
+/// started or ended).
+async fn current_report(
+    state: &AppState,
+    principal: &Principal,
+    catalog: &TenantCatalog,
+    subscription: &Subscription,
+) -> Result<Option<UsageReport>, ApiError> {
+    let subject = Subject::new(&principal.tenant, catalog, subscription)?;
+    let Some(period) = subject
+        .timeline
+        .period_at(Utc::now())
+        .map_err(UsageError::from)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(
+        report(&state.store, &subject, period.window.from, period.window.to).await?,
+    ))
+}
+
 fn no_current_period(subscription: &Subscription) -> ApiError {
-    ApiError::NotFound {
+    ApiError::Unprocessable {
         code: "no_active_subscription",
         message: format!(
             "subscription '{}' has no current billing period; pass from and to",
             subscription.external_id
         ),
     }
-    .unprocessable()
 }
 
 #[utoipa::path(get, path = "/v1/subscriptions/{key}/usage", tag = "usage",
@@ -194,12 +211,9 @@ async fn customer_usage(
         None => active_subscriptions(&catalog, &key)
             .first()
             .map(|(s, _)| *s)
-            .ok_or_else(|| {
-                ApiError::NotFound {
-                    code: "no_active_subscription",
-                    message: format!("customer '{key}' has no active subscription"),
-                }
-                .unprocessable()
+            .ok_or_else(|| ApiError::Unprocessable {
+                code: "no_active_subscription",
+                message: format!("customer '{key}' has no active subscription"),
             })?,
     };
     Ok(Json(
@@ -229,12 +243,10 @@ async fn billing_state(
     let mut usage = Vec::new();
     let mut has_overage = false;
     for (subscription, status) in active_subscriptions(&catalog, &key) {
-        let params = WindowParams {
-            from: None,
-            to: None,
-            subscription: None,
+        // Active or trialing now, so it has a current period.
+        let Some(report) = current_report(&state, &principal, &catalog, subscription).await? else {
+            continue;
         };
-        let report = usage_for(&state, &principal, &catalog, subscription, &params).await?;
         has_overage |= report
             .charges
             .iter()
@@ -265,16 +277,8 @@ pub(crate) async fn current_figures(
     catalog: &TenantCatalog,
     subscription: &Subscription,
 ) -> Result<Option<(Decimal, Vec<Value>)>, ApiError> {
-    let subject = Subject::new(&principal.tenant, catalog, subscription)?;
-    let Some(period) = subject
-        .timeline
-        .period_at(Utc::now())
-        .map_err(UsageError::from)?
-    else {
-        return Ok(None);
-    };
-    let report = report(&state.store, &subject, period.window.from, period.window.to).await?;
-    Ok(Some((report.total, usage_lines(&report))))
+    let report = current_report(state, principal, catalog, subscription).await?;
+    Ok(report.map(|r| (r.total, usage_lines(&r))))
 }
 
 /// At most this many windows in one series.

@@ -139,11 +139,7 @@ fn merged(aggregation: Aggregation) -> String {
 /// The SQL for `parts` grouped by `keys` group keys; per part, `?` stand for each group key,
 /// then tenant, meter, customer, and the part's bounds.
 pub fn statement(parts: &[Part], keys: usize, aggregation: Aggregation) -> String {
-    let group = group_expr(keys);
-    let selects: Vec<String> = parts
-        .iter()
-        .map(|p| part_select(p, aggregation, &group, " AND customer = ?", ("", "")))
-        .collect();
+    let selects = selects(parts, aggregation, keys, &filter_sql(true, 0), ("", ""));
     format!(
         "SELECT grp, {} FROM ({}) GROUP BY grp ORDER BY grp",
         merged(aggregation),
@@ -151,11 +147,60 @@ pub fn statement(parts: &[Part], keys: usize, aggregation: Aggregation) -> Strin
     )
 }
 
-fn bounds(part: &Part) -> (i64, i64) {
-    match *part {
-        Part::Hours(a, b) => (a / 1000, b / 1000),
-        Part::Samples(a, b) => (a, b),
+/// The inner SELECTs of `parts`, one per part.
+fn selects(
+    parts: &[Part],
+    aggregation: Aggregation,
+    keys: usize,
+    extra: &str,
+    time: (&str, &str),
+) -> Vec<String> {
+    let group = group_expr(keys);
+    parts
+        .iter()
+        .map(|p| part_select(p, aggregation, &group, extra, time))
+        .collect()
+}
+
+/// Filters after tenant and meter: the customer if one is given, then each group filter.
+fn filter_sql(customer: bool, filters: usize) -> String {
+    let mut extra = if customer {
+        " AND customer = ?".to_owned()
+    } else {
+        String::new()
+    };
+    extra.push_str(&" AND has(?, group_values[indexOf(group_keys, ?)])".repeat(filters));
+    extra
+}
+
+/// Binds each part's values in the order of `part_select`: group keys, tenant, meter,
+/// customer, filters, bounds.
+fn bind_parts(
+    mut query: clickhouse::query::Query,
+    parts: &[Part],
+    group_by: &[String],
+    key: (&str, &str, Option<&str>),
+    filters: &[(String, Vec<String>)],
+) -> clickhouse::query::Query {
+    let (tenant, meter, customer) = key;
+    for part in parts {
+        let (a, b) = match *part {
+            Part::Hours(a, b) => (a / 1000, b / 1000),
+            Part::Samples(a, b) => (a, b),
+        };
+        for key in group_by {
+            query = query.bind(key.as_str());
+        }
+        query = query.bind(tenant).bind(meter);
+        if let Some(customer) = customer {
+            query = query.bind(customer);
+        }
+        for (key, values) in filters {
+            query = query.bind(values.as_slice()).bind(key.as_str());
+        }
+        query = query.bind(a).bind(b);
     }
+    query
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -197,21 +242,16 @@ pub async fn usage(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>,
     if parts.is_empty() {
         return Ok(vec![]);
     }
-    let mut query = store
+    let query = store
         .client()
         .query(&statement(&parts, q.group_by.len(), q.aggregation));
-    for part in &parts {
-        let (a, b) = bounds(part);
-        for key in q.group_by {
-            query = query.bind(key.as_str());
-        }
-        query = query
-            .bind(q.tenant)
-            .bind(q.meter)
-            .bind(q.customer)
-            .bind(a)
-            .bind(b);
-    }
+    let query = bind_parts(
+        query,
+        &parts,
+        q.group_by,
+        (q.tenant, q.meter, Some(q.customer)),
+        &[],
+    );
     let rows: Vec<UsageRow> = query.fetch_all().await?;
     rows.into_iter().map(UsageRow::into_usage).collect()
 }
@@ -274,26 +314,14 @@ pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoin
     if parts.is_empty() {
         return Ok(vec![]);
     }
-    let group = group_expr(q.group_by.len());
-    let mut extra = String::new();
-    if q.customer.is_some() {
-        extra.push_str(" AND customer = ?");
-    }
-    for _ in q.filters {
-        extra.push_str(" AND has(?, group_values[indexOf(group_keys, ?)])");
-    }
-    let selects: Vec<String> = parts
-        .iter()
-        .map(|p| {
-            part_select(
-                p,
-                q.aggregation,
-                &group,
-                &extra,
-                ("bucket AS t, customer, ", "ts AS t, customer, "),
-            )
-        })
-        .collect();
+    let extra = filter_sql(q.customer.is_some(), q.filters.len());
+    let selects = selects(
+        &parts,
+        q.aggregation,
+        q.group_by.len(),
+        &extra,
+        ("bucket AS t, customer, ", "ts AS t, customer, "),
+    );
     let start_of = match q.window_size {
         WindowSize::Minute => "toStartOfMinute",
         WindowSize::Hour => "toStartOfHour",
@@ -305,21 +333,14 @@ pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoin
         merged(q.aggregation),
         selects.join(" UNION ALL ")
     );
-    let mut query = store.client().query(&sql).bind(q.timezone);
-    for part in &parts {
-        let (a, b) = bounds(part);
-        for key in q.group_by {
-            query = query.bind(key.as_str());
-        }
-        query = query.bind(q.tenant).bind(q.meter);
-        if let Some(customer) = q.customer {
-            query = query.bind(customer);
-        }
-        for (key, values) in q.filters {
-            query = query.bind(values.as_slice()).bind(key.as_str());
-        }
-        query = query.bind(a).bind(b);
-    }
+    let query = store.client().query(&sql).bind(q.timezone);
+    let query = bind_parts(
+        query,
+        &parts,
+        q.group_by,
+        (q.tenant, q.meter, q.customer),
+        q.filters,
+    );
     let rows: Vec<SeriesRow> = query.fetch_all().await?;
     rows.into_iter()
         .map(|r| {
