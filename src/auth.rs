@@ -71,6 +71,9 @@ impl Principal {
 
 pub type KeyHash = [u8; 32];
 
+/// The roles that may send events.
+pub const INGESTERS: &[Role] = &[Role::Admin, Role::Ingest];
+
 pub fn hash_key(key: &str) -> KeyHash {
     Sha256::digest(key.as_bytes()).into()
 }
@@ -167,17 +170,19 @@ impl Principal {
     }
 }
 
-/// The key of a request: `Authorization: Bearer <key>` or `x-api-key: <key>`.
+/// The key of a request: `Authorization: Bearer <key>`, `x-api-key: <key>`, or a bare
+/// `Authorization: <key>` (how some vendors' clients send it).
 fn presented_key(parts: &Parts) -> Option<&str> {
-    let bearer = parts
+    let authorization = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
+        .map(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v)
         });
-    bearer
+    authorization
         .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
 }
@@ -222,6 +227,24 @@ mod tests {
         let customer = ring.lookup("k_cust_01").unwrap();
         assert_eq!(customer.customer.as_deref(), Some("cust_42"));
         assert!(ring.lookup("k_unknown").is_none());
+    }
+
+    #[test]
+    fn the_key_is_read_from_each_header_form() {
+        let key_of = |name: &str, value: &str| {
+            let request = axum::http::Request::builder()
+                .header(name, value)
+                .body(())
+                .unwrap();
+            let (parts, ()) = request.into_parts();
+            presented_key(&parts).map(str::to_owned)
+        };
+        assert_eq!(key_of("authorization", "Bearer k1").as_deref(), Some("k1"));
+        assert_eq!(key_of("Authorization", "bearer k1").as_deref(), Some("k1"));
+        assert_eq!(key_of("authorization", "k1").as_deref(), Some("k1"));
+        assert_eq!(key_of("x-api-key", " k1 ").as_deref(), Some("k1"));
+        assert_eq!(key_of("X-API-Key", "k1").as_deref(), Some("k1"));
+        assert_eq!(key_of("accept", "k1"), None);
     }
 
     #[test]

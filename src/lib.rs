@@ -1,6 +1,7 @@
 //! meterhouse: usage metering and rating for usage-based billing, on ClickHouse.
 //!
 //! - [`config`]: flags and `METERHOUSE_*` variables of `meterhouse serve`.
+//! - [`account`]: a customer's active subscriptions and current usage, shared by the read routes.
 //! - [`app`]: start-up (store, migrations, dedup state, keys, batcher) and graceful shutdown.
 //! - [`http`]: the HTTP API, one module per resource, and the shared [`http::AppState`].
 //! - [`error`]: the one error type of the HTTP edge and API.md's error body.
@@ -18,6 +19,7 @@
 
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+pub mod account;
 pub mod app;
 pub mod auth;
 pub mod backfill;

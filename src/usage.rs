@@ -77,6 +77,9 @@ pub struct UsageReport {
     pub as_of: DateTime<Utc>,
     pub charges: Vec<UsageCharge>,
     pub flat_fees: Vec<FlatFee>,
+    /// The usage charges' sum, full precision (flat fees not included).
+    pub usage_amount: Decimal,
+    /// Usage charges and flat fees, full precision.
     pub subtotal: Decimal,
     pub total: Decimal,
 }
@@ -160,11 +163,8 @@ pub async fn report(
     }
     let plan = last_plan
         .ok_or_else(|| UsageError::Catalog("the subscription's plan no longer exists".into()))?;
-    let subtotal = charges
-        .iter()
-        .map(|c| c.amount)
-        .chain(flat_fees.iter().map(|f| f.amount))
-        .sum::<Decimal>();
+    let usage_amount = charges.iter().map(|c| c.amount).sum::<Decimal>();
+    let subtotal = usage_amount + flat_fees.iter().map(|f| f.amount).sum::<Decimal>();
     Ok(UsageReport {
         subscription: subject.subscription.external_id.clone(),
         customer: subject.customer.external_id.clone(),
@@ -175,6 +175,7 @@ pub async fn report(
         as_of: Utc::now(),
         charges,
         flat_fees,
+        usage_amount,
         subtotal,
         total: round_to_currency(subtotal, &plan.currency),
     })

@@ -26,6 +26,37 @@ pub fn round_to_currency(amount: Decimal, currency: &str) -> Decimal {
     rounded
 }
 
+/// `amount` counted in the currency's minor unit (cents for USD), exactly: 0.002 USD is 0.2.
+pub fn in_minor_units(amount: Decimal, currency: &str) -> Decimal {
+    (amount * Decimal::from(10u64.pow(minor_units(currency)))).normalize()
+}
+
+/// `amount` rounded to the currency, as a whole number of minor units: 12.345 USD is 1234.
+pub fn minor_units_rounded(amount: Decimal, currency: &str) -> i64 {
+    use rust_decimal::prelude::ToPrimitive;
+    in_minor_units(round_to_currency(amount, currency), currency)
+        .to_i64()
+        .unwrap_or(i64::MAX)
+}
+
+/// `amount` rounded to the currency for people to read: `$12.50`, `€7.00`, `12 CHF`.
+pub fn display(amount: Decimal, currency: &str) -> String {
+    let rounded = round_to_currency(amount, currency);
+    let (sign, magnitude) = if rounded.is_sign_negative() && !rounded.is_zero() {
+        ("-", rounded.abs())
+    } else {
+        ("", rounded.abs())
+    };
+    match currency {
+        "USD" => format!("{sign}${magnitude}"),
+        "EUR" => format!("{sign}€{magnitude}"),
+        "GBP" => format!("{sign}£{magnitude}"),
+        "JPY" => format!("{sign}¥{magnitude}"),
+        "INR" => format!("{sign}₹{magnitude}"),
+        _ => format!("{sign}{magnitude} {currency}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +85,20 @@ mod tests {
                 "{amount} {currency}"
             );
         }
+    }
+
+    #[test]
+    fn minor_units_and_display_follow_the_currency() {
+        assert_eq!(in_minor_units(d("0.002"), "USD").to_string(), "0.2");
+        assert_eq!(in_minor_units(d("49.00"), "USD").to_string(), "4900");
+        assert_eq!(minor_units_rounded(d("12.345"), "USD"), 1234);
+        assert_eq!(minor_units_rounded(d("12.355"), "USD"), 1236);
+        assert_eq!(minor_units_rounded(d("1.2345"), "KWD"), 1234);
+        assert_eq!(minor_units_rounded(d("13.5"), "JPY"), 14);
+        assert_eq!(display(d("12.5"), "USD"), "$12.50");
+        assert_eq!(display(d("-3.456"), "EUR"), "-€3.46");
+        assert_eq!(display(d("12"), "CHF"), "12.00 CHF");
+        assert_eq!(display(d("12.4"), "JPY"), "¥12");
     }
 
     #[test]

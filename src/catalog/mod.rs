@@ -209,6 +209,18 @@ impl TenantCatalog {
         T::map(self).get(key)
     }
 
+    /// When the item under `key` was last written (versions are write times in microseconds).
+    pub fn changed_at<T: Item>(&self, key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let version = *self.versions.get(&(T::KIND, key.to_owned()))?;
+        chrono::DateTime::from_timestamp_micros(i64::try_from(version).ok()?)
+    }
+
+    /// When anything in this catalog was last written.
+    pub fn last_changed_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let version = *self.versions.values().max()?;
+        chrono::DateTime::from_timestamp_micros(i64::try_from(version).ok()?)
+    }
+
     /// Rebuilds the ingest index after a change.
     fn reindex(&mut self) {
         let mut by_type: HashMap<String, Vec<Arc<MeterEntry>>> = HashMap::new();

@@ -134,6 +134,16 @@ impl Price {
         })
     }
 
+    /// The price of one unit past the included ones: the unit amount, a package's amount per
+    /// unit, or the first tier's unit amount. `None` for flat prices.
+    pub fn overage_unit_amount(&self) -> Option<Decimal> {
+        match self.rating_model()? {
+            Model::PerUnit { unit_amount } => Some(unit_amount),
+            Model::Package { size, amount, .. } => amount.checked_div(size),
+            Model::Graduated(tiers) | Model::Volume(tiers) => tiers.first().map(|t| t.unit_amount),
+        }
+    }
+
     pub fn included(&self) -> Decimal {
         self.included_units.unwrap_or_default()
     }
@@ -268,6 +278,15 @@ impl Plan {
     pub fn usage_prices(&self) -> impl Iterator<Item = &Price> {
         self.prices.iter().filter(|p| p.kind == PriceType::Usage)
     }
+
+    /// What the flat prices charge for one full period (before proration).
+    pub fn flat_amount(&self) -> Decimal {
+        self.prices
+            .iter()
+            .filter(|p| p.kind == PriceType::Flat)
+            .filter_map(|p| p.amount)
+            .sum()
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +313,17 @@ mod tests {
         assert_eq!(p.interval_count, 1);
         assert_eq!(p.usage_prices().count(), 2);
         assert!(p.prices[1].rating_model().is_some());
+        assert_eq!(p.flat_amount().to_string(), "49.00");
+        assert_eq!(p.prices[0].overage_unit_amount(), None);
+        assert_eq!(
+            p.prices[1].overage_unit_amount().unwrap().to_string(),
+            "0.002"
+        );
+        // Package: 0.50 per 1000 units.
+        assert_eq!(
+            p.prices[2].overage_unit_amount().unwrap().to_string(),
+            "0.0005"
+        );
     }
 
     #[test]

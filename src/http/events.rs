@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::{INGESTERS, Principal};
 use crate::error::ApiError;
 use crate::ingest::parse::{self, Context};
 use crate::ingest::{Ack, IngestError, MAX_BODY_BYTES};
@@ -30,19 +30,33 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
-    principal.require(&[Role::Admin, Role::Ingest], "send events")?;
+    // Checked before the body is read, so a wrong key never uploads 10 MiB for nothing.
+    principal.require(INGESTERS, "send events")?;
     let bytes = read_body(body).await?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("ndjson") || v.contains("jsonlines"));
+    let ack = submit(&state, &principal, &bytes, ndjson).await?;
+    Ok((StatusCode::ACCEPTED, Json(ack)))
+}
+
+/// Validates a body of events for `principal`'s tenant and waits until they are durable. The
+/// one ingest path: `/v1/events` and the vendor-shaped ingest routes end here.
+pub(crate) async fn submit(
+    state: &AppState,
+    principal: &Principal,
+    bytes: &[u8],
+    ndjson: bool,
+) -> Result<Ack, ApiError> {
+    principal.require(INGESTERS, "send events")?;
     let catalog = state.catalog.tenant(&principal.tenant);
     let ctx = Context {
         tenant: &principal.tenant,
         catalog: &catalog,
         now_ms: chrono::Utc::now().timestamp_millis(),
     };
-    let validated = parse::decode(&bytes, ndjson, &ctx).inspect_err(|e| {
+    let validated = parse::decode(bytes, ndjson, &ctx).inspect_err(|e| {
         if let ApiError::InvalidEvents(errors) = e {
             state
                 .metrics
@@ -53,7 +67,7 @@ async fn ingest(
     state
         .limits
         .check_events(principal.key_id, validated.rows.len())?;
-    let ack = state
+    state
         .ingestor
         .submit(validated.rows, validated.keys)
         .await
@@ -67,8 +81,7 @@ async fn ingest(
                 IngestError::Overloaded => ApiError::Unavailable { retry_after_s: 1 },
                 IngestError::Rejected(detail) => ApiError::Internal(detail),
             }
-        })?;
-    Ok((StatusCode::ACCEPTED, Json(ack)))
+        })
 }
 
 /// Reads at most `MAX_BODY_BYTES`; more is `413 payload_too_large`.

@@ -1,6 +1,7 @@
 //! The HTTP API: shared state, the router, and one module per resource.
 
 pub mod catalog;
+pub mod compat;
 pub mod events;
 pub mod keys;
 pub mod ops;
@@ -63,6 +64,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(usage::router())
         .merge(keys::router())
         .merge(ops::router())
+        .merge(compat::router())
         .split_for_parts()
 }
 

@@ -14,9 +14,10 @@ use super::AppState;
 use chrono::{Offset, TimeZone};
 use chrono_tz::Tz;
 
+use crate::account;
 use crate::auth::{Principal, Role};
+use crate::billing::period::PeriodError;
 use crate::billing::period::{Anchor, Cadence, Interval};
-use crate::billing::period::{PeriodError, Status};
 use crate::catalog::Meter;
 use crate::catalog::{Customer, Subscription, TenantCatalog};
 use crate::error::ApiError;
@@ -54,7 +55,7 @@ struct WindowParams {
     subscription: Option<String>,
 }
 
-fn instant(name: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn instant(name: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
     parse_instant(text)
         .ok()
         .and_then(DateTime::from_timestamp_millis)
@@ -93,25 +94,21 @@ async fn usage_for(
     Ok(report(&state.store, &subject, from, to).await?)
 }
 
-/// The report for the subscription's current billing period; `None` when it has none (not
-/// started or ended).
+/// The report for the subscription's current billing period; `None` when it has none.
 async fn current_report(
     state: &AppState,
     principal: &Principal,
     catalog: &TenantCatalog,
     subscription: &Subscription,
 ) -> Result<Option<UsageReport>, ApiError> {
-    let subject = Subject::new(&principal.tenant, catalog, subscription)?;
-    let Some(period) = subject
-        .timeline
-        .period_at(Utc::now())
-        .map_err(UsageError::from)?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(
-        report(&state.store, &subject, period.window.from, period.window.to).await?,
-    ))
+    Ok(account::current_report(
+        &state.store,
+        &principal.tenant,
+        catalog,
+        subscription,
+        Utc::now(),
+    )
+    .await?)
 }
 
 fn no_current_period(subscription: &Subscription) -> ApiError {
@@ -151,7 +148,7 @@ async fn subscription_usage(
 }
 
 /// The tenant's catalog, once `key` is known to be a customer this caller may read.
-fn readable_customer(
+pub(crate) fn readable_customer(
     state: &AppState,
     principal: &Principal,
     key: &str,
@@ -165,26 +162,6 @@ fn readable_customer(
         ));
     }
     Ok(catalog)
-}
-
-/// The customer's subscriptions that are active (or trialing) now, newest first.
-fn active_subscriptions<'c>(
-    catalog: &'c TenantCatalog,
-    customer: &str,
-) -> Vec<(&'c Subscription, Status)> {
-    let now = Utc::now();
-    let mut active: Vec<_> = catalog
-        .subscriptions
-        .values()
-        .filter(|s| s.customer == customer)
-        .filter_map(|s| {
-            let subject = Subject::new("", catalog, s).ok()?;
-            let status = subject.timeline.status_at(now);
-            matches!(status, Status::Active | Status::Trialing).then_some((s, status))
-        })
-        .collect();
-    active.sort_by_key(|(s, _)| std::cmp::Reverse(s.start_date));
-    active
 }
 
 #[utoipa::path(get, path = "/v1/customers/{key}/usage", tag = "usage",
@@ -208,7 +185,7 @@ async fn customer_usage(
                     format!("subscription: customer '{key}' has no subscription '{id}'"),
                 )
             })?,
-        None => active_subscriptions(&catalog, &key)
+        None => account::active_subscriptions(&catalog, &key, Utc::now())
             .first()
             .map(|(s, _)| *s)
             .ok_or_else(|| ApiError::Unprocessable {
@@ -221,17 +198,8 @@ async fn customer_usage(
     ))
 }
 
-/// Per usage price of a report: included and used units.
-pub(crate) fn usage_lines(report: &UsageReport) -> Vec<Value> {
-    report
-        .charges
-        .iter()
-        .map(|c| json!({"price": c.price, "meter": c.meter, "included_units": c.included_units, "used_units": c.quantity}))
-        .collect()
-}
-
 #[utoipa::path(get, path = "/v1/customers/{key}/billing_state", tag = "usage", params(("key" = String, Path)),
-    responses((status = 200, description = "has_active_subscription, active_subscriptions, has_overage, and per usage price included_units and used_units"),
+    responses((status = 200, description = "has_active_subscription, active_subscriptions, has_overage, and per usage price included_units, used_units and remaining_units"),
               (status = 404, description = "customer_not_found")))]
 async fn billing_state(
     State(state): State<AppState>,
@@ -239,32 +207,20 @@ async fn billing_state(
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = readable_customer(&state, &principal, &key)?;
-    let mut subscriptions = Vec::new();
-    let mut usage = Vec::new();
-    let mut has_overage = false;
-    for (subscription, status) in active_subscriptions(&catalog, &key) {
-        // Active or trialing now, so it has a current period.
-        let Some(report) = current_report(&state, &principal, &catalog, subscription).await? else {
-            continue;
-        };
-        has_overage |= report
-            .charges
-            .iter()
-            .any(|c| c.quantity > c.included_units.max(Decimal::ZERO));
-        subscriptions.push(
-            json!({"subscription": subscription.external_id, "plan": report.plan, "status": status,
-                                  "current_period": {"from": report.from, "to": report.to}}),
-        );
-        for mut line in usage_lines(&report) {
-            line["subscription"] = json!(subscription.external_id);
-            usage.push(line);
-        }
-    }
+    let current =
+        account::current_subscriptions(&state.store, &principal.tenant, &catalog, &key, Utc::now())
+            .await?;
+    let subscriptions: Vec<Value> = current
+        .iter()
+        .map(|c| json!({"subscription": c.subscription.external_id, "plan": c.report.plan, "status": c.status,
+                        "current_period": {"from": c.report.from, "to": c.report.to}}))
+        .collect();
+    let usage: Vec<&account::UsageLine> = current.iter().flat_map(|c| &c.usage).collect();
     Ok(Json(json!({
         "customer": key,
         "has_active_subscription": !subscriptions.is_empty(),
         "active_subscriptions": subscriptions,
-        "has_overage": has_overage,
+        "has_overage": usage.iter().any(|u| u.overage),
         "usage": usage,
     })))
 }
@@ -276,9 +232,9 @@ pub(crate) async fn current_figures(
     principal: &Principal,
     catalog: &TenantCatalog,
     subscription: &Subscription,
-) -> Result<Option<(Decimal, Vec<Value>)>, ApiError> {
+) -> Result<Option<(Decimal, Vec<account::UsageLine>)>, ApiError> {
     let report = current_report(state, principal, catalog, subscription).await?;
-    Ok(report.map(|r| (r.total, usage_lines(&r))))
+    Ok(report.map(|r| (r.total, account::usage_lines(catalog, &r))))
 }
 
 /// At most this many windows in one series.
