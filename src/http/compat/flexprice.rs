@@ -21,7 +21,7 @@ use crate::billing::money::{display, round_to_currency};
 use crate::billing::period::Interval;
 use crate::billing::rating::Rounding;
 use crate::catalog::plan::{Price, UsageModel};
-use crate::catalog::{Meter, Plan, Subscription};
+use crate::catalog::{Meter, Plan, Subscription, TenantCatalog};
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::http::AppState;
@@ -111,13 +111,7 @@ async fn subscription_usage(
         .filter_map(|c| {
             let plan = catalog.get::<Plan>(&c.plan)?;
             let price = plan.prices.iter().find(|p| p.code == c.price)?;
-            Some(charge(
-                c,
-                plan,
-                price,
-                catalog.get::<Meter>(&c.meter),
-                &principal.tenant,
-            ))
+            Some(charge(&catalog, c, plan, price, &principal.tenant))
         })
         .collect();
     let amount = round_to_currency(report.usage_amount, currency);
@@ -133,12 +127,13 @@ async fn subscription_usage(
 }
 
 fn charge(
+    catalog: &TenantCatalog,
     c: &UsageCharge,
     plan: &Plan,
     price: &Price,
-    meter: Option<&Meter>,
     tenant: &str,
 ) -> Value {
+    let meter = catalog.get::<Meter>(&c.meter);
     let amount = round_to_currency(c.amount, &plan.currency);
     json!({
         "amount": number(amount),
@@ -149,13 +144,13 @@ fn charge(
         "meter_display_name": meter.map_or(c.meter.as_str(), |m| m.name.as_str()),
         "filter_values": meter.map(|m| json!(m.filters)).unwrap_or_else(|| json!({})),
         "is_overage": c.quantity > c.included_units.max(Decimal::ZERO),
-        "price": price_object(plan, price, tenant),
+        "price": price_object(catalog, plan, price, tenant),
     })
 }
 
 /// A meterhouse usage price as a Flexprice price object. Decimals are strings, as Flexprice's
 /// own price objects carry them.
-fn price_object(plan: &Plan, price: &Price, tenant: &str) -> Value {
+fn price_object(catalog: &TenantCatalog, plan: &Plan, price: &Price, tenant: &str) -> Value {
     let text = |d: Option<Decimal>| d.map(|d| d.normalize().to_string());
     let (billing_model, tier_mode, amount) = match price.model {
         Some(UsageModel::PerUnit) | None => ("FLAT_FEE", None, text(price.unit_amount)),
@@ -181,15 +176,25 @@ fn price_object(plan: &Plan, price: &Price, tenant: &str) -> Value {
     let (period, count) = billing_period(plan);
     put("billing_period", json!(period));
     put("billing_period_count", json!(count));
-    if let Some(amount) = amount {
-        put(
-            "display_amount",
-            json!(display(amount.parse().unwrap_or_default(), &plan.currency)),
-        );
-        put("amount", json!(amount));
+    put("trial_period", json!(plan.trial_days));
+    let changed = catalog.changed_at::<Plan>(&plan.code);
+    put("created_at", json!(changed));
+    put("updated_at", json!(changed));
+    // Not kept by meterhouse.
+    for key in ["created_by", "updated_by", "description", "environment_id"] {
+        put(key, Value::Null);
     }
-    if let Some(mode) = tier_mode {
-        put("tier_mode", json!(mode));
+    // Tiered prices have no single amount; only they have tiers; only packages divide.
+    let display_amount = amount
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .map(|a| display(a, &plan.currency));
+    put("display_amount", json!(display_amount));
+    put("amount", json!(amount));
+    put("tier_mode", json!(tier_mode));
+    put("tiers", Value::Null);
+    put("transform_quantity", Value::Null);
+    if tier_mode.is_some() {
         let tiers: Vec<Value> = price
             .tiers
             .iter()
