@@ -168,6 +168,19 @@ impl Principal {
             _ => self.require(&[Role::Admin, Role::Read], "read customer data"),
         }
     }
+
+    /// `may_read_customer` for a subscription of `owner`: another customer's subscription does
+    /// not exist for this key (`missing()`), and a role that reads nothing is 403.
+    pub fn may_read_subscription(
+        &self,
+        owner: &str,
+        missing: impl FnOnce() -> ApiError,
+    ) -> Result<(), ApiError> {
+        match self.may_read_customer(owner) {
+            Err(ApiError::NotFound { .. }) => Err(missing()),
+            other => other,
+        }
+    }
 }
 
 /// The key of a request: `Authorization: Bearer <key>`, `x-api-key: <key>`, or a bare

@@ -249,9 +249,7 @@ async fn read_subscription(
     let subscription = catalog
         .get::<Subscription>(&key)
         .ok_or_else(|| missing::<Subscription>(&key))?;
-    principal
-        .may_read_customer(&subscription.customer)
-        .map_err(|_| missing::<Subscription>(&key))?;
+    principal.may_read_subscription(&subscription.customer, || missing::<Subscription>(&key))?;
     let mut view = subscription_view(&catalog, subscription)?;
     let figures = super::usage::current_figures(&state, &principal, &catalog, subscription).await?;
     view["estimated_next_invoice_amount"] = json!(figures.as_ref().map(|f| f.0));

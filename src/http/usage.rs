@@ -139,9 +139,7 @@ async fn subscription_usage(
         )
     };
     let subscription = catalog.get::<Subscription>(&key).ok_or_else(missing)?;
-    principal
-        .may_read_customer(&subscription.customer)
-        .map_err(|_| missing())?;
+    principal.may_read_subscription(&subscription.customer, missing)?;
     Ok(Json(
         usage_for(&state, &principal, &catalog, subscription, &params).await?,
     ))

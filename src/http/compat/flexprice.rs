@@ -65,9 +65,7 @@ async fn subscription_usage(
         )
     };
     let subscription = catalog.get::<Subscription>(id).ok_or_else(missing)?;
-    principal
-        .may_read_customer(&subscription.customer)
-        .map_err(|_| missing())?;
+    principal.may_read_subscription(&subscription.customer, missing)?;
     let now = Utc::now();
     let window = match (&request.start_time, &request.end_time) {
         _ if request.lifetime_usage => Some((subscription.start_date, now)),
