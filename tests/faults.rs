@@ -1,0 +1,308 @@
+//! Faults with real processes: the service killed with SIGKILL while 20 clients ingest, and a
+//! throttled ClickHouse (a slow link between the service and the server). Every scenario ends
+//! by checking the store: every acknowledged event exactly once.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{KEYS, TestApp, clickhouse_url, scratch_dir, spawn_with, test_config};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `meterhouse serve` as its own process on `port`, on the shared test ClickHouse.
+fn start_service(port: u16, database: &str) -> Child {
+    let catalog = scratch_dir("faults-catalog.json");
+    std::fs::create_dir_all(catalog.parent().unwrap()).unwrap();
+    std::fs::write(&catalog, common::CATALOG).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_meterhouse"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--clickhouse-url",
+            &clickhouse_url(),
+            "--database",
+            database,
+        ])
+        .args(["--api-keys", KEYS, "--batch-max-wait-ms", "5"])
+        .arg("--catalog")
+        .arg(&catalog)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start meterhouse serve")
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the service at {base} did not become ready");
+}
+
+const CLIENTS: usize = 20;
+const REQUESTS: usize = 25;
+const EVENTS: usize = 40;
+
+/// One client: `REQUESTS` batches of `EVENTS`, each retried (same ids) until acknowledged, as
+/// a client does when the connection drops. Returns the acknowledged ids.
+async fn ingest_until_acknowledged(
+    http: reqwest::Client,
+    base: String,
+    client: usize,
+    refused: Arc<AtomicUsize>,
+) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    for request in 0..REQUESTS {
+        let ids: Vec<String> = (0..EVENTS)
+            .map(|i| format!("k{client}-{request}-{i}"))
+            .collect();
+        let body: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"id": id, "customer": "c1", "type": "api_call"}))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "request {client}/{request} never acknowledged"
+            );
+            let sent = http
+                .post(format!("{base}/v1/events"))
+                .bearer_auth("ingest_key_a")
+                .json(&body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == 202 => {
+                    let ack: Value = r.json().await.unwrap();
+                    let counted =
+                        ack["accepted"].as_u64().unwrap() + ack["duplicates"].as_u64().unwrap();
+                    assert_eq!(counted, EVENTS as u64, "{ack}");
+                    acknowledged.extend(ids);
+                    break;
+                }
+                Ok(r) if r.status() == 503 => {}
+                Ok(r) => panic!(
+                    "unexpected {}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ),
+                // Connection refused or reset: the service is down; retry.
+                Err(_) => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    acknowledged
+}
+
+/// Ids stored in `database.events`, each as often as stored.
+async fn stored_ids(app: &TestApp, database: &str) -> Vec<String> {
+    app.store()
+        .await
+        .client()
+        .query(&format!(
+            "SELECT id FROM {database}.events WHERE tenant = 'acme'"
+        ))
+        .fetch_all()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
+    const DB: &str = "test_faults_kill9";
+    // A handle on the database for checking (and a clean start).
+    let checker = spawn_with(test_config("faults_kill9", &clickhouse_url()), true).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut service = start_service(port, DB);
+    wait_ready(&http, &base).await;
+
+    let refused = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(ingest_until_acknowledged(
+                http.clone(),
+                base.clone(),
+                c,
+                refused.clone(),
+            ))
+        })
+        .collect();
+    // Mid-stream: SIGKILL, no chance to flush; then start it again on the same port.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    service.kill().expect("SIGKILL the service");
+    service.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut service = start_service(port, DB);
+
+    let mut acknowledged = HashSet::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "the kill must have been felt by clients"
+    );
+    assert_eq!(acknowledged.len(), CLIENTS * REQUESTS * EVENTS);
+    let stored = stored_ids(&checker, DB).await;
+    let unique: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), unique.len(), "no event stored twice");
+    assert_eq!(
+        unique, acknowledged,
+        "exactly the acknowledged (and retried) events are stored"
+    );
+    service.kill().unwrap();
+    service.wait().unwrap();
+    checker.shutdown().await;
+}
+
+/// A TCP relay to `upstream` that passes at most `bytes_per_second` towards it: a slow link.
+async fn slow_link(
+    upstream: SocketAddr,
+    bytes_per_second: usize,
+    stop: Arc<AtomicBool>,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((client, _)) = listener.accept().await else {
+                break;
+            };
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let chunk = (bytes_per_second / 20).max(1);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; chunk];
+                while let Ok(n) = client_read.read(&mut buf).await {
+                    if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = server_write.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_clickhouse_pushes_back_with_503_and_the_queue_stays_bounded() {
+    const QUEUE_MAX: usize = 4_000;
+    let url = clickhouse_url();
+    let upstream: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // About 400 KB/s towards ClickHouse: a few thousand events a second.
+    let relay = slow_link(upstream, 400_000, stop.clone()).await;
+    let mut config = test_config("faults_slow", &format!("http://{relay}"));
+    config.queue_max_events = QUEUE_MAX;
+    config.batch_max_events = 1_000;
+    config.ack_timeout_ms = 20_000;
+    let app = Arc::new(spawn_with(config, true).await);
+
+    let (pushed_back, max_queue) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (app, max_queue, sampling) = (app.clone(), max_queue.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                let text = app.get("/metrics", None).await.text().await.unwrap();
+                let depth = text
+                    .lines()
+                    .find(|l| l.starts_with("meterhouse_queue_events "))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0) as usize;
+                max_queue.fetch_max(depth, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut clients = Vec::new();
+    for client in 0..16 {
+        let (app, pushed_back) = (app.clone(), pushed_back.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let until = Instant::now() + Duration::from_secs(4);
+            let mut request = 0;
+            while Instant::now() < until {
+                let ids: Vec<String> = (0..500).map(|i| format!("s{client}-{request}-{i}")).collect();
+                let body: Vec<Value> = ids
+                    .iter()
+                    .map(|id| json!({"id": id, "customer": "c1", "type": "api_call", "properties": {"pad": "x".repeat(64)}}))
+                    .collect();
+                let (status, answer) = app.post_events("ingest_key_a", &json!(body)).await;
+                match status {
+                    202 => acknowledged.extend(ids),
+                    503 | 429 => {
+                        pushed_back.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    other => panic!("unexpected {other}: {answer}"),
+                }
+                request += 1;
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = HashSet::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await.unwrap();
+    assert!(
+        pushed_back.load(Ordering::Relaxed) > 0,
+        "a slow store must push back on clients"
+    );
+    let peak = max_queue.load(Ordering::Relaxed);
+    assert!(
+        peak <= QUEUE_MAX,
+        "queue reached {peak} events, bound {QUEUE_MAX}"
+    );
+    let stored = stored_ids(&app, "test_faults_slow").await;
+    let unique: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), unique.len(), "no event stored twice");
+    assert!(
+        acknowledged.is_subset(&unique),
+        "every acknowledged event is stored"
+    );
+    stop.store(true, Ordering::Relaxed);
+    Arc::try_unwrap(app).ok().unwrap().shutdown().await;
+}
