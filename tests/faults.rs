@@ -306,3 +306,173 @@ async fn a_slow_clickhouse_pushes_back_with_503_and_the_queue_stays_bounded() {
     stop.store(true, Ordering::Relaxed);
     Arc::try_unwrap(app).ok().unwrap().shutdown().await;
 }
+
+/// A tmpfs of `megabytes` mounted at `dir` (root only), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: std::path::PathBuf, megabytes: u32) -> Self {
+        let _ = Command::new("umount")
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .status();
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs at {} needs root",
+            dir.display()
+        );
+        Self(dir)
+    }
+
+    /// Makes `path` (under the disk) read-only or writable again, as a read-only bind mount
+    /// over itself: writes fail with EROFS while ClickHouse keeps running.
+    fn set_read_only(&self, path: &std::path::Path, read_only: bool) {
+        let run = |args: &[&str]| {
+            let status = Command::new("mount")
+                .args(args)
+                .arg(path)
+                .arg(path)
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "mount {args:?} {}",
+                path.display()
+            );
+        };
+        if read_only {
+            run(&["--bind"]);
+            let status = Command::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(path)
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "remount read-only");
+        } else {
+            let status = Command::new("umount").arg(path).status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "umount the read-only bind"
+            );
+        }
+    }
+
+    /// Fills the disk: a file grows until the device has no space left.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_or_read_only_disk_acknowledges_nothing_it_did_not_store() {
+    let disk = SmallDisk::mount(scratch_dir("diskfull"), 400);
+    let mut clickhouse = common::start_clickhouse(disk.0.join("clickhouse"));
+    let mut config = test_config("faults_disk", &clickhouse.url());
+    config.ack_timeout_ms = 5_000;
+    let app = spawn_with(config, true).await;
+    let batch = |n: usize| -> (Vec<String>, Value) {
+        let ids: Vec<String> = (0..200).map(|i| format!("d{n}-{i}")).collect();
+        let body = ids
+            .iter()
+            .map(|id| json!({"id": id, "customer": "c1", "type": "api_call"}))
+            .collect();
+        (ids, Value::Array(body))
+    };
+    let (ids, body) = batch(0);
+    assert_eq!(app.post_events("ingest_key_a", &body).await.0, 202);
+    let mut acknowledged: HashSet<String> = ids.into_iter().collect();
+
+    let filler = disk.fill();
+    let mut refused = Vec::new();
+    for n in 1..=5 {
+        let (ids, body) = batch(n);
+        let (status, answer) = app.post_events("ingest_key_a", &body).await;
+        match status {
+            202 => acknowledged.extend(ids),
+            _ => {
+                assert!(
+                    answer["code"].is_string(),
+                    "errors keep API.md's shape: {answer}"
+                );
+                refused.push((n, status, answer["code"].clone()));
+            }
+        }
+    }
+    println!("refused while full: {refused:?}");
+    assert!(!refused.is_empty(), "a full disk must refuse writes");
+    assert!(
+        refused.iter().all(|(_, s, _)| *s == 503 || *s == 500),
+        "{refused:?}"
+    );
+
+    // Space again: the refused batches, retried with the same ids, are stored once.
+    std::fs::remove_file(filler).unwrap();
+    for (n, _, _) in &refused {
+        let (ids, body) = batch(*n);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, answer) = app.post_events("ingest_key_a", &body).await;
+            if status == 202 {
+                acknowledged.extend(ids);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still refused after space returned: {status} {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // A read-only data directory: the same promise.
+    let data = disk.0.join("clickhouse/clickhouse/data");
+    disk.set_read_only(&data, true);
+    let (ids, body) = batch(100);
+    let (status, answer) = app.post_events("ingest_key_a", &body).await;
+    assert_eq!(
+        (status, &answer["code"]),
+        (503, &json!("unavailable")),
+        "read-only: {answer}"
+    );
+    disk.set_read_only(&data, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, answer) = app.post_events("ingest_key_a", &body).await;
+        if status == 202 {
+            acknowledged.extend(ids);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused once writable: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let stored = stored_ids(&app, "test_faults_disk").await;
+    let unique: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), unique.len(), "no event stored twice");
+    assert_eq!(
+        unique, acknowledged,
+        "exactly the acknowledged events are stored"
+    );
+    app.shutdown().await;
+    clickhouse.kill().await;
+    drop(disk);
+}
