@@ -28,6 +28,9 @@ pub const MAX_AHEAD_MS: i64 = 24 * 3600 * 1000;
 const MAX_TIMESTAMP_MS: i64 = 4_102_444_800_000;
 /// Report at most this many problems; the rest are summarised by the count.
 const MAX_REPORTED_ERRORS: usize = 1000;
+/// Properties nest at most this deep: deeper is refused, so no reader of the stored JSON
+/// (here or in ClickHouse) ever recurses without bound.
+pub const MAX_PROPERTY_DEPTH: usize = 32;
 
 /// The validated rows of one request and their dedup keys (same order).
 #[derive(Debug, Default)]
@@ -202,6 +205,13 @@ fn validate_one(
         report("properties", "must be an object".into());
         return None;
     }
+    if nesting_depth(properties_text) > MAX_PROPERTY_DEPTH {
+        report(
+            "properties",
+            format!("nested deeper than {MAX_PROPERTY_DEPTH} levels"),
+        );
+        return None;
+    }
     let (id, customer, event_type, ts_ms) = (id?, customer?, event_type?, ts_ms?);
     let mut row = EventRow {
         tenant: ctx.tenant.clone(),
@@ -265,6 +275,27 @@ fn add_samples(
         }
     }
     ok.then_some(())
+}
+
+/// How deep objects and arrays nest in valid JSON text (strings skipped, escapes honoured).
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b'}' | b']') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn required_string(

@@ -228,6 +228,78 @@ fn sql_looking_strings_pass_through_untouched() {
     );
 }
 
+#[test]
+fn hostile_inputs_are_refused_or_kept_without_harm() {
+    // Nesting far past any parser's stack: refused, not a crash.
+    let deep = format!(
+        r#"{{"id": "e", "customer": "c", "type": "t", "properties": {{"d": {}1{}}}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(decode_as("t", &deep, false).is_err());
+    assert!(decode_as("t", &deep.replace("\"t\"", "\"llm\""), true).is_err());
+    // Up to the limit is fine, one more names the field; brackets inside strings do not count.
+    let nested = |n: usize| {
+        format!(
+            r#"{{"id": "e", "customer": "c", "type": "t", "properties": {{"s": "[[[[{{{{", "d": {}1{}}}}}"#,
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    };
+    assert!(decode_as("t", &nested(MAX_PROPERTY_DEPTH - 1), false).is_ok());
+    assert_eq!(errors(&nested(MAX_PROPERTY_DEPTH))[0].field, "properties");
+    // A huge property map is kept verbatim.
+    let keys: Vec<String> = (0..50_000).map(|i| format!(r#""k{i}": {i}"#)).collect();
+    let big = format!(
+        r#"{{"id": "e", "customer": "c", "type": "t", "properties": {{{}}}}}"#,
+        keys.join(",")
+    );
+    let rows = ok(&big).rows;
+    assert!(rows[0].properties.contains(r#""k49999": 49999"#));
+    // Numbers out of any meter's range name the property; out-of-range timestamps are refused.
+    for tokens in ["1e400", "1e30", "-1e30", "123456789012345678901234567890"] {
+        let body = format!(
+            r#"{{"id": "e", "customer": "c", "type": "llm", "properties": {{"tokens": {tokens}}}}}"#
+        );
+        let errs = errors(&body);
+        assert_eq!(errs[0].field, "properties.tokens", "{tokens}");
+    }
+    for ts in [
+        "1e30",
+        "-1",
+        "99999999999999999999",
+        "\"9999-99-99\"",
+        "1.5e300",
+    ] {
+        let errs = errors(&format!(
+            r#"{{"id": "e", "customer": "c", "type": "t", "timestamp": {ts}}}"#
+        ));
+        assert_eq!(errs[0].field, "timestamp", "{ts}");
+    }
+    // Invalid UTF-8 inside a string, and a lone surrogate escape.
+    let mut bytes = br#"{"id": "e"#.to_vec();
+    bytes.extend([0xc3, 0x28]);
+    bytes.extend(br#"", "customer": "c", "type": "t"}"#);
+    let catalog = catalog().tenant("t");
+    let ctx = Context {
+        tenant: &"t".into(),
+        catalog: &catalog,
+        now_ms: NOW,
+    };
+    assert!(matches!(
+        decode(&bytes, false, &ctx),
+        Err(ApiError::InvalidRequest(_))
+    ));
+    assert!(
+        decode_as(
+            "t",
+            r#"{"id": "\ud800", "customer": "c", "type": "t"}"#,
+            false
+        )
+        .is_err()
+    );
+}
+
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
