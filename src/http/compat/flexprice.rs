@@ -14,9 +14,9 @@ use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{json_body, number, submit_events};
+use super::{events_of, ingest_body, number, submit_events};
 use crate::account;
-use crate::auth::{INGESTERS, Principal};
+use crate::auth::Principal;
 use crate::billing::money::{display, round_to_currency};
 use crate::billing::period::Interval;
 use crate::billing::rating::Rounding;
@@ -25,7 +25,6 @@ use crate::catalog::{Meter, Plan, Subscription, TenantCatalog};
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::http::AppState;
-use crate::http::events::read_body;
 use crate::http::usage::instant;
 use crate::usage::{Subject, UsageCharge, report};
 
@@ -279,8 +278,7 @@ async fn create_event(
     principal: Principal,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    principal.require(INGESTERS, "send events")?;
-    let body = json_body(&read_body(body).await?)?;
+    let body = ingest_body(&principal, body).await?;
     let (event, id) = to_event(None, &body)?;
     submit_events(&state, &principal, &[event]).await?;
     Ok((
@@ -298,12 +296,8 @@ async fn create_events(
     principal: Principal,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    principal.require(INGESTERS, "send events")?;
-    let body = json_body(&read_body(body).await?)?;
-    let events = body
-        .get("events")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::InvalidRequest("events: an array is required".into()))?;
+    let body = ingest_body(&principal, body).await?;
+    let events = events_of(&body)?;
     let mapped = events
         .iter()
         .enumerate()

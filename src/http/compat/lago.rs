@@ -14,16 +14,15 @@ use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{json_body, submit_events};
+use super::{events_of, ingest_body, submit_events};
 use crate::account;
-use crate::auth::{INGESTERS, Principal};
+use crate::auth::Principal;
 use crate::billing::money::minor_units_rounded;
 use crate::catalog::meter::Aggregation;
 use crate::catalog::plan::UsageModel;
 use crate::catalog::{Meter, Subscription};
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::http::events::read_body;
 use crate::http::usage::readable_customer;
 use crate::ingest::parse::parse_instant;
 use crate::usage::UsageCharge;
@@ -287,10 +286,7 @@ async fn create_event(
     principal: Principal,
     body: Body,
 ) -> Result<Json<Value>, Response> {
-    principal
-        .require(INGESTERS, "send events")
-        .map_err(lago_error)?;
-    let body = json_body(&read_body(body).await.map_err(lago_error)?).map_err(lago_error)?;
+    let body = ingest_body(&principal, body).await.map_err(lago_error)?;
     let event = body
         .get("event")
         .ok_or_else(|| lago_error(ApiError::InvalidRequest("event: required".into())))?;
@@ -311,18 +307,8 @@ async fn create_events(
     principal: Principal,
     body: Body,
 ) -> Result<Json<Value>, Response> {
-    principal
-        .require(INGESTERS, "send events")
-        .map_err(lago_error)?;
-    let body = json_body(&read_body(body).await.map_err(lago_error)?).map_err(lago_error)?;
-    let events = body
-        .get("events")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            lago_error(ApiError::InvalidRequest(
-                "events: an array is required".into(),
-            ))
-        })?;
+    let body = ingest_body(&principal, body).await.map_err(lago_error)?;
+    let events = events_of(&body).map_err(lago_error)?;
     let catalog = state.catalog.tenant(&principal.tenant);
     let mapped = events
         .iter()

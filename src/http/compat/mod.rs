@@ -55,8 +55,18 @@ async fn submit_events(
     super::events::submit(state, principal, &body, false).await
 }
 
-/// A JSON body as a value; malformed JSON is `400 invalid_request` naming the problem.
-fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes)
+/// The JSON body of a vendor ingest request, once the caller is known to send events;
+/// malformed JSON is `400 invalid_request` naming the problem.
+async fn ingest_body(principal: &Principal, body: axum::body::Body) -> Result<Value, ApiError> {
+    principal.require(crate::auth::INGESTERS, "send events")?;
+    let bytes = super::events::read_body(body).await?;
+    serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+/// The `events` array of a batch body.
+fn events_of(body: &Value) -> Result<&Vec<Value>, ApiError> {
+    body.get("events")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::InvalidRequest("events: an array is required".into()))
 }
