@@ -16,6 +16,7 @@
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`loadgen`]: the ingest load harness behind `meterhouse loadgen`.
 //! - [`readbench`]: the read-latency harness behind `meterhouse readbench`.
+//! - [`soak`]: the long steady-load run behind `meterhouse soak`.
 
 #![warn(rust_2018_idioms, unreachable_pub)]
 
@@ -33,5 +34,6 @@ pub mod limits;
 pub mod loadgen;
 pub mod metrics;
 pub mod readbench;
+pub mod soak;
 pub mod store;
 pub mod usage;

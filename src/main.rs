@@ -28,6 +28,8 @@ enum Command {
     Loadgen(LoadgenArgs),
     /// Measure read latency on a generated store against a naive raw-events baseline.
     Readbench(meterhouse::readbench::ReadbenchArgs),
+    /// Ingest at a steady rate with concurrent readers for a long time; check the store.
+    Soak(meterhouse::soak::SoakArgs),
 }
 
 /// The service allocates per event; mimalloc measured faster than the system allocator
@@ -79,6 +81,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Readbench(args) => {
             let report = meterhouse::readbench::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Soak(args) => {
+            let report = meterhouse::soak::run(args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

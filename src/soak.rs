@@ -1,0 +1,280 @@
+//! `meterhouse soak`: ingest at a steady rate for a long time while readers ask for usage, then
+//! check the store. Reports the achieved rate, p50/p99 of acknowledgements and reads, errors,
+//! and the process's resident memory over the run (service and harness share the process).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::json;
+
+use crate::app::Application;
+use crate::config::Config;
+use crate::store::Store;
+use crate::store::local::LocalClickHouse;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SoakArgs {
+    /// How long to ingest, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub duration_s: u64,
+    /// Target events per second.
+    #[arg(long, default_value_t = 40_000)]
+    pub rate: u64,
+    /// Events per request.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+    /// Concurrent ingest clients.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Concurrent readers, each asking for a random subscription's usage or billing state.
+    #[arg(long, default_value_t = 4)]
+    pub readers: usize,
+    /// Use this ClickHouse instead of starting one in a temporary directory.
+    #[arg(long)]
+    pub clickhouse_url: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SoakReport {
+    pub duration_s: f64,
+    pub target_events_per_s: u64,
+    pub events_per_s: f64,
+    pub acknowledged: u64,
+    pub stored: u64,
+    pub ingest_errors: usize,
+    pub ingest_p50_ms: f64,
+    pub ingest_p99_ms: f64,
+    pub reads: usize,
+    pub read_errors: usize,
+    pub read_p50_ms: f64,
+    pub read_p99_ms: f64,
+    /// Resident memory after the first tenth of the run, at the end, and at most.
+    pub rss_mb_warm: f64,
+    pub rss_mb_end: f64,
+    pub rss_mb_max: f64,
+}
+
+const CUSTOMERS: usize = 100;
+const MODELS: [&str; 2] = ["a", "b"];
+const INGEST_KEY: &str = "soak-ingest-key";
+const READ_KEY: &str = "soak-read-key";
+
+fn catalog() -> String {
+    let start = (chrono::Utc::now() - chrono::TimeDelta::days(1)).to_rfc3339();
+    let customers: Vec<_> = (0..CUSTOMERS)
+        .map(|i| json!({"external_id": format!("s{i}"), "name": format!("Soak {i}")}))
+        .collect();
+    let subscriptions: Vec<_> = (0..CUSTOMERS)
+        .map(|i| json!({"external_id": format!("sub{i}"), "customer": format!("s{i}"), "plan": "soak", "start_date": start}))
+        .collect();
+    json!({"tenants": [{"id": "soak",
+        "meters": [
+            {"slug": "calls", "name": "Calls", "event_type": "api_call", "aggregation": "count"},
+            {"slug": "tokens", "name": "Tokens", "event_type": "api_call", "aggregation": "sum",
+             "value_property": "tokens", "group_by": ["model"]}],
+        "plans": [{"code": "soak", "name": "Soak", "currency": "USD", "interval": "month", "prices": [
+            {"code": "base", "type": "flat", "amount": "10.00"},
+            {"code": "calls", "type": "usage", "meter": "calls", "model": "graduated", "included_units": "1000",
+             "tiers": [{"up_to": "100000", "unit_amount": "0.001"}, {"up_to": null, "unit_amount": "0.0005"}]},
+            {"code": "tokens", "type": "usage", "meter": "tokens", "model": "package", "package_size": "1000",
+             "package_amount": "0.02", "group_by": ["model"]}]}],
+        "customers": customers,
+        "subscriptions": subscriptions}]})
+    .to_string()
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3
+}
+
+pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
+    let scratch = std::env::temp_dir().join(format!("meterhouse-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let mut owned = None;
+    let url = match &args.clickhouse_url {
+        Some(url) => url.clone(),
+        None => {
+            let local = LocalClickHouse::start(&scratch).await?;
+            let url = local.url();
+            owned = Some(local);
+            url
+        }
+    };
+    let mut config = Config::defaults();
+    config.store.clickhouse_url = Some(url.clone());
+    config.store.database = "soak".into();
+    config.api_keys = format!("{INGEST_KEY}:soak:ingest,{READ_KEY}:soak:read");
+    config.rate_limit_rps = 1_000_000;
+    config.rate_limit_eps = 100_000_000;
+    let catalog_path = scratch.join("catalog.json");
+    std::fs::write(&catalog_path, catalog())?;
+    config.catalog = Some(catalog_path);
+    Store::new(&url, &config.store)
+        .connect()
+        .await?
+        .client()
+        .query("DROP DATABASE IF EXISTS soak")
+        .execute()
+        .await?;
+    let app = Application::build(&config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let run_for = Duration::from_secs(args.duration_s);
+    let batches = (args.rate * args.duration_s).div_ceil(args.batch as u64) as usize;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut ingest = Vec::new();
+    for _ in 0..args.clients.max(1) {
+        let (http, base, next, args) = (http.clone(), base.clone(), next.clone(), args.clone());
+        ingest.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut accepted) = (Vec::new(), 0usize, 0u64);
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= batches {
+                    break;
+                }
+                // Batch k is due at k × batch / rate seconds: a steady rate, not a burst.
+                let due = started
+                    + Duration::from_secs_f64(k as f64 * args.batch as f64 / args.rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let now = chrono::Utc::now().timestamp_millis();
+                let events: Vec<_> = (0..args.batch)
+                    .map(|i| {
+                        let n = k * args.batch + i;
+                        json!({"id": format!("soak-{n}"), "customer": format!("s{}", n % CUSTOMERS),
+                               "type": "api_call", "timestamp": now,
+                               "properties": {"tokens": 10 + n % 900, "model": MODELS[n % 2]}})
+                    })
+                    .collect();
+                let sent = Instant::now();
+                let response = http
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(INGEST_KEY)
+                    .json(&events)
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status() == 202 => {
+                        let ack: serde_json::Value = r.json().await.unwrap_or_default();
+                        accepted += ack["accepted"].as_u64().unwrap_or(0);
+                        latencies.push(sent.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors, accepted)
+        }));
+    }
+    let reading = Arc::new(AtomicBool::new(true));
+    let mut readers = Vec::new();
+    for r in 0..args.readers {
+        let (http, base, reading) = (http.clone(), base.clone(), reading.clone());
+        readers.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut i) = (Vec::new(), 0usize, r);
+            while reading.load(Ordering::Relaxed) {
+                i = (i * 7 + 13) % CUSTOMERS;
+                let path = if i % 2 == 0 {
+                    format!("/v1/subscriptions/sub{i}/usage")
+                } else {
+                    format!("/v1/customers/s{i}/billing_state")
+                };
+                let sent = Instant::now();
+                match http
+                    .get(format!("{base}{path}"))
+                    .bearer_auth(READ_KEY)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => latencies.push(sent.elapsed()),
+                    _ => errors += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut rss_warm, mut rss_max) = (0.0f64, 0.0f64);
+    while started.elapsed() < run_for {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = rss_mb();
+        rss_max = rss_max.max(rss);
+        if rss_warm == 0.0 && started.elapsed() >= run_for / 10 {
+            rss_warm = rss;
+        }
+    }
+    let (mut ingest_latencies, mut ingest_errors, mut acknowledged) = (Vec::new(), 0, 0);
+    for task in ingest {
+        let (latencies, errors, accepted) = task.await?;
+        ingest_latencies.extend(latencies);
+        ingest_errors += errors;
+        acknowledged += accepted;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    reading.store(false, Ordering::Relaxed);
+    let (mut read_latencies, mut read_errors) = (Vec::new(), 0);
+    for task in readers {
+        let (latencies, errors) = task.await?;
+        read_latencies.extend(latencies);
+        read_errors += errors;
+    }
+    let rss_end = rss_mb();
+    let _ = stop.send(());
+    server.await??;
+    let store = Store::new(&url, &config.store).connect().await?;
+    let stored = store
+        .client()
+        .query("SELECT count() FROM soak.events WHERE tenant = 'soak'")
+        .fetch_one::<u64>()
+        .await?;
+    store.client().query("DROP DATABASE soak").execute().await?;
+    if let Some(mut local) = owned {
+        local.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    ingest_latencies.sort_unstable();
+    read_latencies.sort_unstable();
+    let report = SoakReport {
+        duration_s: elapsed,
+        target_events_per_s: args.rate,
+        events_per_s: acknowledged as f64 / elapsed,
+        acknowledged,
+        stored,
+        ingest_errors,
+        ingest_p50_ms: percentile(&ingest_latencies, 0.50),
+        ingest_p99_ms: percentile(&ingest_latencies, 0.99),
+        reads: read_latencies.len(),
+        read_errors,
+        read_p50_ms: percentile(&read_latencies, 0.50),
+        read_p99_ms: percentile(&read_latencies, 0.99),
+        rss_mb_warm: rss_warm,
+        rss_mb_end: rss_end,
+        rss_mb_max: rss_max,
+    };
+    if stored != acknowledged {
+        bail!("{acknowledged} events acknowledged but {stored} stored: {report:?}");
+    }
+    Ok(report)
+}
