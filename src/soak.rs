@@ -31,6 +31,9 @@ pub struct SoakArgs {
     /// Concurrent readers, each asking for a random subscription's usage or billing state.
     #[arg(long, default_value_t = 4)]
     pub readers: usize,
+    /// Cap of the dedup set (default: the service's); a small cap shows memory once it is full.
+    #[arg(long)]
+    pub dedup_max_ids: Option<usize>,
     /// Use this ClickHouse instead of starting one in a temporary directory.
     #[arg(long)]
     pub clickhouse_url: Option<String>,
@@ -123,6 +126,9 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
     config.api_keys = format!("{INGEST_KEY}:soak:ingest,{READ_KEY}:soak:read");
     config.rate_limit_rps = 1_000_000;
     config.rate_limit_eps = 100_000_000;
+    if let Some(cap) = args.dedup_max_ids {
+        config.dedup_max_ids = cap;
+    }
     let catalog_path = scratch.join("catalog.json");
     std::fs::write(&catalog_path, catalog())?;
     config.catalog = Some(catalog_path);

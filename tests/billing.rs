@@ -370,3 +370,85 @@ async fn post_status(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     app.post_raw(path, "admin_key_a", "application/json", body.to_string())
         .await
 }
+
+/// Daily calendar periods in Paris across the end of summer time (2026-10-25, 03:00 CEST →
+/// 02:00 CET): that day's period lasts 25 hours, and an event at 23:30 local time on the 25th
+/// belongs to it while one at 00:30 on the 26th belongs to the next, whatever UTC says.
+#[tokio::test]
+async fn usage_across_a_dst_change_follows_the_customers_local_days() {
+    let app = spawn_app("billing_dst").await;
+    post(&app, "/v1/plans", json!({"code": "daily", "name": "Daily", "currency": "EUR", "interval": "day",
+        "prices": [{"code": "base", "type": "flat", "amount": "24.00", "timing": "arrears", "prorate": true},
+                   {"code": "calls", "type": "usage", "meter": "calls", "model": "per_unit", "unit_amount": "0.50"}]})).await;
+    post(
+        &app,
+        "/v1/customers",
+        json!({"external_id": "paris", "timezone": "Europe/Paris"}),
+    )
+    .await;
+    post(
+        &app,
+        "/v1/subscriptions",
+        json!({"external_id": "sub_p", "customer": "paris", "plan": "daily",
+        "start_date": "2026-10-20T08:00:00Z", "billing_anchor": "calendar"}),
+    )
+    .await;
+    // Local times: 24th 23:30 (UTC+2, the day before the window), 25th 02:30 CEST, 25th 02:30
+    // CET (the repeated hour), 25th 23:30 (UTC+1), 26th 00:30.
+    let events: Vec<Value> = [
+        "2026-10-24T21:30:00Z",
+        "2026-10-25T00:30:00Z",
+        "2026-10-25T01:30:00Z",
+        "2026-10-25T22:30:00Z",
+        "2026-10-25T23:30:00Z",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, ts)| json!({"id": format!("dst-{i}"), "customer": "paris", "type": "api_call", "timestamp": ts}))
+    .collect();
+    let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
+    assert_eq!(status, 202, "{ack}");
+
+    let from = urlencode("2026-10-24T22:00:00Z");
+    let to = urlencode("2026-10-26T23:00:00Z");
+    let (status, usage) = get(
+        &app,
+        &format!("/v1/subscriptions/sub_p/usage?from={from}&to={to}"),
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    let periods: Vec<(Value, Value, Value)> = usage["charges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["from"].clone(), c["to"].clone(), c["quantity"].clone()))
+        .collect();
+    assert_eq!(
+        periods,
+        vec![
+            (
+                json!("2026-10-24T22:00:00Z"),
+                json!("2026-10-25T23:00:00Z"),
+                json!("3")
+            ),
+            (
+                json!("2026-10-25T23:00:00Z"),
+                json!("2026-10-26T23:00:00Z"),
+                json!("1")
+            ),
+        ],
+        "{usage}"
+    );
+    // Each local day is one full period: the flat fee once each, not prorated by the 25 hours.
+    let fees: Vec<&Value> = usage["flat_fees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["amount"])
+        .collect();
+    assert_eq!(fees.len(), 2, "{usage}");
+    assert!(fees.iter().all(|a| dec(a) == d("24")), "{usage}");
+    // 4 calls in the window at 0.50 + 2 days at 24.00.
+    assert_eq!(usage["total"], "50.00");
+}

@@ -12,6 +12,7 @@ async fn a_short_soak_has_no_errors_and_loses_nothing() {
         batch: 200,
         clients: 4,
         readers: 2,
+        dedup_max_ids: None,
         clickhouse_url: None,
     })
     .await

@@ -477,3 +477,75 @@ async fn backfill_counts_events_that_predate_their_meter_exactly_once() {
     );
     app.shutdown().await;
 }
+
+/// A batch whose insert stopped after its samples but before the hour rollup's view leaves the
+/// rollup short. Once its hours are marked (as settling an in-doubt batch does), reads take
+/// those hours from the samples and count every event; unmarked hours keep using the rollup.
+#[tokio::test]
+async fn hours_marked_dirty_are_read_from_samples() {
+    let app = spawn_app("usage_dirty").await;
+    let hour = (chrono::Utc::now().timestamp_millis() / 3_600_000 - 2) * 3_600_000;
+    let events: Vec<_> = (0..3)
+        .map(|i| json!({"id": format!("ok-{i}"), "customer": "c1", "type": "api_call", "timestamp": hour + 1000 * i}))
+        .collect();
+    assert_eq!(app.post_events("ingest_key_a", &json!(events)).await.0, 202);
+    let store = app.store().await;
+    // Two samples of batch 77 that reached meter_samples but never the rollup.
+    store
+        .client()
+        .query(
+            "INSERT INTO meter_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
+             SELECT 'acme', 'calls', 'c1', [], [], toInt64(?) + number, toDateTime(intDiv(toInt64(?) + number, 1000)), toDecimal128(1, 12), '', concat('lost-', toString(number)), toInt64(?), 77 FROM numbers(2)",
+        )
+        .bind(hour + 5000)
+        .bind(hour + 5000)
+        .bind(hour)
+        .execute()
+        .await
+        .unwrap();
+    let (from, to) = (hour - 3_600_000, hour + 2 * 3_600_000);
+    let count = |u: Option<meterhouse::store::usage::GroupUsage>| u.map_or(0, |u| u.count);
+    assert_eq!(
+        count(total(&store, "calls", Aggregation::Count, from, to).await),
+        3,
+        "the rollup lacks the batch"
+    );
+
+    store
+        .client()
+        .query(meterhouse::store::queries::MARK_DIRTY_HOURS)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .bind(hour - 1)
+        .bind(vec![77u64])
+        .execute()
+        .await
+        .unwrap();
+    // Another process learns of marks within a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        count(total(&store, "calls", Aggregation::Count, from, to).await),
+        5
+    );
+    // The API agrees: the series over those hours counts all five in the marked hour.
+    let path = format!("/v1/meters/calls/query?from={from}&to={to}&customer=c1&window_size=hour");
+    let series: serde_json::Value = app
+        .get(&path, Some("read_key_a"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let values: Vec<(i64, String)> = series["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                chrono::DateTime::parse_from_rfc3339(p["window_start"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_millis(),
+                p["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(values, vec![(hour, "5".to_owned())], "{series}");
+}

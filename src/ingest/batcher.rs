@@ -385,7 +385,8 @@ impl Batcher {
 }
 
 /// Which of these batches ClickHouse holds. A batch found in `events` whose samples are
-/// missing (the insert stopped between the table and its view) gets them re-derived.
+/// missing (the insert stopped between the table and its view) gets them re-derived, and the
+/// hours of every batch found are marked for readers to take from samples (sql/0007).
 pub async fn landed(
     store: &Store,
     batch_ids: &[u64],
@@ -436,5 +437,20 @@ pub async fn landed(
             .execute()
             .await?;
     }
-    Ok(in_events.into_iter().map(|(id, _)| id).collect())
+    // Whether the rollup's view ran for these batches is not knowable: their hours are read
+    // from the (now complete) samples from here on.
+    let landed: Vec<u64> = in_events.into_iter().map(|(id, _)| id).collect();
+    client
+        .query(queries::MARK_DIRTY_HOURS)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .bind(since_ms)
+        .bind(&landed)
+        .execute()
+        .await?;
+    store.dirty_hours_marked();
+    tracing::warn!(
+        batches = landed.len(),
+        "hours of in-doubt batches will be read from samples"
+    );
+    Ok(landed)
 }

@@ -14,6 +14,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (4, "catalog", include_str!("../../sql/0004_catalog.sql")),
     (5, "rollups", include_str!("../../sql/0005_rollups.sql")),
     (6, "replay", include_str!("../../sql/0006_replay.sql")),
+    (
+        7,
+        "rollup_dirty",
+        include_str!("../../sql/0007_rollup_dirty.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

@@ -6,6 +6,8 @@ pub mod queries;
 pub mod rows;
 pub mod usage;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use clickhouse::Client;
@@ -74,6 +76,15 @@ impl From<clickhouse::error::Error> for StoreError {
 pub struct Store {
     client: Client,
     database: String,
+    dirty: Arc<DirtyHours>,
+}
+
+/// Whether `rollup_dirty` holds anything: usually not, and then reads skip looking it up.
+/// Re-checked at most once a second; set at once by this process's own marks.
+#[derive(Default)]
+struct DirtyHours {
+    any: AtomicBool,
+    checked_ms: AtomicI64,
 }
 
 impl Store {
@@ -89,7 +100,58 @@ impl Store {
         Self {
             client,
             database: config.database.clone(),
+            dirty: Arc::default(),
         }
+    }
+
+    /// Records that hours were just marked in `rollup_dirty`.
+    pub fn dirty_hours_marked(&self) {
+        self.dirty.any.store(true, Ordering::Relaxed);
+    }
+
+    /// The hours (epoch ms) of `[from_ms, to_ms)` that readers must take from samples, for one
+    /// customer or all (sql/0007). Empty, without a query, while nothing is marked.
+    pub async fn dirty_hours(
+        &self,
+        tenant: &str,
+        meter: &str,
+        customer: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if !self.dirty.any.load(Ordering::Relaxed) {
+            let now = chrono::Utc::now().timestamp_millis();
+            if now - self.dirty.checked_ms.load(Ordering::Relaxed) < 1_000 {
+                return Ok(vec![]);
+            }
+            let marked: u64 = self
+                .client
+                .query(queries::ANY_DIRTY_HOURS)
+                .fetch_one()
+                .await?;
+            self.dirty.checked_ms.store(now, Ordering::Relaxed);
+            if marked == 0 {
+                return Ok(vec![]);
+            }
+            self.dirty.any.store(true, Ordering::Relaxed);
+        }
+        let sql = match customer {
+            Some(_) => queries::DIRTY_HOURS_OF_CUSTOMER,
+            None => queries::DIRTY_HOURS,
+        };
+        let mut query = self
+            .client
+            .query(sql)
+            .bind(tenant)
+            .bind(meter)
+            .bind(from_ms.div_euclid(1000))
+            .bind(to_ms.div_euclid(1000) + 1);
+        if let Some(customer) = customer {
+            query = query.bind(customer);
+        }
+        let mut hours: Vec<i64> = query.fetch_all().await?;
+        hours.sort_unstable();
+        Ok(hours)
     }
 
     /// Checks the server, creates the database and enables schema validation where supported.

@@ -32,6 +32,22 @@ pub const REPAIR_BATCH_SAMPLES: &str = "INSERT INTO meter_samples \
      sample_group_keys AS s_group_keys, sample_group_values AS s_group_values \
      WHERE batch_id = ?";
 
+/// Marks every (tenant, meter, customer, hour) of the batches `?` committed since `?` as read
+/// from samples, not the rollup (sql/0007); `?` first is the marking time in epoch ms.
+pub const MARK_DIRTY_HOURS: &str = "INSERT INTO rollup_dirty (tenant, meter, customer, bucket, marked_ms) \
+     SELECT DISTINCT tenant, meter, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600), toInt64(?) \
+     FROM meter_samples PREWHERE ingested_ms >= ? WHERE has(?, batch_id)";
+
+/// Whether any hour is marked (a cheap check before looking hours up per query).
+pub const ANY_DIRTY_HOURS: &str = "SELECT count() FROM rollup_dirty";
+
+/// The marked hours (epoch ms) of meter `?` of tenant `?` in `[?, ?)` (epoch seconds), for one
+/// customer (the variant with `customer = ?`) or all.
+pub const DIRTY_HOURS: &str = "SELECT DISTINCT toInt64(toUInt32(bucket)) * 1000 FROM rollup_dirty \
+     WHERE tenant = ? AND meter = ? AND bucket >= toDateTime(?) AND bucket < toDateTime(?)";
+pub const DIRTY_HOURS_OF_CUSTOMER: &str = "SELECT DISTINCT toInt64(toUInt32(bucket)) * 1000 FROM rollup_dirty \
+     WHERE tenant = ? AND meter = ? AND bucket >= toDateTime(?) AND bucket < toDateTime(?) AND customer = ?";
+
 /// Catalog documents written after version `?` (minus a margin for clock skew), oldest first.
 pub const CATALOG_SINCE: &str =
     "SELECT tenant, kind, key, body, version FROM catalog FINAL WHERE version > ? ORDER BY version";

@@ -48,6 +48,52 @@ pub fn split(from: i64, to: i64, hours: bool) -> Vec<Part> {
     parts
 }
 
+/// Takes `dirty` hours (epoch ms, sorted; see sql/0007) out of the rollup parts and reads them
+/// from samples instead; the parts still tile the same window.
+pub fn carve(parts: Vec<Part>, dirty: &[i64]) -> Vec<Part> {
+    if dirty.is_empty() {
+        return parts;
+    }
+    let mut out = Vec::with_capacity(parts.len() + 2 * dirty.len());
+    for part in parts {
+        let Part::Hours(start, to) = part else {
+            out.push(part);
+            continue;
+        };
+        let mut from = start;
+        for &hour in dirty.iter().filter(|&&h| h >= start && h < to) {
+            if from < hour {
+                out.push(Part::Hours(from, hour));
+            }
+            out.push(Part::Samples(hour, hour + HOUR_MS));
+            from = hour + HOUR_MS;
+        }
+        if from < to {
+            out.push(Part::Hours(from, to));
+        }
+    }
+    out
+}
+
+/// The window's parts, with hours the rollup may lack read from samples.
+async fn parts_of(
+    store: &Store,
+    key: (&str, &str, Option<&str>),
+    from_ms: i64,
+    to_ms: i64,
+    hours: bool,
+) -> Result<Vec<Part>, StoreError> {
+    let parts = split(from_ms, to_ms, hours);
+    if !parts.iter().any(|p| matches!(p, Part::Hours(..))) {
+        return Ok(parts);
+    }
+    let (tenant, meter, customer) = key;
+    let dirty = store
+        .dirty_hours(tenant, meter, customer, from_ms, to_ms)
+        .await?;
+    Ok(carve(parts, &dirty))
+}
+
 /// One group's usage of a meter over a window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupUsage {
@@ -238,20 +284,15 @@ pub struct UsageQuery<'a> {
 
 /// Usage per group over the query's window.
 pub async fn usage(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>, StoreError> {
-    let parts = split(q.from_ms, q.to_ms, true);
+    let key = (q.tenant, q.meter, Some(q.customer));
+    let parts = parts_of(store, key, q.from_ms, q.to_ms, true).await?;
     if parts.is_empty() {
         return Ok(vec![]);
     }
     let query = store
         .client()
         .query(&statement(&parts, q.group_by.len(), q.aggregation));
-    let query = bind_parts(
-        query,
-        &parts,
-        q.group_by,
-        (q.tenant, q.meter, Some(q.customer)),
-        &[],
-    );
+    let query = bind_parts(query, &parts, q.group_by, key, &[]);
     let rows: Vec<UsageRow> = query.fetch_all().await?;
     rows.into_iter().map(UsageRow::into_usage).collect()
 }
@@ -306,11 +347,9 @@ struct SeriesRow {
 
 /// Usage per window, customer and group over the query's range.
 pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoint>, StoreError> {
-    let parts = split(
-        q.from_ms,
-        q.to_ms,
-        q.hours_align && q.window_size != WindowSize::Minute,
-    );
+    let key = (q.tenant, q.meter, q.customer);
+    let hours = q.hours_align && q.window_size != WindowSize::Minute;
+    let parts = parts_of(store, key, q.from_ms, q.to_ms, hours).await?;
     if parts.is_empty() {
         return Ok(vec![]);
     }
@@ -334,13 +373,7 @@ pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoin
         selects.join(" UNION ALL ")
     );
     let query = store.client().query(&sql).bind(q.timezone);
-    let query = bind_parts(
-        query,
-        &parts,
-        q.group_by,
-        (q.tenant, q.meter, q.customer),
-        q.filters,
-    );
+    let query = bind_parts(query, &parts, q.group_by, key, q.filters);
     let rows: Vec<SeriesRow> = query.fetch_all().await?;
     rows.into_iter()
         .map(|r| {
@@ -363,6 +396,27 @@ pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoin
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn dirty_hours_are_read_from_samples_and_the_parts_still_tile() {
+        let parts = split(HOUR_MS - 5, 5 * HOUR_MS + 7, true);
+        let carved = carve(parts, &[0, HOUR_MS, 3 * HOUR_MS, 5 * HOUR_MS]);
+        assert_eq!(
+            carved,
+            vec![
+                Part::Samples(HOUR_MS - 5, HOUR_MS),
+                Part::Samples(HOUR_MS, 2 * HOUR_MS),
+                Part::Hours(2 * HOUR_MS, 3 * HOUR_MS),
+                Part::Samples(3 * HOUR_MS, 4 * HOUR_MS),
+                Part::Hours(4 * HOUR_MS, 5 * HOUR_MS),
+                Part::Samples(5 * HOUR_MS, 5 * HOUR_MS + 7),
+            ]
+        );
+        assert_eq!(
+            carve(split(0, 2 * HOUR_MS, true), &[]),
+            vec![Part::Hours(0, 2 * HOUR_MS)]
+        );
+    }
 
     #[test]
     fn aligned_windows_read_only_the_rollup() {
