@@ -57,6 +57,8 @@ pub struct SoakReport {
     pub rss_mb_warm: f64,
     pub rss_mb_end: f64,
     pub rss_mb_max: f64,
+    /// Resident memory at each tenth of the run.
+    pub rss_mb_by_tenth: Vec<f64>,
 }
 
 const CUSTOMERS: usize = 100;
@@ -222,13 +224,16 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
             (latencies, errors)
         }));
     }
-    let (mut rss_warm, mut rss_max) = (0.0f64, 0.0f64);
+    let (mut rss_warm, mut rss_max, mut by_tenth) = (0.0f64, 0.0f64, Vec::new());
     while started.elapsed() < run_for {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss = rss_mb();
         rss_max = rss_max.max(rss);
         if rss_warm == 0.0 && started.elapsed() >= run_for / 10 {
             rss_warm = rss;
+        }
+        if started.elapsed() >= run_for.mul_f64((by_tenth.len() + 1) as f64 / 10.0) {
+            by_tenth.push((rss * 10.0).round() / 10.0);
         }
     }
     let (mut ingest_latencies, mut ingest_errors, mut acknowledged) = (Vec::new(), 0, 0);
@@ -278,6 +283,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         rss_mb_warm: rss_warm,
         rss_mb_end: rss_end,
         rss_mb_max: rss_max,
+        rss_mb_by_tenth: by_tenth,
     };
     if stored != acknowledged {
         bail!("{acknowledged} events acknowledged but {stored} stored: {report:?}");
