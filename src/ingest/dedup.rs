@@ -47,9 +47,11 @@ pub type KeySet = HashSet<u128, BuildHasherDefault<KeyHasher>>;
 /// Generations per window: eviction drops one generation, i.e. 1/16 of the window, at a time.
 const GENERATIONS: i64 = 16;
 
-/// Accepted keys by ingestion-time generation.
+/// Accepted keys by generation: ingestion-time slice, then a sequence number, so that no
+/// generation holds more than `max_ids / GENERATIONS` keys and the cap holds however fast ids
+/// arrive.
 pub struct DedupSet {
-    generations: BTreeMap<i64, KeySet>,
+    generations: BTreeMap<(i64, u32), KeySet>,
     span_ms: i64,
     window_ms: i64,
     max_ids: usize,
@@ -83,13 +85,29 @@ impl DedupSet {
             .any(|set| set.contains(&key))
     }
 
-    /// Records keys accepted at `ingested_ms`, then evicts what fell out of the window.
+    /// Keys a generation holds at most.
+    fn generation_cap(&self) -> usize {
+        (self.max_ids / GENERATIONS as usize).max(1)
+    }
+
+    /// Records keys accepted at `ingested_ms`, then evicts what fell out of the window or
+    /// over the cap.
     pub fn insert_all(&mut self, keys: impl IntoIterator<Item = u128>, ingested_ms: i64) {
-        let generation = self
+        let slice = ingested_ms.div_euclid(self.span_ms);
+        let cap = self.generation_cap();
+        let mut sequence = self
             .generations
-            .entry(ingested_ms.div_euclid(self.span_ms))
-            .or_default();
+            .range((slice, 0)..=(slice, u32::MAX))
+            .next_back()
+            .map_or(0, |((_, seq), _)| *seq);
         for key in keys {
+            let generation = self.generations.entry((slice, sequence)).or_default();
+            let generation = if generation.len() >= cap {
+                sequence += 1;
+                self.generations.entry((slice, sequence)).or_default()
+            } else {
+                generation
+            };
             if generation.insert(key) {
                 self.len += 1;
             }
@@ -100,7 +118,7 @@ impl DedupSet {
     fn evict(&mut self, now_ms: i64) {
         let oldest_kept = (now_ms - self.window_ms).div_euclid(self.span_ms);
         while let Some(&oldest) = self.generations.keys().next() {
-            let too_old = oldest < oldest_kept;
+            let too_old = oldest.0 < oldest_kept;
             let too_many = self.len > self.max_ids && self.generations.len() > 1;
             if !(too_old || too_many) {
                 break;
@@ -179,15 +197,32 @@ mod tests {
         let mut set = DedupSet::new(16 * HOUR, 3);
         set.insert_all([1, 2], 0);
         set.insert_all([3, 4], 3_600_000);
-        assert!(!set.contains(1) && !set.contains(2));
-        assert!(set.contains(3) && set.contains(4));
+        // Generations of one id (3 / 16, at least 1): only the oldest goes.
+        assert!(!set.contains(1));
+        assert!(set.contains(2) && set.contains(3) && set.contains(4));
+        assert_eq!(set.len(), 3);
     }
 
     #[test]
-    fn the_newest_generation_is_kept_even_when_alone_over_capacity() {
+    fn the_cap_holds_when_ids_arrive_faster_than_a_generation_passes() {
+        // 1,600 ids at most: generations of 100. Ten batches of 1,000 within one time slice
+        // (a 72-hour window has 4.5-hour slices) used to grow one generation without bound.
+        let mut set = DedupSet::new(72 * HOUR, 1_600);
+        for batch in 0..10u128 {
+            set.insert_all((0..1_000).map(|i| batch * 1_000 + i), 1_000 + batch as i64);
+        }
+        assert!(set.len() <= 1_600, "{} ids held", set.len());
+        assert!(set.len() >= 1_500, "{} ids held", set.len());
+        // The newest are remembered, the oldest forgotten.
+        assert!((8_500..10_000).all(|k| set.contains(k)));
+        assert!(!set.contains(0));
+    }
+
+    #[test]
+    fn the_newest_generation_is_kept_when_the_cap_is_tiny() {
         let mut set = DedupSet::new(HOUR, 1);
         set.insert_all([1, 2, 3], 0);
-        assert_eq!(set.len(), 3);
+        assert_eq!(set.len(), 1);
         assert!(set.contains(3));
     }
 }
