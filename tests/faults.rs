@@ -71,6 +71,7 @@ async fn ingest_until_acknowledged(
     base: String,
     client: usize,
     refused: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
 ) -> Vec<String> {
     let mut acknowledged = Vec::new();
     for request in 0..REQUESTS {
@@ -100,6 +101,7 @@ async fn ingest_until_acknowledged(
                         ack["accepted"].as_u64().unwrap() + ack["duplicates"].as_u64().unwrap();
                     assert_eq!(counted, EVENTS as u64, "{ack}");
                     acknowledged.extend(ids);
+                    done.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 Ok(r) if r.status() == 503 => {}
@@ -146,7 +148,7 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
     let mut service = start_service(port, DB);
     wait_ready(&http, &base).await;
 
-    let refused = Arc::new(AtomicUsize::new(0));
+    let (refused, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             tokio::spawn(ingest_until_acknowledged(
@@ -154,11 +156,15 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
                 base.clone(),
                 c,
                 refused.clone(),
+                done.clone(),
             ))
         })
         .collect();
-    // Mid-stream: SIGKILL, no chance to flush; then start it again on the same port.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Mid-stream (a fifth of the requests acknowledged): SIGKILL, no chance to flush; then
+    // start it again on the same port.
+    while done.load(Ordering::Relaxed) < CLIENTS * REQUESTS / 5 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     service.kill().expect("SIGKILL the service");
     service.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
