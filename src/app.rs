@@ -174,3 +174,37 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutdown signal received");
 }
+
+/// The service on an ephemeral loopback port inside this process, for the benchmark and soak
+/// harnesses.
+pub struct InProcess {
+    pub base: String,
+    pub store: crate::store::Store,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let app = Application::build(config).await?;
+        let store = app.state().store.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            base,
+            store,
+            stop,
+            server,
+        })
+    }
+
+    /// Drains and stops it, as SIGTERM would.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await?
+    }
+}

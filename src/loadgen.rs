@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::json;
 
-use crate::app::Application;
+use crate::app::InProcess;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::ingest::parse::{self, Context};
@@ -62,16 +62,8 @@ pub struct Report {
 
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     let scratch = tempfile_dir()?;
-    let mut owned = None;
-    let url = match &args.clickhouse_url {
-        Some(url) => url.clone(),
-        None => {
-            let local = LocalClickHouse::start(&scratch).await?;
-            let url = local.url();
-            owned = Some(local);
-            url
-        }
-    };
+    let (url, owned) =
+        LocalClickHouse::given_or_started(args.clickhouse_url.as_deref(), &scratch).await?;
     let run_id = format!("{:x}", rand::random::<u32>());
     let bodies = make_bodies(&args, &run_id);
     let (mut directs, mut services, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
@@ -201,14 +193,8 @@ async fn through_service(
             .execute()
             .await?;
     }
-    let app = Application::build(&config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.serve(listener, async {
-        let _ = stopped.await;
-    }));
-    let endpoint = format!("http://{addr}/v1/events");
+    let service = InProcess::start(&config).await?;
+    let endpoint = format!("{}/v1/events", service.base);
     let bodies: Arc<Vec<String>> = Arc::new(bodies.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -227,8 +213,7 @@ async fn through_service(
         accepted += acc;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    server.await??;
+    service.stop().await?;
     let _ = std::fs::remove_file(catalog_path);
     let store = Store::new(url, &config.store).connect().await?;
     store

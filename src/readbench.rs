@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use chrono::{TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use crate::app::Application;
+use crate::app::InProcess;
 use crate::billing::rating::{self, Model};
 use crate::catalog::subscription::SubscriptionInput;
 use crate::catalog::{Catalog, Customer, Meter, Plan};
@@ -95,16 +95,8 @@ const GENERATE: &str = "INSERT INTO events (tenant, id, customer, event_type, ts
        FROM numbers(?))";
 
 pub async fn run(args: ReadbenchArgs) -> anyhow::Result<Report> {
-    let mut owned = None;
-    let url = match &args.clickhouse_url {
-        Some(url) => url.clone(),
-        None => {
-            let local = LocalClickHouse::start(&args.data_dir).await?;
-            let url = local.url();
-            owned = Some(local);
-            url
-        }
-    };
+    let (url, owned) =
+        LocalClickHouse::given_or_started(args.clickhouse_url.as_deref(), &args.data_dir).await?;
     let mut config = Config::defaults();
     config.store.clickhouse_url = Some(url.clone());
     config.store.database = DATABASE.into();
@@ -208,14 +200,8 @@ async fn measure(
     args: &ReadbenchArgs,
     generate_seconds: f64,
 ) -> anyhow::Result<Report> {
-    let app = Application::build(config).await?;
-    let store = app.state().store.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let service = InProcess::start(config).await?;
+    let (store, base) = (service.store.clone(), service.base.clone());
     let http = reqwest::Client::new();
     let spec = catalog_json();
     let plan: Plan = serde_json::from_str(&spec["plan"].to_string())?;
@@ -254,8 +240,7 @@ async fn measure(
         get(&http, &url).await?;
         series.push(started.elapsed());
     }
-    let _ = stop.send(());
-    server.await??;
+    service.stop().await?;
     for list in [&mut ours, &mut naive, &mut series] {
         list.sort_unstable();
     }

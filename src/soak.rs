@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::json;
 
-use crate::app::Application;
+use crate::app::InProcess;
 use crate::config::Config;
 use crate::store::Store;
 use crate::store::local::LocalClickHouse;
@@ -112,16 +112,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
     let scratch = std::env::temp_dir().join(format!("meterhouse-soak-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let mut owned = None;
-    let url = match &args.clickhouse_url {
-        Some(url) => url.clone(),
-        None => {
-            let local = LocalClickHouse::start(&scratch).await?;
-            let url = local.url();
-            owned = Some(local);
-            url
-        }
-    };
+    let (url, owned) =
+        LocalClickHouse::given_or_started(args.clickhouse_url.as_deref(), &scratch).await?;
     let mut config = Config::defaults();
     config.store.clickhouse_url = Some(url.clone());
     config.store.database = "soak".into();
@@ -141,13 +133,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         .query("DROP DATABASE IF EXISTS soak")
         .execute()
         .await?;
-    let app = Application::build(&config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let service = InProcess::start(&config).await?;
+    let base = service.base.clone();
 
     let http = reqwest::Client::new();
     let started = Instant::now();
@@ -252,8 +239,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         read_errors += errors;
     }
     let rss_end = rss_mb();
-    let _ = stop.send(());
-    server.await??;
+    service.stop().await?;
     let store = Store::new(&url, &config.store).connect().await?;
     let stored = store
         .client()

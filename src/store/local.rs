@@ -37,6 +37,20 @@ impl LocalClickHouse {
         Ok(server)
     }
 
+    /// `url` if given, else a server started under `data_dir` (returned, to be stopped).
+    pub async fn given_or_started(
+        url: Option<&str>,
+        data_dir: &Path,
+    ) -> anyhow::Result<(String, Option<Self>)> {
+        match url {
+            Some(url) => Ok((url.to_owned(), None)),
+            None => {
+                let local = Self::start(data_dir).await?;
+                Ok((local.url(), Some(local)))
+            }
+        }
+    }
+
     /// The HTTP URL to give the ClickHouse client.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
