@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::billing::period::Status;
+use crate::billing::period::{Status, Timeline};
 use crate::catalog::{Meter, Plan, Subscription, TenantCatalog};
 use crate::store::Store;
 use crate::usage::{Subject, UsageError, UsageReport, report};
@@ -34,6 +34,8 @@ pub struct Current<'c> {
     pub subscription: &'c Subscription,
     pub plan: &'c Plan,
     pub status: Status,
+    /// Its billing periods, trial and end.
+    pub timeline: Timeline,
     pub report: UsageReport,
     pub usage: Vec<UsageLine>,
 }
@@ -81,20 +83,17 @@ pub fn usage_lines(catalog: &TenantCatalog, report: &UsageReport) -> Vec<UsageLi
     report
         .charges
         .iter()
-        .map(|c| {
-            let included = c.included_units.max(Decimal::ZERO);
-            UsageLine {
-                subscription: report.subscription.clone(),
-                price: c.price.clone(),
-                meter: c.meter.clone(),
-                meter_name: catalog
-                    .get::<Meter>(&c.meter)
-                    .map_or_else(|| c.meter.clone(), |m| m.name.clone()),
-                included_units: c.included_units,
-                used_units: c.quantity,
-                remaining_units: included - c.quantity,
-                overage: c.quantity > included,
-            }
+        .map(|c| UsageLine {
+            subscription: report.subscription.clone(),
+            price: c.price.clone(),
+            meter: c.meter.clone(),
+            meter_name: catalog
+                .get::<Meter>(&c.meter)
+                .map_or_else(|| c.meter.clone(), |m| m.name.clone()),
+            included_units: c.included_units,
+            used_units: c.quantity,
+            remaining_units: c.remaining_units(),
+            overage: c.is_overage(),
         })
         .collect()
 }
@@ -109,10 +108,12 @@ pub async fn current_subscriptions<'c>(
 ) -> Result<Vec<Current<'c>>, UsageError> {
     let mut current = Vec::new();
     for (subscription, status) in active_subscriptions(catalog, customer, now) {
+        let subject = Subject::new(tenant, catalog, subscription)?;
         // Active or trialing now, so it has a current period.
-        let Some(report) = current_report(store, tenant, catalog, subscription, now).await? else {
+        let Some(period) = subject.timeline.period_at(now)? else {
             continue;
         };
+        let report = report(store, &subject, period.window.from, period.window.to).await?;
         let plan = catalog.get::<Plan>(&report.plan).ok_or_else(|| {
             UsageError::Catalog(format!("plan '{}' no longer exists", report.plan))
         })?;
@@ -120,6 +121,7 @@ pub async fn current_subscriptions<'c>(
             subscription,
             plan,
             status,
+            timeline: subject.timeline,
             usage: usage_lines(catalog, &report),
             report,
         });

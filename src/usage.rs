@@ -84,6 +84,18 @@ pub struct UsageReport {
     pub total: Decimal,
 }
 
+impl UsageCharge {
+    /// Included units not yet used; negative once usage is past them.
+    pub fn remaining_units(&self) -> Decimal {
+        self.included_units.max(Decimal::ZERO) - self.quantity
+    }
+
+    /// Usage beyond the included units (any usage when none are included).
+    pub fn is_overage(&self) -> bool {
+        self.remaining_units() < Decimal::ZERO
+    }
+}
+
 /// Everything needed to report on one subscription.
 pub struct Subject<'a> {
     pub tenant: &'a str,

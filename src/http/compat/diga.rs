@@ -15,7 +15,6 @@ use crate::billing::period::Interval;
 use crate::catalog::Plan;
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::usage::Subject;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(subscription)).route(
@@ -61,7 +60,6 @@ async fn subscription(
         });
     };
     let (subscription, plan, report) = (current.subscription, current.plan, &current.report);
-    let timeline = Subject::new(&principal.tenant, &catalog, subscription)?.timeline;
     let minutes = plan
         .usage_prices()
         .next()
@@ -69,7 +67,8 @@ async fn subscription(
     // A subscription that ends (cancelled) has no next invoice to announce.
     let next_invoice_date = match subscription.ends_at {
         Some(_) => None,
-        None => timeline
+        None => current
+            .timeline
             .next_invoice_date(now)
             .map_err(crate::usage::UsageError::from)?,
     };

@@ -118,7 +118,7 @@ async fn subscription_usage(
         "display_amount": display(amount, currency),
         "start_time": report.from,
         "end_time": report.to,
-        "has_overage": report.charges.iter().any(|c| c.quantity > c.included_units.max(Decimal::ZERO)),
+        "has_overage": report.charges.iter().any(UsageCharge::is_overage),
         "charges": charges,
     })))
 }
@@ -140,7 +140,7 @@ fn charge(
         "meter_id": c.meter,
         "meter_display_name": meter.map_or(c.meter.as_str(), |m| m.name.as_str()),
         "filter_values": meter.map(|m| json!(m.filters)).unwrap_or_else(|| json!({})),
-        "is_overage": c.quantity > c.included_units.max(Decimal::ZERO),
+        "is_overage": c.is_overage(),
         "price": price_object(catalog, plan, price, tenant),
     })
 }
