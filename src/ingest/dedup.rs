@@ -100,16 +100,18 @@ impl DedupSet {
             .range((slice, 0)..=(slice, u32::MAX))
             .next_back()
             .map_or(0, |((_, seq), _)| *seq);
-        for key in keys {
+        let mut keys = keys.into_iter().peekable();
+        while keys.peek().is_some() {
             let generation = self.generations.entry((slice, sequence)).or_default();
-            let generation = if generation.len() >= cap {
+            let room = cap.saturating_sub(generation.len());
+            if room == 0 {
                 sequence += 1;
-                self.generations.entry((slice, sequence)).or_default()
-            } else {
-                generation
-            };
-            if generation.insert(key) {
-                self.len += 1;
+                continue;
+            }
+            for key in keys.by_ref().take(room) {
+                if generation.insert(key) {
+                    self.len += 1;
+                }
             }
         }
         self.evict(ingested_ms);
