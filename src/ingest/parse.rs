@@ -205,7 +205,13 @@ fn validate_one(
         report("properties", "must be an object".into());
         return None;
     }
-    if nesting_depth(properties_text) > MAX_PROPERTY_DEPTH {
+    // Depth never exceeds the count of openers (a cheap, vectorised pass); only bodies with
+    // many of them get the exact scan.
+    let openers = properties_text
+        .bytes()
+        .filter(|&b| b == b'{' || b == b'[')
+        .count();
+    if openers > MAX_PROPERTY_DEPTH && nesting_depth(properties_text) > MAX_PROPERTY_DEPTH {
         report(
             "properties",
             format!("nested deeper than {MAX_PROPERTY_DEPTH} levels"),
