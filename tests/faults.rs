@@ -24,8 +24,24 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A service process, killed (SIGKILL) when dropped, so a failing test leaves none behind.
+struct Service(Child);
+
+impl Service {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// `meterhouse serve` as its own process on `port`, on the shared test ClickHouse.
-fn start_service(port: u16, database: &str) -> Child {
+fn start_service(port: u16, database: &str) -> Service {
     let catalog = scratch_dir("faults-catalog.json");
     std::fs::create_dir_all(catalog.parent().unwrap()).unwrap();
     std::fs::write(&catalog, common::CATALOG).unwrap();
@@ -44,6 +60,7 @@ fn start_service(port: u16, database: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Service)
         .expect("start meterhouse serve")
 }
 
@@ -165,10 +182,9 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
     while done.load(Ordering::Relaxed) < CLIENTS * REQUESTS / 5 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    service.kill().expect("SIGKILL the service");
-    service.wait().unwrap();
+    service.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut service = start_service(port, DB);
+    let service = start_service(port, DB);
 
     let mut acknowledged = HashSet::new();
     for client in clients {
@@ -186,8 +202,7 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
         unique, acknowledged,
         "exactly the acknowledged (and retried) events are stored"
     );
-    service.kill().unwrap();
-    service.wait().unwrap();
+    drop(service);
     checker.shutdown().await;
 }
 
