@@ -1,7 +1,7 @@
 //! `meterhouse backfill`: samples (and so rollups) for a meter created after its events
 //! arrived. Events of the meter's type in the window are read back from `events`, those that
 //! already have a sample of this meter are skipped, and the rest go through `events_replay`,
-//! whose views write `meter_samples` and the rollups as ingest would have. Running it twice
+//! whose views write `usage_samples` and the rollups as ingest would have. Running it twice
 //! adds nothing the second time.
 
 use std::collections::HashSet;

@@ -9,9 +9,12 @@ use serde::Serialize;
 use crate::billing::money::round_to_currency;
 use crate::billing::period::{Period, PeriodError, Timeline, Window};
 use crate::billing::rating::{self, Charge, RatingError, TierLine};
+use crate::catalog::Aggregation;
 use crate::catalog::plan::{Price, PriceType, Timing};
 use crate::catalog::{Customer, Meter, Plan, Subscription, TenantCatalog};
-use crate::store::usage::{GroupUsage, UsageQuery, usage};
+use crate::store::usage::{
+    GroupUsage, MeterGroupUsage, UsageQuery, project, usage, usage_of_meters,
+};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -162,11 +165,7 @@ pub async fn report(
         let Some(inside) = period.window.intersect(&window) else {
             continue;
         };
-        // The usage prices of a period are measured concurrently: one round trip's latency.
-        let usage_prices = plan
-            .usage_prices()
-            .map(|price| usage_charge(store, subject, plan, price, inside));
-        charges.extend(futures_util::future::try_join_all(usage_prices).await?);
+        charges.extend(usage_charges(store, subject, plan, inside).await?);
         if !period.trial {
             for price in plan.prices.iter().filter(|p| p.kind == PriceType::Flat) {
                 flat_fees.push(flat_fee(plan, price, period)?);
@@ -210,33 +209,72 @@ fn flat_fee(plan: &Plan, price: &Price, period: &Period) -> Result<FlatFee, Usag
     })
 }
 
-async fn usage_charge(
+/// The usage prices of `plan` over `window`: every meter they use read in one statement
+/// (`store::usage::usage_of_meters`); a price whose groups cannot be taken from that read
+/// (see `project`) is read on its own.
+async fn usage_charges(
     store: &Store,
     subject: &Subject<'_>,
     plan: &Plan,
-    price: &Price,
     window: Window,
+) -> Result<Vec<UsageCharge>, UsageError> {
+    let mut priced = Vec::new();
+    for price in plan.usage_prices() {
+        let slug = price.meter.as_deref().unwrap_or_default();
+        let meter = subject.catalog.get::<Meter>(slug).ok_or_else(|| {
+            UsageError::Catalog(format!(
+                "meter '{slug}' of price '{}' no longer exists",
+                price.code
+            ))
+        })?;
+        priced.push((price, slug, meter.aggregation));
+    }
+    let mut meters: Vec<(&str, Aggregation)> = Vec::new();
+    for &(_, slug, aggregation) in &priced {
+        if !meters.iter().any(|(m, _)| *m == slug) {
+            meters.push((slug, aggregation));
+        }
+    }
+    let customer = subject.customer.external_id.as_str();
+    let bounds = (window.from.timestamp_millis(), window.to.timestamp_millis());
+    let rows = usage_of_meters(store, subject.tenant, customer, bounds, &meters).await?;
+    let mut charges = Vec::with_capacity(priced.len());
+    for (price, slug, aggregation) in priced {
+        let projected = rows.as_ref().and_then(|rows| {
+            let of_meter: Vec<&MeterGroupUsage> = rows.iter().filter(|r| r.meter == slug).collect();
+            project(&of_meter, &price.group_by, aggregation)
+        });
+        let groups = match projected {
+            Some(groups) => groups,
+            None => {
+                let query = UsageQuery {
+                    tenant: subject.tenant,
+                    meter: slug,
+                    aggregation,
+                    customer,
+                    from_ms: bounds.0,
+                    to_ms: bounds.1,
+                    group_by: &price.group_by,
+                };
+                usage(store, &query).await?
+            }
+        };
+        charges.push(usage_charge(plan, price, slug, window, &groups)?);
+    }
+    Ok(charges)
+}
+
+/// Rates one usage price's measured `groups`.
+fn usage_charge(
+    plan: &Plan,
+    price: &Price,
+    slug: &str,
+    window: Window,
+    groups: &[GroupUsage],
 ) -> Result<UsageCharge, UsageError> {
-    let slug = price.meter.as_deref().unwrap_or_default();
-    let meter = subject.catalog.get::<Meter>(slug).ok_or_else(|| {
-        UsageError::Catalog(format!(
-            "meter '{slug}' of price '{}' no longer exists",
-            price.code
-        ))
-    })?;
     let model = price.rating_model().ok_or_else(|| {
         UsageError::Catalog(format!("price '{}' has no usable model", price.code))
     })?;
-    let query = UsageQuery {
-        tenant: subject.tenant,
-        meter: slug,
-        aggregation: meter.aggregation,
-        customer: &subject.customer.external_id,
-        from_ms: window.from.timestamp_millis(),
-        to_ms: window.to.timestamp_millis(),
-        group_by: &price.group_by,
-    };
-    let groups = usage(store, &query).await?;
     let included = price.included();
     let (amount, total, tiers, group_charges) = if price.group_by.is_empty() {
         let usage = groups.first();

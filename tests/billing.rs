@@ -452,3 +452,77 @@ async fn usage_across_a_dst_change_follows_the_customers_local_days() {
     // 4 calls in the window at 0.50 + 2 days at 24.00.
     assert_eq!(usage["total"], "50.00");
 }
+
+#[tokio::test]
+async fn prices_grouping_one_meter_differently_are_each_exact() {
+    let app = spawn_app("billing_groupings").await;
+    post(
+        &app,
+        "/v1/meters",
+        json!({"slug": "seats", "name": "Seats", "event_type": "seat",
+        "aggregation": "unique_count", "value_property": "user", "group_by": ["region"]}),
+    )
+    .await;
+    post(&app, "/v1/plans", json!({"code": "mix", "name": "Mix", "currency": "USD", "interval": "month",
+        "prices": [
+          {"code": "tokens_total", "type": "usage", "meter": "tokens", "model": "per_unit", "unit_amount": "0.001"},
+          {"code": "tokens_by_model", "type": "usage", "meter": "tokens", "model": "package", "package_size": "1000",
+           "package_amount": "0.50", "rounding": "up", "group_by": ["model"]},
+          {"code": "seats_by_region", "type": "usage", "meter": "seats", "model": "per_unit", "unit_amount": "2", "group_by": ["region"]},
+          {"code": "seats_total", "type": "usage", "meter": "seats", "model": "per_unit", "unit_amount": "1"}]})).await;
+    post(&app, "/v1/customers", json!({"external_id": "c1"})).await;
+    let start = (Utc::now() - TimeDelta::days(3)).with_nanosecond_zero();
+    post(&app, "/v1/subscriptions", json!({"external_id": "sub_mix", "customer": "c1", "plan": "mix", "start_date": start.to_rfc3339()})).await;
+    ingest(&app, 0, &[("gpt-x", 1500), ("gpt-x", 1000), ("small", 300)]).await;
+    let now = Utc::now().timestamp_millis();
+    let seats = [
+        ("u1", "eu"),
+        ("u2", "eu"),
+        ("u1", "us"),
+        ("u3", "us"),
+        ("u3", "us"),
+    ];
+    let body: Vec<Value> = seats
+        .iter()
+        .enumerate()
+        .map(|(i, (user, region))| {
+            json!({"id": format!("seat-{i}"), "customer": "c1", "type": "seat",
+            "timestamp": now - 3_000 - i as i64, "properties": {"user": user, "region": region}})
+        })
+        .collect();
+    assert_eq!(app.post_events("ingest_key_a", &json!(body)).await.0, 202);
+
+    // Tokens: 2,800 in all at 0.001; by model 3 + 1 packages at 0.50. Seats: two distinct users
+    // in each region at 2 each; three distinct users in all (u1 is in both regions) at 1 each.
+    let (status, usage) = get(&app, "/v1/subscriptions/sub_mix/usage", "read_key_a").await;
+    assert_eq!(status, 200, "{usage}");
+    let figures: Vec<(&str, Decimal, Decimal)> = usage["charges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["price"].as_str().unwrap(),
+                dec(&c["quantity"]),
+                dec(&c["amount"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        figures,
+        vec![
+            ("tokens_total", d("2800"), d("2.8")),
+            ("tokens_by_model", d("2800"), d("2.0")),
+            ("seats_by_region", d("4"), d("8")),
+            ("seats_total", d("3"), d("3")),
+        ]
+    );
+    let regions: Vec<(&str, Decimal)> = usage["charges"][2]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["group"]["region"].as_str().unwrap(), dec(&g["quantity"])))
+        .collect();
+    assert_eq!(regions, vec![("eu", d("2")), ("us", d("2"))]);
+    app.shutdown().await;
+}

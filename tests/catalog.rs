@@ -315,7 +315,7 @@ async fn a_meter_created_through_the_api_applies_to_events_ingested_after_it() {
         .store()
         .await
         .client()
-        .query("SELECT toString(sum(value)) FROM meter_samples WHERE meter = 'gb'")
+        .query("SELECT toString(sum(value)) FROM usage_samples WHERE meter = 'gb'")
         .fetch_one()
         .await
         .unwrap();
@@ -351,7 +351,7 @@ async fn a_change_through_one_process_is_seen_by_another_within_seconds() {
     assert_eq!(status, 202);
     assert_eq!(
         second
-            .scalar("SELECT count() FROM meter_samples WHERE meter = 'late'")
+            .scalar("SELECT count() FROM usage_samples WHERE meter = 'late'")
             .await,
         1,
         "and ingest through it uses the meter"

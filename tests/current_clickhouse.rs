@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use meterhouse::catalog::Aggregation;
-use meterhouse::store::usage::{Part, split, statement};
+use meterhouse::store::usage::{Part, combined_statement, split, statement};
 use meterhouse::store::{migrate, queries};
 use serde_json::json;
 
@@ -85,18 +85,42 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         .map(|v| if *v == "'tokens'" { "'users'" } else { v })
         .collect();
     let users_sql = bind(&statement(&parts, 1, Aggregation::UniqueCount), &users);
+    // The combined read of a subscription's meters (one statement for all its prices).
+    let meters = [
+        ("tokens", Aggregation::Sum),
+        ("users", Aggregation::UniqueCount),
+    ];
+    let mut combined = vec!["'tokens'", "'tokens'", "'users'", "'users'"];
+    let scope = ["'t'", "'c'", "'tokens'", "'users'"];
+    let (hour_from, hour_to) = match parts[0] {
+        Part::Hours(a, b) => ((a / 1000).to_string(), (b / 1000).to_string()),
+        Part::Samples(..) => unreachable!("checked above"),
+    };
+    let (edge_from, edge_to) = match parts[1] {
+        Part::Samples(a, b) => (a.to_string(), b.to_string()),
+        Part::Hours(..) => unreachable!("checked above"),
+    };
+    combined.extend(scope);
+    combined.extend([hour_from.as_str(), hour_to.as_str()]);
+    combined.extend(scope);
+    combined.extend([edge_from.as_str(), edge_to.as_str()]);
+    let combined_sql = format!(
+        "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter",
+        bind(&combined_statement(&parts, &meters), &combined)
+    );
     let checks = vec![
         json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
+        json!({"sql": combined_sql, "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
         json!({"sql": users_sql, "expect": "['']\t1\t1"}),
-        json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM meter_samples ORDER BY meter",
+        json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM usage_samples ORDER BY meter",
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),
         json!({"sql": bind(queries::ACCEPTED_SINCE, &["1795000000000"]), "expect": "t\te1\t1795000000500"}),
         json!({"sql": bind(queries::LANDED_BATCHES, &["1795000000000", "[41, 42]"]), "expect": "42\t2"}),
         json!({"sql": bind(queries::BATCH_SAMPLES, &["1795000000000", "[41, 42]"]), "expect": "42\t2"}),
-        json!({"sql": "TRUNCATE TABLE meter_samples", "expect": ""}),
+        json!({"sql": "TRUNCATE TABLE usage_samples", "expect": ""}),
         json!({"sql": bind(queries::REPAIR_BATCH_SAMPLES, &["42"]), "expect": ""}),
-        json!({"sql": "SELECT meter, toString(value), batch_id FROM meter_samples ORDER BY meter", "expect": "tokens\t1250.5\t42\nusers\t1\t42"}),
+        json!({"sql": "SELECT meter, toString(value), batch_id FROM usage_samples ORDER BY meter", "expect": "tokens\t1250.5\t42\nusers\t1\t42"}),
         json!({"sql": bind(queries::MARK_DIRTY_HOURS, &["1795000001000", "1795000000000", "[42]"]), "expect": ""}),
         json!({"sql": queries::ANY_DIRTY_HOURS, "expect": "2"}),
         json!({"sql": bind(queries::DIRTY_HOURS, &["'t'", "'tokens'", "1794999000", "1795003600"]), "expect": "1794999600000"}),
@@ -105,8 +129,8 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": bind(queries::SAMPLED_EVENT_IDS, &["'t'", "'tokens'", "1795000000000", "1795000000001"]), "expect": "e1"}),
         json!({"sql": bind(queries::EVENTS_OF_TYPE, &["'t'", "'llm'", "0", "1795000000001"]), "expect": "e1\tc\t1795000000000\t{}"}),
         json!({"sql": "INSERT INTO events_replay SELECT * FROM events", "expect": ""}),
-        json!({"sql": "SELECT count() FROM meter_samples WHERE meter = 'tokens'", "expect": "2"}),
-        json!({"sql": "SELECT countMerge(samples) FROM meter_rollup_hour WHERE meter = 'tokens'", "expect": "2"}),
+        json!({"sql": "SELECT count() FROM usage_samples WHERE meter = 'tokens'", "expect": "2"}),
+        json!({"sql": "SELECT countMerge(samples) FROM usage_rollup_hour WHERE meter = 'tokens'", "expect": "2"}),
         json!({"sql": "SELECT count() FROM events_replay", "expect": "0"}),
         json!({"sql": queries::STORED_KEYS, "expect": "ab\tt\tread\t\tn\t2026-11-18 11:06:40\t1"}),
     ];

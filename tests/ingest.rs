@@ -41,12 +41,12 @@ async fn every_body_form_and_alias_is_stored_with_its_samples() {
     assert_eq!(ids, vec!["flex", "lago", "nd1", "nd2", "single"]);
     // api_call -> calls (4 events); llm_call -> tokens and eu_tokens (1 event each).
     assert_eq!(
-        app.scalar("SELECT count() FROM meter_samples WHERE meter = 'calls'")
+        app.scalar("SELECT count() FROM usage_samples WHERE meter = 'calls'")
             .await,
         4
     );
     let tokens: Vec<(String, String, String)> = app.store().await.client()
-        .query("SELECT meter, arrayStringConcat(group_values, ','), toString(value) FROM meter_samples WHERE customer = 'c2' ORDER BY meter")
+        .query("SELECT meter, arrayStringConcat(group_values, ','), toString(value) FROM usage_samples WHERE customer = 'c2' ORDER BY meter")
         .fetch_all().await.unwrap();
     assert_eq!(
         tokens,
@@ -92,7 +92,7 @@ async fn an_invalid_event_rejects_the_whole_request_and_writes_nothing() {
         ]
     );
     assert_eq!(app.scalar("SELECT count() FROM events").await, 0);
-    assert_eq!(app.scalar("SELECT count() FROM meter_samples").await, 0);
+    assert_eq!(app.scalar("SELECT count() FROM usage_samples").await, 0);
 
     let (status, answer) = app
         .post_raw(
@@ -159,7 +159,7 @@ async fn duplicates_within_and_across_requests_are_counted_once() {
         "ids are per tenant, whichever key sends them"
     );
     assert_eq!(app.scalar("SELECT count() FROM events").await, 3);
-    assert_eq!(app.scalar("SELECT count() FROM meter_samples").await, 3);
+    assert_eq!(app.scalar("SELECT count() FROM usage_samples").await, 3);
     app.shutdown().await;
 }
 
@@ -219,7 +219,7 @@ async fn fifty_concurrent_clients_each_land_exactly_once() {
     assert_eq!(app.scalar("SELECT count() FROM events").await, 50_000);
     assert_eq!(app.scalar("SELECT uniqExact(id) FROM events").await, 50_000);
     assert_eq!(
-        app.scalar("SELECT count() FROM meter_samples WHERE meter = 'calls'")
+        app.scalar("SELECT count() FROM usage_samples WHERE meter = 'calls'")
             .await,
         50_000
     );
@@ -257,7 +257,7 @@ async fn tenants_are_isolated_and_roles_enforced() {
         .unwrap();
     assert_eq!(tenants, vec!["acme", "beta"]);
     assert_eq!(
-        app.scalar("SELECT count() FROM meter_samples WHERE tenant = 'beta' AND meter = 'calls'")
+        app.scalar("SELECT count() FROM usage_samples WHERE tenant = 'beta' AND meter = 'calls'")
             .await,
         1
     );
@@ -492,10 +492,10 @@ async fn a_batch_stored_without_its_samples_is_repaired_when_settled() {
     use meterhouse::ingest::parse::{Context, decode};
     let app = spawn_app("repair").await;
     let store = app.store().await;
-    // As if the insert stopped after `events` and before its view wrote `meter_samples`.
+    // As if the insert stopped after `events` and before its view wrote `usage_samples`.
     store
         .client()
-        .query("DETACH TABLE events_to_meter_samples")
+        .query("DETACH TABLE events_to_usage_samples")
         .execute()
         .await
         .unwrap();
@@ -524,24 +524,24 @@ async fn a_batch_stored_without_its_samples_is_repaired_when_settled() {
     insert.end().await.unwrap();
     store
         .client()
-        .query("ATTACH TABLE events_to_meter_samples")
+        .query("ATTACH TABLE events_to_usage_samples")
         .execute()
         .await
         .unwrap();
-    assert_eq!(app.scalar("SELECT count() FROM meter_samples").await, 0);
+    assert_eq!(app.scalar("SELECT count() FROM usage_samples").await, 0);
 
     assert_eq!(landed(&store, &[77, 78], now_ms).await.unwrap(), vec![77]);
     assert_eq!(
-        app.scalar("SELECT count() FROM meter_samples WHERE batch_id = 77")
+        app.scalar("SELECT count() FROM usage_samples WHERE batch_id = 77")
             .await,
         3
     );
     // Settling again finds the samples complete and adds nothing.
     assert_eq!(landed(&store, &[77], now_ms).await.unwrap(), vec![77]);
-    assert_eq!(app.scalar("SELECT count() FROM meter_samples").await, 3);
+    assert_eq!(app.scalar("SELECT count() FROM usage_samples").await, 3);
     let sum: String = store
         .client()
-        .query("SELECT toString(sum(value)) FROM meter_samples WHERE meter = 'tokens'")
+        .query("SELECT toString(sum(value)) FROM usage_samples WHERE meter = 'tokens'")
         .fetch_one()
         .await
         .unwrap();

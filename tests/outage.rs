@@ -173,7 +173,7 @@ async fn acknowledged_events_survive_a_clickhouse_outage_exactly_once() {
     );
     let samples = store
         .client()
-        .query("SELECT count() FROM meter_samples")
+        .query("SELECT count() FROM usage_samples")
         .fetch_one::<u64>()
         .await
         .unwrap();

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::spawn_app;
 use meterhouse::catalog::Aggregation;
-use meterhouse::store::usage::{UsageQuery, usage};
+use meterhouse::store::usage::{UsageQuery, project, usage, usage_of_meters};
 use rust_decimal::Decimal;
 use serde_json::json;
 
@@ -154,6 +154,37 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
                 };
                 assert_eq!(g.value, want, "{aggregation:?} {model} [{from}, {to})");
             }
+            // The combined read of a subscription's meters gives the same groups, and the
+            // same total where the groups' values can be merged.
+            let meters = [("v", aggregation), ("users", Aggregation::UniqueCount)];
+            let rows = usage_of_meters(&store, "acme", "c1", (from, to), &meters)
+                .await
+                .unwrap()
+                .expect("nothing marked dirty");
+            let of = |meter: &str| rows.iter().filter(|r| r.meter == meter).collect::<Vec<_>>();
+            assert_eq!(
+                project(&of("v"), &group_by, aggregation),
+                Some(got),
+                "combined {aggregation:?} [{from}, {to})"
+            );
+            let whole = project(&of("v"), &[], aggregation);
+            if aggregation == Aggregation::Latest {
+                assert_eq!(whole, None, "latest values of two groups do not merge");
+            } else {
+                let alone = total(&store, "v", aggregation, from, to).await;
+                assert_eq!(
+                    whole,
+                    Some(alone.into_iter().collect()),
+                    "{aggregation:?} total"
+                );
+            }
+            let users = project(&of("users"), &[], Aggregation::UniqueCount).unwrap();
+            let alone = total(&store, "users", Aggregation::UniqueCount, from, to).await;
+            assert_eq!(
+                users,
+                alone.into_iter().collect::<Vec<_>>(),
+                "combined distinct"
+            );
         }
         let q = UsageQuery {
             tenant: "acme",
@@ -490,11 +521,11 @@ async fn hours_marked_dirty_are_read_from_samples() {
         .collect();
     assert_eq!(app.post_events("ingest_key_a", &json!(events)).await.0, 202);
     let store = app.store().await;
-    // Two samples of batch 77 that reached meter_samples but never the rollup.
+    // Two samples of batch 77 that reached usage_samples but never the rollup.
     store
         .client()
         .query(
-            "INSERT INTO meter_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
+            "INSERT INTO usage_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
              SELECT 'acme', 'calls', 'c1', [], [], toInt64(?) + number, toDateTime(intDiv(toInt64(?) + number, 1000)), toDecimal128(1, 12), '', concat('lost-', toString(number)), toInt64(?), 77 FROM numbers(2)",
         )
         .bind(hour + 5000)
@@ -520,11 +551,24 @@ async fn hours_marked_dirty_are_read_from_samples() {
         .execute()
         .await
         .unwrap();
+    let meters = [("calls", Aggregation::Count)];
+    let combined = usage_of_meters(&store, "acme", "c1", (from, to), &meters).await;
+    assert_eq!(combined.unwrap().unwrap()[0].count, 3, "nothing marked yet");
     // Another process learns of marks within a second.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(
         count(total(&store, "calls", Aggregation::Count, from, to).await),
         5
+    );
+    // The combined read of a subscription's meters gives way to the per-meter read, which
+    // takes the marked hour from samples.
+    let combined = usage_of_meters(&store, "acme", "c1", (from, to), &meters).await;
+    assert_eq!(combined.unwrap(), None);
+    let other_customer = usage_of_meters(&store, "acme", "c2", (from, to), &meters).await;
+    assert_eq!(
+        other_customer.unwrap(),
+        Some(vec![]),
+        "c2 has no marked hour"
     );
     // The API agrees: the series over those hours counts all five in the marked hour.
     let path = format!("/v1/meters/calls/query?from={from}&to={to}&customer=c1&window_size=hour");
@@ -548,4 +592,77 @@ async fn hours_marked_dirty_are_read_from_samples() {
         })
         .collect();
     assert_eq!(values, vec![(hour, "5".to_owned())], "{series}");
+}
+
+#[tokio::test]
+async fn a_store_of_the_meter_keyed_layout_is_copied_into_the_customer_keyed_one() {
+    // A store as release 0007 left it: samples and rollup keyed by meter first.
+    let config = common::test_config("usage_upgrade", &common::clickhouse_url());
+    let url = config.store.clickhouse_url.clone().unwrap();
+    let store = meterhouse::store::Store::new(&url, &config.store)
+        .connect()
+        .await
+        .unwrap();
+    store
+        .client()
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            config.store.database
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let store = meterhouse::store::Store::new(&url, &config.store)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        meterhouse::store::migrate::run_until(&store, 7)
+            .await
+            .unwrap(),
+        7
+    );
+    let hour = (chrono::Utc::now().timestamp_millis() / 3_600_000 - 2) * 3_600_000;
+    store
+        .client()
+        .query(
+            "INSERT INTO events (tenant, id, customer, event_type, ts_ms, ts, properties, ingested_ms, ingested_at, batch_id, \
+             sample_meter, sample_value, sample_value_str, sample_group_keys, sample_group_values) \
+             SELECT 'acme', concat('old-', toString(number)), 'c1', 'api_call', toInt64(?) + number * 1000, \
+             toDateTime(intDiv(toInt64(?) + number * 1000, 1000)), '{}', toInt64(?), toDateTime(intDiv(toInt64(?), 1000)), 5, \
+             ['calls'], [toDecimal128(1, 12)], [''], [emptyArrayString()], [emptyArrayString()] FROM numbers(3)",
+        )
+        .bind(hour + 1500)
+        .bind(hour + 1500)
+        .bind(hour)
+        .bind(hour)
+        .execute()
+        .await
+        .unwrap();
+
+    // The service upgrades the store at start; then one more event arrives through the API.
+    let app = common::spawn_with(config, false).await;
+    let tables = app
+        .scalar("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name IN \
+                 ('meter_samples', 'meter_rollup_hour', 'events_to_meter_samples', 'events_to_rollup_hour')")
+        .await;
+    assert_eq!(tables, 0, "the meter-keyed tables and their views are gone");
+    let late =
+        json!([{"id": "new-1", "customer": "c1", "type": "api_call", "timestamp": hour + 9_000}]);
+    assert_eq!(app.post_events("ingest_key_a", &late).await.0, 202);
+    assert_eq!(app.scalar("SELECT count() FROM usage_samples").await, 4);
+    assert_eq!(
+        app.scalar("SELECT countMerge(samples) FROM usage_rollup_hour")
+            .await,
+        4
+    );
+    let store = app.store().await;
+    let meters = [("calls", Aggregation::Count)];
+    let window = (hour - 3_600_000, hour + 2 * 3_600_000);
+    let rows = usage_of_meters(&store, "acme", "c1", window, &meters)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rows.len(), rows[0].count), (1, 4));
+    app.shutdown().await;
 }

@@ -19,6 +19,16 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "rollup_dirty",
         include_str!("../../sql/0007_rollup_dirty.sql"),
     ),
+    (
+        8,
+        "usage_by_customer",
+        include_str!("../../sql/0008_usage_by_customer.sql"),
+    ),
+    (
+        9,
+        "drop_meter_tables",
+        include_str!("../../sql/0009_drop_meter_tables.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]
@@ -30,6 +40,12 @@ struct Applied<'a> {
 
 /// Applies every migration not yet recorded; returns how many ran.
 pub async fn run(store: &Store) -> Result<usize, StoreError> {
+    run_until(store, u32::MAX).await
+}
+
+/// Applies the migrations not yet recorded up to version `last` (a store as an older release
+/// left it, for upgrade tests); returns how many ran.
+pub async fn run_until(store: &Store, last: u32) -> Result<usize, StoreError> {
     let client = store.client();
     client
         .query(super::queries::CREATE_MIGRATIONS_LEDGER)
@@ -40,7 +56,10 @@ pub async fn run(store: &Store) -> Result<usize, StoreError> {
         .fetch_all()
         .await?;
     let mut ran = 0;
-    for &(version, name, sql) in MIGRATIONS.iter().filter(|(v, ..)| !done.contains(v)) {
+    for &(version, name, sql) in MIGRATIONS
+        .iter()
+        .filter(|(v, ..)| *v <= last && !done.contains(v))
+    {
         for statement in statements(sql) {
             client.query(&statement).execute().await?;
         }
@@ -106,11 +125,31 @@ mod tests {
         );
     }
 
+    /// Each statement is guarded (`IF [NOT] EXISTS`), or is an `INSERT INTO t` after a
+    /// `TRUNCATE TABLE IF EXISTS t` in the same file, so a file can run again after a failure.
     #[test]
     fn every_migration_statement_is_idempotent() {
         for (_, name, sql) in MIGRATIONS {
+            let mut emptied = Vec::new();
             for statement in statements(sql) {
-                assert!(statement.contains("IF NOT EXISTS"), "{name}: {statement}");
+                if let Some(table) = statement.strip_prefix("TRUNCATE TABLE IF EXISTS ") {
+                    emptied.push(table.trim().to_owned());
+                    continue;
+                }
+                if let Some(rest) = statement.strip_prefix("INSERT INTO ") {
+                    let table = rest.split_whitespace().next().unwrap_or_default();
+                    assert!(
+                        emptied.iter().any(|t| t == table),
+                        "{name}: {table} is not emptied before it is filled"
+                    );
+                    continue;
+                }
+                assert!(statement.contains(" IF "), "{name}: {statement}");
+                assert!(
+                    statement.contains("IF NOT EXISTS")
+                        || statement.starts_with("DROP TABLE IF EXISTS"),
+                    "{name}: {statement}"
+                );
             }
         }
     }

@@ -109,6 +109,28 @@ impl Store {
         self.dirty.any.store(true, Ordering::Relaxed);
     }
 
+    /// Whether `rollup_dirty` may hold hours: false without a query while nothing is marked and
+    /// the last check (at most a second ago) found nothing.
+    pub async fn may_have_dirty_hours(&self) -> Result<bool, StoreError> {
+        if self.dirty.any.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        if now - self.dirty.checked_ms.load(Ordering::Relaxed) < 1_000 {
+            return Ok(false);
+        }
+        let marked: u64 = self
+            .client
+            .query(queries::ANY_DIRTY_HOURS)
+            .fetch_one()
+            .await?;
+        self.dirty.checked_ms.store(now, Ordering::Relaxed);
+        if marked > 0 {
+            self.dirty.any.store(true, Ordering::Relaxed);
+        }
+        Ok(marked > 0)
+    }
+
     /// The hours (epoch ms) of `[from_ms, to_ms)` that readers must take from samples, for one
     /// customer or all (sql/0007). Empty, without a query, while nothing is marked.
     pub async fn dirty_hours(
@@ -119,21 +141,8 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        if !self.dirty.any.load(Ordering::Relaxed) {
-            let now = chrono::Utc::now().timestamp_millis();
-            if now - self.dirty.checked_ms.load(Ordering::Relaxed) < 1_000 {
-                return Ok(vec![]);
-            }
-            let marked: u64 = self
-                .client
-                .query(queries::ANY_DIRTY_HOURS)
-                .fetch_one()
-                .await?;
-            self.dirty.checked_ms.store(now, Ordering::Relaxed);
-            if marked == 0 {
-                return Ok(vec![]);
-            }
-            self.dirty.any.store(true, Ordering::Relaxed);
+        if !self.may_have_dirty_hours().await? {
+            return Ok(vec![]);
         }
         let sql = match customer {
             Some(_) => queries::DIRTY_HOURS_OF_CUSTOMER,

@@ -18,14 +18,14 @@ pub const ACCEPTED_SINCE: &str =
 pub const LANDED_BATCHES: &str = "SELECT batch_id, toUInt64(sum(length(sample_meter))) \
      FROM events PREWHERE ingested_ms >= ? WHERE has(?, batch_id) GROUP BY batch_id";
 
-/// The samples `meter_samples` holds for each of the batch ids `?` committed since `?`.
+/// The samples `usage_samples` holds for each of the batch ids `?` committed since `?`.
 pub const BATCH_SAMPLES: &str = "SELECT batch_id, count() \
-     FROM meter_samples PREWHERE ingested_ms >= ? WHERE has(?, batch_id) GROUP BY batch_id";
+     FROM usage_samples PREWHERE ingested_ms >= ? WHERE has(?, batch_id) GROUP BY batch_id";
 
 /// Re-derives the samples of batch `?` from `events`, exactly as the view
-/// `events_to_meter_samples` (sql/0002) does at insert; for a batch whose insert stopped
+/// `events_to_usage_samples` (sql/0008) does at insert; for a batch whose insert stopped
 /// between the two tables.
-pub const REPAIR_BATCH_SAMPLES: &str = "INSERT INTO meter_samples \
+pub const REPAIR_BATCH_SAMPLES: &str = "INSERT INTO usage_samples \
      (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
      SELECT tenant, s_meter, customer, s_group_keys, s_group_values, ts_ms, ts, s_value, s_value_str, id, ingested_ms, batch_id \
      FROM events ARRAY JOIN sample_meter AS s_meter, sample_value AS s_value, sample_value_str AS s_value_str, \
@@ -36,7 +36,7 @@ pub const REPAIR_BATCH_SAMPLES: &str = "INSERT INTO meter_samples \
 /// from samples, not the rollup (sql/0007); `?` first is the marking time in epoch ms.
 pub const MARK_DIRTY_HOURS: &str = "INSERT INTO rollup_dirty (tenant, meter, customer, bucket, marked_ms) \
      SELECT DISTINCT tenant, meter, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600), toInt64(?) \
-     FROM meter_samples PREWHERE ingested_ms >= ? WHERE has(?, batch_id)";
+     FROM usage_samples PREWHERE ingested_ms >= ? WHERE has(?, batch_id)";
 
 /// Whether any hour is marked (a cheap check before looking hours up per query).
 pub const ANY_DIRTY_HOURS: &str = "SELECT count() FROM rollup_dirty";
@@ -53,7 +53,7 @@ pub const CATALOG_SINCE: &str =
     "SELECT tenant, kind, key, body, version FROM catalog FINAL WHERE version > ? ORDER BY version";
 
 /// Ids of events that have a sample of meter `?` (tenant `?` first) in `[?, ?)` (epoch ms).
-pub const SAMPLED_EVENT_IDS: &str = "SELECT event_id FROM meter_samples WHERE tenant = ? AND meter = ? AND ts_ms >= ? AND ts_ms < ?";
+pub const SAMPLED_EVENT_IDS: &str = "SELECT event_id FROM usage_samples WHERE tenant = ? AND meter = ? AND ts_ms >= ? AND ts_ms < ?";
 
 /// Events of tenant `?` and type `?` in `[?, ?)` (epoch ms), for a backfill.
 pub const EVENTS_OF_TYPE: &str = "SELECT id, customer, ts_ms, properties FROM events \

@@ -1,5 +1,5 @@
 //! Usage of one meter over any window `[from, to)`, exact: whole hours come from
-//! `meter_rollup_hour` and the ragged edges (under an hour each) from `meter_samples`, whose key
+//! `usage_rollup_hour` and the ragged edges (under an hour each) from `usage_samples`, whose key
 //! `(tenant, meter, customer, ts_ms)` reads exactly them. The parts are merged as aggregate
 //! states in one statement, so distinct counts and latest values stay exact across the seams.
 
@@ -160,7 +160,7 @@ fn part_select(
     match part {
         Part::Hours(..) => {
             format!(
-                "SELECT {rollup_time}{group}, samples{state_column} FROM meter_rollup_hour WHERE tenant = ? AND meter = ?{extra} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"
+                "SELECT {rollup_time}{group}, samples{state_column} FROM usage_rollup_hour WHERE tenant = ? AND meter = ?{extra} AND bucket >= toDateTime(?) AND bucket < toDateTime(?)"
             )
         }
         Part::Samples(..) => {
@@ -170,7 +170,7 @@ fn part_select(
                 "t, customer, grp".to_owned()
             };
             format!(
-                "SELECT {sample_time}{group}, countState() AS samples{raw_state} FROM meter_samples WHERE tenant = ? AND meter = ?{extra} AND ts_ms >= ? AND ts_ms < ? GROUP BY {by}"
+                "SELECT {sample_time}{group}, countState() AS samples{raw_state} FROM usage_samples WHERE tenant = ? AND meter = ?{extra} AND ts_ms >= ? AND ts_ms < ? GROUP BY {by}"
             )
         }
     }
@@ -295,6 +295,233 @@ pub async fn usage(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>,
     let query = bind_parts(query, &parts, q.group_by, key, &[]);
     let rows: Vec<UsageRow> = query.fetch_all().await?;
     rows.into_iter().map(UsageRow::into_usage).collect()
+}
+
+/// One row of a combined read: a meter's usage for one combination of its samples' group
+/// values (the keys its samples carry: the meter's `group_by` and its prices').
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterGroupUsage {
+    pub meter: String,
+    pub keys: Vec<String>,
+    pub values: Vec<String>,
+    pub value: Decimal,
+    pub count: u64,
+}
+
+/// The SQL of a combined read of `meters` (slug, aggregation) over `parts`, grouped by meter
+/// and the samples' own group values. Binds, in order: each meter slug (per aggregation
+/// branch, then per table), tenant, customer, each bound of the parts.
+pub fn combined_statement(parts: &[Part], meters: &[(&str, Aggregation)]) -> String {
+    let aggregations = state_aggregations(meters);
+    let list = |n: usize| vec!["?"; n].join(", ");
+    let of = |a: Aggregation| meters.iter().filter(|(_, m)| *m == a).count();
+    let mut branches = Vec::new();
+    for &a in &aggregations {
+        let (column, _, merge) = aggregate(a).unwrap_or_default();
+        let function = merge.split('(').next().unwrap_or_default();
+        let condition = format!("meter IN ({})", list(of(a)));
+        branches.push(format!(
+            "{condition}, toString({function}If({column}, {condition}))"
+        ));
+    }
+    let value = if branches.is_empty() {
+        "toString(countMerge(samples))".to_owned()
+    } else {
+        format!(
+            "multiIf({}, toString(countMerge(samples)))",
+            branches.join(", ")
+        )
+    };
+    let columns: String = aggregations
+        .iter()
+        .filter_map(|&a| aggregate(a))
+        .map(|(column, _, _)| format!(", {column}"))
+        .collect();
+    let states: String = aggregations
+        .iter()
+        .filter_map(|&a| aggregate(a))
+        .map(|(column, state, _)| format!(", {state} AS {column}"))
+        .collect();
+    let scope = format!(
+        "tenant = ? AND customer = ? AND meter IN ({})",
+        list(meters.len())
+    );
+    let mut selects = Vec::new();
+    if parts.iter().any(|p| matches!(p, Part::Hours(..))) {
+        let hours = vec!["bucket >= toDateTime(?) AND bucket < toDateTime(?)"; count_hours(parts)];
+        selects.push(format!(
+            "SELECT meter, group_keys, group_values, samples{columns} FROM usage_rollup_hour \
+             WHERE {scope} AND ({})",
+            hours.join(" OR ")
+        ));
+    }
+    let edges = parts.len() - count_hours(parts);
+    if edges > 0 {
+        let ranges = vec!["ts_ms >= ? AND ts_ms < ?"; edges];
+        selects.push(format!(
+            "SELECT meter, group_keys, group_values, countState() AS samples{states} FROM usage_samples \
+             WHERE {scope} AND ({}) GROUP BY meter, group_keys, group_values",
+            ranges
+                .iter()
+                .map(|r| format!("({r})"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        ));
+    }
+    format!(
+        "SELECT meter, group_keys, group_values, {value} AS value, countMerge(samples) AS events \
+         FROM ({}) GROUP BY meter, group_keys, group_values",
+        selects.join(" UNION ALL ")
+    )
+}
+
+/// The aggregations of `meters` that read a state besides the count, each once, in order.
+fn state_aggregations(meters: &[(&str, Aggregation)]) -> Vec<Aggregation> {
+    let mut seen = Vec::new();
+    for &(_, a) in meters {
+        if aggregate(a).is_some() && !seen.contains(&a) {
+            seen.push(a);
+        }
+    }
+    seen
+}
+
+fn count_hours(parts: &[Part]) -> usize {
+    parts
+        .iter()
+        .filter(|p| matches!(p, Part::Hours(..)))
+        .count()
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct MeterGroupRow {
+    meter: String,
+    group_keys: Vec<String>,
+    group_values: Vec<String>,
+    value: String,
+    events: u64,
+}
+
+/// Usage of several meters of one customer over `[from_ms, to_ms)` in one statement, per
+/// meter and combination of the samples' group values. `None` when some hour of the rollup
+/// may be incomplete (see `carve`): the caller then reads meter by meter.
+pub async fn usage_of_meters(
+    store: &Store,
+    tenant: &str,
+    customer: &str,
+    (from_ms, to_ms): (i64, i64),
+    meters: &[(&str, Aggregation)],
+) -> Result<Option<Vec<MeterGroupUsage>>, StoreError> {
+    let parts = split(from_ms, to_ms, true);
+    if parts.is_empty() || meters.is_empty() {
+        return Ok(Some(vec![]));
+    }
+    if count_hours(&parts) > 0 && store.may_have_dirty_hours().await? {
+        for &(meter, _) in meters {
+            let marked = store
+                .dirty_hours(tenant, meter, Some(customer), from_ms, to_ms)
+                .await?;
+            if !marked.is_empty() {
+                return Ok(None);
+            }
+        }
+    }
+    let mut query = store.client().query(&combined_statement(&parts, meters));
+    for a in state_aggregations(meters) {
+        for _ in 0..2 {
+            for (slug, _) in meters.iter().filter(|(_, m)| *m == a) {
+                query = query.bind(*slug);
+            }
+        }
+    }
+    let scope = |mut query: clickhouse::query::Query| {
+        query = query.bind(tenant).bind(customer);
+        for (slug, _) in meters {
+            query = query.bind(*slug);
+        }
+        query
+    };
+    if count_hours(&parts) > 0 {
+        query = scope(query);
+        for part in &parts {
+            if let Part::Hours(a, b) = *part {
+                query = query.bind(a / 1000).bind(b / 1000);
+            }
+        }
+    }
+    if parts.len() > count_hours(&parts) {
+        query = scope(query);
+        for part in &parts {
+            if let Part::Samples(a, b) = *part {
+                query = query.bind(a).bind(b);
+            }
+        }
+    }
+    let rows: Vec<MeterGroupRow> = query.fetch_all().await?;
+    rows.into_iter()
+        .map(|r| {
+            let usage = UsageRow {
+                grp: r.group_values,
+                value: r.value,
+                events: r.events,
+            }
+            .into_usage()?;
+            Ok(MeterGroupUsage {
+                meter: r.meter,
+                keys: r.group_keys,
+                values: usage.group,
+                value: usage.value,
+                count: usage.count,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()
+        .map(Some)
+}
+
+/// A price's groups from the rows of its meter: each row's values for `group_by` ("" where a
+/// row lacks the key, as the per-meter statement does), rows that land in one group merged.
+/// `None` when merging would need the aggregate states (distinct counts, latest values): the
+/// caller then asks the store for that price alone.
+pub fn project(
+    rows: &[&MeterGroupUsage],
+    group_by: &[String],
+    aggregation: Aggregation,
+) -> Option<Vec<GroupUsage>> {
+    let mut groups: std::collections::BTreeMap<Vec<String>, GroupUsage> = Default::default();
+    for row in rows {
+        let group: Vec<String> = group_by
+            .iter()
+            .map(|key| {
+                row.keys
+                    .iter()
+                    .position(|k| k == key)
+                    .and_then(|i| row.values.get(i))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        match groups.entry(group) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let group = slot.key().clone();
+                slot.insert(GroupUsage {
+                    group,
+                    value: row.value,
+                    count: row.count,
+                });
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                let merged = slot.get_mut();
+                merged.value = match aggregation {
+                    Aggregation::Sum | Aggregation::Count => merged.value.checked_add(row.value)?,
+                    Aggregation::Min => merged.value.min(row.value),
+                    Aggregation::Max => merged.value.max(row.value),
+                    Aggregation::UniqueCount | Aggregation::Latest => return None,
+                };
+                merged.count = merged.count.checked_add(row.count)?;
+            }
+        }
+    }
+    Some(groups.into_values().collect())
 }
 
 /// The grain of a time series' windows, in the series' timezone.
@@ -455,6 +682,91 @@ mod tests {
         assert_eq!(sql.matches("UNION ALL").count(), 2);
         assert_eq!(sql.matches('?').count(), 3 * 7);
         assert!(!sql.contains("uniqExact"), "only the sum is read");
+    }
+
+    fn row(meter: &str, keys: &[&str], values: &[&str], value: i64, count: u64) -> MeterGroupUsage {
+        MeterGroupUsage {
+            meter: meter.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            value: Decimal::from(value),
+            count,
+        }
+    }
+
+    #[test]
+    fn rows_keyed_like_the_price_are_its_groups() {
+        let rows = [
+            row("m", &["model"], &["b"], 7, 2),
+            row("m", &["model"], &["a"], 5, 1),
+        ];
+        let rows: Vec<&MeterGroupUsage> = rows.iter().collect();
+        let groups = project(&rows, &["model".into()], Aggregation::UniqueCount).unwrap();
+        assert_eq!(
+            groups
+                .iter()
+                .map(|g| (g.group.clone(), g.value, g.count))
+                .collect::<Vec<_>>(),
+            vec![
+                (vec!["a".to_string()], Decimal::from(5), 1),
+                (vec!["b".to_string()], Decimal::from(7), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_that_share_a_group_merge_when_their_values_can_be_merged() {
+        let rows = [
+            row("m", &["model", "region"], &["a", "eu"], 7, 2),
+            row("m", &["model", "region"], &["a", "us"], 5, 1),
+            row("m", &["model", "region"], &["b", "us"], 4, 3),
+            row("m", &["region"], &["us"], 9, 1),
+        ];
+        let rows: Vec<&MeterGroupUsage> = rows.iter().collect();
+        let by_model = ["model".to_string()];
+        let values = |a: Aggregation| {
+            project(&rows, &by_model, a).map(|g| {
+                g.iter()
+                    .map(|g| (g.group[0].clone(), g.value, g.count))
+                    .collect::<Vec<_>>()
+            })
+        };
+        // The row without the key belongs to the group "" (as `group_values[indexOf(..)]`).
+        assert_eq!(
+            values(Aggregation::Sum).unwrap(),
+            vec![
+                (String::new(), Decimal::from(9), 1),
+                ("a".into(), Decimal::from(12), 3),
+                ("b".into(), Decimal::from(4), 3)
+            ]
+        );
+        assert_eq!(values(Aggregation::Max).unwrap()[1].1, Decimal::from(7));
+        assert_eq!(values(Aggregation::Min).unwrap()[1].1, Decimal::from(5));
+        assert_eq!(values(Aggregation::Count).unwrap()[1].1, Decimal::from(12));
+        // Distinct counts and latest values cannot be merged from finished values.
+        assert_eq!(values(Aggregation::UniqueCount), None);
+        assert_eq!(values(Aggregation::Latest), None);
+        let total = project(&rows, &[], Aggregation::Sum).unwrap();
+        assert_eq!((total[0].value, total[0].count), (Decimal::from(25), 7));
+    }
+
+    #[test]
+    fn the_combined_statement_reads_each_table_once_and_only_the_states_it_needs() {
+        let parts = split(HOUR_MS - 90_500, 3 * HOUR_MS + 61_000, true);
+        let meters = [
+            ("calls", Aggregation::Count),
+            ("tokens", Aggregation::Sum),
+            ("gb", Aggregation::Sum),
+        ];
+        let sql = combined_statement(&parts, &meters);
+        assert_eq!(sql.matches("FROM usage_rollup_hour").count(), 1);
+        assert_eq!(sql.matches("FROM usage_samples").count(), 1);
+        assert!(!sql.contains("uniqExact") && !sql.contains("argMax"));
+        // Meter slugs twice for the sum branch, then per table: tenant, customer, 3 meters and
+        // the bounds (one hour range; two edges).
+        assert_eq!(sql.matches('?').count(), 2 * 2 + (5 + 2) + (5 + 4));
+        let only_hours = combined_statement(&split(0, 2 * HOUR_MS, true), &meters);
+        assert!(!only_hours.contains("usage_samples"));
     }
 
     proptest! {
