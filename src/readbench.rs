@@ -54,6 +54,10 @@ pub struct Report {
     pub speedup_p99: f64,
     pub series_30d_hourly_p50_ms: f64,
     pub series_30d_hourly_p99_ms: f64,
+    /// The cheapest read of the store: a query that matches no row of the samples table.
+    /// Every answer costs at least this (one round trip, one table opened).
+    pub empty_query_p50_ms: f64,
+    pub empty_query_p99_ms: f64,
 }
 
 const TENANT: &str = "bench";
@@ -240,8 +244,19 @@ async fn measure(
         get(&http, &url).await?;
         series.push(started.elapsed());
     }
+    let mut empty = Vec::new();
+    for i in 0..args.samples {
+        let started = Instant::now();
+        let _: u64 = store
+            .client()
+            .query("SELECT count() FROM usage_samples WHERE tenant = 'bench' AND customer = ?")
+            .bind(format!("nobody_{i}"))
+            .fetch_one()
+            .await?;
+        empty.push(started.elapsed());
+    }
     service.stop().await?;
-    for list in [&mut ours, &mut naive, &mut series] {
+    for list in [&mut ours, &mut naive, &mut series, &mut empty] {
         list.sort_unstable();
     }
     let (u50, u99, n50, n99) = (
@@ -263,6 +278,8 @@ async fn measure(
         speedup_p99: n99 / u99,
         series_30d_hourly_p50_ms: percentile(&series, 0.5),
         series_30d_hourly_p99_ms: percentile(&series, 0.99),
+        empty_query_p50_ms: percentile(&empty, 0.5),
+        empty_query_p99_ms: percentile(&empty, 0.99),
     })
 }
 
