@@ -598,24 +598,7 @@ async fn hours_marked_dirty_are_read_from_samples() {
 async fn a_store_of_the_meter_keyed_layout_is_copied_into_the_customer_keyed_one() {
     // A store as release 0007 left it: samples and rollup keyed by meter first.
     let config = common::test_config("usage_upgrade", &common::clickhouse_url());
-    let url = config.store.clickhouse_url.clone().unwrap();
-    let store = meterhouse::store::Store::new(&url, &config.store)
-        .connect()
-        .await
-        .unwrap();
-    store
-        .client()
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {}",
-            config.store.database
-        ))
-        .execute()
-        .await
-        .unwrap();
-    let store = meterhouse::store::Store::new(&url, &config.store)
-        .connect()
-        .await
-        .unwrap();
+    let store = common::empty_database(&config).await;
     assert_eq!(
         meterhouse::store::migrate::run_until(&store, 7)
             .await

@@ -107,22 +107,32 @@ pub async fn spawn_app(test: &str) -> TestApp {
     spawn_with(test_config(test, &clickhouse_url()), true).await
 }
 
-pub async fn spawn_with(config: Config, fresh: bool) -> TestApp {
-    if fresh {
-        let store = Store::new(
+/// Drops the configuration's database and connects to it again (which creates it empty).
+pub async fn empty_database(config: &Config) -> Store {
+    let store = || {
+        Store::new(
             config.store.clickhouse_url.as_deref().unwrap(),
             &config.store,
-        );
-        let store = store.connect().await.expect("connect");
-        store
-            .client()
-            .query(&format!(
-                "DROP DATABASE IF EXISTS {}",
-                config.store.database
-            ))
-            .execute()
-            .await
-            .expect("drop test database");
+        )
+    };
+    store()
+        .connect()
+        .await
+        .expect("connect")
+        .client()
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            config.store.database
+        ))
+        .execute()
+        .await
+        .expect("drop test database");
+    store().connect().await.expect("connect")
+}
+
+pub async fn spawn_with(config: Config, fresh: bool) -> TestApp {
+    if fresh {
+        empty_database(&config).await;
     }
     let app = Application::build(&config).await.expect("build app");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
