@@ -368,11 +368,22 @@ impl SmallDisk {
         };
         if read_only {
             run(&["--bind"]);
-            let status = Command::new("mount")
-                .args(["-o", "remount,bind,ro"])
-                .arg(path)
-                .status();
-            assert!(status.is_ok_and(|s| s.success()), "remount read-only");
+            // The kernel refuses (EBUSY) while a file is open for writing through the new
+            // mount, which ClickHouse may do at any moment: try again until it is between
+            // writes.
+            let read_only = (0..100).any(|_| {
+                let status = Command::new("mount")
+                    .args(["-o", "remount,bind,ro"])
+                    .arg(path)
+                    .stderr(Stdio::null())
+                    .status();
+                let done = status.is_ok_and(|s| s.success());
+                if !done {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                done
+            });
+            assert!(read_only, "remount read-only");
         } else {
             let status = Command::new("umount").arg(path).status();
             assert!(
