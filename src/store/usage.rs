@@ -258,15 +258,20 @@ struct UsageRow {
 
 impl UsageRow {
     fn into_usage(self) -> Result<GroupUsage, StoreError> {
-        let value: Decimal = self.value.parse().map_err(|_| {
-            StoreError::Rejected(format!("usage '{}' is not a decimal", self.value))
-        })?;
         Ok(GroupUsage {
+            value: measured(&self.value)?,
             group: self.grp,
-            value: value.normalize(),
             count: self.events,
         })
     }
+}
+
+/// A merged value as the store prints it (exact text for every type), as a decimal.
+fn measured(value: &str) -> Result<Decimal, StoreError> {
+    let parsed: Decimal = value
+        .parse()
+        .map_err(|_| StoreError::Rejected(format!("usage '{value}' is not a decimal")))?;
+    Ok(parsed.normalize())
 }
 
 /// What to measure.
@@ -460,18 +465,12 @@ pub async fn usage_of_meters(
     let rows: Vec<MeterGroupRow> = query.fetch_all().await?;
     rows.into_iter()
         .map(|r| {
-            let usage = UsageRow {
-                grp: r.group_values,
-                value: r.value,
-                events: r.events,
-            }
-            .into_usage()?;
             Ok(MeterGroupUsage {
+                value: measured(&r.value)?,
                 meter: r.meter,
                 keys: r.group_keys,
-                values: usage.group,
-                value: usage.value,
-                count: usage.count,
+                values: r.group_values,
+                count: r.events,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()
@@ -604,16 +603,14 @@ pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoin
     let rows: Vec<SeriesRow> = query.fetch_all().await?;
     rows.into_iter()
         .map(|r| {
-            let usage = UsageRow {
-                grp: r.grp,
-                value: r.value,
-                events: r.events,
-            }
-            .into_usage()?;
             Ok(SeriesPoint {
+                usage: GroupUsage {
+                    value: measured(&r.value)?,
+                    group: r.grp,
+                    count: r.events,
+                },
                 window: r.window,
                 customer: r.customer,
-                usage,
             })
         })
         .collect()
