@@ -144,7 +144,6 @@ mod tests {
                     );
                     continue;
                 }
-                assert!(statement.contains(" IF "), "{name}: {statement}");
                 assert!(
                     statement.contains("IF NOT EXISTS")
                         || statement.starts_with("DROP TABLE IF EXISTS"),
