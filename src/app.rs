@@ -16,7 +16,7 @@ use crate::ingest::dedup::DedupSet;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::store::local::LocalClickHouse;
-use crate::store::{Store, migrate};
+use crate::store::{Store, migrate, usage_cache};
 
 /// A built service, ready to serve.
 pub struct Application {
@@ -59,6 +59,7 @@ async fn connect_with_retry(store: Store, patience: Duration) -> anyhow::Result<
 impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let (store, owned_clickhouse) = open_store(config).await?;
+        let store = store.with_usage_cache(config.usage_cache_customers);
         let now_ms = chrono::Utc::now().timestamp_millis();
         let dedup = DedupSet::load(&store, config.dedup_window(), config.dedup_max_ids, now_ms)
             .await
@@ -94,10 +95,14 @@ impl Application {
             ack_timeout: config.ack_timeout(),
         };
         let (ingestor, batcher) = batcher::start(store.clone(), dedup, settings, metrics.clone());
-        let background = vec![
+        let mut background = vec![
             http::keys::spawn_refresh(store.clone(), keys.clone(), Duration::from_secs(5)),
             catalog.spawn_refresh(Duration::from_secs(1)),
         ];
+        if config.usage_cache_customers > 0 {
+            let every = Duration::from_millis(config.usage_changes_poll_ms);
+            background.push(usage_cache::spawn_poll(store.clone(), every));
+        }
         let limits = RateLimits::new(config.rate_limit_rps, config.rate_limit_eps);
         let state = AppState {
             store,

@@ -69,6 +69,18 @@ pub struct Config {
     /// Events per second per API key.
     #[arg(long, env = "METERHOUSE_RATE_LIMIT_EPS", default_value_t = 2_000_000)]
     pub rate_limit_eps: u32,
+    /// Customers whose current usage answers are kept in memory until their usage changes
+    /// (0: read ClickHouse every time).
+    #[arg(
+        long,
+        env = "METERHOUSE_USAGE_CACHE_CUSTOMERS",
+        default_value_t = 100_000
+    )]
+    pub usage_cache_customers: usize,
+    /// How often other processes' writes are looked for, so that usage kept in memory is
+    /// dropped once they change it (milliseconds).
+    #[arg(long, env = "METERHOUSE_USAGE_CHANGES_POLL_MS", default_value_t = 250)]
+    pub usage_changes_poll_ms: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "METERHOUSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

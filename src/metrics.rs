@@ -65,6 +65,9 @@ pub struct Metrics {
     pub batches_inserted: AtomicU64,
     pub batches_failed: AtomicU64,
     pub queue_events: AtomicU64,
+    /// Usage reads answered from memory, and from ClickHouse (copied from the store's cache).
+    pub usage_cache_hits: AtomicU64,
+    pub usage_cache_misses: AtomicU64,
     pub batch_events: Histogram,
     pub insert_seconds: Histogram,
 }
@@ -80,6 +83,8 @@ impl Metrics {
             batches_inserted: AtomicU64::new(0),
             batches_failed: AtomicU64::new(0),
             queue_events: AtomicU64::new(0),
+            usage_cache_hits: AtomicU64::new(0),
+            usage_cache_misses: AtomicU64::new(0),
             batch_events: Histogram::new(SIZE_BOUNDS),
             insert_seconds: Histogram::new(LATENCY_BOUNDS),
         })
@@ -122,6 +127,16 @@ impl Metrics {
                 "meterhouse_batches_failed_total",
                 "Batches whose insert failed.",
                 &self.batches_failed,
+            ),
+            (
+                "meterhouse_usage_cache_hits_total",
+                "Usage reads answered from memory.",
+                &self.usage_cache_hits,
+            ),
+            (
+                "meterhouse_usage_cache_misses_total",
+                "Usage reads that went to ClickHouse.",
+                &self.usage_cache_misses,
             ),
         ];
         for (name, help, value) in counters {

@@ -12,9 +12,8 @@ use crate::billing::rating::{self, Charge, RatingError, TierLine};
 use crate::catalog::Aggregation;
 use crate::catalog::plan::{Price, PriceType, Timing};
 use crate::catalog::{Customer, Meter, Plan, Subscription, TenantCatalog};
-use crate::store::usage::{
-    GroupUsage, MeterGroupUsage, UsageQuery, project, usage, usage_of_meters,
-};
+use crate::store::usage::{GroupUsage, MeterGroupUsage, UsageQuery, project, usage};
+use crate::store::usage_cache::cached_usage_of_meters;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +209,8 @@ fn flat_fee(plan: &Plan, price: &Price, period: &Period) -> Result<FlatFee, Usag
 }
 
 /// The usage prices of `plan` over `window`: every meter they use read in one statement
-/// (`store::usage::usage_of_meters`); a price whose groups cannot be taken from that read
+/// (`store::usage::usage_of_meters`, kept in memory until the customer's usage changes:
+/// `store::usage_cache`); a price whose groups cannot be taken from that read
 /// (see `project`) is read on its own.
 async fn usage_charges(
     store: &Store,
@@ -237,7 +237,7 @@ async fn usage_charges(
     }
     let customer = subject.customer.external_id.as_str();
     let bounds = (window.from.timestamp_millis(), window.to.timestamp_millis());
-    let rows = usage_of_meters(store, subject.tenant, customer, bounds, &meters).await?;
+    let rows = cached_usage_of_meters(store, subject.tenant, customer, bounds, &meters).await?;
     let mut charges = Vec::with_capacity(priced.len());
     for (price, slug, aggregation) in priced {
         let projected = rows.as_ref().and_then(|rows| {

@@ -526,3 +526,98 @@ async fn prices_grouping_one_meter_differently_are_each_exact() {
     assert_eq!(regions, vec![("eu", d("2")), ("us", d("2"))]);
     app.shutdown().await;
 }
+
+/// Reads of `/metrics`: (usage reads answered from memory, from ClickHouse).
+async fn cache_counts(app: &TestApp) -> (u64, u64) {
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    (
+        counter("meterhouse_usage_cache_hits_total "),
+        counter("meterhouse_usage_cache_misses_total "),
+    )
+}
+
+async fn calls_used(app: &TestApp) -> Decimal {
+    let (status, usage) = get(app, "/v1/subscriptions/sub_1/usage", "read_key_a").await;
+    assert_eq!(status, 200, "{usage}");
+    dec(&usage["charges"][0]["quantity"])
+}
+
+/// Waits (at most 10 s) for the subscription's calls to read `expected` through `app`.
+async fn eventually_calls(app: &TestApp, expected: &str, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let used = calls_used(app).await;
+        if used == d(expected) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: calls still {used}, expected {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A usage read repeated while nothing changed is answered from memory; a write through this
+/// process shows at once, and writes by another process, straight into ClickHouse, or through
+/// the replay table (as `backfill` writes) show within the poll interval.
+#[tokio::test]
+async fn usage_is_answered_from_memory_until_the_customer_changes() {
+    let app = spawn_app("billing_usage_cache").await;
+    scenario(&app).await;
+    post(&app, "/v1/customers", json!({"external_id": "c2"})).await;
+    ingest(&app, 5, &[]).await;
+    assert_eq!(calls_used(&app).await, d("5"));
+    let (hits, misses) = cache_counts(&app).await;
+    assert_eq!(calls_used(&app).await, d("5"));
+    assert_eq!(
+        cache_counts(&app).await,
+        (hits + 1, misses),
+        "read again from memory"
+    );
+
+    // Another customer's events leave c1's answer in place.
+    let other = json!([{"id": "c2-call", "customer": "c2", "type": "api_call"}]);
+    assert_eq!(app.post_events("ingest_key_a", &other).await.0, 202);
+    assert_eq!(calls_used(&app).await, d("5"));
+    assert_eq!(cache_counts(&app).await, (hits + 2, misses));
+
+    // This process's own write: visible in the very next read.
+    let more = json!([{"id": "own-1", "customer": "c1", "type": "api_call"}]);
+    assert_eq!(app.post_events("ingest_key_a", &more).await.0, 202);
+    assert_eq!(calls_used(&app).await, d("6"));
+
+    // Another replica of the service on the same database.
+    let replica = common::spawn_with(app.config.clone(), false).await;
+    let theirs = json!([{"id": "replica-1", "customer": "c1", "type": "api_call"},
+                        {"id": "replica-2", "customer": "c1", "type": "api_call"}]);
+    assert_eq!(replica.post_events("ingest_key_a", &theirs).await.0, 202);
+    eventually_calls(&app, "8", "a replica's events").await;
+    replica.shutdown().await;
+
+    // A write that no service made: samples replayed as a backfill replays them.
+    let now = Utc::now().timestamp_millis();
+    app.store()
+        .await
+        .client()
+        .query(
+            "INSERT INTO events_replay (tenant, id, customer, event_type, ts_ms, ts, properties, ingested_ms, ingested_at, batch_id, \
+             sample_meter, sample_value, sample_value_str, sample_group_keys, sample_group_values) \
+             SELECT 'acme', concat('replayed-', toString(number)), 'c1', 'api_call', toInt64(?), toDateTime(intDiv(toInt64(?), 1000)), '{}', \
+             toInt64(?), toDateTime(intDiv(toInt64(?), 1000)), 9, ['calls'], [toDecimal128(1, 12)], [''], [[]], [[]] FROM numbers(3)",
+        )
+        .bind(now - 2000)
+        .bind(now - 2000)
+        .bind(now)
+        .bind(now)
+        .execute()
+        .await
+        .unwrap();
+    eventually_calls(&app, "11", "replayed samples").await;
+    app.shutdown().await;
+}

@@ -45,6 +45,13 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .metrics
         .queue_events
         .store(state.ingestor.queued_events() as u64, Relaxed);
+    let cache = state.store.usage_cache();
+    for (to, from) in [
+        (&state.metrics.usage_cache_hits, &cache.hits),
+        (&state.metrics.usage_cache_misses, &cache.misses),
+    ] {
+        to.store(from.load(Relaxed), Relaxed);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

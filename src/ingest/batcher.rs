@@ -283,6 +283,12 @@ impl Batcher {
         match &result {
             Ok(()) => {
                 self.dedup.insert_all(keys, now_ms);
+                // Before any request of the batch is acknowledged: its client reads its writes.
+                self.store.usage_cache().invalidate(
+                    rows.iter()
+                        .filter(|r| !r.sample_meter.is_empty())
+                        .map(|r| (&*r.tenant, r.customer.as_str())),
+                );
                 self.metrics.batches_inserted.fetch_add(1, Relaxed);
                 self.metrics.batch_events.observe(rows.len() as f64);
                 self.metrics
@@ -448,6 +454,13 @@ pub async fn landed(
         .execute()
         .await?;
     store.dirty_hours_marked();
+    // Every process drops what it holds of these customers (sql/0010), this one included.
+    client
+        .query(queries::MARK_USAGE_CHANGED)
+        .bind(since_ms)
+        .bind(&landed)
+        .execute()
+        .await?;
     tracing::warn!(
         batches = landed.len(),
         "hours of in-doubt batches will be read from samples"

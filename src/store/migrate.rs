@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "drop_meter_tables",
         include_str!("../../sql/0009_drop_meter_tables.sql"),
     ),
+    (
+        10,
+        "usage_changes",
+        include_str!("../../sql/0010_usage_changes.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

@@ -5,6 +5,7 @@ pub mod migrate;
 pub mod queries;
 pub mod rows;
 pub mod usage;
+pub mod usage_cache;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -77,6 +78,7 @@ pub struct Store {
     client: Client,
     database: String,
     dirty: Arc<DirtyHours>,
+    usage_cache: Arc<usage_cache::UsageCache>,
 }
 
 /// Whether `rollup_dirty` holds anything: usually not, and then reads skip looking it up.
@@ -101,7 +103,20 @@ impl Store {
             client,
             database: config.database.clone(),
             dirty: Arc::default(),
+            usage_cache: Arc::new(usage_cache::UsageCache::new(0)),
         }
+    }
+
+    /// Keeps the usage answers of up to `customers` customers in memory (0: none); see
+    /// `usage_cache`. Only a process that polls `usage_changes` (`usage_cache::spawn_poll`)
+    /// may keep any.
+    pub fn with_usage_cache(mut self, customers: usize) -> Self {
+        self.usage_cache = Arc::new(usage_cache::UsageCache::new(customers));
+        self
+    }
+
+    pub fn usage_cache(&self) -> &usage_cache::UsageCache {
+        &self.usage_cache
     }
 
     /// Records that hours were just marked in `rollup_dirty`.
