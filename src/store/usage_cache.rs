@@ -22,9 +22,12 @@ use super::usage::{MeterGroupUsage, usage_of_meters};
 use super::{Store, StoreError, queries};
 use crate::catalog::Aggregation;
 
-/// How far before the last poll's server time each poll looks again, for rows that became
-/// visible late (a slow insert) and for servers' clocks in a cluster.
-const POLL_OVERLAP_S: u32 = 5;
+/// How far before the last poll's server time each poll looks again. A change row may be
+/// visible before the samples of its insert (views run one after another), or a process may
+/// learn of marked hours up to a second late (`Store::may_have_dirty_hours`); a read in such a
+/// gap may keep an answer that misses the change, and seeing the row again drops it. Also
+/// covers servers' clocks in a cluster.
+const POLL_OVERLAP_S: u32 = 10;
 
 /// What a read asks: its window (epoch ms) and meters, in the caller's order.
 type Question = (i64, i64, Vec<(String, Aggregation)>);
