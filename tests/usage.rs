@@ -649,3 +649,44 @@ async fn a_store_of_the_meter_keyed_layout_is_copied_into_the_customer_keyed_one
     assert_eq!((rows.len(), rows[0].count), (1, 4));
     app.shutdown().await;
 }
+
+/// `usage_changes` only serves the last seconds: days before yesterday are dropped, newer
+/// ones kept; and the change rows its view writes name the customers whose samples arrived.
+#[tokio::test]
+async fn usage_changes_list_changed_customers_and_old_days_are_dropped() {
+    let app = spawn_app("usage_changes").await;
+    let events = json!([{"id": "a", "customer": "c1", "type": "api_call"},
+                        {"id": "b", "customer": "c2", "type": "api_call"},
+                        {"id": "c", "customer": "c3", "type": "no_meter_matches_this"}]);
+    assert_eq!(app.post_events("ingest_key_a", &events).await.0, 202);
+    let store = app.store().await;
+    let changed: Vec<(String, String)> = store
+        .client()
+        .query(meterhouse::store::queries::USAGE_CHANGED_SINCE)
+        .bind(0u32)
+        .fetch_all()
+        .await
+        .unwrap();
+    let changed: BTreeSet<(String, String)> = changed.into_iter().collect();
+    let expected: BTreeSet<(String, String)> = [("acme", "c1"), ("acme", "c2")]
+        .iter()
+        .map(|(t, c)| (t.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(changed, expected, "c3's event has no sample");
+
+    store
+        .client()
+        .query("INSERT INTO usage_changes (at, tenant, customers) VALUES (now() - 3 * 86400, 'acme', ['old']), (now() - 86400, 'acme', ['yesterday'])")
+        .execute()
+        .await
+        .unwrap();
+    meterhouse::store::usage_cache::prune(&store).await.unwrap();
+    let left: Vec<String> = store
+        .client()
+        .query("SELECT arrayJoin(customers) AS c FROM usage_changes ORDER BY c")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(left, ["c1", "c2", "yesterday"]);
+    app.shutdown().await;
+}

@@ -278,7 +278,8 @@ pub async fn poll(store: &Store, since: Option<u32>) -> Result<u32, StoreError> 
     Ok(now)
 }
 
-async fn prune(store: &Store) -> Result<(), StoreError> {
+/// Drops the days of `usage_changes` before yesterday.
+pub async fn prune(store: &Store) -> Result<(), StoreError> {
     let days: Vec<String> = store
         .client()
         .query(queries::OLD_USAGE_CHANGE_DAYS)
