@@ -125,9 +125,6 @@ impl UsageCache {
     /// Drops every answer of these customers (tenant, customer).
     pub fn invalidate<'a>(&self, customers: impl IntoIterator<Item = (&'a str, &'a str)>) {
         let mut inner = self.lock();
-        if inner.len == 0 {
-            return;
-        }
         inner.seq += 1;
         let seq = inner.seq;
         for (tenant, customer) in customers {
@@ -158,10 +155,12 @@ impl Inner {
         self.slots.get_mut(tenant)?.get_mut(customer)
     }
 
-    /// The customer's slot, created if missing, marked as the most recently used.
+    /// The customer's slot, created if missing, marked as the most recently used. A new slot
+    /// counts as invalidated now: a read whose slot was evicted may have missed a change while
+    /// no slot recorded it, so its older ticket must not store into this one.
     fn touch(&mut self, tenant: &str, customer: &str) -> &mut Slot {
         self.clock += 1;
-        let clock = self.clock;
+        let (clock, seq) = (self.clock, self.seq);
         let len = &mut self.len;
         let slot = self
             .slots
@@ -170,7 +169,10 @@ impl Inner {
             .entry(customer.to_owned())
             .or_insert_with(|| {
                 *len += 1;
-                Slot::default()
+                Slot {
+                    invalidated: seq,
+                    ..Slot::default()
+                }
             });
         slot.used = clock;
         slot
@@ -377,6 +379,23 @@ mod tests {
         assert!(value(&cache, "c0").is_some());
         assert!(value(&cache, "c1").is_none());
         assert!(value(&cache, "c7").is_some());
+    }
+
+    #[test]
+    fn a_read_whose_customer_was_evicted_and_changed_keeps_nothing() {
+        let cache = UsageCache::new(8);
+        let ticket = cache.lookup("t", "c", &question()).unwrap_err();
+        // Eight other customers read: c, the least recently used, is evicted.
+        for i in 0..8 {
+            let _ = cache.lookup("t", &format!("other{i}"), &question());
+        }
+        cache.invalidate([("t", "c")]);
+        // Another read of c makes a new slot before the first read's answer arrives.
+        let fresh = cache.lookup("t", "c", &question()).unwrap_err();
+        cache.store(ticket, "t", "c", question(), answer(5));
+        assert_eq!(value(&cache, "c"), None, "the answer may miss the change");
+        cache.store(fresh, "t", "c", question(), answer(6));
+        assert_eq!(value(&cache, "c"), Some(Decimal::from(6)));
     }
 
     #[test]
