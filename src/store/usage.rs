@@ -421,7 +421,8 @@ pub async fn usage_of_meters(
     if parts.is_empty() || meters.is_empty() {
         return Ok(Some(vec![]));
     }
-    if count_hours(&parts) > 0 && store.may_have_dirty_hours().await? {
+    let hours = count_hours(&parts);
+    if hours > 0 && store.may_have_dirty_hours().await? {
         for &(meter, _) in meters {
             let marked = store
                 .dirty_hours(tenant, meter, Some(customer), from_ms, to_ms)
@@ -446,7 +447,7 @@ pub async fn usage_of_meters(
         }
         query
     };
-    if count_hours(&parts) > 0 {
+    if hours > 0 {
         query = scope(query);
         for part in &parts {
             if let Part::Hours(a, b) = *part {
@@ -454,7 +455,7 @@ pub async fn usage_of_meters(
             }
         }
     }
-    if parts.len() > count_hours(&parts) {
+    if parts.len() > hours {
         query = scope(query);
         for part in &parts {
             if let Part::Samples(a, b) = *part {
