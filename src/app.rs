@@ -101,7 +101,9 @@ impl Application {
         ];
         if config.usage_cache_customers > 0 {
             let every = Duration::from_millis(config.usage_changes_poll_ms);
-            background.push(usage_cache::spawn_poll(store.clone(), every));
+            // The first poll sets the mark the next ones read from, before any usage is read.
+            let since = usage_cache::poll(&store, None).await.ok();
+            background.push(usage_cache::spawn_poll(store.clone(), every, since));
         }
         let limits = RateLimits::new(config.rate_limit_rps, config.rate_limit_eps);
         let state = AppState {

@@ -587,10 +587,23 @@ async fn usage_is_answered_from_memory_until_the_customer_changes() {
     assert_eq!(calls_used(&app).await, d("5"));
     assert_eq!(cache_counts(&app).await, (hits + 2, misses));
 
-    // This process's own write: visible in the very next read.
+    // This process's own write: added to the answer in memory, so the very next read shows it
+    // without ClickHouse, and so do reads after the polls that see its batch.
     let more = json!([{"id": "own-1", "customer": "c1", "type": "api_call"}]);
     assert_eq!(app.post_events("ingest_key_a", &more).await.0, 202);
     assert_eq!(calls_used(&app).await, d("6"));
+    assert_eq!(
+        cache_counts(&app).await,
+        (hits + 3, misses),
+        "own write folded"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(calls_used(&app).await, d("6"));
+    assert_eq!(
+        cache_counts(&app).await,
+        (hits + 4, misses),
+        "a poll does not drop what its own batch changed"
+    );
 
     // Another replica of the service on the same database.
     let replica = common::spawn_with(app.config.clone(), false).await;
@@ -619,5 +632,121 @@ async fn usage_is_answered_from_memory_until_the_customer_changes() {
         .await
         .unwrap();
     eventually_calls(&app, "11", "replayed samples").await;
+    app.shutdown().await;
+}
+
+/// Batches written through this process are added to the usage it holds in memory: after
+/// each, its answer equals that of a process holding nothing (so reading ClickHouse), for
+/// every aggregation, and the batches whose samples can be added exactly were never read from
+/// ClickHouse again.
+#[tokio::test]
+async fn own_writes_added_to_memory_match_clickhouse() {
+    let app = spawn_app("billing_fold").await;
+    for (slug, event_type, aggregation, property) in [
+        ("peak", "job", "max", "load"),
+        ("floor", "job", "min", "load"),
+        ("users", "login", "unique_count", "user"),
+        ("last", "login", "latest", "load"),
+    ] {
+        post(
+            &app,
+            "/v1/meters",
+            json!({"slug": slug, "name": slug, "event_type": event_type,
+            "aggregation": aggregation, "value_property": property}),
+        )
+        .await;
+    }
+    let prices: Vec<Value> = ["calls", "tokens", "peak", "floor", "users", "last"]
+        .iter()
+        .map(|m| {
+            let mut price = json!({"code": m, "type": "usage", "meter": m, "model": "per_unit", "unit_amount": "0.01"});
+            if *m == "tokens" {
+                price["group_by"] = json!(["model"]);
+            }
+            price
+        })
+        .collect();
+    post(
+        &app,
+        "/v1/plans",
+        json!({"code": "all", "name": "All", "currency": "USD",
+        "interval": "month", "prices": prices}),
+    )
+    .await;
+    post(&app, "/v1/customers", json!({"external_id": "c1"})).await;
+    let start = (Utc::now() - TimeDelta::days(3)).with_nanosecond_zero();
+    post(
+        &app,
+        "/v1/subscriptions",
+        json!({"external_id": "sub_1", "customer": "c1", "plan": "all",
+        "start_date": start.to_rfc3339()}),
+    )
+    .await;
+    let mut plain = app.config.clone();
+    plain.usage_cache_customers = 0;
+    let plain = common::spawn_with(plain, false).await;
+    let charges = |app: &TestApp| {
+        let http = app.http.clone();
+        let url = format!("{}/v1/subscriptions/sub_1/usage", app.base);
+        async move {
+            let usage: Value = http
+                .get(url)
+                .bearer_auth("read_key_a")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            usage["charges"].clone()
+        }
+    };
+    assert_eq!(charges(&app).await, charges(&plain).await);
+
+    let now = Utc::now().timestamp_millis();
+    for round in 0..6_i64 {
+        // Even rounds: counts, sums (a new group in round 4), minima and maxima, which are
+        // added in memory. Odd rounds: distinct counts and latest values, which a second
+        // sample of a group cannot update without ClickHouse's state.
+        let ts = |i: i64| now - 60_000 * (round * 10 + i) - 3_600_000 * i;
+        let body: Vec<Value> = if round % 2 == 0 {
+            let model = if round == 4 {
+                "tiny"
+            } else {
+                ["gpt-x", "small"][(round / 2) as usize % 2]
+            };
+            (0..5)
+                .flat_map(|i| {
+                    [
+                        json!({"id": format!("call-{round}-{i}"), "customer": "c1", "type": "api_call", "timestamp": ts(i)}),
+                        json!({"id": format!("tok-{round}-{i}"), "customer": "c1", "type": "llm_call", "timestamp": ts(i),
+                               "properties": {"tokens": 100 * round + i, "model": model}}),
+                        json!({"id": format!("job-{round}-{i}"), "customer": "c1", "type": "job", "timestamp": ts(i),
+                               "properties": {"load": format!("{}.{}", 10 - round + i * 3, i)}}),
+                    ]
+                })
+                .collect()
+        } else {
+            (0..3)
+                .map(|i| json!({"id": format!("login-{round}-{i}"), "customer": "c1", "type": "login", "timestamp": ts(i),
+                                "properties": {"user": format!("u{}", (round + i) % 4), "load": round * 10 + i}}))
+                .collect()
+        };
+        let (status, ack) = app.post_events("ingest_key_a", &json!(body)).await;
+        assert_eq!(status, 202, "{ack}");
+        // Past a few polls of the changes table, which lists this batch too.
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let (hits, misses) = cache_counts(&app).await;
+        let ours = charges(&app).await;
+        let expected = charges(&plain).await;
+        assert_eq!(ours, expected, "round {round}");
+        let counted = if round % 2 == 0 {
+            (hits + 1, misses)
+        } else {
+            (hits, misses + 1)
+        };
+        assert_eq!(cache_counts(&app).await, counted, "round {round}");
+    }
+    plain.shutdown().await;
     app.shutdown().await;
 }

@@ -116,9 +116,11 @@ fn migrations_and_queries_run_on_current_clickhouse() {
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),
         json!({"sql": format!("SELECT count() FROM ({})", queries::SERVER_NOW), "expect": "1"}),
-        json!({"sql": bind(queries::USAGE_CHANGED_SINCE, &["0"]), "expect": "t\tc"}),
+        json!({"sql": bind(queries::USAGE_CHANGED_SINCE, &["0", "[]"]), "expect": "t\tc"}),
+        json!({"sql": bind(queries::USAGE_CHANGED_SINCE, &["0", "[41, 43]"]), "expect": "t\tc"}),
+        json!({"sql": bind(queries::USAGE_CHANGED_SINCE, &["0", "[41, 42]"]), "expect": ""}),
         json!({"sql": bind(queries::MARK_USAGE_CHANGED, &["1795000000000", "[41, 42]"]), "expect": ""}),
-        json!({"sql": "SELECT tenant, arrayStringConcat(customers, ',') FROM usage_changes", "expect": "t\tc\nt\tc"}),
+        json!({"sql": "SELECT tenant, arrayStringConcat(customers, ','), arrayStringConcat(arrayMap(b -> toString(b), batches), ',') FROM usage_change_batches", "expect": "t\tc\t42\nt\tc\t42"}),
         json!({"sql": queries::OLD_USAGE_CHANGE_DAYS, "expect": ""}),
         json!({"sql": bind(queries::DROP_USAGE_CHANGE_DAY, &["'2000-01-01'"]), "expect": ""}),
         json!({"sql": bind(queries::ACCEPTED_SINCE, &["1795000000000"]), "expect": "t\te1\t1795000000500"}),
@@ -138,7 +140,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": "SELECT count() FROM usage_samples WHERE meter = 'tokens'", "expect": "2"}),
         json!({"sql": "SELECT countMerge(samples) FROM usage_rollup_hour WHERE meter = 'tokens'", "expect": "2"}),
         json!({"sql": "SELECT count() FROM events_replay", "expect": "0"}),
-        json!({"sql": "SELECT count() FROM usage_changes", "expect": "3"}),
+        json!({"sql": "SELECT count() FROM usage_change_batches", "expect": "3"}),
         json!({"sql": queries::STORED_KEYS, "expect": "ab\tt\tread\t\tn\t2026-11-18 11:06:40\t1"}),
     ];
     let plan = json!({"statements": statements, "checks": checks});

@@ -650,8 +650,9 @@ async fn a_store_of_the_meter_keyed_layout_is_copied_into_the_customer_keyed_one
     app.shutdown().await;
 }
 
-/// `usage_changes` only serves the last seconds: days before yesterday are dropped, newer
-/// ones kept; and the change rows its view writes name the customers whose samples arrived.
+/// `usage_change_batches` only serves the last seconds: days before yesterday are dropped,
+/// newer ones kept; the change rows its view writes name the customers whose samples arrived
+/// and their batches, and a process skips the batches it names as its own.
 #[tokio::test]
 async fn usage_changes_list_changed_customers_and_old_days_are_dropped() {
     let app = spawn_app("usage_changes").await;
@@ -660,30 +661,56 @@ async fn usage_changes_list_changed_customers_and_old_days_are_dropped() {
                         {"id": "c", "customer": "c3", "type": "no_meter_matches_this"}]);
     assert_eq!(app.post_events("ingest_key_a", &events).await.0, 202);
     let store = app.store().await;
-    let changed: Vec<(String, String)> = store
+    let changed = |own: Vec<u64>| {
+        let store = store.clone();
+        async move {
+            let rows: Vec<(String, String)> = store
+                .client()
+                .query(meterhouse::store::queries::USAGE_CHANGED_SINCE)
+                .bind(0u32)
+                .bind(own)
+                .fetch_all()
+                .await
+                .unwrap();
+            rows.into_iter()
+                .map(|(t, c)| format!("{t}/{c}"))
+                .collect::<BTreeSet<_>>()
+        }
+    };
+    assert_eq!(
+        changed(vec![]).await,
+        BTreeSet::from(["acme/c1".to_owned(), "acme/c2".to_owned()]),
+        "c3's event has no sample"
+    );
+    let batches: Vec<u64> = store
         .client()
-        .query(meterhouse::store::queries::USAGE_CHANGED_SINCE)
-        .bind(0u32)
+        .query("SELECT DISTINCT batch_id FROM events")
         .fetch_all()
         .await
         .unwrap();
-    let changed: BTreeSet<(String, String)> = changed.into_iter().collect();
-    let expected: BTreeSet<(String, String)> = [("acme", "c1"), ("acme", "c2")]
-        .iter()
-        .map(|(t, c)| (t.to_string(), c.to_string()))
-        .collect();
-    assert_eq!(changed, expected, "c3's event has no sample");
+    assert_eq!(batches.len(), 1);
+    assert!(
+        changed(batches.clone()).await.is_empty(),
+        "the writer's own batch"
+    );
+    assert_eq!(
+        changed(vec![batches[0] ^ 1]).await.len(),
+        2,
+        "someone else's"
+    );
 
+    // A row naming no batch is anyone's change.
     store
         .client()
-        .query("INSERT INTO usage_changes (at, tenant, customers) VALUES (now() - 3 * 86400, 'acme', ['old']), (now() - 86400, 'acme', ['yesterday'])")
+        .query("INSERT INTO usage_change_batches (at, tenant, customers, batches) VALUES (now() - 3 * 86400, 'acme', ['old'], []), (now() - 86400, 'acme', ['yesterday'], [])")
         .execute()
         .await
         .unwrap();
+    assert!(changed(batches).await.contains("acme/yesterday"));
     meterhouse::store::usage_cache::prune(&store).await.unwrap();
     let left: Vec<String> = store
         .client()
-        .query("SELECT arrayJoin(customers) AS c FROM usage_changes ORDER BY c")
+        .query("SELECT arrayJoin(customers) AS c FROM usage_change_batches ORDER BY c")
         .fetch_all()
         .await
         .unwrap();

@@ -10,13 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::dedup::{DedupSet, KeySet};
 use crate::metrics::Metrics;
-use crate::store::rows::EventRow;
+use crate::store::rows::{DECIMAL_SCALE, EventRow};
+use crate::store::usage_cache::Sample;
 use crate::store::{Store, StoreError, queries};
 
 /// The answer to an accepted ingest request.
@@ -279,16 +281,14 @@ impl Batcher {
             row.stamp(now_ms, batch_id);
         }
         let started = Instant::now();
+        let cache = self.store.usage_cache();
+        let write = cache.begin_write(customers_with_samples(rows));
         let result = self.insert_with_retries(rows, batch_id, now_ms).await;
         match &result {
             Ok(()) => {
                 self.dedup.insert_all(keys, now_ms);
                 // Before any request of the batch is acknowledged: its client reads its writes.
-                self.store.usage_cache().invalidate(
-                    rows.iter()
-                        .filter(|r| !r.sample_meter.is_empty())
-                        .map(|r| (&*r.tenant, r.customer.as_str())),
-                );
+                cache.fold(write, batch_id, samples(rows));
                 self.metrics.batches_inserted.fetch_add(1, Relaxed);
                 self.metrics.batch_events.observe(rows.len() as f64);
                 self.metrics
@@ -301,6 +301,8 @@ impl Batcher {
                 );
             }
             Err(e) => {
+                // Some of it may have landed.
+                cache.invalidate(customers_with_samples(rows));
                 self.metrics.batches_failed.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, batch_events = rows.len(), batch_id, "batch insert failed");
                 if e.is_retryable() {
@@ -454,7 +456,7 @@ pub async fn landed(
         .execute()
         .await?;
     store.dirty_hours_marked();
-    // Every process drops what it holds of these customers (sql/0010), this one included.
+    // Every process drops what it holds of these customers (sql/0011), this one included.
     client
         .query(queries::MARK_USAGE_CHANGED)
         .bind(since_ms)
@@ -466,4 +468,26 @@ pub async fn landed(
         "hours of in-doubt batches will be read from samples"
     );
     Ok(landed)
+}
+
+/// (tenant, customer) of each row that carries samples.
+fn customers_with_samples(rows: &[EventRow]) -> impl Iterator<Item = (&str, &str)> {
+    rows.iter()
+        .filter(|r| !r.sample_meter.is_empty())
+        .map(|r| (&*r.tenant, r.customer.as_str()))
+}
+
+/// Every meter sample of `rows`, as the usage cache folds them.
+fn samples(rows: &[EventRow]) -> impl Iterator<Item = Sample<'_>> {
+    rows.iter().flat_map(|r| {
+        (0..r.sample_meter.len()).map(move |i| Sample {
+            tenant: &r.tenant,
+            customer: &r.customer,
+            meter: &r.sample_meter[i],
+            ts_ms: r.ts_ms,
+            keys: &r.sample_group_keys[i],
+            values: &r.sample_group_values[i],
+            value: Decimal::from_i128_with_scale(r.sample_value[i], DECIMAL_SCALE),
+        })
+    })
 }

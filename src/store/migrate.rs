@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "usage_changes",
         include_str!("../../sql/0010_usage_changes.sql"),
     ),
+    (
+        11,
+        "usage_change_batches",
+        include_str!("../../sql/0011_usage_change_batches.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

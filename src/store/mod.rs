@@ -108,7 +108,7 @@ impl Store {
     }
 
     /// Keeps the usage answers of up to `customers` customers in memory (0: none); see
-    /// `usage_cache`. Only a process that polls `usage_changes` (`usage_cache::spawn_poll`)
+    /// `usage_cache`. Only a process that polls `usage_change_batches` (`usage_cache::spawn_poll`)
     /// may keep any.
     pub fn with_usage_cache(mut self, customers: usize) -> Self {
         self.usage_cache = Arc::new(usage_cache::UsageCache::new(customers));

@@ -63,23 +63,24 @@ pub const EVENTS_OF_TYPE: &str = "SELECT id, customer, ts_ms, properties FROM ev
 pub const STORED_KEYS: &str =
     "SELECT key_hash, tenant, role, customer, name, created_at, version FROM api_keys FINAL";
 
-/// The server's clock (epoch seconds): the mark each poll of `usage_changes` reads from.
+/// The server's clock (epoch seconds): the mark each poll of `usage_change_batches` reads from.
 pub const SERVER_NOW: &str = "SELECT toUInt32(now())";
 
-/// Customers (tenant, customer) whose usage changed at or after `?` (server epoch seconds).
+/// Customers (tenant, customer) whose usage changed at or after `?` (server epoch seconds),
+/// except by the batches `?` (an array: this process's own, already folded into its cache).
 pub const USAGE_CHANGED_SINCE: &str = "SELECT DISTINCT tenant, arrayJoin(customers) \
-     FROM usage_changes WHERE at >= toDateTime(?)";
+     FROM usage_change_batches WHERE at >= toDateTime(?) AND NOT (notEmpty(batches) AND hasAll(?, batches))";
 
 /// Records the customers of the batches `?` committed since `?` as changed, as the view of
-/// sql/0010 would have at insert; for in-doubt batches found in `events`.
-pub const MARK_USAGE_CHANGED: &str = "INSERT INTO usage_changes (at, tenant, customers) \
-     SELECT now(), tenant, groupUniqArray(customer) FROM events \
+/// sql/0011 would have at insert; for in-doubt batches found in `events`.
+pub const MARK_USAGE_CHANGED: &str = "INSERT INTO usage_change_batches (at, tenant, customers, batches) \
+     SELECT now(), tenant, groupUniqArray(customer), groupUniqArray(batch_id) FROM events \
      PREWHERE ingested_ms >= ? WHERE has(?, batch_id) AND length(sample_meter) > 0 GROUP BY tenant";
 
-/// The days of `usage_changes` before yesterday (no reader looks that far back).
+/// The days of `usage_change_batches` before yesterday (no reader looks that far back).
 pub const OLD_USAGE_CHANGE_DAYS: &str = "SELECT DISTINCT partition FROM system.parts \
-     WHERE database = currentDatabase() AND table = 'usage_changes' AND active \
+     WHERE database = currentDatabase() AND table = 'usage_change_batches' AND active \
      AND partition < toString(yesterday())";
 
-/// Drops one day (`?`, as `OLD_USAGE_CHANGE_DAYS` names it) of `usage_changes`.
-pub const DROP_USAGE_CHANGE_DAY: &str = "ALTER TABLE usage_changes DROP PARTITION ?";
+/// Drops one day (`?`, as `OLD_USAGE_CHANGE_DAYS` names it) of `usage_change_batches`.
+pub const DROP_USAGE_CHANGE_DAY: &str = "ALTER TABLE usage_change_batches DROP PARTITION ?";

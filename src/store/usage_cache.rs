@@ -2,21 +2,31 @@
 //! subscription read again (a dashboard, billing_state, an invoice preview) is answered without
 //! ClickHouse until something is written for that customer.
 //!
-//! An answer is dropped when its customer's usage may have changed:
-//! - at once, by this process's own batches (before their requests are acknowledged), so a
-//!   client always reads its own writes;
-//! - by polling `usage_changes` (sql/0010), which every insert with samples feeds through a
-//!   view, whichever process or tool wrote it (other replicas, `backfill`, repairs of in-doubt
-//!   batches). Other processes' events therefore show within one poll interval.
+//! This process's own batches are added to the answers it holds (`fold`), before their requests
+//! are acknowledged: sums, counts, minima and maxima take the new samples, and so does a group
+//! seen for the first time; an answer that cannot be updated exactly (a distinct count or a
+//! latest value of a group it already has) is dropped. A client reads its own writes, and a
+//! customer that keeps sending events through this process keeps being answered from memory.
+//!
+//! Every other change drops the answers of the customers it touches, by polling
+//! `usage_change_batches` (sql/0011), which every insert with samples feeds through a view,
+//! whichever process or tool wrote it (other replicas, `backfill`, repairs of in-doubt
+//! batches); rows of batches this process folded are skipped. Other processes' events therefore
+//! show within one poll interval.
 //!
 //! A read that raced a change never stores its answer: each read takes a ticket (a sequence
 //! number) before it queries, and an answer is only kept if its customer was not invalidated
-//! since. A failed poll empties the cache, since changes may have been missed.
+//! since. A batch marks its customers before its insert (`begin_write`), so no answer read
+//! while the insert ran is kept past it, and only answers kept before it began are folded:
+//! none of them can contain the batch. A failed poll empties the cache, since changes may
+//! have been missed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
 
 use super::usage::{MeterGroupUsage, usage_of_meters};
 use super::{Store, StoreError, queries};
@@ -29,8 +39,26 @@ use crate::catalog::Aggregation;
 /// covers servers' clocks in a cluster.
 const POLL_OVERLAP_S: u32 = 10;
 
+/// How long this process remembers the batches it folded, and how many at most: their rows in
+/// `usage_change_batches` are read by the polls of the next seconds only. A batch forgotten
+/// too early costs its customers' answers, nothing else.
+const OWN_BATCHES_FOR: Duration = Duration::from_secs(60);
+const OWN_BATCHES_MAX: usize = 4096;
+
 /// What a read asks: its window (epoch ms) and meters, in the caller's order.
 type Question = (i64, i64, Vec<(String, Aggregation)>);
+
+/// One meter sample of a committed batch of this process.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<'a> {
+    pub tenant: &'a str,
+    pub customer: &'a str,
+    pub meter: &'a str,
+    pub ts_ms: i64,
+    pub keys: &'a [String],
+    pub values: &'a [String],
+    pub value: Decimal,
+}
 
 /// Answers per customer, at most `capacity` customers.
 pub struct UsageCache {
@@ -52,17 +80,28 @@ struct Inner {
     slots: HashMap<String, HashMap<String, Slot>>,
     /// Slots in all tenants.
     len: usize,
+    /// Batches this process folded, oldest first, with when.
+    own: VecDeque<(Instant, u64)>,
 }
 
 #[derive(Default)]
 struct Slot {
     invalidated: u64,
     used: u64,
-    answers: HashMap<Question, Arc<Vec<MeterGroupUsage>>>,
+    answers: HashMap<Question, Kept>,
+}
+
+/// An answer, and the ticket of the read that produced it.
+struct Kept {
+    ticket: u64,
+    answer: Arc<Vec<MeterGroupUsage>>,
 }
 
 /// Taken before a read of ClickHouse; its answer is kept only if it is still valid.
 pub struct Ticket(u64);
+
+/// Taken before a batch of this process is inserted; see [`UsageCache::fold`].
+pub struct Write(u64);
 
 impl UsageCache {
     /// A cache of at most `capacity` customers' answers; 0 keeps nothing.
@@ -90,9 +129,9 @@ impl UsageCache {
         let mut inner = self.lock();
         let seq = inner.seq;
         let slot = inner.touch(tenant, customer);
-        if let Some(answer) = slot.answers.get(question) {
+        if let Some(kept) = slot.answers.get(question) {
             self.hits.fetch_add(1, Relaxed);
-            return Ok(answer.clone());
+            return Ok(kept.answer.clone());
         }
         self.misses.fetch_add(1, Relaxed);
         if inner.len > self.capacity {
@@ -118,8 +157,67 @@ impl UsageCache {
         if let Some(slot) = inner.slot(tenant, customer)
             && slot.invalidated <= ticket.0
         {
-            slot.answers.insert(question, answer);
+            let ticket = ticket.0;
+            slot.answers.insert(question, Kept { ticket, answer });
         }
+    }
+
+    /// Marks the customers of a batch about to be inserted: no read in flight may keep its
+    /// answer after this (it may or may not see the batch).
+    pub fn begin_write<'a>(
+        &self,
+        customers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Write {
+        let mut inner = self.lock();
+        inner.seq += 1;
+        let seq = inner.seq;
+        for (tenant, customer) in customers {
+            if let Some(slot) = inner.slot(tenant, customer) {
+                slot.invalidated = seq;
+            }
+        }
+        Write(seq)
+    }
+
+    /// Adds the samples of batch `batch_id`, committed since `write` was taken, to the answers
+    /// of their customers kept before it; drops the answers read meanwhile and those a sample
+    /// cannot update exactly. Rows of the batch in `usage_change_batches` are then skipped.
+    pub fn fold<'a>(
+        &self,
+        write: Write,
+        batch_id: u64,
+        samples: impl IntoIterator<Item = Sample<'a>>,
+    ) {
+        let mut inner = self.lock();
+        inner.seq += 1;
+        let seq = inner.seq;
+        for sample in samples {
+            let Some(slot) = inner.slot(sample.tenant, sample.customer) else {
+                continue;
+            };
+            if slot.invalidated < seq {
+                // First sample of this customer in the batch.
+                slot.invalidated = seq;
+                slot.answers.retain(|_, kept| kept.ticket < write.0);
+            }
+            slot.answers
+                .retain(|question, kept| add(question, &mut kept.answer, &sample));
+        }
+        let now = Instant::now();
+        inner.own.push_back((now, batch_id));
+        while inner.own.len() > OWN_BATCHES_MAX
+            || inner
+                .own
+                .front()
+                .is_some_and(|(at, _)| now - *at > OWN_BATCHES_FOR)
+        {
+            inner.own.pop_front();
+        }
+    }
+
+    /// The batches this process folded lately.
+    pub fn own_batches(&self) -> Vec<u64> {
+        self.lock().own.iter().map(|&(_, id)| id).collect()
     }
 
     /// Drops every answer of these customers (tenant, customer).
@@ -147,6 +245,52 @@ impl UsageCache {
     /// Customers with a slot (answers or a read in flight).
     pub fn customers(&self) -> usize {
         self.lock().len
+    }
+}
+
+/// Adds `sample` to `answer` of `question`; false when it cannot be done exactly (the
+/// answer must then be dropped).
+fn add(question: &Question, answer: &mut Arc<Vec<MeterGroupUsage>>, sample: &Sample<'_>) -> bool {
+    let (from, to, meters) = question;
+    if sample.ts_ms < *from || sample.ts_ms >= *to {
+        return true;
+    }
+    let Some(&(_, aggregation)) = meters.iter().find(|(m, _)| m == sample.meter) else {
+        return true;
+    };
+    let value = sample.value.normalize();
+    // Copied only if a reader still holds this answer.
+    let answer = Arc::make_mut(answer);
+    let row = answer
+        .iter_mut()
+        .find(|r| r.meter == sample.meter && r.keys == sample.keys && r.values == sample.values);
+    let Some(row) = row else {
+        answer.push(MeterGroupUsage {
+            meter: sample.meter.to_owned(),
+            keys: sample.keys.to_vec(),
+            values: sample.values.to_vec(),
+            value: match aggregation {
+                Aggregation::Count | Aggregation::UniqueCount => Decimal::ONE,
+                _ => value,
+            },
+            count: 1,
+        });
+        return true;
+    };
+    let merged = match aggregation {
+        Aggregation::Count => row.value.checked_add(Decimal::ONE),
+        Aggregation::Sum => row.value.checked_add(value),
+        Aggregation::Min => Some(row.value.min(value)),
+        Aggregation::Max => Some(row.value.max(value)),
+        Aggregation::UniqueCount | Aggregation::Latest => None,
+    };
+    match (merged, row.count.checked_add(1)) {
+        (Some(merged), Some(count)) => {
+            row.value = merged.normalize();
+            row.count = count;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -232,14 +376,22 @@ pub async fn cached_usage_of_meters(
     Ok(Some(answer))
 }
 
-/// Drops the cached usage of customers whose usage changed, as `usage_changes` says, every
-/// `every`; an hour apart, drops days of `usage_changes` before yesterday.
-pub fn spawn_poll(store: Store, every: Duration) -> tokio::task::JoinHandle<()> {
+/// Drops the cached usage of customers whose usage changed, as `usage_change_batches` says,
+/// every `every`; an hour apart, drops days of that table before yesterday.
+/// `since` is the mark of a poll made before (see [`poll`]); without one, the first poll is
+/// made at once.
+pub fn spawn_poll(
+    store: Store,
+    every: Duration,
+    mut since: Option<u32>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut since: Option<u32> = None;
         let mut pruned_at = tokio::time::Instant::now();
+        let mut first = since.is_none();
         loop {
-            tokio::time::sleep(every).await;
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(every).await;
+            }
             match poll(&store, since).await {
                 Ok(now) => since = Some(now),
                 Err(e) => {
@@ -270,6 +422,7 @@ pub async fn poll(store: &Store, since: Option<u32>) -> Result<u32, StoreError> 
     let changed: Vec<(String, String)> = client
         .query(queries::USAGE_CHANGED_SINCE)
         .bind(since.saturating_sub(POLL_OVERLAP_S))
+        .bind(store.usage_cache().own_batches())
         .fetch_all()
         .await?;
     if !changed.is_empty() {
@@ -280,7 +433,7 @@ pub async fn poll(store: &Store, since: Option<u32>) -> Result<u32, StoreError> 
     Ok(now)
 }
 
-/// Drops the days of `usage_changes` before yesterday.
+/// Drops the days of `usage_change_batches` before yesterday.
 pub async fn prune(store: &Store) -> Result<(), StoreError> {
     let days: Vec<String> = store
         .client()
@@ -396,6 +549,158 @@ mod tests {
         assert_eq!(value(&cache, "c"), None, "the answer may miss the change");
         cache.store(fresh, "t", "c", question(), answer(6));
         assert_eq!(value(&cache, "c"), Some(Decimal::from(6)));
+    }
+
+    fn row(meter: &str, group: &[&str], value: i64, count: u64) -> MeterGroupUsage {
+        MeterGroupUsage {
+            meter: meter.into(),
+            keys: group.iter().map(|_| "model".to_owned()).collect(),
+            values: group.iter().map(|&g| g.to_owned()).collect(),
+            value: Decimal::from(value),
+            count,
+        }
+    }
+
+    /// A sample of customer c of tenant t.
+    fn sample<'a>(
+        meter: &'a str,
+        ts_ms: i64,
+        keys: &'a [String],
+        values: &'a [String],
+        value: i64,
+    ) -> Sample<'a> {
+        Sample {
+            tenant: "t",
+            customer: "c",
+            meter,
+            ts_ms,
+            keys,
+            values,
+            value: Decimal::from(value),
+        }
+    }
+
+    fn keep(cache: &UsageCache, question: &Question, rows: Vec<MeterGroupUsage>) {
+        let ticket = cache.lookup("t", "c", question).unwrap_err();
+        cache.store(ticket, "t", "c", question.clone(), Arc::new(rows));
+    }
+
+    fn sorted(cache: &UsageCache, question: &Question) -> Option<Vec<MeterGroupUsage>> {
+        let mut rows = cache.lookup("t", "c", question).ok()?.to_vec();
+        rows.sort_by(|a, b| (&a.meter, &a.values).cmp(&(&b.meter, &b.values)));
+        Some(rows)
+    }
+
+    #[test]
+    fn own_batches_are_added_to_kept_answers() {
+        let cache = UsageCache::new(10);
+        let question: Question = (
+            0,
+            100,
+            vec![
+                ("calls".into(), Aggregation::Count),
+                ("tokens".into(), Aggregation::Sum),
+                ("low".into(), Aggregation::Min),
+                ("high".into(), Aggregation::Max),
+            ],
+        );
+        keep(
+            &cache,
+            &question,
+            vec![
+                row("calls", &[], 4, 4),
+                row("tokens", &["a"], 10, 2),
+                row("low", &[], 3, 1),
+                row("high", &[], 3, 1),
+            ],
+        );
+        let (none, model) = (vec![], vec!["model".to_owned()]);
+        let (a, b) = (vec!["a".to_owned()], vec!["b".to_owned()]);
+        let write = cache.begin_write([("t", "c")]);
+        cache.fold(
+            write,
+            7,
+            [
+                sample("calls", 5, &none, &none, 1),
+                sample("tokens", 6, &model, &a, 5),
+                sample("tokens", 7, &model, &b, 8),
+                sample("low", 8, &none, &none, 2),
+                sample("low", 9, &none, &none, 9),
+                sample("high", 10, &none, &none, 9),
+                // Outside the window, and a meter the question does not read.
+                sample("tokens", 100, &model, &a, 1000),
+                sample("other", 11, &none, &none, 1000),
+            ],
+        );
+        assert_eq!(
+            sorted(&cache, &question),
+            Some(vec![
+                row("calls", &[], 5, 5),
+                row("high", &[], 9, 2),
+                row("low", &[], 2, 3),
+                row("tokens", &["a"], 15, 3),
+                row("tokens", &["b"], 8, 1),
+            ])
+        );
+        assert_eq!(cache.own_batches(), vec![7]);
+    }
+
+    #[test]
+    fn an_answer_a_sample_cannot_update_exactly_is_dropped() {
+        let cache = UsageCache::new(10);
+        let none: Vec<String> = vec![];
+        for aggregation in [Aggregation::UniqueCount, Aggregation::Latest] {
+            let question: Question = (0, 100, vec![("m".into(), aggregation)]);
+            // A first sample of the meter is exact: one distinct value, the latest value.
+            keep(&cache, &question, vec![]);
+            let write = cache.begin_write([("t", "c")]);
+            cache.fold(write, 1, [sample("m", 5, &none, &none, 42)]);
+            let expected = if aggregation == Aggregation::Latest {
+                42
+            } else {
+                1
+            };
+            assert_eq!(
+                sorted(&cache, &question),
+                Some(vec![row("m", &[], expected, 1)])
+            );
+            // A second needs the state ClickHouse keeps.
+            let write = cache.begin_write([("t", "c")]);
+            cache.fold(write, 2, [sample("m", 6, &none, &none, 43)]);
+            assert_eq!(sorted(&cache, &question), None, "{aggregation:?}");
+        }
+    }
+
+    #[test]
+    fn answers_read_while_a_batch_was_inserted_are_not_kept() {
+        let cache = UsageCache::new(10);
+        let none: Vec<String> = vec![];
+        let q = question();
+        // A read that began before the batch and ends during its insert may have seen it.
+        let before = cache.lookup("t", "c", &q).unwrap_err();
+        let write = cache.begin_write([("t", "c")]);
+        cache.store(before, "t", "c", q.clone(), answer(5));
+        assert_eq!(value(&cache, "c"), None);
+        // One that began and ended during the insert is dropped when the batch is folded.
+        let during = cache.lookup("t", "c", &q).unwrap_err();
+        let late = cache.lookup("t", "c", &q).unwrap_err();
+        cache.store(during, "t", "c", q.clone(), answer(5));
+        cache.fold(write, 1, [sample("m", 1, &none, &none, 1)]);
+        assert_eq!(value(&cache, "c"), None);
+        // One that began during the insert and ends after the fold is not kept either.
+        cache.store(late, "t", "c", q.clone(), answer(5));
+        assert_eq!(value(&cache, "c"), None);
+        // A read after the fold is.
+        let after = cache.lookup("t", "c", &q).unwrap_err();
+        cache.store(after, "t", "c", q.clone(), answer(6));
+        assert_eq!(value(&cache, "c"), Some(Decimal::from(6)));
+        // A customer the batch did not touch keeps what it read during the insert.
+        let other = cache.lookup("t", "d", &q).unwrap_err();
+        let write = cache.begin_write([("t", "c")]);
+        cache.store(other, "t", "d", q.clone(), answer(9));
+        cache.fold(write, 2, [sample("m", 1, &none, &none, 1)]);
+        assert_eq!(value(&cache, "d"), Some(Decimal::from(9)));
+        assert_eq!(value(&cache, "c"), Some(Decimal::from(7)));
     }
 
     #[test]
