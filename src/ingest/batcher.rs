@@ -282,13 +282,13 @@ impl Batcher {
         }
         let started = Instant::now();
         let cache = self.store.usage_cache();
-        let write = cache.begin_write(customers_with_samples(rows));
+        let write = cache.begin_write(batch_id, customers_with_samples(rows));
         let result = self.insert_with_retries(rows, batch_id, now_ms).await;
         match &result {
             Ok(()) => {
                 self.dedup.insert_all(keys, now_ms);
                 // Before any request of the batch is acknowledged: its client reads its writes.
-                cache.fold(write, batch_id, samples(rows));
+                cache.fold(write, samples(rows));
                 self.metrics.batches_inserted.fetch_add(1, Relaxed);
                 self.metrics.batch_events.observe(rows.len() as f64);
                 self.metrics
@@ -302,7 +302,7 @@ impl Batcher {
             }
             Err(e) => {
                 // Some of it may have landed.
-                cache.invalidate(customers_with_samples(rows));
+                cache.abandon(write, customers_with_samples(rows));
                 self.metrics.batches_failed.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, batch_events = rows.len(), batch_id, "batch insert failed");
                 if e.is_retryable() {

@@ -11,8 +11,8 @@
 //! Every other change drops the answers of the customers it touches, by polling
 //! `usage_change_batches` (sql/0011), which every insert with samples feeds through a view,
 //! whichever process or tool wrote it (other replicas, `backfill`, repairs of in-doubt
-//! batches); rows of batches this process folded are skipped. Other processes' events therefore
-//! show within one poll interval.
+//! batches); rows of the batches this process is inserting or has folded are skipped. Other
+//! processes' events therefore show within one poll interval.
 //!
 //! A read that raced a change never stores its answer: each read takes a ticket (a sequence
 //! number) before it queries, and an answer is only kept if its customer was not invalidated
@@ -101,7 +101,10 @@ struct Kept {
 pub struct Ticket(u64);
 
 /// Taken before a batch of this process is inserted; see [`UsageCache::fold`].
-pub struct Write(u64);
+pub struct Write {
+    seq: u64,
+    batch_id: u64,
+}
 
 impl UsageCache {
     /// A cache of at most `capacity` customers' answers; 0 keeps nothing.
@@ -162,10 +165,12 @@ impl UsageCache {
         }
     }
 
-    /// Marks the customers of a batch about to be inserted: no read in flight may keep its
-    /// answer after this (it may or may not see the batch).
+    /// Marks the customers of batch `batch_id`, about to be inserted: no read in flight may
+    /// keep its answer after this (it may or may not see the batch). From now on the polls
+    /// skip the batch's rows in `usage_change_batches`: it is folded or abandoned.
     pub fn begin_write<'a>(
         &self,
+        batch_id: u64,
         customers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Write {
         let mut inner = self.lock();
@@ -175,33 +180,6 @@ impl UsageCache {
             if let Some(slot) = inner.slot(tenant, customer) {
                 slot.invalidated = seq;
             }
-        }
-        Write(seq)
-    }
-
-    /// Adds the samples of batch `batch_id`, committed since `write` was taken, to the answers
-    /// of their customers kept before it; drops the answers read meanwhile and those a sample
-    /// cannot update exactly. Rows of the batch in `usage_change_batches` are then skipped.
-    pub fn fold<'a>(
-        &self,
-        write: Write,
-        batch_id: u64,
-        samples: impl IntoIterator<Item = Sample<'a>>,
-    ) {
-        let mut inner = self.lock();
-        inner.seq += 1;
-        let seq = inner.seq;
-        for sample in samples {
-            let Some(slot) = inner.slot(sample.tenant, sample.customer) else {
-                continue;
-            };
-            if slot.invalidated < seq {
-                // First sample of this customer in the batch.
-                slot.invalidated = seq;
-                slot.answers.retain(|_, kept| kept.ticket < write.0);
-            }
-            slot.answers
-                .retain(|question, kept| add(question, &mut kept.answer, &sample));
         }
         let now = Instant::now();
         inner.own.push_back((now, batch_id));
@@ -213,9 +191,42 @@ impl UsageCache {
         {
             inner.own.pop_front();
         }
+        Write { seq, batch_id }
     }
 
-    /// The batches this process folded lately.
+    /// Adds the samples of the batch of `write`, now committed, to the answers of their
+    /// customers kept before it began; drops the answers read meanwhile and those a sample
+    /// cannot update exactly.
+    pub fn fold<'a>(&self, write: Write, samples: impl IntoIterator<Item = Sample<'a>>) {
+        let mut inner = self.lock();
+        inner.seq += 1;
+        let seq = inner.seq;
+        for sample in samples {
+            let Some(slot) = inner.slot(sample.tenant, sample.customer) else {
+                continue;
+            };
+            if slot.invalidated < seq {
+                // First sample of this customer in the batch.
+                slot.invalidated = seq;
+                slot.answers.retain(|_, kept| kept.ticket < write.seq);
+            }
+            slot.answers
+                .retain(|question, kept| add(question, &mut kept.answer, &sample));
+        }
+    }
+
+    /// The batch of `write` failed, and some of it may have landed: drops its customers'
+    /// answers, and the polls no longer skip its rows.
+    pub fn abandon<'a>(
+        &self,
+        write: Write,
+        customers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
+        self.invalidate(customers);
+        self.lock().own.retain(|&(_, id)| id != write.batch_id);
+    }
+
+    /// The batches this process is inserting or has folded lately.
     pub fn own_batches(&self) -> Vec<u64> {
         self.lock().own.iter().map(|&(_, id)| id).collect()
     }
@@ -616,10 +627,9 @@ mod tests {
         );
         let (none, model) = (vec![], vec!["model".to_owned()]);
         let (a, b) = (vec!["a".to_owned()], vec!["b".to_owned()]);
-        let write = cache.begin_write([("t", "c")]);
+        let write = cache.begin_write(7, [("t", "c")]);
         cache.fold(
             write,
-            7,
             [
                 sample("calls", 5, &none, &none, 1),
                 sample("tokens", 6, &model, &a, 5),
@@ -653,8 +663,8 @@ mod tests {
             let question: Question = (0, 100, vec![("m".into(), aggregation)]);
             // A first sample of the meter is exact: one distinct value, the latest value.
             keep(&cache, &question, vec![]);
-            let write = cache.begin_write([("t", "c")]);
-            cache.fold(write, 1, [sample("m", 5, &none, &none, 42)]);
+            let write = cache.begin_write(1, [("t", "c")]);
+            cache.fold(write, [sample("m", 5, &none, &none, 42)]);
             let expected = if aggregation == Aggregation::Latest {
                 42
             } else {
@@ -665,8 +675,8 @@ mod tests {
                 Some(vec![row("m", &[], expected, 1)])
             );
             // A second needs the state ClickHouse keeps.
-            let write = cache.begin_write([("t", "c")]);
-            cache.fold(write, 2, [sample("m", 6, &none, &none, 43)]);
+            let write = cache.begin_write(2, [("t", "c")]);
+            cache.fold(write, [sample("m", 6, &none, &none, 43)]);
             assert_eq!(sorted(&cache, &question), None, "{aggregation:?}");
         }
     }
@@ -678,14 +688,14 @@ mod tests {
         let q = question();
         // A read that began before the batch and ends during its insert may have seen it.
         let before = cache.lookup("t", "c", &q).unwrap_err();
-        let write = cache.begin_write([("t", "c")]);
+        let write = cache.begin_write(1, [("t", "c")]);
         cache.store(before, "t", "c", q.clone(), answer(5));
         assert_eq!(value(&cache, "c"), None);
         // One that began and ended during the insert is dropped when the batch is folded.
         let during = cache.lookup("t", "c", &q).unwrap_err();
         let late = cache.lookup("t", "c", &q).unwrap_err();
         cache.store(during, "t", "c", q.clone(), answer(5));
-        cache.fold(write, 1, [sample("m", 1, &none, &none, 1)]);
+        cache.fold(write, [sample("m", 1, &none, &none, 1)]);
         assert_eq!(value(&cache, "c"), None);
         // One that began during the insert and ends after the fold is not kept either.
         cache.store(late, "t", "c", q.clone(), answer(5));
@@ -696,11 +706,17 @@ mod tests {
         assert_eq!(value(&cache, "c"), Some(Decimal::from(6)));
         // A customer the batch did not touch keeps what it read during the insert.
         let other = cache.lookup("t", "d", &q).unwrap_err();
-        let write = cache.begin_write([("t", "c")]);
+        let write = cache.begin_write(2, [("t", "c")]);
         cache.store(other, "t", "d", q.clone(), answer(9));
-        cache.fold(write, 2, [sample("m", 1, &none, &none, 1)]);
+        cache.fold(write, [sample("m", 1, &none, &none, 1)]);
         assert_eq!(value(&cache, "d"), Some(Decimal::from(9)));
         assert_eq!(value(&cache, "c"), Some(Decimal::from(7)));
+        // A batch that failed drops its customers' answers, and its rows count as changes.
+        let write = cache.begin_write(3, [("t", "c")]);
+        assert_eq!(cache.own_batches(), vec![1, 2, 3]);
+        cache.abandon(write, [("t", "c")]);
+        assert_eq!(value(&cache, "c"), None);
+        assert_eq!(cache.own_batches(), vec![1, 2]);
     }
 
     #[test]
