@@ -53,6 +53,8 @@ pub struct SoakReport {
     pub read_errors: usize,
     pub read_p50_ms: f64,
     pub read_p99_ms: f64,
+    /// Usage reads answered from the service's memory, of all its usage reads.
+    pub reads_from_memory: f64,
     /// Resident memory after the first tenth of the run, at the end, and at most.
     pub rss_mb_warm: f64,
     pub rss_mb_end: f64,
@@ -88,6 +90,28 @@ fn catalog() -> String {
         "customers": customers,
         "subscriptions": subscriptions}]})
     .to_string()
+}
+
+/// The share of usage reads the service answered from memory, from its `/metrics`.
+async fn memory_share(http: &reqwest::Client, base: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let counter = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let hits = counter("meterhouse_usage_cache_hits_total ");
+    let misses = counter("meterhouse_usage_cache_misses_total ");
+    Ok(if hits + misses > 0.0 {
+        hits / (hits + misses)
+    } else {
+        0.0
+    })
 }
 
 fn rss_mb() -> f64 {
@@ -239,6 +263,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         read_errors += errors;
     }
     let rss_end = rss_mb();
+    let reads_from_memory = memory_share(&http, &base).await?;
     service.stop().await?;
     let store = Store::new(&url, &config.store).connect().await?;
     let stored = store
@@ -266,6 +291,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         read_errors,
         read_p50_ms: percentile(&read_latencies, 0.50),
         read_p99_ms: percentile(&read_latencies, 0.99),
+        reads_from_memory,
         rss_mb_warm: rss_warm,
         rss_mb_end: rss_end,
         rss_mb_max: rss_max,

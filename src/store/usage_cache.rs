@@ -201,6 +201,9 @@ impl UsageCache {
         let mut inner = self.lock();
         inner.seq += 1;
         let seq = inner.seq;
+        if inner.len == 0 {
+            return;
+        }
         for sample in samples {
             let Some(slot) = inner.slot(sample.tenant, sample.customer) else {
                 continue;
