@@ -174,13 +174,7 @@ impl UsageCache {
         customers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Write {
         let mut inner = self.lock();
-        inner.seq += 1;
-        let seq = inner.seq;
-        for (tenant, customer) in customers {
-            if let Some(slot) = inner.slot(tenant, customer) {
-                slot.invalidated = seq;
-            }
-        }
+        let seq = inner.mark(customers, false);
         let now = Instant::now();
         inner.own.push_back((now, batch_id));
         while inner.own.len() > OWN_BATCHES_MAX
@@ -236,15 +230,7 @@ impl UsageCache {
 
     /// Drops every answer of these customers (tenant, customer).
     pub fn invalidate<'a>(&self, customers: impl IntoIterator<Item = (&'a str, &'a str)>) {
-        let mut inner = self.lock();
-        inner.seq += 1;
-        let seq = inner.seq;
-        for (tenant, customer) in customers {
-            if let Some(slot) = inner.slot(tenant, customer) {
-                slot.invalidated = seq;
-                slot.answers.clear();
-            }
-        }
+        self.lock().mark(customers, true);
     }
 
     /// Drops everything, and voids every read in flight.
@@ -309,6 +295,26 @@ fn add(question: &Question, answer: &mut Arc<Vec<MeterGroupUsage>>, sample: &Sam
 }
 
 impl Inner {
+    /// A new sequence number, set as these customers' invalidation; with `clear`, their
+    /// answers are dropped too.
+    fn mark<'a>(
+        &mut self,
+        customers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        clear: bool,
+    ) -> u64 {
+        self.seq += 1;
+        let seq = self.seq;
+        for (tenant, customer) in customers {
+            if let Some(slot) = self.slot(tenant, customer) {
+                slot.invalidated = seq;
+                if clear {
+                    slot.answers.clear();
+                }
+            }
+        }
+        seq
+    }
+
     fn slot(&mut self, tenant: &str, customer: &str) -> Option<&mut Slot> {
         self.slots.get_mut(tenant)?.get_mut(customer)
     }
