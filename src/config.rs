@@ -69,8 +69,8 @@ pub struct Config {
     /// Events per second per API key.
     #[arg(long, env = "METERHOUSE_RATE_LIMIT_EPS", default_value_t = 2_000_000)]
     pub rate_limit_eps: u32,
-    /// Customers whose current usage answers are kept in memory until their usage changes
-    /// (0: read ClickHouse every time).
+    /// Customers whose usage answers are kept in memory, updated by this process's own batches,
+    /// until another writer changes their usage (0: read ClickHouse every time).
     #[arg(
         long,
         env = "METERHOUSE_USAGE_CACHE_CUSTOMERS",

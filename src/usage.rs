@@ -209,8 +209,8 @@ fn flat_fee(plan: &Plan, price: &Price, period: &Period) -> Result<FlatFee, Usag
 }
 
 /// The usage prices of `plan` over `window`: every meter they use read in one statement
-/// (`store::usage::usage_of_meters`, kept in memory until the customer's usage changes:
-/// `store::usage_cache`); a price whose groups cannot be taken from that read
+/// (`store::usage::usage_of_meters`, kept in memory by `store::usage_cache`); a price whose
+/// groups cannot be taken from that read
 /// (see `project`) is read on its own.
 async fn usage_charges(
     store: &Store,

@@ -67,7 +67,8 @@ pub const STORED_KEYS: &str =
 pub const SERVER_NOW: &str = "SELECT toUInt32(now())";
 
 /// Customers (tenant, customer) whose usage changed at or after `?` (server epoch seconds),
-/// except by the batches `?` (an array: this process's own, already folded into its cache).
+/// except by the batches `?` (an array: this process's own, being inserted or already added to
+/// the usage it holds in memory).
 pub const USAGE_CHANGED_SINCE: &str = "SELECT DISTINCT tenant, arrayJoin(customers) \
      FROM usage_change_batches WHERE at >= toDateTime(?) AND NOT (notEmpty(batches) AND hasAll(?, batches))";
 

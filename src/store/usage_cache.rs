@@ -39,7 +39,7 @@ use crate::catalog::Aggregation;
 /// covers servers' clocks in a cluster.
 const POLL_OVERLAP_S: u32 = 10;
 
-/// How long this process remembers the batches it folded, and how many at most: their rows in
+/// How long this process remembers its own batches, and how many at most: their rows in
 /// `usage_change_batches` are read by the polls of the next seconds only. A batch forgotten
 /// too early costs its customers' answers, nothing else.
 const OWN_BATCHES_FOR: Duration = Duration::from_secs(60);
@@ -80,7 +80,7 @@ struct Inner {
     slots: HashMap<String, HashMap<String, Slot>>,
     /// Slots in all tenants.
     len: usize,
-    /// Batches this process folded, oldest first, with when.
+    /// Batches this process is inserting or has folded, oldest first, with when each began.
     own: VecDeque<(Instant, u64)>,
 }
 
