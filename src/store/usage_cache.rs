@@ -219,8 +219,9 @@ impl UsageCache {
         write: Write,
         customers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) {
-        self.invalidate(customers);
-        self.lock().own.retain(|&(_, id)| id != write.batch_id);
+        let mut inner = self.lock();
+        inner.mark(customers, true);
+        inner.own.retain(|&(_, id)| id != write.batch_id);
     }
 
     /// The batches this process is inserting or has folded lately.
