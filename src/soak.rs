@@ -92,26 +92,12 @@ fn catalog() -> String {
     .to_string()
 }
 
-/// The share of usage reads the service answered from memory, from its `/metrics`.
-async fn memory_share(http: &reqwest::Client, base: &str) -> anyhow::Result<f64> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let counter = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    let hits = counter("meterhouse_usage_cache_hits_total ");
-    let misses = counter("meterhouse_usage_cache_misses_total ");
-    Ok(if hits + misses > 0.0 {
-        hits / (hits + misses)
-    } else {
-        0.0
-    })
+/// The share of usage reads the service answered from memory.
+fn memory_share(store: &Store) -> f64 {
+    let cache = store.usage_cache();
+    let hits = cache.hits.load(Ordering::Relaxed) as f64;
+    let reads = hits + cache.misses.load(Ordering::Relaxed) as f64;
+    if reads > 0.0 { hits / reads } else { 0.0 }
 }
 
 fn rss_mb() -> f64 {
@@ -263,7 +249,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         read_errors += errors;
     }
     let rss_end = rss_mb();
-    let reads_from_memory = memory_share(&http, &base).await?;
+    let reads_from_memory = memory_share(&service.store);
     service.stop().await?;
     let store = Store::new(&url, &config.store).connect().await?;
     let stored = store
