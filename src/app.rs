@@ -17,6 +17,7 @@ use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::store::local::LocalClickHouse;
 use crate::store::{Store, migrate, usage_cache};
+use crate::usage;
 
 /// A built service, ready to serve.
 pub struct Application {
@@ -104,6 +105,11 @@ impl Application {
             // The first poll sets the mark the next ones read from, before any usage is read.
             let since = usage_cache::poll(&store, None).await.ok();
             background.push(usage_cache::spawn_poll(store.clone(), every, since));
+            if config.usage_preload_every_s > 0 {
+                let every = Duration::from_secs(config.usage_preload_every_s);
+                let (store, catalog) = (store.clone(), catalog.clone());
+                background.push(usage::spawn_load_current_periods(store, catalog, every));
+            }
         }
         let limits = RateLimits::new(config.rate_limit_rps, config.rate_limit_eps);
         let state = AppState {

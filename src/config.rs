@@ -81,6 +81,11 @@ pub struct Config {
     /// dropped once they change it (milliseconds).
     #[arg(long, env = "METERHOUSE_USAGE_CHANGES_POLL_MS", default_value_t = 250)]
     pub usage_changes_poll_ms: u64,
+    /// How often the current billing period's usage of every subscription is loaded into
+    /// memory in bulk, for those whose answer is not held (seconds; first at start-up; 0: never,
+    /// each is read on its first request). Needs the usage cache.
+    #[arg(long, env = "METERHOUSE_USAGE_PRELOAD_EVERY_S", default_value_t = 60)]
+    pub usage_preload_every_s: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "METERHOUSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -68,6 +68,7 @@ pub struct Metrics {
     /// Usage reads answered from memory, and from ClickHouse (copied from the store's cache).
     pub usage_cache_hits: AtomicU64,
     pub usage_cache_misses: AtomicU64,
+    pub usage_cache_loaded: AtomicU64,
     pub batch_events: Histogram,
     pub insert_seconds: Histogram,
 }
@@ -85,6 +86,7 @@ impl Metrics {
             queue_events: AtomicU64::new(0),
             usage_cache_hits: AtomicU64::new(0),
             usage_cache_misses: AtomicU64::new(0),
+            usage_cache_loaded: AtomicU64::new(0),
             batch_events: Histogram::new(SIZE_BOUNDS),
             insert_seconds: Histogram::new(LATENCY_BOUNDS),
         })
@@ -137,6 +139,11 @@ impl Metrics {
                 "meterhouse_usage_cache_misses_total",
                 "Usage reads that went to ClickHouse.",
                 &self.usage_cache_misses,
+            ),
+            (
+                "meterhouse_usage_cache_loaded_total",
+                "Current-period usage answers loaded into memory in bulk, before their first read.",
+                &self.usage_cache_loaded,
             ),
         ];
         for (name, help, value) in counters {

@@ -2,6 +2,9 @@
 //! each usage price's quantity from the store (`store::usage`), rated (`billing::rating`),
 //! flat fees once per period, totals rounded once (`billing::money`).
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -11,9 +14,9 @@ use crate::billing::period::{Period, PeriodError, Timeline, Window};
 use crate::billing::rating::{self, Charge, RatingError, TierLine};
 use crate::catalog::Aggregation;
 use crate::catalog::plan::{Price, PriceType, Timing};
-use crate::catalog::{Customer, Meter, Plan, Subscription, TenantCatalog};
+use crate::catalog::{Catalog, Customer, Meter, Plan, Subscription, TenantCatalog};
 use crate::store::usage::{GroupUsage, MeterGroupUsage, UsageQuery, project, usage};
-use crate::store::usage_cache::cached_usage_of_meters;
+use crate::store::usage_cache::{self, cached_usage_of_meters};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -218,23 +221,8 @@ async fn usage_charges(
     plan: &Plan,
     window: Window,
 ) -> Result<Vec<UsageCharge>, UsageError> {
-    let mut priced = Vec::new();
-    for price in plan.usage_prices() {
-        let slug = price.meter.as_deref().unwrap_or_default();
-        let meter = subject.catalog.get::<Meter>(slug).ok_or_else(|| {
-            UsageError::Catalog(format!(
-                "meter '{slug}' of price '{}' no longer exists",
-                price.code
-            ))
-        })?;
-        priced.push((price, slug, meter.aggregation));
-    }
-    let mut meters: Vec<(&str, Aggregation)> = Vec::new();
-    for &(_, slug, aggregation) in &priced {
-        if !meters.iter().any(|(m, _)| *m == slug) {
-            meters.push((slug, aggregation));
-        }
-    }
+    let priced = priced_meters(subject.catalog, plan)?;
+    let meters = meters_read(&priced);
     let customer = subject.customer.external_id.as_str();
     let bounds = (window.from.timestamp_millis(), window.to.timestamp_millis());
     let rows = cached_usage_of_meters(store, subject.tenant, customer, bounds, &meters).await?;
@@ -262,6 +250,141 @@ async fn usage_charges(
         charges.push(usage_charge(plan, price, slug, window, &groups)?);
     }
     Ok(charges)
+}
+
+/// The usage prices of `plan`, each with its meter's slug and aggregation.
+fn priced_meters<'p>(
+    catalog: &'p TenantCatalog,
+    plan: &'p Plan,
+) -> Result<Vec<(&'p Price, &'p str, Aggregation)>, UsageError> {
+    let mut priced = Vec::new();
+    for price in plan.usage_prices() {
+        let slug = price.meter.as_deref().unwrap_or_default();
+        let meter = catalog.get::<Meter>(slug).ok_or_else(|| {
+            UsageError::Catalog(format!(
+                "meter '{slug}' of price '{}' no longer exists",
+                price.code
+            ))
+        })?;
+        priced.push((price, slug, meter.aggregation));
+    }
+    Ok(priced)
+}
+
+/// The meters the usage prices read, each once, in the prices' order: what one read of a
+/// plan's usage asks (and what the cache keys its answer by).
+fn meters_read<'p>(priced: &[(&'p Price, &'p str, Aggregation)]) -> Vec<(&'p str, Aggregation)> {
+    let mut meters: Vec<(&str, Aggregation)> = Vec::new();
+    for &(_, slug, aggregation) in priced {
+        if !meters.iter().any(|(m, _)| *m == slug) {
+            meters.push((slug, aggregation));
+        }
+    }
+    meters
+}
+
+/// One read of a plan's usage: its window in epoch ms, and [`meters_read`].
+type Asked<'c> = ((i64, i64), Vec<(&'c str, Aggregation)>);
+
+/// How many customers one statement of [`load_current_periods`] reads at most.
+const LOAD_CUSTOMERS: usize = 1_000;
+
+/// Loads into memory (`store::usage_cache`) the usage of the billing period at `now` of every
+/// subscription of `tenant` that has one, as [`report`] reads it for the current period, so
+/// that its first read is answered from memory as well. Subscriptions whose answer is already
+/// held are skipped; the others are read in one statement per window and set of meters, for
+/// up to [`LOAD_CUSTOMERS`] customers each. A subscription whose catalog entries are
+/// inconsistent is skipped (its own reads report why). Returns how many answers were loaded.
+pub async fn load_current_periods(
+    store: &Store,
+    tenant: &str,
+    catalog: &TenantCatalog,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let mut questions: HashMap<Asked<'_>, Vec<&str>> = HashMap::new();
+    for subscription in catalog.subscriptions.values() {
+        let Ok(asked) = current_questions(tenant, catalog, subscription, now) else {
+            continue;
+        };
+        for (bounds, meters) in asked {
+            questions
+                .entry((bounds, meters))
+                .or_default()
+                .push(&subscription.customer);
+        }
+    }
+    let mut loaded = 0;
+    for ((bounds, meters), mut customers) in questions {
+        customers.sort_unstable();
+        customers.dedup();
+        for chunk in customers.chunks(LOAD_CUSTOMERS) {
+            loaded += usage_cache::load(store, tenant, chunk, bounds, &meters).await?;
+        }
+    }
+    Ok(loaded)
+}
+
+/// The reads (window in epoch ms, meters) of the subscription's report for its period at
+/// `now`: one per phase of the period. None when it has no period then.
+fn current_questions<'c>(
+    tenant: &'c str,
+    catalog: &'c TenantCatalog,
+    subscription: &'c Subscription,
+    now: DateTime<Utc>,
+) -> Result<Vec<Asked<'c>>, UsageError> {
+    let subject = Subject::new(tenant, catalog, subscription)?;
+    let Some(current) = subject.timeline.period_at(now)? else {
+        return Ok(vec![]);
+    };
+    let window = current.window;
+    let mut asked = Vec::new();
+    for period in subject
+        .timeline
+        .periods_overlapping(window.from, window.to)?
+    {
+        let Some(inside) = period.window.intersect(&window) else {
+            continue;
+        };
+        let plan = subject.plan(&period)?;
+        let meters = meters_read(&priced_meters(catalog, plan)?);
+        if !meters.is_empty() {
+            let bounds = (inside.from.timestamp_millis(), inside.to.timestamp_millis());
+            asked.push((bounds, meters));
+        }
+    }
+    Ok(asked)
+}
+
+/// Loads the current periods of every tenant's subscriptions into memory at once, then every
+/// `every`: new subscriptions, new periods, and customers whose answers another writer's
+/// events dropped are read back in bulk rather than on their next read.
+pub fn spawn_load_current_periods(
+    store: Store,
+    catalog: Catalog,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let started = Instant::now();
+            let mut loaded = 0;
+            for (tenant, snapshot) in catalog.tenants() {
+                match load_current_periods(&store, &tenant, &snapshot, Utc::now()).await {
+                    Ok(n) => loaded += n,
+                    Err(e) => {
+                        tracing::warn!(tenant = %tenant, error = %e, "loading current periods' usage failed");
+                    }
+                }
+            }
+            if loaded > 0 {
+                tracing::info!(
+                    loaded,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "current periods' usage loaded into memory"
+                );
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
 }
 
 /// Rates one usage price's measured `groups`.

@@ -750,3 +750,103 @@ async fn own_writes_added_to_memory_match_clickhouse() {
     plain.shutdown().await;
     app.shutdown().await;
 }
+
+/// Reads of `/metrics`: current-period answers loaded into memory in bulk.
+async fn loaded_count(app: &TestApp) -> u64 {
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("meterhouse_usage_cache_loaded_total ")?
+                .parse()
+                .ok()
+        })
+        .expect("meterhouse_usage_cache_loaded_total missing from /metrics")
+}
+
+/// Waits (at most 10 s) until `app` has loaded `n` answers in bulk.
+async fn eventually_loaded(app: &TestApp, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while loaded_count(app).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loaded {} answers, expected {n}",
+            loaded_count(app).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A process loads the current period of every subscription into memory in bulk, before
+/// anyone reads it: after a restart, the first read of each subscription (usage, billing
+/// state) is answered from memory and equals what ClickHouse answers, with usage or without.
+/// A subscription created while it runs is loaded by its next round; one without a current
+/// period is not loaded.
+#[tokio::test]
+async fn current_periods_are_in_memory_before_their_first_read() {
+    let app = spawn_app("billing_preload").await;
+    scenario(&app).await;
+    ingest(&app, 7, &[("gpt-x", 1500), ("small", 10)]).await;
+    for customer in ["c2", "c3", "c4"] {
+        post(&app, "/v1/customers", json!({"external_id": customer})).await;
+    }
+    let start = |days: i64| (Utc::now() + TimeDelta::days(days)).with_nanosecond_zero();
+    post(&app, "/v1/subscriptions", json!({"external_id": "sub_2", "customer": "c2", "plan": "pro", "start_date": start(-2).to_rfc3339()})).await;
+    post(&app, "/v1/subscriptions", json!({"external_id": "sub_3", "customer": "c3", "plan": "pro", "start_date": start(2).to_rfc3339()})).await;
+    let config = app.config.clone();
+    app.shutdown().await;
+
+    let mut plain = config.clone();
+    plain.usage_cache_customers = 0;
+    let plain = common::spawn_with(plain, false).await;
+    let mut loading = config;
+    loading.usage_preload_every_s = 1;
+    let app = common::spawn_with(loading, false).await;
+    eventually_loaded(&app, 2).await;
+    let (hits, misses) = cache_counts(&app).await;
+    let read = |app: &TestApp, path: String| {
+        let (http, url) = (app.http.clone(), format!("{}{path}", app.base));
+        async move {
+            let response = http
+                .get(url)
+                .bearer_auth("read_key_a")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    for sub in ["sub_1", "sub_2"] {
+        let path = format!("/v1/subscriptions/{sub}/usage");
+        let ours = read(&app, path.clone()).await;
+        assert_eq!(
+            ours["charges"],
+            read(&plain, path).await["charges"],
+            "{sub}"
+        );
+    }
+    let state = read(&app, "/v1/customers/c1/billing_state".into()).await;
+    let expected = read(&plain, "/v1/customers/c1/billing_state".into()).await;
+    assert_eq!(state["usage"], expected["usage"]);
+    assert_eq!(calls_used(&plain).await, d("7"));
+    assert_eq!(
+        cache_counts(&app).await,
+        (hits + 3, misses),
+        "first reads answered from memory"
+    );
+    assert_eq!(loaded_count(&app).await, 2, "sub_3 has no current period");
+
+    // Created while the process runs, with usage from before: loaded by the next round.
+    let body = json!([{"id": "c4-call", "customer": "c4", "type": "api_call"}]);
+    assert_eq!(app.post_events("ingest_key_a", &body).await.0, 202);
+    post(&app, "/v1/subscriptions", json!({"external_id": "sub_4", "customer": "c4", "plan": "pro", "start_date": start(-1).to_rfc3339()})).await;
+    eventually_loaded(&app, 3).await;
+    let (hits, misses) = cache_counts(&app).await;
+    let path = "/v1/subscriptions/sub_4/usage".to_owned();
+    let ours = read(&app, path.clone()).await;
+    assert_eq!(ours["charges"], read(&plain, path).await["charges"]);
+    assert_eq!(ours["charges"][0]["quantity"], "1");
+    assert_eq!(cache_counts(&app).await, (hits + 1, misses));
+    plain.shutdown().await;
+    app.shutdown().await;
+}

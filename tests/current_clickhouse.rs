@@ -106,12 +106,24 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     combined.extend([edge_from.as_str(), edge_to.as_str()]);
     let combined_sql = format!(
         "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter",
-        bind(&combined_statement(&parts, &meters), &combined)
+        bind(&combined_statement(&parts, &meters, 1), &combined)
+    );
+    // The same read of several customers at once (loading current periods into memory).
+    let mut several = vec!["'tokens'", "'tokens'", "'users'", "'users'"];
+    let scope = ["'t'", "'c'", "'nobody'", "'tokens'", "'users'"];
+    several.extend(scope);
+    several.extend([hour_from.as_str(), hour_to.as_str()]);
+    several.extend(scope);
+    several.extend([edge_from.as_str(), edge_to.as_str()]);
+    let several_sql = format!(
+        "SELECT customer, meter, value, events FROM ({}) ORDER BY meter",
+        bind(&combined_statement(&parts, &meters, 2), &several)
     );
     let checks = vec![
         json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
         json!({"sql": combined_sql, "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
         json!({"sql": users_sql, "expect": "['']\t1\t1"}),
+        json!({"sql": several_sql, "expect": "c\ttokens\t1250.5\t1\nc\tusers\t1\t1"}),
         json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM usage_samples ORDER BY meter",
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),

@@ -343,6 +343,15 @@ impl Catalog {
         })
     }
 
+    /// Every tenant with a catalog, and its current snapshot.
+    pub fn tenants(&self) -> Vec<(String, Arc<TenantCatalog>)> {
+        let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .iter()
+            .map(|(tenant, snapshot)| (tenant.clone(), snapshot.clone()))
+            .collect()
+    }
+
     fn allows_backfill(&self, tenant: &str) -> bool {
         self.backfill_tenants
             .read()

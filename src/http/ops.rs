@@ -49,6 +49,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for (to, from) in [
         (&state.metrics.usage_cache_hits, &cache.hits),
         (&state.metrics.usage_cache_misses, &cache.misses),
+        (&state.metrics.usage_cache_loaded, &cache.loaded),
     ] {
         to.store(from.load(Relaxed), Relaxed);
     }

@@ -3,6 +3,8 @@
 //! `(tenant, meter, customer, ts_ms)` reads exactly them. The parts are merged as aggregate
 //! states in one statement, so distinct counts and latest values stay exact across the seams.
 
+use std::collections::HashMap;
+
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
@@ -313,10 +315,15 @@ pub struct MeterGroupUsage {
     pub count: u64,
 }
 
-/// The SQL of a combined read of `meters` (slug, aggregation) over `parts`, grouped by meter
-/// and the samples' own group values. Binds, in order: each meter slug (per aggregation
-/// branch, then per table), tenant, customer, each bound of the parts.
-pub fn combined_statement(parts: &[Part], meters: &[(&str, Aggregation)]) -> String {
+/// The SQL of a combined read of `meters` (slug, aggregation) of `customers` customers over
+/// `parts`, grouped by customer, meter and the samples' own group values. Binds, in order: each
+/// meter slug (per aggregation branch, then per table), tenant, each customer, each meter, each
+/// bound of the parts.
+pub fn combined_statement(
+    parts: &[Part],
+    meters: &[(&str, Aggregation)],
+    customers: usize,
+) -> String {
     let aggregations = state_aggregations(meters);
     let list = |n: usize| vec!["?"; n].join(", ");
     let of = |a: Aggregation| meters.iter().filter(|(_, m)| *m == a).count();
@@ -347,15 +354,20 @@ pub fn combined_statement(parts: &[Part], meters: &[(&str, Aggregation)]) -> Str
         .filter_map(|&a| aggregate(a))
         .map(|(column, state, _)| format!(", {state} AS {column}"))
         .collect();
+    // One customer by equality: the plain key condition is the cheapest to analyse.
+    let customer = match customers {
+        1 => "customer = ?".to_owned(),
+        n => format!("customer IN ({})", list(n)),
+    };
     let scope = format!(
-        "tenant = ? AND customer = ? AND meter IN ({})",
+        "tenant = ? AND {customer} AND meter IN ({})",
         list(meters.len())
     );
     let mut selects = Vec::new();
     if parts.iter().any(|p| matches!(p, Part::Hours(..))) {
         let hours = vec!["bucket >= toDateTime(?) AND bucket < toDateTime(?)"; count_hours(parts)];
         selects.push(format!(
-            "SELECT meter, group_keys, group_values, samples{columns} FROM usage_rollup_hour \
+            "SELECT customer, meter, group_keys, group_values, samples{columns} FROM usage_rollup_hour \
              WHERE {scope} AND ({})",
             hours.join(" OR ")
         ));
@@ -364,8 +376,8 @@ pub fn combined_statement(parts: &[Part], meters: &[(&str, Aggregation)]) -> Str
     if edges > 0 {
         let ranges = vec!["ts_ms >= ? AND ts_ms < ?"; edges];
         selects.push(format!(
-            "SELECT meter, group_keys, group_values, countState() AS samples{states} FROM usage_samples \
-             WHERE {scope} AND ({}) GROUP BY meter, group_keys, group_values",
+            "SELECT customer, meter, group_keys, group_values, countState() AS samples{states} \
+             FROM usage_samples WHERE {scope} AND ({}) GROUP BY customer, meter, group_keys, group_values",
             ranges
                 .iter()
                 .map(|r| format!("({r})"))
@@ -374,8 +386,8 @@ pub fn combined_statement(parts: &[Part], meters: &[(&str, Aggregation)]) -> Str
         ));
     }
     format!(
-        "SELECT meter, group_keys, group_values, {value} AS value, countMerge(samples) AS events \
-         FROM ({}) GROUP BY meter, group_keys, group_values",
+        "SELECT customer, meter, group_keys, group_values, {value} AS value, \
+         countMerge(samples) AS events FROM ({}) GROUP BY customer, meter, group_keys, group_values",
         selects.join(" UNION ALL ")
     )
 }
@@ -400,6 +412,7 @@ fn count_hours(parts: &[Part]) -> usize {
 
 #[derive(clickhouse::Row, Deserialize)]
 struct MeterGroupRow {
+    customer: String,
     meter: String,
     group_keys: Vec<String>,
     group_values: Vec<String>,
@@ -414,25 +427,44 @@ pub async fn usage_of_meters(
     store: &Store,
     tenant: &str,
     customer: &str,
-    (from_ms, to_ms): (i64, i64),
+    bounds: (i64, i64),
     meters: &[(&str, Aggregation)],
 ) -> Result<Option<Vec<MeterGroupUsage>>, StoreError> {
+    let usage = usage_of_customers(store, tenant, &[customer], bounds, meters).await?;
+    Ok(usage.map(|mut by_customer| by_customer.remove(customer).unwrap_or_default()))
+}
+
+/// [`usage_of_meters`] of several customers of a tenant in one statement; a customer with no
+/// usage in the window has no entry. `None` when some hour of the rollup in the window may be
+/// incomplete for any customer.
+pub async fn usage_of_customers(
+    store: &Store,
+    tenant: &str,
+    customers: &[&str],
+    (from_ms, to_ms): (i64, i64),
+    meters: &[(&str, Aggregation)],
+) -> Result<Option<HashMap<String, Vec<MeterGroupUsage>>>, StoreError> {
     let parts = split(from_ms, to_ms, true);
-    if parts.is_empty() || meters.is_empty() {
-        return Ok(Some(vec![]));
+    if parts.is_empty() || meters.is_empty() || customers.is_empty() {
+        return Ok(Some(HashMap::new()));
     }
     let hours = count_hours(&parts);
     if hours > 0 && store.may_have_dirty_hours().await? {
+        let one = match customers {
+            [customer] => Some(*customer),
+            _ => None,
+        };
         for &(meter, _) in meters {
             let marked = store
-                .dirty_hours(tenant, meter, Some(customer), from_ms, to_ms)
+                .dirty_hours(tenant, meter, one, from_ms, to_ms)
                 .await?;
             if !marked.is_empty() {
                 return Ok(None);
             }
         }
     }
-    let mut query = store.client().query(&combined_statement(&parts, meters));
+    let sql = combined_statement(&parts, meters, customers.len());
+    let mut query = store.client().query(&sql);
     for a in state_aggregations(meters) {
         for _ in 0..2 {
             for (slug, _) in meters.iter().filter(|(_, m)| *m == a) {
@@ -441,7 +473,10 @@ pub async fn usage_of_meters(
         }
     }
     let scope = |mut query: clickhouse::query::Query| {
-        query = query.bind(tenant).bind(customer);
+        query = query.bind(tenant);
+        for customer in customers {
+            query = query.bind(*customer);
+        }
         for (slug, _) in meters {
             query = query.bind(*slug);
         }
@@ -464,18 +499,17 @@ pub async fn usage_of_meters(
         }
     }
     let rows: Vec<MeterGroupRow> = query.fetch_all().await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(MeterGroupUsage {
-                value: measured(&r.value)?,
-                meter: r.meter,
-                keys: r.group_keys,
-                values: r.group_values,
-                count: r.events,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()
-        .map(Some)
+    let mut usage: HashMap<String, Vec<MeterGroupUsage>> = HashMap::new();
+    for r in rows {
+        usage.entry(r.customer).or_default().push(MeterGroupUsage {
+            value: measured(&r.value)?,
+            meter: r.meter,
+            keys: r.group_keys,
+            values: r.group_values,
+            count: r.events,
+        });
+    }
+    Ok(Some(usage))
 }
 
 /// A price's groups from the rows of its meter: each row's values for `group_by` ("" where a
@@ -756,15 +790,19 @@ mod tests {
             ("tokens", Aggregation::Sum),
             ("gb", Aggregation::Sum),
         ];
-        let sql = combined_statement(&parts, &meters);
+        let sql = combined_statement(&parts, &meters, 1);
         assert_eq!(sql.matches("FROM usage_rollup_hour").count(), 1);
         assert_eq!(sql.matches("FROM usage_samples").count(), 1);
         assert!(!sql.contains("uniqExact") && !sql.contains("argMax"));
         // Meter slugs twice for the sum branch, then per table: tenant, customer, 3 meters and
         // the bounds (one hour range; two edges).
         assert_eq!(sql.matches('?').count(), 2 * 2 + (5 + 2) + (5 + 4));
-        let only_hours = combined_statement(&split(0, 2 * HOUR_MS, true), &meters);
+        let only_hours = combined_statement(&split(0, 2 * HOUR_MS, true), &meters, 1);
         assert!(!only_hours.contains("usage_samples"));
+        // Several customers: a set in each table's condition, one bind per customer.
+        let several = combined_statement(&parts, &meters, 3);
+        assert_eq!(several.matches("customer IN (?, ?, ?)").count(), 2);
+        assert_eq!(several.matches('?').count(), 2 * 2 + (7 + 2) + (7 + 4));
     }
 
     proptest! {

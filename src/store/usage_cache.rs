@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 
-use super::usage::{MeterGroupUsage, usage_of_meters};
+use super::usage::{MeterGroupUsage, usage_of_customers, usage_of_meters};
 use super::{Store, StoreError, queries};
 use crate::catalog::Aggregation;
 
@@ -66,6 +66,8 @@ pub struct UsageCache {
     inner: Mutex<Inner>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Answers loaded in bulk before their first read ([`load`]).
+    pub loaded: AtomicU64,
 }
 
 #[derive(Default)]
@@ -114,6 +116,7 @@ impl UsageCache {
             inner: Mutex::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            loaded: AtomicU64::new(0),
         }
     }
 
@@ -143,7 +146,8 @@ impl UsageCache {
         Err(Ticket(seq))
     }
 
-    /// Keeps `answer` unless the customer's usage changed since `ticket` was taken.
+    /// Keeps `answer` unless the customer's usage changed since `ticket` was taken; whether
+    /// it was kept.
     fn store(
         &self,
         ticket: Ticket,
@@ -151,10 +155,10 @@ impl UsageCache {
         customer: &str,
         question: Question,
         answer: Arc<Vec<MeterGroupUsage>>,
-    ) {
+    ) -> bool {
         let mut inner = self.lock();
         if ticket.0 < inner.cleared {
-            return;
+            return false;
         }
         // No slot: evicted while the read ran; keep nothing rather than guess.
         if let Some(slot) = inner.slot(tenant, customer)
@@ -162,7 +166,34 @@ impl UsageCache {
         {
             let ticket = ticket.0;
             slot.answers.insert(question, Kept { ticket, answer });
+            return true;
         }
+        false
+    }
+
+    /// Tickets to load the answers to `question` of those of `customers` that have none, while
+    /// the cache has room: loading never evicts.
+    fn reserve<'c>(
+        &self,
+        tenant: &str,
+        customers: &[&'c str],
+        question: &Question,
+    ) -> Vec<(&'c str, Ticket)> {
+        let room = self.capacity - self.capacity / 8;
+        let mut inner = self.lock();
+        let seq = inner.seq;
+        let mut tickets = Vec::new();
+        for &customer in customers {
+            let len = inner.len;
+            match inner.slot(tenant, customer) {
+                Some(slot) if slot.answers.contains_key(question) => continue,
+                None if len >= room => continue,
+                _ => {}
+            }
+            inner.touch(tenant, customer);
+            tickets.push((customer, Ticket(seq)));
+        }
+        tickets
     }
 
     /// Marks the customers of batch `batch_id`, about to be inserted: no read in flight may
@@ -379,11 +410,7 @@ pub async fn cached_usage_of_meters(
             .await?
             .map(Arc::new));
     }
-    let question: Question = (
-        bounds.0,
-        bounds.1,
-        meters.iter().map(|&(m, a)| (m.to_owned(), a)).collect(),
-    );
+    let question = question(bounds, meters);
     let ticket = match cache.lookup(tenant, customer, &question) {
         Ok(answer) => return Ok(Some(answer)),
         Err(ticket) => ticket,
@@ -395,6 +422,48 @@ pub async fn cached_usage_of_meters(
     let answer = Arc::new(rows);
     cache.store(ticket, tenant, customer, question, answer.clone());
     Ok(Some(answer))
+}
+
+/// Loads into memory the answers of [`usage_of_meters`] over `bounds` for those of `customers`
+/// (of `tenant`) that have none, in one statement: their first read is then answered from
+/// memory too. A customer with no usage gets an empty answer. Nothing is loaded past the
+/// cache's room, or when hours of the window are marked for repair. Returns how many answers
+/// were kept (an answer whose customer changed while it was read is not).
+pub async fn load(
+    store: &Store,
+    tenant: &str,
+    customers: &[&str],
+    bounds: (i64, i64),
+    meters: &[(&str, Aggregation)],
+) -> Result<usize, StoreError> {
+    let cache = store.usage_cache();
+    if cache.capacity == 0 {
+        return Ok(0);
+    }
+    let question = question(bounds, meters);
+    let tickets = cache.reserve(tenant, customers, &question);
+    if tickets.is_empty() {
+        return Ok(0);
+    }
+    let wanted: Vec<&str> = tickets.iter().map(|&(customer, _)| customer).collect();
+    let Some(mut usage) = usage_of_customers(store, tenant, &wanted, bounds, meters).await? else {
+        return Ok(0);
+    };
+    let mut kept = 0;
+    for (customer, ticket) in tickets {
+        let answer = Arc::new(usage.remove(customer).unwrap_or_default());
+        kept += usize::from(cache.store(ticket, tenant, customer, question.clone(), answer));
+    }
+    cache.loaded.fetch_add(kept as u64, Relaxed);
+    Ok(kept)
+}
+
+fn question(bounds: (i64, i64), meters: &[(&str, Aggregation)]) -> Question {
+    (
+        bounds.0,
+        bounds.1,
+        meters.iter().map(|&(m, a)| (m.to_owned(), a)).collect(),
+    )
 }
 
 /// Drops the cached usage of customers whose usage changed, as `usage_change_batches` says,
@@ -536,6 +605,33 @@ mod tests {
         cache.store(late, "t", "e", question(), answer(8));
         assert_eq!(value(&cache, "c"), None);
         assert_eq!(value(&cache, "e"), None);
+    }
+
+    #[test]
+    fn loading_skips_held_answers_stops_at_its_room_and_keeps_nothing_that_raced() {
+        let cache = UsageCache::new(8);
+        let ticket = cache.lookup("t", "held", &question()).unwrap_err();
+        cache.store(ticket, "t", "held", question(), answer(1));
+        let customers: Vec<String> = (0..9).map(|i| format!("c{i}")).collect();
+        let mut asked: Vec<&str> = vec!["held"];
+        asked.extend(customers.iter().map(String::as_str));
+        let tickets = cache.reserve("t", &asked, &question());
+        // Room for 7 of 8 customers (what eviction keeps), one of them already held.
+        let names: Vec<&str> = tickets.iter().map(|(c, _)| *c).collect();
+        assert_eq!(names, ["c0", "c1", "c2", "c3", "c4", "c5"]);
+        // A batch of c1 begins while the load reads: its answer is not kept.
+        let write = cache.begin_write(1, [("t", "c1")]);
+        for (customer, ticket) in tickets {
+            let kept = cache.store(ticket, "t", customer, question(), answer(2));
+            assert_eq!(kept, customer != "c1", "{customer}");
+        }
+        cache.abandon(write, [("t", "c1")]);
+        assert_eq!(value(&cache, "c0"), Some(Decimal::from(2)));
+        assert_eq!(value(&cache, "c1"), None);
+        assert_eq!(value(&cache, "held"), Some(Decimal::from(1)));
+        // Held answers are not asked for again.
+        let again = cache.reserve("t", &["held", "c0"], &question());
+        assert!(again.is_empty());
     }
 
     #[test]

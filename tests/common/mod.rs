@@ -99,6 +99,9 @@ pub fn test_config(test: &str, url: &str) -> Config {
     }
     config.catalog = Some(catalog);
     config.batch_max_wait_ms = 5;
+    // Tests that count reads answered from memory load nothing behind their back; the test of
+    // loading turns it on.
+    config.usage_preload_every_s = 0;
     config
 }
 
