@@ -193,6 +193,7 @@ pub async fn shutdown_signal() {
 pub struct InProcess {
     pub base: String,
     pub store: crate::store::Store,
+    pub catalog: Catalog,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -201,6 +202,7 @@ impl InProcess {
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         let app = Application::build(config).await?;
         let store = app.state().store.clone();
+        let catalog = app.state().catalog.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -210,6 +212,7 @@ impl InProcess {
         Ok(Self {
             base,
             store,
+            catalog,
             stop,
             server,
         })

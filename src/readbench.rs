@@ -5,6 +5,7 @@
 //! the raw events table (properties parsed at query time), and a 30-day hourly series.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -18,6 +19,7 @@ use crate::catalog::{Catalog, Customer, Meter, Plan};
 use crate::config::Config;
 use crate::store::local::LocalClickHouse;
 use crate::store::{Store, migrate};
+use crate::usage::load_current_periods;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReadbenchArgs {
@@ -59,6 +61,15 @@ pub struct Report {
     pub usage_again_p99_ms: f64,
     pub speedup_again_p50: f64,
     pub speedup_again_p99: f64,
+    /// Loading the current period of every subscription into memory in bulk, as the service
+    /// does at start and every `--usage-preload-every-s` (memory emptied first).
+    pub load_seconds: f64,
+    pub loaded: usize,
+    /// The same subscriptions' first read after that load: answered from memory.
+    pub usage_loaded_p50_ms: f64,
+    pub usage_loaded_p99_ms: f64,
+    pub speedup_loaded_p50: f64,
+    pub speedup_loaded_p99: f64,
     pub series_30d_hourly_p50_ms: f64,
     pub series_30d_hourly_p99_ms: f64,
     /// The cheapest read of the store: a query that matches no row of the samples table.
@@ -211,7 +222,10 @@ async fn measure(
     args: &ReadbenchArgs,
     generate_seconds: f64,
 ) -> anyhow::Result<Report> {
-    let service = InProcess::start(config).await?;
+    // The first pass measures reads of ClickHouse: nothing is loaded behind its back.
+    let mut config = config.clone();
+    config.usage_preload_every_s = 0;
+    let service = InProcess::start(&config).await?;
     let (store, base) = (service.store.clone(), service.base.clone());
     let http = reqwest::Client::new();
     let spec = catalog_json();
@@ -245,6 +259,25 @@ async fn measure(
         again.push(started.elapsed());
         check_same(&answer, quantities).with_context(|| format!("sub_{id} read again"))?;
     }
+    // Memory emptied, then every current period loaded as the service loads them.
+    store.usage_cache().clear();
+    let started = Instant::now();
+    let loaded =
+        load_current_periods(&store, TENANT, &service.catalog.tenant(TENANT), Utc::now()).await?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let mut after_load = Vec::new();
+    let misses = store.usage_cache().misses.load(Relaxed);
+    for (i, quantities) in naive_answers.iter().enumerate() {
+        let id = pick(i);
+        let started = Instant::now();
+        let answer = get(&http, &format!("{base}/v1/subscriptions/sub_{id}/usage")).await?;
+        after_load.push(started.elapsed());
+        check_same(&answer, quantities).with_context(|| format!("sub_{id} after the load"))?;
+    }
+    let missed = store.usage_cache().misses.load(Relaxed) - misses;
+    if missed > 0 {
+        bail!("{missed} reads after the load went to ClickHouse");
+    }
     let mut series = Vec::new();
     let (from, to) = (
         (Utc::now() - TimeDelta::days(30)).timestamp(),
@@ -271,7 +304,14 @@ async fn measure(
         empty.push(started.elapsed());
     }
     service.stop().await?;
-    for list in [&mut ours, &mut naive, &mut again, &mut series, &mut empty] {
+    for list in [
+        &mut ours,
+        &mut naive,
+        &mut again,
+        &mut after_load,
+        &mut series,
+        &mut empty,
+    ] {
         list.sort_unstable();
     }
     let (u50, u99, n50, n99) = (
@@ -295,6 +335,12 @@ async fn measure(
         usage_again_p99_ms: percentile(&again, 0.99),
         speedup_again_p50: n50 / percentile(&again, 0.5),
         speedup_again_p99: n99 / percentile(&again, 0.99),
+        load_seconds,
+        loaded,
+        usage_loaded_p50_ms: percentile(&after_load, 0.5),
+        usage_loaded_p99_ms: percentile(&after_load, 0.99),
+        speedup_loaded_p50: n50 / percentile(&after_load, 0.5),
+        speedup_loaded_p99: n99 / percentile(&after_load, 0.99),
         series_30d_hourly_p50_ms: percentile(&series, 0.5),
         series_30d_hourly_p99_ms: percentile(&series, 0.99),
         empty_query_p50_ms: percentile(&empty, 0.5),

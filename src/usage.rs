@@ -285,40 +285,49 @@ fn meters_read<'p>(priced: &[(&'p Price, &'p str, Aggregation)]) -> Vec<(&'p str
 
 /// One read of a plan's usage: its window in epoch ms, and [`meters_read`].
 type Asked<'c> = ((i64, i64), Vec<(&'c str, Aggregation)>);
-
 /// How many customers one statement of [`load_current_periods`] reads at most.
-const LOAD_CUSTOMERS: usize = 1_000;
+const LOAD_CUSTOMERS: usize = 500;
 
 /// Loads into memory (`store::usage_cache`) the usage of the billing period at `now` of every
 /// subscription of `tenant` that has one, as [`report`] reads it for the current period, so
 /// that its first read is answered from memory as well. Subscriptions whose answer is already
-/// held are skipped; the others are read in one statement per window and set of meters, for
-/// up to [`LOAD_CUSTOMERS`] customers each. A subscription whose catalog entries are
-/// inconsistent is skipped (its own reads report why). Returns how many answers were loaded.
+/// held are skipped; the others are read in one statement per set of meters (each customer
+/// over its own window) for up to [`LOAD_CUSTOMERS`] customers. A subscription whose catalog
+/// entries are inconsistent is skipped (its own reads report why). Returns how many answers
+/// were loaded.
 pub async fn load_current_periods(
     store: &Store,
     tenant: &str,
     catalog: &TenantCatalog,
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
-    let mut questions: HashMap<Asked<'_>, Vec<&str>> = HashMap::new();
+    let mut by_meters: HashMap<Vec<(&str, Aggregation)>, Vec<(&str, (i64, i64))>> = HashMap::new();
     for subscription in catalog.subscriptions.values() {
         let Ok(asked) = current_questions(tenant, catalog, subscription, now) else {
             continue;
         };
         for (bounds, meters) in asked {
-            questions
-                .entry((bounds, meters))
+            let customer = subscription.customer.as_str();
+            by_meters
+                .entry(meters)
                 .or_default()
-                .push(&subscription.customer);
+                .push((customer, bounds));
         }
     }
     let mut loaded = 0;
-    for ((bounds, meters), mut customers) in questions {
-        customers.sort_unstable();
-        customers.dedup();
-        for chunk in customers.chunks(LOAD_CUSTOMERS) {
-            loaded += usage_cache::load(store, tenant, chunk, bounds, &meters).await?;
+    for (meters, mut asked) in by_meters {
+        asked.sort_unstable();
+        asked.dedup();
+        // A statement answers per customer, so it reads each customer once: a customer with
+        // several windows (subscriptions) has them read by successive statements.
+        while !asked.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let (once, again): (Vec<_>, Vec<_>) =
+                asked.into_iter().partition(|&(c, _)| seen.insert(c));
+            for chunk in once.chunks(LOAD_CUSTOMERS) {
+                loaded += usage_cache::load(store, tenant, chunk, &meters).await?;
+            }
+            asked = again;
         }
     }
     Ok(loaded)

@@ -791,7 +791,17 @@ async fn current_periods_are_in_memory_before_their_first_read() {
     }
     let start = |days: i64| (Utc::now() + TimeDelta::days(days)).with_nanosecond_zero();
     post(&app, "/v1/subscriptions", json!({"external_id": "sub_2", "customer": "c2", "plan": "pro", "start_date": start(-2).to_rfc3339()})).await;
+    // c2 has two subscriptions, with two windows: read by two statements.
+    post(&app, "/v1/subscriptions", json!({"external_id": "sub_2b", "customer": "c2", "plan": "pro", "start_date": start(-5).to_rfc3339()})).await;
     post(&app, "/v1/subscriptions", json!({"external_id": "sub_3", "customer": "c3", "plan": "pro", "start_date": start(2).to_rfc3339()})).await;
+    // Three calls three days ago (inside sub_2b's window only), two a day ago (inside both).
+    let day = |n: i64| Utc::now().timestamp_millis() - n * 86_400_000;
+    let body: Vec<Value> = [day(3), day(3), day(3), day(1), day(1)]
+        .iter()
+        .enumerate()
+        .map(|(i, ts)| json!({"id": format!("c2-{i}"), "customer": "c2", "type": "api_call", "timestamp": ts + i as i64}))
+        .collect();
+    assert_eq!(app.post_events("ingest_key_a", &json!(body)).await.0, 202);
     let config = app.config.clone();
     app.shutdown().await;
 
@@ -801,7 +811,7 @@ async fn current_periods_are_in_memory_before_their_first_read() {
     let mut loading = config;
     loading.usage_preload_every_s = 1;
     let app = common::spawn_with(loading, false).await;
-    eventually_loaded(&app, 2).await;
+    eventually_loaded(&app, 3).await;
     let (hits, misses) = cache_counts(&app).await;
     let read = |app: &TestApp, path: String| {
         let (http, url) = (app.http.clone(), format!("{}{path}", app.base));
@@ -816,31 +826,34 @@ async fn current_periods_are_in_memory_before_their_first_read() {
             response.json::<Value>().await.unwrap()
         }
     };
-    for sub in ["sub_1", "sub_2"] {
+    for (sub, calls) in [("sub_1", "7"), ("sub_2", "2"), ("sub_2b", "5")] {
         let path = format!("/v1/subscriptions/{sub}/usage");
         let ours = read(&app, path.clone()).await;
+        let expected = read(&plain, path).await;
+        assert_eq!(ours["charges"], expected["charges"], "{sub}");
+        assert_eq!(ours["charges"][0]["quantity"], calls, "{sub}");
+    }
+    for customer in ["c1", "c2"] {
+        let path = format!("/v1/customers/{customer}/billing_state");
+        let state = read(&app, path.clone()).await;
         assert_eq!(
-            ours["charges"],
-            read(&plain, path).await["charges"],
-            "{sub}"
+            state["usage"],
+            read(&plain, path).await["usage"],
+            "{customer}"
         );
     }
-    let state = read(&app, "/v1/customers/c1/billing_state".into()).await;
-    let expected = read(&plain, "/v1/customers/c1/billing_state".into()).await;
-    assert_eq!(state["usage"], expected["usage"]);
-    assert_eq!(calls_used(&plain).await, d("7"));
     assert_eq!(
         cache_counts(&app).await,
-        (hits + 3, misses),
+        (hits + 6, misses),
         "first reads answered from memory"
     );
-    assert_eq!(loaded_count(&app).await, 2, "sub_3 has no current period");
+    assert_eq!(loaded_count(&app).await, 3, "sub_3 has no current period");
 
     // Created while the process runs, with usage from before: loaded by the next round.
     let body = json!([{"id": "c4-call", "customer": "c4", "type": "api_call"}]);
     assert_eq!(app.post_events("ingest_key_a", &body).await.0, 202);
     post(&app, "/v1/subscriptions", json!({"external_id": "sub_4", "customer": "c4", "plan": "pro", "start_date": start(-1).to_rfc3339()})).await;
-    eventually_loaded(&app, 3).await;
+    eventually_loaded(&app, 4).await;
     let (hits, misses) = cache_counts(&app).await;
     let path = "/v1/subscriptions/sub_4/usage".to_owned();
     let ours = read(&app, path.clone()).await;

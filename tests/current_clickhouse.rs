@@ -90,8 +90,6 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         ("tokens", Aggregation::Sum),
         ("users", Aggregation::UniqueCount),
     ];
-    let mut combined = vec!["'tokens'", "'tokens'", "'users'", "'users'"];
-    let scope = ["'t'", "'c'", "'tokens'", "'users'"];
     let (hour_from, hour_to) = match parts[0] {
         Part::Hours(a, b) => ((a / 1000).to_string(), (b / 1000).to_string()),
         Part::Samples(..) => unreachable!("checked above"),
@@ -100,24 +98,35 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         Part::Samples(a, b) => (a.to_string(), b.to_string()),
         Part::Hours(..) => unreachable!("checked above"),
     };
+    let scope = ["'t'", "'tokens'", "'users'"];
+    let hours = [hour_from.as_str(), hour_to.as_str()];
+    let edges = [edge_from.as_str(), edge_to.as_str()];
+    let mut combined = vec!["'tokens'", "'tokens'", "'users'", "'users'"];
     combined.extend(scope);
-    combined.extend([hour_from.as_str(), hour_to.as_str()]);
+    combined.extend(["'c'"].iter().chain(&hours));
     combined.extend(scope);
-    combined.extend([edge_from.as_str(), edge_to.as_str()]);
+    combined.extend(["'c'"].iter().chain(&edges));
     let combined_sql = format!(
         "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter",
-        bind(&combined_statement(&parts, &meters, 1), &combined)
+        bind(
+            &combined_statement(std::slice::from_ref(&parts), &meters),
+            &combined
+        )
     );
-    // The same read of several customers at once (loading current periods into memory).
+    // The same read of several customers at once, each over its window (loading current
+    // periods into memory).
     let mut several = vec!["'tokens'", "'tokens'", "'users'", "'users'"];
-    let scope = ["'t'", "'c'", "'nobody'", "'tokens'", "'users'"];
-    several.extend(scope);
-    several.extend([hour_from.as_str(), hour_to.as_str()]);
-    several.extend(scope);
-    several.extend([edge_from.as_str(), edge_to.as_str()]);
+    for bounds in [&hours, &edges] {
+        several.extend(scope);
+        several.extend(["'c'"].iter().chain(bounds));
+        several.extend(["'nobody'"].iter().chain(bounds));
+    }
     let several_sql = format!(
         "SELECT customer, meter, value, events FROM ({}) ORDER BY meter",
-        bind(&combined_statement(&parts, &meters, 2), &several)
+        bind(
+            &combined_statement(&[parts.clone(), parts.clone()], &meters),
+            &several
+        )
     );
     let checks = vec![
         json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),

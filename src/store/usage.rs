@@ -315,15 +315,13 @@ pub struct MeterGroupUsage {
     pub count: u64,
 }
 
-/// The SQL of a combined read of `meters` (slug, aggregation) of `customers` customers over
-/// `parts`, grouped by customer, meter and the samples' own group values. Binds, in order: each
-/// meter slug (per aggregation branch, then per table), tenant, each customer, each meter, each
-/// bound of the parts.
-pub fn combined_statement(
-    parts: &[Part],
-    meters: &[(&str, Aggregation)],
-    customers: usize,
-) -> String {
+/// The SQL of a combined read of `meters` (slug, aggregation) of one or more customers, each
+/// over its own window's `parts` (`windows`, one per customer), grouped by customer, meter and
+/// the samples' own group values. Binds, in order: each meter slug (per aggregation branch,
+/// twice);
+/// then per table read: tenant, each meter, and per customer with parts in that table, the
+/// customer and the bounds of those parts.
+pub fn combined_statement(windows: &[Vec<Part>], meters: &[(&str, Aggregation)]) -> String {
     let aggregations = state_aggregations(meters);
     let list = |n: usize| vec!["?"; n].join(", ");
     let of = |a: Aggregation| meters.iter().filter(|(_, m)| *m == a).count();
@@ -354,35 +352,34 @@ pub fn combined_statement(
         .filter_map(|&a| aggregate(a))
         .map(|(column, state, _)| format!(", {state} AS {column}"))
         .collect();
-    // One customer by equality: the plain key condition is the cheapest to analyse.
-    let customer = match customers {
-        1 => "customer = ?".to_owned(),
-        n => format!("customer IN ({})", list(n)),
+    let scope = format!("tenant = ? AND meter IN ({})", list(meters.len()));
+    // Per customer, its ranges in one table: `customer = ? AND (range OR range ...)`.
+    let per_customer = |ranges: fn(&[Part]) -> usize, range: &str| {
+        let blocks: Vec<String> = windows
+            .iter()
+            .map(|parts| ranges(parts))
+            .filter(|&n| n > 0)
+            .map(|n| format!("customer = ? AND ({})", vec![range; n].join(" OR ")))
+            .collect();
+        (!blocks.is_empty()).then(|| format!("({})", blocks.join(" OR ")))
     };
-    let scope = format!(
-        "tenant = ? AND {customer} AND meter IN ({})",
-        list(meters.len())
-    );
     let mut selects = Vec::new();
-    if parts.iter().any(|p| matches!(p, Part::Hours(..))) {
-        let hours = vec!["bucket >= toDateTime(?) AND bucket < toDateTime(?)"; count_hours(parts)];
+    let hours = per_customer(
+        count_hours,
+        "bucket >= toDateTime(?) AND bucket < toDateTime(?)",
+    );
+    if let Some(hours) = hours {
         selects.push(format!(
             "SELECT customer, meter, group_keys, group_values, samples{columns} FROM usage_rollup_hour \
-             WHERE {scope} AND ({})",
-            hours.join(" OR ")
+             WHERE {scope} AND {hours}"
         ));
     }
-    let edges = parts.len() - count_hours(parts);
-    if edges > 0 {
-        let ranges = vec!["ts_ms >= ? AND ts_ms < ?"; edges];
+    let edges = per_customer(count_edges, "(ts_ms >= ? AND ts_ms < ?)");
+    if let Some(edges) = edges {
         selects.push(format!(
             "SELECT customer, meter, group_keys, group_values, countState() AS samples{states} \
-             FROM usage_samples WHERE {scope} AND ({}) GROUP BY customer, meter, group_keys, group_values",
-            ranges
-                .iter()
-                .map(|r| format!("({r})"))
-                .collect::<Vec<_>>()
-                .join(" OR ")
+             FROM usage_samples WHERE {scope} AND {edges} \
+             GROUP BY customer, meter, group_keys, group_values"
         ));
     }
     format!(
@@ -410,6 +407,10 @@ fn count_hours(parts: &[Part]) -> usize {
         .count()
 }
 
+fn count_edges(parts: &[Part]) -> usize {
+    parts.len() - count_hours(parts)
+}
+
 #[derive(clickhouse::Row, Deserialize)]
 struct MeterGroupRow {
     customer: String,
@@ -430,71 +431,71 @@ pub async fn usage_of_meters(
     bounds: (i64, i64),
     meters: &[(&str, Aggregation)],
 ) -> Result<Option<Vec<MeterGroupUsage>>, StoreError> {
-    let usage = usage_of_customers(store, tenant, &[customer], bounds, meters).await?;
+    let usage = usage_of_customers(store, tenant, &[(customer, bounds)], meters).await?;
     Ok(usage.map(|mut by_customer| by_customer.remove(customer).unwrap_or_default()))
 }
 
-/// [`usage_of_meters`] of several customers of a tenant in one statement; a customer with no
-/// usage in the window has no entry. `None` when some hour of the rollup in the window may be
-/// incomplete for any customer.
+/// [`usage_of_meters`] of several customers of a tenant, each over its own window, in one
+/// statement; each customer at most once. A customer with no usage in its window has no entry.
+/// `None` when some hour of the rollup in any of the windows may be incomplete.
 pub async fn usage_of_customers(
     store: &Store,
     tenant: &str,
-    customers: &[&str],
-    (from_ms, to_ms): (i64, i64),
+    asked: &[(&str, (i64, i64))],
     meters: &[(&str, Aggregation)],
 ) -> Result<Option<HashMap<String, Vec<MeterGroupUsage>>>, StoreError> {
-    let parts = split(from_ms, to_ms, true);
-    if parts.is_empty() || meters.is_empty() || customers.is_empty() {
+    let windows: Vec<Vec<Part>> = asked
+        .iter()
+        .map(|&(_, (from, to))| split(from, to, true))
+        .collect();
+    if meters.is_empty() || windows.iter().all(Vec::is_empty) {
         return Ok(Some(HashMap::new()));
     }
-    let hours = count_hours(&parts);
-    if hours > 0 && store.may_have_dirty_hours().await? {
-        let one = match customers {
-            [customer] => Some(*customer),
+    if windows.iter().any(|parts| count_hours(parts) > 0) && store.may_have_dirty_hours().await? {
+        let one = match asked {
+            [(customer, _)] => Some(*customer),
             _ => None,
         };
+        let from = asked.iter().map(|(_, (from, _))| *from).min().unwrap_or(0);
+        let to = asked.iter().map(|(_, (_, to))| *to).max().unwrap_or(0);
         for &(meter, _) in meters {
-            let marked = store
-                .dirty_hours(tenant, meter, one, from_ms, to_ms)
-                .await?;
-            if !marked.is_empty() {
+            if !store
+                .dirty_hours(tenant, meter, one, from, to)
+                .await?
+                .is_empty()
+            {
                 return Ok(None);
             }
         }
     }
-    let sql = combined_statement(&parts, meters, customers.len());
-    let mut query = store.client().query(&sql);
+    let mut query = store.client().query(&combined_statement(&windows, meters));
     for a in state_aggregations(meters) {
+        // Each branch names its meters twice (its condition and its merge's).
         for _ in 0..2 {
             for (slug, _) in meters.iter().filter(|(_, m)| *m == a) {
                 query = query.bind(*slug);
             }
         }
     }
-    let scope = |mut query: clickhouse::query::Query| {
-        query = query.bind(tenant);
-        for customer in customers {
-            query = query.bind(*customer);
+    for hours in [true, false] {
+        let of_table = |part: &Part| matches!(part, Part::Hours(..)) == hours;
+        if !windows.iter().flatten().any(of_table) {
+            continue;
         }
+        query = query.bind(tenant);
         for (slug, _) in meters {
             query = query.bind(*slug);
         }
-        query
-    };
-    if hours > 0 {
-        query = scope(query);
-        for part in &parts {
-            if let Part::Hours(a, b) = *part {
-                query = query.bind(a / 1000).bind(b / 1000);
+        for ((customer, _), parts) in asked.iter().zip(&windows) {
+            if !parts.iter().any(of_table) {
+                continue;
             }
-        }
-    }
-    if parts.len() > hours {
-        query = scope(query);
-        for part in &parts {
-            if let Part::Samples(a, b) = *part {
-                query = query.bind(a).bind(b);
+            query = query.bind(*customer);
+            for part in parts.iter().filter(|p| of_table(p)) {
+                query = match *part {
+                    Part::Hours(a, b) => query.bind(a / 1000).bind(b / 1000),
+                    Part::Samples(a, b) => query.bind(a).bind(b),
+                };
             }
         }
     }
@@ -790,19 +791,24 @@ mod tests {
             ("tokens", Aggregation::Sum),
             ("gb", Aggregation::Sum),
         ];
-        let sql = combined_statement(&parts, &meters, 1);
+        let sql = combined_statement(std::slice::from_ref(&parts), &meters);
         assert_eq!(sql.matches("FROM usage_rollup_hour").count(), 1);
         assert_eq!(sql.matches("FROM usage_samples").count(), 1);
         assert!(!sql.contains("uniqExact") && !sql.contains("argMax"));
-        // Meter slugs twice for the sum branch, then per table: tenant, customer, 3 meters and
-        // the bounds (one hour range; two edges).
+        // Meter slugs twice for the sum branch, then per table: tenant, 3 meters, the customer
+        // and the bounds (one hour range; two edges).
         assert_eq!(sql.matches('?').count(), 2 * 2 + (5 + 2) + (5 + 4));
-        let only_hours = combined_statement(&split(0, 2 * HOUR_MS, true), &meters, 1);
+        let only_hours = combined_statement(&[split(0, 2 * HOUR_MS, true)], &meters);
         assert!(!only_hours.contains("usage_samples"));
-        // Several customers: a set in each table's condition, one bind per customer.
-        let several = combined_statement(&parts, &meters, 3);
-        assert_eq!(several.matches("customer IN (?, ?, ?)").count(), 2);
-        assert_eq!(several.matches('?').count(), 2 * 2 + (7 + 2) + (7 + 4));
+        // Several customers, each over its own window: each table reads only the customers
+        // with parts in it, each with its own bounds.
+        let windows = [parts, split(0, 2 * HOUR_MS, true), split(100, 5_000, true)];
+        let several = combined_statement(&windows, &meters);
+        assert_eq!(several.matches("customer = ? AND").count(), 4);
+        assert_eq!(
+            several.matches('?').count(),
+            2 * 2 + (4 + 3 + 3) + (4 + 5 + 3)
+        );
     }
 
     proptest! {

@@ -171,27 +171,31 @@ impl UsageCache {
         false
     }
 
-    /// Tickets to load the answers to `question` of those of `customers` that have none, while
-    /// the cache has room: loading never evicts.
+    /// Tickets to load the answers to these questions of customers that have none, while the
+    /// cache has room: loading never evicts. One per customer: a statement answers per
+    /// customer, so a second question of the same customer waits for another load.
     fn reserve<'c>(
         &self,
         tenant: &str,
-        customers: &[&'c str],
-        question: &Question,
-    ) -> Vec<(&'c str, Ticket)> {
+        asked: impl IntoIterator<Item = (&'c str, Question)>,
+    ) -> Vec<(&'c str, Question, Ticket)> {
         let room = self.capacity - self.capacity / 8;
         let mut inner = self.lock();
         let seq = inner.seq;
-        let mut tickets = Vec::new();
-        for &customer in customers {
+        let mut tickets: Vec<(&str, Question, Ticket)> = Vec::new();
+        let mut reserved = std::collections::HashSet::new();
+        for (customer, question) in asked {
+            if !reserved.insert(customer) {
+                continue;
+            }
             let len = inner.len;
             match inner.slot(tenant, customer) {
-                Some(slot) if slot.answers.contains_key(question) => continue,
+                Some(slot) if slot.answers.contains_key(&question) => continue,
                 None if len >= room => continue,
                 _ => {}
             }
             inner.touch(tenant, customer);
-            tickets.push((customer, Ticket(seq)));
+            tickets.push((customer, question, Ticket(seq)));
         }
         tickets
     }
@@ -424,35 +428,40 @@ pub async fn cached_usage_of_meters(
     Ok(Some(answer))
 }
 
-/// Loads into memory the answers of [`usage_of_meters`] over `bounds` for those of `customers`
-/// (of `tenant`) that have none, in one statement: their first read is then answered from
-/// memory too. A customer with no usage gets an empty answer. Nothing is loaded past the
-/// cache's room, or when hours of the window are marked for repair. Returns how many answers
-/// were kept (an answer whose customer changed while it was read is not).
+/// Loads into memory the answers of [`usage_of_meters`] of these customers of `tenant`, each
+/// over its own window, for those that have none, in one statement: their first read is then
+/// answered from memory too. Each customer at most once. A customer with no usage gets an
+/// empty answer. Nothing is loaded past the cache's room, or when hours of the windows are
+/// marked for repair. Returns how many answers were kept (an answer whose customer changed
+/// while it was read is not).
 pub async fn load(
     store: &Store,
     tenant: &str,
-    customers: &[&str],
-    bounds: (i64, i64),
+    asked: &[(&str, (i64, i64))],
     meters: &[(&str, Aggregation)],
 ) -> Result<usize, StoreError> {
     let cache = store.usage_cache();
     if cache.capacity == 0 {
         return Ok(0);
     }
-    let question = question(bounds, meters);
-    let tickets = cache.reserve(tenant, customers, &question);
+    let questions = asked
+        .iter()
+        .map(|&(c, bounds)| (c, question(bounds, meters)));
+    let tickets = cache.reserve(tenant, questions);
     if tickets.is_empty() {
         return Ok(0);
     }
-    let wanted: Vec<&str> = tickets.iter().map(|&(customer, _)| customer).collect();
-    let Some(mut usage) = usage_of_customers(store, tenant, &wanted, bounds, meters).await? else {
+    let wanted: Vec<(&str, (i64, i64))> = tickets
+        .iter()
+        .map(|(customer, (from, to, _), _)| (*customer, (*from, *to)))
+        .collect();
+    let Some(mut usage) = usage_of_customers(store, tenant, &wanted, meters).await? else {
         return Ok(0);
     };
     let mut kept = 0;
-    for (customer, ticket) in tickets {
+    for (customer, question, ticket) in tickets {
         let answer = Arc::new(usage.remove(customer).unwrap_or_default());
-        kept += usize::from(cache.store(ticket, tenant, customer, question.clone(), answer));
+        kept += usize::from(cache.store(ticket, tenant, customer, question, answer));
     }
     cache.loaded.fetch_add(kept as u64, Relaxed);
     Ok(kept)
@@ -615,14 +624,14 @@ mod tests {
         let customers: Vec<String> = (0..9).map(|i| format!("c{i}")).collect();
         let mut asked: Vec<&str> = vec!["held"];
         asked.extend(customers.iter().map(String::as_str));
-        let tickets = cache.reserve("t", &asked, &question());
+        let tickets = cache.reserve("t", asked.iter().map(|&c| (c, question())));
         // Room for 7 of 8 customers (what eviction keeps), one of them already held.
-        let names: Vec<&str> = tickets.iter().map(|(c, _)| *c).collect();
+        let names: Vec<&str> = tickets.iter().map(|(c, _, _)| *c).collect();
         assert_eq!(names, ["c0", "c1", "c2", "c3", "c4", "c5"]);
         // A batch of c1 begins while the load reads: its answer is not kept.
         let write = cache.begin_write(1, [("t", "c1")]);
-        for (customer, ticket) in tickets {
-            let kept = cache.store(ticket, "t", customer, question(), answer(2));
+        for (customer, question, ticket) in tickets {
+            let kept = cache.store(ticket, "t", customer, question, answer(2));
             assert_eq!(kept, customer != "c1", "{customer}");
         }
         cache.abandon(write, [("t", "c1")]);
@@ -630,8 +639,13 @@ mod tests {
         assert_eq!(value(&cache, "c1"), None);
         assert_eq!(value(&cache, "held"), Some(Decimal::from(1)));
         // Held answers are not asked for again.
-        let again = cache.reserve("t", &["held", "c0"], &question());
+        let again = cache.reserve("t", ["held", "c0"].map(|c| (c, question())));
         assert!(again.is_empty());
+        // Two questions of one customer: the second waits for another load.
+        let other: Question = (0, 20, vec![("m".into(), Aggregation::Sum)]);
+        let twice = cache.reserve("t", [("c2", other.clone()), ("c2", question())]);
+        assert_eq!(twice.len(), 1);
+        assert_eq!(twice[0].1, other);
     }
 
     #[test]
