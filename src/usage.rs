@@ -283,8 +283,14 @@ fn meters_read<'p>(priced: &[(&'p Price, &'p str, Aggregation)]) -> Vec<(&'p str
     meters
 }
 
-/// One read of a plan's usage: its window in epoch ms, and [`meters_read`].
-type Asked<'c> = ((i64, i64), Vec<(&'c str, Aggregation)>);
+/// The meters one read of a plan's usage asks for ([`meters_read`]).
+type Meters<'c> = Vec<(&'c str, Aggregation)>;
+
+/// One read of a plan's usage: its window in epoch ms, and its meters.
+type Asked<'c> = ((i64, i64), Meters<'c>);
+
+/// A customer and its window in epoch ms.
+type CustomerWindow<'c> = (&'c str, (i64, i64));
 /// How many customers one statement of [`load_current_periods`] reads at most.
 const LOAD_CUSTOMERS: usize = 500;
 
@@ -301,7 +307,8 @@ pub async fn load_current_periods(
     catalog: &TenantCatalog,
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
-    let mut by_meters: HashMap<Vec<(&str, Aggregation)>, Vec<(&str, (i64, i64))>> = HashMap::new();
+    // Per set of meters, each customer's window.
+    let mut by_meters: HashMap<Meters<'_>, Vec<CustomerWindow<'_>>> = HashMap::new();
     for subscription in catalog.subscriptions.values() {
         let Ok(asked) = current_questions(tenant, catalog, subscription, now) else {
             continue;

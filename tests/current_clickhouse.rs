@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use meterhouse::catalog::Aggregation;
-use meterhouse::store::usage::{Part, combined_statement, split, statement};
+use meterhouse::store::usage::{
+    Part, Windows, combined_statement, several_statement, split, statement,
+};
 use meterhouse::store::{migrate, queries};
 use serde_json::json;
 
@@ -55,7 +57,8 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     statements.push("INSERT INTO catalog VALUES ('t', 'meter', 'm', '{\"v\":1}', 5), ('t', 'meter', 'm', '{\"v\":2}', 9)".into());
     // The usage read: an hour from the hour rollup and a ragged edge from samples; the
     // event (11:06:40) falls in the edge.
-    let parts = split(1_794_996_000_000, 1_795_000_030_500, true);
+    let (from, to) = (1_794_996_000_000, 1_795_000_030_500);
+    let parts = split(from, to, true);
     assert!(matches!(
         parts.as_slice(),
         [Part::Hours(..), Part::Samples(..)]
@@ -98,35 +101,44 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         Part::Samples(a, b) => (a.to_string(), b.to_string()),
         Part::Hours(..) => unreachable!("checked above"),
     };
-    let scope = ["'t'", "'tokens'", "'users'"];
-    let hours = [hour_from.as_str(), hour_to.as_str()];
-    let edges = [edge_from.as_str(), edge_to.as_str()];
+    let scope = ["'t'", "'c'", "'tokens'", "'users'"];
     let mut combined = vec!["'tokens'", "'tokens'", "'users'", "'users'"];
     combined.extend(scope);
-    combined.extend(["'c'"].iter().chain(&hours));
+    combined.extend([hour_from.as_str(), hour_to.as_str()]);
     combined.extend(scope);
-    combined.extend(["'c'"].iter().chain(&edges));
+    combined.extend([edge_from.as_str(), edge_to.as_str()]);
     let combined_sql = format!(
         "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter",
-        bind(
-            &combined_statement(std::slice::from_ref(&parts), &meters),
-            &combined
-        )
+        bind(&combined_statement(&parts, &meters), &combined)
     );
-    // The same read of several customers at once, each over its window (loading current
-    // periods into memory).
-    let mut several = vec!["'tokens'", "'tokens'", "'users'", "'users'"];
-    for bounds in [&hours, &edges] {
-        several.extend(scope);
-        several.extend(["'c'"].iter().chain(bounds));
-        several.extend(["'nobody'"].iter().chain(bounds));
+    // The same read of several customers at once, each over its own window (loading current
+    // periods into memory): c over the window above, nobody over a window without usage.
+    let window = Windows::new(&[("c", (from, to))]);
+    let list = |v: i64, none: i64, scale: i64| format!("[{}, {}]", v / scale, none);
+    let customers = "['c', 'nobody']".to_owned();
+    let (h0, h1) = (window.h0[0], window.h1[0]);
+    let hour_bounds = [list(h0, 0, 1000), list(h1, 0, 1000)];
+    let ms_bounds = [
+        list(from, 0, 1),
+        list(to, 1, 1),
+        list(h0, 0, 1),
+        list(h1, 0, 1),
+    ];
+    let (span_from, span_to) = (from.min(0).to_string(), to.to_string());
+    let mut several: Vec<&str> = vec!["'tokens'", "'tokens'", "'users'", "'users'"];
+    several.extend(["'t'", "'tokens'", "'users'", "'c'", "'nobody'"]);
+    several.extend([hour_from.as_str(), hour_to.as_str()]);
+    for bounds in &hour_bounds {
+        several.extend([customers.as_str(), bounds.as_str()]);
+    }
+    several.extend(["'t'", "'tokens'", "'users'", "'c'", "'nobody'"]);
+    several.extend([span_from.as_str(), span_to.as_str()]);
+    for bounds in &ms_bounds {
+        several.extend([customers.as_str(), bounds.as_str()]);
     }
     let several_sql = format!(
         "SELECT customer, meter, value, events FROM ({}) ORDER BY meter",
-        bind(
-            &combined_statement(&[parts.clone(), parts.clone()], &meters),
-            &several
-        )
+        bind(&several_statement(&meters, 2, true), &several)
     );
     let checks = vec![
         json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),

@@ -315,18 +315,14 @@ pub struct MeterGroupUsage {
     pub count: u64,
 }
 
-/// The SQL of a combined read of `meters` (slug, aggregation) of one or more customers, each
-/// over its own window's `parts` (`windows`, one per customer), grouped by customer, meter and
-/// the samples' own group values. Binds, in order: each meter slug (per aggregation branch,
-/// twice);
-/// then per table read: tenant, each meter, and per customer with parts in that table, the
-/// customer and the bounds of those parts.
-pub fn combined_statement(windows: &[Vec<Part>], meters: &[(&str, Aggregation)]) -> String {
-    let aggregations = state_aggregations(meters);
+/// The outer statement of a combined read: the rows of `selects` (partial states per
+/// customer, meter and group) merged per customer, meter and the samples' own group values,
+/// each meter's value by its aggregation. Binds each meter slug, per aggregation branch, twice.
+fn combined(meters: &[(&str, Aggregation)], selects: &[String]) -> String {
     let list = |n: usize| vec!["?"; n].join(", ");
     let of = |a: Aggregation| meters.iter().filter(|(_, m)| *m == a).count();
     let mut branches = Vec::new();
-    for &a in &aggregations {
+    for a in state_aggregations(meters) {
         let (column, _, merge) = aggregate(a).unwrap_or_default();
         let function = merge.split('(').next().unwrap_or_default();
         let condition = format!("meter IN ({})", list(of(a)));
@@ -342,51 +338,142 @@ pub fn combined_statement(windows: &[Vec<Part>], meters: &[(&str, Aggregation)])
             branches.join(", ")
         )
     };
-    let columns: String = aggregations
-        .iter()
-        .filter_map(|&a| aggregate(a))
-        .map(|(column, _, _)| format!(", {column}"))
-        .collect();
-    let states: String = aggregations
-        .iter()
-        .filter_map(|&a| aggregate(a))
-        .map(|(column, state, _)| format!(", {state} AS {column}"))
-        .collect();
-    let scope = format!("tenant = ? AND meter IN ({})", list(meters.len()));
-    // Per customer, its ranges in one table: `customer = ? AND (range OR range ...)`.
-    let per_customer = |ranges: fn(&[Part]) -> usize, range: &str| {
-        let blocks: Vec<String> = windows
-            .iter()
-            .map(|parts| ranges(parts))
-            .filter(|&n| n > 0)
-            .map(|n| format!("customer = ? AND ({})", vec![range; n].join(" OR ")))
-            .collect();
-        (!blocks.is_empty()).then(|| format!("({})", blocks.join(" OR ")))
-    };
-    let mut selects = Vec::new();
-    let hours = per_customer(
-        count_hours,
-        "bucket >= toDateTime(?) AND bucket < toDateTime(?)",
-    );
-    if let Some(hours) = hours {
-        selects.push(format!(
-            "SELECT customer, meter, group_keys, group_values, samples{columns} FROM usage_rollup_hour \
-             WHERE {scope} AND {hours}"
-        ));
-    }
-    let edges = per_customer(count_edges, "(ts_ms >= ? AND ts_ms < ?)");
-    if let Some(edges) = edges {
-        selects.push(format!(
-            "SELECT customer, meter, group_keys, group_values, countState() AS samples{states} \
-             FROM usage_samples WHERE {scope} AND {edges} \
-             GROUP BY customer, meter, group_keys, group_values"
-        ));
-    }
     format!(
         "SELECT customer, meter, group_keys, group_values, {value} AS value, \
          countMerge(samples) AS events FROM ({}) GROUP BY customer, meter, group_keys, group_values",
         selects.join(" UNION ALL ")
     )
+}
+
+/// The columns a combined read takes from the rollup (`, sum_value, ...`) and the states it
+/// builds from samples (`, sumState(value) AS sum_value, ...`).
+fn state_columns(meters: &[(&str, Aggregation)]) -> (String, String) {
+    let aggregations = state_aggregations(meters);
+    let columns = aggregations
+        .iter()
+        .filter_map(|&a| aggregate(a))
+        .map(|(column, _, _)| format!(", {column}"))
+        .collect();
+    let states = aggregations
+        .iter()
+        .filter_map(|&a| aggregate(a))
+        .map(|(column, state, _)| format!(", {state} AS {column}"))
+        .collect();
+    (columns, states)
+}
+
+/// The SQL of a combined read of `meters` (slug, aggregation) of one customer over `parts`,
+/// grouped by customer, meter and the samples' own group values. Binds, in order: each meter
+/// slug (per aggregation branch, twice); then per table read: tenant, customer, each meter,
+/// the bounds of the parts in that table.
+pub fn combined_statement(parts: &[Part], meters: &[(&str, Aggregation)]) -> String {
+    let (columns, states) = state_columns(meters);
+    let scope = format!(
+        "tenant = ? AND customer = ? AND meter IN ({})",
+        vec!["?"; meters.len()].join(", ")
+    );
+    let mut selects = Vec::new();
+    if count_hours(parts) > 0 {
+        let hours = vec!["bucket >= toDateTime(?) AND bucket < toDateTime(?)"; count_hours(parts)];
+        selects.push(format!(
+            "SELECT customer, meter, group_keys, group_values, samples{columns} FROM usage_rollup_hour \
+             WHERE {scope} AND ({})",
+            hours.join(" OR ")
+        ));
+    }
+    if count_edges(parts) > 0 {
+        let ranges = vec!["(ts_ms >= ? AND ts_ms < ?)"; count_edges(parts)];
+        selects.push(format!(
+            "SELECT customer, meter, group_keys, group_values, countState() AS samples{states} \
+             FROM usage_samples WHERE {scope} AND ({}) \
+             GROUP BY customer, meter, group_keys, group_values",
+            ranges.join(" OR ")
+        ));
+    }
+    combined(meters, &selects)
+}
+
+/// The SQL of a combined read of `meters` of `customers` customers, each over its own window
+/// ([`Windows`]): whole hours from the rollup (`hours` false when no window has one), the rest
+/// from samples. Each table is narrowed by the set of customers and the windows' overall
+/// span, then each row is kept by its own customer's bounds (looked up with `transform`; a
+/// condition per customer would be evaluated per row). Binds, in order: each meter slug (per
+/// aggregation branch, twice); then per table read: tenant, each meter, each customer, the
+/// span; then, for the rollup, the customers and the hour bounds in seconds (`h0`, `h1`); for
+/// samples, the customers and the bounds in ms `from`, `to`, `h0` and `h1`.
+pub fn several_statement(meters: &[(&str, Aggregation)], customers: usize, hours: bool) -> String {
+    let (columns, states) = state_columns(meters);
+    let list = |n: usize| vec!["?"; n].join(", ");
+    let scope = format!(
+        "tenant = ? AND meter IN ({}) AND customer IN ({})",
+        list(meters.len()),
+        list(customers)
+    );
+    let bound =
+        |cast: &str| format!("transform(customer, ?, CAST(? AS Array({cast})), to{cast}(0))");
+    let (hour, ms) = (bound("UInt32"), bound("Int64"));
+    let mut selects = Vec::new();
+    if hours {
+        selects.push(format!(
+            "SELECT customer, meter, group_keys, group_values, samples{columns} FROM usage_rollup_hour \
+             WHERE {scope} AND bucket >= toDateTime(?) AND bucket < toDateTime(?) \
+             AND toUInt32(bucket) >= {hour} AND toUInt32(bucket) < {hour}"
+        ));
+    }
+    selects.push(format!(
+        "SELECT customer, meter, group_keys, group_values, countState() AS samples{states} \
+         FROM usage_samples WHERE {scope} AND ts_ms >= ? AND ts_ms < ? \
+         AND ts_ms >= {ms} AND ts_ms < {ms} AND NOT (ts_ms >= {ms} AND ts_ms < {ms}) \
+         GROUP BY customer, meter, group_keys, group_values"
+    ));
+    combined(meters, &selects)
+}
+
+/// The windows of a read of several customers, as parallel lists: each customer's window
+/// `[from, to)` and its whole hours `[h0, h1)` (empty, `0, 0`, when it has none), in ms.
+#[derive(Debug, Default)]
+pub struct Windows<'a> {
+    pub customers: Vec<&'a str>,
+    pub from: Vec<i64>,
+    pub to: Vec<i64>,
+    pub h0: Vec<i64>,
+    pub h1: Vec<i64>,
+}
+
+impl<'a> Windows<'a> {
+    pub fn new(asked: &[(&'a str, (i64, i64))]) -> Self {
+        let mut windows = Self::default();
+        for &(customer, (from, to)) in asked {
+            let (h0, h1) = split(from, to, true)
+                .into_iter()
+                .find_map(|part| match part {
+                    Part::Hours(a, b) => Some((a, b)),
+                    Part::Samples(..) => None,
+                })
+                .unwrap_or((0, 0));
+            windows.customers.push(customer);
+            windows.from.push(from);
+            windows.to.push(to);
+            windows.h0.push(h0);
+            windows.h1.push(h1);
+        }
+        windows
+    }
+
+    /// The span of the whole hours, if any window has some.
+    pub fn hours(&self) -> Option<(i64, i64)> {
+        let with_hours = || self.h0.iter().zip(&self.h1).filter(|(a, b)| a < b);
+        let from = with_hours().map(|(a, _)| *a).min()?;
+        let to = with_hours().map(|(_, b)| *b).max()?;
+        Some((from, to))
+    }
+
+    /// The span of all the windows.
+    pub fn span(&self) -> (i64, i64) {
+        let from = self.from.iter().copied().min().unwrap_or(0);
+        let to = self.to.iter().copied().max().unwrap_or(0);
+        (from, to)
+    }
 }
 
 /// The aggregations of `meters` that read a state besides the count, each once, in order.
@@ -444,20 +531,18 @@ pub async fn usage_of_customers(
     asked: &[(&str, (i64, i64))],
     meters: &[(&str, Aggregation)],
 ) -> Result<Option<HashMap<String, Vec<MeterGroupUsage>>>, StoreError> {
-    let windows: Vec<Vec<Part>> = asked
-        .iter()
-        .map(|&(_, (from, to))| split(from, to, true))
-        .collect();
-    if meters.is_empty() || windows.iter().all(Vec::is_empty) {
+    let asked: Vec<(&str, (i64, i64))> =
+        asked.iter().copied().filter(|(_, (a, b))| a < b).collect();
+    if meters.is_empty() || asked.is_empty() {
         return Ok(Some(HashMap::new()));
     }
-    if windows.iter().any(|parts| count_hours(parts) > 0) && store.may_have_dirty_hours().await? {
-        let one = match asked {
-            [(customer, _)] => Some(*customer),
+    let windows = Windows::new(&asked);
+    if windows.hours().is_some() && store.may_have_dirty_hours().await? {
+        let one = match asked[..] {
+            [(customer, _)] => Some(customer),
             _ => None,
         };
-        let from = asked.iter().map(|(_, (from, _))| *from).min().unwrap_or(0);
-        let to = asked.iter().map(|(_, (_, to))| *to).max().unwrap_or(0);
+        let (from, to) = windows.span();
         for &(meter, _) in meters {
             if !store
                 .dirty_hours(tenant, meter, one, from, to)
@@ -468,37 +553,10 @@ pub async fn usage_of_customers(
             }
         }
     }
-    let mut query = store.client().query(&combined_statement(&windows, meters));
-    for a in state_aggregations(meters) {
-        // Each branch names its meters twice (its condition and its merge's).
-        for _ in 0..2 {
-            for (slug, _) in meters.iter().filter(|(_, m)| *m == a) {
-                query = query.bind(*slug);
-            }
-        }
-    }
-    for hours in [true, false] {
-        let of_table = |part: &Part| matches!(part, Part::Hours(..)) == hours;
-        if !windows.iter().flatten().any(of_table) {
-            continue;
-        }
-        query = query.bind(tenant);
-        for (slug, _) in meters {
-            query = query.bind(*slug);
-        }
-        for ((customer, _), parts) in asked.iter().zip(&windows) {
-            if !parts.iter().any(of_table) {
-                continue;
-            }
-            query = query.bind(*customer);
-            for part in parts.iter().filter(|p| of_table(p)) {
-                query = match *part {
-                    Part::Hours(a, b) => query.bind(a / 1000).bind(b / 1000),
-                    Part::Samples(a, b) => query.bind(a).bind(b),
-                };
-            }
-        }
-    }
+    let query = match asked[..] {
+        [(customer, (from, to))] => one_customer_query(store, tenant, customer, from, to, meters),
+        _ => several_query(store, tenant, &windows, meters),
+    };
     let rows: Vec<MeterGroupRow> = query.fetch_all().await?;
     let mut usage: HashMap<String, Vec<MeterGroupUsage>> = HashMap::new();
     for r in rows {
@@ -511,6 +569,84 @@ pub async fn usage_of_customers(
         });
     }
     Ok(Some(usage))
+}
+
+/// Binds each meter slug per aggregation branch, twice, as [`combined`] asks.
+fn bind_branches(
+    mut query: clickhouse::query::Query,
+    meters: &[(&str, Aggregation)],
+) -> clickhouse::query::Query {
+    for a in state_aggregations(meters) {
+        for _ in 0..2 {
+            for (slug, _) in meters.iter().filter(|(_, m)| *m == a) {
+                query = query.bind(*slug);
+            }
+        }
+    }
+    query
+}
+
+fn one_customer_query(
+    store: &Store,
+    tenant: &str,
+    customer: &str,
+    from: i64,
+    to: i64,
+    meters: &[(&str, Aggregation)],
+) -> clickhouse::query::Query {
+    let parts = split(from, to, true);
+    let mut query = store.client().query(&combined_statement(&parts, meters));
+    query = bind_branches(query, meters);
+    for hours in [true, false] {
+        let in_table = |part: &&Part| matches!(part, Part::Hours(..)) == hours;
+        if !parts.iter().any(|p| in_table(&p)) {
+            continue;
+        }
+        query = query.bind(tenant).bind(customer);
+        for (slug, _) in meters {
+            query = query.bind(*slug);
+        }
+        for part in parts.iter().filter(in_table) {
+            query = match *part {
+                Part::Hours(a, b) => query.bind(a / 1000).bind(b / 1000),
+                Part::Samples(a, b) => query.bind(a).bind(b),
+            };
+        }
+    }
+    query
+}
+
+fn several_query(
+    store: &Store,
+    tenant: &str,
+    windows: &Windows<'_>,
+    meters: &[(&str, Aggregation)],
+) -> clickhouse::query::Query {
+    let hours = windows.hours();
+    let sql = several_statement(meters, windows.customers.len(), hours.is_some());
+    let mut query = bind_branches(store.client().query(&sql), meters);
+    let scope = |mut query: clickhouse::query::Query, (from, to): (i64, i64)| {
+        query = query.bind(tenant);
+        for (slug, _) in meters {
+            query = query.bind(*slug);
+        }
+        for customer in &windows.customers {
+            query = query.bind(*customer);
+        }
+        query.bind(from).bind(to)
+    };
+    let seconds = |ms: &[i64]| ms.iter().map(|v| v / 1000).collect::<Vec<i64>>();
+    if let Some((from, to)) = hours {
+        query = scope(query, (from / 1000, to / 1000));
+        for bounds in [seconds(&windows.h0), seconds(&windows.h1)] {
+            query = query.bind(&windows.customers).bind(bounds);
+        }
+    }
+    query = scope(query, windows.span());
+    for bounds in [&windows.from, &windows.to, &windows.h0, &windows.h1] {
+        query = query.bind(&windows.customers).bind(bounds);
+    }
+    query
 }
 
 /// A price's groups from the rows of its meter: each row's values for `group_by` ("" where a
@@ -791,24 +927,32 @@ mod tests {
             ("tokens", Aggregation::Sum),
             ("gb", Aggregation::Sum),
         ];
-        let sql = combined_statement(std::slice::from_ref(&parts), &meters);
+        let sql = combined_statement(&parts, &meters);
         assert_eq!(sql.matches("FROM usage_rollup_hour").count(), 1);
         assert_eq!(sql.matches("FROM usage_samples").count(), 1);
         assert!(!sql.contains("uniqExact") && !sql.contains("argMax"));
-        // Meter slugs twice for the sum branch, then per table: tenant, 3 meters, the customer
-        // and the bounds (one hour range; two edges).
+        // Meter slugs twice for the sum branch, then per table: tenant, customer, 3 meters and
+        // the bounds (one hour range; two edges).
         assert_eq!(sql.matches('?').count(), 2 * 2 + (5 + 2) + (5 + 4));
-        let only_hours = combined_statement(&[split(0, 2 * HOUR_MS, true)], &meters);
+        let only_hours = combined_statement(&split(0, 2 * HOUR_MS, true), &meters);
         assert!(!only_hours.contains("usage_samples"));
-        // Several customers, each over its own window: each table reads only the customers
-        // with parts in it, each with its own bounds.
-        let windows = [parts, split(0, 2 * HOUR_MS, true), split(100, 5_000, true)];
-        let several = combined_statement(&windows, &meters);
-        assert_eq!(several.matches("customer = ? AND").count(), 4);
+        // Several customers: a set of customers and the span in each table, then per row its
+        // customer's bounds (2 in the rollup, 4 in samples; customers and bounds each).
+        let several = several_statement(&meters, 3, true);
+        assert_eq!(several.matches("customer IN (?, ?, ?)").count(), 2);
+        assert_eq!(several.matches("transform(customer, ?,").count(), 6);
         assert_eq!(
             several.matches('?').count(),
-            2 * 2 + (4 + 3 + 3) + (4 + 5 + 3)
+            2 * 2 + (4 + 3 + 2 + 2 * 2) + (4 + 3 + 2 + 4 * 2)
         );
+        assert!(!several_statement(&meters, 3, false).contains("usage_rollup_hour"));
+        let windows = Windows::new(&[("a", (HOUR_MS - 5, 3 * HOUR_MS + 5)), ("b", (10, 20))]);
+        assert_eq!(
+            (windows.h0.clone(), windows.h1.clone()),
+            (vec![HOUR_MS, 0], vec![3 * HOUR_MS, 0])
+        );
+        assert_eq!(windows.hours(), Some((HOUR_MS, 3 * HOUR_MS)));
+        assert_eq!(windows.span(), (10, 3 * HOUR_MS + 5));
     }
 
     proptest! {
