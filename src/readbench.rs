@@ -237,7 +237,7 @@ async fn measure(
         let id = pick(args.samples + i);
         get(&http, &format!("{base}/v1/subscriptions/sub_{id}/usage")).await?;
     }
-    let (mut ours, mut naive, mut again) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut naive) = (Vec::new(), Vec::new());
     let mut naive_answers = Vec::with_capacity(args.samples);
     for i in 0..args.samples {
         let id = pick(i);
@@ -252,28 +252,29 @@ async fn measure(
         naive_answers.push(quantities);
     }
     // Nothing is written in between, so the naive figures of the first pass still hold.
-    for (i, quantities) in naive_answers.iter().enumerate() {
-        let id = pick(i);
-        let started = Instant::now();
-        let answer = get(&http, &format!("{base}/v1/subscriptions/sub_{id}/usage")).await?;
-        again.push(started.elapsed());
-        check_same(&answer, quantities).with_context(|| format!("sub_{id} read again"))?;
-    }
+    let reread = |what: &'static str| {
+        let (http, base, naive_answers) = (&http, &base, &naive_answers);
+        async move {
+            let mut took = Vec::with_capacity(naive_answers.len());
+            for (i, quantities) in naive_answers.iter().enumerate() {
+                let id = pick(i);
+                let started = Instant::now();
+                let answer = get(http, &format!("{base}/v1/subscriptions/sub_{id}/usage")).await?;
+                took.push(started.elapsed());
+                check_same(&answer, quantities).with_context(|| format!("sub_{id} {what}"))?;
+            }
+            anyhow::Ok(took)
+        }
+    };
+    let mut again = reread("read again").await?;
     // Memory emptied, then every current period loaded as the service loads them.
     store.usage_cache().clear();
     let started = Instant::now();
     let loaded =
         load_current_periods(&store, TENANT, &service.catalog.tenant(TENANT), Utc::now()).await?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let mut after_load = Vec::new();
     let misses = store.usage_cache().misses.load(Relaxed);
-    for (i, quantities) in naive_answers.iter().enumerate() {
-        let id = pick(i);
-        let started = Instant::now();
-        let answer = get(&http, &format!("{base}/v1/subscriptions/sub_{id}/usage")).await?;
-        after_load.push(started.elapsed());
-        check_same(&answer, quantities).with_context(|| format!("sub_{id} after the load"))?;
-    }
+    let mut after_load = reread("after the load").await?;
     let missed = store.usage_cache().misses.load(Relaxed) - misses;
     if missed > 0 {
         bail!("{missed} reads after the load went to ClickHouse");
