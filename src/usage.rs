@@ -291,8 +291,30 @@ type Asked<'c> = ((i64, i64), Meters<'c>);
 
 /// A customer and its window in epoch ms.
 type CustomerWindow<'c> = (&'c str, (i64, i64));
-/// How many customers one statement of [`load_current_periods`] reads at most.
+/// How many customers one statement of [`load_current_periods`] reads at most...
 const LOAD_CUSTOMERS: usize = 500;
+/// ...and how many bytes of their ids: the statement names each customer seven times, and
+/// ClickHouse parses at most 256 KiB of a statement (`max_query_size`).
+const LOAD_ID_BYTES: usize = 16 * 1024;
+
+/// `asked` cut into the customers of one load statement each ([`LOAD_CUSTOMERS`],
+/// [`LOAD_ID_BYTES`]; a single customer over the byte bound goes alone).
+fn load_chunks<'a, 'c>(asked: &'a [CustomerWindow<'c>]) -> Vec<&'a [CustomerWindow<'c>]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (customer, _)) in asked.iter().enumerate() {
+        let full = i - start == LOAD_CUSTOMERS || bytes + customer.len() > LOAD_ID_BYTES;
+        if full && i > start {
+            chunks.push(&asked[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += customer.len();
+    }
+    if start < asked.len() {
+        chunks.push(&asked[start..]);
+    }
+    chunks
+}
 
 /// Loads into memory (`store::usage_cache`) the usage of the billing period at `now` of every
 /// subscription of `tenant` that has one, as [`report`] reads it for the current period, so
@@ -331,7 +353,7 @@ pub async fn load_current_periods(
             let mut seen = std::collections::HashSet::new();
             let (once, again): (Vec<_>, Vec<_>) =
                 asked.into_iter().partition(|&(c, _)| seen.insert(c));
-            for chunk in once.chunks(LOAD_CUSTOMERS) {
+            for chunk in load_chunks(&once) {
                 loaded += usage_cache::load(store, tenant, chunk, &meters).await?;
             }
             asked = again;
@@ -483,5 +505,29 @@ fn group_charge(keys: &[String], usage: &GroupUsage, charge: &Charge) -> GroupCh
         events_count: usage.count,
         amount: charge.amount,
         tiers: charge.tiers.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_statements_are_bounded_by_customers_and_by_id_bytes() {
+        let short: Vec<String> = (0..1_201).map(|i| format!("c{i:04}")).collect();
+        let asked: Vec<CustomerWindow<'_>> = short.iter().map(|c| (c.as_str(), (0, 1))).collect();
+        let sizes: Vec<usize> = load_chunks(&asked).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [500, 500, 201]);
+        // 1,000-byte ids: 16 fit in 16 KiB; one longer than the bound goes alone.
+        let long: Vec<String> = (0..40).map(|i| format!("{i:0>1000}")).collect();
+        let huge = "x".repeat(20_000);
+        let mut asked: Vec<CustomerWindow<'_>> =
+            long.iter().map(|c| (c.as_str(), (0, 1))).collect();
+        asked.insert(20, (huge.as_str(), (0, 1)));
+        let chunks = load_chunks(&asked);
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [16, 4, 1, 16, 4]);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), asked.len());
+        assert!(load_chunks(&[]).is_empty());
     }
 }
