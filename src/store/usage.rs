@@ -315,17 +315,21 @@ pub struct MeterGroupUsage {
     pub count: u64,
 }
 
+/// `n` bind markers, comma-separated: the members of an `IN (...)` list.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
 /// The outer statement of a combined read: the rows of `selects` (partial states per
 /// customer, meter and group) merged per customer, meter and the samples' own group values,
 /// each meter's value by its aggregation. Binds each meter slug, per aggregation branch, twice.
 fn combined(meters: &[(&str, Aggregation)], selects: &[String]) -> String {
-    let list = |n: usize| vec!["?"; n].join(", ");
     let of = |a: Aggregation| meters.iter().filter(|(_, m)| *m == a).count();
     let mut branches = Vec::new();
     for a in state_aggregations(meters) {
         let (column, _, merge) = aggregate(a).unwrap_or_default();
         let function = merge.split('(').next().unwrap_or_default();
-        let condition = format!("meter IN ({})", list(of(a)));
+        let condition = format!("meter IN ({})", placeholders(of(a)));
         branches.push(format!(
             "{condition}, toString({function}If({column}, {condition}))"
         ));
@@ -370,7 +374,7 @@ pub fn combined_statement(parts: &[Part], meters: &[(&str, Aggregation)]) -> Str
     let (columns, states) = state_columns(meters);
     let scope = format!(
         "tenant = ? AND customer = ? AND meter IN ({})",
-        vec!["?"; meters.len()].join(", ")
+        placeholders(meters.len())
     );
     let mut selects = Vec::new();
     if count_hours(parts) > 0 {
@@ -403,11 +407,10 @@ pub fn combined_statement(parts: &[Part], meters: &[(&str, Aggregation)]) -> Str
 /// samples, the customers and the bounds in ms `from`, `to`, `h0` and `h1`.
 pub fn several_statement(meters: &[(&str, Aggregation)], customers: usize, hours: bool) -> String {
     let (columns, states) = state_columns(meters);
-    let list = |n: usize| vec!["?"; n].join(", ");
     let scope = format!(
         "tenant = ? AND meter IN ({}) AND customer IN ({})",
-        list(meters.len()),
-        list(customers)
+        placeholders(meters.len()),
+        placeholders(customers)
     );
     let bound =
         |cast: &str| format!("transform(customer, ?, CAST(? AS Array({cast})), to{cast}(0))");
