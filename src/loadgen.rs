@@ -1,6 +1,10 @@
 //! `meterhouse loadgen`: drives the ingest API over HTTP with many concurrent clients and
 //! measures events/s and acknowledgement latency, beside a baseline: the same rows
 //! bulk-inserted straight into ClickHouse (same tables and views) by the harness itself.
+//! A second baseline inserts into only the tables ingest must write (`events` and the samples
+//! its view fills), without the rollup and change views. Each phase also reports the CPU it
+//! cost per event, split between this process and the rest of the box (ClickHouse), because
+//! on a small box CPU, not waiting, bounds the rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +38,9 @@ pub struct LoadgenArgs {
     /// Alternating rounds of baseline and service; medians are reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// The service's `--batch-max-events`: the largest insert it makes.
+    #[arg(long, default_value_t = Config::defaults().batch_max_events)]
+    pub batch_max_events: usize,
     /// Use this ClickHouse instead of starting one in a temporary directory.
     #[arg(long)]
     pub clickhouse_url: Option<String>,
@@ -53,8 +60,18 @@ pub struct Report {
     pub clients: usize,
     pub events_per_request: usize,
     pub direct_events_per_s: f64,
+    /// Into `events` and its samples only: what ClickHouse can take of the rows ingest must
+    /// write, without the rollup and change views the reads rely on.
+    pub direct_required_events_per_s: f64,
     pub service_events_per_s: f64,
     pub ratio: f64,
+    pub cores: usize,
+    pub direct_cpu: CpuPerEvent,
+    pub direct_required_cpu: CpuPerEvent,
+    pub service_cpu: CpuPerEvent,
+    /// `cores` seconds of CPU per second divided by the service phase's CPU per event: the
+    /// rate at which this box runs out of CPU at that cost, whatever the batching.
+    pub service_cpu_bound_events_per_s: f64,
     pub ack_p50_ms: f64,
     pub ack_p99_ms: f64,
     pub ack_max_ms: f64,
@@ -66,17 +83,29 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         LocalClickHouse::given_or_started(args.clickhouse_url.as_deref(), &scratch).await?;
     let run_id = format!("{:x}", rand::random::<u32>());
     let bodies = make_bodies(&args, &run_id);
-    let (mut directs, mut services, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut directs, mut requireds, mut services) = (Vec::new(), Vec::new(), Vec::new());
+    let mut latencies = Vec::new();
     for round in 0..args.rounds.max(1) {
-        let direct = direct_baseline(&url, &args, &bodies).await?;
+        let direct = direct_baseline(&url, &args, &bodies, false).await?;
+        let required = direct_baseline(&url, &args, &bodies, true).await?;
         let (service, round_latencies) = through_service(&url, &args, &bodies).await?;
-        eprintln!("round {round}: direct {direct:.0} events/s, service {service:.0} events/s");
+        eprintln!(
+            "round {round}: direct {:.0} events/s ({}), required tables only {:.0} ({}), \
+             service {:.0} ({})",
+            direct.0, direct.1, required.0, required.1, service.0, service.1
+        );
         directs.push(direct);
+        requireds.push(required);
         services.push(service);
         latencies.extend(round_latencies);
     }
     latencies.sort_unstable();
-    let (direct, service) = (median(&mut directs), median(&mut services));
+    let (direct, required, service) = (
+        median(&mut directs),
+        median(&mut requireds),
+        median(&mut services),
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Some(mut local) = owned {
         local.stop().await;
     }
@@ -87,9 +116,15 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         rounds: args.rounds.max(1),
         clients: args.clients,
         events_per_request: args.batch,
-        direct_events_per_s: direct,
-        service_events_per_s: service,
-        ratio: service / direct,
+        direct_events_per_s: direct.0,
+        direct_required_events_per_s: required.0,
+        service_events_per_s: service.0,
+        ratio: service.0 / direct.0,
+        cores,
+        direct_cpu: direct.1,
+        direct_required_cpu: required.1,
+        service_cpu: service.1,
+        service_cpu_bound_events_per_s: cores as f64 * 1e6 / service.1.total_us,
         ack_p50_ms: pct(0.50),
         ack_p99_ms: pct(0.99),
         ack_max_ms: pct(1.0),
@@ -97,9 +132,120 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+/// The median round by rate, with that round's CPU figures.
+fn median(rounds: &mut [(f64, CpuPerEvent)]) -> (f64, CpuPerEvent) {
+    rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    rounds[rounds.len() / 2]
+}
+
+/// CPU time per event of one phase, in microseconds: the whole box, and the part spent by
+/// this process (the service and the load clients, or the baseline's row encoding). The rest
+/// is ClickHouse's (nothing else runs on a benchmark box).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CpuPerEvent {
+    pub total_us: f64,
+    pub harness_us: f64,
+    pub clickhouse_us: f64,
+}
+
+impl std::fmt::Display for CpuPerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU µs/event: {:.1} ClickHouse + {:.1} harness",
+            self.clickhouse_us, self.harness_us
+        )
+    }
+}
+
+/// CPU counters from procfs, in clock ticks: the box's busy and total time over all cores,
+/// and this process's user and system time. Zero where procfs is missing.
+#[derive(Clone, Copy, Default)]
+struct CpuTicks {
+    busy: u64,
+    total: u64,
+    own: u64,
+}
+
+impl CpuTicks {
+    fn now() -> Self {
+        let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+        Self::parse(&read("/proc/stat"), &read("/proc/self/stat"))
+    }
+
+    /// From the texts of `/proc/stat` and `/proc/self/stat`.
+    fn parse(stat: &str, own_stat: &str) -> Self {
+        let fields: Vec<u64> = stat
+            .lines()
+            .find(|line| line.starts_with("cpu "))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal; idle and iowait are not busy.
+        let total: u64 = fields.iter().take(8).sum();
+        let idle: u64 = fields.iter().skip(3).take(2).sum();
+        // utime and stime are the 12th and 13th fields after the command name, which is in
+        // parentheses and may itself hold spaces and parentheses.
+        let after_name = own_stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let own: u64 = after_name
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum();
+        Self {
+            busy: total.saturating_sub(idle),
+            total,
+            own,
+        }
+    }
+
+    /// Per event between `self` and `later`, over `elapsed` seconds on `cores` cores.
+    fn per_event(self, later: Self, elapsed: f64, cores: usize, events: usize) -> CpuPerEvent {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 || events == 0 {
+            return CpuPerEvent::default();
+        }
+        // Ticks per second of one core, from the ticks all cores counted over the phase.
+        let hz = total as f64 / (elapsed * cores as f64);
+        let us = |ticks: u64| ticks as f64 / hz * 1e6 / events as f64;
+        let (busy, own) = (
+            later.busy.saturating_sub(self.busy),
+            later.own.saturating_sub(self.own),
+        );
+        CpuPerEvent {
+            total_us: us(busy),
+            harness_us: us(own),
+            clickhouse_us: us(busy.saturating_sub(own)),
+        }
+    }
+}
+
+/// The timed part of a phase: wall time and CPU ticks since its start.
+struct Phase {
+    before: CpuTicks,
+    started: Instant,
+}
+
+impl Phase {
+    fn start() -> Self {
+        Self {
+            before: CpuTicks::now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Events/s and CPU per event of `events` handled since the start.
+    fn stop(self, events: usize) -> (f64, CpuPerEvent) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = self
+            .before
+            .per_event(CpuTicks::now(), elapsed, cores, events);
+        (events as f64 / elapsed, cpu)
+    }
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -132,12 +278,24 @@ fn store_config(database: &str) -> crate::config::StoreConfig {
     config
 }
 
-/// Rows/s of bulk inserts of the same events (samples included) straight into ClickHouse.
-async fn direct_baseline(url: &str, args: &LoadgenArgs, bodies: &[String]) -> anyhow::Result<f64> {
-    let store = Store::new(url, &store_config("loadgen_direct"))
-        .connect()
-        .await?;
+/// Rows/s (and CPU per row) of bulk inserts of the same events (samples included) straight into
+/// ClickHouse; with `required_only`, into `events` and the samples view alone.
+async fn direct_baseline(
+    url: &str,
+    args: &LoadgenArgs,
+    bodies: &[String],
+    required_only: bool,
+) -> anyhow::Result<(f64, CpuPerEvent)> {
+    let database = if required_only {
+        "loadgen_required"
+    } else {
+        "loadgen_direct"
+    };
+    let store = Store::new(url, &store_config(database)).connect().await?;
     migrate::run(&store).await?;
+    if required_only {
+        keep_only_samples_view(&store).await?;
+    }
     let catalog = Catalog::from_json(METERS)?;
     let tenant = catalog.tenant("load");
     let ctx = Context {
@@ -151,7 +309,7 @@ async fn direct_baseline(url: &str, args: &LoadgenArgs, bodies: &[String]) -> an
             parse::decode(body.as_bytes(), false, &ctx).map_err(|e| anyhow::anyhow!("{e}"))?;
         rows.extend(validated.rows);
     }
-    let started = Instant::now();
+    let phase = Phase::start();
     for chunk in rows.chunks(args.direct_batch) {
         let mut insert = store.client().insert::<EventRow>("events").await?;
         for row in chunk {
@@ -159,14 +317,38 @@ async fn direct_baseline(url: &str, args: &LoadgenArgs, bodies: &[String]) -> an
         }
         insert.end().await?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let measured = phase.stop(rows.len());
     // Leave no merges behind to slow the next phase.
     store
         .client()
-        .query("DROP DATABASE loadgen_direct")
+        .query(&format!("DROP DATABASE {database}"))
         .execute()
         .await?;
-    Ok(rows.len() as f64 / elapsed)
+    Ok(measured)
+}
+
+/// Drops every view on `events` but the one that writes its samples.
+async fn keep_only_samples_view(store: &Store) -> anyhow::Result<()> {
+    const SAMPLES_VIEW: &str = "events_to_usage_samples";
+    let views: Vec<String> = store
+        .client()
+        .query(
+            "SELECT name FROM system.tables WHERE database = currentDatabase() \
+             AND engine = 'MaterializedView' AND name LIKE 'events\\_to\\_%'",
+        )
+        .fetch_all()
+        .await?;
+    if !views.iter().any(|v| v == SAMPLES_VIEW) {
+        bail!("no view {SAMPLES_VIEW} among {views:?}");
+    }
+    for view in views.iter().filter(|v| *v != SAMPLES_VIEW) {
+        store
+            .client()
+            .query(&format!("DROP TABLE {view}"))
+            .execute()
+            .await?;
+    }
+    Ok(())
 }
 
 /// Events/s through the HTTP API, and each request's acknowledgement latency (sorted).
@@ -174,11 +356,12 @@ async fn through_service(
     url: &str,
     args: &LoadgenArgs,
     bodies: &[String],
-) -> anyhow::Result<(f64, Vec<Duration>)> {
+) -> anyhow::Result<((f64, CpuPerEvent), Vec<Duration>)> {
     let mut config = Config::defaults();
     config.store = store_config("loadgen_service");
     config.store.clickhouse_url = Some(url.into());
     config.api_keys = format!("{KEY}:load:ingest");
+    config.batch_max_events = args.batch_max_events;
     config.rate_limit_rps = 1_000_000;
     config.rate_limit_eps = 100_000_000;
     let catalog_path =
@@ -197,7 +380,7 @@ async fn through_service(
     let endpoint = format!("{}/v1/events", service.base);
     let bodies: Arc<Vec<String>> = Arc::new(bodies.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let phase = Phase::start();
     let mut clients = Vec::new();
     for _ in 0..args.clients {
         let (bodies, next, endpoint) = (bodies.clone(), next.clone(), endpoint.clone());
@@ -212,7 +395,12 @@ async fn through_service(
         latencies.extend(lat);
         accepted += acc;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let measured = phase.stop(accepted);
+    let batches = inserted_batches(&service.base).await?;
+    eprintln!(
+        "service: {batches} inserts, {:.0} events each on average",
+        accepted as f64 / batches.max(1) as f64
+    );
     service.stop().await?;
     let _ = std::fs::remove_file(catalog_path);
     let store = Store::new(url, &config.store).connect().await?;
@@ -224,7 +412,19 @@ async fn through_service(
     if accepted != args.events {
         bail!("service accepted {accepted} of {} events", args.events);
     }
-    Ok((accepted as f64 / elapsed, latencies))
+    Ok((measured, latencies))
+}
+
+/// `meterhouse_batches_inserted_total` from the service's `/metrics`.
+async fn inserted_batches(base: &str) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("meterhouse_batches_inserted_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .context("no meterhouse_batches_inserted_total in /metrics")
 }
 
 async fn client_loop(
@@ -258,4 +458,42 @@ async fn client_loop(
         accepted += ack["accepted"].as_u64().unwrap_or(0) as usize;
     }
     Ok((latencies, accepted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_from_procfs_texts() {
+        let stat = "cpu  100 5 40 800 20 3 2 0 0 0\ncpu0 50 2 20 400 10 1 1 0 0 0\n";
+        let own = "4242 (load gen (x)) S 1 4242 4242 0 -1 4194560 900 0 0 0 70 30 0 0 20 0 9";
+        let ticks = CpuTicks::parse(stat, own);
+        assert_eq!(ticks.total, 970);
+        assert_eq!(ticks.busy, 150);
+        assert_eq!(ticks.own, 100);
+        let empty = CpuTicks::parse("", "");
+        assert_eq!((empty.total, empty.busy, empty.own), (0, 0, 0));
+    }
+
+    #[test]
+    fn cpu_per_event_splits_the_box_between_the_harness_and_the_rest() {
+        let before = CpuTicks {
+            busy: 100,
+            total: 400,
+            own: 20,
+        };
+        let after = CpuTicks {
+            busy: 300,
+            total: 600,
+            own: 70,
+        };
+        // 200 ticks over 1 s on 2 cores: 100 ticks a second. 200 busy ticks are 2 s of CPU.
+        let cpu = before.per_event(after, 1.0, 2, 1_000);
+        assert_eq!(cpu.total_us, 2_000.0);
+        assert_eq!(cpu.harness_us, 500.0);
+        assert_eq!(cpu.clickhouse_us, 1_500.0);
+        assert_eq!(before.per_event(before, 1.0, 2, 1_000).total_us, 0.0);
+        assert_eq!(before.per_event(after, 1.0, 2, 0).total_us, 0.0);
+    }
 }
