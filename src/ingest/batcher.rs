@@ -60,8 +60,7 @@ struct Submission {
     rows: Vec<EventRow>,
     keys: Vec<u128>,
     reply: oneshot::Sender<Result<Ack, IngestError>>,
-    /// When the handler queued it: a batch is flushed at most `max_wait` after its first
-    /// submission arrived, however long the previous insert took.
+    /// When the handler queued it (see `gather`).
     arrived: tokio::time::Instant,
     /// Holds this submission's share of the queue bound until it is answered.
     _permit: OwnedSemaphorePermit,
@@ -188,22 +187,7 @@ impl Batcher {
                 }
             };
             let Some(first) = first else { break };
-            let deadline = first.arrived + self.settings.max_wait;
-            let mut count = first.rows.len();
-            let mut pending = vec![first];
-            while count < self.settings.max_events {
-                // What is already queued joins without waiting, even past the deadline.
-                let next = match self.rx.try_recv() {
-                    Ok(next) => Some(next),
-                    Err(_) => tokio::time::timeout_at(deadline, self.rx.recv())
-                        .await
-                        .ok()
-                        .flatten(),
-                };
-                let Some(next) = next else { break };
-                count += next.rows.len();
-                pending.push(next);
-            }
+            let pending = gather(&mut self.rx, first, &self.settings).await;
             self.flush(pending).await;
         }
         tracing::info!(
@@ -470,6 +454,36 @@ pub async fn landed(
     Ok(landed)
 }
 
+/// A batch from `first` on. Submissions join until the batch holds `max_events`, or until
+/// `max_wait` after it began to gather: when its first submission arrived, or when the
+/// batcher came back from the previous insert if that is later. Under load, the clients that
+/// insert answered send again within that time, so an insert carries about all the events in
+/// flight instead of the half that queued during the previous one; ClickHouse spends less
+/// per event on larger inserts (BENCHMARKS.md, "Ingest").
+async fn gather(
+    rx: &mut mpsc::Receiver<Submission>,
+    first: Submission,
+    settings: &Settings,
+) -> Vec<Submission> {
+    let deadline = first.arrived.max(tokio::time::Instant::now()) + settings.max_wait;
+    let mut count = first.rows.len();
+    let mut pending = vec![first];
+    while count < settings.max_events {
+        // What is already queued joins without waiting, even past the deadline.
+        let next = match rx.try_recv() {
+            Ok(next) => Some(next),
+            Err(_) => tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .ok()
+                .flatten(),
+        };
+        let Some(next) = next else { break };
+        count += next.rows.len();
+        pending.push(next);
+    }
+    pending
+}
+
 /// (tenant, customer) of each row that carries samples.
 fn customers_with_samples(rows: &[EventRow]) -> impl Iterator<Item = (&str, &str)> {
     rows.iter()
@@ -490,4 +504,68 @@ fn samples(rows: &[EventRow]) -> impl Iterator<Item = Sample<'_>> {
             value: Decimal::from_i128_with_scale(r.sample_value[i], DECIMAL_SCALE),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(events: usize, arrived: tokio::time::Instant) -> Submission {
+        let permits = Arc::new(Semaphore::new(1));
+        Submission {
+            rows: vec![EventRow::default(); events],
+            keys: vec![],
+            reply: oneshot::channel().0,
+            arrived,
+            _permit: permits.try_acquire_owned().unwrap(),
+        }
+    }
+
+    fn settings(max_events: usize) -> Settings {
+        Settings {
+            max_events,
+            max_wait: Duration::from_millis(50),
+            queue_max_events: 1_000,
+            ack_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// What queued during a long insert still waits `max_wait` for the clients that insert
+    /// answered, and no longer.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_gathers_for_max_wait_after_the_previous_insert() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let queued_long_ago = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let first = submission(3, queued_long_ago);
+        tx.send(submission(2, queued_long_ago)).await.unwrap();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            tx.send(submission(4, tokio::time::Instant::now()))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            tx.send(submission(5, tokio::time::Instant::now()))
+                .await
+                .unwrap();
+            tx
+        });
+        let batch = gather(&mut rx, first, &settings(100)).await;
+        let sizes: Vec<usize> = batch.iter().map(|s| s.rows.len()).collect();
+        assert_eq!(sizes, [3, 2, 4]);
+        let _tx = sender.await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().rows.len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_stops_gathering_at_max_events() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let now = tokio::time::Instant::now();
+        for events in [4, 4, 4] {
+            tx.send(submission(events, now)).await.unwrap();
+        }
+        let batch = gather(&mut rx, submission(4, now), &settings(10)).await;
+        assert_eq!(batch.len(), 3, "4 + 4 + 4 reaches 10");
+        assert_eq!(rx.recv().await.unwrap().rows.len(), 4);
+    }
 }

@@ -37,7 +37,7 @@ pub fn to_scaled(value: Decimal) -> Result<i128, DecimalError> {
 }
 
 /// One row of `events`, samples included (see `sql/0001_events.sql`).
-#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+#[derive(Debug, Clone, Default, clickhouse::Row, Serialize)]
 pub struct EventRow {
     pub tenant: Arc<str>,
     pub id: String,
