@@ -48,8 +48,8 @@ pub struct Config {
     /// A batch is inserted once it holds this many events...
     #[arg(long, env = "METERHOUSE_BATCH_MAX_EVENTS", default_value_t = 100_000)]
     pub batch_max_events: usize,
-    /// ...or this many milliseconds after it began to gather: its first event's arrival, or the
-    /// end of the previous insert if that is later.
+    /// ...or this many milliseconds after its first event arrived (when saturated, also an
+    /// eighth of the previous insert's time after it ended, at most this long).
     #[arg(long, env = "METERHOUSE_BATCH_MAX_WAIT_MS", default_value_t = 50)]
     pub batch_max_wait_ms: u64,
     /// Events waiting for an insert, at most; past it requests get 503 (bounds memory).
