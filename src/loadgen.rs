@@ -327,14 +327,15 @@ async fn direct_baseline(
     Ok(measured)
 }
 
-/// Drops every view on `events` but the one that writes its samples.
+/// Drops every view on `events` (named `events_to_*`, as the migrations name them) but the one
+/// that writes its samples.
 async fn keep_only_samples_view(store: &Store) -> anyhow::Result<()> {
     const SAMPLES_VIEW: &str = "events_to_usage_samples";
     let views: Vec<String> = store
         .client()
         .query(
             "SELECT name FROM system.tables WHERE database = currentDatabase() \
-             AND engine = 'MaterializedView' AND name LIKE 'events\\_to\\_%'",
+             AND engine = 'MaterializedView' AND name LIKE 'events_to_%'",
         )
         .fetch_all()
         .await?;
