@@ -90,9 +90,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         let required = direct_baseline(&url, &args, &bodies, true).await?;
         let (service, round_latencies) = through_service(&url, &args, &bodies).await?;
         eprintln!(
-            "round {round}: direct {:.0} events/s ({}), required tables only {:.0} ({}), \
-             service {:.0} ({})",
-            direct.0, direct.1, required.0, required.1, service.0, service.1
+            "round {round}: direct {direct}, required tables only {required}, service {service}"
         );
         directs.push(direct);
         requireds.push(required);
@@ -105,7 +103,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         median(&mut requireds),
         median(&mut services),
     );
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cores();
     if let Some(mut local) = owned {
         local.stop().await;
     }
@@ -116,15 +114,15 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         rounds: args.rounds.max(1),
         clients: args.clients,
         events_per_request: args.batch,
-        direct_events_per_s: direct.0,
-        direct_required_events_per_s: required.0,
-        service_events_per_s: service.0,
-        ratio: service.0 / direct.0,
+        direct_events_per_s: direct.events_per_s,
+        direct_required_events_per_s: required.events_per_s,
+        service_events_per_s: service.events_per_s,
+        ratio: service.events_per_s / direct.events_per_s,
         cores,
-        direct_cpu: direct.1,
-        direct_required_cpu: required.1,
-        service_cpu: service.1,
-        service_cpu_bound_events_per_s: cores as f64 * 1e6 / service.1.total_us,
+        direct_cpu: direct.cpu,
+        direct_required_cpu: required.cpu,
+        service_cpu: service.cpu,
+        service_cpu_bound_events_per_s: cores as f64 * 1e6 / service.cpu.total_us,
         ack_p50_ms: pct(0.50),
         ack_p99_ms: pct(0.99),
         ack_max_ms: pct(1.0),
@@ -133,9 +131,26 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
 }
 
 /// The median round by rate, with that round's CPU figures.
-fn median(rounds: &mut [(f64, CpuPerEvent)]) -> (f64, CpuPerEvent) {
-    rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+fn median(rounds: &mut [Measured]) -> Measured {
+    rounds.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
     rounds[rounds.len() / 2]
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// What one phase of a round measured.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    events_per_s: f64,
+    cpu: CpuPerEvent,
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} events/s ({})", self.events_per_s, self.cpu)
+    }
 }
 
 /// CPU time per event of one phase, in microseconds: the whole box, and the part spent by
@@ -238,13 +253,14 @@ impl Phase {
     }
 
     /// Events/s and CPU per event of `events` handled since the start.
-    fn stop(self, events: usize) -> (f64, CpuPerEvent) {
+    fn stop(self, events: usize) -> Measured {
         let elapsed = self.started.elapsed().as_secs_f64();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let cpu = self
-            .before
-            .per_event(CpuTicks::now(), elapsed, cores, events);
-        (events as f64 / elapsed, cpu)
+        Measured {
+            events_per_s: events as f64 / elapsed,
+            cpu: self
+                .before
+                .per_event(CpuTicks::now(), elapsed, cores(), events),
+        }
     }
 }
 
@@ -285,7 +301,7 @@ async fn direct_baseline(
     args: &LoadgenArgs,
     bodies: &[String],
     required_only: bool,
-) -> anyhow::Result<(f64, CpuPerEvent)> {
+) -> anyhow::Result<Measured> {
     let database = if required_only {
         "loadgen_required"
     } else {
@@ -357,7 +373,7 @@ async fn through_service(
     url: &str,
     args: &LoadgenArgs,
     bodies: &[String],
-) -> anyhow::Result<((f64, CpuPerEvent), Vec<Duration>)> {
+) -> anyhow::Result<(Measured, Vec<Duration>)> {
     let mut config = Config::defaults();
     config.store = store_config("loadgen_service");
     config.store.clickhouse_url = Some(url.into());
