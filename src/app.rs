@@ -194,6 +194,7 @@ pub struct InProcess {
     pub base: String,
     pub store: crate::store::Store,
     pub catalog: Catalog,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -203,6 +204,7 @@ impl InProcess {
         let app = Application::build(config).await?;
         let store = app.state().store.clone();
         let catalog = app.state().catalog.clone();
+        let metrics = app.state().metrics.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -213,6 +215,7 @@ impl InProcess {
             base,
             store,
             catalog,
+            metrics,
             stop,
             server,
         })

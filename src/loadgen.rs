@@ -413,7 +413,7 @@ async fn through_service(
         accepted += acc;
     }
     let measured = phase.stop(accepted);
-    let batches = inserted_batches(&service.base).await?;
+    let batches = service.metrics.batches_inserted.load(Ordering::Relaxed);
     eprintln!(
         "service: {batches} inserts, {:.0} events each on average",
         accepted as f64 / batches.max(1) as f64
@@ -430,18 +430,6 @@ async fn through_service(
         bail!("service accepted {accepted} of {} events", args.events);
     }
     Ok((measured, latencies))
-}
-
-/// `meterhouse_batches_inserted_total` from the service's `/metrics`.
-async fn inserted_batches(base: &str) -> anyhow::Result<u64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await?
-        .text()
-        .await?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("meterhouse_batches_inserted_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .context("no meterhouse_batches_inserted_total in /metrics")
 }
 
 async fn client_loop(

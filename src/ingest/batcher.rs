@@ -191,9 +191,10 @@ impl Batcher {
             let pending = gather(&mut self.rx, first, &self.settings, previous).await;
             let started = tokio::time::Instant::now();
             self.flush(pending).await;
+            let ended = tokio::time::Instant::now();
             previous = Some(PreviousInsert {
-                ended: tokio::time::Instant::now(),
-                took: started.elapsed(),
+                ended,
+                took: ended - started,
             });
         }
         tracing::info!(
