@@ -15,6 +15,9 @@ use crate::usage::{Subject, UsageError, UsageReport, report};
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageLine {
     pub subscription: String,
+    /// The plan of the phase the price belongs to: a period with a plan change has lines of
+    /// each plan.
+    pub plan: String,
     pub price: String,
     pub meter: String,
     /// The meter's display name.
@@ -22,7 +25,7 @@ pub struct UsageLine {
     pub meter_name: String,
     pub included_units: Decimal,
     pub used_units: Decimal,
-    /// Included units not yet used; negative once usage is past them.
+    /// Included units not yet used: 0 once usage reaches them, never negative.
     pub remaining_units: Decimal,
     /// Usage beyond the included units (any usage when none are included).
     pub overage: bool,
@@ -85,6 +88,7 @@ pub fn usage_lines(catalog: &TenantCatalog, report: &UsageReport) -> Vec<UsageLi
         .iter()
         .map(|c| UsageLine {
             subscription: report.subscription.clone(),
+            plan: c.plan.clone(),
             price: c.price.clone(),
             meter: c.meter.clone(),
             meter_name: catalog

@@ -90,14 +90,14 @@ pub struct UsageReport {
 }
 
 impl UsageCharge {
-    /// Included units not yet used; negative once usage is past them.
+    /// Included units not yet used: 0 once usage reaches them, never negative.
     pub fn remaining_units(&self) -> Decimal {
-        self.included_units.max(Decimal::ZERO) - self.quantity
+        (self.included_units.max(Decimal::ZERO) - self.quantity).max(Decimal::ZERO)
     }
 
     /// Usage beyond the included units (any usage when none are included).
     pub fn is_overage(&self) -> bool {
-        self.remaining_units() < Decimal::ZERO
+        self.quantity > self.included_units.max(Decimal::ZERO)
     }
 }
 
@@ -198,8 +198,8 @@ fn flat_fee(plan: &Plan, price: &Price, period: &Period) -> Result<FlatFee, Usag
     let amount = rating::flat_fee(
         price.amount.unwrap_or_default(),
         price.prorate.unwrap_or(false),
-        period.window.seconds(),
-        period.full.seconds(),
+        period.window.millis(),
+        period.full.millis(),
     )?;
     Ok(FlatFee {
         price: price.code.clone(),

@@ -4,7 +4,7 @@
 mod common;
 
 use chrono::{TimeDelta, Utc};
-use common::{TestApp, spawn_app};
+use common::{TestApp, spawn_app, spawn_backfill_app};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use std::str::FromStr;
@@ -371,12 +371,40 @@ async fn post_status(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
         .await
 }
 
-/// Daily calendar periods in Paris across the end of summer time (2026-10-25, 03:00 CEST →
-/// 02:00 CET): that day's period lasts 25 hours, and an event at 23:30 local time on the 25th
-/// belongs to it while one at 00:30 on the 26th belongs to the next, whatever UTC says.
+/// The local date of Paris's latest day of `hours` hours (a DST change) strictly before today,
+/// and the UTC instant of its midnight: derived from the clock, so the test keeps testing a DST
+/// change on whatever day it runs.
+fn latest_paris_day_of(hours: i64) -> (chrono::NaiveDate, chrono::DateTime<Utc>) {
+    let tz = chrono_tz::Europe::Paris;
+    let midnight = |date: chrono::NaiveDate| {
+        date.and_hms_opt(0, 0, 0)
+            .and_then(|local| local.and_local_timezone(tz).earliest())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap()
+    };
+    let today = Utc::now().with_timezone(&tz).date_naive();
+    today
+        .iter_days()
+        .rev()
+        .skip(1)
+        .take(400)
+        .find(|&date| (midnight(date.succ_opt().unwrap()) - midnight(date)).num_hours() == hours)
+        .map(|date| (date, midnight(date)))
+        .expect("Europe/Paris changes its clocks twice a year")
+}
+
+/// Daily calendar periods in Paris across both DST changes, found from the clock (the latest
+/// end of summer time, a 25-hour day, and the latest start, a 23-hour day, before today; the
+/// tenant allows backfill since they may be months old). An event at 23:30 local time belongs
+/// to its day's period and one at 00:30 to the next, whatever UTC says; the repeated hour of
+/// the autumn change counts twice.
+///
+/// `scripts/test` runs this suite a second time under libfaketime with the clock a year and
+/// some days ahead (`FAKETIME=+400d`), which is the check that would have caught dates written
+/// into the test.
 #[tokio::test]
 async fn usage_across_a_dst_change_follows_the_customers_local_days() {
-    let app = spawn_app("billing_dst").await;
+    let app = spawn_backfill_app("billing_dst").await;
     post(&app, "/v1/plans", json!({"code": "daily", "name": "Daily", "currency": "EUR", "interval": "day",
         "prices": [{"code": "base", "type": "flat", "amount": "24.00", "timing": "arrears", "prorate": true},
                    {"code": "calls", "type": "usage", "meter": "calls", "model": "per_unit", "unit_amount": "0.50"}]})).await;
@@ -386,71 +414,82 @@ async fn usage_across_a_dst_change_follows_the_customers_local_days() {
         json!({"external_id": "paris", "timezone": "Europe/Paris"}),
     )
     .await;
+    let (autumn, autumn_midnight) = latest_paris_day_of(25);
+    let (spring, spring_midnight) = latest_paris_day_of(23);
+    let start = autumn_midnight.min(spring_midnight) - TimeDelta::days(3) + TimeDelta::hours(8);
     post(
         &app,
         "/v1/subscriptions",
         json!({"external_id": "sub_p", "customer": "paris", "plan": "daily",
-        "start_date": "2026-10-20T08:00:00Z", "billing_anchor": "calendar"}),
+        "start_date": start.to_rfc3339(), "billing_anchor": "calendar"}),
     )
     .await;
-    // Local times: 24th 23:30 (UTC+2, the day before the window), 25th 02:30 CEST, 25th 02:30
-    // CET (the repeated hour), 25th 23:30 (UTC+1), 26th 00:30.
-    let events: Vec<Value> = [
-        "2026-10-24T21:30:00Z",
-        "2026-10-25T00:30:00Z",
-        "2026-10-25T01:30:00Z",
-        "2026-10-25T22:30:00Z",
-        "2026-10-25T23:30:00Z",
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, ts)| json!({"id": format!("dst-{i}"), "customer": "paris", "type": "api_call", "timestamp": ts}))
-    .collect();
-    let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
-    assert_eq!(status, 202, "{ack}");
+    let hour = TimeDelta::hours(1);
+    let half = TimeDelta::minutes(30);
+    for (season, midnight, day_hours) in [
+        ("autumn", autumn_midnight, 25),
+        ("spring", spring_midnight, 23),
+    ] {
+        let next_midnight = midnight + hour * day_hours;
+        // The day before's 23:30; 2½ and 3½ hours after midnight (in autumn 02:30 CEST and
+        // 02:30 CET, the repeated hour; in spring 03:30 and 04:30 CEST, after the skipped one);
+        // the day's 23:30; the next day's 00:30.
+        let instants = [
+            midnight - half,
+            midnight + hour * 2 + half,
+            midnight + hour * 3 + half,
+            next_midnight - half,
+            next_midnight + half,
+        ];
+        let events: Vec<Value> = instants
+            .iter()
+            .enumerate()
+            .map(|(i, ts)| json!({"id": format!("dst-{season}-{i}"), "customer": "paris", "type": "api_call",
+                                  "timestamp": ts.to_rfc3339()}))
+            .collect();
+        let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
+        assert_eq!(status, 202, "{ack}");
 
-    let from = urlencode("2026-10-24T22:00:00Z");
-    let to = urlencode("2026-10-26T23:00:00Z");
-    let (status, usage) = get(
-        &app,
-        &format!("/v1/subscriptions/sub_p/usage?from={from}&to={to}"),
-        "read_key_a",
-    )
-    .await;
-    assert_eq!(status, 200, "{usage}");
-    let periods: Vec<(Value, Value, Value)> = usage["charges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["from"].clone(), c["to"].clone(), c["quantity"].clone()))
-        .collect();
-    assert_eq!(
-        periods,
-        vec![
-            (
-                json!("2026-10-24T22:00:00Z"),
-                json!("2026-10-25T23:00:00Z"),
-                json!("3")
+        let after = next_midnight + TimeDelta::days(1);
+        let (status, usage) = get(
+            &app,
+            &format!(
+                "/v1/subscriptions/sub_p/usage?from={}&to={}",
+                midnight.timestamp(),
+                after.timestamp()
             ),
-            (
-                json!("2026-10-25T23:00:00Z"),
-                json!("2026-10-26T23:00:00Z"),
-                json!("1")
-            ),
-        ],
-        "{usage}"
-    );
-    // Each local day is one full period: the flat fee once each, not prorated by the 25 hours.
-    let fees: Vec<&Value> = usage["flat_fees"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| &f["amount"])
-        .collect();
-    assert_eq!(fees.len(), 2, "{usage}");
-    assert!(fees.iter().all(|a| dec(a) == d("24")), "{usage}");
-    // 4 calls in the window at 0.50 + 2 days at 24.00.
-    assert_eq!(usage["total"], "50.00");
+            "read_key_a",
+        )
+        .await;
+        assert_eq!(status, 200, "{usage}");
+        let periods: Vec<(Value, Value, Value)> = usage["charges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["from"].clone(), c["to"].clone(), c["quantity"].clone()))
+            .collect();
+        let utc = |t: chrono::DateTime<Utc>| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        assert_eq!(
+            periods,
+            vec![
+                (utc(midnight), utc(next_midnight), json!("3")),
+                (utc(next_midnight), utc(after), json!("1")),
+            ],
+            "{season} ({autumn} / {spring}): {usage}"
+        );
+        // Each local day is one full period: the flat fee once each, not prorated by the 25 or
+        // 23 hours.
+        let fees: Vec<&Value> = usage["flat_fees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| &f["amount"])
+            .collect();
+        assert_eq!(fees.len(), 2, "{usage}");
+        assert!(fees.iter().all(|a| dec(a) == d("24")), "{usage}");
+        // 4 calls in the window at 0.50 + 2 days at 24.00.
+        assert_eq!(usage["total"], "50.00", "{season}: {usage}");
+    }
 }
 
 #[tokio::test]

@@ -221,7 +221,7 @@ async fn subscriptions_report_periods_and_can_be_changed_and_canceled() {
         period_to,
         "the change takes effect at the period end"
     );
-    assert_eq!(changed["current_plan"], "pro");
+    assert_eq!(changed["plan"], "pro", "the plan in force until the change");
 
     let (status, canceled) = post(
         &app,

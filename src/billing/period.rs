@@ -73,6 +73,10 @@ impl Window {
         (self.to - self.from).num_seconds()
     }
 
+    pub fn millis(&self) -> i64 {
+        (self.to - self.from).num_milliseconds()
+    }
+
     /// The part of `self` inside `other`, if any.
     pub fn intersect(&self, other: &Window) -> Option<Window> {
         let (from, to) = (self.from.max(other.from), self.to.min(other.to));
@@ -197,6 +201,24 @@ impl Cadence {
         )
     }
 
+    /// The full interval that period `k` (whose window is `window`) is a part of, which flat
+    /// fees prorate over: the window itself, except for a calendar-anchored first period that
+    /// starts between boundaries, which is part of the calendar interval it starts in (in the
+    /// customer's timezone: October for a subscription started on October 10th).
+    pub fn nominal(&self, k: i64, window: Window) -> Result<Window, PeriodError> {
+        if k != 0 || self.anchor != Anchor::Calendar {
+            return Ok(window);
+        }
+        let (index, exact) = self.natural_index(self.local(self.origin))?;
+        if exact {
+            return Ok(window);
+        }
+        Ok(Window {
+            from: self.natural(index + 1 - i64::from(self.step()))?,
+            to: window.to,
+        })
+    }
+
     /// The period containing `t`, for `t` at or after the origin.
     pub fn period_at(&self, t: DateTime<Utc>) -> Result<(i64, Window), PeriodError> {
         debug_assert!(t >= self.origin);
@@ -248,8 +270,9 @@ pub struct Period {
     /// Index into `Timeline::phases`.
     pub phase: usize,
     pub trial: bool,
-    /// The full period this one was cut from (by a phase change or a cancellation); flat fees
-    /// prorate by `window` over `full`.
+    /// The full period this one was cut from (by a phase change, a cancellation, or a calendar
+    /// anchor's first period starting between boundaries); flat fees prorate by `window` over
+    /// `full`, in elapsed time (a 25-hour day of a DST change counts 25 hours).
     #[serde(skip)]
     pub full: Window,
 }
@@ -284,7 +307,44 @@ impl Timeline {
     }
 
     /// The billing period containing `t`; `None` before the start or after the end.
+    ///
+    /// A plan change inside a period keeps the period: its window runs over every phase whose
+    /// piece was cut from the same full period (same cadence), so the current period of a
+    /// subscription that changed plan today still starts where it started. A change to a plan
+    /// of another cadence ends the period at the change. `phase` is the phase in force at `t`.
     pub fn period_at(&self, t: DateTime<Utc>) -> Result<Option<Period>, PeriodError> {
+        let Some(piece) = self.piece_at(t)? else {
+            return Ok(None);
+        };
+        let mut window = piece.window;
+        while let Some(before) = self.piece_ending_at(window.from)? {
+            if before.full != piece.full || before.trial != piece.trial {
+                break;
+            }
+            window.from = before.window.from;
+        }
+        while let Some(after) = self.piece_at(window.to)? {
+            if after.full != piece.full || after.trial != piece.trial || after.window.to <= window.to
+            {
+                break;
+            }
+            window.to = after.window.to;
+        }
+        Ok(Some(Period { window, ..piece }))
+    }
+
+    /// The piece (see [`Self::periods_overlapping`]) that ends at `t`, if one does.
+    fn piece_ending_at(&self, t: DateTime<Utc>) -> Result<Option<Period>, PeriodError> {
+        if t <= self.start {
+            return Ok(None);
+        }
+        let piece = self.piece_at(t - TimeDelta::nanoseconds(1))?;
+        Ok(piece.filter(|p| p.window.to == t))
+    }
+
+    /// The piece of a billing period containing `t`: the period cut by the phase in force at
+    /// `t`, the start and the end.
+    fn piece_at(&self, t: DateTime<Utc>) -> Result<Option<Period>, PeriodError> {
         if t < self.start || self.end.is_some_and(|end| t >= end) || self.phases.is_empty() {
             return Ok(None);
         }
@@ -314,12 +374,13 @@ impl Timeline {
             tz: self.tz,
             origin: self.trial_end.unwrap_or(self.start),
         };
-        let (_, full) = cadence.period_at(t)?;
+        let (k, period) = cadence.period_at(t)?;
+        let full = cadence.nominal(k, period)?;
         let phase_window = Window {
             from: span.from,
             to: span.to.unwrap_or(DateTime::<Utc>::MAX_UTC),
         };
-        let window = full
+        let window = period
             .intersect(&phase_window)
             .and_then(|w| w.intersect(&limit))
             .ok_or(PeriodError::OutOfRange)?;
@@ -331,7 +392,9 @@ impl Timeline {
         }))
     }
 
-    /// The periods overlapping `[from, to)`, in order, each whole (not cut to the window).
+    /// The pieces of billing periods overlapping `[from, to)`, in order, each whole (not cut to
+    /// the window): a billing period is one piece, or one per phase when the plan changed
+    /// inside it; each piece is rated with its phase's plan.
     pub fn periods_overlapping(
         &self,
         from: DateTime<Utc>,
@@ -340,7 +403,7 @@ impl Timeline {
         let mut periods = Vec::new();
         let mut t = from.max(self.start);
         while t < to {
-            let Some(period) = self.period_at(t)? else {
+            let Some(period) = self.piece_at(t)? else {
                 break;
             };
             if periods.len() == MAX_PERIODS {

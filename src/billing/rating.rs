@@ -219,20 +219,20 @@ pub fn clamp(amount: Decimal, minimum: Option<Decimal>, maximum: Option<Decimal>
     maximum.map_or(raised, |m| raised.min(m))
 }
 
-/// A flat fee for a period of which the subscription is active `active_seconds` out of
-/// `period_seconds`; the full fee unless `prorate`.
+/// A flat fee for a period of which the subscription is active `active` out of `period` (both
+/// in one unit of time); the full fee unless `prorate`.
 pub fn flat_fee(
     amount: Decimal,
     prorate: bool,
-    active_seconds: i64,
-    period_seconds: i64,
+    active: i64,
+    period: i64,
 ) -> Result<Decimal, RatingError> {
-    if !prorate || period_seconds <= 0 || active_seconds >= period_seconds {
+    if !prorate || period <= 0 || active >= period {
         return Ok(amount);
     }
     // Multiply first: 30 x 10 / 30 is exactly 10, 30 x (10 / 30) is not.
-    mul(amount, Decimal::from(active_seconds.max(0)))?
-        .checked_div(Decimal::from(period_seconds))
+    mul(amount, Decimal::from(active.max(0)))?
+        .checked_div(Decimal::from(period))
         .ok_or(RatingError::Overflow)
 }
 

@@ -209,7 +209,9 @@ fn subscription_view(
         .period_at(now)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     view["status"] = json!(timeline.status_at(now));
-    view["current_plan"] = json!(subscription.plan_at(now));
+    // `plan` is the plan in force now (the first one before the start, the last one after the
+    // end); `phases` keeps every plan with the instant it took effect.
+    view["plan"] = json!(subscription.plan_at(now));
     view["trial_end"] = json!(timeline.trial_end);
     view["current_period"] =
         json!(period.map(|p| json!({"from": p.window.from, "to": p.window.to, "trial": p.trial})));

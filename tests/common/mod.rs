@@ -110,6 +110,20 @@ pub async fn spawn_app(test: &str) -> TestApp {
     spawn_with(test_config(test, &clickhouse_url()), true).await
 }
 
+/// As [`spawn_app`], with tenant `acme` allowed to send events of any date (backfill), for
+/// tests whose events must sit at dates derived from the clock (a DST change up to a year ago).
+pub async fn spawn_backfill_app(test: &str) -> TestApp {
+    let mut config = test_config(test, &clickhouse_url());
+    let catalog = scratch_dir("catalog-backfill.json");
+    std::fs::write(
+        &catalog,
+        CATALOG.replace(r#"{"id": "acme","#, r#"{"id": "acme", "allow_backfill": true,"#),
+    )
+    .unwrap();
+    config.catalog = Some(catalog);
+    spawn_with(config, true).await
+}
+
 /// Drops the configuration's database and connects to it again (which creates it empty).
 pub async fn empty_database(config: &Config) -> Store {
     let store = || {

@@ -307,6 +307,151 @@ fn a_plan_change_splits_periods_by_phase() {
     assert_eq!(periods[1].full.to, t("2026-11-01T00:00:00Z"));
 }
 
+fn two_phases(start: &str, change: &str, second: Interval) -> Timeline {
+    let mut tl = timeline(start, Interval::Month, Anchor::Anniversary, UTC);
+    tl.phases[0].to = Some(t(change));
+    tl.phases.push(PhaseSpan {
+        from: t(change),
+        to: None,
+        interval: second,
+        count: 1,
+    });
+    tl
+}
+
+#[test]
+fn a_plan_change_inside_a_period_keeps_the_period() {
+    let tl = two_phases(
+        "2026-11-21T21:55:41Z",
+        "2026-12-01T21:55:41.950Z",
+        Interval::Month,
+    );
+    for at in ["2026-11-25T00:00:00Z", "2026-12-05T00:00:00Z"] {
+        let current = tl.period_at(t(at)).unwrap().unwrap();
+        assert_eq!(
+            (current.window.from, current.window.to),
+            (t("2026-11-21T21:55:41Z"), t("2026-12-21T21:55:41Z")),
+            "at {at}"
+        );
+    }
+    let current = tl.period_at(t("2026-12-05T00:00:00Z")).unwrap().unwrap();
+    assert_eq!(current.phase, 1, "the phase in force at the instant");
+    assert_eq!(
+        tl.next_invoice_date(t("2026-12-05T00:00:00Z")).unwrap(),
+        Some(t("2026-12-21T21:55:41Z")),
+        "the invoice falls at the period's end, not at the change"
+    );
+    // Rated in two pieces, each prorated over the whole period.
+    let pieces = tl
+        .periods_overlapping(current.window.from, current.window.to)
+        .unwrap();
+    let shape: Vec<_> = pieces
+        .iter()
+        .map(|p| (p.window.from, p.window.to, p.phase, p.full))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (
+                t("2026-11-21T21:55:41Z"),
+                t("2026-12-01T21:55:41.950Z"),
+                0,
+                current.window
+            ),
+            (
+                t("2026-12-01T21:55:41.950Z"),
+                t("2026-12-21T21:55:41Z"),
+                1,
+                current.window
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_change_to_another_cadence_ends_the_period_at_the_change() {
+    let tl = two_phases(
+        "2026-11-21T00:00:00Z",
+        "2026-12-01T00:00:00Z",
+        Interval::Year,
+    );
+    let before = tl.period_at(t("2026-11-25T00:00:00Z")).unwrap().unwrap();
+    assert_eq!(
+        (before.window.from, before.window.to),
+        (t("2026-11-21T00:00:00Z"), t("2026-12-01T00:00:00Z"))
+    );
+    let after = tl.period_at(t("2026-12-05T00:00:00Z")).unwrap().unwrap();
+    assert_eq!(
+        (after.window.from, after.window.to),
+        (t("2026-12-01T00:00:00Z"), t("2027-11-21T00:00:00Z"))
+    );
+}
+
+#[test]
+fn a_partial_first_calendar_period_prorates_over_its_calendar_interval() {
+    let ny = chrono_tz::America::New_York;
+    // Started 2026-10-10 00:00 in New York: October's share is 22 of its 31 days.
+    let tl = timeline("2026-10-10T04:00:00Z", Interval::Month, Anchor::Calendar, ny);
+    let first = tl.period_at(t("2026-10-20T00:00:00Z")).unwrap().unwrap();
+    assert_eq!(
+        (first.window.from, first.window.to),
+        (t("2026-10-10T04:00:00Z"), t("2026-11-01T04:00:00Z"))
+    );
+    assert_eq!(
+        (first.full.from, first.full.to),
+        (t("2026-10-01T04:00:00Z"), t("2026-11-01T04:00:00Z"))
+    );
+    assert_eq!(first.window.millis() * 31, first.full.millis() * 22);
+    // The next one is whole, including November's 25-hour day.
+    let second = tl.period_at(t("2026-11-20T00:00:00Z")).unwrap().unwrap();
+    assert_eq!(second.full, second.window);
+    assert_eq!(second.window.seconds(), (30 * 24 + 1) * 3600);
+    // Started exactly on a boundary: whole.
+    let whole = timeline("2026-10-01T04:00:00Z", Interval::Month, Anchor::Calendar, ny);
+    let first = whole.period_at(t("2026-10-20T00:00:00Z")).unwrap().unwrap();
+    assert_eq!(first.full, first.window);
+    // Every two months, started mid-March: the first interval is February and March.
+    let mut bimonthly = timeline("2027-03-10T05:00:00Z", Interval::Month, Anchor::Calendar, ny);
+    bimonthly.phases[0].count = 2;
+    let first = bimonthly.period_at(t("2027-03-20T00:00:00Z")).unwrap().unwrap();
+    assert_eq!(
+        (first.full.from, first.full.to),
+        (t("2027-02-01T05:00:00Z"), t("2027-04-01T04:00:00Z"))
+    );
+}
+
+#[test]
+fn anniversaries_on_the_29th_30th_and_31st_clamp_and_come_back() {
+    for (start, expected) in [
+        (
+            "2027-01-29T09:00:00Z",
+            ["2027-02-28T09:00:00Z", "2027-03-29T09:00:00Z", "2027-04-29T09:00:00Z"],
+        ),
+        (
+            "2027-01-30T09:00:00Z",
+            ["2027-02-28T09:00:00Z", "2027-03-30T09:00:00Z", "2027-04-30T09:00:00Z"],
+        ),
+        (
+            "2027-01-31T09:00:00Z",
+            ["2027-02-28T09:00:00Z", "2027-03-31T09:00:00Z", "2027-04-30T09:00:00Z"],
+        ),
+        (
+            "2028-01-31T09:00:00Z",
+            ["2028-02-29T09:00:00Z", "2028-03-31T09:00:00Z", "2028-04-30T09:00:00Z"],
+        ),
+    ] {
+        let tl = timeline(start, Interval::Month, Anchor::Anniversary, UTC);
+        let ends: Vec<_> = tl
+            .periods_overlapping(t(start), t(expected[2]))
+            .unwrap()
+            .iter()
+            .map(|p| p.window.to)
+            .collect();
+        let expected: Vec<_> = expected.iter().map(|e| t(e)).collect();
+        assert_eq!(ends, expected, "from {start}");
+    }
+}
+
 #[test]
 fn too_many_periods_is_an_error() {
     let tl = timeline("2020-01-01T00:00:00Z", Interval::Day, Anchor::Calendar, UTC);
