@@ -4,35 +4,9 @@
 mod common;
 
 use chrono::{TimeDelta, Utc};
-use common::{TestApp, spawn_app, spawn_backfill_app};
+use common::{TestApp, d, dec, get_json as get, post_ok as post, spawn_app, spawn_backfill_app};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use std::str::FromStr;
-
-fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
-}
-
-fn dec(v: &Value) -> Decimal {
-    d(v.as_str()
-        .unwrap_or_else(|| panic!("not a decimal string: {v}")))
-}
-
-async fn post(app: &TestApp, path: &str, body: Value) -> Value {
-    let (status, answer) = app
-        .post_raw(path, "admin_key_a", "application/json", body.to_string())
-        .await;
-    assert!(status < 300, "{path}: {status} {answer}");
-    answer
-}
-
-async fn get(app: &TestApp, path: &str, key: &str) -> (u16, Value) {
-    let response = app.get(path, Some(key)).await;
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
-}
 
 /// The acme test tenant's meters `calls` (count) and `tokens` (sum by model), a plan on them,
 /// a customer and a subscription that started 10 days ago.
@@ -444,8 +418,10 @@ async fn usage_across_a_dst_change_follows_the_customers_local_days() {
         let events: Vec<Value> = instants
             .iter()
             .enumerate()
-            .map(|(i, ts)| json!({"id": format!("dst-{season}-{i}"), "customer": "paris", "type": "api_call",
-                                  "timestamp": ts.to_rfc3339()}))
+            .map(|(i, ts)| {
+                json!({"id": format!("dst-{season}-{i}"), "customer": "paris", "type": "api_call",
+                                  "timestamp": ts.to_rfc3339()})
+            })
             .collect();
         let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
         assert_eq!(status, 202, "{ack}");
@@ -468,7 +444,8 @@ async fn usage_across_a_dst_change_follows_the_customers_local_days() {
             .iter()
             .map(|c| (c["from"].clone(), c["to"].clone(), c["quantity"].clone()))
             .collect();
-        let utc = |t: chrono::DateTime<Utc>| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let utc =
+            |t: chrono::DateTime<Utc>| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         assert_eq!(
             periods,
             vec![

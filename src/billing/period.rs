@@ -324,7 +324,9 @@ impl Timeline {
             window.from = before.window.from;
         }
         while let Some(after) = self.piece_at(window.to)? {
-            if after.full != piece.full || after.trial != piece.trial || after.window.to <= window.to
+            if after.full != piece.full
+                || after.trial != piece.trial
+                || after.window.to <= window.to
             {
                 break;
             }

@@ -11,6 +11,7 @@ use meterhouse::app::Application;
 use meterhouse::config::Config;
 use meterhouse::store::Store;
 use meterhouse::store::local::LocalClickHouse;
+use rust_decimal::Decimal;
 use serde_json::Value;
 
 pub const KEYS: &str = "admin_key_a:acme:admin,ingest_key_a:acme:ingest,read_key_a:acme:read,\
@@ -117,7 +118,10 @@ pub async fn spawn_backfill_app(test: &str) -> TestApp {
     let catalog = scratch_dir("catalog-backfill.json");
     std::fs::write(
         &catalog,
-        CATALOG.replace(r#"{"id": "acme","#, r#"{"id": "acme", "allow_backfill": true,"#),
+        CATALOG.replace(
+            r#"{"id": "acme","#,
+            r#"{"id": "acme", "allow_backfill": true,"#,
+        ),
     )
     .unwrap();
     config.catalog = Some(catalog);
@@ -247,5 +251,34 @@ pub fn events(prefix: &str, customer: &str, n: usize) -> Value {
         (0..n)
             .map(|i| serde_json::json!({"id": format!("{prefix}-{i}"), "customer": customer, "type": "api_call"}))
             .collect(),
+    )
+}
+
+/// A decimal written in a test.
+pub fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+/// A decimal the API answered as a string.
+pub fn dec(v: &Value) -> Decimal {
+    d(v.as_str()
+        .unwrap_or_else(|| panic!("not a decimal string: {v}")))
+}
+
+/// POSTs `body` with the admin key of `acme`; the answer, which must be a success.
+pub async fn post_ok(app: &TestApp, path: &str, body: Value) -> Value {
+    let (status, answer) = app
+        .post_raw(path, "admin_key_a", "application/json", body.to_string())
+        .await;
+    assert!(status < 300, "{path}: {status} {answer}");
+    answer
+}
+
+/// GETs `path` with `key`: status and JSON body (null when not JSON).
+pub async fn get_json(app: &TestApp, path: &str, key: &str) -> (u16, Value) {
+    let response = app.get(path, Some(key)).await;
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
     )
 }

@@ -391,7 +391,12 @@ fn a_change_to_another_cadence_ends_the_period_at_the_change() {
 fn a_partial_first_calendar_period_prorates_over_its_calendar_interval() {
     let ny = chrono_tz::America::New_York;
     // Started 2026-10-10 00:00 in New York: October's share is 22 of its 31 days.
-    let tl = timeline("2026-10-10T04:00:00Z", Interval::Month, Anchor::Calendar, ny);
+    let tl = timeline(
+        "2026-10-10T04:00:00Z",
+        Interval::Month,
+        Anchor::Calendar,
+        ny,
+    );
     let first = tl.period_at(t("2026-10-20T00:00:00Z")).unwrap().unwrap();
     assert_eq!(
         (first.window.from, first.window.to),
@@ -407,13 +412,26 @@ fn a_partial_first_calendar_period_prorates_over_its_calendar_interval() {
     assert_eq!(second.full, second.window);
     assert_eq!(second.window.seconds(), (30 * 24 + 1) * 3600);
     // Started exactly on a boundary: whole.
-    let whole = timeline("2026-10-01T04:00:00Z", Interval::Month, Anchor::Calendar, ny);
+    let whole = timeline(
+        "2026-10-01T04:00:00Z",
+        Interval::Month,
+        Anchor::Calendar,
+        ny,
+    );
     let first = whole.period_at(t("2026-10-20T00:00:00Z")).unwrap().unwrap();
     assert_eq!(first.full, first.window);
     // Every two months, started mid-March: the first interval is February and March.
-    let mut bimonthly = timeline("2027-03-10T05:00:00Z", Interval::Month, Anchor::Calendar, ny);
+    let mut bimonthly = timeline(
+        "2027-03-10T05:00:00Z",
+        Interval::Month,
+        Anchor::Calendar,
+        ny,
+    );
     bimonthly.phases[0].count = 2;
-    let first = bimonthly.period_at(t("2027-03-20T00:00:00Z")).unwrap().unwrap();
+    let first = bimonthly
+        .period_at(t("2027-03-20T00:00:00Z"))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (first.full.from, first.full.to),
         (t("2027-02-01T05:00:00Z"), t("2027-04-01T04:00:00Z"))
@@ -425,19 +443,35 @@ fn anniversaries_on_the_29th_30th_and_31st_clamp_and_come_back() {
     for (start, expected) in [
         (
             "2027-01-29T09:00:00Z",
-            ["2027-02-28T09:00:00Z", "2027-03-29T09:00:00Z", "2027-04-29T09:00:00Z"],
+            [
+                "2027-02-28T09:00:00Z",
+                "2027-03-29T09:00:00Z",
+                "2027-04-29T09:00:00Z",
+            ],
         ),
         (
             "2027-01-30T09:00:00Z",
-            ["2027-02-28T09:00:00Z", "2027-03-30T09:00:00Z", "2027-04-30T09:00:00Z"],
+            [
+                "2027-02-28T09:00:00Z",
+                "2027-03-30T09:00:00Z",
+                "2027-04-30T09:00:00Z",
+            ],
         ),
         (
             "2027-01-31T09:00:00Z",
-            ["2027-02-28T09:00:00Z", "2027-03-31T09:00:00Z", "2027-04-30T09:00:00Z"],
+            [
+                "2027-02-28T09:00:00Z",
+                "2027-03-31T09:00:00Z",
+                "2027-04-30T09:00:00Z",
+            ],
         ),
         (
             "2028-01-31T09:00:00Z",
-            ["2028-02-29T09:00:00Z", "2028-03-31T09:00:00Z", "2028-04-30T09:00:00Z"],
+            [
+                "2028-02-29T09:00:00Z",
+                "2028-03-31T09:00:00Z",
+                "2028-04-30T09:00:00Z",
+            ],
         ),
     ] {
         let tl = timeline(start, Interval::Month, Anchor::Anniversary, UTC);

@@ -241,9 +241,11 @@ impl Ctx<'_> {
                     "aggregationType".into(),
                     json!(aggregation_type(meter.aggregation)),
                 );
+                // Flowglad's balance is what is left of the grant, negative once usage is past
+                // it (unlike `remaining_units`, which stops at 0).
                 b.insert(
                     "availableBalance".into(),
-                    number(line.remaining_units.normalize()),
+                    number((line.included_units - line.used_units).normalize()),
                 );
                 b.insert("subscriptionId".into(), json!(id));
                 Some(Value::Object(b))
