@@ -1,4 +1,4 @@
-//! The one error type of the HTTP edge and its mapping to API.md's error body.
+//! The one error type of the HTTP edge and its mapping to docs/api.md's error body.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -77,7 +77,7 @@ impl ApiError {
         }
     }
 
-    /// The stable machine-readable code of API.md.
+    /// The stable machine-readable code of docs/api.md.
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",

@@ -4,7 +4,7 @@
 //! - [`account`]: a customer's active subscriptions and current usage, shared by the read routes.
 //! - [`app`]: start-up (store, migrations, dedup state, keys, batcher) and graceful shutdown.
 //! - [`http`]: the HTTP API, one module per resource, and the shared [`http::AppState`].
-//! - [`error`]: the one error type of the HTTP edge and API.md's error body.
+//! - [`error`]: the one error type of the HTTP edge and docs/api.md's error body.
 //! - [`auth`]: API keys (held hashed), tenants and roles.
 //! - [`limits`]: per-key request and event rate limits.
 //! - [`ingest`]: body decoding and validation, meter samples, dedup, group commit.

@@ -1,4 +1,4 @@
-//! Serde helpers: decimals arrive as strings (API.md) or exact JSON numbers, and always
+//! Serde helpers: decimals arrive as strings (docs/api.md) or exact JSON numbers, and always
 //! leave as strings.
 
 use rust_decimal::Decimal;

@@ -1,4 +1,4 @@
-//! Customers (API.md "Customers"): keyed by the tenant's own external id.
+//! Customers (docs/api.md "Customers"): keyed by the tenant's own external id.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! A meter: which events it reads and how it turns them into a quantity (API.md "Meters").
+//! A meter: which events it reads and how it turns them into a quantity (docs/api.md "Meters").
 
 use std::collections::BTreeMap;
 

@@ -42,7 +42,7 @@ impl Kind {
         }
     }
 
-    /// The API.md error code for a missing item of this kind.
+    /// The docs/api.md error code for a missing item of this kind.
     pub fn not_found_code(self) -> &'static str {
         match self {
             Self::Meter => "meter_not_found",

@@ -1,4 +1,4 @@
-//! Plans and their prices (API.md "Plans"), validated into what the rating engine takes.
+//! Plans and their prices (docs/api.md "Plans"), validated into what the rating engine takes.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! Subscriptions (API.md "Subscriptions"): a customer on a plan from a start date, with plan
+//! Subscriptions (docs/api.md "Subscriptions"): a customer on a plan from a start date, with plan
 //! phases (changes), a trial from the first plan, and an end once canceled.
 
 use chrono::{DateTime, TimeDelta, Utc};

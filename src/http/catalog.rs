@@ -1,4 +1,4 @@
-//! Catalog routes (API.md "Catalog"): meters, plans, customers, subscriptions. `POST` creates
+//! Catalog routes (docs/api.md "Catalog"): meters, plans, customers, subscriptions. `POST` creates
 //! (409 if the key exists), `PUT /{key}` replaces, `GET` lists or reads; subscriptions also
 //! `cancel` and `change_plan`.
 

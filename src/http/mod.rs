@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod compat;
 pub mod events;
 pub mod keys;
+pub mod openapi;
 pub mod ops;
 pub mod usage;
 
@@ -70,8 +71,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The service's router, `GET /openapi.json` included.
 pub fn router(state: AppState) -> Router {
-    let (routes, openapi) = routes();
-    let document = std::sync::Arc::new(openapi);
+    let (routes, generated) = routes();
+    let document = std::sync::Arc::new(openapi::document(generated));
     routes
         .route(
             "/openapi.json",
@@ -93,7 +94,7 @@ async fn method_not_allowed() -> impl IntoResponse {
     response
 }
 
-/// `axum::Json` with malformed bodies answered in API.md's error shape.
+/// `axum::Json` with malformed bodies answered in docs/api.md's error shape.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>

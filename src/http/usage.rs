@@ -1,4 +1,4 @@
-//! Usage and charges (API.md "Usage and charges"): a subscription's or a customer's usage for
+//! Usage and charges (docs/api.md "Usage and charges"): a subscription's or a customer's usage for
 //! the current period or any window, and a customer's billing state.
 
 use axum::Json;

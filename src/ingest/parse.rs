@@ -1,4 +1,4 @@
-//! Request bodies to validated event rows: every body form and alias of API.md, with every
+//! Request bodies to validated event rows: every body form and alias of docs/api.md, with every
 //! problem reported by event index; a request with any problem writes nothing.
 
 use std::borrow::Cow;

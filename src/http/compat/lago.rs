@@ -34,7 +34,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_events))
 }
 
-/// Lago answers "no active subscription" with 405; everything else keeps API.md's status, in
+/// Lago answers "no active subscription" with 405; everything else keeps docs/api.md's status, in
 /// a body that already has Lago's `status`, `error` and `code`.
 fn lago_error(err: ApiError) -> Response {
     if err.code() == "no_active_subscription" {

@@ -1,4 +1,4 @@
-//! Vendor-shaped endpoints (API.md "Seed-compatible shapes"): each module maps meterhouse's own
+//! Vendor-shaped endpoints (docs/api.md "Seed-compatible shapes"): each module maps meterhouse's own
 //! catalog, reports and ingest path onto one vendor's JSON, so that vendor's official client
 //! works with its base URL set to `http://HOST/<prefix>`. No module here measures usage or
 //! prices anything: quantities and amounts come from `account`, `usage` and `billing::money`.
