@@ -814,3 +814,97 @@ async fn vendor_routes_are_in_the_openapi_document() {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
 }
+
+/// Under c1's customer key every vendor shape shows c1's own plans and figures only: a plan
+/// of another customer's (with its telltale price) appears in none, and the other customer's
+/// routes are refused.
+#[tokio::test]
+async fn vendor_shapes_under_a_customer_key_show_only_that_customer() {
+    let app = spawn_app("compat_customer_key").await;
+    scenario(&app).await;
+    admin(
+        &app,
+        "/v1/plans",
+        json!({"code": "bigco-secret-deal", "name": "Secret", "currency": "USD",
+        "interval": "month", "prices": [{"code": "secret_calls", "type": "usage", "meter": "calls",
+        "model": "per_unit", "unit_amount": "99999.00"}]}),
+    )
+    .await;
+    admin(
+        &app,
+        "/v1/customers",
+        json!({"external_id": "c2", "name": "Bigco"}),
+    )
+    .await;
+    admin(
+        &app,
+        "/v1/subscriptions",
+        json!({"external_id": "sub_2", "customer": "c2",
+        "plan": "bigco-secret-deal", "start_date": (Utc::now() - TimeDelta::days(3)).to_rfc3339()}),
+    )
+    .await;
+    let own: [(&str, &str, Option<Value>); 5] = [
+        (
+            "GET",
+            "/lago/api/v1/customers/c1/current_usage?external_subscription_id=sub_1",
+            None,
+        ),
+        (
+            "POST",
+            "/flexprice/v1/subscriptions/usage",
+            Some(json!({"subscription_id": "sub_1"})),
+        ),
+        ("GET", "/flowglad/api/v1/customers/c1/billing", None),
+        ("GET", "/lark/customer-access/c1/billing-state", None),
+        ("GET", "/diga/v1/billing/subscription/", None),
+    ];
+    for (method, path, body) in own {
+        let (status, answer) = send(&app, method, path, "cust_key_a", body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let text = answer.to_string();
+        for secret in [
+            "bigco-secret-deal",
+            "secret_calls",
+            "99999",
+            "sub_2",
+            "\"c2\"",
+        ] {
+            assert!(!text.contains(secret), "{path} shows {secret}: {text}");
+        }
+    }
+    let (_, admin_view) = send(
+        &app,
+        "GET",
+        "/flowglad/api/v1/customers/c1/billing",
+        "read_key_a",
+        None,
+    )
+    .await;
+    assert!(
+        admin_view.to_string().contains("bigco-secret-deal"),
+        "a read key sees the tenant's whole pricing model"
+    );
+    let theirs: [(&str, &str, Option<Value>); 4] = [
+        (
+            "GET",
+            "/lago/api/v1/customers/c2/current_usage?external_subscription_id=sub_2",
+            None,
+        ),
+        (
+            "POST",
+            "/flexprice/v1/subscriptions/usage",
+            Some(json!({"subscription_id": "sub_2"})),
+        ),
+        ("GET", "/flowglad/api/v1/customers/c2/billing", None),
+        ("GET", "/lark/customer-access/c2/billing-state", None),
+    ];
+    for (method, path, body) in theirs {
+        let (status, answer) = send(&app, method, path, "cust_key_a", body).await;
+        assert!(status == 403 || status == 404, "{path}: {status} {answer}");
+        assert!(
+            !answer.to_string().contains("bigco-secret-deal"),
+            "{path}: {answer}"
+        );
+    }
+    app.shutdown().await;
+}

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::{millis, number};
 use crate::account::{self, Current};
-use crate::auth::Principal;
+use crate::auth::{Principal, Role};
 use crate::billing::money::in_minor_units;
 use crate::billing::period::{Anchor, Interval, Status};
 use crate::catalog::meter::Aggregation;
@@ -32,9 +32,20 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 struct Ctx<'c> {
     tenant: &'c str,
     catalog: &'c TenantCatalog,
+    /// The plans the caller may see: under a customer key only those of its own
+    /// subscriptions (every phase), so the pricing model does not show other deals.
+    visible_plans: Option<Vec<&'c str>>,
 }
 
 impl Ctx<'_> {
+    fn plans(&self) -> impl Iterator<Item = &Plan> {
+        self.catalog.plans.values().filter(|plan| {
+            self.visible_plans
+                .as_ref()
+                .is_none_or(|visible| visible.contains(&plan.code.as_str()))
+        })
+    }
+
     /// `id`, `createdAt`, `updatedAt`, `livemode`, `organizationId`, `pricingModelId`.
     fn record(&self, id: &str, changed: Option<DateTime<Utc>>) -> serde_json::Map<String, Value> {
         let at = changed.map(millis);
@@ -115,9 +126,7 @@ impl Ctx<'_> {
     fn usage_meter(&self, meter: &Meter) -> Value {
         let mut m = self.record(&meter.slug, self.catalog.changed_at::<Meter>(&meter.slug));
         let prices: Vec<Value> = self
-            .catalog
-            .plans
-            .values()
+            .plans()
             .flat_map(|plan| {
                 plan.usage_prices()
                     .filter(|p| p.meter.as_deref() == Some(meter.slug.as_str()))
@@ -136,16 +145,19 @@ impl Ctx<'_> {
 
     fn pricing_model(&self) -> Value {
         let mut m = self.record(self.tenant, self.catalog.last_changed_at());
-        let products: Vec<Value> = self
-            .catalog
-            .plans
-            .values()
-            .map(|p| self.product(p))
-            .collect();
+        let products: Vec<Value> = self.plans().map(|p| self.product(p)).collect();
+        // Under a customer key, only the meters its plans price.
         let meters: Vec<Value> = self
             .catalog
             .meters
             .values()
+            .filter(|m| {
+                self.visible_plans.is_none()
+                    || self.plans().any(|p| {
+                        p.usage_prices()
+                            .any(|price| price.meter.as_deref() == Some(m.slug.as_str()))
+                    })
+            })
             .map(|m| self.usage_meter(m))
             .collect();
         m.insert("name".into(), json!(self.tenant));
@@ -362,15 +374,21 @@ async fn billing(
         now,
     )
     .await?;
-    let ctx = Ctx {
-        tenant: &principal.tenant,
-        catalog: &catalog,
-    };
     let mut subscriptions: Vec<&Subscription> = catalog
         .subscriptions
         .values()
         .filter(|s| s.customer == external_id)
         .collect();
+    let ctx = Ctx {
+        tenant: &principal.tenant,
+        catalog: &catalog,
+        visible_plans: (principal.role == Role::Customer).then(|| {
+            subscriptions
+                .iter()
+                .flat_map(|s| s.phases.iter().map(|p| p.plan.as_str()))
+                .collect()
+        }),
+    };
     subscriptions.sort_by_key(|s| std::cmp::Reverse(s.start_date));
     let details: Vec<Value> = subscriptions
         .iter()
