@@ -223,6 +223,7 @@ where
                     .requests_rate_limited
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             })?;
+        tracing::Span::current().record("tenant", &*principal.tenant);
         Ok(principal)
     }
 }

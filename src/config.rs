@@ -22,6 +22,14 @@ pub struct StoreConfig {
     /// Database that holds meterhouse's tables; created if missing.
     #[arg(long, env = "METERHOUSE_DATABASE", default_value = "meterhouse")]
     pub database: String,
+    /// The longest a read statement of a request may run in ClickHouse (seconds); past it the
+    /// request is answered `422 query_too_large`.
+    #[arg(long, env = "METERHOUSE_READ_TIMEOUT_S", default_value_t = 10)]
+    pub read_timeout_s: u64,
+    /// The most memory a read statement of a request may take in ClickHouse (bytes); past it
+    /// the request is answered `422 query_too_large`.
+    #[arg(long, env = "METERHOUSE_READ_MEMORY_BYTES", default_value_t = 1 << 30)]
+    pub read_memory_bytes: u64,
     /// Directory for the owned ClickHouse's files (and nothing else).
     #[arg(long, env = "METERHOUSE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

@@ -116,7 +116,9 @@ impl From<CatalogError> for ApiError {
             CatalogError::Store(StoreError::Unavailable(_)) => {
                 ApiError::Unavailable { retry_after_s: 1 }
             }
-            CatalogError::Store(StoreError::Rejected(detail)) => ApiError::Internal(detail),
+            CatalogError::Store(StoreError::Rejected(detail) | StoreError::OverBudget(detail)) => {
+                ApiError::Internal(detail)
+            }
         }
     }
 }

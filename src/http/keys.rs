@@ -78,7 +78,7 @@ async fn create(
     };
     store_key(&state.store, &row).await.map_err(|e| match e {
         StoreError::Unavailable(_) => ApiError::Unavailable { retry_after_s: 1 },
-        StoreError::Rejected(detail) => ApiError::Internal(detail),
+        StoreError::Rejected(detail) | StoreError::OverBudget(detail) => ApiError::Internal(detail),
     })?;
     state.keys.insert(
         hash,

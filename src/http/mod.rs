@@ -78,9 +78,27 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             axum::routing::get(move || async move { axum::Json(document.as_ref().clone()) }),
         )
+        .route_layer(axum::middleware::from_fn(request_span))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// Each request runs in a span naming its method, route and (once authenticated) tenant, so
+/// whatever a handler logs says which request it was about.
+async fn request_span(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_default();
+    let span = tracing::info_span!("request", method = %request.method(), route = %route,
+        tenant = tracing::field::Empty);
+    next.run(request).instrument(span).await
 }
 
 async fn not_found() -> ApiError {

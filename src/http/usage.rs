@@ -40,6 +40,16 @@ impl From<UsageError> for ApiError {
             UsageError::Store(StoreError::Unavailable(_)) => {
                 ApiError::Unavailable { retry_after_s: 1 }
             }
+            UsageError::Store(StoreError::OverBudget(detail)) => {
+                // The request's span carries its route and tenant.
+                tracing::warn!(detail = %detail, "a read exceeded its query budget");
+                ApiError::Unprocessable {
+                    code: "query_too_large",
+                    message: "the request would exceed the per-query time or memory budget; \
+                              narrow it (a shorter window, fewer group_by keys or customers)"
+                        .into(),
+                }
+            }
             UsageError::Period(PeriodError::TooManyPeriods(n)) => ApiError::InvalidRequest(
                 format!("the window spans more than {n} billing periods; ask for a shorter one"),
             ),
@@ -238,6 +248,72 @@ pub(crate) async fn current_figures(
 /// At most this many windows in one series.
 const MAX_WINDOWS: i64 = 50_000;
 
+/// At most this many keys in `group_by`, and values in one `filter[prop]`.
+const MAX_GROUP_BY: usize = 8;
+const MAX_FILTER_VALUES: usize = 100;
+
+/// The query parameters of `GET /v1/meters/{slug}/query` besides `filter[prop]`.
+const SERIES_PARAMS: [&str; 6] = [
+    "from",
+    "to",
+    "window_size",
+    "customer",
+    "group_by",
+    "timezone",
+];
+
+/// The property of a `filter[prop]` parameter name.
+fn filter_key(name: &str) -> Option<&str> {
+    name.strip_prefix("filter[")?.strip_suffix(']')
+}
+
+/// Every parameter known and given once (each `filter[prop]` once per property), so that a
+/// typo or a malformed filter is an error rather than an unfiltered answer.
+fn check_query_params(params: &[(String, String)]) -> Result<(), ApiError> {
+    for (i, (name, _)) in params.iter().enumerate() {
+        let known = SERIES_PARAMS.contains(&name.as_str())
+            || filter_key(name).is_some_and(|k| !k.is_empty());
+        if !known {
+            return Err(ApiError::InvalidRequest(format!(
+                "{name}: not a parameter of this route (from, to, window_size, customer, group_by, \
+                 timezone, filter[prop])"
+            )));
+        }
+        if params[..i].iter().any(|(seen, _)| seen == name) {
+            return Err(ApiError::InvalidRequest(format!(
+                "{name}: given more than once; list values comma-separated in one"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A comma-separated list without repeats; at most `cap` entries, each at most the length a
+/// group value may have. Group keys are trimmed and empty ones dropped; filter values are kept
+/// as written (an empty one matches events without the property).
+fn distinct_list(field: &str, text: &str, cap: usize) -> Result<Vec<String>, ApiError> {
+    let keys = field == "group_by";
+    let mut items: Vec<String> = Vec::new();
+    let split = text.split(',').map(|i| if keys { i.trim() } else { i });
+    for item in split.filter(|i| !(keys && i.is_empty())) {
+        if item.len() > crate::ingest::MAX_GROUP_VALUE_BYTES {
+            return Err(ApiError::InvalidRequest(format!(
+                "{field}: values are at most {} bytes",
+                crate::ingest::MAX_GROUP_VALUE_BYTES
+            )));
+        }
+        if !items.iter().any(|seen| seen == item) {
+            items.push(item.to_owned());
+        }
+    }
+    if items.len() > cap {
+        return Err(ApiError::InvalidRequest(format!(
+            "{field}: at most {cap} distinct entries"
+        )));
+    }
+    Ok(items)
+}
+
 /// `GET /v1/meters/{slug}/query`: a meter's usage per window (minute, hour or day in a
 /// timezone), per customer and group, with filters on group properties.
 #[utoipa::path(get, path = "/v1/meters/{key}/query", tag = "usage",
@@ -254,6 +330,7 @@ async fn meter_query(
     Path(slug): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
+    check_query_params(&params)?;
     let param = |name: &str| {
         params
             .iter()
@@ -323,28 +400,17 @@ async fn meter_query(
             )))
         }
     };
-    let group_by: Vec<String> = param("group_by")
-        .map(|g| {
-            g.split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let group_by = distinct_list("group_by", param("group_by").unwrap_or(""), MAX_GROUP_BY)?;
     for key in &group_by {
         check_key("group_by", key)?;
     }
-    let mut filters = Vec::new();
+    let mut filters: Vec<(String, Vec<String>)> = Vec::new();
     for (name, value) in &params {
-        if let Some(key) = name
-            .strip_prefix("filter[")
-            .and_then(|k| k.strip_suffix(']'))
-        {
+        if let Some(key) = filter_key(name) {
             check_key(name, key)?;
             filters.push((
                 key.to_owned(),
-                value.split(',').map(String::from).collect::<Vec<_>>(),
+                distinct_list(name, value, MAX_FILTER_VALUES)?,
             ));
         }
     }

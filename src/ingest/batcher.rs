@@ -257,7 +257,9 @@ impl Batcher {
                     Ok(ack)
                 }
                 Err(StoreError::Unavailable(_)) => Err(IngestError::Unavailable),
-                Err(StoreError::Rejected(e)) => Err(IngestError::Rejected(e.clone())),
+                Err(StoreError::Rejected(e) | StoreError::OverBudget(e)) => {
+                    Err(IngestError::Rejected(e.clone()))
+                }
             };
             let _ = reply.send(answer);
         }

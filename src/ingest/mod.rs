@@ -7,6 +7,10 @@ pub mod samples;
 
 pub use batcher::{Ack, IngestError, Ingestor};
 
+/// At most this many bytes in a property value a meter groups or counts distinct values of:
+/// it is stored in every sample and rollup row and copied into every read that groups by it.
+pub const MAX_GROUP_VALUE_BYTES: usize = 1024;
+
 /// At most this many events in one request (docs/api.md).
 pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
 /// At most this many bytes in one request body (docs/api.md).

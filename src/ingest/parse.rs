@@ -218,6 +218,13 @@ fn validate_one(
         );
         return None;
     }
+    if let Some(path) = samples::first_duplicate_key(properties_text) {
+        report(
+            &format!("properties.{path}"),
+            "appears twice in its object; send each key once".into(),
+        );
+        return None;
+    }
     let (id, customer, event_type, ts_ms) = (id?, customer?, event_type?, ts_ms?);
     let mut row = EventRow {
         tenant: ctx.tenant.clone(),

@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::MAX_GROUP_VALUE_BYTES;
 use crate::catalog::{Aggregation, Meter};
 use crate::store::rows::to_scaled;
 
@@ -84,6 +85,105 @@ impl<'de> Deserialize<'de> for Props<'de> {
     }
 }
 
+/// The path of the first key that appears twice in one object of `text` (a JSON object,
+/// nested objects and arrays included), e.g. `usage.tokens` or `items[2].id`. JSON readers
+/// disagree on which of the two values counts, so an event carrying one is refused.
+pub fn first_duplicate_key(text: &str) -> Option<String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    // A first pass keeps no paths; only a body that has a duplicate is walked again for it.
+    if serde::de::DeserializeSeed::deserialize(Unique(None), &mut deserializer).is_ok() {
+        return None;
+    }
+    let mut path = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    serde::de::DeserializeSeed::deserialize(Unique(Some(&mut path)), &mut deserializer).err()?;
+    Some(path.join(""))
+}
+
+/// Walks a JSON value, failing at the first repeated key; with a path, leaves in it where.
+struct Unique<'p>(Option<&'p mut Vec<String>>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Unique<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Unique<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        let mut seen: std::collections::HashSet<Cow<'de, str>> = std::collections::HashSet::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if let Some(path) = self.0.as_deref_mut() {
+                path.push(if path.is_empty() {
+                    key.to_string()
+                } else {
+                    format!(".{key}")
+                });
+            }
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(Unique(self.0.as_deref_mut()))?;
+            if let Some(path) = self.0.as_deref_mut() {
+                path.pop();
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        for index in 0.. {
+            if let Some(path) = self.0.as_deref_mut() {
+                path.push(format!("[{index}]"));
+            }
+            if seq
+                .next_element_seed(Unique(self.0.as_deref_mut()))?
+                .is_none()
+            {
+                if let Some(path) = self.0.as_deref_mut() {
+                    path.pop();
+                }
+                break;
+            }
+            if let Some(path) = self.0.as_deref_mut() {
+                path.pop();
+            }
+        }
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
 /// An object key: borrowed unless it had escapes.
 struct Key<'a>(Cow<'a, str>);
 
@@ -137,11 +237,22 @@ pub fn extract(meter: &Meter, properties: &Props<'_>) -> Result<Option<Sample>, 
         }
         _ => (ONE, String::new()),
     };
-    let group_values = meter
-        .group_by
-        .iter()
-        .map(|key| properties.get(key).and_then(render).unwrap_or_default())
-        .collect();
+    let too_long = |path: &str, what: &str| SampleError {
+        field: format!("properties.{path}"),
+        message: format!("must be at most {MAX_GROUP_VALUE_BYTES} bytes: the meter {what} it"),
+    };
+    if value_str.len() > MAX_GROUP_VALUE_BYTES {
+        let path = meter.value_property.as_deref().unwrap_or_default();
+        return Err(too_long(path, "counts distinct values of"));
+    }
+    let mut group_values = Vec::with_capacity(meter.group_by.len());
+    for key in &meter.group_by {
+        let value = properties.get(key).and_then(render).unwrap_or_default();
+        if value.len() > MAX_GROUP_VALUE_BYTES {
+            return Err(too_long(key, "groups by"));
+        }
+        group_values.push(value);
+    }
     Ok(Some(Sample {
         value,
         value_str,
@@ -211,6 +322,47 @@ mod tests {
 
     fn run(meter: &Meter, properties: &str) -> Result<Option<Sample>, SampleError> {
         extract(meter, &Props::parse(properties).unwrap())
+    }
+
+    #[test]
+    fn a_key_repeated_anywhere_is_found_with_its_path() {
+        assert_eq!(
+            first_duplicate_key(r#"{"tokens": 5, "tokens": 500}"#).as_deref(),
+            Some("tokens")
+        );
+        assert_eq!(
+            first_duplicate_key(r#"{"usage": {"in": 1, "out": 2, "in": 3}}"#).as_deref(),
+            Some("usage.in")
+        );
+        assert_eq!(
+            first_duplicate_key(r#"{"items": [{"id": 1}, {"id": 2, "id": 2}]}"#).as_deref(),
+            Some("items[1].id")
+        );
+        assert_eq!(
+            first_duplicate_key(
+                r#"{"a": {"k": 1}, "b": {"k": 1}, "k": [1, 1.5e3, "k", null, true]}"#
+            ),
+            None
+        );
+        assert_eq!(
+            first_duplicate_key(r#"{"a\u0062": 1, "ab": 2}"#).as_deref(),
+            Some("ab"),
+            "escapes decoded"
+        );
+    }
+
+    #[test]
+    fn a_group_or_distinct_value_longer_than_the_bound_is_an_error() {
+        let mut grouped = meter(Aggregation::Count, None);
+        grouped.group_by = vec!["model".into()];
+        let long = "m".repeat(MAX_GROUP_VALUE_BYTES + 1);
+        let err = run(&grouped, &format!(r#"{{"model": "{long}"}}"#)).unwrap_err();
+        assert_eq!(err.field, "properties.model");
+        let fits = "m".repeat(MAX_GROUP_VALUE_BYTES);
+        assert!(run(&grouped, &format!(r#"{{"model": "{fits}"}}"#)).is_ok());
+        let distinct = meter(Aggregation::UniqueCount, Some("user"));
+        let err = run(&distinct, &format!(r#"{{"user": "{long}"}}"#)).unwrap_err();
+        assert_eq!(err.field, "properties.user");
     }
 
     #[test]

@@ -25,11 +25,33 @@ pub enum StoreError {
     /// ClickHouse refused the statement itself; retrying the same thing will fail again.
     #[error("clickhouse rejected the request: {0}")]
     Rejected(String),
+    /// A read of a request went past its time or memory budget (`--read-timeout-s`,
+    /// `--read-memory-bytes`): the request asks too much, retrying will not help.
+    #[error("the read exceeded its budget: {0}")]
+    OverBudget(String),
 }
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+
+    /// The error of a read made through [`Store::reader`]: its own budget's limits are
+    /// `OverBudget`, anything else as any statement's.
+    pub fn from_read(err: clickhouse::error::Error) -> Self {
+        if let clickhouse::error::Error::BadResponse(message) = &err {
+            let own_limit = match server_code(message) {
+                // TIMEOUT_EXCEEDED, TOO_SLOW: only the reader sets max_execution_time.
+                Some(159 | 160) => true,
+                // MEMORY_LIMIT_EXCEEDED of this query, not of the whole server.
+                Some(241) => message.contains("for query"),
+                _ => false,
+            };
+            if own_limit {
+                return Self::OverBudget(message.lines().next().unwrap_or_default().to_owned());
+            }
+        }
+        err.into()
     }
 }
 
@@ -72,10 +94,20 @@ impl From<clickhouse::error::Error> for StoreError {
     }
 }
 
+/// `client` whose statements stop past `seconds` or `bytes` (0: no bound).
+fn with_budget(client: Client, (seconds, bytes): (u64, u64)) -> Client {
+    client
+        .with_setting("max_execution_time", seconds.to_string())
+        .with_setting("max_memory_usage", bytes.to_string())
+}
+
 /// A handle on meterhouse's database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     client: Client,
+    /// `client` with the read budget of a request's statements.
+    reader: Client,
+    budget: (u64, u64),
     database: String,
     dirty: Arc<DirtyHours>,
     usage_cache: Arc<usage_cache::UsageCache>,
@@ -99,7 +131,10 @@ impl Store {
             .with_database(&config.database)
             // Old servers lack RowBinaryWithNamesAndTypes input; `connect` turns it back on.
             .with_validation(false);
+        let budget = (config.read_timeout_s, config.read_memory_bytes);
         Self {
+            reader: with_budget(client.clone(), budget),
+            budget,
             client,
             database: config.database.clone(),
             dirty: Arc::default(),
@@ -184,6 +219,7 @@ impl Store {
         let version: String = bare.query("SELECT version()").fetch_one().await?;
         if major_version(&version) >= 24 {
             self.client = self.client.with_validation(true);
+            self.reader = with_budget(self.client.clone(), self.budget);
         }
         tracing::info!(clickhouse_version = %version, database = %self.database, "connected to clickhouse");
         bare.query(&format!(
@@ -197,6 +233,12 @@ impl Store {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The client for the reads a request makes: each statement is bounded in time and memory
+    /// (map its errors with [`StoreError::from_read`]).
+    pub fn reader(&self) -> &Client {
+        &self.reader
     }
 
     pub fn database(&self) -> &str {

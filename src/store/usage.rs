@@ -297,10 +297,10 @@ pub async fn usage(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>,
         return Ok(vec![]);
     }
     let query = store
-        .client()
+        .reader()
         .query(&statement(&parts, q.group_by.len(), q.aggregation));
     let query = bind_parts(query, &parts, q.group_by, key, &[]);
-    let rows: Vec<UsageRow> = query.fetch_all().await?;
+    let rows: Vec<UsageRow> = query.fetch_all().await.map_err(StoreError::from_read)?;
     rows.into_iter().map(UsageRow::into_usage).collect()
 }
 
@@ -560,7 +560,7 @@ pub async fn usage_of_customers(
         [(customer, (from, to))] => one_customer_query(store, tenant, customer, from, to, meters),
         _ => several_query(store, tenant, &windows, meters),
     };
-    let rows: Vec<MeterGroupRow> = query.fetch_all().await?;
+    let rows: Vec<MeterGroupRow> = query.fetch_all().await.map_err(StoreError::from_read)?;
     let mut usage: HashMap<String, Vec<MeterGroupUsage>> = HashMap::new();
     for r in rows {
         usage.entry(r.customer).or_default().push(MeterGroupUsage {
@@ -598,7 +598,7 @@ fn one_customer_query(
     meters: &[(&str, Aggregation)],
 ) -> clickhouse::query::Query {
     let parts = split(from, to, true);
-    let mut query = store.client().query(&combined_statement(&parts, meters));
+    let mut query = store.reader().query(&combined_statement(&parts, meters));
     query = bind_branches(query, meters);
     for hours in [true, false] {
         let in_table = |part: &&Part| matches!(part, Part::Hours(..)) == hours;
@@ -773,9 +773,9 @@ pub async fn series(store: &Store, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoin
         merged(q.aggregation),
         selects.join(" UNION ALL ")
     );
-    let query = store.client().query(&sql).bind(q.timezone);
+    let query = store.reader().query(&sql).bind(q.timezone);
     let query = bind_parts(query, &parts, q.group_by, key, q.filters);
-    let rows: Vec<SeriesRow> = query.fetch_all().await?;
+    let rows: Vec<SeriesRow> = query.fetch_all().await.map_err(StoreError::from_read)?;
     rows.into_iter()
         .map(|r| {
             Ok(SeriesPoint {
