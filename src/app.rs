@@ -142,9 +142,7 @@ impl Application {
         let addr = listener.local_addr()?;
         let router = http::router(self.state.clone());
         tracing::info!("listening on {addr}");
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        crate::server::serve(listener, router, shutdown).await;
         tracing::info!("http server stopped; flushing");
         self.shutdown().await;
         Ok(())

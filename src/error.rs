@@ -40,6 +40,16 @@ pub enum ApiError {
         "the event store is unavailable; nothing from this request was acknowledged, retry after {retry_after_s} s"
     )]
     Unavailable { retry_after_s: u64 },
+    /// The request itself, at the HTTP level: a method the route does not take (`405
+    /// method_not_allowed`), a body that does not arrive in time (`408 request_timeout`), a
+    /// content type or encoding a route does not read (`415 unsupported_media_type`), an
+    /// address or headers too long (`414`, `431`).
+    #[error("{message}")]
+    Http {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     /// Detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -73,6 +83,7 @@ impl ApiError {
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Http { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,7 +97,9 @@ impl ApiError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidEvents(_) => "invalid_events",
             Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::NotFound { code, .. } | Self::Unprocessable { code, .. } => code,
+            Self::NotFound { code, .. }
+            | Self::Unprocessable { code, .. }
+            | Self::Http { code, .. } => code,
             Self::Conflict(_) => "conflict",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
@@ -99,6 +112,14 @@ impl ApiError {
                 Some(*retry_after_s)
             }
             _ => None,
+        }
+    }
+
+    pub fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::Http {
+            status,
+            code,
+            message: message.into(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! - [`account`]: a customer's active subscriptions and current usage, shared by the read routes.
 //! - [`app`]: start-up (store, migrations, dedup state, keys, batcher) and graceful shutdown.
 //! - [`http`]: the HTTP API, one module per resource, and the shared [`http::AppState`].
+//! - [`server`]: the HTTP server loop: connection and body timeouts, graceful drain.
 //! - [`error`]: the one error type of the HTTP edge and docs/api.md's error body.
 //! - [`auth`]: API keys (held hashed), tenants and roles.
 //! - [`limits`]: per-key request and event rate limits.
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod loadgen;
 pub mod metrics;
 pub mod readbench;
+pub mod server;
 pub mod soak;
 pub mod store;
 pub mod usage;

@@ -91,6 +91,7 @@ fn routes() -> Vec<Route> {
         route("get", "/healthz", "/healthz", A::Public),
         route("get", "/readyz", "/readyz", A::Public),
         route("get", "/metrics", "/metrics", A::Public),
+        route("get", "/openapi.json", "/openapi.json", A::Public),
         with(
             route("post", "/v1/events", "/v1/events", A::Ingest),
             || json!({"id": unique("e"), "customer": "c1", "type": "api_call"}),

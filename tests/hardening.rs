@@ -136,3 +136,209 @@ async fn a_read_past_its_memory_budget_is_a_422_that_says_so() {
     assert_eq!(status, 200, "the store is not down: {ready}");
     app.shutdown().await;
 }
+
+/// Every error the HTTP layer answers, routing and extractors included, has the contract's
+/// JSON shape and a status that matches its body.
+#[tokio::test]
+async fn protocol_errors_have_the_error_shape() {
+    let app = spawn_app("hardening_shapes").await;
+    let expect = |what: &str, status: u16, answer: &Value, code: &str| {
+        assert_eq!(
+            (status, answer["status"].as_u64(), answer["code"].as_str()),
+            (status, Some(u64::from(status)), Some(code)),
+            "{what}: {answer}"
+        );
+        assert!(
+            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {answer}"
+        );
+    };
+    let response = app
+        .http
+        .delete(format!("{}/v1/meters", app.base))
+        .bearer_auth("admin_key_a")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    expect(
+        "DELETE /v1/meters",
+        status,
+        &response.json().await.unwrap(),
+        "method_not_allowed",
+    );
+    assert_eq!(status, 405);
+
+    let (status, answer) = get_json(
+        &app,
+        "/v1/subscriptions/s/usage?from=1&from=2",
+        "read_key_a",
+    )
+    .await;
+    expect(
+        "a repeated query parameter",
+        status,
+        &answer,
+        "invalid_request",
+    );
+
+    let plan = r#"{"code": "p", "name": "P", "currency": "USD", "interval": "month",
+                   "prices": [{"code": "base", "type": "flat", "amount": 1e309}]}"#;
+    let (status, answer) = app
+        .post_raw("/v1/plans", "admin_key_a", "application/json", plan.into())
+        .await;
+    expect(
+        "an amount no decimal holds",
+        status,
+        &answer,
+        "invalid_request",
+    );
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("prices[0].amount")
+            && message.contains("is not a decimal")
+            && !message.contains("serde_json"),
+        "{message}"
+    );
+
+    let (status, answer) = app
+        .post_raw(
+            "/v1/customers",
+            "admin_key_a",
+            "text/plain",
+            r#"{"external_id": "x"}"#.into(),
+        )
+        .await;
+    expect(
+        "a JSON route sent text/plain",
+        status,
+        &answer,
+        "unsupported_media_type",
+    );
+    assert_eq!(status, 415);
+
+    for encoding in ["br", "foo"] {
+        let response = app
+            .http
+            .post(format!("{}/v1/events", app.base))
+            .bearer_auth("ingest_key_a")
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(r#"{"id": "e", "customer": "c1", "type": "api_call"}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        expect(
+            encoding,
+            status,
+            &response.json().await.unwrap(),
+            "unsupported_media_type",
+        );
+    }
+    assert_eq!(app.scalar("SELECT count() FROM events").await, 0);
+    app.shutdown().await;
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_read_and_a_bomb_is_refused() {
+    let app = spawn_app("hardening_gzip").await;
+    let send = |body: Vec<u8>| {
+        app.http
+            .post(format!("{}/v1/events", app.base))
+            .bearer_auth("ingest_key_a")
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(body)
+            .send()
+    };
+    let events = json!([{"id": "g1", "customer": "c1", "type": "api_call"},
+                        {"id": "g2", "customer": "c1", "type": "api_call"}]);
+    let response = send(gzip(events.to_string().as_bytes())).await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(response.json::<Value>().await.unwrap()["accepted"], 2);
+    // 64 MiB of spaces compress to about 64 KiB: inflating stops at the 10 MiB bound.
+    let bomb = gzip(&vec![b' '; 64 << 20]);
+    assert!(bomb.len() < 1 << 20);
+    let response = send(bomb).await.unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "payload_too_large"
+    );
+    assert_eq!(app.scalar("SELECT count() FROM events").await, 2);
+    app.shutdown().await;
+}
+
+/// A raw connection to the service.
+async fn connect(app: &common::TestApp) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// What the server sends until it closes the connection, or `None` if it is still open after
+/// `wait`.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    wait: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(wait, stream.read_to_end(&mut received)).await;
+    closed
+        .ok()
+        .map(|_| String::from_utf8_lossy(&received).into_owned())
+}
+
+#[tokio::test]
+async fn slow_or_oversized_requests_do_not_hold_a_connection() {
+    use tokio::io::AsyncWriteExt as _;
+    let app = spawn_app("hardening_timeouts").await;
+    let limit = meterhouse::server::HEADER_TIMEOUT + std::time::Duration::from_secs(5);
+
+    // Headers that never finish: closed once the header timeout passes.
+    let mut slow_headers = connect(&app).await;
+    slow_headers
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // A body that never arrives: 408 in the error shape.
+    let mut slow_body = connect(&app).await;
+    slow_body
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ingest_key_a\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[")
+        .await
+        .unwrap();
+    // A declared length over the limit: 413 at once, nothing read.
+    let mut oversized = connect(&app).await;
+    oversized
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ingest_key_a\r\nContent-Type: application/json\r\nContent-Length: 20971520\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut oversized, std::time::Duration::from_secs(5))
+        .await
+        .expect("answered and closed before any body byte was sent");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"payload_too_large\""),
+        "{answer}"
+    );
+
+    let answer = read_until_closed(&mut slow_body, limit)
+        .await
+        .expect("the stalled body ends");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert!(
+        read_until_closed(&mut slow_headers, limit).await.is_some(),
+        "a connection that never finishes its headers is closed"
+    );
+    app.shutdown().await;
+}

@@ -2,8 +2,9 @@
 //! (409 if the key exists), `PUT /{key}` replaces, `GET` lists or reads; subscriptions also
 //! `cancel` and `change_plan`.
 
+use crate::http::ApiPath as Path;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;

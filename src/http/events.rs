@@ -32,11 +32,16 @@ async fn ingest(
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
     // Checked before the body is read, so a wrong key never uploads 10 MiB for nothing.
     principal.require(INGESTERS, "send events")?;
-    let bytes = read_body(body).await?;
-    let ndjson = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("ndjson") || v.contains("jsonlines"));
+    let ndjson = match media_type(&headers).as_deref() {
+        None | Some("application/json") => false,
+        Some("application/x-ndjson" | "application/jsonlines" | "application/jsonl") => true,
+        Some(other) => {
+            return Err(unsupported(format!(
+                "Content-Type '{other}': send application/json or application/x-ndjson"
+            )));
+        }
+    };
+    let bytes = read_body(&headers, body, Encodings::Gzip).await?;
     let ack = submit(&state, &principal, &bytes, ndjson).await?;
     Ok((StatusCode::ACCEPTED, Json(ack)))
 }
@@ -84,19 +89,106 @@ pub(crate) async fn submit(
         })
 }
 
-/// Reads at most `MAX_BODY_BYTES`; more is `413 payload_too_large`.
-pub async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
+/// The content encodings a route reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encodings {
+    Identity,
+    /// `Content-Encoding: gzip` too (the ingest routes).
+    Gzip,
+}
+
+/// The media type of `Content-Type`, lower-cased and without parameters; `None` without one.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers
+        .get(header::CONTENT_TYPE)?
+        .to_str()
+        .unwrap_or("invalid");
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+pub fn unsupported(message: String) -> ApiError {
+    ApiError::http(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        message,
+    )
+}
+
+fn too_large() -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "request body is over {MAX_BODY_BYTES} bytes (10 MiB)"
+    ))
+}
+
+/// Reads a request body of at most `MAX_BODY_BYTES`, decoded: a declared `Content-Length`
+/// past it is `413` before anything is read, a body that stops arriving is `408` (the server's
+/// body timeout), an encoding the route does not read is `415`, and a gzip body is inflated to
+/// at most `MAX_BODY_BYTES` (a bomb is `413`).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    encodings: Encodings,
+) -> Result<axum::body::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("invalid").trim().to_ascii_lowercase());
+    let gzip = match encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip" | "x-gzip") if encodings == Encodings::Gzip => true,
+        Some(other) => {
+            let accepted = match encodings {
+                Encodings::Gzip => "send it uncompressed or with Content-Encoding: gzip",
+                Encodings::Identity => "this route reads uncompressed bodies only",
+            };
+            return Err(unsupported(format!(
+                "Content-Encoding '{other}': {accepted}"
+            )));
+        }
+    };
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::PayloadTooLarge(format!(
-                    "request body is over {MAX_BODY_BYTES} bytes (10 MiB)"
-                ))
+            let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
+            let source = std::error::Error::source(&e);
+            if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                too_large()
+            } else if causes.any(|s| s.is::<tower_http::timeout::TimeoutError>()) {
+                ApiError::http(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request body stopped arriving; send it again",
+                )
             } else {
                 ApiError::InvalidRequest(format!("could not read the request body: {e}"))
             }
-        })
+        })?;
+    if !gzip {
+        return Ok(bytes);
+    }
+    let mut inflated = Vec::with_capacity(bytes.len().saturating_mul(4).min(MAX_BODY_BYTES));
+    let mut decoder = std::io::Read::take(
+        flate2::read::GzDecoder::new(&bytes[..]),
+        MAX_BODY_BYTES as u64 + 1,
+    );
+    std::io::Read::read_to_end(&mut decoder, &mut inflated).map_err(|e| {
+        ApiError::InvalidRequest(format!("Content-Encoding gzip: the body is not gzip ({e})"))
+    })?;
+    if inflated.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    Ok(inflated.into())
 }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 
 use crate::auth::KeyRing;
 use crate::catalog::Catalog;
@@ -105,11 +104,54 @@ async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such route; see GET /openapi.json")
 }
 
-async fn method_not_allowed() -> impl IntoResponse {
-    let mut response =
-        ApiError::InvalidRequest("method not allowed on this route".into()).into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+async fn method_not_allowed() -> ApiError {
+    ApiError::http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method; see GET /openapi.json",
+    )
+}
+
+/// `axum::extract::Query` with a malformed query string answered in the error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::InvalidRequest(format!("query string: {}", e.body_text())))
+    }
+}
+
+/// `axum::extract::Path` with an undecodable segment answered in the error shape.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::InvalidRequest(format!("path: {}", e.body_text())))
+    }
 }
 
 /// `axum::Json` with malformed bodies answered in docs/api.md's error shape.
@@ -126,7 +168,17 @@ where
         req: axum::extract::Request,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let bytes = events::read_body(req.into_body()).await?;
+        match events::media_type(req.headers()).as_deref() {
+            None | Some("application/json") => {}
+            Some(other) if other.starts_with("application/") && other.ends_with("+json") => {}
+            Some(other) => {
+                return Err(events::unsupported(format!(
+                    "Content-Type '{other}': this route reads application/json"
+                )));
+            }
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = events::read_body(&parts.headers, body, events::Encodings::Identity).await?;
         let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(deserializer)
             .map(ApiJson)

@@ -1,8 +1,9 @@
 //! Usage and charges (docs/api.md "Usage and charges"): a subscription's or a customer's usage for
 //! the current period or any window, and a customer's billing state.
 
+use crate::http::{ApiPath as Path, ApiQuery as Query};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;

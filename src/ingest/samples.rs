@@ -6,7 +6,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use rust_decimal::Decimal;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -277,21 +276,7 @@ fn numeric(path: &str, value: &RawValue) -> Result<i128, SampleError> {
     to_scaled(decimal).map_err(|e| error(format!("{e}")))
 }
 
-/// Exact decimal from JSON number text or a numeric string (`12`, `-0.5`, `1e3`).
-pub fn parse_decimal(text: &str) -> Option<Decimal> {
-    if text.is_empty()
-        || !text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
-    {
-        return None;
-    }
-    if text.contains(['e', 'E']) {
-        Decimal::from_scientific(text).ok()
-    } else {
-        text.parse().ok()
-    }
-}
+pub use crate::billing::decimal::parse_decimal;
 
 /// A property value as the string filters, groups and distinct counts compare: strings
 /// unescaped, anything else as its JSON text; `null` is no value.

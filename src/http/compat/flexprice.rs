@@ -4,7 +4,6 @@
 //! with `tier_mode` `SLAB` or `VOLUME`.
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
@@ -276,9 +275,9 @@ fn generated_id() -> String {
 async fn create_event(
     State(state): State<AppState>,
     principal: Principal,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = ingest_body(&principal, body).await?;
+    let body = ingest_body(&principal, request).await?;
     let (event, id) = to_event(None, &body)?;
     submit_events(&state, &principal, &[event]).await?;
     Ok((
@@ -294,9 +293,9 @@ async fn create_event(
 async fn create_events(
     State(state): State<AppState>,
     principal: Principal,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = ingest_body(&principal, body).await?;
+    let body = ingest_body(&principal, request).await?;
     let events = events_of(&body)?;
     let mapped = events
         .iter()

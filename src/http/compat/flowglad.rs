@@ -4,8 +4,9 @@
 //! no invoices, payment methods or purchases, so those are empty lists. Times are epoch
 //! milliseconds; for catalog items `createdAt` and `updatedAt` are the last change.
 
+use crate::http::ApiPath as Path;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;

@@ -2,9 +2,9 @@
 //! `POST /lago/api/v1/events[/batch]`. A billable metric is a meter, a charge a usage price;
 //! amounts are in the currency's minor unit (`amount_cents`), as Lago counts them.
 
+use crate::http::{ApiPath as Path, ApiQuery as Query};
 use axum::Json;
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -284,9 +284,9 @@ fn echo(event: &Value, mapped: &Value) -> Value {
 async fn create_event(
     State(state): State<AppState>,
     principal: Principal,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Result<Json<Value>, Response> {
-    let body = ingest_body(&principal, body).await.map_err(lago_error)?;
+    let body = ingest_body(&principal, request).await.map_err(lago_error)?;
     let event = body
         .get("event")
         .ok_or_else(|| lago_error(ApiError::InvalidRequest("event: required".into())))?;
@@ -305,9 +305,9 @@ async fn create_event(
 async fn create_events(
     State(state): State<AppState>,
     principal: Principal,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Result<Json<Value>, Response> {
-    let body = ingest_body(&principal, body).await.map_err(lago_error)?;
+    let body = ingest_body(&principal, request).await.map_err(lago_error)?;
     let events = events_of(&body).map_err(lago_error)?;
     let catalog = state.catalog.tenant(&principal.tenant);
     let mapped = events

@@ -1,8 +1,9 @@
 //! Lark: `GET /lark/customer-access/{subject_id}/billing-state`. A rate card is a plan, a
 //! pricing metric a meter, a subject a customer.
 
+use crate::http::ApiPath as Path;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use chrono::Utc;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;

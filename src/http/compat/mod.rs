@@ -57,9 +57,14 @@ async fn submit_events(
 
 /// The JSON body of a vendor ingest request, once the caller is known to send events;
 /// malformed JSON is `400 invalid_request` naming the problem.
-async fn ingest_body(principal: &Principal, body: axum::body::Body) -> Result<Value, ApiError> {
+async fn ingest_body(
+    principal: &Principal,
+    request: axum::extract::Request,
+) -> Result<Value, ApiError> {
     principal.require(crate::auth::INGESTERS, "send events")?;
-    let bytes = super::events::read_body(body).await?;
+    let (parts, body) = request.into_parts();
+    let bytes =
+        super::events::read_body(&parts.headers, body, super::events::Encodings::Gzip).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
 }
