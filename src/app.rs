@@ -97,7 +97,7 @@ impl Application {
         };
         let (ingestor, batcher) = batcher::start(store.clone(), dedup, settings, metrics.clone());
         let mut background = vec![
-            http::keys::spawn_refresh(store.clone(), keys.clone(), Duration::from_secs(5)),
+            http::keys::spawn_refresh(store.clone(), keys.clone(), http::keys::REFRESH_EVERY),
             catalog.spawn_refresh(Duration::from_secs(1)),
         ];
         if config.usage_cache_customers > 0 {

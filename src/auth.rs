@@ -82,6 +82,8 @@ pub fn hash_key(key: &str) -> KeyHash {
 #[derive(Debug, Clone, Default)]
 pub struct KeyRing {
     keys: Arc<RwLock<HashMap<KeyHash, Principal>>>,
+    /// The keys given in configuration: listed as such, never revoked through the API.
+    configured: Arc<RwLock<HashMap<KeyHash, Principal>>>,
 }
 
 impl KeyRing {
@@ -119,9 +121,54 @@ impl KeyRing {
                     "a customer key needs a customer, and only a customer key has one",
                 ));
             }
-            ring.insert(hash_key(key), tenant, role, customer);
+            let hash = hash_key(key);
+            ring.insert(hash, tenant, role, customer);
+            if let Some(principal) = ring.get(&hash) {
+                ring.configured
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(hash, principal);
+            }
         }
         Ok(ring)
+    }
+
+    fn get(&self, hash: &KeyHash) -> Option<Principal> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
+    }
+
+    /// Stops accepting a stored key; a configured one stays.
+    pub fn remove(&self, hash: &KeyHash) {
+        if self.is_configured(hash) {
+            return;
+        }
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
+    }
+
+    pub fn is_configured(&self, hash: &KeyHash) -> bool {
+        self.configured
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(hash)
+    }
+
+    /// The configured keys of `tenant`: digest and principal.
+    pub fn configured_of(&self, tenant: &str) -> Vec<(KeyHash, Principal)> {
+        let configured = self.configured.read().unwrap_or_else(|e| e.into_inner());
+        let mut keys: Vec<_> = configured
+            .iter()
+            .filter(|(_, p)| &*p.tenant == tenant)
+            .map(|(h, p)| (*h, p.clone()))
+            .collect();
+        keys.sort_by_key(|(h, _)| *h);
+        keys
     }
 
     pub fn insert(&self, hash: KeyHash, tenant: &str, role: Role, customer: Option<String>) {

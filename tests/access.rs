@@ -197,6 +197,7 @@ fn routes() -> Vec<Route> {
             route("post", "/v1/api-keys", "/v1/api-keys", A::Write),
             || json!({"role": "read", "name": "x"}),
         ),
+        route("get", "/v1/api-keys", "/v1/api-keys", A::Write),
         route(
             "get",
             "/lark/customer-access/{subject_id}/billing-state",
@@ -295,9 +296,17 @@ fn allowed(access: Access, caller: Caller) -> bool {
 fn names_tenant_a(r: &Route) -> bool {
     let body = r.body.map(|b| b().to_string()).unwrap_or_default();
     let path = r.url.split('?').next().unwrap_or_default();
-    ["/c1", "sub_1", "/tokens", "/pro", "\"c1\"", "\"pro\""]
-        .iter()
-        .any(|name| path.contains(name) || body.contains(name))
+    [
+        "/c1",
+        "sub_1",
+        "/tokens",
+        "/pro",
+        "\"c1\"",
+        "\"pro\"",
+        "/v1/api-keys/",
+    ]
+    .iter()
+    .any(|name| path.contains(name) || body.contains(name))
         || path.ends_with("/c1")
 }
 
@@ -307,6 +316,7 @@ async fn call(app: &TestApp, r: &Route, caller: Caller) -> (u16, String) {
         "get" => app.http.get(url),
         "post" => app.http.post(url),
         "put" => app.http.put(url),
+        "delete" => app.http.delete(url),
         other => panic!("method {other}"),
     };
     if let Some(body) = r.body {
@@ -343,7 +353,20 @@ async fn every_route_answers_each_kind_of_key_as_its_role_says() {
             .await;
         assert!(status < 300, "{path}: {status} {answer}");
     }
-    let routes = routes();
+    let mut routes = routes();
+    // A stored key of A's, which only A's admin may revoke (last, so the others see it).
+    let (status, key) = app
+        .post_raw(
+            "/v1/api-keys",
+            "admin_key_a",
+            "application/json",
+            json!({"role": "read"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let url: &'static str =
+        Box::leak(format!("/v1/api-keys/{}", key["id"].as_str().unwrap()).into_boxed_str());
+    routes.push(route("delete", "/v1/api-keys/{id}", url, Access::Write));
 
     // The table covers every documented route, so a new route cannot skip this test.
     let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();

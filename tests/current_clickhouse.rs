@@ -54,6 +54,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     statements.push("INSERT INTO schema_migrations VALUES (1, 'events', 1795000000)".into());
     statements
         .push("INSERT INTO api_keys VALUES ('ab', 't', 'read', '', 'n', 1795000000, 1)".into());
+    statements.push("INSERT INTO api_key_revocations VALUES ('ab', 't', 1795000001)".into());
     statements.push("INSERT INTO catalog VALUES ('t', 'meter', 'm', '{\"v\":1}', 5), ('t', 'meter', 'm', '{\"v\":2}', 9)".into());
     // The usage read: an hour from the hour rollup and a ragged edge from samples; the
     // event (11:06:40) falls in the edge.
@@ -175,6 +176,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": "SELECT count() FROM events_replay", "expect": "0"}),
         json!({"sql": "SELECT count() FROM usage_change_batches", "expect": "3"}),
         json!({"sql": queries::STORED_KEYS, "expect": "ab\tt\tread\t\tn\t2026-11-18 11:06:40\t1"}),
+        json!({"sql": queries::REVOKED_KEYS, "expect": "ab"}),
     ];
     let plan = json!({"statements": statements, "checks": checks});
     let dir = std::env::temp_dir().join(format!("meterhouse-chdb-{}", std::process::id()));

@@ -342,3 +342,129 @@ async fn slow_or_oversized_requests_do_not_hold_a_connection() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn api_keys_are_listed_without_secrets_and_revoked_on_every_process() {
+    let app = spawn_app("hardening_keys").await;
+    let (status, answer) = app
+        .post_raw(
+            "/v1/api-keys",
+            "admin_key_a",
+            "application/json",
+            json!({"role": "customer", "customer": "ghost"}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (404, Some("customer_not_found")),
+        "{answer}"
+    );
+
+    let (status, created) = app
+        .post_raw(
+            "/v1/api-keys",
+            "admin_key_a",
+            "application/json",
+            json!({"role": "read", "name": "dashboards"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (key, id) = (
+        created["key"].as_str().unwrap(),
+        created["id"].as_str().unwrap(),
+    );
+    // A second process on the same database, which learns of keys by polling.
+    let other = spawn_with(app.config.clone(), false).await;
+
+    let (status, listed) = get_json(&app, "/v1/api-keys", "admin_key_a").await;
+    assert_eq!(status, 200, "{listed}");
+    let text = listed.to_string();
+    assert!(!text.contains(key), "never the key: {text}");
+    let hash = meterhouse::auth::hash_key(key);
+    assert!(
+        !text.contains(&hex::encode(hash)),
+        "never its digest: {text}"
+    );
+    let rows = listed["data"].as_array().unwrap();
+    let mine = rows
+        .iter()
+        .find(|r| r["id"] == id)
+        .expect("the new key is listed");
+    assert_eq!(
+        (
+            mine["role"].as_str(),
+            mine["name"].as_str(),
+            mine["source"].as_str()
+        ),
+        (Some("read"), Some("dashboards"), Some("api"))
+    );
+    let configured: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["source"] == "configuration")
+        .collect();
+    assert_eq!(configured.len(), 4, "acme's four configured keys: {text}");
+    assert!(configured.iter().all(|r| r["created_at"].is_null()));
+    assert!(!text.contains("admin_key_b") && !text.contains("ingest_key_b"));
+
+    let (status, answer) = app
+        .post_raw(
+            "/v1/api-keys",
+            "read_key_a",
+            "application/json",
+            json!({"role": "read"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    let delete = |path: String, with: &'static str| {
+        app.http
+            .delete(format!("{}{path}", app.base))
+            .bearer_auth(with)
+            .send()
+    };
+    let configured_id = configured[0]["id"].as_str().unwrap().to_owned();
+    let response = delete(format!("/v1/api-keys/{configured_id}"), "admin_key_a")
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 409, "a configured key stays");
+
+    // Both processes accept the key, then neither does.
+    let wait_for = |target: &common::TestApp, expected: u16| {
+        let (base, http, key) = (target.base.clone(), target.http.clone(), key.to_owned());
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let status = http
+                    .get(format!("{base}/v1/customers"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                if status == expected || started.elapsed() > std::time::Duration::from_secs(3) {
+                    return (status, started.elapsed());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(wait_for(&app, 200).await.0, 200);
+    assert_eq!(wait_for(&other, 200).await.0, 200);
+    let response = delete(format!("/v1/api-keys/{id}"), "admin_key_a")
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    assert_eq!(wait_for(&app, 401).await.0, 401);
+    // Every process reloads keys every 500 ms (`http::keys::REFRESH_EVERY`); the wait gives
+    // up after 3 s.
+    assert_eq!(wait_for(&other, 401).await.0, 401);
+    );
+    let response = delete(format!("/v1/api-keys/{id}"), "admin_key_a")
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404, "already revoked");
+    let (_, listed) = get_json(&app, "/v1/api-keys", "admin_key_a").await;
+    assert!(!listed.to_string().contains(id));
+    other.shutdown().await;
+    app.shutdown().await;
+}

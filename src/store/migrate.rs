@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "usage_change_batches",
         include_str!("../../sql/0011_usage_change_batches.sql"),
     ),
+    (
+        12,
+        "api_key_revocations",
+        include_str!("../../sql/0012_api_key_revocations.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

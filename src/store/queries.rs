@@ -63,6 +63,9 @@ pub const EVENTS_OF_TYPE: &str = "SELECT id, customer, ts_ms, properties FROM ev
 pub const STORED_KEYS: &str =
     "SELECT key_hash, tenant, role, customer, name, created_at, version FROM api_keys FINAL";
 
+/// The digests of every revoked API key.
+pub const REVOKED_KEYS: &str = "SELECT DISTINCT key_hash FROM api_key_revocations";
+
 /// The server's clock (epoch seconds): the mark each poll of `usage_change_batches` reads from.
 pub const SERVER_NOW: &str = "SELECT toUInt32(now())";
 
