@@ -458,7 +458,6 @@ async fn api_keys_are_listed_without_secrets_and_revoked_on_every_process() {
     // Every process reloads keys every 500 ms (`http::keys::REFRESH_EVERY`); the wait gives
     // up after 3 s.
     assert_eq!(wait_for(&other, 401).await.0, 401);
-    );
     let response = delete(format!("/v1/api-keys/{id}"), "admin_key_a")
         .await
         .unwrap();
