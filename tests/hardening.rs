@@ -467,3 +467,48 @@ async fn api_keys_are_listed_without_secrets_and_revoked_on_every_process() {
     other.shutdown().await;
     app.shutdown().await;
 }
+
+/// The ClickHouse the service owns listens on loopback and refuses a query without its
+/// generated password, which is kept readable by its owner only.
+#[tokio::test]
+async fn the_owned_clickhouse_refuses_unauthenticated_queries() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let url = common::clickhouse_url();
+    let http = reqwest::Client::new();
+    let query = format!("{url}/?query=SELECT%20count()%20FROM%20system.tables");
+    let anonymous = http.get(&query).send().await.unwrap();
+    let status = anonymous.status().as_u16();
+    let text = anonymous.text().await.unwrap();
+    assert_ne!(status, 200, "{text}");
+    assert!(
+        text.contains("Password") || text.contains("password"),
+        "{text}"
+    );
+    let wrong = http
+        .get(&query)
+        .header("X-ClickHouse-User", "default")
+        .header("X-ClickHouse-Key", "guess")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(wrong.status().as_u16(), 200);
+    let password = meterhouse::store::local::password_of(&url).expect("generated");
+    let owner = http
+        .get(&query)
+        .header("X-ClickHouse-User", "default")
+        .header("X-ClickHouse-Key", &password)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(owner.status().as_u16(), 200);
+    let kept = common::scratch_dir("shared").join("clickhouse/password");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), password);
+    for file in [
+        kept,
+        common::scratch_dir("shared").join("clickhouse/users.xml"),
+    ] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+    assert!(url.starts_with("http://127.0.0.1:"), "loopback only: {url}");
+}

@@ -1,11 +1,19 @@
-//! A `clickhouse-server` this process starts and owns: its own data directory and free ports,
-//! stopped with the service (and killed by the kernel if the service dies first).
+//! A `clickhouse-server` this process starts and owns: its own data directory and free ports
+//! on loopback, stopped with the service (and killed by the kernel if the service dies first).
+//! Its `default` user has a password generated on first start and kept in `password` under its
+//! directory (owner-only), so other local users cannot read the tenants' data; a [`Store`] of
+//! this process opened on its URL uses it without being told (see [`password_of`]).
+//!
+//! [`Store`]: crate::store::Store
 
+use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::TcpListener;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -94,8 +102,14 @@ impl LocalClickHouse {
 
     async fn launch(&mut self) -> anyhow::Result<()> {
         stop_stale(&self.dir).await;
+        let password = password_in(&self.dir)?;
         std::fs::write(self.dir.join("config.xml"), self.config_xml())?;
-        std::fs::write(self.dir.join("users.xml"), USERS_XML)?;
+        write_private(&self.dir.join("users.xml"), &users_xml(&password))?;
+        OWNED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(HashMap::new)
+            .insert(self.url(), password);
         let binary = find_binary().context("clickhouse-server not found; install it (apt-get install -y clickhouse-server) or set --clickhouse-url")?;
         let log = std::fs::File::create(self.dir.join("stdout.log"))?;
         let mut command = Command::new(&binary.0);
@@ -193,12 +207,56 @@ impl Drop for LocalClickHouse {
     }
 }
 
-const USERS_XML: &str = r#"<yandex>
+/// The passwords of the servers this process owns, by URL.
+static OWNED: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+
+/// The password of the server this process owns at `url`, if it owns one there.
+pub fn password_of(url: &str) -> Option<String> {
+    let owned = OWNED.lock().unwrap_or_else(|e| e.into_inner());
+    owned.as_ref()?.get(url.trim_end_matches('/')).cloned()
+}
+
+/// The password kept in `dir`, made (random, owner-only) if there is none yet.
+fn password_in(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("password");
+    if let Ok(kept) = std::fs::read_to_string(&path) {
+        let kept = kept.trim();
+        if !kept.is_empty() {
+            return Ok(kept.to_owned());
+        }
+    }
+    let password = hex::encode(rand::random::<[u8; 24]>());
+    write_private(&path, &password)?;
+    Ok(password)
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    // An older file keeps its mode on open: make sure.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(())
+}
+
+fn users_xml(password: &str) -> String {
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(password.as_bytes()));
+    format!(
+        r#"<yandex>
   <profiles><default><max_memory_usage>8000000000</max_memory_usage><log_queries>0</log_queries></default></profiles>
-  <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <users><default><password_sha256_hex>{digest}</password_sha256_hex><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>
   <quotas><default></default></quotas>
 </yandex>
-"#;
+"#
+    )
+}
 
 /// Spawns `command` from a thread that lives until the returned sender is dropped, so the
 /// parent-death signal fires when the owner lets go, not when some worker thread exits.

@@ -124,10 +124,15 @@ struct DirtyHours {
 impl Store {
     /// A client for `url`, without touching the network.
     pub fn new(url: &str, config: &StoreConfig) -> Self {
+        // A server this process owns has a generated password, unless one is given.
+        let password = match local::password_of(url) {
+            Some(owned) if config.clickhouse_password.is_empty() => owned,
+            _ => config.clickhouse_password.clone(),
+        };
         let client = Client::default()
             .with_url(url)
             .with_user(&config.clickhouse_user)
-            .with_password(&config.clickhouse_password)
+            .with_password(password)
             .with_database(&config.database)
             // Old servers lack RowBinaryWithNamesAndTypes input; `connect` turns it back on.
             .with_validation(false);
