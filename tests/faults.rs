@@ -56,6 +56,12 @@ fn start_service(port: u16, database: &str) -> Service {
         .args(["--api-keys", KEYS, "--batch-max-wait-ms", "5"])
         .arg("--catalog")
         .arg(&catalog)
+        // The shared ClickHouse is this test binary's: its generated password, as an operator
+        // would pass it (an environment variable keeps it off the command line).
+        .env(
+            "METERHOUSE_CLICKHOUSE_PASSWORD",
+            meterhouse::store::local::password_of(&clickhouse_url()).expect("owned here"),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -252,6 +258,8 @@ async fn a_slow_clickhouse_pushes_back_with_503_and_the_queue_stays_bounded() {
     // About 400 KB/s towards ClickHouse: a few thousand events a second.
     let relay = slow_link(upstream, 400_000, stop.clone()).await;
     let mut config = test_config("faults_slow", &format!("http://{relay}"));
+    // Through the relay, the server's generated password is not found by URL: give it.
+    config.store.clickhouse_password = meterhouse::store::local::password_of(&url).unwrap();
     config.queue_max_events = QUEUE_MAX;
     config.batch_max_events = 1_000;
     config.ack_timeout_ms = 20_000;

@@ -101,7 +101,7 @@ async fn list(
 
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "auth", params(("id" = String, Path)),
     responses((status = 204, description = "Revoked: refused with 401 by every process within a second"),
-              (status = 403), (status = 404, description = "not_found"),
+              (status = 403), (status = 404, description = "api_key_not_found"),
               (status = 409, description = "conflict: a configured key, removed from the configuration only")))]
 async fn revoke(
     State(state): State<AppState>,
@@ -129,7 +129,10 @@ async fn revoke(
         .map(|(hash, _)| hash)
         .find(|hash| key_id(hash) == id && !revoked.contains(hash))
         .ok_or_else(|| {
-            ApiError::not_found("not_found", format!("no API key '{id}' in this tenant"))
+            ApiError::not_found(
+                "api_key_not_found",
+                format!("no API key '{id}' in this tenant"),
+            )
         })?;
     let row = Revocation {
         key_hash: hex::encode(hash),

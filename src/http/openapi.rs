@@ -61,6 +61,12 @@ fn complete_operation(path: &str, method: &str, vendor: Option<&str>, op: &mut V
         responses.entry("401").or_insert(json!({}));
         responses.entry("403").or_insert(json!({}));
     }
+    if method == "post" || method == "put" {
+        responses.entry("415").or_insert(json!({}));
+    }
+    if path.ends_with("/query") {
+        responses.entry("422").or_insert(json!({}));
+    }
     for (status, response) in responses.iter_mut() {
         let response = object(response);
         if !response.contains_key("description") {
@@ -121,10 +127,12 @@ fn describe(status: &str) -> &'static str {
         "401" => "unauthorized: no key, or an unknown one",
         "403" => "forbidden: the key's role or customer may not do this",
         "404" => "not found: `code` names what (customer_not_found, plan_not_found, …)",
-        "405" => "no active subscription (Lago's code for it)",
+        "405" => "method_not_allowed (on a vendor route: Lago's no active subscription)",
+        "408" => "request_timeout: the body stopped arriving",
+        "415" => "unsupported_media_type: another Content-Type or Content-Encoding",
         "409" => "conflict: the key exists, or the subscription has ended",
         "413" => "payload_too_large",
-        "422" => "unprocessable: no active subscription or no current period",
+        "422" => "no_active_subscription, or query_too_large: the read would exceed its budget",
         "429" => "rate_limited: retry after `Retry-After` seconds",
         "503" => "unavailable: ClickHouse is unreachable; retry after `Retry-After` seconds",
         _ => "See the error shape",
