@@ -36,7 +36,10 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(HEADER_TIMEOUT)
+        // Room for heads past the router's own bounds, so that those are answered in the
+        // error shape (`http::limit_head`) rather than with hyper's empty 431.
+        .max_buf_size(1 << 20);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -236,6 +236,26 @@ async fn protocol_errors_have_the_error_shape() {
             "unsupported_media_type",
         );
     }
+    let long = format!("/v1/meters/tokens/query?customer={}", "c".repeat(20_000));
+    let (status, answer) = get_json(&app, &long, "read_key_a").await;
+    expect("a 20 KB request target", status, &answer, "uri_too_long");
+    assert_eq!(status, 414);
+    let response = app
+        .http
+        .get(format!("{}/v1/customers", app.base))
+        .bearer_auth("read_key_a")
+        .header("x-padding", "p".repeat(100_000))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    expect(
+        "100 KB of headers",
+        status,
+        &response.json().await.unwrap(),
+        "headers_too_large",
+    );
+    assert_eq!(status, 431);
     assert_eq!(app.scalar("SELECT count() FROM events").await, 0);
     app.shutdown().await;
 }

@@ -80,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(request_span))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(limit_head))
         .with_state(state)
 }
 
@@ -98,6 +99,44 @@ async fn request_span(
     let span = tracing::info_span!("request", method = %request.method(), route = %route,
         tenant = tracing::field::Empty);
     next.run(request).instrument(span).await
+}
+
+/// The longest request target, and the most header bytes, a request may have.
+const MAX_URI_BYTES: usize = 16 * 1024;
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Requests whose target or headers are past their bound, answered in the error shape.
+async fn limit_head(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return ApiError::http(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is over {MAX_URI_BYTES} bytes; send long lists in a body"),
+        )
+        .into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError::http(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request headers are over {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {

@@ -115,7 +115,9 @@ impl<'de> Visitor<'de> for Unique<'_> {
         f.write_str("JSON")
     }
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        let mut seen: std::collections::HashSet<Cow<'de, str>> = std::collections::HashSet::new();
+        // Objects are small: a list until one is not, then a set.
+        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: std::collections::HashSet<Cow<'de, str>> = std::collections::HashSet::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             if let Some(path) = self.0.as_deref_mut() {
                 path.push(if path.is_empty() {
@@ -124,7 +126,15 @@ impl<'de> Visitor<'de> for Unique<'_> {
                     format!(".{key}")
                 });
             }
-            if !seen.insert(key) {
+            let repeated = if many.is_empty() && few.len() < 16 {
+                let repeated = few.contains(&key);
+                few.push(key);
+                repeated
+            } else {
+                many.extend(few.drain(..));
+                !many.insert(key)
+            };
+            if repeated {
                 return Err(serde::de::Error::custom("duplicate key"));
             }
             map.next_value_seed(Unique(self.0.as_deref_mut()))?;
@@ -334,6 +344,17 @@ mod tests {
             Some("ab"),
             "escapes decoded"
         );
+    }
+
+    #[test]
+    fn a_key_repeated_in_a_large_object_is_found_too() {
+        let keys: Vec<String> = (0..40).map(|i| format!(r#""k{i}": {i}"#)).collect();
+        let unique = format!("{{{}}}", keys.join(", "));
+        assert_eq!(first_duplicate_key(&unique), None);
+        let repeated = format!(r#"{{{}, "k3": 0}}"#, keys.join(", "));
+        assert_eq!(first_duplicate_key(&repeated).as_deref(), Some("k3"));
+        let early = format!(r#"{{{}, "k20": 0}}"#, keys[..25].join(", "));
+        assert_eq!(first_duplicate_key(&early).as_deref(), Some("k20"));
     }
 
     #[test]
