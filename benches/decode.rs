@@ -54,6 +54,21 @@ fn decode_bodies(c: &mut Criterion) {
             decode(body.as_bytes(), false, &ctx).unwrap()
         })
     });
+    // The duplicate-key check alone, over the same events' properties: what share of a
+    // decode it is (decode runs it once per event).
+    let properties: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&body)
+        .unwrap()
+        .iter()
+        .map(|e| e["properties"].to_string())
+        .collect();
+    group.bench_function("1000 events, duplicate-key check only", |b| {
+        b.iter(|| {
+            properties
+                .iter()
+                .filter(|p| meterhouse::ingest::samples::first_duplicate_key(p).is_some())
+                .count()
+        })
+    });
     group.finish();
 }
 

@@ -222,6 +222,15 @@ fn routes() -> Vec<Route> {
         with(
             route(
                 "post",
+                "/openmeter/api/v1/events",
+                "/openmeter/api/v1/events",
+                A::Ingest,
+            ),
+            || json!({"specversion": "1.0", "id": unique("o"), "source": "access", "type": "api_call", "subject": "c1"}),
+        ),
+        with(
+            route(
+                "post",
                 "/lago/api/v1/events/batch",
                 "/lago/api/v1/events/batch",
                 A::Ingest,

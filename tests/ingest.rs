@@ -548,3 +548,97 @@ async fn a_batch_stored_without_its_samples_is_repaired_when_settled() {
     assert_eq!(sum, "5.000000000000");
     app.shutdown().await;
 }
+
+/// An OpenMeter-shaped CloudEvent is billed, not only accepted: `data` becomes the properties,
+/// `time` the timestamp, `subject` the customer, `source`/`id` the dedup key; through
+/// `/v1/events` and OpenMeter's own route. What would be dropped is a 400 naming the field.
+#[tokio::test]
+async fn cloudevents_are_billed_with_their_data_and_time() {
+    let app = common::spawn_app("ingest_cloudevents").await;
+    let time = chrono::Utc::now() - chrono::TimeDelta::hours(2);
+    let event = json!({"specversion": "1.0", "id": "ce-1", "source": "svc", "type": "llm_call",
+        "subject": "c1", "time": time.to_rfc3339(), "data": {"tokens": 700, "model": "gpt-x", "region": "eu"}});
+    let send = |path: &'static str, content_type: &'static str, body: Value| {
+        app.post_raw(path, "ingest_key_a", content_type, body.to_string())
+    };
+    let (status, ack) = send("/v1/events", "application/cloudevents+json", event.clone()).await;
+    assert_eq!(
+        (status, &ack),
+        (202, &json!({"accepted": 1, "duplicates": 0}))
+    );
+    let (status, ack) = send("/v1/events", "application/cloudevents+json", event.clone()).await;
+    assert_eq!(
+        (status, &ack),
+        (202, &json!({"accepted": 0, "duplicates": 1})),
+        "same source and id"
+    );
+    let batch = json!([
+        {"specversion": "1.0", "id": "ce-2", "source": "svc", "type": "llm_call", "subject": "c1",
+         "time": time.to_rfc3339(), "data": {"tokens": 300, "model": "gpt-x"}},
+        {"specversion": "1.0", "id": "ce-1", "source": "other", "type": "llm_call", "subject": "c1",
+         "time": time.to_rfc3339(), "data": {"tokens": 5, "model": "gpt-y"}}]);
+    let (status, answer) = send(
+        "/openmeter/api/v1/events",
+        "application/cloudevents-batch+json",
+        batch,
+    )
+    .await;
+    assert_eq!(status, 204, "{answer}");
+
+    let from = (time - chrono::TimeDelta::minutes(1)).timestamp();
+    let to = (time + chrono::TimeDelta::minutes(1)).timestamp();
+    let path = format!(
+        "/v1/meters/tokens/query?from={from}&to={to}&customer=c1&group_by=model&window_size=day"
+    );
+    let (status, series) = common::get_json(&app, &path, "read_key_a").await;
+    assert_eq!(status, 200, "{series}");
+    let mut values: Vec<(String, String)> = series["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["group"]["model"].as_str().unwrap().to_owned(),
+                p["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    values.sort();
+    assert_eq!(
+        values,
+        [
+            ("gpt-x".to_owned(), "1000".to_owned()),
+            ("gpt-y".to_owned(), "5".to_owned())
+        ]
+    );
+
+    for (path, content_type, body, field) in [
+        (
+            "/v1/events",
+            "application/cloudevents+json",
+            json!({"specversion": "1.0", "id": "x1", "source": "s", "type": "llm_call", "subject": "c1", "traceparent": "00-1"}),
+            "traceparent",
+        ),
+        (
+            "/v1/events",
+            "application/json",
+            json!({"id": "x2", "customer": "c1", "type": "llm_call", "data": {"tokens": 1}}),
+            "data",
+        ),
+        (
+            "/openmeter/api/v1/events",
+            "application/cloudevents+json",
+            json!({"specversion": "1.0", "id": "x3", "source": "s", "type": "llm_call", "subject": "c1", "data": "700"}),
+            "data",
+        ),
+    ] {
+        let (status, answer) = send(path, content_type, body).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("invalid_events")),
+            "{path}: {answer}"
+        );
+        assert_eq!(answer["errors"][0]["field"], field, "{answer}");
+    }
+    app.shutdown().await;
+}

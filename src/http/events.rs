@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use crate::auth::{INGESTERS, Principal};
 use crate::error::ApiError;
+use crate::ingest::cloudevents;
 use crate::ingest::parse::{self, Context};
 use crate::ingest::{Ack, IngestError, MAX_BODY_BYTES};
 
@@ -32,18 +33,53 @@ async fn ingest(
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
     // Checked before the body is read, so a wrong key never uploads 10 MiB for nothing.
     principal.require(INGESTERS, "send events")?;
-    let ndjson = match media_type(&headers).as_deref() {
-        None | Some("application/json") => false,
-        Some("application/x-ndjson" | "application/jsonlines" | "application/jsonl") => true,
+    let ack = ingest_body(&state, &principal, &headers, body).await?;
+    Ok((StatusCode::ACCEPTED, Json(ack)))
+}
+
+/// How an ingest body is written, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Json,
+    Ndjson,
+    CloudEvent,
+    CloudEventBatch,
+}
+
+fn form(headers: &HeaderMap) -> Result<Form, ApiError> {
+    Ok(match media_type(headers).as_deref() {
+        None | Some("application/json") => Form::Json,
+        Some("application/x-ndjson" | "application/jsonlines" | "application/jsonl") => {
+            Form::Ndjson
+        }
+        Some("application/cloudevents+json") => Form::CloudEvent,
+        Some("application/cloudevents-batch+json") => Form::CloudEventBatch,
         Some(other) => {
             return Err(unsupported(format!(
-                "Content-Type '{other}': send application/json or application/x-ndjson"
+                "Content-Type '{other}': send application/json, application/x-ndjson, \
+                 application/cloudevents+json or application/cloudevents-batch+json"
             )));
         }
-    };
-    let bytes = read_body(&headers, body, Encodings::Gzip).await?;
-    let ack = submit(&state, &principal, &bytes, ndjson).await?;
-    Ok((StatusCode::ACCEPTED, Json(ack)))
+    })
+}
+
+/// Reads an ingest body in any of its forms and submits its events.
+pub(crate) async fn ingest_body(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Ack, ApiError> {
+    let form = form(headers)?;
+    let bytes = read_body(headers, body, Encodings::Gzip).await?;
+    match form {
+        Form::Json => submit(state, principal, &bytes, false).await,
+        Form::Ndjson => submit(state, principal, &bytes, true).await,
+        Form::CloudEvent | Form::CloudEventBatch => {
+            let events = cloudevents::to_events(&bytes, form == Form::CloudEventBatch)?;
+            submit(state, principal, &events, false).await
+        }
+    }
 }
 
 /// Validates a body of events for `principal`'s tenant and waits until they are durable. The

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 const PUBLIC: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// Vendor-shaped routes: their errors keep the vendor's shape, their ids the vendor's prefix.
-const VENDORS: [&str; 5] = ["lago", "flexprice", "flowglad", "lark", "diga"];
+const VENDORS: [&str; 6] = ["lago", "flexprice", "flowglad", "lark", "diga", "openmeter"];
 
 /// The complete document.
 pub fn document(generated: utoipa::openapi::OpenApi) -> Value {

@@ -1,6 +1,7 @@
 //! Events in: decode and validate a request, extract meter samples, deduplicate, group-commit.
 
 pub mod batcher;
+pub mod cloudevents;
 pub mod dedup;
 pub mod parse;
 pub mod samples;

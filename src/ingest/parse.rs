@@ -118,8 +118,10 @@ fn split_json(text: &str) -> Result<Vec<&RawValue>, ApiError> {
     }
 }
 
-/// An event as sent; every field is checked by hand so each error names its field.
+/// An event as sent; every field is checked by hand so each error names its field. A field it
+/// does not know is refused rather than dropped.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WireEvent<'a> {
     #[serde(default, alias = "transaction_id", alias = "event_id")]
     id: Option<Value>,
@@ -186,7 +188,10 @@ fn validate_one(
     let wire: WireEvent<'_> = match serde_json::from_str(raw.get()) {
         Ok(wire) => wire,
         Err(e) => {
-            report("", format!("not a valid event: {e}"));
+            match unknown_field(&e.to_string()) {
+                Some(field) => report(field, unknown_field_message(field)),
+                None => report("", format!("not a valid event: {e}")),
+            }
             return None;
         }
     };
@@ -326,6 +331,23 @@ fn required_string(
         Some(_) => report(field, "must be a string".into()),
     }
     None
+}
+
+/// The field serde names in an "unknown field `x`" error.
+fn unknown_field(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `")?.split('`').next()
+}
+
+fn unknown_field_message(field: &str) -> String {
+    match field {
+        "specversion" | "data" | "time" | "source" | "datacontenttype" => format!(
+            "is a CloudEvents attribute: send CloudEvents with Content-Type \
+             application/cloudevents+json (or -batch+json), or put `{field}` in `properties`"
+        ),
+        _ => "is not a field of an event (id, customer, type, timestamp, properties); \
+              put it in `properties`"
+            .into(),
+    }
 }
 
 fn check_timestamp(raw: &RawValue, ctx: &Context<'_>) -> Result<i64, String> {

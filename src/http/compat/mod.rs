@@ -8,6 +8,7 @@ mod flexprice;
 mod flowglad;
 mod lago;
 mod lark;
+mod openmeter;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -26,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(flowglad::router())
         .merge(flexprice::router())
         .merge(diga::router())
+        .merge(openmeter::router())
 }
 
 /// A decimal as an exact JSON number (`12.50` stays `12.50`, never a binary float).
