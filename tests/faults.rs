@@ -520,3 +520,34 @@ async fn a_full_or_read_only_disk_acknowledges_nothing_it_did_not_store() {
     clickhouse.kill().await;
     drop(disk);
 }
+
+/// A second process pointed at a running service's data directory (`meterhouse backfill` with
+/// the default `--data-dir`, say) refuses to start its own ClickHouse there, rather than stop
+/// the one the service is using.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owned_clickhouse_in_use_is_not_stopped_by_another_process() {
+    let data_dir = scratch_dir("owned-in-use");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let port = free_port();
+    let mut service = Service(
+        Command::new(env!("CARGO_BIN_EXE_meterhouse"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--api-keys", KEYS])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start meterhouse serve"),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&http, &base).await;
+    let refused = meterhouse::store::local::LocalClickHouse::start(&data_dir).await;
+    let message = refused.err().expect("refused").to_string();
+    assert!(message.contains("is still running"), "{message}");
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "the service's ClickHouse is still up");
+    service.kill();
+}

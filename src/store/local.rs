@@ -101,7 +101,7 @@ impl LocalClickHouse {
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {
-        stop_stale(&self.dir).await;
+        stop_stale(&self.dir).await?;
         let password = password_in(&self.dir)?;
         std::fs::write(self.dir.join("config.xml"), self.config_xml())?;
         write_private(&self.dir.join("users.xml"), &users_xml(&password))?;
@@ -275,27 +275,54 @@ fn spawn_kept(mut command: Command) -> anyhow::Result<(Child, mpsc::Sender<()>)>
 
 /// A server left by a previous run in the same directory (e.g. after `kill -9`) holds its
 /// lock: end it first.
-async fn stop_stale(dir: &Path) {
+/// Stops a `clickhouse-server` a previous run left under `dir`; refuses, leaving it alone, when
+/// another live process owns it (a running `meterhouse serve` on the same `--data-dir`).
+async fn stop_stale(dir: &Path) -> anyhow::Result<()> {
     let Ok(pid) = std::fs::read_to_string(dir.join("server.pid")) else {
-        return;
+        return Ok(());
     };
     let Ok(pid) = pid.trim().parse::<i32>() else {
-        return;
+        return Ok(());
     };
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     if !cmdline.contains("clickhouse") {
-        return;
+        return Ok(());
+    }
+    // A server started by a process that is still running has that process as its parent;
+    // the kernel ends an owned server with its owner (see `spawn_kept`), so a server whose
+    // parent is neither init nor this process is another live process's.
+    let parent = parent_of(pid).filter(|&p| p > 1);
+    if let Some(owner) = parent.filter(|&p| p != std::process::id() as i32) {
+        bail!(
+            "the ClickHouse under {} belongs to process {owner}, which is still running: give \
+             --clickhouse-url with its address (http_port in {}) or use another --data-dir",
+            dir.display(),
+            dir.join("config.xml").display()
+        );
     }
     tracing::warn!(pid, "stopping a clickhouse-server left by a previous run");
     // SAFETY: plain kill(2); the pid was checked to be a clickhouse process.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     for _ in 0..400 {
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            return;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    Ok(())
+}
+
+/// The parent process of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may hold spaces and parentheses: read after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// `clickhouse-server` (Debian's package) or the single `clickhouse` binary of newer releases.
