@@ -86,110 +86,106 @@ impl<'de> Deserialize<'de> for Props<'de> {
 
 /// The path of the first key that appears twice in one object of `text` (a JSON object,
 /// nested objects and arrays included), e.g. `usage.tokens` or `items[2].id`. JSON readers
-/// disagree on which of the two values counts, so an event carrying one is refused.
+/// disagree on which of the two values counts, so an event carrying one is refused. Values are
+/// skipped as raw JSON text, never parsed, unless they are objects or arrays to look into.
 pub fn first_duplicate_key(text: &str) -> Option<String> {
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    // A first pass keeps no paths; only a body that has a duplicate is walked again for it.
-    if serde::de::DeserializeSeed::deserialize(Unique(None), &mut deserializer).is_ok() {
+    if !may_repeat_a_key(text.as_bytes()) {
         return None;
     }
-    let mut path = Vec::new();
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    serde::de::DeserializeSeed::deserialize(Unique(Some(&mut path)), &mut deserializer).err()?;
-    Some(path.join(""))
+    exact_duplicate_key(text)
 }
 
-/// Walks a JSON value, failing at the first repeated key; with a path, leaves in it where.
-struct Unique<'p>(Option<&'p mut Vec<String>>);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Unique<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Unique<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        // Objects are small: a list until one is not, then a set.
-        let mut few: Vec<Cow<'de, str>> = Vec::new();
-        let mut many: std::collections::HashSet<Cow<'de, str>> = std::collections::HashSet::new();
-        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            if let Some(path) = self.0.as_deref_mut() {
-                path.push(if path.is_empty() {
-                    key.to_string()
-                } else {
-                    format!(".{key}")
-                });
-            }
-            let repeated = if many.is_empty() && few.len() < 16 {
-                let repeated = few.contains(&key);
-                few.push(key);
-                repeated
-            } else {
-                many.extend(few.drain(..));
-                !many.insert(key)
-            };
-            if repeated {
-                return Err(serde::de::Error::custom("duplicate key"));
-            }
-            map.next_value_seed(Unique(self.0.as_deref_mut()))?;
-            if let Some(path) = self.0.as_deref_mut() {
-                path.pop();
-            }
-        }
-        Ok(())
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        for index in 0.. {
-            if let Some(path) = self.0.as_deref_mut() {
-                path.push(format!("[{index}]"));
-            }
-            if seq
-                .next_element_seed(Unique(self.0.as_deref_mut()))?
-                .is_none()
-            {
-                if let Some(path) = self.0.as_deref_mut() {
-                    path.pop();
+/// One pass over valid JSON text, no parsing: false when no object repeats a key. Keys with
+/// escapes, or objects of many keys, answer true so that the exact walk decides.
+fn may_repeat_a_key(json: &[u8]) -> bool {
+    // The keys of the objects open at this point, and where each open container's keys start
+    // (`usize::MAX` for an array).
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut frames: Vec<usize> = Vec::new();
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut end = start;
+                let mut escaped = false;
+                while end < json.len() && json[end] != b'"' {
+                    if json[end] == b'\\' {
+                        escaped = true;
+                        end += 1;
+                    }
+                    end += 1;
                 }
-                break;
+                i = end + 1;
+                while i < json.len() && json[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                let Some(&frame) = frames.last() else {
+                    continue;
+                };
+                if frame == usize::MAX || json.get(i) != Some(&b':') {
+                    continue;
+                }
+                let key = &json[start..end.min(json.len())];
+                if escaped || keys.len() - frame >= 32 || keys[frame..].contains(&key) {
+                    return true;
+                }
+                keys.push(key);
             }
-            if let Some(path) = self.0.as_deref_mut() {
-                path.pop();
+            b'{' => {
+                frames.push(keys.len());
+                i += 1;
             }
+            b'[' => {
+                frames.push(usize::MAX);
+                i += 1;
+            }
+            b'}' | b']' => {
+                if let Some(frame) = frames.pop()
+                    && frame != usize::MAX
+                {
+                    keys.truncate(frame);
+                }
+                i += 1;
+            }
+            _ => i += 1,
         }
-        Ok(())
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i128<E>(self, _: i128) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u128<E>(self, _: u128) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_none<E>(self) -> Result<(), E> {
-        Ok(())
+    false
+}
+
+fn exact_duplicate_key(text: &str) -> Option<String> {
+    let text = text.trim_start();
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let object = Props::parse(text).ok()?;
+            let entries = &object.entries;
+            // Objects are small: compare with the keys before, or use a set once they are not.
+            let mut set = (entries.len() > 16).then(std::collections::HashSet::new);
+            for (i, (key, value)) in entries.iter().enumerate() {
+                let repeated = match &mut set {
+                    Some(set) => !set.insert(key),
+                    None => entries[..i].iter().any(|(seen, _)| seen == key),
+                };
+                if repeated {
+                    return Some(key.to_string());
+                }
+                if let Some(inner) = exact_duplicate_key(value.get()) {
+                    let dot = if inner.starts_with('[') { "" } else { "." };
+                    return Some(format!("{key}{dot}{inner}"));
+                }
+            }
+            None
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+            items.iter().enumerate().find_map(|(i, item)| {
+                let inner = exact_duplicate_key(item.get())?;
+                let dot = if inner.starts_with('[') { "" } else { "." };
+                Some(format!("[{i}]{dot}{inner}"))
+            })
+        }
+        _ => None,
     }
 }
 
@@ -344,6 +340,37 @@ mod tests {
             Some("ab"),
             "escapes decoded"
         );
+    }
+
+    /// JSON text whose objects take keys from a small set, so that some repeat one.
+    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("1".to_owned()),
+            Just("\"x\"".to_owned()),
+            Just("null".to_owned()),
+            Just("\"a:b\"".to_owned())
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            let key = prop_oneof![Just("a"), Just("b"), Just("c"), Just("\\u0061")];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec((key, inner), 0..4).prop_map(|v| {
+                    let fields: Vec<String> =
+                        v.iter().map(|(k, x)| format!("\"{k}\": {x}")).collect();
+                    format!("{{{}}}", fields.join(", "))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_quick_pass_never_misses_a_repeated_key(text in json_text()) {
+            let object = format!("{{\"p\": {text}}}");
+            proptest::prop_assert_eq!(first_duplicate_key(&object), exact_duplicate_key(&object));
+        }
     }
 
     #[test]
