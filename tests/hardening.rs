@@ -169,6 +169,14 @@ async fn protocol_errors_have_the_error_shape() {
     );
     assert_eq!(status, 405);
 
+    let (status, answer) = get_json(&app, "/v1/customers/%FF", "read_key_a").await;
+    expect(
+        "a path segment that is not UTF-8",
+        status,
+        &answer,
+        "invalid_request",
+    );
+
     let (status, answer) = get_json(
         &app,
         "/v1/subscriptions/s/usage?from=1&from=2",

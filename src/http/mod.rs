@@ -151,47 +151,43 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// `axum::extract::Query` with a malformed query string answered in the error shape.
-pub struct ApiQuery<T>(pub T);
+/// An axum extractor whose rejection is answered in the error shape, as `400
+/// invalid_request` naming the part of the request at fault.
+macro_rules! in_error_shape {
+    ($(#[$doc:meta])* $name:ident wraps $inner:ident, $part:literal) => {
+        $(#[$doc])*
+        pub struct $name<T>(pub T);
 
-impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+        impl<S, T> axum::extract::FromRequestParts<S> for $name<T>
+        where
+            T: serde::de::DeserializeOwned + Send,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::InvalidRequest(format!("query string: {}", e.body_text())))
-    }
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                axum::extract::$inner::<T>::from_request_parts(parts, state)
+                    .await
+                    .map(|extracted| $name(extracted.0))
+                    .map_err(|e| {
+                        ApiError::InvalidRequest(format!(concat!($part, ": {}"), e.body_text()))
+                    })
+            }
+        }
+    };
 }
 
-/// `axum::extract::Path` with an undecodable segment answered in the error shape.
-pub struct ApiPath<T>(pub T);
-
-impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
-where
-    T: serde::de::DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| ApiPath(p.0))
-            .map_err(|e| ApiError::InvalidRequest(format!("path: {}", e.body_text())))
-    }
-}
+in_error_shape!(
+    /// `axum::extract::Query` with a malformed query string answered in the error shape.
+    ApiQuery wraps Query, "query string"
+);
+in_error_shape!(
+    /// `axum::extract::Path` with an undecodable segment answered in the error shape.
+    ApiPath wraps Path, "path"
+);
 
 /// `axum::Json` with malformed bodies answered in docs/api.md's error shape.
 pub struct ApiJson<T>(pub T);
