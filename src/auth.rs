@@ -84,6 +84,9 @@ pub struct KeyRing {
     keys: Arc<RwLock<HashMap<KeyHash, Principal>>>,
     /// The keys given in configuration: listed as such, never revoked through the API.
     configured: Arc<RwLock<HashMap<KeyHash, Principal>>>,
+    /// Keys revoked since this process started: never inserted again, so a refresh that read
+    /// the stored keys before a revocation cannot bring one back.
+    revoked: Arc<RwLock<std::collections::HashSet<KeyHash>>>,
 }
 
 impl KeyRing {
@@ -146,6 +149,10 @@ impl KeyRing {
         if self.is_configured(hash) {
             return;
         }
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*hash);
         self.keys
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -172,6 +179,14 @@ impl KeyRing {
     }
 
     pub fn insert(&self, hash: KeyHash, tenant: &str, role: Role, customer: Option<String>) {
+        if self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&hash)
+        {
+            return;
+        }
         let key_id = u64::from_le_bytes(hash[..8].try_into().unwrap_or_default());
         let principal = Principal {
             tenant: tenant.into(),

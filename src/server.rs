@@ -32,7 +32,10 @@ pub async fn serve(
     let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         BODY_TIMEOUT,
     ));
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1 only, served without sniffing for HTTP/2 (`serve_connection` with a set version):
+    // the sniffing read has no deadline, so a connection that sent nothing would be held for
+    // good; with HTTP/1 set, the header timeout runs from the first moment.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -40,10 +43,6 @@ pub async fn serve(
         // Room for heads past the router's own bounds, so that those are answered in the
         // error shape (`http::limit_head`) rather than with hyper's empty 431.
         .max_buf_size(1 << 20);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(HEADER_TIMEOUT);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -62,7 +61,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

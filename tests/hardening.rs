@@ -37,6 +37,25 @@ async fn a_property_key_given_twice_is_refused_with_its_path() {
             (1, "properties.usage.input_tokens")
         ]
     );
+    // The vendors' ingest routes, whose bodies are parsed whole before they are rewritten.
+    for (path, body) in [
+        (
+            "/lago/api/v1/events",
+            r#"{"event": {"transaction_id": "l1", "external_customer_id": "c1",
+            "code": "llm_call", "properties": {"tokens": 5, "tokens": 500}}}"#,
+        ),
+        (
+            "/flexprice/v1/events",
+            r#"{"event_id": "f1", "external_customer_id": "c1",
+            "event_name": "llm_call", "properties": {"tokens": 5, "tokens": 500}}"#,
+        ),
+    ] {
+        let (status, answer) = app
+            .post_raw(path, "ingest_key_a", "application/json", body.into())
+            .await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert!(answer.to_string().contains("tokens"), "{path}: {answer}");
+    }
     assert_eq!(app.scalar("SELECT count() FROM events").await, 0);
     app.shutdown().await;
 }
@@ -292,6 +311,14 @@ async fn gzip_bodies_are_read_and_a_bomb_is_refused() {
     let response = send(gzip(events.to_string().as_bytes())).await.unwrap();
     assert_eq!(response.status().as_u16(), 202);
     assert_eq!(response.json::<Value>().await.unwrap()["accepted"], 2);
+    // Several gzip members one after the other (as `cat a.gz b.gz` makes) are one body.
+    let mut members = gzip(br#"[{"id": "g3", "customer": "c1", "type": "api_call"},"#);
+    members.extend(gzip(
+        br#"{"id": "g4", "customer": "c1", "type": "api_call"}]"#,
+    ));
+    let response = send(members).await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(response.json::<Value>().await.unwrap()["accepted"], 2);
     // 64 MiB of spaces compress to about 64 KiB: inflating stops at the 10 MiB bound.
     let bomb = gzip(&vec![b' '; 64 << 20]);
     assert!(bomb.len() < 1 << 20);
@@ -301,7 +328,7 @@ async fn gzip_bodies_are_read_and_a_bomb_is_refused() {
         response.json::<Value>().await.unwrap()["code"],
         "payload_too_large"
     );
-    assert_eq!(app.scalar("SELECT count() FROM events").await, 2);
+    assert_eq!(app.scalar("SELECT count() FROM events").await, 4);
     app.shutdown().await;
 }
 
@@ -338,6 +365,8 @@ async fn slow_or_oversized_requests_do_not_hold_a_connection() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
         .unwrap();
+    // A connection that sends nothing at all.
+    let mut silent = connect(&app).await;
     // A body that never arrives: 408 in the error shape.
     let mut slow_body = connect(&app).await;
     slow_body
@@ -367,6 +396,10 @@ async fn slow_or_oversized_requests_do_not_hold_a_connection() {
     assert!(
         read_until_closed(&mut slow_headers, limit).await.is_some(),
         "a connection that never finishes its headers is closed"
+    );
+    assert!(
+        read_until_closed(&mut silent, limit).await.is_some(),
+        "a connection that sends nothing is closed"
     );
     app.shutdown().await;
 }

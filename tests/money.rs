@@ -240,12 +240,12 @@ async fn an_immediate_upgrade_keeps_the_period_and_every_figure_holds_both_plans
     plan(&app, "a", "30.00", "advance", true, "0.10").await;
     plan(&app, "b", "60.00", "advance", true, "0.05").await;
     let start = days_ago(10);
-    subscribe(&app, "u1", "UTC", "s_pc", "a", start, "anniversary").await;
-    calls(&app, "u1", "on-a", 7, Utc::now() - TimeDelta::hours(1)).await;
+    subscribe(&app, "c1", "UTC", "s_pc", "a", start, "anniversary").await;
+    calls(&app, "c1", "on-a", 7, Utc::now() - TimeDelta::hours(1)).await;
     let change = change_plan(&app, "s_pc", "b", "now").await;
-    calls(&app, "u1", "on-b", 4, after(change)).await;
+    calls(&app, "c1", "on-b", 4, after(change)).await;
 
-    let report = current(&app, "u1", "s_pc").await;
+    let report = current(&app, "c1", "s_pc").await;
     let end = start.checked_add_months(Months::new(1)).unwrap();
     assert_eq!(
         (instant(&report["from"]), instant(&report["to"])),
@@ -273,6 +273,27 @@ async fn an_immediate_upgrade_keeps_the_period_and_every_figure_holds_both_plans
         })
         .collect();
     assert_eq!(plans, [("a", "7"), ("b", "4")], "{summary}");
+    // The shapes that show one figure per meter count both phases' usage of it.
+    let (_, diga) = get_json(&app, "/diga/v1/billing/subscription/", "cust_key_a").await;
+    assert_eq!(
+        (diga["name"].as_str(), diga["minutes_count"].as_i64()),
+        (Some("b"), Some(11)),
+        "{diga}"
+    );
+    let (_, flowglad) = get_json(&app, "/flowglad/api/v1/customers/c1/billing", "read_key_a").await;
+    let balances = &flowglad["currentSubscription"]["experimental"]["usageMeterBalances"];
+    let balances: Vec<(&str, i64)> = balances
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["slug"].as_str().unwrap(),
+                b["availableBalance"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(balances, [("calls", -11)], "one balance per meter");
     app.shutdown().await;
 }
 

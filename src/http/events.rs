@@ -217,7 +217,7 @@ pub async fn read_body(
     }
     let mut inflated = Vec::with_capacity(bytes.len().saturating_mul(4).min(MAX_BODY_BYTES));
     let mut decoder = std::io::Read::take(
-        flate2::read::GzDecoder::new(&bytes[..]),
+        flate2::read::MultiGzDecoder::new(&bytes[..]),
         MAX_BODY_BYTES as u64 + 1,
     );
     std::io::Read::read_to_end(&mut decoder, &mut inflated).map_err(|e| {

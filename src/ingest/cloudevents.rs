@@ -8,6 +8,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, EventError};
+use crate::ingest::samples::first_duplicate_key;
 
 /// The attributes an event may carry.
 const KNOWN: [&str; 8] = [
@@ -24,7 +25,27 @@ const KNOWN: [&str; 8] = [
 /// Rewrites a CloudEvents body (one event, or a batch) as a JSON array of meterhouse events,
 /// in the same order, so that validation's per-index errors point at the sender's events.
 pub fn to_events(body: &[u8], batch: bool) -> Result<Vec<u8>, ApiError> {
-    let parsed: Value = serde_json::from_slice(body)
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("body is not valid UTF-8: {e}")))?;
+    // A key given twice would lose one of its values in the parse below: refused first.
+    if let Some(path) = first_duplicate_key(text) {
+        let (index, field) = match path.strip_prefix('[') {
+            Some(rest) if batch => {
+                let (index, field) = rest.split_once(']').unwrap_or((rest, ""));
+                (
+                    index.parse().unwrap_or(0),
+                    field.trim_start_matches('.').to_owned(),
+                )
+            }
+            _ => (0, path),
+        };
+        return Err(ApiError::InvalidEvents(vec![EventError {
+            index,
+            field,
+            message: "appears twice in its object; send each key once".into(),
+        }]));
+    }
+    let parsed: Value = serde_json::from_str(text)
         .map_err(|e| ApiError::InvalidRequest(format!("body is not valid JSON: {e}")))?;
     let events = match (batch, parsed) {
         (true, Value::Array(events)) => events,
@@ -170,6 +191,25 @@ mod tests {
                 (2, "data")
             ]
         );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_where_it_is() {
+        let body = r#"[{"specversion": "1.0", "id": "a", "source": "s", "type": "t", "subject": "c"},
+                       {"specversion": "1.0", "id": "b", "source": "s", "type": "t", "subject": "c",
+                        "data": {"tokens": 5, "tokens": 500}}]"#;
+        let Err(ApiError::InvalidEvents(errors)) = to_events(body.as_bytes(), true) else {
+            panic!("refused");
+        };
+        assert_eq!(
+            (errors[0].index, errors[0].field.as_str()),
+            (1, "data.tokens")
+        );
+        let single = r#"{"specversion": "1.0", "id": "a", "subject": "c", "subject": "d"}"#;
+        let Err(ApiError::InvalidEvents(errors)) = to_events(single.as_bytes(), false) else {
+            panic!("refused");
+        };
+        assert_eq!((errors[0].index, errors[0].field.as_str()), (0, "subject"));
     }
 
     #[test]

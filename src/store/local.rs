@@ -295,9 +295,11 @@ async fn stop_stale(dir: &Path) -> anyhow::Result<()> {
     if let Some(owner) = parent.filter(|&p| p != std::process::id() as i32) {
         bail!(
             "the ClickHouse under {} belongs to process {owner}, which is still running: give \
-             --clickhouse-url with its address (http_port in {}) or use another --data-dir",
+             --clickhouse-url with its address (http_port in {}) and --clickhouse-password \
+             (METERHOUSE_CLICKHOUSE_PASSWORD) from {}, or use another --data-dir",
             dir.display(),
-            dir.join("config.xml").display()
+            dir.join("config.xml").display(),
+            dir.join("password").display()
         );
     }
     tracing::warn!(pid, "stopping a clickhouse-server left by a previous run");

@@ -60,10 +60,21 @@ async fn subscription(
         });
     };
     let (subscription, plan, report) = (current.subscription, current.plan, &current.report);
-    let minutes = plan
-        .usage_prices()
-        .next()
-        .and_then(|price| Some((price, current.usage.iter().find(|u| u.price == price.code)?)));
+    // The minutes are the first usage price of the plan in force; after a plan change inside
+    // the period, the minutes used count every phase's usage of that meter.
+    let minutes = plan.usage_prices().next().and_then(|price| {
+        let line = current
+            .usage
+            .iter()
+            .find(|u| u.plan == plan.code && u.price == price.code)?;
+        let used: rust_decimal::Decimal = current
+            .usage
+            .iter()
+            .filter(|u| u.meter == line.meter)
+            .map(|u| u.used_units)
+            .sum();
+        Some((price, line, used))
+    });
     // A subscription that ends (cancelled) has no next invoice to announce.
     let next_invoice_date = match subscription.ends_at {
         Some(_) => None,
@@ -83,14 +94,14 @@ async fn subscription(
         "next_invoice_date": next_invoice_date,
         "period_start": report.from,
         "period_end": report.to,
-        "included_minutes": minutes.map_or(0, |(_, u)| whole(u.included_units)),
+        "included_minutes": minutes.map_or(0, |(_, u, _)| whole(u.included_units)),
         "active_since": subscription.start_date,
         "price": number(plan.flat_amount()),
         "currency": plan.currency,
         "period": period(plan),
-        "overage_price_per_minute": minutes.and_then(|(p, _)| p.overage_unit_amount()).map(number),
+        "overage_price_per_minute": minutes.and_then(|(p, _, _)| p.overage_unit_amount()).map(number),
         "usage_based_billing_enabled": minutes.is_some(),
-        "minutes_count": minutes.map_or(0, |(_, u)| whole(u.used_units)),
+        "minutes_count": minutes.map_or(0, |(_, _, used)| whole(used)),
         "rollover_minutes_count": 0,
         "next_payment_date": next_invoice_date.unwrap_or(report.to),
         "next_invoice_amount": number(report.total),

@@ -241,11 +241,19 @@ impl Ctx<'_> {
                 Value::Object(item)
             })
             .collect();
-        let balances: Vec<Value> = current
-            .map(|c| c.usage.as_slice())
-            .unwrap_or_default()
+        // One balance per meter of the plan in force; after a plan change inside the period,
+        // what was used counts every phase's usage of the meter.
+        let lines = current.map(|c| c.usage.as_slice()).unwrap_or_default();
+        let in_force = current.map(|c| c.plan.code.as_str());
+        let balances: Vec<Value> = lines
             .iter()
+            .filter(|line| Some(line.plan.as_str()) == in_force)
             .filter_map(|line| {
+                let used: rust_decimal::Decimal = lines
+                    .iter()
+                    .filter(|l| l.meter == line.meter)
+                    .map(|l| l.used_units)
+                    .sum();
                 let meter = self.catalog.get::<Meter>(&line.meter)?;
                 let mut b = self.record(&meter.slug, self.catalog.changed_at::<Meter>(&meter.slug));
                 b.insert("name".into(), json!(meter.name));
@@ -258,7 +266,7 @@ impl Ctx<'_> {
                 // it (unlike `remaining_units`, which stops at 0).
                 b.insert(
                     "availableBalance".into(),
-                    number((line.included_units - line.used_units).normalize()),
+                    number((line.included_units - used).normalize()),
                 );
                 b.insert("subscriptionId".into(), json!(id));
                 Some(Value::Object(b))

@@ -67,6 +67,15 @@ async fn ingest_body(
     let (parts, body) = request.into_parts();
     let bytes =
         super::events::read_body(&parts.headers, body, super::events::Encodings::Gzip).await?;
+    // A key given twice would lose one of its values in the parse below: refused first.
+    if let Some(path) = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(crate::ingest::samples::first_duplicate_key)
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "{path}: appears twice in its object; send each key once"
+        )));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
 }
