@@ -23,6 +23,8 @@ pub struct LocalClickHouse {
     dir: PathBuf,
     http_port: u16,
     tcp_port: u16,
+    /// An HTTPS port too, with this certificate and key (PEM files).
+    tls: Option<(u16, PathBuf, PathBuf)>,
     child: Option<Child>,
     /// Dropping this ends the thread that spawned the child, which the child's
     /// parent-death signal is tied to; kept until the child is stopped.
@@ -32,17 +34,43 @@ pub struct LocalClickHouse {
 impl LocalClickHouse {
     /// Starts a server with its files under `data_dir/clickhouse`, on free loopback ports.
     pub async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_serving(data_dir, None).await
+    }
+
+    /// As [`Self::start`], also serving HTTPS ([`Self::https_url`]) with the certificate and
+    /// key in these PEM files.
+    pub async fn start_with_tls(
+        data_dir: &Path,
+        certificate: &Path,
+        key: &Path,
+    ) -> anyhow::Result<Self> {
+        let tls = (free_port()?, certificate.to_owned(), key.to_owned());
+        Self::start_serving(data_dir, Some(tls)).await
+    }
+
+    async fn start_serving(
+        data_dir: &Path,
+        tls: Option<(u16, PathBuf, PathBuf)>,
+    ) -> anyhow::Result<Self> {
         let dir = std::path::absolute(data_dir.join("clickhouse"))?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut server = Self {
             dir,
             http_port: free_port()?,
             tcp_port: free_port()?,
+            tls,
             child: None,
             keeper: None,
         };
         server.launch().await?;
         Ok(server)
+    }
+
+    /// The HTTPS URL, when started with TLS.
+    pub fn https_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(port, _, _)| format!("https://127.0.0.1:{port}"))
     }
 
     /// `url` if given, else a server started under `data_dir` (returned, to be stopped).
@@ -109,7 +137,11 @@ impl LocalClickHouse {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(HashMap::new)
-            .insert(self.url(), password);
+            .extend(
+                std::iter::once(self.url())
+                    .chain(self.https_url())
+                    .map(|url| (url, password.clone())),
+            );
         let binary = find_binary().context("clickhouse-server not found; install it (apt-get install -y clickhouse-server) or set --clickhouse-url")?;
         let log = std::fs::File::create(self.dir.join("stdout.log"))?;
         let mut command = Command::new(&binary.0);
@@ -189,10 +221,18 @@ impl LocalClickHouse {
   <keep_alive_timeout>3</keep_alive_timeout>
   <shutdown_wait_unfinished>2</shutdown_wait_unfinished>
   <merge_tree><parts_to_delay_insert>300</parts_to_delay_insert><parts_to_throw_insert>600</parts_to_throw_insert></merge_tree>
-</yandex>
+{tls}</yandex>
 "#,
             http = self.http_port,
             tcp = self.tcp_port,
+            tls = self.tls.as_ref().map_or_else(String::new, |(port, certificate, key)| format!(
+                "  <https_port>{port}</https_port>\n  <openSSL><server><certificateFile>{}</certificateFile>\
+                 <privateKeyFile>{}</privateKeyFile><verificationMode>none</verificationMode>\
+                 <loadDefaultCAFile>false</loadDefaultCAFile><disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>\
+                 <preferServerCiphers>true</preferServerCiphers></server></openSSL>\n",
+                certificate.display(),
+                key.display()
+            )),
         )
     }
 }

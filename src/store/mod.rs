@@ -81,7 +81,14 @@ fn server_code(message: &str) -> Option<u32> {
 impl From<clickhouse::error::Error> for StoreError {
     fn from(err: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
-        let text = err.to_string();
+        // With its causes, so that a refused certificate or a refused connection says so.
+        let mut text = err.to_string();
+        for cause in std::iter::successors(std::error::Error::source(&err), |e| e.source()) {
+            let cause = cause.to_string();
+            if !text.contains(&cause) {
+                text = format!("{text}: {cause}");
+            }
+        }
         match &err {
             E::Network(_) | E::TimedOut => Self::Unavailable(text),
             E::BadResponse(message) => match server_code(message) {
