@@ -1,6 +1,7 @@
 //! The vendors' official clients against a running meterhouse and a real ClickHouse:
 //! `lago-python-client`, `lark-billing` and `flexprice` (tests/clients/vendor_clients.py) and
-//! `@flowglad/node` (tests/clients/flowglad.cjs); and our own client, generated from
+//! `@flowglad/node` (tests/clients/flowglad.cjs), `@openmeter/sdk`'s event client
+//! (tests/clients/openmeter.cjs); and our own client, generated from
 //! `/openapi.json` by `openapi-python-client` after `openapi-spec-validator` has checked the
 //! document (tests/openapi/drive.py). `scripts/install-clients` installs them into
 //! `target/clients-venv`, `target/clients-node` and `target/openapi-venv`, pinned; `scripts/test`
@@ -127,7 +128,35 @@ async fn the_vendors_official_clients_work_unchanged() {
             &base,
             &[("NODE_PATH", &node_modules)],
         );
+        run(
+            Path::new("node"),
+            "tests/clients/openmeter.cjs",
+            &base,
+            &[("NODE_PATH", &node_modules)],
+        );
     })
     .await
     .unwrap();
+    // What OpenMeter's SDK sent is billed: 11 + 22 + 33 tokens, the repeated event once.
+    let now = chrono::Utc::now().timestamp_millis();
+    let path = format!(
+        "/v1/meters/tokens/query?from={}&to={}&customer=om_customer&window_size=day",
+        now - 86_400_000,
+        now + 60_000
+    );
+    let (status, series) = common::get_json(&app, &path, "read_key_a").await;
+    assert_eq!(status, 200, "{series}");
+    let total: rust_decimal::Decimal = series["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["value"]
+                .as_str()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, rust_decimal::Decimal::from(66), "{series}");
 }
