@@ -83,7 +83,7 @@ pub fn hash_key(key: &str) -> KeyHash {
 pub struct KeyRing {
     keys: Arc<RwLock<HashMap<KeyHash, Principal>>>,
     /// The keys given in configuration: listed as such, never revoked through the API.
-    configured: Arc<RwLock<HashMap<KeyHash, Principal>>>,
+    configured: Arc<RwLock<std::collections::HashSet<KeyHash>>>,
     /// Keys revoked since this process started: never inserted again, so a refresh that read
     /// the stored keys before a revocation cannot bring one back.
     revoked: Arc<RwLock<std::collections::HashSet<KeyHash>>>,
@@ -126,22 +126,12 @@ impl KeyRing {
             }
             let hash = hash_key(key);
             ring.insert(hash, tenant, role, customer);
-            if let Some(principal) = ring.get(&hash) {
-                ring.configured
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(hash, principal);
-            }
+            ring.configured
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(hash);
         }
         Ok(ring)
-    }
-
-    fn get(&self, hash: &KeyHash) -> Option<Principal> {
-        self.keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(hash)
-            .cloned()
     }
 
     /// Stops accepting a stored key; a configured one stays.
@@ -163,16 +153,18 @@ impl KeyRing {
         self.configured
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(hash)
+            .contains(hash)
     }
 
-    /// The configured keys of `tenant`: digest and principal.
+    /// The configured keys of `tenant`: digest and principal (a configured key is never
+    /// removed from the ring, so the ring holds each one's principal).
     pub fn configured_of(&self, tenant: &str) -> Vec<(KeyHash, Principal)> {
         let configured = self.configured.read().unwrap_or_else(|e| e.into_inner());
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         let mut keys: Vec<_> = configured
             .iter()
+            .filter_map(|h| Some((*h, keys.get(h)?.clone())))
             .filter(|(_, p)| &*p.tenant == tenant)
-            .map(|(h, p)| (*h, p.clone()))
             .collect();
         keys.sort_by_key(|(h, _)| *h);
         keys

@@ -18,7 +18,6 @@ use crate::billing::period::Timeline;
 use crate::catalog::subscription::{SubscriptionInput, effective_at};
 use crate::catalog::{CatalogError, Customer, Item, Meter, Plan, Subscription, TenantCatalog};
 use crate::error::ApiError;
-use crate::store::StoreError;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -114,12 +113,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::NotFound { kind, message } => {
                 ApiError::not_found(kind.not_found_code(), message)
             }
-            CatalogError::Store(StoreError::Unavailable(_)) => {
-                ApiError::Unavailable { retry_after_s: 1 }
-            }
-            CatalogError::Store(StoreError::Rejected(detail) | StoreError::OverBudget(detail)) => {
-                ApiError::Internal(detail)
-            }
+            CatalogError::Store(err) => err.into(),
         }
     }
 }

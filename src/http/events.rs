@@ -198,11 +198,12 @@ pub async fn read_body(
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|e| {
-            let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
-            let source = std::error::Error::source(&e);
-            if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            let caused_by = |is: fn(&(dyn std::error::Error + 'static)) -> bool| {
+                std::iter::successors(std::error::Error::source(&e), |s| s.source()).any(is)
+            };
+            if caused_by(|s| s.is::<http_body_util::LengthLimitError>()) {
                 too_large()
-            } else if causes.any(|s| s.is::<tower_http::timeout::TimeoutError>()) {
+            } else if caused_by(|s| s.is::<tower_http::timeout::TimeoutError>()) {
                 ApiError::http(
                     StatusCode::REQUEST_TIMEOUT,
                     "request_timeout",

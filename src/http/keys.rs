@@ -77,9 +77,7 @@ async fn list(
             source: "configuration",
         })
         .collect();
-    let (stored, revoked) = stored_and_revoked(&state.store)
-        .await
-        .map_err(store_error)?;
+    let (stored, revoked) = stored_and_revoked(&state.store).await?;
     for row in stored {
         let Some((hash, role)) = parsed(&row) else {
             continue;
@@ -119,9 +117,7 @@ async fn revoke(
             "key '{id}' comes from the configuration (METERHOUSE_API_KEYS): remove it there"
         )));
     }
-    let (stored, revoked) = stored_and_revoked(&state.store)
-        .await
-        .map_err(store_error)?;
+    let (stored, revoked) = stored_and_revoked(&state.store).await?;
     let hash = stored
         .iter()
         .filter(|row| row.tenant == *principal.tenant)
@@ -139,9 +135,7 @@ async fn revoke(
         tenant: principal.tenant.to_string(),
         revoked_at: chrono::Utc::now().timestamp() as u32,
     };
-    insert_revocation(&state.store, &row)
-        .await
-        .map_err(store_error)?;
+    insert_revocation(&state.store, &row).await?;
     state.keys.remove(&hash);
     tracing::info!(tenant = %principal.tenant, key = %id, "api key revoked");
     Ok(StatusCode::NO_CONTENT)
@@ -162,13 +156,6 @@ async fn insert_revocation(store: &Store, row: &Revocation) -> Result<(), StoreE
     insert.write(row).await?;
     insert.end().await?;
     Ok(())
-}
-
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Unavailable(_) => ApiError::Unavailable { retry_after_s: 1 },
-        StoreError::Rejected(detail) | StoreError::OverBudget(detail) => ApiError::Internal(detail),
-    }
 }
 
 /// A stored row's digest and role, if both are well-formed.
@@ -269,7 +256,7 @@ async fn create(
         created_at: now.timestamp() as u32,
         version: now.timestamp_micros() as u64,
     };
-    store_key(&state.store, &row).await.map_err(store_error)?;
+    store_key(&state.store, &row).await?;
     state.keys.insert(
         hash,
         &principal.tenant,

@@ -20,7 +20,28 @@ use crate::error::ApiError;
 use crate::ingest::Ingestor;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// A store error as the API answers it, the one mapping for every route: down is `503` with
+/// `Retry-After`, a read past its budget `422 query_too_large` (logged in the request's span,
+/// which names route and tenant), a refused statement an internal error.
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => ApiError::Unavailable { retry_after_s: 1 },
+            StoreError::OverBudget(detail) => {
+                tracing::warn!(detail = %detail, "a read exceeded its query budget");
+                ApiError::Unprocessable {
+                    code: "query_too_large",
+                    message: "the request would exceed the per-query time or memory budget; \
+                              narrow it (a shorter window, fewer group_by keys or customers)"
+                        .into(),
+                }
+            }
+            StoreError::Rejected(_) => ApiError::Internal(err.to_string()),
+        }
+    }
+}
 
 /// Cheap handles shared by every handler.
 #[derive(Clone, FromRef)]

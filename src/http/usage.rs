@@ -23,7 +23,6 @@ use crate::catalog::Meter;
 use crate::catalog::{Customer, Subscription, TenantCatalog};
 use crate::error::ApiError;
 use crate::ingest::parse::parse_instant;
-use crate::store::StoreError;
 use crate::store::usage::{SeriesQuery, WindowSize, series};
 use crate::usage::{Subject, UsageError, UsageReport, report};
 
@@ -38,19 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 impl From<UsageError> for ApiError {
     fn from(err: UsageError) -> Self {
         match err {
-            UsageError::Store(StoreError::Unavailable(_)) => {
-                ApiError::Unavailable { retry_after_s: 1 }
-            }
-            UsageError::Store(StoreError::OverBudget(detail)) => {
-                // The request's span carries its route and tenant.
-                tracing::warn!(detail = %detail, "a read exceeded its query budget");
-                ApiError::Unprocessable {
-                    code: "query_too_large",
-                    message: "the request would exceed the per-query time or memory budget; \
-                              narrow it (a shorter window, fewer group_by keys or customers)"
-                        .into(),
-                }
-            }
+            UsageError::Store(err) => err.into(),
             UsageError::Period(PeriodError::TooManyPeriods(n)) => ApiError::InvalidRequest(
                 format!("the window spans more than {n} billing periods; ask for a shorter one"),
             ),

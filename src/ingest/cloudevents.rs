@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, EventError};
-use crate::ingest::samples::first_duplicate_key;
+use crate::ingest::samples::{DUPLICATE_KEY, first_duplicate_key};
 
 /// The attributes an event may carry.
 const KNOWN: [&str; 8] = [
@@ -42,7 +42,7 @@ pub fn to_events(body: &[u8], batch: bool) -> Result<Vec<u8>, ApiError> {
         return Err(ApiError::InvalidEvents(vec![EventError {
             index,
             field,
-            message: "appears twice in its object; send each key once".into(),
+            message: DUPLICATE_KEY.into(),
         }]));
     }
     let parsed: Value = serde_json::from_str(text)

@@ -224,10 +224,7 @@ fn validate_one(
         return None;
     }
     if let Some(path) = samples::first_duplicate_key(properties_text) {
-        report(
-            &format!("properties.{path}"),
-            "appears twice in its object; send each key once".into(),
-        );
+        report(&format!("properties.{path}"), samples::DUPLICATE_KEY.into());
         return None;
     }
     let (id, customer, event_type, ts_ms) = (id?, customer?, event_type?, ts_ms?);

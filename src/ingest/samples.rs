@@ -84,6 +84,9 @@ impl<'de> Deserialize<'de> for Props<'de> {
     }
 }
 
+/// What the refusal of a key given twice says (after the key's path).
+pub const DUPLICATE_KEY: &str = "appears twice in its object; send each key once";
+
 /// The path of the first key that appears twice in one object of `text` (a JSON object,
 /// nested objects and arrays included), e.g. `usage.tokens` or `items[2].id`. JSON readers
 /// disagree on which of the two values counts, so an event carrying one is refused. Values are
@@ -171,8 +174,7 @@ fn exact_duplicate_key(text: &str) -> Option<String> {
                     return Some(key.to_string());
                 }
                 if let Some(inner) = exact_duplicate_key(value.get()) {
-                    let dot = if inner.starts_with('[') { "" } else { "." };
-                    return Some(format!("{key}{dot}{inner}"));
+                    return Some(joined(key, &inner));
                 }
             }
             None
@@ -181,12 +183,17 @@ fn exact_duplicate_key(text: &str) -> Option<String> {
             let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
             items.iter().enumerate().find_map(|(i, item)| {
                 let inner = exact_duplicate_key(item.get())?;
-                let dot = if inner.starts_with('[') { "" } else { "." };
-                Some(format!("[{i}]{dot}{inner}"))
+                Some(joined(&format!("[{i}]"), &inner))
             })
         }
         _ => None,
     }
+}
+
+/// `outer` then `inner` as one path: `a.b`, `a[2]`.
+fn joined(outer: &str, inner: &str) -> String {
+    let dot = if inner.starts_with('[') { "" } else { "." };
+    format!("{outer}{dot}{inner}")
 }
 
 /// An object key: borrowed unless it had escapes.

@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, mpsc};
+use std::sync::{LazyLock, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -133,15 +133,11 @@ impl LocalClickHouse {
         let password = password_in(&self.dir)?;
         std::fs::write(self.dir.join("config.xml"), self.config_xml())?;
         write_private(&self.dir.join("users.xml"), &users_xml(&password))?;
-        OWNED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(HashMap::new)
-            .extend(
-                std::iter::once(self.url())
-                    .chain(self.https_url())
-                    .map(|url| (url, password.clone())),
-            );
+        OWNED.lock().unwrap_or_else(|e| e.into_inner()).extend(
+            std::iter::once(self.url())
+                .chain(self.https_url())
+                .map(|url| (url, password.clone())),
+        );
         let binary = find_binary().context("clickhouse-server not found; install it (apt-get install -y clickhouse-server) or set --clickhouse-url")?;
         let log = std::fs::File::create(self.dir.join("stdout.log"))?;
         let mut command = Command::new(&binary.0);
@@ -248,12 +244,12 @@ impl Drop for LocalClickHouse {
 }
 
 /// The passwords of the servers this process owns, by URL.
-static OWNED: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+static OWNED: LazyLock<Mutex<HashMap<String, String>>> = LazyLock::new(Mutex::default);
 
 /// The password of the server this process owns at `url`, if it owns one there.
 pub fn password_of(url: &str) -> Option<String> {
     let owned = OWNED.lock().unwrap_or_else(|e| e.into_inner());
-    owned.as_ref()?.get(url.trim_end_matches('/')).cloned()
+    owned.get(url.trim_end_matches('/')).cloned()
 }
 
 /// The password kept in `dir`, made (random, owner-only) if there is none yet.

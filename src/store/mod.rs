@@ -114,7 +114,6 @@ pub struct Store {
     client: Client,
     /// `client` with the read budget of a request's statements.
     reader: Client,
-    budget: (u64, u64),
     database: String,
     dirty: Arc<DirtyHours>,
     usage_cache: Arc<usage_cache::UsageCache>,
@@ -143,10 +142,11 @@ impl Store {
             .with_database(&config.database)
             // Old servers lack RowBinaryWithNamesAndTypes input; `connect` turns it back on.
             .with_validation(false);
-        let budget = (config.read_timeout_s, config.read_memory_bytes);
         Self {
-            reader: with_budget(client.clone(), budget),
-            budget,
+            reader: with_budget(
+                client.clone(),
+                (config.read_timeout_s, config.read_memory_bytes),
+            ),
             client,
             database: config.database.clone(),
             dirty: Arc::default(),
@@ -231,7 +231,7 @@ impl Store {
         let version: String = bare.query("SELECT version()").fetch_one().await?;
         if major_version(&version) >= 24 {
             self.client = self.client.with_validation(true);
-            self.reader = with_budget(self.client.clone(), self.budget);
+            self.reader = self.reader.with_validation(true);
         }
         tracing::info!(clickhouse_version = %version, database = %self.database, "connected to clickhouse");
         bare.query(&format!(

@@ -73,7 +73,8 @@ async fn ingest_body(
         .and_then(crate::ingest::samples::first_duplicate_key)
     {
         return Err(ApiError::InvalidRequest(format!(
-            "{path}: appears twice in its object; send each key once"
+            "{path}: {}",
+            crate::ingest::samples::DUPLICATE_KEY
         )));
     }
     serde_json::from_slice(&bytes)
