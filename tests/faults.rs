@@ -6,12 +6,12 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{KEYS, TestApp, clickhouse_url, scratch_dir, spawn_with, test_config};
+use common::{KEYS, Service, TestApp, clickhouse_url, scratch_dir, spawn_with, test_config};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,22 +22,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A service process, killed (SIGKILL) when dropped, so a failing test leaves none behind.
-struct Service(Child);
-
-impl Service {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// `meterhouse serve` as its own process on `port`, on the shared test ClickHouse.

@@ -69,31 +69,33 @@ async fn the_service_works_over_https_to_a_clickhouse_it_trusts() {
         .port();
     let catalog = scratch_dir("tls-catalog.json");
     std::fs::write(&catalog, common::CATALOG).unwrap();
-    let mut service = Command::new(env!("CARGO_BIN_EXE_meterhouse"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--clickhouse-url",
-            &https,
-        ])
-        .args([
-            "--database",
-            "tls",
-            "--api-keys",
-            KEYS,
-            "--batch-max-wait-ms",
-            "5",
-        ])
-        .arg("--catalog")
-        .arg(&catalog)
-        .env("METERHOUSE_CLICKHOUSE_PASSWORD", &password)
-        .env("SSL_CERT_FILE", &ca)
-        .env_remove("SSL_CERT_DIR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start meterhouse serve");
+    let mut service = common::Service(
+        Command::new(env!("CARGO_BIN_EXE_meterhouse"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--clickhouse-url",
+                &https,
+            ])
+            .args([
+                "--database",
+                "tls",
+                "--api-keys",
+                KEYS,
+                "--batch-max-wait-ms",
+                "5",
+            ])
+            .arg("--catalog")
+            .arg(&catalog)
+            .env("METERHOUSE_CLICKHOUSE_PASSWORD", &password)
+            .env("SSL_CERT_FILE", &ca)
+            .env_remove("SSL_CERT_DIR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start meterhouse serve"),
+    );
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -136,6 +138,5 @@ async fn the_service_works_over_https_to_a_clickhouse_it_trusts() {
         .await
         .unwrap();
     assert_eq!(series["data"][0]["value"], "42", "{series}");
-    let _ = service.kill();
-    let _ = service.wait();
+    service.kill();
 }

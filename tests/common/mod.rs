@@ -282,3 +282,20 @@ pub async fn get_json(app: &TestApp, path: &str, key: &str) -> (u16, Value) {
         response.json().await.unwrap_or(Value::Null),
     )
 }
+
+/// A process a test started (a `meterhouse serve`, say), killed (SIGKILL) when dropped, so a
+/// failing test leaves none behind.
+pub struct Service(pub std::process::Child);
+
+impl Service {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
