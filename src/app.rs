@@ -15,9 +15,9 @@ use crate::ingest::batcher::{self, BatcherHandle, Settings};
 use crate::ingest::dedup::DedupSet;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
+use crate::readmodel::{UsageReader, preload};
 use crate::store::local::LocalClickHouse;
-use crate::store::{Store, migrate, usage_cache};
-use crate::usage;
+use crate::store::{Store, migrate};
 
 /// A built service, ready to serve.
 pub struct Application {
@@ -60,7 +60,6 @@ async fn connect_with_retry(store: Store, patience: Duration) -> anyhow::Result<
 impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let (store, owned_clickhouse) = open_store(config).await?;
-        let store = store.with_usage_cache(config.usage_cache_customers);
         let now_ms = chrono::Utc::now().timestamp_millis();
         let dedup = DedupSet::load(&store, config.dedup_window(), config.dedup_max_ids, now_ms)
             .await
@@ -95,25 +94,31 @@ impl Application {
             queue_max_events: config.queue_max_events,
             ack_timeout: config.ack_timeout(),
         };
-        let (ingestor, batcher) = batcher::start(store.clone(), dedup, settings, metrics.clone());
         let mut background = vec![
             http::keys::spawn_refresh(store.clone(), keys.clone(), http::keys::REFRESH_EVERY),
             catalog.spawn_refresh(Duration::from_secs(1)),
         ];
-        if config.usage_cache_customers > 0 {
+        let usage = if config.usage_cache_customers > 0 {
             let every = Duration::from_millis(config.usage_changes_poll_ms);
-            // The first poll sets the mark the next ones read from, before any usage is read.
-            let since = usage_cache::poll(&store, None).await.ok();
-            background.push(usage_cache::spawn_poll(store.clone(), every, since));
+            let (usage, poller) =
+                UsageReader::with_cache(store.clone(), config.usage_cache_customers, every).await;
+            background.push(poller);
             if config.usage_preload_every_s > 0 {
                 let every = Duration::from_secs(config.usage_preload_every_s);
-                let (store, catalog) = (store.clone(), catalog.clone());
-                background.push(usage::spawn_load_current_periods(store, catalog, every));
+                let (usage, catalog) = (usage.clone(), catalog.clone());
+                background.push(preload::spawn_load_current_periods(usage, catalog, every));
             }
-        }
+            usage
+        } else {
+            UsageReader::uncached(store.clone())
+        };
+        let observer = std::sync::Arc::new(usage.clone());
+        let (ingestor, batcher) =
+            batcher::start(store.clone(), dedup, settings, metrics.clone(), observer);
         let limits = RateLimits::new(config.rate_limit_rps, config.rate_limit_eps);
         let state = AppState {
             store,
+            usage,
             ingestor,
             catalog,
             keys,
@@ -190,7 +195,8 @@ pub async fn shutdown_signal() {
 /// harnesses.
 pub struct InProcess {
     pub base: String,
-    pub store: crate::store::Store,
+    pub store: Store,
+    pub usage: UsageReader,
     pub catalog: Catalog,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -201,6 +207,7 @@ impl InProcess {
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         let app = Application::build(config).await?;
         let store = app.state().store.clone();
+        let usage = app.state().usage.clone();
         let catalog = app.state().catalog.clone();
         let metrics = app.state().metrics.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -212,6 +219,7 @@ impl InProcess {
         Ok(Self {
             base,
             store,
+            usage,
             catalog,
             metrics,
             stop,

@@ -64,7 +64,7 @@ pub async fn run(
     let snapshot = catalog.tenant(tenant);
     let missing = || BackfillError::NoMeter(meter.to_owned(), tenant.to_owned());
     let event_type = snapshot
-        .get::<crate::catalog::Meter>(meter)
+        .get::<crate::domain::Meter>(meter)
         .ok_or_else(missing)?
         .event_type
         .clone();
@@ -75,24 +75,14 @@ pub async fn run(
         .cloned()
         .ok_or_else(missing)?;
     let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
-    let sampled: HashSet<String> = store
-        .client()
-        .query(queries::SAMPLED_EVENT_IDS)
-        .bind(tenant)
-        .bind(meter)
-        .bind(from_ms)
-        .bind(to_ms)
+    let sampled: HashSet<String> = queries::sampled_event_ids(tenant, meter, from_ms, to_ms)
+        .query(store.client())
         .fetch_all::<String>()
         .await?
         .into_iter()
         .collect();
-    let mut cursor = store
-        .client()
-        .query(queries::EVENTS_OF_TYPE)
-        .bind(tenant)
-        .bind(&event_type)
-        .bind(from_ms)
-        .bind(to_ms)
+    let mut cursor = queries::events_of_type(tenant, &event_type, from_ms, to_ms)
+        .query(store.client())
         .fetch::<StoredEvent>()?;
     let tenant_name: std::sync::Arc<str> = tenant.into();
     let batch_id: u64 = rand::random();

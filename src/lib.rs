@@ -21,21 +21,18 @@
 
 #![warn(rust_2018_idioms, unreachable_pub)]
 
-pub mod account;
 pub mod app;
 pub mod auth;
 pub mod backfill;
 pub mod billing;
 pub mod catalog;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod limits;
-pub mod loadgen;
 pub mod metrics;
-pub mod readbench;
+pub mod readmodel;
 pub mod server;
-pub mod soak;
 pub mod store;
-pub mod usage;

@@ -3,7 +3,6 @@
 use clap::{Parser, Subcommand};
 use meterhouse::app::{self, Application};
 use meterhouse::config::Config;
-use meterhouse::loadgen::{self, LoadgenArgs};
 
 #[derive(Parser)]
 #[command(
@@ -24,12 +23,6 @@ enum Command {
     Migrate(Box<Config>),
     /// Write the samples (and rollups) of a meter for events that arrived before it existed.
     Backfill(BackfillArgs),
-    /// Measure ingest throughput and latency against a direct-insert baseline.
-    Loadgen(LoadgenArgs),
-    /// Measure read latency on a generated store against a naive raw-events baseline.
-    Readbench(meterhouse::readbench::ReadbenchArgs),
-    /// Ingest at a steady rate with concurrent readers for a long time; check the store.
-    Soak(meterhouse::soak::SoakArgs),
 }
 
 /// The service allocates per event; mimalloc measured faster than the system allocator
@@ -77,21 +70,6 @@ async fn main() -> anyhow::Result<()> {
                 clickhouse.stop().await;
             }
             println!("{}", serde_json::to_string_pretty(&outcome?)?);
-            Ok(())
-        }
-        Command::Readbench(args) => {
-            let report = meterhouse::readbench::run(args).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Command::Soak(args) => {
-            let report = meterhouse::soak::run(args).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Command::Loadgen(args) => {
-            let report = loadgen::run(args).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
     }

@@ -488,8 +488,8 @@ async fn shutdown_flushes_a_pending_batch_before_exiting() {
 
 #[tokio::test]
 async fn a_batch_stored_without_its_samples_is_repaired_when_settled() {
-    use meterhouse::ingest::batcher::landed;
     use meterhouse::ingest::parse::{Context, decode};
+    use meterhouse::ingest::settle::landed;
     let app = spawn_app("repair").await;
     let store = app.store().await;
     // As if the insert stopped after `events` and before its view wrote `usage_samples`.

@@ -2,7 +2,10 @@
 //! fails and every acknowledged event is stored (the harness checks the store). The long run
 //! (`meterhouse soak`, 10 minutes) is in BENCHMARKS.md.
 
-use meterhouse::soak::{SoakArgs, run};
+#[path = "../benches/harness/soak.rs"]
+mod soak;
+
+use soak::{SoakArgs, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_has_no_errors_and_loses_nothing() {

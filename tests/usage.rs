@@ -6,8 +6,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::spawn_app;
-use meterhouse::catalog::Aggregation;
-use meterhouse::store::usage::{UsageQuery, project, usage, usage_of_meters};
+use meterhouse::domain::Aggregation;
+use meterhouse::readmodel::report::groups_of_price;
+use meterhouse::readmodel::{UsageQuery, UsageReader};
+use meterhouse::store::usage_sql::GroupUsage;
 use rust_decimal::Decimal;
 use serde_json::json;
 
@@ -18,7 +20,7 @@ async fn total(
     aggregation: Aggregation,
     from: i64,
     to: i64,
-) -> Option<meterhouse::store::usage::GroupUsage> {
+) -> Option<GroupUsage> {
     let q = UsageQuery {
         tenant: "acme",
         meter,
@@ -28,7 +30,12 @@ async fn total(
         to_ms: to,
         group_by: &[],
     };
-    usage(store, &q).await.unwrap().into_iter().next()
+    reader(store).of_meter(&q).await.unwrap().into_iter().next()
+}
+
+/// Reads of `store` that keep nothing in memory.
+fn reader(store: &meterhouse::store::Store) -> UsageReader {
+    UsageReader::uncached(store.clone())
 }
 
 struct Sent {
@@ -131,7 +138,7 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
                 to_ms: to,
                 group_by: &group_by,
             };
-            let got = usage(&store, &q).await.unwrap();
+            let got = reader(&store).of_meter(&q).await.unwrap();
             assert_eq!(got.len(), expected.len(), "groups in [{from}, {to})");
             for (g, (model, es)) in got.iter().zip(&expected) {
                 assert_eq!(g.group, vec![model.to_string()]);
@@ -157,17 +164,18 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
             // The combined read of a subscription's meters gives the same groups, and the
             // same total where the groups' values can be merged.
             let meters = [("v", aggregation), ("users", Aggregation::UniqueCount)];
-            let rows = usage_of_meters(&store, "acme", "c1", (from, to), &meters)
+            let rows = reader(&store)
+                .of_meters_from_store("acme", "c1", (from, to), &meters)
                 .await
                 .unwrap()
                 .expect("nothing marked dirty");
             let of = |meter: &str| rows.iter().filter(|r| r.meter == meter).collect::<Vec<_>>();
             assert_eq!(
-                project(&of("v"), &group_by, aggregation),
+                groups_of_price(&of("v"), &group_by, aggregation),
                 Some(got),
                 "combined {aggregation:?} [{from}, {to})"
             );
-            let whole = project(&of("v"), &[], aggregation);
+            let whole = groups_of_price(&of("v"), &[], aggregation);
             if aggregation == Aggregation::Latest {
                 assert_eq!(whole, None, "latest values of two groups do not merge");
             } else {
@@ -178,7 +186,7 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
                     "{aggregation:?} total"
                 );
             }
-            let users = project(&of("users"), &[], Aggregation::UniqueCount).unwrap();
+            let users = groups_of_price(&of("users"), &[], Aggregation::UniqueCount).unwrap();
             let alone = total(&store, "users", Aggregation::UniqueCount, from, to).await;
             assert_eq!(
                 users,
@@ -195,7 +203,7 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
             to_ms: to,
             group_by: &[],
         };
-        let users = usage(&store, &q).await.unwrap();
+        let users = reader(&store).of_meter(&q).await.unwrap();
         let expected_users: BTreeSet<u32> = inside.iter().map(|e| e.user).collect();
         assert_eq!(
             users.first().map_or(Decimal::ZERO, |u| u.value),
@@ -213,7 +221,7 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
         to_ms: end_ms + hour,
         group_by: &group_by,
     };
-    assert!(usage(&store, &q).await.unwrap().is_empty());
+    assert!(reader(&store).of_meter(&q).await.unwrap().is_empty());
     app.shutdown().await;
 }
 
@@ -535,24 +543,23 @@ async fn hours_marked_dirty_are_read_from_samples() {
         .await
         .unwrap();
     let (from, to) = (hour - 3_600_000, hour + 2 * 3_600_000);
-    let count = |u: Option<meterhouse::store::usage::GroupUsage>| u.map_or(0, |u| u.count);
+    let count = |u: Option<GroupUsage>| u.map_or(0, |u| u.count);
     assert_eq!(
         count(total(&store, "calls", Aggregation::Count, from, to).await),
         3,
         "the rollup lacks the batch"
     );
 
-    store
-        .client()
-        .query(meterhouse::store::queries::MARK_DIRTY_HOURS)
-        .bind(chrono::Utc::now().timestamp_millis())
-        .bind(hour - 1)
-        .bind(vec![77u64])
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    meterhouse::store::queries::mark_dirty_hours(now_ms, hour - 1, &[77])
+        .query(store.client())
         .execute()
         .await
         .unwrap();
     let meters = [("calls", Aggregation::Count)];
-    let combined = usage_of_meters(&store, "acme", "c1", (from, to), &meters).await;
+    let combined = reader(&store)
+        .of_meters_from_store("acme", "c1", (from, to), &meters)
+        .await;
     assert_eq!(combined.unwrap().unwrap()[0].count, 3, "nothing marked yet");
     // Another process learns of marks within a second.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -562,9 +569,13 @@ async fn hours_marked_dirty_are_read_from_samples() {
     );
     // The combined read of a subscription's meters gives way to the per-meter read, which
     // takes the marked hour from samples.
-    let combined = usage_of_meters(&store, "acme", "c1", (from, to), &meters).await;
+    let combined = reader(&store)
+        .of_meters_from_store("acme", "c1", (from, to), &meters)
+        .await;
     assert_eq!(combined.unwrap(), None);
-    let other_customer = usage_of_meters(&store, "acme", "c2", (from, to), &meters).await;
+    let other_customer = reader(&store)
+        .of_meters_from_store("acme", "c2", (from, to), &meters)
+        .await;
     assert_eq!(
         other_customer.unwrap(),
         Some(vec![]),
@@ -642,7 +653,8 @@ async fn a_store_of_the_meter_keyed_layout_is_copied_into_the_customer_keyed_one
     let store = app.store().await;
     let meters = [("calls", Aggregation::Count)];
     let window = (hour - 3_600_000, hour + 2 * 3_600_000);
-    let rows = usage_of_meters(&store, "acme", "c1", window, &meters)
+    let rows = reader(&store)
+        .of_meters_from_store("acme", "c1", window, &meters)
         .await
         .unwrap()
         .unwrap();
@@ -664,14 +676,7 @@ async fn usage_changes_list_changed_customers_and_old_days_are_dropped() {
     let changed = |own: Vec<u64>| {
         let store = store.clone();
         async move {
-            let rows: Vec<(String, String)> = store
-                .client()
-                .query(meterhouse::store::queries::USAGE_CHANGED_SINCE)
-                .bind(0u32)
-                .bind(own)
-                .fetch_all()
-                .await
-                .unwrap();
+            let rows = store.usage_changed_since(0, &own).await.unwrap();
             rows.into_iter()
                 .map(|(t, c)| format!("{t}/{c}"))
                 .collect::<BTreeSet<_>>()
@@ -707,7 +712,7 @@ async fn usage_changes_list_changed_customers_and_old_days_are_dropped() {
         .await
         .unwrap();
     assert!(changed(batches).await.contains("acme/yesterday"));
-    meterhouse::store::usage_cache::prune(&store).await.unwrap();
+    store.prune_usage_changes().await.unwrap();
     let left: Vec<String> = store
         .client()
         .query("SELECT arrayJoin(customers) AS c FROM usage_change_batches ORDER BY c")

@@ -1,295 +1,33 @@
 //! The tenants' catalog: meters, plans, customers and subscriptions.
 //!
-//! Stored in ClickHouse (`catalog`, one versioned JSON document per key) and held in memory as
-//! one immutable snapshot per tenant, swapped on every change; reads never wait on a write.
-//! Other processes' writes arrive by polling for newer versions ([`Catalog::refresh`]).
+//! Stored in ClickHouse (`catalog`, one versioned JSON document per key; `store::catalog`) and
+//! held in memory as one immutable snapshot per tenant, swapped on every change; reads never
+//! wait on a write. Other processes' writes arrive by polling for newer versions
+//! ([`Catalog::refresh`]).
+//!
+//! - `item`: the document kinds and their checks.
+//! - `snapshot`: one tenant's catalog at one moment.
+//! - `seed`: seed files.
 
-pub mod customer;
-pub mod meter;
-pub mod plan;
-pub mod subscription;
+mod item;
+mod seed;
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use item::not_found;
+pub use item::{CatalogError, Item, Kind};
+pub use seed::{Seed, SeedTenant};
+pub use snapshot::{MeterEntry, TenantCatalog};
 
-pub use customer::Customer;
-pub use meter::{Aggregation, Meter};
-pub use plan::Plan;
-pub use subscription::Subscription;
-
-use crate::store::{Store, StoreError, queries};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Meter,
-    Plan,
-    Customer,
-    Subscription,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Meter => "meter",
-            Self::Plan => "plan",
-            Self::Customer => "customer",
-            Self::Subscription => "subscription",
-        }
-    }
-
-    /// The docs/api.md error code for a missing item of this kind.
-    pub fn not_found_code(self) -> &'static str {
-        match self {
-            Self::Meter => "meter_not_found",
-            Self::Plan => "plan_not_found",
-            Self::Customer => "customer_not_found",
-            Self::Subscription => "subscription_not_found",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    /// The document itself is wrong; the message names the field.
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{message}")]
-    NotFound { kind: Kind, message: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-fn not_found(kind: Kind, field: &str, key: &str) -> CatalogError {
-    let prefix = if field.is_empty() {
-        String::new()
-    } else {
-        format!("{field}: ")
-    };
-    CatalogError::NotFound {
-        kind,
-        message: format!("{prefix}no {} '{key}' in this tenant", kind.as_str()),
-    }
-}
-
-/// A catalog document kind.
-pub trait Item: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
-    const KIND: Kind;
-    fn key(&self) -> &str;
-    fn map(catalog: &TenantCatalog) -> &BTreeMap<String, Self>;
-    fn map_mut(catalog: &mut TenantCatalog) -> &mut BTreeMap<String, Self>;
-    /// Checks the document and its references against the tenant's catalog.
-    fn check(&self, catalog: &TenantCatalog) -> Result<(), CatalogError>;
-}
-
-impl Item for Meter {
-    const KIND: Kind = Kind::Meter;
-    fn key(&self) -> &str {
-        &self.slug
-    }
-    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
-        &c.meters
-    }
-    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
-        &mut c.meters
-    }
-    fn check(&self, _: &TenantCatalog) -> Result<(), CatalogError> {
-        self.validate().map_err(CatalogError::Invalid)
-    }
-}
-
-impl Item for Plan {
-    const KIND: Kind = Kind::Plan;
-    fn key(&self) -> &str {
-        &self.code
-    }
-    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
-        &c.plans
-    }
-    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
-        &mut c.plans
-    }
-    fn check(&self, catalog: &TenantCatalog) -> Result<(), CatalogError> {
-        self.validate().map_err(CatalogError::Invalid)?;
-        for (i, price) in self.prices.iter().enumerate() {
-            if let Some(meter) = &price.meter
-                && !catalog.meters.contains_key(meter)
-            {
-                return Err(not_found(Kind::Meter, &format!("prices[{i}].meter"), meter));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Item for Customer {
-    const KIND: Kind = Kind::Customer;
-    fn key(&self) -> &str {
-        &self.external_id
-    }
-    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
-        &c.customers
-    }
-    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
-        &mut c.customers
-    }
-    fn check(&self, _: &TenantCatalog) -> Result<(), CatalogError> {
-        self.validate().map_err(CatalogError::Invalid)
-    }
-}
-
-impl Item for Subscription {
-    const KIND: Kind = Kind::Subscription;
-    fn key(&self) -> &str {
-        &self.external_id
-    }
-    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
-        &c.subscriptions
-    }
-    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
-        &mut c.subscriptions
-    }
-    fn check(&self, catalog: &TenantCatalog) -> Result<(), CatalogError> {
-        if !plan::is_key(&self.external_id) {
-            return Err(CatalogError::Invalid(format!(
-                "external_id: {}",
-                plan::KEY_RULE
-            )));
-        }
-        if !catalog.customers.contains_key(&self.customer) {
-            return Err(not_found(Kind::Customer, "customer", &self.customer));
-        }
-        for phase in &self.phases {
-            if !catalog.plans.contains_key(&phase.plan) {
-                return Err(not_found(Kind::Plan, "plan", &phase.plan));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A meter with the strings every sample repeats, shared rather than copied per event.
-#[derive(Debug)]
-pub struct MeterEntry {
-    pub meter: Meter,
-    pub slug: Arc<str>,
-    /// The meter's `group_by`, then any other property a price on it groups by.
-    pub group_keys: Arc<[String]>,
-}
-
-/// One tenant's catalog at one moment. Immutable once built.
-#[derive(Debug, Default, Clone)]
-pub struct TenantCatalog {
-    pub meters: BTreeMap<String, Meter>,
-    pub plans: BTreeMap<String, Plan>,
-    pub customers: BTreeMap<String, Customer>,
-    pub subscriptions: BTreeMap<String, Subscription>,
-    /// Accept events older than 35 days or more than 1 day ahead.
-    pub allow_backfill: bool,
-    versions: HashMap<(Kind, String), u64>,
-    meters_by_type: HashMap<String, Vec<Arc<MeterEntry>>>,
-}
-
-impl TenantCatalog {
-    /// The meters that read events of `event_type`.
-    pub fn meters_for(&self, event_type: &str) -> &[Arc<MeterEntry>] {
-        self.meters_by_type
-            .get(event_type)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-    }
-
-    pub fn get<T: Item>(&self, key: &str) -> Option<&T> {
-        T::map(self).get(key)
-    }
-
-    /// When the item under `key` was last written (versions are write times in microseconds).
-    pub fn changed_at<T: Item>(&self, key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-        let version = *self.versions.get(&(T::KIND, key.to_owned()))?;
-        chrono::DateTime::from_timestamp_micros(i64::try_from(version).ok()?)
-    }
-
-    /// When anything in this catalog was last written.
-    pub fn last_changed_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        let version = *self.versions.values().max()?;
-        chrono::DateTime::from_timestamp_micros(i64::try_from(version).ok()?)
-    }
-
-    /// Rebuilds the ingest index after a change.
-    fn reindex(&mut self) {
-        let mut by_type: HashMap<String, Vec<Arc<MeterEntry>>> = HashMap::new();
-        for meter in self.meters.values() {
-            let mut keys = meter.group_by.clone();
-            let price_keys = self
-                .plans
-                .values()
-                .flat_map(|p| p.usage_prices())
-                .filter(|p| p.meter.as_deref() == Some(&meter.slug));
-            for key in price_keys.flat_map(|p| p.group_by.iter()) {
-                if !keys.contains(key) {
-                    keys.push(key.clone());
-                }
-            }
-            let entry = MeterEntry {
-                meter: meter.clone(),
-                slug: meter.slug.as_str().into(),
-                group_keys: keys.into(),
-            };
-            by_type
-                .entry(meter.event_type.clone())
-                .or_default()
-                .push(Arc::new(entry));
-        }
-        self.meters_by_type = by_type;
-    }
-
-    /// Takes `body` as the document at `version` unless a newer one is already here.
-    fn apply_raw(
-        &mut self,
-        kind: Kind,
-        key: &str,
-        body: &str,
-        version: u64,
-    ) -> Result<bool, serde_json::Error> {
-        let current = self
-            .versions
-            .get(&(kind, key.to_owned()))
-            .copied()
-            .unwrap_or(0);
-        if version <= current {
-            return Ok(false);
-        }
-        match kind {
-            Kind::Meter => insert::<Meter>(self, body)?,
-            Kind::Plan => insert::<Plan>(self, body)?,
-            Kind::Customer => insert::<Customer>(self, body)?,
-            Kind::Subscription => insert::<Subscription>(self, body)?,
-        }
-        self.versions.insert((kind, key.to_owned()), version);
-        Ok(true)
-    }
-}
-
-fn insert<T: Item>(catalog: &mut TenantCatalog, body: &str) -> Result<(), serde_json::Error> {
-    let item: T = serde_json::from_str(body)?;
-    T::map_mut(catalog).insert(item.key().to_owned(), item);
-    Ok(())
-}
-
-#[derive(clickhouse::Row, Serialize, serde::Deserialize)]
-struct CatalogRow {
-    tenant: String,
-    kind: String,
-    key: String,
-    body: String,
-    version: u64,
-}
+#[cfg(test)]
+use crate::domain::{Customer, Plan};
+use crate::store::catalog::CatalogRow;
+use crate::store::{Store, StoreError};
+#[cfg(test)]
+use seed::run_ready;
 
 /// How far back each poll looks, for writers whose clock is behind ours (microseconds).
 const POLL_OVERLAP_US: u64 = 60_000_000;
@@ -478,15 +216,7 @@ impl Catalog {
         rows: Vec<CatalogRow>,
     ) -> Result<usize, CatalogError> {
         if let Some(store) = &self.store {
-            let mut insert = store
-                .client()
-                .insert::<CatalogRow>("catalog")
-                .await
-                .map_err(StoreError::from)?;
-            for row in &rows {
-                insert.write(row).await.map_err(StoreError::from)?;
-            }
-            insert.end().await.map_err(StoreError::from)?;
+            store.insert_catalog_rows(&rows).await?;
         }
         self.update(tenant, |c| {
             for row in &rows {
@@ -507,12 +237,7 @@ impl Catalog {
             .seen_version
             .load(Ordering::Relaxed)
             .saturating_sub(POLL_OVERLAP_US);
-        let rows: Vec<CatalogRow> = store
-            .client()
-            .query(queries::CATALOG_SINCE)
-            .bind(since)
-            .fetch_all()
-            .await?;
+        let rows = store.catalog_rows_since(since).await?;
         let mut by_tenant: BTreeMap<&str, Vec<&CatalogRow>> = BTreeMap::new();
         for row in &rows {
             by_tenant.entry(&row.tenant).or_default().push(row);
@@ -551,105 +276,6 @@ impl Catalog {
             }
         })
     }
-
-    /// Applies a seed file: backfill settings, then every item not already present.
-    pub async fn seed(&self, seed: &Seed) -> Result<(), CatalogError> {
-        for tenant in &seed.tenants {
-            if tenant.allow_backfill {
-                self.allow_backfill(&tenant.id);
-            }
-            seed_items(self, &tenant.id, &tenant.meters).await?;
-            seed_items(self, &tenant.id, &tenant.plans).await?;
-            seed_items(self, &tenant.id, &tenant.customers).await?;
-            let now = chrono::Utc::now();
-            let subscriptions: Vec<_> = tenant
-                .subscriptions
-                .iter()
-                .cloned()
-                .map(|s| s.into_subscription(now))
-                .collect();
-            seed_items(self, &tenant.id, &subscriptions).await?;
-        }
-        Ok(())
-    }
-
-    /// An in-memory catalog from seed JSON (see `demo/catalog.json`).
-    pub fn from_json(text: &str) -> anyhow::Result<Self> {
-        let seed: Seed = serde_json::from_str(text)?;
-        let catalog = Self::in_memory();
-        run_ready(catalog.seed(&seed))?;
-        Ok(catalog)
-    }
-
-    /// Reads a seed file.
-    pub fn read_seed(path: &Path) -> anyhow::Result<Seed> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading catalog {}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("catalog {}: {e}", path.display()))
-    }
-
-    /// An in-memory catalog from a seed file.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let seed = Self::read_seed(path)?;
-        let catalog = Self::in_memory();
-        run_ready(catalog.seed(&seed))?;
-        Ok(catalog)
-    }
-}
-
-async fn seed_items<T: Item>(
-    catalog: &Catalog,
-    tenant: &str,
-    items: &[T],
-) -> Result<(), CatalogError> {
-    for item in items {
-        match catalog.create(tenant, item.clone()).await {
-            Ok(_) | Err(CatalogError::Conflict(_)) => {}
-            Err(e) => {
-                return Err(CatalogError::Invalid(format!(
-                    "tenant {tenant}, {} {}: {e}",
-                    T::KIND.as_str(),
-                    item.key()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Runs a future that never waits on IO (an in-memory catalog's writes) to completion.
-fn run_ready<F: std::future::Future>(future: F) -> F::Output {
-    let waker = std::task::Waker::noop();
-    let mut context = std::task::Context::from_waker(waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
-            return output;
-        }
-    }
-}
-
-/// A catalog seed file: tenants with their settings and items, created if missing.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Seed {
-    pub tenants: Vec<SeedTenant>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SeedTenant {
-    pub id: String,
-    #[serde(default)]
-    pub allow_backfill: bool,
-    #[serde(default)]
-    pub meters: Vec<Meter>,
-    #[serde(default)]
-    pub plans: Vec<Plan>,
-    #[serde(default)]
-    pub customers: Vec<Customer>,
-    #[serde(default)]
-    pub subscriptions: Vec<subscription::SubscriptionInput>,
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@ use utoipa_axum::routes;
 use super::{ApiJson, AppState};
 use crate::auth::{Principal, Role};
 use crate::billing::period::Timeline;
-use crate::catalog::subscription::{SubscriptionInput, effective_at};
-use crate::catalog::{CatalogError, Customer, Item, Meter, Plan, Subscription, TenantCatalog};
+use crate::catalog::{CatalogError, Item, TenantCatalog};
+use crate::domain::subscription::{SubscriptionInput, effective_at};
+use crate::domain::{Customer, Meter, Plan, Subscription};
 use crate::error::ApiError;
 
 pub fn router() -> OpenApiRouter<AppState> {

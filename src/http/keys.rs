@@ -237,7 +237,7 @@ async fn create(
     }
     if let Some(customer) = &request.customer {
         let catalog = state.catalog.tenant(&principal.tenant);
-        if catalog.get::<crate::catalog::Customer>(customer).is_none() {
+        if catalog.get::<crate::domain::Customer>(customer).is_none() {
             return Err(ApiError::not_found(
                 "customer_not_found",
                 format!("customer: no customer '{customer}' in this tenant; create it first"),

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::ingest::Ingestor;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
+use crate::readmodel::UsageReader;
 use crate::store::{Store, StoreError};
 
 /// A store error as the API answers it, the one mapping for every route: down is `503` with
@@ -47,6 +48,8 @@ impl From<StoreError> for ApiError {
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub store: Store,
+    /// Usage reads, through the answers kept in memory.
+    pub usage: UsageReader,
     pub ingestor: Ingestor,
     pub catalog: Catalog,
     pub keys: KeyRing,

@@ -45,7 +45,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .metrics
         .queue_events
         .store(state.ingestor.queued_events() as u64, Relaxed);
-    let cache = state.store.usage_cache();
+    let cache = state.usage.cache();
     for (to, from) in [
         (&state.metrics.usage_cache_hits, &cache.hits),
         (&state.metrics.usage_cache_misses, &cache.misses),

@@ -15,16 +15,18 @@ use super::AppState;
 use chrono::{Offset, TimeZone};
 use chrono_tz::Tz;
 
-use crate::account;
 use crate::auth::{Principal, Role};
 use crate::billing::period::PeriodError;
 use crate::billing::period::{Anchor, Cadence, Interval};
-use crate::catalog::Meter;
-use crate::catalog::{Customer, Subscription, TenantCatalog};
+use crate::catalog::TenantCatalog;
+use crate::domain::Meter;
+use crate::domain::{Customer, Subscription};
 use crate::error::ApiError;
 use crate::ingest::parse::parse_instant;
-use crate::store::usage::{SeriesQuery, WindowSize, series};
-use crate::usage::{Subject, UsageError, UsageReport, report};
+use crate::readmodel::account;
+use crate::readmodel::report::{Resolved, UsageError, UsageReport, report};
+use crate::store::series_sql::{SeriesQuery, WindowSize};
+use crate::store::usage_sql::Scope;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -88,8 +90,8 @@ async fn usage_for(
     if from >= to {
         return Err(ApiError::InvalidRequest("from: must be before to".into()));
     }
-    let subject = Subject::new(&principal.tenant, catalog, subscription)?;
-    Ok(report(&state.store, &subject, from, to).await?)
+    let resolved = Resolved::new(&principal.tenant, catalog, subscription)?;
+    Ok(report(&state.usage, &resolved, from, to).await?)
 }
 
 /// The report for the subscription's current billing period; `None` when it has none.
@@ -100,7 +102,7 @@ async fn current_report(
     subscription: &Subscription,
 ) -> Result<Option<UsageReport>, ApiError> {
     Ok(account::current_report(
-        &state.store,
+        &state.usage,
         &principal.tenant,
         catalog,
         subscription,
@@ -204,7 +206,7 @@ async fn billing_state(
 ) -> Result<Json<Value>, ApiError> {
     let catalog = readable_customer(&state, &principal, &key)?;
     let current =
-        account::current_subscriptions(&state.store, &principal.tenant, &catalog, &key, Utc::now())
+        account::current_subscriptions(&state.usage, &principal.tenant, &catalog, &key, Utc::now())
             .await?;
     let subscriptions: Vec<Value> = current
         .iter()
@@ -410,21 +412,21 @@ async fn meter_query(
             == 0
     };
     let query = SeriesQuery {
-        tenant: &principal.tenant,
-        meter: &slug,
+        scope: Scope {
+            tenant: &principal.tenant,
+            meter: &slug,
+            customer,
+            filters: &filters,
+        },
         aggregation: meter.aggregation,
-        customer,
         from_ms: from.timestamp_millis(),
         to_ms: to.timestamp_millis(),
         window_size,
         timezone,
         hours_align: whole_hours(from) && whole_hours(to),
         group_by: &group_by,
-        filters: &filters,
     };
-    let points = series(&state.store, &query)
-        .await
-        .map_err(UsageError::from)?;
+    let points = state.usage.series(&query).await.map_err(UsageError::from)?;
     let mut data = Vec::with_capacity(points.len());
     for point in points {
         let start = DateTime::from_timestamp(point.window, 0).unwrap_or(from);

@@ -3,23 +3,22 @@
 //! RowBinary insert, and only then acknowledges every waiting request.
 //!
 //! An insert that fails with a passing error may or may not have landed; its ids are then
-//! "in doubt" and are settled against ClickHouse (by batch id) before any of them is accepted
+//! "in doubt" and are settled against ClickHouse (`settle`) before any of them is accepted
 //! again, so a client's retry is never counted twice.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::dedup::{DedupSet, KeySet};
+use super::settle::{self, InDoubt};
 use crate::metrics::Metrics;
-use crate::store::rows::{DECIMAL_SCALE, EventRow};
-use crate::store::usage_cache::Sample;
-use crate::store::{Store, StoreError, queries};
+use crate::store::rows::EventRow;
+use crate::store::{Store, StoreError};
 
 /// The answer to an accepted ingest request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -125,12 +124,25 @@ impl BatcherHandle {
     }
 }
 
-/// Starts the batcher task over `store`, remembering accepted ids in `dedup`.
+/// Told of every batch the batcher inserts, in order; the usage read model keeps the answers
+/// it holds in step through it.
+pub trait BatchObserver: Send + Sync + 'static {
+    /// `rows`, batch `batch_id`, are about to be inserted.
+    fn inserting(&self, batch_id: u64, rows: &[EventRow]);
+    /// They are stored; told before any request of the batch is acknowledged.
+    fn committed(&self, batch_id: u64, rows: &[EventRow]);
+    /// The insert failed, and some of the rows may be stored.
+    fn failed(&self, batch_id: u64, rows: &[EventRow]);
+}
+
+/// Starts the batcher task over `store`, remembering accepted ids in `dedup` and telling
+/// `observer` of each batch.
 pub fn start(
     store: Store,
     dedup: DedupSet,
     settings: Settings,
     metrics: Arc<Metrics>,
+    observer: Arc<dyn BatchObserver>,
 ) -> (Ingestor, BatcherHandle) {
     let (tx, rx) = mpsc::channel(settings.queue_max_events.max(1));
     let (stop, stopped) = watch::channel(false);
@@ -148,16 +160,10 @@ pub fn start(
         in_doubt: InDoubt::default(),
         settings,
         metrics,
+        observer,
     };
     let task = tokio::spawn(batcher.run());
     (ingestor, BatcherHandle { stop, task })
-}
-
-/// Batches whose insert failed ambiguously, and their keys.
-#[derive(Default)]
-struct InDoubt {
-    batches: Vec<(u64, i64, Vec<u128>)>,
-    keys: KeySet,
 }
 
 struct Batcher {
@@ -168,6 +174,7 @@ struct Batcher {
     in_doubt: InDoubt,
     settings: Settings,
     metrics: Arc<Metrics>,
+    observer: Arc<dyn BatchObserver>,
 }
 
 impl Batcher {
@@ -204,7 +211,7 @@ impl Batcher {
     }
 
     async fn flush(&mut self, submissions: Vec<Submission>) {
-        if let Err(e) = self.settle_in_doubt().await {
+        if let Err(e) = self.in_doubt.settle(&self.store, &mut self.dedup).await {
             tracing::warn!(error = %e, "cannot settle in-doubt batches; refusing this batch");
             for submission in submissions {
                 self.refuse(submission);
@@ -215,11 +222,7 @@ impl Batcher {
         let mut keys = KeySet::default();
         let mut waiting = Vec::with_capacity(submissions.len());
         for submission in submissions {
-            if submission
-                .keys
-                .iter()
-                .any(|k| self.in_doubt.keys.contains(k))
-            {
+            if self.in_doubt.holds_any(&submission.keys) {
                 self.refuse(submission);
                 continue;
             }
@@ -274,14 +277,13 @@ impl Batcher {
             row.stamp(now_ms, batch_id);
         }
         let started = Instant::now();
-        let cache = self.store.usage_cache();
-        let write = cache.begin_write(batch_id, customers_with_samples(rows));
+        self.observer.inserting(batch_id, rows);
         let result = self.insert_with_retries(rows, batch_id, now_ms).await;
         match &result {
             Ok(()) => {
                 self.dedup.insert_all(keys, now_ms);
                 // Before any request of the batch is acknowledged: its client reads its writes.
-                cache.fold(write, samples(rows));
+                self.observer.committed(batch_id, rows);
                 self.metrics.batches_inserted.fetch_add(1, Relaxed);
                 self.metrics.batch_events.observe(rows.len() as f64);
                 self.metrics
@@ -295,14 +297,11 @@ impl Batcher {
             }
             Err(e) => {
                 // Some of it may have landed.
-                cache.abandon(write, customers_with_samples(rows));
+                self.observer.failed(batch_id, rows);
                 self.metrics.batches_failed.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, batch_events = rows.len(), batch_id, "batch insert failed");
                 if e.is_retryable() {
-                    self.in_doubt.keys.extend(keys.iter().copied());
-                    self.in_doubt
-                        .batches
-                        .push((batch_id, now_ms, keys.into_iter().collect()));
+                    self.in_doubt.hold(batch_id, now_ms, keys);
                 }
             }
         }
@@ -328,8 +327,7 @@ impl Batcher {
             tracing::info!(error = %error, attempt, "retrying batch insert");
             tokio::time::sleep(backoff + jitter).await;
             // Retry only what is known not to have landed.
-            if self
-                .landed_one(batch_id, since_ms)
+            if settle::landed(&self.store, &[batch_id], since_ms)
                 .await?
                 .contains(&batch_id)
             {
@@ -352,115 +350,9 @@ impl Batcher {
         Ok(())
     }
 
-    async fn landed_one(&self, batch_id: u64, since_ms: i64) -> Result<Vec<u64>, StoreError> {
-        landed(&self.store, &[batch_id], since_ms).await
-    }
-
-    /// Settles every in-doubt batch: landed ones become accepted ids, others are released.
-    async fn settle_in_doubt(&mut self) -> Result<(), StoreError> {
-        if self.in_doubt.batches.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<u64> = self.in_doubt.batches.iter().map(|b| b.0).collect();
-        let since = self.in_doubt.batches.iter().map(|b| b.1).min().unwrap_or(0);
-        let landed = landed(&self.store, &ids, since).await?;
-        for (batch_id, ingested_ms, keys) in std::mem::take(&mut self.in_doubt.batches) {
-            let did_land = landed.contains(&batch_id);
-            tracing::info!(
-                batch_id,
-                landed = did_land,
-                batch_events = keys.len(),
-                "settled in-doubt batch"
-            );
-            if did_land {
-                self.dedup.insert_all(keys, ingested_ms);
-            }
-        }
-        self.in_doubt.keys.clear();
-        Ok(())
-    }
-
     fn refuse(&self, submission: Submission) {
         let _ = submission.reply.send(Err(IngestError::Unavailable));
     }
-}
-
-/// Which of these batches ClickHouse holds. A batch found in `events` whose samples are
-/// missing (the insert stopped between the table and its view) gets them re-derived, and the
-/// hours of every batch found are marked for readers to take from samples (sql/0007).
-pub async fn landed(
-    store: &Store,
-    batch_ids: &[u64],
-    since_ms: i64,
-) -> Result<Vec<u64>, StoreError> {
-    let client = store.client();
-    let in_events: Vec<(u64, u64)> = client
-        .query(queries::LANDED_BATCHES)
-        .bind(since_ms)
-        .bind(batch_ids)
-        .fetch_all()
-        .await?;
-    if in_events.is_empty() {
-        return Ok(vec![]);
-    }
-    let sampled: Vec<(u64, u64)> = client
-        .query(queries::BATCH_SAMPLES)
-        .bind(since_ms)
-        .bind(batch_ids)
-        .fetch_all()
-        .await?;
-    for &(batch_id, expected) in &in_events {
-        let have = sampled
-            .iter()
-            .find(|(id, _)| *id == batch_id)
-            .map_or(0, |(_, n)| *n);
-        if have == expected {
-            continue;
-        }
-        if have > 0 {
-            // A block is written as one part, so this cannot happen; never add to it.
-            tracing::error!(
-                batch_id,
-                expected,
-                have,
-                "batch has part of its samples; left as is"
-            );
-            continue;
-        }
-        tracing::warn!(
-            batch_id,
-            samples = expected,
-            "re-deriving the samples of a batch from events"
-        );
-        client
-            .query(queries::REPAIR_BATCH_SAMPLES)
-            .bind(batch_id)
-            .execute()
-            .await?;
-    }
-    // Whether the rollup's view ran for these batches is not knowable: their hours are read
-    // from the (now complete) samples from here on.
-    let landed: Vec<u64> = in_events.into_iter().map(|(id, _)| id).collect();
-    client
-        .query(queries::MARK_DIRTY_HOURS)
-        .bind(chrono::Utc::now().timestamp_millis())
-        .bind(since_ms)
-        .bind(&landed)
-        .execute()
-        .await?;
-    store.dirty_hours_marked();
-    // Every process drops what it holds of these customers (sql/0011), this one included.
-    client
-        .query(queries::MARK_USAGE_CHANGED)
-        .bind(since_ms)
-        .bind(&landed)
-        .execute()
-        .await?;
-    tracing::warn!(
-        batches = landed.len(),
-        "hours of in-doubt batches will be read from samples"
-    );
-    Ok(landed)
 }
 
 /// When the batcher's previous flush ended, and how long it took.
@@ -505,28 +397,6 @@ async fn gather(
         pending.push(next);
     }
     pending
-}
-
-/// (tenant, customer) of each row that carries samples.
-fn customers_with_samples(rows: &[EventRow]) -> impl Iterator<Item = (&str, &str)> {
-    rows.iter()
-        .filter(|r| !r.sample_meter.is_empty())
-        .map(|r| (&*r.tenant, r.customer.as_str()))
-}
-
-/// Every meter sample of `rows`, as the usage cache folds them.
-fn samples(rows: &[EventRow]) -> impl Iterator<Item = Sample<'_>> {
-    rows.iter().flat_map(|r| {
-        (0..r.sample_meter.len()).map(move |i| Sample {
-            tenant: &r.tenant,
-            customer: &r.customer,
-            meter: &r.sample_meter[i],
-            ts_ms: r.ts_ms,
-            keys: &r.sample_group_keys[i],
-            values: &r.sample_group_values[i],
-            value: Decimal::from_i128_with_scale(r.sample_value[i], DECIMAL_SCALE),
-        })
-    })
 }
 
 #[cfg(test)]

@@ -144,10 +144,8 @@ impl DedupSet {
         }
         let mut set = Self::new(window, max_ids);
         let since_ms = now_ms - set.window_ms;
-        let mut cursor = store
-            .client()
-            .query(crate::store::queries::ACCEPTED_SINCE)
-            .bind(since_ms)
+        let mut cursor = crate::store::queries::accepted_since(since_ms)
+            .query(store.client())
             .fetch::<Accepted>()?;
         let mut by_generation: HashMap<i64, Vec<u128>> = HashMap::new();
         while let Some(row) = cursor.next().await? {

@@ -5,6 +5,7 @@ pub mod cloudevents;
 pub mod dedup;
 pub mod parse;
 pub mod samples;
+pub mod settle;
 
 pub use batcher::{Ack, IngestError, Ingestor};
 

@@ -10,7 +10,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::MAX_GROUP_VALUE_BYTES;
-use crate::catalog::{Aggregation, Meter};
+use crate::domain::{Aggregation, Meter};
 use crate::store::rows::to_scaled;
 
 /// One event's contribution to one meter.

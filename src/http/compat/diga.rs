@@ -9,12 +9,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{number, whole};
-use crate::account;
 use crate::auth::{Principal, Role};
 use crate::billing::period::Interval;
-use crate::catalog::Plan;
+use crate::domain::Plan;
 use crate::error::ApiError;
 use crate::http::AppState;
+use crate::readmodel::account;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(subscription)).route(
@@ -51,7 +51,7 @@ async fn subscription(
     let catalog = state.catalog.tenant(&principal.tenant);
     let now = Utc::now();
     let current =
-        account::current_subscriptions(&state.store, &principal.tenant, &catalog, customer, now)
+        account::current_subscriptions(&state.usage, &principal.tenant, &catalog, customer, now)
             .await?;
     let Some(current) = current.first() else {
         return Err(ApiError::Unprocessable {
@@ -81,7 +81,7 @@ async fn subscription(
         None => current
             .timeline
             .next_invoice_date(now)
-            .map_err(crate::usage::UsageError::from)?,
+            .map_err(crate::readmodel::report::UsageError::from)?,
     };
     let next_phase = subscription
         .phases

@@ -14,18 +14,19 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{events_of, ingest_body, number, submit_events};
-use crate::account;
 use crate::auth::Principal;
 use crate::billing::money::{display, round_to_currency};
 use crate::billing::period::Interval;
 use crate::billing::rating::Rounding;
-use crate::catalog::plan::{Price, UsageModel};
-use crate::catalog::{Meter, Plan, Subscription, TenantCatalog};
+use crate::catalog::TenantCatalog;
+use crate::domain::plan::{Price, UsageModel};
+use crate::domain::{Meter, Plan, Subscription};
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::http::AppState;
 use crate::http::usage::instant;
-use crate::usage::{Subject, UsageCharge, report};
+use crate::readmodel::account;
+use crate::readmodel::report::{Resolved, UsageCharge, report};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -82,11 +83,11 @@ async fn subscription_usage(
             ));
         }
         Some((from, to)) => {
-            let subject = Subject::new(&principal.tenant, &catalog, subscription)?;
-            report(&state.store, &subject, from, to).await?
+            let resolved = Resolved::new(&principal.tenant, &catalog, subscription)?;
+            report(&state.usage, &resolved, from, to).await?
         }
         None => account::current_report(
-            &state.store,
+            &state.usage,
             &principal.tenant,
             &catalog,
             subscription,

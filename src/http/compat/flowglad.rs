@@ -13,17 +13,18 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{millis, number};
-use crate::account::{self, Current};
 use crate::auth::{Principal, Role};
 use crate::billing::money::in_minor_units;
 use crate::billing::period::{Anchor, Interval, Status};
-use crate::catalog::meter::Aggregation;
-use crate::catalog::plan::{Price, PriceType, Timing, UsageModel};
-use crate::catalog::{Customer, Meter, Plan, Subscription, TenantCatalog};
+use crate::catalog::TenantCatalog;
+use crate::domain::meter::Aggregation;
+use crate::domain::plan::{Price, PriceType, Timing, UsageModel};
+use crate::domain::{Customer, Meter, Plan, Subscription};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::usage::readable_customer;
-use crate::usage::Subject;
+use crate::readmodel::account::{self, Current};
+use crate::readmodel::report::Resolved;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(billing))
@@ -197,8 +198,8 @@ impl Ctx<'_> {
         current: Option<&Current<'_>>,
         now: DateTime<Utc>,
     ) -> Option<Value> {
-        let subject = Subject::new(self.tenant, self.catalog, subscription).ok()?;
-        let timeline = &subject.timeline;
+        let resolved = Resolved::new(self.tenant, self.catalog, subscription).ok()?;
+        let timeline = &resolved.timeline;
         let status = match timeline.status_at(now) {
             Status::Scheduled => return None,
             Status::Trialing => "trialing",
@@ -376,7 +377,7 @@ async fn billing(
     let catalog = readable_customer(&state, &principal, &external_id)?;
     let now = Utc::now();
     let current = account::current_subscriptions(
-        &state.store,
+        &state.usage,
         &principal.tenant,
         &catalog,
         &external_id,

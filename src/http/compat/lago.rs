@@ -15,17 +15,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{events_of, ingest_body, submit_events};
-use crate::account;
 use crate::auth::Principal;
 use crate::billing::money::minor_units_rounded;
-use crate::catalog::meter::Aggregation;
-use crate::catalog::plan::UsageModel;
-use crate::catalog::{Meter, Subscription};
+use crate::domain::meter::Aggregation;
+use crate::domain::plan::UsageModel;
+use crate::domain::{Meter, Subscription};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::usage::readable_customer;
 use crate::ingest::parse::parse_instant;
-use crate::usage::UsageCharge;
+use crate::readmodel::account;
+use crate::readmodel::report::UsageCharge;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -86,7 +86,7 @@ async fn current_usage(
     }
     .map_err(lago_error)?;
     let report =
-        account::current_report(&state.store, &principal.tenant, &catalog, subscription, now)
+        account::current_report(&state.usage, &principal.tenant, &catalog, subscription, now)
             .await
             .map_err(|e| lago_error(e.into()))?
             .ok_or_else(|| {

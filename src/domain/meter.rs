@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -21,6 +22,27 @@ impl Aggregation {
     /// Whether the sample's value is a number read from `value_property`.
     pub fn is_numeric(self) -> bool {
         matches!(self, Self::Sum | Self::Max | Self::Min | Self::Latest)
+    }
+
+    /// What one sample of `value` contributes: 1 for counts and distinct counts (a first
+    /// distinct value), the value itself otherwise.
+    pub fn of_one_sample(self, value: Decimal) -> Decimal {
+        match self {
+            Self::Count | Self::UniqueCount => Decimal::ONE,
+            Self::Sum | Self::Max | Self::Min | Self::Latest => value,
+        }
+    }
+
+    /// The aggregate of two disjoint sets of samples from their aggregates: `None` when it
+    /// cannot be had from the finished values (distinct counts and latest values need the
+    /// store's states) or overflows.
+    pub fn combine(self, a: Decimal, b: Decimal) -> Option<Decimal> {
+        match self {
+            Self::Count | Self::Sum => a.checked_add(b),
+            Self::Min => Some(a.min(b)),
+            Self::Max => Some(a.max(b)),
+            Self::UniqueCount | Self::Latest => None,
+        }
     }
 }
 

@@ -6,10 +6,11 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use super::UsageReader;
+use super::report::{Resolved, UsageError, UsageReport, report};
 use crate::billing::period::{Status, Timeline};
-use crate::catalog::{Meter, Plan, Subscription, TenantCatalog};
-use crate::store::Store;
-use crate::usage::{Subject, UsageError, UsageReport, report};
+use crate::catalog::TenantCatalog;
+use crate::domain::{Meter, Plan, Subscription};
 
 /// One usage price of a current period: what is included and what was used.
 #[derive(Debug, Clone, Serialize)]
@@ -54,8 +55,8 @@ pub fn active_subscriptions<'c>(
         .values()
         .filter(|s| s.customer == customer)
         .filter_map(|s| {
-            let subject = Subject::new("", catalog, s).ok()?;
-            let status = subject.timeline.status_at(now);
+            let resolved = Resolved::new("", catalog, s).ok()?;
+            let status = resolved.timeline.status_at(now);
             matches!(status, Status::Active | Status::Trialing).then_some((s, status))
         })
         .collect();
@@ -66,18 +67,18 @@ pub fn active_subscriptions<'c>(
 /// The report for the subscription's billing period at `now`; `None` when it has none (not
 /// started or ended).
 pub async fn current_report(
-    store: &Store,
+    reader: &UsageReader,
     tenant: &str,
     catalog: &TenantCatalog,
     subscription: &Subscription,
     now: DateTime<Utc>,
 ) -> Result<Option<UsageReport>, UsageError> {
-    let subject = Subject::new(tenant, catalog, subscription)?;
-    let Some(period) = subject.timeline.period_at(now)? else {
+    let resolved = Resolved::new(tenant, catalog, subscription)?;
+    let Some(period) = resolved.timeline.period_at(now)? else {
         return Ok(None);
     };
     Ok(Some(
-        report(store, &subject, period.window.from, period.window.to).await?,
+        report(reader, &resolved, period.window.from, period.window.to).await?,
     ))
 }
 
@@ -104,7 +105,7 @@ pub fn usage_lines(catalog: &TenantCatalog, report: &UsageReport) -> Vec<UsageLi
 
 /// The customer's active subscriptions at `now`, newest first, each with its current report.
 pub async fn current_subscriptions<'c>(
-    store: &Store,
+    reader: &UsageReader,
     tenant: &str,
     catalog: &'c TenantCatalog,
     customer: &str,
@@ -112,12 +113,12 @@ pub async fn current_subscriptions<'c>(
 ) -> Result<Vec<Current<'c>>, UsageError> {
     let mut current = Vec::new();
     for (subscription, status) in active_subscriptions(catalog, customer, now) {
-        let subject = Subject::new(tenant, catalog, subscription)?;
+        let resolved = Resolved::new(tenant, catalog, subscription)?;
         // Active or trialing now, so it has a current period.
-        let Some(period) = subject.timeline.period_at(now)? else {
+        let Some(period) = resolved.timeline.period_at(now)? else {
             continue;
         };
-        let report = report(store, &subject, period.window.from, period.window.to).await?;
+        let report = report(reader, &resolved, period.window.from, period.window.to).await?;
         let plan = catalog.get::<Plan>(&report.plan).ok_or_else(|| {
             UsageError::Catalog(format!("plan '{}' no longer exists", report.plan))
         })?;
@@ -125,7 +126,7 @@ pub async fn current_subscriptions<'c>(
             subscription,
             plan,
             status,
-            timeline: subject.timeline,
+            timeline: resolved.timeline,
             usage: usage_lines(catalog, &report),
             report,
         });

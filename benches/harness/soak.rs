@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::json;
 
-use crate::app::InProcess;
-use crate::config::Config;
-use crate::store::Store;
-use crate::store::local::LocalClickHouse;
+use meterhouse::app::InProcess;
+use meterhouse::config::Config;
+use meterhouse::readmodel::UsageReader;
+use meterhouse::store::Store;
+use meterhouse::store::local::LocalClickHouse;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SoakArgs {
@@ -93,8 +94,8 @@ fn catalog() -> String {
 }
 
 /// The share of usage reads the service answered from memory.
-fn memory_share(store: &Store) -> f64 {
-    let cache = store.usage_cache();
+fn memory_share(usage: &UsageReader) -> f64 {
+    let cache = usage.cache();
     let hits = cache.hits.load(Ordering::Relaxed) as f64;
     let reads = hits + cache.misses.load(Ordering::Relaxed) as f64;
     if reads > 0.0 { hits / reads } else { 0.0 }
@@ -249,7 +250,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         read_errors += errors;
     }
     let rss_end = rss_mb();
-    let reads_from_memory = memory_share(&service.store);
+    let reads_from_memory = memory_share(&service.usage);
     service.stop().await?;
     let store = Store::new(&url, &config.store).connect().await?;
     let stored = store

@@ -12,14 +12,15 @@ use anyhow::{Context as _, bail};
 use chrono::{TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use crate::app::InProcess;
-use crate::billing::rating::{self, Model};
-use crate::catalog::subscription::SubscriptionInput;
-use crate::catalog::{Catalog, Customer, Meter, Plan};
-use crate::config::Config;
-use crate::store::local::LocalClickHouse;
-use crate::store::{Store, migrate};
-use crate::usage::load_current_periods;
+use meterhouse::app::InProcess;
+use meterhouse::billing::rating::{self, Model};
+use meterhouse::catalog::Catalog;
+use meterhouse::config::Config;
+use meterhouse::domain::subscription::SubscriptionInput;
+use meterhouse::domain::{Customer, Meter, Plan};
+use meterhouse::readmodel::preload::load_current_periods;
+use meterhouse::store::local::LocalClickHouse;
+use meterhouse::store::{Store, migrate};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReadbenchArgs {
@@ -268,14 +269,19 @@ async fn measure(
     };
     let mut again = reread("read again").await?;
     // Memory emptied, then every current period loaded as the service loads them.
-    store.usage_cache().clear();
+    service.usage.cache().clear();
     let started = Instant::now();
-    let loaded =
-        load_current_periods(&store, TENANT, &service.catalog.tenant(TENANT), Utc::now()).await?;
+    let loaded = load_current_periods(
+        &service.usage,
+        TENANT,
+        &service.catalog.tenant(TENANT),
+        Utc::now(),
+    )
+    .await?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let misses = store.usage_cache().misses.load(Relaxed);
+    let misses = service.usage.cache().misses.load(Relaxed);
     let mut after_load = reread("after the load").await?;
-    let missed = store.usage_cache().misses.load(Relaxed) - misses;
+    let missed = service.usage.cache().misses.load(Relaxed) - misses;
     if missed > 0 {
         bail!("{missed} reads after the load went to ClickHouse");
     }

@@ -1,23 +1,21 @@
 //! Usage and charges of a subscription over a window: its billing periods (`billing::period`),
-//! each usage price's quantity from the store (`store::usage`), rated (`billing::rating`),
-//! flat fees once per period, totals rounded once (`billing::money`).
-
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+//! each usage price's quantity ([`UsageReader`]), rated (`billing::rating`), flat fees once per
+//! period, totals rounded once (`billing::money`).
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use super::{UsageQuery, UsageReader};
 use crate::billing::money::round_to_currency;
 use crate::billing::period::{Period, PeriodError, Timeline, Window};
 use crate::billing::rating::{self, Charge, RatingError, TierLine};
-use crate::catalog::Aggregation;
-use crate::catalog::plan::{Price, PriceType, Timing};
-use crate::catalog::{Catalog, Customer, Meter, Plan, Subscription, TenantCatalog};
-use crate::store::usage::{GroupUsage, MeterGroupUsage, UsageQuery, project, usage};
-use crate::store::usage_cache::{self, cached_usage_of_meters};
-use crate::store::{Store, StoreError};
+use crate::catalog::TenantCatalog;
+use crate::domain::Aggregation;
+use crate::domain::plan::{Price, PriceType, Timing};
+use crate::domain::{Customer, Meter, Plan, Subscription};
+use crate::store::StoreError;
+use crate::store::usage_sql::{GroupUsage, MeterGroupUsage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
@@ -48,7 +46,7 @@ pub struct UsageCharge {
     pub price: String,
     pub plan: String,
     pub meter: String,
-    pub model: Option<crate::catalog::plan::UsageModel>,
+    pub model: Option<crate::domain::plan::UsageModel>,
     /// The part of the window this charge covers (one billing period or phase).
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -102,7 +100,7 @@ impl UsageCharge {
 }
 
 /// Everything needed to report on one subscription.
-pub struct Subject<'a> {
+pub struct Resolved<'a> {
     pub tenant: &'a str,
     pub catalog: &'a TenantCatalog,
     pub subscription: &'a Subscription,
@@ -110,7 +108,7 @@ pub struct Subject<'a> {
     pub timeline: Timeline,
 }
 
-impl<'a> Subject<'a> {
+impl<'a> Resolved<'a> {
     pub fn new(
         tenant: &'a str,
         catalog: &'a TenantCatalog,
@@ -136,7 +134,7 @@ impl<'a> Subject<'a> {
         })
     }
 
-    fn plan(&self, period: &Period) -> Result<&'a Plan, UsageError> {
+    pub(super) fn plan(&self, period: &Period) -> Result<&'a Plan, UsageError> {
         let code = &self.subscription.phases[period.phase].plan;
         self.catalog
             .get::<Plan>(code)
@@ -147,27 +145,27 @@ impl<'a> Subject<'a> {
 /// Usage and charges over `[from, to)`: every billing period overlapping it, each usage price
 /// measured over the part of the period inside the window.
 pub async fn report(
-    store: &Store,
-    subject: &Subject<'_>,
+    reader: &UsageReader,
+    resolved: &Resolved<'_>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<UsageReport, UsageError> {
-    let periods = subject.timeline.periods_overlapping(from, to)?;
+    let periods = resolved.timeline.periods_overlapping(from, to)?;
     let window = Window { from, to };
     let mut charges = Vec::new();
     let mut flat_fees = Vec::new();
-    let mut last_plan = subject.catalog.get::<Plan>(
-        subject
+    let mut last_plan = resolved.catalog.get::<Plan>(
+        resolved
             .subscription
-            .plan_at(to.min(subject.timeline.end.unwrap_or(to))),
+            .plan_at(to.min(resolved.timeline.end.unwrap_or(to))),
     );
     for period in &periods {
-        let plan = subject.plan(period)?;
+        let plan = resolved.plan(period)?;
         last_plan = Some(plan);
         let Some(inside) = period.window.intersect(&window) else {
             continue;
         };
-        charges.extend(usage_charges(store, subject, plan, inside).await?);
+        charges.extend(usage_charges(reader, resolved, plan, inside).await?);
         if !period.trial {
             for price in plan.prices.iter().filter(|p| p.kind == PriceType::Flat) {
                 flat_fees.push(flat_fee(plan, price, period)?);
@@ -179,8 +177,8 @@ pub async fn report(
     let usage_amount = charges.iter().map(|c| c.amount).sum::<Decimal>();
     let subtotal = usage_amount + flat_fees.iter().map(|f| f.amount).sum::<Decimal>();
     Ok(UsageReport {
-        subscription: subject.subscription.external_id.clone(),
-        customer: subject.customer.external_id.clone(),
+        subscription: resolved.subscription.external_id.clone(),
+        customer: resolved.customer.external_id.clone(),
         plan: plan.code.clone(),
         currency: plan.currency.clone(),
         from,
@@ -212,31 +210,32 @@ fn flat_fee(plan: &Plan, price: &Price, period: &Period) -> Result<FlatFee, Usag
 }
 
 /// The usage prices of `plan` over `window`: every meter they use read in one statement
-/// (`store::usage::usage_of_meters`, kept in memory by `store::usage_cache`); a price whose
-/// groups cannot be taken from that read
-/// (see `project`) is read on its own.
+/// ([`UsageReader::of_meters`], often from memory); a price whose groups cannot be taken from
+/// that read ([`groups_of_price`]) is read on its own.
 async fn usage_charges(
-    store: &Store,
-    subject: &Subject<'_>,
+    reader: &UsageReader,
+    resolved: &Resolved<'_>,
     plan: &Plan,
     window: Window,
 ) -> Result<Vec<UsageCharge>, UsageError> {
-    let priced = priced_meters(subject.catalog, plan)?;
+    let priced = priced_meters(resolved.catalog, plan)?;
     let meters = meters_read(&priced);
-    let customer = subject.customer.external_id.as_str();
+    let customer = resolved.customer.external_id.as_str();
     let bounds = (window.from.timestamp_millis(), window.to.timestamp_millis());
-    let rows = cached_usage_of_meters(store, subject.tenant, customer, bounds, &meters).await?;
+    let rows = reader
+        .of_meters(resolved.tenant, customer, bounds, &meters)
+        .await?;
     let mut charges = Vec::with_capacity(priced.len());
     for (price, slug, aggregation) in priced {
         let projected = rows.as_ref().and_then(|rows| {
             let of_meter: Vec<&MeterGroupUsage> = rows.iter().filter(|r| r.meter == slug).collect();
-            project(&of_meter, &price.group_by, aggregation)
+            groups_of_price(&of_meter, &price.group_by, aggregation)
         });
         let groups = match projected {
             Some(groups) => groups,
             None => {
                 let query = UsageQuery {
-                    tenant: subject.tenant,
+                    tenant: resolved.tenant,
                     meter: slug,
                     aggregation,
                     customer,
@@ -244,7 +243,7 @@ async fn usage_charges(
                     to_ms: bounds.1,
                     group_by: &price.group_by,
                 };
-                usage(store, &query).await?
+                reader.of_meter(&query).await?
             }
         };
         charges.push(usage_charge(plan, price, slug, window, &groups)?);
@@ -253,7 +252,7 @@ async fn usage_charges(
 }
 
 /// The usage prices of `plan`, each with its meter's slug and aggregation.
-fn priced_meters<'p>(
+pub(super) fn priced_meters<'p>(
     catalog: &'p TenantCatalog,
     plan: &'p Plan,
 ) -> Result<Vec<(&'p Price, &'p str, Aggregation)>, UsageError> {
@@ -273,7 +272,9 @@ fn priced_meters<'p>(
 
 /// The meters the usage prices read, each once, in the prices' order: what one read of a
 /// plan's usage asks (and what the cache keys its answer by).
-fn meters_read<'p>(priced: &[(&'p Price, &'p str, Aggregation)]) -> Vec<(&'p str, Aggregation)> {
+pub(super) fn meters_read<'p>(
+    priced: &[(&'p Price, &'p str, Aggregation)],
+) -> Vec<(&'p str, Aggregation)> {
     let mut meters: Vec<(&str, Aggregation)> = Vec::new();
     for &(_, slug, aggregation) in priced {
         if !meters.iter().any(|(m, _)| *m == slug) {
@@ -281,148 +282,6 @@ fn meters_read<'p>(priced: &[(&'p Price, &'p str, Aggregation)]) -> Vec<(&'p str
         }
     }
     meters
-}
-
-/// The meters one read of a plan's usage asks for ([`meters_read`]).
-type Meters<'c> = Vec<(&'c str, Aggregation)>;
-
-/// One read of a plan's usage: its window in epoch ms, and its meters.
-type Asked<'c> = ((i64, i64), Meters<'c>);
-
-/// A customer and its window in epoch ms.
-type CustomerWindow<'c> = (&'c str, (i64, i64));
-/// How many customers one statement of [`load_current_periods`] reads at most...
-const LOAD_CUSTOMERS: usize = 500;
-/// ...and how many bytes of their ids: the statement names each customer seven times, and
-/// ClickHouse parses at most 256 KiB of a statement (`max_query_size`).
-const LOAD_ID_BYTES: usize = 16 * 1024;
-
-/// `asked` cut into the customers of one load statement each ([`LOAD_CUSTOMERS`],
-/// [`LOAD_ID_BYTES`]; a single customer over the byte bound goes alone).
-fn load_chunks<'a, 'c>(asked: &'a [CustomerWindow<'c>]) -> Vec<&'a [CustomerWindow<'c>]> {
-    let mut chunks = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, (customer, _)) in asked.iter().enumerate() {
-        let full = i - start == LOAD_CUSTOMERS || bytes + customer.len() > LOAD_ID_BYTES;
-        if full && i > start {
-            chunks.push(&asked[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += customer.len();
-    }
-    if start < asked.len() {
-        chunks.push(&asked[start..]);
-    }
-    chunks
-}
-
-/// Loads into memory (`store::usage_cache`) the usage of the billing period at `now` of every
-/// subscription of `tenant` that has one, as [`report`] reads it for the current period, so
-/// that its first read is answered from memory as well. Subscriptions whose answer is already
-/// held are skipped; the others are read in one statement per set of meters (each customer
-/// over its own window) for up to [`LOAD_CUSTOMERS`] customers. A subscription whose catalog
-/// entries are inconsistent is skipped (its own reads report why). Returns how many answers
-/// were loaded.
-pub async fn load_current_periods(
-    store: &Store,
-    tenant: &str,
-    catalog: &TenantCatalog,
-    now: DateTime<Utc>,
-) -> Result<usize, StoreError> {
-    // Per set of meters, each customer's window.
-    let mut by_meters: HashMap<Meters<'_>, Vec<CustomerWindow<'_>>> = HashMap::new();
-    for subscription in catalog.subscriptions.values() {
-        let Ok(asked) = current_questions(tenant, catalog, subscription, now) else {
-            continue;
-        };
-        for (bounds, meters) in asked {
-            let customer = subscription.customer.as_str();
-            by_meters
-                .entry(meters)
-                .or_default()
-                .push((customer, bounds));
-        }
-    }
-    let mut loaded = 0;
-    for (meters, mut asked) in by_meters {
-        asked.sort_unstable();
-        asked.dedup();
-        // A statement answers per customer, so it reads each customer once: a customer with
-        // several windows (subscriptions) has them read by successive statements.
-        while !asked.is_empty() {
-            let mut seen = std::collections::HashSet::new();
-            let (once, again): (Vec<_>, Vec<_>) =
-                asked.into_iter().partition(|&(c, _)| seen.insert(c));
-            for chunk in load_chunks(&once) {
-                loaded += usage_cache::load(store, tenant, chunk, &meters).await?;
-            }
-            asked = again;
-        }
-    }
-    Ok(loaded)
-}
-
-/// The reads (window in epoch ms, meters) of the subscription's report for its period at
-/// `now`: one per phase of the period. None when it has no period then.
-fn current_questions<'c>(
-    tenant: &'c str,
-    catalog: &'c TenantCatalog,
-    subscription: &'c Subscription,
-    now: DateTime<Utc>,
-) -> Result<Vec<Asked<'c>>, UsageError> {
-    let subject = Subject::new(tenant, catalog, subscription)?;
-    let Some(current) = subject.timeline.period_at(now)? else {
-        return Ok(vec![]);
-    };
-    let window = current.window;
-    let mut asked = Vec::new();
-    for period in subject
-        .timeline
-        .periods_overlapping(window.from, window.to)?
-    {
-        let Some(inside) = period.window.intersect(&window) else {
-            continue;
-        };
-        let plan = subject.plan(&period)?;
-        let meters = meters_read(&priced_meters(catalog, plan)?);
-        if !meters.is_empty() {
-            let bounds = (inside.from.timestamp_millis(), inside.to.timestamp_millis());
-            asked.push((bounds, meters));
-        }
-    }
-    Ok(asked)
-}
-
-/// Loads the current periods of every tenant's subscriptions into memory at once, then every
-/// `every`: new subscriptions, new periods, and customers whose answers another writer's
-/// events dropped are read back in bulk rather than on their next read.
-pub fn spawn_load_current_periods(
-    store: Store,
-    catalog: Catalog,
-    every: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let started = Instant::now();
-            let mut loaded = 0;
-            for (tenant, snapshot) in catalog.tenants() {
-                match load_current_periods(&store, &tenant, &snapshot, Utc::now()).await {
-                    Ok(n) => loaded += n,
-                    Err(e) => {
-                        tracing::warn!(tenant = %tenant, error = %e, "loading current periods' usage failed");
-                    }
-                }
-            }
-            if loaded > 0 {
-                tracing::info!(
-                    loaded,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "current periods' usage loaded into memory"
-                );
-            }
-            tokio::time::sleep(every).await;
-        }
-    })
 }
 
 /// Rates one usage price's measured `groups`.
@@ -508,26 +367,114 @@ fn group_charge(keys: &[String], usage: &GroupUsage, charge: &Charge) -> GroupCh
     }
 }
 
+/// A price's groups from the rows of its meter: each row's values for `group_by` ("" where a
+/// row lacks the key, as the per-meter statement does), rows that land in one group merged.
+/// `None` when merging would need the aggregate states (distinct counts, latest values): the
+/// caller then asks the store for that price alone.
+pub fn groups_of_price(
+    rows: &[&MeterGroupUsage],
+    group_by: &[String],
+    aggregation: Aggregation,
+) -> Option<Vec<GroupUsage>> {
+    let mut groups: std::collections::BTreeMap<Vec<String>, GroupUsage> = Default::default();
+    for row in rows {
+        let group: Vec<String> = group_by
+            .iter()
+            .map(|key| {
+                row.keys
+                    .iter()
+                    .position(|k| k == key)
+                    .and_then(|i| row.values.get(i))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        match groups.entry(group) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let group = slot.key().clone();
+                slot.insert(GroupUsage {
+                    group,
+                    value: row.value,
+                    count: row.count,
+                });
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                let merged = slot.get_mut();
+                merged.value = aggregation.combine(merged.value, row.value)?;
+                merged.count = merged.count.checked_add(row.count)?;
+            }
+        }
+    }
+    Some(groups.into_values().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn row(meter: &str, keys: &[&str], values: &[&str], value: i64, count: u64) -> MeterGroupUsage {
+        MeterGroupUsage {
+            meter: meter.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            value: Decimal::from(value),
+            count,
+        }
+    }
+
     #[test]
-    fn load_statements_are_bounded_by_customers_and_by_id_bytes() {
-        let short: Vec<String> = (0..1_201).map(|i| format!("c{i:04}")).collect();
-        let asked: Vec<CustomerWindow<'_>> = short.iter().map(|c| (c.as_str(), (0, 1))).collect();
-        let sizes: Vec<usize> = load_chunks(&asked).iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, [500, 500, 201]);
-        // 1,000-byte ids: 16 fit in 16 KiB; one longer than the bound goes alone.
-        let long: Vec<String> = (0..40).map(|i| format!("{i:0>1000}")).collect();
-        let huge = "x".repeat(20_000);
-        let mut asked: Vec<CustomerWindow<'_>> =
-            long.iter().map(|c| (c.as_str(), (0, 1))).collect();
-        asked.insert(20, (huge.as_str(), (0, 1)));
-        let chunks = load_chunks(&asked);
-        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, [16, 4, 1, 16, 4]);
-        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), asked.len());
-        assert!(load_chunks(&[]).is_empty());
+    fn rows_keyed_like_the_price_are_its_groups() {
+        let rows = [
+            row("m", &["model"], &["b"], 7, 2),
+            row("m", &["model"], &["a"], 5, 1),
+        ];
+        let rows: Vec<&MeterGroupUsage> = rows.iter().collect();
+        let groups = groups_of_price(&rows, &["model".into()], Aggregation::UniqueCount).unwrap();
+        assert_eq!(
+            groups
+                .iter()
+                .map(|g| (g.group.clone(), g.value, g.count))
+                .collect::<Vec<_>>(),
+            vec![
+                (vec!["a".to_string()], Decimal::from(5), 1),
+                (vec!["b".to_string()], Decimal::from(7), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_that_share_a_group_merge_when_their_values_can_be_merged() {
+        let rows = [
+            row("m", &["model", "region"], &["a", "eu"], 7, 2),
+            row("m", &["model", "region"], &["a", "us"], 5, 1),
+            row("m", &["model", "region"], &["b", "us"], 4, 3),
+            row("m", &["region"], &["us"], 9, 1),
+        ];
+        let rows: Vec<&MeterGroupUsage> = rows.iter().collect();
+        let by_model = ["model".to_string()];
+        let values = |a: Aggregation| {
+            groups_of_price(&rows, &by_model, a).map(|g| {
+                g.iter()
+                    .map(|g| (g.group[0].clone(), g.value, g.count))
+                    .collect::<Vec<_>>()
+            })
+        };
+        // The row without the key belongs to the group "" (as `group_values[indexOf(..)]`).
+        assert_eq!(
+            values(Aggregation::Sum).unwrap(),
+            vec![
+                (String::new(), Decimal::from(9), 1),
+                ("a".into(), Decimal::from(12), 3),
+                ("b".into(), Decimal::from(4), 3)
+            ]
+        );
+        assert_eq!(values(Aggregation::Max).unwrap()[1].1, Decimal::from(7));
+        assert_eq!(values(Aggregation::Min).unwrap()[1].1, Decimal::from(5));
+        assert_eq!(values(Aggregation::Count).unwrap()[1].1, Decimal::from(12));
+        // Distinct counts and latest values cannot be merged from finished values.
+        assert_eq!(values(Aggregation::UniqueCount), None);
+        assert_eq!(values(Aggregation::Latest), None);
+        let total = groups_of_price(&rows, &[], Aggregation::Sum).unwrap();
+        assert_eq!((total[0].value, total[0].count), (Decimal::from(25), 7));
     }
 }

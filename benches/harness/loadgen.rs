@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::json;
 
-use crate::app::InProcess;
-use crate::catalog::Catalog;
-use crate::config::Config;
-use crate::ingest::parse::{self, Context};
-use crate::store::local::LocalClickHouse;
-use crate::store::rows::EventRow;
-use crate::store::{Store, migrate};
+use meterhouse::app::InProcess;
+use meterhouse::catalog::Catalog;
+use meterhouse::config::Config;
+use meterhouse::ingest::parse::{self, Context};
+use meterhouse::store::local::LocalClickHouse;
+use meterhouse::store::rows::EventRow;
+use meterhouse::store::{Store, migrate};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadgenArgs {
@@ -176,10 +176,10 @@ impl std::fmt::Display for CpuPerEvent {
 /// CPU counters from procfs, in clock ticks: the box's busy and total time over all cores,
 /// and this process's user and system time. Zero where procfs is missing.
 #[derive(Clone, Copy, Default)]
-struct CpuTicks {
-    busy: u64,
-    total: u64,
-    own: u64,
+pub(crate) struct CpuTicks {
+    pub(crate) busy: u64,
+    pub(crate) total: u64,
+    pub(crate) own: u64,
 }
 
 impl CpuTicks {
@@ -189,7 +189,7 @@ impl CpuTicks {
     }
 
     /// From the texts of `/proc/stat` and `/proc/self/stat`.
-    fn parse(stat: &str, own_stat: &str) -> Self {
+    pub(crate) fn parse(stat: &str, own_stat: &str) -> Self {
         let fields: Vec<u64> = stat
             .lines()
             .find(|line| line.starts_with("cpu "))
@@ -218,7 +218,13 @@ impl CpuTicks {
     }
 
     /// Per event between `self` and `later`, over `elapsed` seconds on `cores` cores.
-    fn per_event(self, later: Self, elapsed: f64, cores: usize, events: usize) -> CpuPerEvent {
+    pub(crate) fn per_event(
+        self,
+        later: Self,
+        elapsed: f64,
+        cores: usize,
+        events: usize,
+    ) -> CpuPerEvent {
         let total = later.total.saturating_sub(self.total);
         if total == 0 || events == 0 {
             return CpuPerEvent::default();
@@ -288,7 +294,7 @@ fn make_bodies(args: &LoadgenArgs, run_id: &str) -> Vec<String> {
         .collect()
 }
 
-fn store_config(database: &str) -> crate::config::StoreConfig {
+fn store_config(database: &str) -> meterhouse::config::StoreConfig {
     let mut config = Config::defaults().store;
     config.database = database.into();
     config
@@ -463,42 +469,4 @@ async fn client_loop(
         accepted += ack["accepted"].as_u64().unwrap_or(0) as usize;
     }
     Ok((latencies, accepted))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_ticks_are_read_from_procfs_texts() {
-        let stat = "cpu  100 5 40 800 20 3 2 0 0 0\ncpu0 50 2 20 400 10 1 1 0 0 0\n";
-        let own = "4242 (load gen (x)) S 1 4242 4242 0 -1 4194560 900 0 0 0 70 30 0 0 20 0 9";
-        let ticks = CpuTicks::parse(stat, own);
-        assert_eq!(ticks.total, 970);
-        assert_eq!(ticks.busy, 150);
-        assert_eq!(ticks.own, 100);
-        let empty = CpuTicks::parse("", "");
-        assert_eq!((empty.total, empty.busy, empty.own), (0, 0, 0));
-    }
-
-    #[test]
-    fn cpu_per_event_splits_the_box_between_the_harness_and_the_rest() {
-        let before = CpuTicks {
-            busy: 100,
-            total: 400,
-            own: 20,
-        };
-        let after = CpuTicks {
-            busy: 300,
-            total: 600,
-            own: 70,
-        };
-        // 200 ticks over 1 s on 2 cores: 100 ticks a second. 200 busy ticks are 2 s of CPU.
-        let cpu = before.per_event(after, 1.0, 2, 1_000);
-        assert_eq!(cpu.total_us, 2_000.0);
-        assert_eq!(cpu.harness_us, 500.0);
-        assert_eq!(cpu.clickhouse_us, 1_500.0);
-        assert_eq!(before.per_event(before, 1.0, 2, 1_000).total_us, 0.0);
-        assert_eq!(before.per_event(after, 1.0, 2, 0).total_us, 0.0);
-    }
 }

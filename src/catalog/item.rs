@@ -1,0 +1,161 @@
+//! The kinds of catalog documents and what the catalog needs of each: its key, its map in a
+//! tenant's snapshot, and the checks of its references.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::TenantCatalog;
+use crate::domain::{Customer, Meter, Plan, Subscription, plan};
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Meter,
+    Plan,
+    Customer,
+    Subscription,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Meter => "meter",
+            Self::Plan => "plan",
+            Self::Customer => "customer",
+            Self::Subscription => "subscription",
+        }
+    }
+
+    /// The docs/api.md error code for a missing item of this kind.
+    pub fn not_found_code(self) -> &'static str {
+        match self {
+            Self::Meter => "meter_not_found",
+            Self::Plan => "plan_not_found",
+            Self::Customer => "customer_not_found",
+            Self::Subscription => "subscription_not_found",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The document itself is wrong; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    NotFound { kind: Kind, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub(super) fn not_found(kind: Kind, field: &str, key: &str) -> CatalogError {
+    let prefix = if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    };
+    CatalogError::NotFound {
+        kind,
+        message: format!("{prefix}no {} '{key}' in this tenant", kind.as_str()),
+    }
+}
+
+/// A catalog document kind.
+pub trait Item: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    const KIND: Kind;
+    fn key(&self) -> &str;
+    fn map(catalog: &TenantCatalog) -> &BTreeMap<String, Self>;
+    fn map_mut(catalog: &mut TenantCatalog) -> &mut BTreeMap<String, Self>;
+    /// Checks the document and its references against the tenant's catalog.
+    fn check(&self, catalog: &TenantCatalog) -> Result<(), CatalogError>;
+}
+
+impl Item for Meter {
+    const KIND: Kind = Kind::Meter;
+    fn key(&self) -> &str {
+        &self.slug
+    }
+    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
+        &c.meters
+    }
+    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
+        &mut c.meters
+    }
+    fn check(&self, _: &TenantCatalog) -> Result<(), CatalogError> {
+        self.validate().map_err(CatalogError::Invalid)
+    }
+}
+
+impl Item for Plan {
+    const KIND: Kind = Kind::Plan;
+    fn key(&self) -> &str {
+        &self.code
+    }
+    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
+        &c.plans
+    }
+    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
+        &mut c.plans
+    }
+    fn check(&self, catalog: &TenantCatalog) -> Result<(), CatalogError> {
+        self.validate().map_err(CatalogError::Invalid)?;
+        for (i, price) in self.prices.iter().enumerate() {
+            if let Some(meter) = &price.meter
+                && !catalog.meters.contains_key(meter)
+            {
+                return Err(not_found(Kind::Meter, &format!("prices[{i}].meter"), meter));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Item for Customer {
+    const KIND: Kind = Kind::Customer;
+    fn key(&self) -> &str {
+        &self.external_id
+    }
+    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
+        &c.customers
+    }
+    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
+        &mut c.customers
+    }
+    fn check(&self, _: &TenantCatalog) -> Result<(), CatalogError> {
+        self.validate().map_err(CatalogError::Invalid)
+    }
+}
+
+impl Item for Subscription {
+    const KIND: Kind = Kind::Subscription;
+    fn key(&self) -> &str {
+        &self.external_id
+    }
+    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
+        &c.subscriptions
+    }
+    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
+        &mut c.subscriptions
+    }
+    fn check(&self, catalog: &TenantCatalog) -> Result<(), CatalogError> {
+        if !plan::is_key(&self.external_id) {
+            return Err(CatalogError::Invalid(format!(
+                "external_id: {}",
+                plan::KEY_RULE
+            )));
+        }
+        if !catalog.customers.contains_key(&self.customer) {
+            return Err(not_found(Kind::Customer, "customer", &self.customer));
+        }
+        for phase in &self.phases {
+            if !catalog.plans.contains_key(&phase.plan) {
+                return Err(not_found(Kind::Plan, "plan", &phase.plan));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! The documents of a tenant's catalog and their rules: meters and their aggregations, plans
+//! and prices, customers, subscriptions and their phases. Types and validation only, no IO;
+//! they build on `billing`'s values (intervals, currencies, rating models).
+
+pub mod customer;
+pub mod meter;
+pub mod plan;
+pub mod subscription;
+
+pub use customer::Customer;
+pub use meter::{Aggregation, Meter};
+pub use plan::Plan;
+pub use subscription::Subscription;

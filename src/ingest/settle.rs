@@ -1,0 +1,140 @@
+//! Batches in doubt: an insert that failed with a passing error may or may not have landed.
+//! Its ids are held, refused to anyone who sends them again, until the batch is settled
+//! against ClickHouse by its batch id: landed ids become accepted ones, the others are released.
+
+use super::dedup::{DedupSet, KeySet};
+use crate::store::{Store, StoreError, queries};
+
+/// One batch whose insert failed ambiguously.
+struct InDoubtBatch {
+    batch_id: u64,
+    /// When it was stamped (its rows' `ingested_ms`), epoch ms.
+    ingested_ms: i64,
+    keys: Vec<u128>,
+}
+
+/// The batches in doubt, and all their keys.
+#[derive(Default)]
+pub(super) struct InDoubt {
+    batches: Vec<InDoubtBatch>,
+    keys: KeySet,
+}
+
+impl InDoubt {
+    /// Holds `keys` of `batch_id` until the batch is settled.
+    pub(super) fn hold(&mut self, batch_id: u64, ingested_ms: i64, keys: KeySet) {
+        self.keys.extend(keys.iter().copied());
+        self.batches.push(InDoubtBatch {
+            batch_id,
+            ingested_ms,
+            keys: keys.into_iter().collect(),
+        });
+    }
+
+    /// Whether any of `keys` is held.
+    pub(super) fn holds_any(&self, keys: &[u128]) -> bool {
+        keys.iter().any(|k| self.keys.contains(k))
+    }
+
+    /// Settles every batch: the keys of landed ones join `dedup`, the others are released.
+    pub(super) async fn settle(
+        &mut self,
+        store: &Store,
+        dedup: &mut DedupSet,
+    ) -> Result<(), StoreError> {
+        if self.batches.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<u64> = self.batches.iter().map(|b| b.batch_id).collect();
+        let since = self
+            .batches
+            .iter()
+            .map(|b| b.ingested_ms)
+            .min()
+            .unwrap_or(0);
+        let landed = landed(store, &ids, since).await?;
+        for batch in std::mem::take(&mut self.batches) {
+            let did_land = landed.contains(&batch.batch_id);
+            tracing::info!(
+                batch_id = batch.batch_id,
+                landed = did_land,
+                batch_events = batch.keys.len(),
+                "settled in-doubt batch"
+            );
+            if did_land {
+                dedup.insert_all(batch.keys, batch.ingested_ms);
+            }
+        }
+        self.keys.clear();
+        Ok(())
+    }
+}
+
+/// Which of these batches ClickHouse holds. A batch found in `events` whose samples are
+/// missing (the insert stopped between the table and its view) gets them re-derived, and the
+/// hours of every batch found are marked for readers to take from samples (sql/0007).
+pub async fn landed(
+    store: &Store,
+    batch_ids: &[u64],
+    since_ms: i64,
+) -> Result<Vec<u64>, StoreError> {
+    let client = store.client();
+    let in_events: Vec<(u64, u64)> = queries::landed_batches(since_ms, batch_ids)
+        .query(client)
+        .fetch_all()
+        .await?;
+    if in_events.is_empty() {
+        return Ok(vec![]);
+    }
+    let sampled: Vec<(u64, u64)> = queries::batch_samples(since_ms, batch_ids)
+        .query(client)
+        .fetch_all()
+        .await?;
+    for &(batch_id, expected) in &in_events {
+        let have = sampled
+            .iter()
+            .find(|(id, _)| *id == batch_id)
+            .map_or(0, |(_, n)| *n);
+        if have == expected {
+            continue;
+        }
+        if have > 0 {
+            // A block is written as one part, so this cannot happen; never add to it.
+            tracing::error!(
+                batch_id,
+                expected,
+                have,
+                "batch has part of its samples; left as is"
+            );
+            continue;
+        }
+        tracing::warn!(
+            batch_id,
+            samples = expected,
+            "re-deriving the samples of a batch from events"
+        );
+        queries::repair_batch_samples(batch_id)
+            .query(client)
+            .execute()
+            .await?;
+    }
+    // Whether the rollup's view ran for these batches is not knowable: their hours are read
+    // from the (now complete) samples from here on.
+    let landed: Vec<u64> = in_events.into_iter().map(|(id, _)| id).collect();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    queries::mark_dirty_hours(now_ms, since_ms, &landed)
+        .query(client)
+        .execute()
+        .await?;
+    store.dirty_hours_marked();
+    // Every process drops what it holds of these customers (sql/0011), this one included.
+    queries::mark_usage_changed(since_ms, &landed)
+        .query(client)
+        .execute()
+        .await?;
+    tracing::warn!(
+        batches = landed.len(),
+        "hours of in-doubt batches will be read from samples"
+    );
+    Ok(landed)
+}

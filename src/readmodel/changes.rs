@@ -1,0 +1,117 @@
+//! How the answers kept in memory follow changes. This process's batches are folded into them
+//! as they commit (the batcher tells, [`BatchObserver`]); every other change (other replicas,
+//! `backfill`, repairs of in-doubt batches) drops the answers of the customers it touches, by
+//! polling `usage_change_batches`, which every insert with samples feeds through a view; rows
+//! of the batches this process is inserting or has folded are skipped there. Other processes'
+//! events therefore show within one poll interval.
+
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+
+use super::UsageReader;
+use super::cache::Sample;
+use crate::ingest::batcher::BatchObserver;
+use crate::store::StoreError;
+use crate::store::rows::{DECIMAL_SCALE, EventRow};
+
+/// How far before the last poll's server time each poll looks again. A change row may be
+/// visible before the samples of its insert (views run one after another), or a process may
+/// learn of marked hours up to a second late (`Store::may_have_dirty_hours`); a read in such a
+/// gap may keep an answer that misses the change, and seeing the row again drops it. Also
+/// covers servers' clocks in a cluster.
+const POLL_OVERLAP_S: u32 = 10;
+
+/// How often the old days of `usage_change_batches` are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Drops the kept answers of customers whose usage changed, as `usage_change_batches` says,
+/// every `every`; every [`PRUNE_EVERY`], drops days of that table before yesterday. `since` is
+/// the mark of a poll made before (see [`poll`]); without one, the first poll is made at once.
+pub(super) fn spawn_poll(
+    reader: UsageReader,
+    every: Duration,
+    mut since: Option<u32>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut pruned_at = tokio::time::Instant::now();
+        let mut first = since.is_none();
+        loop {
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(every).await;
+            }
+            match poll(&reader, since).await {
+                Ok(now) => since = Some(now),
+                Err(e) => {
+                    tracing::warn!(error = %e, "polling usage changes failed; cached usage dropped");
+                    reader.cache().clear();
+                }
+            }
+            if pruned_at.elapsed() >= PRUNE_EVERY {
+                pruned_at = tokio::time::Instant::now();
+                if let Err(e) = reader.store().prune_usage_changes().await {
+                    tracing::warn!(error = %e, "dropping old usage changes failed");
+                }
+            }
+        }
+    })
+}
+
+/// Drops the answers of the customers changed since `since` (server seconds; everything kept
+/// is dropped on the first poll); returns the server's time, taken before reading the changes.
+pub async fn poll(reader: &UsageReader, since: Option<u32>) -> Result<u32, StoreError> {
+    let now = reader.store().server_now().await?;
+    let Some(since) = since else {
+        // Nothing is known of what happened before the first poll.
+        reader.cache().clear();
+        return Ok(now);
+    };
+    let own = reader.cache().own_batches();
+    let changed = reader
+        .store()
+        .usage_changed_since(since.saturating_sub(POLL_OVERLAP_S), &own)
+        .await?;
+    if !changed.is_empty() {
+        reader
+            .cache()
+            .invalidate(changed.iter().map(|(t, c)| (t.as_str(), c.as_str())));
+    }
+    Ok(now)
+}
+
+impl BatchObserver for UsageReader {
+    fn inserting(&self, batch_id: u64, rows: &[EventRow]) {
+        self.cache()
+            .begin_write(batch_id, customers_with_samples(rows));
+    }
+
+    fn committed(&self, batch_id: u64, rows: &[EventRow]) {
+        self.cache().fold(batch_id, samples(rows));
+    }
+
+    fn failed(&self, batch_id: u64, rows: &[EventRow]) {
+        self.cache().abandon(batch_id, customers_with_samples(rows));
+    }
+}
+
+/// (tenant, customer) of each row that carries samples.
+fn customers_with_samples(rows: &[EventRow]) -> impl Iterator<Item = (&str, &str)> {
+    rows.iter()
+        .filter(|r| !r.sample_meter.is_empty())
+        .map(|r| (&*r.tenant, r.customer.as_str()))
+}
+
+/// Every meter sample of `rows`, as the cache folds them.
+fn samples(rows: &[EventRow]) -> impl Iterator<Item = Sample<'_>> {
+    rows.iter().flat_map(|r| {
+        (0..r.sample_meter.len()).map(move |i| Sample {
+            tenant: &r.tenant,
+            customer: &r.customer,
+            meter: &r.sample_meter[i],
+            ts_ms: r.ts_ms,
+            keys: &r.sample_group_keys[i],
+            values: &r.sample_group_values[i],
+            value: Decimal::from_i128_with_scale(r.sample_value[i], DECIMAL_SCALE),
+        })
+    })
+}

@@ -1,0 +1,207 @@
+//! The usage read model: what a subscription used and owes, read from the store's tables and
+//! kept in memory.
+//!
+//! - `window`: where each piece of a window is read from (rollup hours, sample edges).
+//! - [`UsageReader`]: the reads, through the answers kept in memory (`cache`).
+//! - `changes`: how kept answers follow changes: this process's batches are folded in
+//!   ([`crate::ingest::batcher::BatchObserver`]), everyone else's are polled.
+//! - `preload`: current periods' answers loaded in bulk before their first read.
+//! - `report`: usage rated into charges over a window.
+//! - `account`: a customer's active subscriptions and their current periods.
+
+pub mod account;
+pub mod cache;
+pub mod changes;
+pub mod preload;
+pub mod report;
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::Aggregation;
+use crate::store::series_sql::{SeriesPoint, SeriesQuery, series_statement};
+use crate::store::usage_sql::{
+    GroupUsage, MeterGroupUsage, Meters, Scope, combined_statement, several_statement,
+    usage_statement,
+};
+use crate::store::{Store, StoreError};
+use cache::{AnswerKey, UsageCache};
+
+/// One meter's usage of one customer over a window.
+#[derive(Debug, Clone)]
+pub struct UsageQuery<'a> {
+    pub tenant: &'a str,
+    pub meter: &'a str,
+    pub aggregation: Aggregation,
+    pub customer: &'a str,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Group keys to split by (a price's `group_by`); empty for one total.
+    pub group_by: &'a [String],
+}
+
+/// Reads usage from the store, through the answers kept in memory. Cheap to clone.
+#[derive(Clone)]
+pub struct UsageReader {
+    store: Store,
+    cache: Arc<UsageCache>,
+}
+
+impl UsageReader {
+    /// A reader that asks the store every time.
+    pub fn uncached(store: Store) -> Self {
+        Self {
+            store,
+            cache: Arc::new(UsageCache::new(0)),
+        }
+    }
+
+    /// A reader that keeps the answers of up to `customers` customers, and the task that keeps
+    /// them valid by polling the store's changes every `every`: answers are only kept by a
+    /// process that polls. The first poll is made before this returns, so that no answer read
+    /// afterwards misses a change.
+    pub async fn with_cache(
+        store: Store,
+        customers: usize,
+        every: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let reader = Self {
+            store,
+            cache: Arc::new(UsageCache::new(customers)),
+        };
+        let since = changes::poll(&reader, None).await.ok();
+        let poller = changes::spawn_poll(reader.clone(), every, since);
+        (reader, poller)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn cache(&self) -> &UsageCache {
+        &self.cache
+    }
+
+    /// One meter's usage per group of the query's `group_by`.
+    pub async fn of_meter(&self, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>, StoreError> {
+        let key = (q.tenant, q.meter, Some(q.customer));
+        let parts = window::parts_of(&self.store, key, (q.from_ms, q.to_ms), true).await?;
+        if parts.is_empty() {
+            return Ok(vec![]);
+        }
+        let scope = Scope {
+            tenant: q.tenant,
+            meter: q.meter,
+            customer: Some(q.customer),
+            filters: &[],
+        };
+        let statement = usage_statement(&parts, q.aggregation, q.group_by, &scope);
+        self.store.usage(&statement).await
+    }
+
+    /// Usage of several meters of one customer over `bounds` (epoch ms), per meter and
+    /// combination of the samples' group values, in one statement; from memory when this
+    /// customer's usage has not changed since it was last read. `None` when some hour of the
+    /// rollup may be incomplete: the caller then reads meter by meter.
+    pub async fn of_meters(
+        &self,
+        tenant: &str,
+        customer: &str,
+        bounds: (i64, i64),
+        meters: &Meters<'_>,
+    ) -> Result<Option<Arc<Vec<MeterGroupUsage>>>, StoreError> {
+        if self.cache.capacity() == 0 {
+            return Ok(self
+                .of_meters_from_store(tenant, customer, bounds, meters)
+                .await?
+                .map(Arc::new));
+        }
+        let key = AnswerKey::new(bounds, meters);
+        let ticket = match self.cache.lookup(tenant, customer, &key) {
+            Ok(answer) => return Ok(Some(answer)),
+            Err(ticket) => ticket,
+        };
+        // `None` (hours marked for repair) is not kept: those reads go meter by meter.
+        let Some(rows) = self
+            .of_meters_from_store(tenant, customer, bounds, meters)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let answer = Arc::new(rows);
+        self.cache
+            .store(ticket, tenant, customer, key, answer.clone());
+        Ok(Some(answer))
+    }
+
+    /// [`UsageReader::of_meters`], from the store whatever is kept.
+    pub async fn of_meters_from_store(
+        &self,
+        tenant: &str,
+        customer: &str,
+        bounds: (i64, i64),
+        meters: &Meters<'_>,
+    ) -> Result<Option<Vec<MeterGroupUsage>>, StoreError> {
+        let usage = self
+            .of_customers(tenant, &[(customer, bounds)], meters)
+            .await?;
+        Ok(usage.map(|mut by_customer| by_customer.remove(customer).unwrap_or_default()))
+    }
+
+    /// [`UsageReader::of_meters_from_store`] of several customers of a tenant, each over its
+    /// own window, in one statement; each customer at most once. A customer with no usage in
+    /// its window has no entry. `None` when some hour of the rollup in any of the windows may
+    /// be incomplete.
+    pub async fn of_customers(
+        &self,
+        tenant: &str,
+        asked: &[(&str, (i64, i64))],
+        meters: &Meters<'_>,
+    ) -> Result<Option<HashMap<String, Vec<MeterGroupUsage>>>, StoreError> {
+        let asked: Vec<(&str, (i64, i64))> =
+            asked.iter().copied().filter(|(_, (a, b))| a < b).collect();
+        if meters.is_empty() || asked.is_empty() {
+            return Ok(Some(HashMap::new()));
+        }
+        let windows = window::windows_of(&asked);
+        if windows.hours().is_some() && self.store.may_have_dirty_hours().await? {
+            let one = match asked[..] {
+                [(customer, _)] => Some(customer),
+                _ => None,
+            };
+            let (from, to) = windows.span();
+            for &(meter, _) in meters {
+                let dirty = self.store.dirty_hours(tenant, meter, one, from, to).await?;
+                if !dirty.is_empty() {
+                    return Ok(None);
+                }
+            }
+        }
+        let usage = match asked[..] {
+            [(customer, (from, to))] => {
+                let parts = window::split(from, to, true);
+                let statement = combined_statement(tenant, customer, &parts, meters);
+                self.store.usage_of_meters(&statement, true).await?
+            }
+            _ => {
+                let statement = several_statement(tenant, &windows, meters);
+                self.store.usage_of_meters(&statement, false).await?
+            }
+        };
+        Ok(Some(usage))
+    }
+
+    /// A meter's series per window, customer and group.
+    pub async fn series(&self, q: &SeriesQuery<'_>) -> Result<Vec<SeriesPoint>, StoreError> {
+        let scope = &q.scope;
+        let key = (scope.tenant, scope.meter, scope.customer);
+        let hours = q.hours_align && q.window_size != crate::store::series_sql::WindowSize::Minute;
+        let parts = window::parts_of(&self.store, key, (q.from_ms, q.to_ms), hours).await?;
+        if parts.is_empty() {
+            return Ok(vec![]);
+        }
+        self.store.series(&series_statement(&parts, q)).await
+    }
+}

@@ -1,0 +1,188 @@
+//! Where each piece of a window is read from: whole UTC hours from the hour rollup, the ragged
+//! edges (under an hour each) from samples, and hours the rollup may lack (marked in
+//! `rollup_dirty`, sql/0007) from samples too.
+
+use crate::store::usage_sql::{Part, Windows};
+use crate::store::{Store, StoreError};
+
+pub const HOUR_MS: i64 = 3_600_000;
+
+fn ceil_to(ms: i64, unit: i64) -> i64 {
+    ms.div_euclid(unit) * unit + if ms.rem_euclid(unit) == 0 { 0 } else { unit }
+}
+
+fn floor_to(ms: i64, unit: i64) -> i64 {
+    ms.div_euclid(unit) * unit
+}
+
+/// Splits `[from, to)`: whole hours from the hour rollup, the (under an hour) edges from
+/// samples; with `hours` false (a series whose windows do not align to UTC hours), all from
+/// samples. The parts tile the window exactly.
+pub fn split(from: i64, to: i64, hours: bool) -> Vec<Part> {
+    if from >= to {
+        return vec![];
+    }
+    let (h0, h1) = (ceil_to(from, HOUR_MS), floor_to(to, HOUR_MS));
+    if !hours || h0 >= h1 {
+        return vec![Part::Samples(from, to)];
+    }
+    let mut parts = Vec::with_capacity(3);
+    if from < h0 {
+        parts.push(Part::Samples(from, h0));
+    }
+    parts.push(Part::Hours(h0, h1));
+    if h1 < to {
+        parts.push(Part::Samples(h1, to));
+    }
+    parts
+}
+
+/// The whole hours inside `[from, to)`, if any.
+pub fn whole_hours(from: i64, to: i64) -> Option<(i64, i64)> {
+    split(from, to, true)
+        .into_iter()
+        .find_map(|part| match part {
+            Part::Hours(a, b) => Some((a, b)),
+            Part::Samples(..) => None,
+        })
+}
+
+/// Takes `dirty` hours (epoch ms, sorted) out of the rollup parts and reads them from samples
+/// instead; the parts still tile the same window.
+pub fn carve(parts: Vec<Part>, dirty: &[i64]) -> Vec<Part> {
+    if dirty.is_empty() {
+        return parts;
+    }
+    let mut out = Vec::with_capacity(parts.len() + 2 * dirty.len());
+    for part in parts {
+        let Part::Hours(start, to) = part else {
+            out.push(part);
+            continue;
+        };
+        let mut from = start;
+        for &hour in dirty.iter().filter(|&&h| h >= start && h < to) {
+            if from < hour {
+                out.push(Part::Hours(from, hour));
+            }
+            out.push(Part::Samples(hour, hour + HOUR_MS));
+            from = hour + HOUR_MS;
+        }
+        if from < to {
+            out.push(Part::Hours(from, to));
+        }
+    }
+    out
+}
+
+/// The parts of `[from_ms, to_ms)` of one meter (one customer's, or all customers'), with
+/// hours the rollup may lack read from samples.
+pub async fn parts_of(
+    store: &Store,
+    (tenant, meter, customer): (&str, &str, Option<&str>),
+    (from_ms, to_ms): (i64, i64),
+    hours: bool,
+) -> Result<Vec<Part>, StoreError> {
+    let parts = split(from_ms, to_ms, hours);
+    if !parts.iter().any(|p| matches!(p, Part::Hours(..))) {
+        return Ok(parts);
+    }
+    let dirty = store
+        .dirty_hours(tenant, meter, customer, from_ms, to_ms)
+        .await?;
+    Ok(carve(parts, &dirty))
+}
+
+/// The windows of a read of several customers, each with its whole hours.
+pub fn windows_of<'a>(asked: &[(&'a str, (i64, i64))]) -> Windows<'a> {
+    let mut windows = Windows::default();
+    for &(customer, (from, to)) in asked {
+        windows.push(customer, (from, to), whole_hours(from, to));
+    }
+    windows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn dirty_hours_are_read_from_samples_and_the_parts_still_tile() {
+        let parts = split(HOUR_MS - 5, 5 * HOUR_MS + 7, true);
+        let carved = carve(parts, &[0, HOUR_MS, 3 * HOUR_MS, 5 * HOUR_MS]);
+        assert_eq!(
+            carved,
+            vec![
+                Part::Samples(HOUR_MS - 5, HOUR_MS),
+                Part::Samples(HOUR_MS, 2 * HOUR_MS),
+                Part::Hours(2 * HOUR_MS, 3 * HOUR_MS),
+                Part::Samples(3 * HOUR_MS, 4 * HOUR_MS),
+                Part::Hours(4 * HOUR_MS, 5 * HOUR_MS),
+                Part::Samples(5 * HOUR_MS, 5 * HOUR_MS + 7),
+            ]
+        );
+        assert_eq!(
+            carve(split(0, 2 * HOUR_MS, true), &[]),
+            vec![Part::Hours(0, 2 * HOUR_MS)]
+        );
+    }
+
+    #[test]
+    fn aligned_windows_read_only_the_rollup() {
+        assert_eq!(
+            split(0, 3 * HOUR_MS, true),
+            vec![Part::Hours(0, 3 * HOUR_MS)]
+        );
+    }
+
+    #[test]
+    fn ragged_windows_read_their_edges_from_samples() {
+        let (from, to) = (HOUR_MS - 90_500, 3 * HOUR_MS + 61_000);
+        assert_eq!(
+            split(from, to, true),
+            vec![
+                Part::Samples(from, HOUR_MS),
+                Part::Hours(HOUR_MS, 3 * HOUR_MS),
+                Part::Samples(3 * HOUR_MS, to)
+            ]
+        );
+        assert_eq!(split(10, 20, true), vec![Part::Samples(10, 20)]);
+        assert_eq!(
+            split(0, 3 * HOUR_MS, false),
+            vec![Part::Samples(0, 3 * HOUR_MS)]
+        );
+        assert!(split(700, 700, true).is_empty());
+    }
+
+    #[test]
+    fn several_customers_windows_keep_each_ones_whole_hours() {
+        let windows = windows_of(&[("a", (HOUR_MS - 5, 3 * HOUR_MS + 5)), ("b", (10, 20))]);
+        assert_eq!(
+            (windows.h0.clone(), windows.h1.clone()),
+            (vec![HOUR_MS, 0], vec![3 * HOUR_MS, 0])
+        );
+        assert_eq!(windows.hours(), Some((HOUR_MS, 3 * HOUR_MS)));
+    }
+
+    proptest! {
+        #[test]
+        fn parts_tile_the_window(from in -10_000_000_000i64..10_000_000_000, len in 0i64..500_000_000, hours in any::<bool>()) {
+            let to = from + len;
+            let parts = split(from, to, hours);
+            let mut at = from;
+            for part in &parts {
+                let (a, b) = match *part {
+                    Part::Hours(a, b) => {
+                        prop_assert!(a % HOUR_MS == 0 && b % HOUR_MS == 0);
+                        (a, b)
+                    }
+                    Part::Samples(a, b) => (a, b),
+                };
+                prop_assert_eq!(a, at);
+                prop_assert!(a < b);
+                at = b;
+            }
+            prop_assert_eq!(at, if parts.is_empty() { from } else { to });
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! What changed in the store, for readers that keep answers: hours the rollup may lack
+//! (`rollup_dirty`, sql/0007) and customers whose usage changed (`usage_change_batches`,
+//! sql/0011).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use super::{Store, StoreError, queries};
+
+/// Whether `rollup_dirty` holds anything: usually not, and then reads skip looking it up.
+/// Re-checked at most once a second; set at once by this process's own marks.
+#[derive(Default)]
+pub(super) struct DirtyHours {
+    any: AtomicBool,
+    checked_ms: AtomicI64,
+}
+
+impl Store {
+    /// Records that hours were just marked in `rollup_dirty`.
+    pub fn dirty_hours_marked(&self) {
+        self.dirty.any.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `rollup_dirty` may hold hours: false without a query while nothing is marked and
+    /// the last check (at most a second ago) found nothing.
+    pub async fn may_have_dirty_hours(&self) -> Result<bool, StoreError> {
+        if self.dirty.any.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        if now - self.dirty.checked_ms.load(Ordering::Relaxed) < 1_000 {
+            return Ok(false);
+        }
+        let marked: u64 = self
+            .client
+            .query(queries::ANY_DIRTY_HOURS)
+            .fetch_one()
+            .await?;
+        self.dirty.checked_ms.store(now, Ordering::Relaxed);
+        if marked > 0 {
+            self.dirty.any.store(true, Ordering::Relaxed);
+        }
+        Ok(marked > 0)
+    }
+
+    /// The hours (epoch ms) of `[from_ms, to_ms)` that readers must take from samples, for one
+    /// customer or all (sql/0007). Empty, without a query, while nothing is marked.
+    pub async fn dirty_hours(
+        &self,
+        tenant: &str,
+        meter: &str,
+        customer: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if !self.may_have_dirty_hours().await? {
+            return Ok(vec![]);
+        }
+        let seconds = (from_ms.div_euclid(1000), to_ms.div_euclid(1000) + 1);
+        let query = queries::dirty_hours(tenant, meter, seconds, customer).query(&self.client);
+        let mut hours: Vec<i64> = query.fetch_all().await?;
+        hours.sort_unstable();
+        Ok(hours)
+    }
+
+    /// The server's clock, epoch seconds: the mark each poll of the changes reads from.
+    pub async fn server_now(&self) -> Result<u32, StoreError> {
+        Ok(self.client.query(queries::SERVER_NOW).fetch_one().await?)
+    }
+
+    /// Customers (tenant, customer) whose usage changed at or after `since_s` (server
+    /// seconds), except by the batches `own`.
+    pub async fn usage_changed_since(
+        &self,
+        since_s: u32,
+        own: &[u64],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(queries::usage_changed_since(since_s, own)
+            .query(&self.client)
+            .fetch_all()
+            .await?)
+    }
+
+    /// Drops the days of `usage_change_batches` before yesterday.
+    pub async fn prune_usage_changes(&self) -> Result<(), StoreError> {
+        let days: Vec<String> = self
+            .client
+            .query(queries::OLD_USAGE_CHANGE_DAYS)
+            .fetch_all()
+            .await?;
+        for day in days {
+            queries::drop_usage_change_day(&day)
+                .query(&self.client)
+                .execute()
+                .await?;
+        }
+        Ok(())
+    }
+}
