@@ -1,23 +1,31 @@
 //! meterhouse: usage metering and rating for usage-based billing, on ClickHouse.
 //!
-//! - [`config`]: flags and `METERHOUSE_*` variables of `meterhouse serve`.
-//! - [`account`]: a customer's active subscriptions and current usage, shared by the read routes.
-//! - [`app`]: start-up (store, migrations, dedup state, keys, batcher) and graceful shutdown.
-//! - [`http`]: the HTTP API, one module per resource, and the shared [`http::AppState`].
-//! - [`server`]: the HTTP server loop: connection and body timeouts, graceful drain.
-//! - [`error`]: the one error type of the HTTP edge and docs/api.md's error body.
-//! - [`auth`]: API keys (held hashed), tenants and roles.
-//! - [`limits`]: per-key request and event rate limits.
-//! - [`ingest`]: body decoding and validation, meter samples, dedup, group commit.
-//! - [`billing`]: billing windows, rating and currencies; pure, no IO.
-//! - [`catalog`]: tenants' meters and settings, in memory.
-//! - [`store`]: ClickHouse client, error classes, rows, migrations, an owned local server.
-//! - [`usage`]: usage and charges of a subscription over a window (store + billing).
+//! Dependencies point one way, from the edge down to the pure leaves (`tests/layers.rs` checks
+//! that no module depends on itself through others):
+//!
+//! - [`billing`]: billing periods, rating, currencies and rounding. Pure, no IO.
+//! - [`domain`]: catalog documents and their rules: meters and aggregations, plans and prices,
+//!   customers, subscriptions. Pure; builds on `billing`'s values.
+//! - [`store`]: ClickHouse and nothing else: client and read budget, error classes, rows,
+//!   every statement with its values (`sql`, `queries`, `usage_sql`, `combined_sql`,
+//!   `series_sql`), migrations, the catalog's table, an owned local server.
+//! - [`catalog`]: the tenants' catalogs in memory, one snapshot per tenant, kept current by
+//!   polling the store; seed files.
+//! - [`ingest`]: body decoding and validation, meter samples, dedup, group commit (`batcher`)
+//!   and in-doubt batches (`settle`). Tells whoever listens of each batch (`BatchObserver`).
+//! - [`readmodel`]: usage reads: where each piece of a window is read from, the answers kept in
+//!   memory and how they follow changes, their bulk preload, reports (usage rated into
+//!   charges) and a customer's account.
 //! - [`backfill`]: samples and rollups for a meter created after its events arrived.
-//! - [`metrics`]: Prometheus text metrics.
-//! - [`loadgen`]: the ingest load harness behind `meterhouse loadgen`.
-//! - [`readbench`]: the read-latency harness behind `meterhouse readbench`.
-//! - [`soak`]: the long steady-load run behind `meterhouse soak`.
+//! - [`http`]: the HTTP API, one module per resource and one per vendor shape; translates only.
+//! - [`server`]: the HTTP server loop: connection and body timeouts, graceful drain.
+//! - [`auth`]: API keys (held hashed), tenants and roles. [`limits`]: per-key rate limits.
+//! - [`error`]: the one error type of the HTTP edge and docs/api.md's error body.
+//! - [`metrics`]: Prometheus text metrics. [`config`]: flags and `METERHOUSE_*` variables.
+//! - [`app`]: start-up (store, migrations, dedup state, catalog, keys, read model, batcher) and
+//!   graceful shutdown.
+//!
+//! The load, read and soak harnesses are bench targets (`benches/`), not part of the library.
 
 #![warn(rust_2018_idioms, unreachable_pub)]
 

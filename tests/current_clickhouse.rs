@@ -8,10 +8,9 @@ use std::process::Command;
 
 use meterhouse::domain::Aggregation;
 use meterhouse::readmodel::window::{split, windows_of};
+use meterhouse::store::combined_sql::{combined_statement, customers_statement};
 use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
-use meterhouse::store::usage_sql::{
-    Part, Scope, combined_statement, several_statement, usage_statement,
-};
+use meterhouse::store::usage_sql::{Part, Scope, usage_statement};
 use meterhouse::store::{migrate, queries};
 use serde_json::json;
 
@@ -83,7 +82,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     let windows = windows_of(&[("c", (from, to)), ("nobody", (0, 1))]);
     let several_sql = format!(
         "SELECT customer, meter, value, events FROM ({}) ORDER BY meter",
-        several_statement("t", &windows, &meters).render()
+        customers_statement("t", &windows, &meters).render()
     );
     // A series over the same window, hourly in a timezone with a half-hour offset.
     let series = SeriesQuery {

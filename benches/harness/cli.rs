@@ -13,7 +13,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli<A: clap::Args> {
     #[command(flatten)]
     args: A,
-    /// Added by `cargo bench`; ignored.
+    /// Added by `cargo bench`: without it (`cargo test --all-targets`) the harness does not
+    /// run; `tests/` runs small ones.
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -27,6 +28,10 @@ where
     R: Serialize,
 {
     let cli = Cli::<A>::parse();
+    if !cli.bench {
+        eprintln!("a benchmark: run it with `cargo bench --bench <name> -- <args>`");
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("METERHOUSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -230,7 +230,7 @@ fn shared_schemas() -> Map<String, Value> {
                         "properties": {"index": {"type": "integer"}, "field": {"type": "string"},
                                        "message": {"type": "string"}}}}}},
         "Event": {"type": "object", "required": ["id", "customer", "type"],
-            "description": "Lago's (transaction_id, external_customer_id, code), Flexprice's (event_id, event_name) and OpenMeter's (resolved) names are accepted too",
+            "description": "Lago's (transaction_id, external_customer_id, code), Flexprice's (event_id, event_name) and OpenMeter's (subject) names are accepted too",
             "properties": {
                 "id": {"type": "string", "description": "unique per tenant: a repeated id is a duplicate, counted once"},
                 "customer": {"type": "string"}, "type": {"type": "string"},

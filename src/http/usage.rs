@@ -24,7 +24,7 @@ use crate::domain::{Customer, Subscription};
 use crate::error::ApiError;
 use crate::ingest::parse::parse_instant;
 use crate::readmodel::account;
-use crate::readmodel::report::{Resolved, UsageError, UsageReport, report};
+use crate::readmodel::report::{ResolvedSubscription, UsageError, UsageReport, report};
 use crate::store::series_sql::{SeriesQuery, WindowSize};
 use crate::store::usage_sql::Scope;
 
@@ -90,7 +90,7 @@ async fn usage_for(
     if from >= to {
         return Err(ApiError::InvalidRequest("from: must be before to".into()));
     }
-    let resolved = Resolved::new(&principal.tenant, catalog, subscription)?;
+    let resolved = ResolvedSubscription::new(&principal.tenant, catalog, subscription)?;
     Ok(report(&state.usage, &resolved, from, to).await?)
 }
 

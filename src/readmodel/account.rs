@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::UsageReader;
-use super::report::{Resolved, UsageError, UsageReport, report};
+use super::report::{ResolvedSubscription, UsageError, UsageReport, report};
 use crate::billing::period::{Status, Timeline};
 use crate::catalog::TenantCatalog;
 use crate::domain::{Meter, Plan, Subscription};
@@ -55,7 +55,7 @@ pub fn active_subscriptions<'c>(
         .values()
         .filter(|s| s.customer == customer)
         .filter_map(|s| {
-            let resolved = Resolved::new("", catalog, s).ok()?;
+            let resolved = ResolvedSubscription::new("", catalog, s).ok()?;
             let status = resolved.timeline.status_at(now);
             matches!(status, Status::Active | Status::Trialing).then_some((s, status))
         })
@@ -73,7 +73,7 @@ pub async fn current_report(
     subscription: &Subscription,
     now: DateTime<Utc>,
 ) -> Result<Option<UsageReport>, UsageError> {
-    let resolved = Resolved::new(tenant, catalog, subscription)?;
+    let resolved = ResolvedSubscription::new(tenant, catalog, subscription)?;
     let Some(period) = resolved.timeline.period_at(now)? else {
         return Ok(None);
     };
@@ -113,7 +113,7 @@ pub async fn current_subscriptions<'c>(
 ) -> Result<Vec<Current<'c>>, UsageError> {
     let mut current = Vec::new();
     for (subscription, status) in active_subscriptions(catalog, customer, now) {
-        let resolved = Resolved::new(tenant, catalog, subscription)?;
+        let resolved = ResolvedSubscription::new(tenant, catalog, subscription)?;
         // Active or trialing now, so it has a current period.
         let Some(period) = resolved.timeline.period_at(now)? else {
             continue;

@@ -21,11 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::Aggregation;
+use crate::store::combined_sql::{Meters, combined_statement, customers_statement};
 use crate::store::series_sql::{SeriesPoint, SeriesQuery, series_statement};
-use crate::store::usage_sql::{
-    GroupUsage, MeterGroupUsage, Meters, Scope, combined_statement, several_statement,
-    usage_statement,
-};
+use crate::store::usage_sql::{GroupUsage, MeterGroupUsage, Scope, usage_statement};
 use crate::store::{Store, StoreError};
 use cache::{AnswerKey, UsageCache};
 
@@ -186,7 +184,7 @@ impl UsageReader {
                 self.store.usage_of_meters(&statement, true).await?
             }
             _ => {
-                let statement = several_statement(tenant, &windows, meters);
+                let statement = customers_statement(tenant, &windows, meters);
                 self.store.usage_of_meters(&statement, false).await?
             }
         };

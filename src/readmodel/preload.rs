@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::UsageReader;
 use super::cache::AnswerKey;
-use super::report::{Resolved, UsageError, meters_read, priced_meters};
+use super::report::{ResolvedSubscription, UsageError, meters_read, priced_meters};
 use crate::catalog::{Catalog, TenantCatalog};
 use crate::domain::{Aggregation, Subscription};
 use crate::store::StoreError;
@@ -57,8 +57,12 @@ pub async fn load(
 /// The meters one read of a plan's usage asks for (`report::meters_read`).
 type Meters<'c> = Vec<(&'c str, Aggregation)>;
 
-/// One read of a plan's usage: its window in epoch ms, and its meters.
-type Asked<'c> = ((i64, i64), Meters<'c>);
+/// One read of a plan's usage.
+struct PeriodRead<'c> {
+    /// The window, epoch ms.
+    bounds: (i64, i64),
+    meters: Meters<'c>,
+}
 
 /// A customer and its window in epoch ms.
 type CustomerWindow<'c> = (&'c str, (i64, i64));
@@ -106,12 +110,12 @@ pub async fn load_current_periods(
         let Ok(asked) = current_reads(tenant, catalog, subscription, now) else {
             continue;
         };
-        for (bounds, meters) in asked {
+        for read in asked {
             let customer = subscription.customer.as_str();
             by_meters
-                .entry(meters)
+                .entry(read.meters)
                 .or_default()
-                .push((customer, bounds));
+                .push((customer, read.bounds));
         }
     }
     let mut loaded = 0;
@@ -133,15 +137,15 @@ pub async fn load_current_periods(
     Ok(loaded)
 }
 
-/// The reads (window in epoch ms, meters) of the subscription's report for its period at
+/// The reads of the subscription's report for its period at
 /// `now`: one per phase of the period. None when it has no period then.
 fn current_reads<'c>(
     tenant: &'c str,
     catalog: &'c TenantCatalog,
     subscription: &'c Subscription,
     now: DateTime<Utc>,
-) -> Result<Vec<Asked<'c>>, UsageError> {
-    let resolved = Resolved::new(tenant, catalog, subscription)?;
+) -> Result<Vec<PeriodRead<'c>>, UsageError> {
+    let resolved = ResolvedSubscription::new(tenant, catalog, subscription)?;
     let Some(current) = resolved.timeline.period_at(now)? else {
         return Ok(vec![]);
     };
@@ -158,7 +162,7 @@ fn current_reads<'c>(
         let meters = meters_read(&priced_meters(catalog, plan)?);
         if !meters.is_empty() {
             let bounds = (inside.from.timestamp_millis(), inside.to.timestamp_millis());
-            asked.push((bounds, meters));
+            asked.push(PeriodRead { bounds, meters });
         }
     }
     Ok(asked)

@@ -100,7 +100,7 @@ impl UsageCharge {
 }
 
 /// Everything needed to report on one subscription.
-pub struct Resolved<'a> {
+pub struct ResolvedSubscription<'a> {
     pub tenant: &'a str,
     pub catalog: &'a TenantCatalog,
     pub subscription: &'a Subscription,
@@ -108,7 +108,7 @@ pub struct Resolved<'a> {
     pub timeline: Timeline,
 }
 
-impl<'a> Resolved<'a> {
+impl<'a> ResolvedSubscription<'a> {
     pub fn new(
         tenant: &'a str,
         catalog: &'a TenantCatalog,
@@ -146,7 +146,7 @@ impl<'a> Resolved<'a> {
 /// measured over the part of the period inside the window.
 pub async fn report(
     reader: &UsageReader,
-    resolved: &Resolved<'_>,
+    resolved: &ResolvedSubscription<'_>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<UsageReport, UsageError> {
@@ -214,7 +214,7 @@ fn flat_fee(plan: &Plan, price: &Price, period: &Period) -> Result<FlatFee, Usag
 /// that read ([`groups_of_price`]) is read on its own.
 async fn usage_charges(
     reader: &UsageReader,
-    resolved: &Resolved<'_>,
+    resolved: &ResolvedSubscription<'_>,
     plan: &Plan,
     window: Window,
 ) -> Result<Vec<UsageCharge>, UsageError> {

@@ -2,7 +2,8 @@
 //! edges (under an hour each) from samples, and hours the rollup may lack (marked in
 //! `rollup_dirty`, sql/0007) from samples too.
 
-use crate::store::usage_sql::{Part, Windows};
+use crate::store::combined_sql::Windows;
+use crate::store::usage_sql::Part;
 use crate::store::{Store, StoreError};
 
 pub const HOUR_MS: i64 = 3_600_000;

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 mod changes;
+pub mod combined_sql;
 mod error;
 pub mod local;
 pub mod migrate;

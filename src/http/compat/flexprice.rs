@@ -26,7 +26,7 @@ use crate::http::ApiJson;
 use crate::http::AppState;
 use crate::http::usage::instant;
 use crate::readmodel::account;
-use crate::readmodel::report::{Resolved, UsageCharge, report};
+use crate::readmodel::report::{ResolvedSubscription, UsageCharge, report};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -83,7 +83,7 @@ async fn subscription_usage(
             ));
         }
         Some((from, to)) => {
-            let resolved = Resolved::new(&principal.tenant, &catalog, subscription)?;
+            let resolved = ResolvedSubscription::new(&principal.tenant, &catalog, subscription)?;
             report(&state.usage, &resolved, from, to).await?
         }
         None => account::current_report(

@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::usage::readable_customer;
 use crate::readmodel::account::{self, Current};
-use crate::readmodel::report::Resolved;
+use crate::readmodel::report::ResolvedSubscription;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(billing))
@@ -198,7 +198,7 @@ impl Ctx<'_> {
         current: Option<&Current<'_>>,
         now: DateTime<Utc>,
     ) -> Option<Value> {
-        let resolved = Resolved::new(self.tenant, self.catalog, subscription).ok()?;
+        let resolved = ResolvedSubscription::new(self.tenant, self.catalog, subscription).ok()?;
         let timeline = &resolved.timeline;
         let status = match timeline.status_at(now) {
             Status::Scheduled => return None,

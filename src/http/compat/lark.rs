@@ -1,5 +1,5 @@
-//! Lark: `GET /lark/customer-access/{resolved_id}/billing-state`. A rate card is a plan, a
-//! pricing metric a meter, a resolved a customer.
+//! Lark: `GET /lark/customer-access/{subject_id}/billing-state`. A rate card is a plan, a
+//! pricing metric a meter, a subject a customer.
 
 use crate::http::ApiPath as Path;
 use axum::Json;
@@ -20,23 +20,23 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(billing_state))
 }
 
-/// Lark's billing state of a resolved (customer): active subscriptions with their rate card
+/// Lark's billing state of a subject (customer): active subscriptions with their rate card
 /// (plan), whether usage is past what is included, and per usage price the units used.
-#[utoipa::path(get, path = "/lark/customer-access/{resolved_id}/billing-state", tag = "compat",
-    params(("resolved_id" = String, Path, description = "the customer's external id")),
+#[utoipa::path(get, path = "/lark/customer-access/{subject_id}/billing-state", tag = "compat",
+    params(("subject_id" = String, Path, description = "the customer's external id")),
     responses((status = 200, description = "active_subscriptions [{rate_card_id, subscription_id}], has_active_subscription, has_overage_for_usage, usage_data [{included_units, pricing_metric_id, rate_name, used_units}]"),
               (status = 404, description = "customer_not_found")))]
 async fn billing_state(
     State(state): State<AppState>,
     principal: Principal,
-    Path(resolved_id): Path<String>,
+    Path(subject_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let catalog = readable_customer(&state, &principal, &resolved_id)?;
+    let catalog = readable_customer(&state, &principal, &subject_id)?;
     let current = account::current_subscriptions(
         &state.usage,
         &principal.tenant,
         &catalog,
-        &resolved_id,
+        &subject_id,
         Utc::now(),
     )
     .await?;

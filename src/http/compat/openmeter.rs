@@ -22,7 +22,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 /// CloudEvents in, `204` once they are durable. `application/json` is read as CloudEvents too:
 /// one event or, for an array, a batch.
 #[utoipa::path(post, path = "/openmeter/api/v1/events", tag = "compat",
-    request_body(content = Object, description = "A CloudEvent (application/cloudevents+json) or an array of them (application/cloudevents-batch+json): resolved → customer, type, time, data → properties, source/id → the event id"),
+    request_body(content = Object, description = "A CloudEvent (application/cloudevents+json) or an array of them (application/cloudevents-batch+json): subject → customer, type, time, data → properties, source/id → the event id"),
     responses((status = 204, description = "Stored in ClickHouse"), (status = 400), (status = 401), (status = 415)))]
 async fn ingest_events(
     State(state): State<AppState>,
