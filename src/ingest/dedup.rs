@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn the_cap_holds_when_ids_arrive_faster_than_a_generation_passes() {
         // 1,600 ids at most: generations of 100. Ten batches of 1,000 within one time slice
-        // (a 72-hour window has 4.5-hour slices) used to grow one generation without bound.
+        // (a 72-hour window has 4.5-hour slices) must not grow one generation past its share.
         let mut set = DedupSet::new(72 * HOUR, 1_600);
         for batch in 0..10u128 {
             set.insert_all((0..1_000).map(|i| batch * 1_000 + i), 1_000 + batch as i64);
