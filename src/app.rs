@@ -13,11 +13,15 @@ use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::ingest::batcher::{self, BatcherHandle, Settings};
 use crate::ingest::dedup::DedupSet;
+use crate::ingest::ledger::Ledger;
+use crate::ingest::shared::SharedLedger;
+use crate::ingest::writers::{DedupMode, Writer};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::readmodel::{UsageReader, preload};
 use crate::store::local::LocalClickHouse;
 use crate::store::{Store, migrate};
+use redis::aio::ConnectionManager;
 
 /// A built service, ready to serve.
 pub struct Application {
@@ -38,7 +42,14 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Store, Option<LocalC
     };
     let store =
         connect_with_retry(Store::new(&url, &config.store), Duration::from_secs(30)).await?;
-    let ran = migrate::run(&store).await.context("applying migrations")?;
+    let migrations = async { migrate::run(&store).await.context("applying migrations") };
+    let ran = match &config.redis_url {
+        // Replicas may start together: one at a time.
+        Some(redis) => {
+            crate::ingest::shared::with_migration_lock(redis, store.database(), migrations).await?
+        }
+        None => migrations.await?,
+    };
     tracing::info!(migrations_applied = ran, "schema up to date");
     Ok((store, owned))
 }
@@ -60,15 +71,8 @@ async fn connect_with_retry(store: Store, patience: Duration) -> anyhow::Result<
 impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let (store, owned_clickhouse) = open_store(config).await?;
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let dedup = DedupSet::load(&store, config.dedup_window(), config.dedup_max_ids, now_ms)
-            .await
-            .context("loading accepted event ids")?;
-        tracing::info!(
-            remembered_ids = dedup.len(),
-            window_hours = config.dedup_window_hours,
-            "dedup state loaded"
-        );
+        let mut background = Vec::new();
+        let (ledger, redis) = open_ledger(config, &store, &mut background).await?;
         let catalog = Catalog::open(store.clone())
             .await
             .context("loading the catalog")?;
@@ -94,10 +98,10 @@ impl Application {
             queue_max_events: config.queue_max_events,
             ack_timeout: config.ack_timeout(),
         };
-        let mut background = vec![
+        background.extend([
             http::keys::spawn_refresh(store.clone(), keys.clone(), http::keys::REFRESH_EVERY),
             catalog.spawn_refresh(Duration::from_secs(1)),
-        ];
+        ]);
         let usage = if config.usage_cache_customers > 0 {
             let every = Duration::from_millis(config.usage_changes_poll_ms);
             let (usage, poller) =
@@ -114,10 +118,11 @@ impl Application {
         };
         let observer = std::sync::Arc::new(usage.clone());
         let (ingestor, batcher) =
-            batcher::start(store.clone(), dedup, settings, metrics.clone(), observer);
+            batcher::start(store.clone(), ledger, settings, metrics.clone(), observer);
         let limits = RateLimits::new(config.rate_limit_rps, config.rate_limit_eps);
         let state = AppState {
             store,
+            redis,
             usage,
             ingestor,
             catalog,
@@ -172,6 +177,54 @@ impl Application {
         }
         tracing::info!("shutdown complete");
     }
+}
+
+/// The accepted ids: shared in Redis with `--redis-url`, in this process's memory (loaded from
+/// ClickHouse) otherwise. Registers this process as a writer of its database, which refuses a
+/// second process beside one that keeps ids in its own memory.
+async fn open_ledger(
+    config: &Config,
+    store: &Store,
+    background: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<(Ledger, Option<ConnectionManager>)> {
+    let (ledger, redis, mode) = match &config.redis_url {
+        None => {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let window = config.dedup_window();
+            let dedup = DedupSet::load(store, window, config.dedup_max_ids, now_ms)
+                .await
+                .context("loading accepted event ids")?;
+            tracing::info!(
+                remembered_ids = dedup.len(),
+                window_hours = config.dedup_window_hours,
+                "dedup state loaded"
+            );
+            (Ledger::embedded(dedup), None, DedupMode::Embedded)
+        }
+        Some(url) => {
+            let (mut shared, heartbeat) =
+                SharedLedger::open(url, store.database(), config.dedup_window())
+                    .await
+                    .context("connecting to redis (--redis-url)")?;
+            background.push(heartbeat);
+            shared
+                .prepare(store)
+                .await
+                .context("loading accepted event ids into redis")?;
+            tracing::info!(
+                window_hours = config.dedup_window_hours,
+                "dedup shared through redis"
+            );
+            let redis = shared.connection();
+            (
+                Ledger::Shared(Box::new(shared)),
+                Some(redis),
+                DedupMode::Shared,
+            )
+        }
+    };
+    background.push(Writer::new(mode).register(store).await?);
+    Ok((ledger, redis))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -72,6 +72,11 @@ pub struct Config {
     /// ...and at most this many ids (about 40 bytes each).
     #[arg(long, env = "METERHOUSE_DEDUP_MAX_IDS", default_value_t = 20_000_000)]
     pub dedup_max_ids: usize,
+    /// Redis (or Valkey) shared by every replica: accepted event ids and batches in flight
+    /// (`redis://HOST:PORT[/DB]`). Unset: ids are kept in this process's memory, and no other
+    /// process may ingest into the same database.
+    #[arg(long, env = "METERHOUSE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// Requests per second per API key.
     #[arg(long, env = "METERHOUSE_RATE_LIMIT_RPS", default_value_t = 2_000)]
     pub rate_limit_rps: u32,

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub batches_inserted: AtomicU64,
     pub batches_failed: AtomicU64,
     pub queue_events: AtomicU64,
+    /// Milliseconds since the last successful poll of other writers' changes (0 without a
+    /// cache).
+    pub usage_changes_poll_age_ms: AtomicU64,
     /// Usage reads answered from memory, and from ClickHouse (copied from the store's cache).
     pub usage_cache_hits: AtomicU64,
     pub usage_cache_misses: AtomicU64,
@@ -84,6 +87,7 @@ impl Metrics {
             batches_inserted: AtomicU64::new(0),
             batches_failed: AtomicU64::new(0),
             queue_events: AtomicU64::new(0),
+            usage_changes_poll_age_ms: AtomicU64::new(0),
             usage_cache_hits: AtomicU64::new(0),
             usage_cache_misses: AtomicU64::new(0),
             usage_cache_loaded: AtomicU64::new(0),
@@ -158,6 +162,13 @@ impl Metrics {
             out,
             "# HELP {name} Events waiting for an insert.\n# TYPE {name} gauge\n{name} {}",
             self.queue_events.load(Relaxed)
+        );
+        let name = "meterhouse_usage_changes_poll_age_seconds";
+        let age = self.usage_changes_poll_age_ms.load(Relaxed) as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time since other writers' changes were last polled; past the staleness \
+             bound usage is read from ClickHouse, not memory.\n# TYPE {name} gauge\n{name} {age}"
         );
         self.batch_events.render(
             &mut out,

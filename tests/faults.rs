@@ -11,60 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{KEYS, Service, TestApp, clickhouse_url, scratch_dir, spawn_with, test_config};
+use common::{
+    KEYS, Service, TestApp, clickhouse_url, free_port, scratch_dir, spawn_with, test_config,
+};
+use meterhouse::store::Store;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `meterhouse serve` as its own process on `port`, on the shared test ClickHouse.
 fn start_service(port: u16, database: &str) -> Service {
-    let catalog = scratch_dir("faults-catalog.json");
-    std::fs::create_dir_all(catalog.parent().unwrap()).unwrap();
-    std::fs::write(&catalog, common::CATALOG).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_meterhouse"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--clickhouse-url",
-            &clickhouse_url(),
-            "--database",
-            database,
-        ])
-        .args(["--api-keys", KEYS, "--batch-max-wait-ms", "5"])
-        .arg("--catalog")
-        .arg(&catalog)
-        // The shared ClickHouse is this test binary's: its generated password, as an operator
-        // would pass it (an environment variable keeps it off the command line).
-        .env(
-            "METERHOUSE_CLICKHOUSE_PASSWORD",
-            meterhouse::store::local::password_of(&clickhouse_url()).expect("owned here"),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Service)
-        .expect("start meterhouse serve")
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the service at {base} did not become ready");
+    common::serve_process(port, database, &[])
 }
 
 const CLIENTS: usize = 20;
@@ -129,9 +86,8 @@ async fn ingest_until_acknowledged(
 }
 
 /// Ids stored in `database.events`, each as often as stored.
-async fn stored_ids(app: &TestApp, database: &str) -> Vec<String> {
-    app.store()
-        .await
+async fn stored_ids(store: &Store, database: &str) -> Vec<String> {
+    store
         .client()
         .query(&format!(
             "SELECT id FROM {database}.events WHERE tenant = 'acme'"
@@ -144,8 +100,9 @@ async fn stored_ids(app: &TestApp, database: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
     const DB: &str = "test_faults_kill9";
-    // A handle on the database for checking (and a clean start).
-    let checker = spawn_with(test_config("faults_kill9", &clickhouse_url()), true).await;
+    // A handle on the database for checking, and a clean start. Not a service: a second
+    // process keeping ids in its own memory would make the service refuse to start.
+    let checker = common::empty_database(&test_config("faults_kill9", &clickhouse_url())).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
@@ -153,7 +110,7 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
         .build()
         .unwrap();
     let mut service = start_service(port, DB);
-    wait_ready(&http, &base).await;
+    common::wait_ready(&http, &base).await;
 
     let (refused, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let clients: Vec<_> = (0..CLIENTS)
@@ -193,7 +150,6 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
         "exactly the acknowledged (and retried) events are stored"
     );
     drop(service);
-    checker.shutdown().await;
 }
 
 /// A TCP relay to `upstream` that passes at most `bytes_per_second` towards it: a slow link.
@@ -309,7 +265,7 @@ async fn a_slow_clickhouse_pushes_back_with_503_and_the_queue_stays_bounded() {
         peak <= QUEUE_MAX,
         "queue reached {peak} events, bound {QUEUE_MAX}"
     );
-    let stored = stored_ids(&app, "test_faults_slow").await;
+    let stored = stored_ids(&app.store().await, "test_faults_slow").await;
     let unique: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), unique.len(), "no event stored twice");
     assert!(
@@ -493,7 +449,7 @@ async fn a_full_or_read_only_disk_acknowledges_nothing_it_did_not_store() {
     retry_until_acknowledged(&app, &body).await;
     acknowledged.extend(ids);
 
-    let stored = stored_ids(&app, "test_faults_disk").await;
+    let stored = stored_ids(&app.store().await, "test_faults_disk").await;
     let unique: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), unique.len(), "no event stored twice");
     assert_eq!(
@@ -527,7 +483,7 @@ async fn an_owned_clickhouse_in_use_is_not_stopped_by_another_process() {
     );
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&http, &base).await;
+    common::wait_ready(&http, &base).await;
     let refused = meterhouse::store::local::LocalClickHouse::start(&data_dir).await;
     let message = refused.err().expect("refused").to_string();
     assert!(message.contains("is still running"), "{message}");

@@ -48,6 +48,8 @@ impl From<StoreError> for ApiError {
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub store: Store,
+    /// Redis, when accepted ids are shared (`--redis-url`).
+    pub redis: Option<redis::aio::ConnectionManager>,
     /// Usage reads, through the answers kept in memory.
     pub usage: UsageReader,
     pub ingestor: Ingestor,

@@ -14,8 +14,9 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::dedup::{DedupSet, KeySet};
-use super::settle::{self, InDoubt};
+use super::dedup::KeySet;
+use super::ledger::{Ledger, Verdict};
+use super::settle;
 use crate::metrics::Metrics;
 use crate::store::rows::EventRow;
 use crate::store::{Store, StoreError};
@@ -52,8 +53,6 @@ pub struct Settings {
 /// Insert attempts per batch; another is made only once the previous one is known not to
 /// have landed.
 const MAX_ATTEMPTS: u32 = 3;
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-const END_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Submission {
     rows: Vec<EventRow>,
@@ -135,11 +134,11 @@ pub trait BatchObserver: Send + Sync + 'static {
     fn failed(&self, batch_id: u64, rows: &[EventRow]);
 }
 
-/// Starts the batcher task over `store`, remembering accepted ids in `dedup` and telling
+/// Starts the batcher task over `store`, keeping accepted ids in `ledger` and telling
 /// `observer` of each batch.
 pub fn start(
     store: Store,
-    dedup: DedupSet,
+    ledger: Ledger,
     settings: Settings,
     metrics: Arc<Metrics>,
     observer: Arc<dyn BatchObserver>,
@@ -156,8 +155,7 @@ pub fn start(
         rx,
         stopped,
         store,
-        dedup,
-        in_doubt: InDoubt::default(),
+        ledger,
         settings,
         metrics,
         observer,
@@ -170,8 +168,7 @@ struct Batcher {
     rx: mpsc::Receiver<Submission>,
     stopped: watch::Receiver<bool>,
     store: Store,
-    dedup: DedupSet,
-    in_doubt: InDoubt,
+    ledger: Ledger,
     settings: Settings,
     metrics: Arc<Metrics>,
     observer: Arc<dyn BatchObserver>,
@@ -205,48 +202,83 @@ impl Batcher {
             });
         }
         tracing::info!(
-            remembered_ids = self.dedup.len(),
+            remembered_ids = self.ledger.remembered(),
             "batcher stopped after flushing"
         );
     }
 
     async fn flush(&mut self, submissions: Vec<Submission>) {
-        if let Err(e) = self.in_doubt.settle(&self.store, &mut self.dedup).await {
+        if let Err(e) = self.ledger.settle(&self.store).await {
             tracing::warn!(error = %e, "cannot settle in-doubt batches; refusing this batch");
-            for submission in submissions {
-                self.refuse(submission);
-            }
-            return;
+            return self.refuse_all(submissions);
         }
+        let batch_id: u64 = rand::random();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut distinct = KeySet::default();
+        let ordered: Vec<u128> = submissions
+            .iter()
+            .flat_map(|s| s.keys.iter().copied())
+            .filter(|&key| distinct.insert(key))
+            .collect();
+        let claims = match self.ledger.claim(batch_id, now_ms, &ordered).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim the batch's ids; refusing it");
+                return self.refuse_all(submissions);
+            }
+        };
         let mut rows = Vec::new();
-        let mut keys = KeySet::default();
+        let mut taken = KeySet::default();
         let mut waiting = Vec::with_capacity(submissions.len());
         for submission in submissions {
-            if self.in_doubt.holds_any(&submission.keys) {
+            let verdicts: Vec<Verdict> = submission
+                .keys
+                .iter()
+                .map(|&key| self.ledger.verdict(&claims, key))
+                .collect();
+            if verdicts.contains(&Verdict::Busy) {
                 self.refuse(submission);
                 continue;
             }
             let (mut accepted, mut duplicates) = (0, 0);
-            for (row, key) in submission.rows.into_iter().zip(submission.keys) {
-                if self.dedup.contains(key) || !keys.insert(key) {
-                    duplicates += 1;
-                } else {
+            let rows_and_keys = submission.rows.into_iter().zip(submission.keys);
+            for ((row, key), verdict) in rows_and_keys.zip(verdicts) {
+                if verdict == Verdict::New && taken.insert(key) {
                     rows.push(row);
                     accepted += 1;
+                } else {
+                    duplicates += 1;
                 }
             }
-            waiting.push((
-                submission.reply,
-                Ack {
-                    accepted,
-                    duplicates,
-                },
-            ));
+            let ack = Ack {
+                accepted,
+                duplicates,
+            };
+            waiting.push((submission.reply, ack));
+        }
+        // Ids claimed for refused requests go back at once (their retries may come anywhere).
+        let unused: Vec<u128> = ordered
+            .into_iter()
+            .filter(|key| {
+                !taken.contains(key) && self.ledger.verdict(&claims, *key) == Verdict::New
+            })
+            .collect();
+        if !unused.is_empty()
+            && let Err(e) = self.ledger.release(batch_id, &unused).await
+        {
+            // Held in doubt, all of them: settled (not stored) and released before the next.
+            tracing::warn!(error = %e, "cannot release ids of refused requests; refusing the batch");
+            taken.extend(unused);
+            self.ledger.failed(batch_id, taken, now_ms, true).await;
+            for (reply, _) in waiting {
+                let _ = reply.send(Err(IngestError::Unavailable));
+            }
+            return;
         }
         let result = if rows.is_empty() {
             Ok(())
         } else {
-            self.commit(&mut rows, keys).await
+            self.commit(&mut rows, taken, batch_id, now_ms).await
         };
         for (reply, ack) in waiting {
             let answer = match &result {
@@ -268,11 +300,15 @@ impl Batcher {
         }
     }
 
-    /// Inserts one batch; on success its keys join the dedup set, on an ambiguous failure
-    /// they are held in doubt.
-    async fn commit(&mut self, rows: &mut [EventRow], keys: KeySet) -> Result<(), StoreError> {
-        let batch_id: u64 = rand::random();
-        let now_ms = chrono::Utc::now().timestamp_millis();
+    /// Inserts one batch; on success its ids are accepted, on an ambiguous failure they are
+    /// held in doubt until the batch is settled.
+    async fn commit(
+        &mut self,
+        rows: &mut [EventRow],
+        keys: KeySet,
+        batch_id: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         for row in rows.iter_mut() {
             row.stamp(now_ms, batch_id);
         }
@@ -281,7 +317,7 @@ impl Batcher {
         let result = self.insert_with_retries(rows, batch_id, now_ms).await;
         match &result {
             Ok(()) => {
-                self.dedup.insert_all(keys, now_ms);
+                self.ledger.committed(batch_id, keys, now_ms).await;
                 // Before any request of the batch is acknowledged: its client reads its writes.
                 self.observer.committed(batch_id, rows);
                 self.metrics.batches_inserted.fetch_add(1, Relaxed);
@@ -300,14 +336,17 @@ impl Batcher {
                 self.observer.failed(batch_id, rows);
                 self.metrics.batches_failed.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, batch_events = rows.len(), batch_id, "batch insert failed");
-                if e.is_retryable() {
-                    self.in_doubt.hold(batch_id, now_ms, keys);
-                }
+                self.ledger
+                    .failed(batch_id, keys, now_ms, e.is_retryable())
+                    .await;
             }
         }
         result
     }
 
+    /// Inserts `rows`, retrying a passing failure once the attempt is known not to have
+    /// landed: it is stopped on the server first (it may still run there after a timeout
+    /// here), then looked for.
     async fn insert_with_retries(
         &self,
         rows: &[EventRow],
@@ -317,7 +356,12 @@ impl Batcher {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.insert(rows).await {
+            if !self.ledger.may_insert() {
+                return Err(StoreError::Unavailable(
+                    "this replica lost touch with redis; it starts no insert".into(),
+                ));
+            }
+            let error = match self.store.insert_events(rows, batch_id, attempt).await {
                 Ok(()) => return Ok(()),
                 Err(e) if !e.is_retryable() || attempt >= MAX_ATTEMPTS => return Err(e),
                 Err(e) => e,
@@ -327,6 +371,7 @@ impl Batcher {
             tracing::info!(error = %error, attempt, "retrying batch insert");
             tokio::time::sleep(backoff + jitter).await;
             // Retry only what is known not to have landed.
+            self.store.kill_inserts_of(batch_id).await?;
             if settle::landed(&self.store, &[batch_id], since_ms)
                 .await?
                 .contains(&batch_id)
@@ -336,22 +381,14 @@ impl Batcher {
         }
     }
 
-    async fn insert(&self, rows: &[EventRow]) -> Result<(), StoreError> {
-        let mut insert = self
-            .store
-            .client()
-            .insert::<EventRow>("events")
-            .await?
-            .with_timeouts(Some(SEND_TIMEOUT), Some(END_TIMEOUT));
-        for row in rows {
-            insert.write(row).await?;
-        }
-        insert.end().await?;
-        Ok(())
-    }
-
     fn refuse(&self, submission: Submission) {
         let _ = submission.reply.send(Err(IngestError::Unavailable));
+    }
+
+    fn refuse_all(&self, submissions: Vec<Submission>) {
+        for submission in submissions {
+            self.refuse(submission);
+        }
     }
 }
 

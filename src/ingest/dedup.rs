@@ -136,23 +136,13 @@ impl DedupSet {
         max_ids: usize,
         now_ms: i64,
     ) -> Result<Self, StoreError> {
-        #[derive(clickhouse::Row, serde::Deserialize)]
-        struct Accepted {
-            tenant: String,
-            id: String,
-            ingested_ms: i64,
-        }
         let mut set = Self::new(window, max_ids);
-        let since_ms = now_ms - set.window_ms;
-        let mut cursor = crate::store::queries::accepted_since(since_ms)
-            .query(store.client())
-            .fetch::<Accepted>()?;
         let mut by_generation: HashMap<i64, Vec<u128>> = HashMap::new();
-        while let Some(row) = cursor.next().await? {
+        for (key, ingested_ms) in accepted_since(store, now_ms - set.window_ms).await? {
             by_generation
-                .entry(row.ingested_ms.div_euclid(set.span_ms))
+                .entry(ingested_ms.div_euclid(set.span_ms))
                 .or_default()
-                .push(key(&row.tenant, &row.id));
+                .push(key);
         }
         let mut generations: Vec<_> = by_generation.into_iter().collect();
         generations.sort_unstable_by_key(|(generation, _)| *generation);
@@ -162,6 +152,24 @@ impl DedupSet {
         set.evict(now_ms);
         Ok(set)
     }
+}
+
+/// The keys of the events ClickHouse accepted since `since_ms`, with when each was accepted.
+pub async fn accepted_since(store: &Store, since_ms: i64) -> Result<Vec<(u128, i64)>, StoreError> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Accepted {
+        tenant: String,
+        id: String,
+        ingested_ms: i64,
+    }
+    let mut cursor = crate::store::queries::accepted_since(since_ms)
+        .query(store.client())
+        .fetch::<Accepted>()?;
+    let mut accepted = Vec::new();
+    while let Some(row) = cursor.next().await? {
+        accepted.push((key(&row.tenant, &row.id), row.ingested_ms));
+    }
+    Ok(accepted)
 }
 
 #[cfg(test)]

@@ -3,9 +3,12 @@
 pub mod batcher;
 pub mod cloudevents;
 pub mod dedup;
+pub mod ledger;
 pub mod parse;
 pub mod samples;
 pub mod settle;
+pub mod shared;
+pub mod writers;
 
 pub use batcher::{Ack, IngestError, Ingestor};
 

@@ -2,20 +2,21 @@
 //! Its ids are held, refused to anyone who sends them again, until the batch is settled
 //! against ClickHouse by its batch id: landed ids become accepted ones, the others are released.
 
-use super::dedup::{DedupSet, KeySet};
+use super::dedup::KeySet;
 use crate::store::{Store, StoreError, queries};
 
-/// One batch whose insert failed ambiguously.
-struct InDoubtBatch {
-    batch_id: u64,
+/// One batch whose insert failed ambiguously, and, once settled, whether it landed.
+pub struct InDoubtBatch {
+    pub batch_id: u64,
     /// When it was stamped (its rows' `ingested_ms`), epoch ms.
-    ingested_ms: i64,
-    keys: Vec<u128>,
+    pub ingested_ms: i64,
+    pub keys: Vec<u128>,
+    pub landed: bool,
 }
 
 /// The batches in doubt, and all their keys.
 #[derive(Default)]
-pub(super) struct InDoubt {
+pub struct InDoubt {
     batches: Vec<InDoubtBatch>,
     keys: KeySet,
 }
@@ -28,6 +29,7 @@ impl InDoubt {
             batch_id,
             ingested_ms,
             keys: keys.into_iter().collect(),
+            landed: false,
         });
     }
 
@@ -36,14 +38,11 @@ impl InDoubt {
         keys.iter().any(|k| self.keys.contains(k))
     }
 
-    /// Settles every batch: the keys of landed ones join `dedup`, the others are released.
-    pub(super) async fn settle(
-        &mut self,
-        store: &Store,
-        dedup: &mut DedupSet,
-    ) -> Result<(), StoreError> {
+    /// Settles every batch (its inserts still running are stopped first), and hands them back
+    /// with whether each landed; none is held any longer. On an error all stay held.
+    pub(super) async fn settle(&mut self, store: &Store) -> Result<Vec<InDoubtBatch>, StoreError> {
         if self.batches.is_empty() {
-            return Ok(());
+            return Ok(vec![]);
         }
         let ids: Vec<u64> = self.batches.iter().map(|b| b.batch_id).collect();
         let since = self
@@ -52,21 +51,27 @@ impl InDoubt {
             .map(|b| b.ingested_ms)
             .min()
             .unwrap_or(0);
+        for &batch_id in &ids {
+            store.kill_inserts_of(batch_id).await?;
+        }
         let landed = landed(store, &ids, since).await?;
-        for batch in std::mem::take(&mut self.batches) {
-            let did_land = landed.contains(&batch.batch_id);
+        let mut settled = std::mem::take(&mut self.batches);
+        for batch in &mut settled {
+            batch.landed = landed.contains(&batch.batch_id);
             tracing::info!(
                 batch_id = batch.batch_id,
-                landed = did_land,
+                landed = batch.landed,
                 batch_events = batch.keys.len(),
                 "settled in-doubt batch"
             );
-            if did_land {
-                dedup.insert_all(batch.keys, batch.ingested_ms);
-            }
         }
         self.keys.clear();
-        Ok(())
+        Ok(settled)
+    }
+
+    /// Whether nothing is in doubt.
+    pub(super) fn is_empty(&self) -> bool {
+        self.batches.is_empty()
     }
 }
 

@@ -33,6 +33,13 @@ use crate::store::usage_sql::MeterGroupUsage;
 const OWN_BATCHES_FOR: Duration = Duration::from_secs(60);
 const OWN_BATCHES_MAX: usize = 4096;
 
+/// Answers kept per customer at most (reads of any window each make one).
+const ANSWERS_PER_CUSTOMER: usize = 16;
+
+/// How stale kept answers may be: another writer's change shows in reads within this. Past it
+/// without a successful poll of the changes, reads go to ClickHouse (see [`UsageCache::fresh`]).
+pub const STALENESS_BOUND: Duration = Duration::from_secs(2);
+
 /// What a combined read asks, and what its answer is kept under: the window (epoch ms) and
 /// the meters, in the caller's order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,6 +79,8 @@ pub struct UsageCache {
     pub misses: AtomicU64,
     /// Answers loaded in bulk before their first read (`preload`).
     pub loaded: AtomicU64,
+    /// When the changes were last polled successfully.
+    polled: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -125,7 +134,26 @@ impl UsageCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
+            polled: Mutex::new(None),
         }
+    }
+
+    /// Records a successful poll of the changes, begun at `began`.
+    pub fn polled(&self, began: Instant) {
+        *self.polled.lock().unwrap_or_else(PoisonError::into_inner) = Some(began);
+    }
+
+    /// Time since the last successful poll began; `None` before the first.
+    pub fn poll_age(&self) -> Option<Duration> {
+        let polled = *self.polled.lock().unwrap_or_else(PoisonError::into_inner);
+        polled.map(|at| at.elapsed())
+    }
+
+    /// Whether kept answers may be used: the changes were polled within [`STALENESS_BOUND`]
+    /// (each poll looks back past its predecessor, so a fresh poll covers every change up to
+    /// its start).
+    pub fn fresh(&self) -> bool {
+        self.poll_age().is_some_and(|age| age < STALENESS_BOUND)
     }
 
     pub fn capacity(&self) -> usize {
@@ -177,6 +205,16 @@ impl UsageCache {
             && answers.invalidated <= ticket.0
         {
             let ticket = ticket.0;
+            if answers.answers.len() >= ANSWERS_PER_CUSTOMER
+                && !answers.answers.contains_key(&key)
+                && let Some(oldest) = answers
+                    .answers
+                    .iter()
+                    .min_by_key(|(_, kept)| kept.ticket)
+                    .map(|(key, _)| key.clone())
+            {
+                answers.answers.remove(&oldest);
+            }
             answers.answers.insert(key, KeptAnswer { ticket, answer });
             return true;
         }

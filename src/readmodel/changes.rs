@@ -22,6 +22,9 @@ use crate::store::rows::{DECIMAL_SCALE, EventRow};
 /// covers servers' clocks in a cluster.
 const POLL_OVERLAP_S: u32 = 10;
 
+/// The longest a poll may take; past it, it counts as failed.
+const POLL_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How often the old days of `usage_change_batches` are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -40,7 +43,8 @@ pub(super) fn spawn_poll(
             if !std::mem::take(&mut first) {
                 tokio::time::sleep(every).await;
             }
-            match poll(&reader, since).await {
+            let polled = tokio::time::timeout(POLL_TIMEOUT, poll(&reader, since)).await;
+            match polled.unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into()))) {
                 Ok(now) => since = Some(now),
                 Err(e) => {
                     tracing::warn!(error = %e, "polling usage changes failed; cached usage dropped");
@@ -49,7 +53,11 @@ pub(super) fn spawn_poll(
             }
             if pruned_at.elapsed() >= PRUNE_EVERY {
                 pruned_at = tokio::time::Instant::now();
-                if let Err(e) = reader.store().prune_usage_changes().await {
+                if let Err(e) = reader
+                    .store()
+                    .drop_days_before_yesterday("usage_change_batches")
+                    .await
+                {
                     tracing::warn!(error = %e, "dropping old usage changes failed");
                 }
             }
@@ -60,10 +68,12 @@ pub(super) fn spawn_poll(
 /// Drops the answers of the customers changed since `since` (server seconds; everything kept
 /// is dropped on the first poll); returns the server's time, taken before reading the changes.
 pub async fn poll(reader: &UsageReader, since: Option<u32>) -> Result<u32, StoreError> {
+    let began = std::time::Instant::now();
     let now = reader.store().server_now().await?;
     let Some(since) = since else {
         // Nothing is known of what happened before the first poll.
         reader.cache().clear();
+        reader.cache().polled(began);
         return Ok(now);
     };
     let own = reader.cache().own_batches();
@@ -76,6 +86,7 @@ pub async fn poll(reader: &UsageReader, since: Option<u32>) -> Result<u32, Store
             .cache()
             .invalidate(changed.iter().map(|(t, c)| (t.as_str(), c.as_str())));
     }
+    reader.cache().polled(began);
     Ok(now)
 }
 

@@ -110,7 +110,7 @@ impl UsageReader {
         bounds: (i64, i64),
         meters: &Meters<'_>,
     ) -> Result<Option<Arc<Vec<MeterGroupUsage>>>, StoreError> {
-        if self.cache.capacity() == 0 {
+        if self.cache.capacity() == 0 || !self.cache.fresh() {
             return Ok(self
                 .of_meters_from_store(tenant, customer, bounds, meters)
                 .await?

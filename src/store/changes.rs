@@ -80,15 +80,15 @@ impl Store {
             .await?)
     }
 
-    /// Drops the days of `usage_change_batches` before yesterday.
-    pub async fn prune_usage_changes(&self) -> Result<(), StoreError> {
-        let days: Vec<String> = self
-            .client
-            .query(queries::OLD_USAGE_CHANGE_DAYS)
+    /// Drops the days of `table` (partitioned by day, one of meterhouse's own) before
+    /// yesterday: no reader looks that far back.
+    pub async fn drop_days_before_yesterday(&self, table: &'static str) -> Result<(), StoreError> {
+        let days: Vec<String> = queries::old_days(table)
+            .query(&self.client)
             .fetch_all()
             .await?;
         for day in days {
-            queries::drop_usage_change_day(&day)
+            queries::drop_day(table, &day)
                 .query(&self.client)
                 .execute()
                 .await?;

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "api_key_revocations",
         include_str!("../../sql/0012_api_key_revocations.sql"),
     ),
+    (
+        13,
+        "ingest_writers",
+        include_str!("../../sql/0013_ingest_writers.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

@@ -6,6 +6,7 @@ pub mod catalog;
 mod changes;
 pub mod combined_sql;
 mod error;
+mod events;
 pub mod local;
 pub mod migrate;
 pub mod queries;

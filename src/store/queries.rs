@@ -175,14 +175,55 @@ pub fn mark_usage_changed(since_ms: i64, batch_ids: &[u64]) -> Sql {
     sql
 }
 
-/// The days of `usage_change_batches` before yesterday (no reader looks that far back).
-pub const OLD_USAGE_CHANGE_DAYS: &str = "SELECT DISTINCT partition FROM system.parts \
-     WHERE database = currentDatabase() AND table = 'usage_change_batches' AND active \
-     AND partition < toString(yesterday())";
+/// Stops every running statement whose query id matches `pattern` (SQL `LIKE`), and waits
+/// until they have stopped: an insert that timed out on this side may still run on the server.
+pub fn kill_queries(pattern: &str) -> Sql {
+    let mut sql = Sql::new("KILL QUERY WHERE query_id LIKE ");
+    sql.arg(pattern).push(" SYNC");
+    sql
+}
 
-/// Drops one day (as [`OLD_USAGE_CHANGE_DAYS`] names it) of `usage_change_batches`.
-pub fn drop_usage_change_day(day: &str) -> Sql {
-    let mut sql = Sql::new("ALTER TABLE usage_change_batches DROP PARTITION ");
-    sql.arg(day);
+/// Records that `writer` (`mode`, on `host` as process `pid`) is alive now, by the server's
+/// clock.
+pub fn writer_beat(writer: &str, mode: &str, host: &str, pid: u32) -> Sql {
+    let mut sql = Sql::new("INSERT INTO ingest_writers (writer, mode, host, pid, beat) SELECT ");
+    sql.arg(writer)
+        .push(", ")
+        .arg(mode)
+        .push(", ")
+        .arg(host)
+        .push(", ")
+        .arg(pid)
+        .push(", now()");
+    sql
+}
+
+/// The writers other than `writer` that beat within the last `seconds` (server clock): writer,
+/// mode, host, pid.
+pub fn live_writers(writer: &str, seconds: u32) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT writer, any(mode), any(host), any(pid) FROM ingest_writers WHERE beat >= now() - ",
+    );
+    sql.arg(seconds)
+        .push(" AND writer != ")
+        .arg(writer)
+        .push(" GROUP BY writer");
+    sql
+}
+
+/// The days (partitions) of `table`, partitioned by day, before yesterday.
+pub fn old_days(table: &str) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = ",
+    );
+    sql.arg(table)
+        .push(" AND active AND partition < toString(yesterday())");
+    sql
+}
+
+/// Drops one day (as [`old_days`] names it) of `table`, one of meterhouse's own tables.
+pub fn drop_day(table: &'static str, day: &str) -> Sql {
+    let mut sql = Sql::new("ALTER TABLE ");
+    sql.push(table).push(" DROP PARTITION ").arg(day);
     sql
 }

@@ -299,3 +299,65 @@ impl Drop for Service {
         self.kill();
     }
 }
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `meterhouse serve` as its own process on `port`, on this test binary's ClickHouse, with
+/// the test keys and catalog and `extra` arguments. Its stderr goes to a file of its own
+/// (`scratch_dir("serve-{port}.log")`), read by [`serve_log`].
+pub fn serve_process(port: u16, database: &str, extra: &[&str]) -> Service {
+    let catalog = scratch_dir("serve-catalog.json");
+    std::fs::create_dir_all(catalog.parent().unwrap()).unwrap();
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let log = std::fs::File::create(scratch_dir(&format!("serve-{port}.log"))).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_meterhouse"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--clickhouse-url",
+            &clickhouse_url(),
+            "--database",
+            database,
+        ])
+        .args(["--api-keys", KEYS, "--batch-max-wait-ms", "5"])
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(extra)
+        // The shared ClickHouse is this test binary's: its generated password, as an operator
+        // would pass it (an environment variable keeps it off the command line).
+        .env(
+            "METERHOUSE_CLICKHOUSE_PASSWORD",
+            meterhouse::store::local::password_of(&clickhouse_url()).expect("owned here"),
+        )
+        .env("METERHOUSE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(Service)
+        .expect("start meterhouse serve")
+}
+
+/// What the `meterhouse serve` on `port` logged.
+pub fn serve_log(port: u16) -> String {
+    std::fs::read_to_string(scratch_dir(&format!("serve-{port}.log"))).unwrap_or_default()
+}
+
+/// Waits (at most 60 s) until the service at `base` is ready.
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the service at {base} did not become ready");
+}

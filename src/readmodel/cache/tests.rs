@@ -301,3 +301,30 @@ fn a_batch_the_cache_does_not_remember_drops_its_customers_answers() {
     cache.fold(99, [sample("m", 1, &none, &none, 1)]);
     assert_eq!(value(&cache, "c"), None);
 }
+
+#[test]
+fn answers_are_used_only_while_the_changes_were_polled_within_the_bound() {
+    let cache = UsageCache::new(10);
+    assert!(!cache.fresh(), "never polled");
+    cache.polled(Instant::now());
+    assert!(cache.fresh());
+    cache.polled(Instant::now() - STALENESS_BOUND - Duration::from_millis(1));
+    assert!(!cache.fresh(), "the last poll is older than the bound");
+}
+
+#[test]
+fn a_customer_keeps_a_bounded_number_of_answers() {
+    let cache = UsageCache::new(10);
+    for to in 1..=(ANSWERS_PER_CUSTOMER as i64 + 5) {
+        let key = AnswerKey::new((0, to), &[("m", Aggregation::Sum)]);
+        let ticket = cache.lookup("t", "c", &key).unwrap_err();
+        assert!(cache.store(ticket, "t", "c", key, answer(to)));
+    }
+    let held = (1..=(ANSWERS_PER_CUSTOMER as i64 + 5))
+        .filter(|&to| {
+            let key = AnswerKey::new((0, to), &[("m", Aggregation::Sum)]);
+            cache.lookup("t", "c", &key).is_ok()
+        })
+        .count();
+    assert_eq!(held, ANSWERS_PER_CUSTOMER);
+}

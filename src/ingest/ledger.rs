@@ -1,0 +1,152 @@
+//! Which event ids are accepted, and which a batch may take: in this process's memory
+//! (embedded, one process per database) or in Redis, shared by every replica.
+
+use std::collections::HashMap;
+
+use super::dedup::{DedupSet, KeySet};
+use super::settle::InDoubt;
+use super::shared::SharedLedger;
+use crate::store::{Store, StoreError};
+
+/// What a batch may do with one id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not accepted before: the batch inserts it.
+    New,
+    /// Accepted before: reported as a duplicate.
+    Duplicate,
+    /// Held by a batch whose outcome is not known yet: its request is refused (`503`), and its
+    /// retry answered once that batch is settled.
+    Busy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("redis: {0}")]
+    Redis(String),
+    /// Redis lost the accepted ids (or never had them): they are being loaded from ClickHouse.
+    #[error("the accepted ids are being loaded into redis")]
+    Reloading,
+}
+
+/// The accepted ids, embedded or shared.
+pub enum Ledger {
+    Embedded {
+        accepted: DedupSet,
+        in_doubt: InDoubt,
+    },
+    Shared(Box<SharedLedger>),
+}
+
+/// The verdicts on the ids of one batch.
+pub enum Claims {
+    /// Read from memory, id by id.
+    Embedded,
+    Shared(HashMap<u128, Verdict>),
+}
+
+impl Ledger {
+    pub fn embedded(accepted: DedupSet) -> Self {
+        Self::Embedded {
+            accepted,
+            in_doubt: InDoubt::default(),
+        }
+    }
+
+    /// Ids remembered in this process (0 when they are shared).
+    pub fn remembered(&self) -> usize {
+        match self {
+            Self::Embedded { accepted, .. } => accepted.len(),
+            Self::Shared(_) => 0,
+        }
+    }
+
+    /// Settles what is in doubt; until it is, no batch is inserted.
+    pub async fn settle(&mut self, store: &Store) -> Result<(), LedgerError> {
+        match self {
+            Self::Embedded { accepted, in_doubt } => {
+                for batch in in_doubt.settle(store).await? {
+                    if batch.landed {
+                        accepted.insert_all(batch.keys, batch.ingested_ms);
+                    }
+                }
+                Ok(())
+            }
+            Self::Shared(shared) => shared.settle(store).await,
+        }
+    }
+
+    /// Claims `keys` (distinct) for batch `batch_id`, stamped at `stamped_ms`.
+    pub async fn claim(
+        &mut self,
+        batch_id: u64,
+        stamped_ms: i64,
+        keys: &[u128],
+    ) -> Result<Claims, LedgerError> {
+        match self {
+            Self::Embedded { .. } => Ok(Claims::Embedded),
+            Self::Shared(shared) => Ok(Claims::Shared(
+                shared.claim(batch_id, stamped_ms, keys).await?,
+            )),
+        }
+    }
+
+    /// The verdict on `key` of a batch's `claims`.
+    pub fn verdict(&self, claims: &Claims, key: u128) -> Verdict {
+        match (self, claims) {
+            (Self::Embedded { accepted, in_doubt }, _) => {
+                if in_doubt.holds_any(&[key]) {
+                    Verdict::Busy
+                } else if accepted.contains(key) {
+                    Verdict::Duplicate
+                } else {
+                    Verdict::New
+                }
+            }
+            (Self::Shared(_), Claims::Shared(verdicts)) => {
+                verdicts.get(&key).copied().unwrap_or(Verdict::Busy)
+            }
+            (Self::Shared(_), Claims::Embedded) => Verdict::Busy,
+        }
+    }
+
+    /// Gives back claimed `keys` that batch `batch_id` will not insert (their requests were
+    /// refused).
+    pub async fn release(&mut self, batch_id: u64, keys: &[u128]) -> Result<(), LedgerError> {
+        match self {
+            Self::Embedded { .. } => Ok(()),
+            Self::Shared(shared) => shared.release(batch_id, keys).await,
+        }
+    }
+
+    /// Whether an insert may start now (a replica cut off from Redis starts none).
+    pub fn may_insert(&self) -> bool {
+        match self {
+            Self::Embedded { .. } => true,
+            Self::Shared(shared) => shared.may_insert(),
+        }
+    }
+
+    /// Batch `batch_id` is stored: its `keys` are accepted.
+    pub async fn committed(&mut self, batch_id: u64, keys: KeySet, stamped_ms: i64) {
+        match self {
+            Self::Embedded { accepted, .. } => accepted.insert_all(keys, stamped_ms),
+            Self::Shared(shared) => shared.committed(batch_id, keys).await,
+        }
+    }
+
+    /// Batch `batch_id` failed; with `in_doubt`, it may have landed and is settled before the
+    /// next batch.
+    pub async fn failed(&mut self, batch_id: u64, keys: KeySet, stamped_ms: i64, in_doubt: bool) {
+        match self {
+            Self::Embedded { in_doubt: held, .. } => {
+                if in_doubt {
+                    held.hold(batch_id, stamped_ms, keys);
+                }
+            }
+            Self::Shared(shared) => shared.failed(batch_id, keys, stamped_ms, in_doubt).await,
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Replicas that share their dedup through Redis, as real processes: one ClickHouse, one
+//! `redis-server`, three `meterhouse serve`. Clients spread their requests over the replicas
+//! and retry each unacknowledged one on another; one replica is killed (SIGKILL) and started
+//! again, and Redis is killed and started again empty. Every acknowledged id is stored exactly
+//! once, and every replica reports what a process holding nothing in memory reports. A second
+//! process without shared dedup refuses to start beside one.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Service, free_port, scratch_dir, serve_log, serve_process, test_config, wait_ready};
+use meterhouse::store::Store;
+use serde_json::{Value, json};
+
+/// `redis-server` on `port`, keeping nothing on disk: started again, it is empty.
+fn start_redis(port: u16, dir: &Path) -> Service {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Service)
+        .expect("redis-server (scripts/install-deps --tests installs it)")
+}
+
+async fn wait_redis(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = redis::Client::open(url).unwrap();
+    while Instant::now() < deadline {
+        if let Ok(mut connection) = client.get_multiplexed_async_connection().await
+            && redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis-server at {url} did not answer");
+}
+
+const REPLICAS: usize = 3;
+const CLIENTS: usize = 16;
+const REQUESTS: usize = 30;
+const EVENTS: usize = 20;
+
+/// One client: `REQUESTS` batches of `EVENTS` events of customer c1, each sent to a replica and
+/// retried (same ids) on the next one until acknowledged. Returns the acknowledged ids.
+async fn client(
+    http: reqwest::Client,
+    bases: Arc<Vec<String>>,
+    client: usize,
+    refused: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    for request in 0..REQUESTS {
+        let ids: Vec<String> = (0..EVENTS)
+            .map(|e| format!("r{client}-{request}-{e}"))
+            .collect();
+        let events: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"id": id, "customer": "c1", "type": "api_call"}))
+            .collect();
+        let mut replica = (client + request) % bases.len();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "request {client}-{request} never acknowledged"
+            );
+            let sent = http
+                .post(format!("{}/v1/events", bases[replica]))
+                .bearer_auth("ingest_key_a")
+                .json(&events)
+                .send()
+                .await;
+            if let Ok(response) = sent
+                && response.status() == 202
+            {
+                break;
+            }
+            refused.fetch_add(1, Ordering::Relaxed);
+            replica = (replica + 1) % bases.len();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        acknowledged.extend(ids);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    acknowledged
+}
+
+async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) {
+    let response = http
+        .post(format!("{base}{path}"))
+        .bearer_auth("admin_key_a")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+}
+
+/// The quantity and total of sub_1's current period, as the replica at `base` reports them.
+async fn usage(http: &reqwest::Client, base: &str) -> Option<(String, String)> {
+    let response = http
+        .get(format!("{base}/v1/subscriptions/sub_1/usage"))
+        .bearer_auth("read_key_a")
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let body: Value = response.json().await.ok()?;
+    Some((
+        body["charges"][0]["quantity"].as_str()?.to_owned(),
+        body["total"].as_str()?.to_owned(),
+    ))
+}
+
+/// Waits until every replica reports `expected`, at most `within`; returns how long it took.
+async fn converge(
+    http: &reqwest::Client,
+    bases: &[String],
+    expected: &(String, String),
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for base in bases {
+            all &= usage(http, base).await.as_ref() == Some(expected);
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "replicas do not report {expected:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stored_ids(store: &Store) -> Vec<String> {
+    store
+        .client()
+        .query("SELECT id FROM events WHERE tenant = 'acme'")
+        .fetch_all()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_restart() {
+    const DB: &str = "test_replicas";
+    let store = common::empty_database(&test_config("replicas", &common::clickhouse_url())).await;
+    let redis_port = free_port();
+    let redis_dir = scratch_dir("redis");
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let mut redis = start_redis(redis_port, &redis_dir);
+    wait_redis(&redis_url).await;
+    let shared = ["--redis-url", redis_url.as_str()];
+    let ports: Vec<u16> = (0..REPLICAS).map(|_| free_port()).collect();
+    let mut replicas: Vec<Service> = ports
+        .iter()
+        .map(|&port| serve_process(port, DB, &shared))
+        .collect();
+    let bases: Arc<Vec<String>> = Arc::new(
+        ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect(),
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    for base in bases.iter() {
+        wait_ready(&http, base).await;
+    }
+    admin(
+        &http,
+        &bases[0],
+        "/v1/plans",
+        json!({"code": "pro", "name": "Pro", "currency": "USD",
+        "interval": "month", "prices": [{"code": "calls", "type": "usage", "meter": "calls",
+        "model": "per_unit", "unit_amount": "0.01"}]}),
+    )
+    .await;
+    admin(
+        &http,
+        &bases[0],
+        "/v1/customers",
+        json!({"external_id": "c1"}),
+    )
+    .await;
+    let start = chrono::Utc::now() - chrono::TimeDelta::days(1);
+    admin(
+        &http,
+        &bases[0],
+        "/v1/subscriptions",
+        json!({"external_id": "sub_1",
+        "customer": "c1", "plan": "pro", "start_date": start.to_rfc3339()}),
+    )
+    .await;
+    let nothing = ("0".to_owned(), "0.00".to_owned());
+    converge(&http, &bases, &nothing, Duration::from_secs(10)).await;
+
+    let (refused, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(client(
+                http.clone(),
+                bases.clone(),
+                c,
+                refused.clone(),
+                done.clone(),
+            ))
+        })
+        .collect();
+    let at = |share: usize| {
+        let done = done.clone();
+        async move {
+            while done.load(Ordering::Relaxed) < CLIENTS * REQUESTS * share / 8 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    // A replica killed mid-stream, no chance to flush, then started again.
+    at(2).await;
+    replicas[1].kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replicas[1] = serve_process(ports[1], DB, &shared);
+    // Redis killed, and started again empty.
+    at(4).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis = start_redis(redis_port, &redis_dir);
+    let mut acknowledged = HashSet::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "the kills must have been felt by clients"
+    );
+    assert_eq!(acknowledged.len(), CLIENTS * REQUESTS * EVENTS);
+    let stored = stored_ids(&store).await;
+    let unique: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), unique.len(), "no event stored twice");
+    assert_eq!(
+        unique, acknowledged,
+        "exactly the acknowledged events are stored"
+    );
+
+    // Every replica agrees with a process that keeps nothing in memory.
+    let fresh_port = free_port();
+    let fresh_base = format!("http://127.0.0.1:{fresh_port}");
+    let fresh_args = [shared[0], shared[1], "--usage-cache-customers", "0"];
+    let _fresh = serve_process(fresh_port, DB, &fresh_args);
+    wait_ready(&http, &fresh_base).await;
+    let expected = usage(&http, &fresh_base)
+        .await
+        .expect("the fresh process's usage");
+    assert_eq!(expected.0, acknowledged.len().to_string());
+    converge(&http, &bases, &expected, Duration::from_secs(10)).await;
+
+    // A write through one replica shows in every replica's reads within the staleness bound.
+    let one = json!([{"id": "after-all", "customer": "c1", "type": "api_call"}]);
+    let response = http
+        .post(format!("{}/v1/events", bases[2]))
+        .bearer_auth("ingest_key_a")
+        .json(&one)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let count = (acknowledged.len() + 1).to_string();
+    let total = format!("{:.2}", (acknowledged.len() + 1) as f64 / 100.0);
+    converge(&http, &bases, &(count, total), Duration::from_secs(2)).await;
+    drop(replicas);
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_that_keeps_ids_in_its_own_memory_refuses_to_start() {
+    const DB: &str = "test_replicas_alone";
+    common::empty_database(&test_config("replicas_alone", &common::clickhouse_url())).await;
+    let http = reqwest::Client::new();
+    let first_port = free_port();
+    let _first = serve_process(first_port, DB, &[]);
+    wait_ready(&http, &format!("http://127.0.0.1:{first_port}")).await;
+    let redis_port = free_port();
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let _redis = start_redis(redis_port, &scratch_dir("redis-alone"));
+    wait_redis(&redis_url).await;
+    // Neither another embedded process nor a shared one may ingest beside it.
+    for extra in [vec![], vec!["--redis-url", redis_url.as_str()]] {
+        let port = free_port();
+        let mut second = serve_process(port, DB, &extra);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = second.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the second process ({extra:?}) did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(!status.success(), "{extra:?}");
+        let log = serve_log(port);
+        assert!(
+            log.contains("--redis-url") && log.contains(DB),
+            "the refusal says why and what to set: {log}"
+        );
+    }
+}
+
+/// Leaves in Redis what replica `replica` leaves when killed while its batch `batch_id` of `ids`
+/// was being inserted: the claims and the batch's record.
+async fn leave_claim(redis_url: &str, database: &str, replica: &str, batch_id: u64, ids: &[&str]) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = format!("mh:{database}:");
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| format!("{:032x}", meterhouse::ingest::dedup::key("acme", id)))
+        .collect();
+    let claim = format!("c:{batch_id:016x}:{replica}");
+    for key in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{prefix}id:{key}"))
+            .arg(&claim)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let stamped_ms = chrono::Utc::now().timestamp_millis() - 60_000;
+    let record = json!({"replica": replica, "stamped_ms": stamped_ms, "keys": keys});
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}batch:{batch_id:016x}"))
+        .arg(record.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg(format!("{prefix}batches"))
+        .arg(format!("{batch_id:016x}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+/// Sends `ids` until acknowledged (at most 20 s); the acknowledgement and how many refusals
+/// came first.
+async fn send_until_acknowledged(
+    http: &reqwest::Client,
+    base: &str,
+    ids: &[&str],
+) -> (Value, usize) {
+    let events: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"id": id, "customer": "c1", "type": "api_call"}))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = 0;
+    loop {
+        let response = http
+            .post(format!("{base}/v1/events"))
+            .bearer_auth("ingest_key_a")
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 202 {
+            return (response.json().await.unwrap(), refused);
+        }
+        assert_eq!(response.status(), 503);
+        refused += 1;
+        assert!(Instant::now() < deadline, "{ids:?} never acknowledged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_claims_are_settled_against_clickhouse_before_they_are_taken_over() {
+    const DB: &str = "test_replicas_dead";
+    let store =
+        common::empty_database(&test_config("replicas_dead", &common::clickhouse_url())).await;
+    let redis_port = free_port();
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let _redis = start_redis(redis_port, &scratch_dir("redis-dead"));
+    wait_redis(&redis_url).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _replica = serve_process(port, DB, &["--redis-url", &redis_url]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &base).await;
+
+    // The dead replica's first batch landed (its row is in ClickHouse, written as an insert
+    // writes it); its second did not.
+    let (landed_batch, lost_batch) = (0x5eed_0001_u64, 0x5eed_0002_u64);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    store
+        .client()
+        .query(
+            "INSERT INTO events (tenant, id, customer, event_type, ts_ms, ts, properties, ingested_ms, ingested_at, batch_id, \
+             sample_meter, sample_value, sample_value_str, sample_group_keys, sample_group_values) \
+             SELECT 'acme', 'landed-1', 'c1', 'api_call', toInt64(?), toDateTime(intDiv(toInt64(?), 1000)), '{}', \
+             toInt64(?), toDateTime(intDiv(toInt64(?), 1000)), toUInt64(?), ['calls'], [toDecimal128(1, 12)], [''], [[]], [[]]",
+        )
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(landed_batch)
+        .execute()
+        .await
+        .unwrap();
+    leave_claim(&redis_url, DB, "ghost", landed_batch, &["landed-1"]).await;
+    leave_claim(&redis_url, DB, "ghost", lost_batch, &["lost-1"]).await;
+    // A replica still alive (its heartbeat expires in 3 s) holds its claim until then.
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("mh:{DB}:replica:slow"))
+        .arg(1)
+        .arg("PX")
+        .arg(3000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    leave_claim(&redis_url, DB, "slow", 0x5eed_0003, &["held-1"]).await;
+
+    // The retry of the landed batch is a duplicate, the retry of the lost one is accepted:
+    // neither is counted twice, neither is lost.
+    let (ack, _) = send_until_acknowledged(&http, &base, &["landed-1"]).await;
+    assert_eq!(ack, json!({"accepted": 0, "duplicates": 1}));
+    let (ack, _) = send_until_acknowledged(&http, &base, &["lost-1"]).await;
+    assert_eq!(ack, json!({"accepted": 1, "duplicates": 0}));
+    let (ack, refused) = send_until_acknowledged(&http, &base, &["held-1"]).await;
+    assert_eq!(ack, json!({"accepted": 1, "duplicates": 0}));
+    assert!(refused > 0, "a live replica's claim is not taken over");
+    let mut stored = stored_ids(&store).await;
+    stored.sort();
+    assert_eq!(stored, ["held-1", "landed-1", "lost-1"]);
+    // Nothing of the dead replicas is left to settle.
+    let left: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("mh:{DB}:batches"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
