@@ -642,3 +642,34 @@ async fn cloudevents_are_billed_with_their_data_and_time() {
     }
     app.shutdown().await;
 }
+
+/// An insert attempt that this side gave up on may still run on the server; before anyone
+/// looks for its rows it is stopped there, by its query id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_still_running_on_the_server_is_stopped_before_it_is_looked_for() {
+    let app = spawn_app("kill_attempt").await;
+    let store = app.store().await;
+    let batch_id = 0xfeed_u64;
+    let query_id = format!("mh-{}-{batch_id:016x}-1", store.database());
+    // A statement that runs for long under the query id an attempt of this batch would have.
+    let running = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .client()
+                .query("SELECT count() FROM numbers(100000000000)")
+                .with_setting("query_id", query_id)
+                .fetch_one::<u64>()
+                .await
+        })
+    };
+    let in_flight = "SELECT count() FROM system.processes WHERE query_id LIKE 'mh-test_kill_attempt-%'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.scalar(in_flight).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the statement never started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.kill_inserts_of(batch_id).await.unwrap();
+    assert_eq!(app.scalar(in_flight).await, 0, "stopped before the kill returns");
+    assert!(running.await.unwrap().is_err(), "the statement did not finish");
+}

@@ -17,6 +17,8 @@ async fn a_small_load_run_reports_every_phase() {
         rounds: 1,
         batch_max_events: 1_000,
         clickhouse_url: None,
+        replicas: 2,
+        redis_url: None,
     })
     .await
     .expect("loadgen");
@@ -34,6 +36,12 @@ async fn a_small_load_run_reports_every_phase() {
     assert!(report.service_cpu.harness_us > 0.0, "{report:?}");
     assert!(report.service_cpu.total_us >= report.service_cpu.harness_us);
     assert!(report.service_cpu_bound_events_per_s.is_finite());
+    // Two replicas sharing their dedup through Redis took every event (the harness fails
+    // otherwise) and used Redis for it.
+    let shared = report.shared.expect("the replicas phase");
+    assert!(shared.events_per_s > 0.0 && shared.ratio_to_one_process > 0.0);
+    assert!(shared.redis_commands_per_event > 0.0, "{shared:?}");
+    assert!(shared.redis_bytes_in_per_event > 16.0, "an id is 16 bytes at least: {shared:?}");
 }
 
 #[test]

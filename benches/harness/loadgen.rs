@@ -44,6 +44,14 @@ pub struct LoadgenArgs {
     /// Use this ClickHouse instead of starting one in a temporary directory.
     #[arg(long)]
     pub clickhouse_url: Option<String>,
+    /// Also measure this many replicas sharing their dedup through Redis (0: not), each client
+    /// sending to one of them.
+    #[arg(long, default_value_t = 0)]
+    pub replicas: usize,
+    /// The Redis of the replicas phase; unset, `redis-server` is started in a temporary
+    /// directory.
+    #[arg(long)]
+    pub redis_url: Option<String>,
 }
 
 const METERS: &str = r#"{"tenants": [{"id": "load", "meters": [
@@ -75,6 +83,26 @@ pub struct Report {
     pub ack_p50_ms: f64,
     pub ack_p99_ms: f64,
     pub ack_max_ms: f64,
+    /// The replicas phase (`--replicas`), if measured.
+    pub shared: Option<SharedReport>,
+}
+
+/// Replicas sharing their dedup through Redis, in the same rounds as the phases above.
+#[derive(Debug, serde::Serialize)]
+pub struct SharedReport {
+    pub replicas: usize,
+    pub events_per_s: f64,
+    /// Against one process with the embedded dedup (`service_events_per_s`).
+    pub ratio_to_one_process: f64,
+    /// Against ClickHouse's own bulk insert (`direct_events_per_s`).
+    pub ratio_to_direct: f64,
+    pub cpu: CpuPerEvent,
+    pub redis_commands_per_event: f64,
+    /// Bytes Redis received and sent, per event.
+    pub redis_bytes_in_per_event: f64,
+    pub redis_bytes_out_per_event: f64,
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
 }
 
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
@@ -85,19 +113,42 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     let bodies = make_bodies(&args, &run_id);
     let (mut directs, mut requireds, mut services) = (Vec::new(), Vec::new(), Vec::new());
     let mut latencies = Vec::new();
+    let redis = match (args.replicas, &args.redis_url) {
+        (0, _) => None,
+        (_, Some(url)) => Some((url.clone(), None)),
+        (_, None) => {
+            let (url, server) = start_redis(&scratch).await?;
+            Some((url, Some(server)))
+        }
+    };
+    let (mut shareds, mut shared_latencies, mut redis_use) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds.max(1) {
         let direct = direct_baseline(&url, &args, &bodies, false).await?;
         let required = direct_baseline(&url, &args, &bodies, true).await?;
-        let (service, round_latencies) = through_service(&url, &args, &bodies).await?;
+        let (service, round_latencies) = through_service(&url, &args, &bodies, None).await?;
         eprintln!(
             "round {round}: direct {direct}, required tables only {required}, service {service}"
         );
+        if let Some((redis_url, _)) = &redis {
+            let before = RedisUse::read(redis_url).await?;
+            let replicas = Some((args.replicas, redis_url.as_str()));
+            let (shared, round_latencies) = through_service(&url, &args, &bodies, replicas).await?;
+            redis_use.push(RedisUse::read(redis_url).await?.minus(before));
+            eprintln!("round {round}: {} replicas, shared dedup {shared}", args.replicas);
+            shareds.push(shared);
+            shared_latencies.extend(round_latencies);
+        }
         directs.push(direct);
         requireds.push(required);
         services.push(service);
         latencies.extend(round_latencies);
     }
+    if let Some((_, Some(mut server))) = redis {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
     latencies.sort_unstable();
+    shared_latencies.sort_unstable();
     let (direct, required, service) = (
         median(&mut directs),
         median(&mut requireds),
@@ -108,7 +159,24 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         local.stop().await;
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
+    let pct = |p: f64| percentile(&latencies, p);
+    let shared = (!shareds.is_empty()).then(|| {
+        let measured = median(&mut shareds);
+        let events = (args.events * redis_use.len()) as f64;
+        let total = redis_use.iter().fold(RedisUse::default(), |a, b| a.plus(*b));
+        SharedReport {
+            replicas: args.replicas,
+            events_per_s: measured.events_per_s,
+            ratio_to_one_process: measured.events_per_s / service.events_per_s,
+            ratio_to_direct: measured.events_per_s / direct.events_per_s,
+            cpu: measured.cpu,
+            redis_commands_per_event: total.commands as f64 / events,
+            redis_bytes_in_per_event: total.bytes_in as f64 / events,
+            redis_bytes_out_per_event: total.bytes_out as f64 / events,
+            ack_p50_ms: percentile(&shared_latencies, 0.50),
+            ack_p99_ms: percentile(&shared_latencies, 0.99),
+        }
+    });
     let report = Report {
         events: args.events,
         rounds: args.rounds.max(1),
@@ -126,8 +194,81 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         ack_p50_ms: pct(0.50),
         ack_p99_ms: pct(0.99),
         ack_max_ms: pct(1.0),
+        shared,
     };
     Ok(report)
+}
+
+/// The `p` quantile of sorted `latencies`, in ms.
+fn percentile(latencies: &[Duration], p: f64) -> f64 {
+    latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3
+}
+
+/// `redis-server` on a free loopback port, keeping nothing on disk.
+async fn start_redis(scratch: &std::path::Path) -> anyhow::Result<(String, std::process::Child)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let server = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(scratch)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting redis-server (scripts/install-deps --tests installs it)")?;
+    let url = format!("redis://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if RedisUse::read(&url).await.is_ok() {
+            return Ok((url, server));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("redis-server did not answer on {url}")
+}
+
+/// Redis's own counters: commands processed, bytes received and sent.
+#[derive(Debug, Clone, Copy, Default)]
+struct RedisUse {
+    commands: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl RedisUse {
+    async fn read(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut connection)
+            .await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Self {
+            commands: field("total_commands_processed"),
+            bytes_in: field("total_net_input_bytes"),
+            bytes_out: field("total_net_output_bytes"),
+        })
+    }
+
+    fn minus(self, before: Self) -> Self {
+        Self {
+            commands: self.commands.saturating_sub(before.commands),
+            bytes_in: self.bytes_in.saturating_sub(before.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(before.bytes_out),
+        }
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            commands: self.commands + other.commands,
+            bytes_in: self.bytes_in + other.bytes_in,
+            bytes_out: self.bytes_out + other.bytes_out,
+        }
+    }
 }
 
 /// The median round by rate, with that round's CPU figures.
@@ -270,6 +411,20 @@ impl Phase {
     }
 }
 
+/// Drops what the replicas phase keeps in Redis (the keys of its database, nothing else):
+/// each phase starts as a first deployment does.
+async fn forget_in_redis(url: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    redis::Script::new(
+        "for _, key in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', key) end return 1",
+    )
+    .arg("mh:loadgen_service:*")
+    .invoke_async::<i64>(&mut connection)
+    .await?;
+    Ok(())
+}
+
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("meterhouse-loadgen-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -375,10 +530,13 @@ async fn keep_only_samples_view(store: &Store) -> anyhow::Result<()> {
 }
 
 /// Events/s through the HTTP API, and each request's acknowledgement latency (sorted).
+/// The service phase: one process with the embedded dedup, or (`replicas`) that many sharing
+/// it through Redis, the clients spread over them.
 async fn through_service(
     url: &str,
     args: &LoadgenArgs,
     bodies: &[String],
+    replicas: Option<(usize, &str)>,
 ) -> anyhow::Result<(Measured, Vec<Duration>)> {
     let mut config = Config::defaults();
     config.store = store_config("loadgen_service");
@@ -399,14 +557,25 @@ async fn through_service(
             .execute()
             .await?;
     }
-    let service = InProcess::start(&config).await?;
-    let endpoint = format!("{}/v1/events", service.base);
+    let count = match replicas {
+        Some((count, redis)) => {
+            config.redis_url = Some(redis.to_owned());
+            forget_in_redis(redis).await?;
+            count.max(1)
+        }
+        None => 1,
+    };
+    let mut services = Vec::new();
+    for _ in 0..count {
+        services.push(InProcess::start(&config).await?);
+    }
     let bodies: Arc<Vec<String>> = Arc::new(bodies.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let phase = Phase::start();
     let mut clients = Vec::new();
-    for _ in 0..args.clients {
-        let (bodies, next, endpoint) = (bodies.clone(), next.clone(), endpoint.clone());
+    for c in 0..args.clients {
+        let endpoint = format!("{}/v1/events", services[c % count].base);
+        let (bodies, next) = (bodies.clone(), next.clone());
         clients.push(tokio::spawn(async move {
             client_loop(&endpoint, &bodies, &next).await
         }));
@@ -419,12 +588,17 @@ async fn through_service(
         accepted += acc;
     }
     let measured = phase.stop(accepted);
-    let batches = service.metrics.batches_inserted.load(Ordering::Relaxed);
+    let batches: u64 = services
+        .iter()
+        .map(|s| s.metrics.batches_inserted.load(Ordering::Relaxed))
+        .sum();
     eprintln!(
-        "service: {batches} inserts, {:.0} events each on average",
+        "service ({count} process): {batches} inserts, {:.0} events each on average",
         accepted as f64 / batches.max(1) as f64
     );
-    service.stop().await?;
+    for service in services {
+        service.stop().await?;
+    }
     let _ = std::fs::remove_file(catalog_path);
     let store = Store::new(url, &config.store).connect().await?;
     store
