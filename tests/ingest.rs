@@ -663,13 +663,24 @@ async fn an_attempt_still_running_on_the_server_is_stopped_before_it_is_looked_f
                 .await
         })
     };
-    let in_flight = "SELECT count() FROM system.processes WHERE query_id LIKE 'mh-test_kill_attempt-%'";
+    let in_flight =
+        "SELECT count() FROM system.processes WHERE query_id LIKE 'mh-test_kill_attempt-%'";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while app.scalar(in_flight).await == 0 {
-        assert!(std::time::Instant::now() < deadline, "the statement never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the statement never started"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     store.kill_inserts_of(batch_id).await.unwrap();
-    assert_eq!(app.scalar(in_flight).await, 0, "stopped before the kill returns");
-    assert!(running.await.unwrap().is_err(), "the statement did not finish");
+    assert_eq!(
+        app.scalar(in_flight).await,
+        0,
+        "stopped before the kill returns"
+    );
+    assert!(
+        running.await.unwrap().is_err(),
+        "the statement did not finish"
+    );
 }

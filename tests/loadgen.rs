@@ -41,7 +41,10 @@ async fn a_small_load_run_reports_every_phase() {
     let shared = report.shared.expect("the replicas phase");
     assert!(shared.events_per_s > 0.0 && shared.ratio_to_one_process > 0.0);
     assert!(shared.redis_commands_per_event > 0.0, "{shared:?}");
-    assert!(shared.redis_bytes_in_per_event > 16.0, "an id is 16 bytes at least: {shared:?}");
+    assert!(
+        shared.redis_bytes_in_per_event > 16.0,
+        "an id is 16 bytes at least: {shared:?}"
+    );
 }
 
 #[test]

@@ -336,29 +336,25 @@ async fn a_second_process_that_keeps_ids_in_its_own_memory_refuses_to_start() {
 }
 
 /// Leaves in Redis what replica `replica` leaves when killed while its batch `batch_id` of `ids`
-/// was being inserted: the claims and the batch's record.
+/// was being inserted: the ids taken by the batch, and the batch pending.
 async fn leave_claim(redis_url: &str, database: &str, replica: &str, batch_id: u64, ids: &[&str]) {
     let client = redis::Client::open(redis_url).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let prefix = format!("mh:{database}:");
-    let keys: Vec<String> = ids
-        .iter()
-        .map(|id| format!("{:032x}", meterhouse::ingest::dedup::key("acme", id)))
-        .collect();
-    let claim = format!("c:{batch_id:016x}:{replica}");
-    for key in &keys {
+    for id in ids {
+        let mut key = format!("{prefix}i:").into_bytes();
+        key.extend_from_slice(&meterhouse::ingest::dedup::key("acme", id).to_be_bytes());
         let _: () = redis::cmd("SET")
-            .arg(format!("{prefix}id:{key}"))
-            .arg(&claim)
+            .arg(key)
+            .arg(format!("{batch_id:016x}"))
             .query_async(&mut redis)
             .await
             .unwrap();
     }
     let stamped_ms = chrono::Utc::now().timestamp_millis() - 60_000;
-    let record = json!({"replica": replica, "stamped_ms": stamped_ms, "keys": keys});
     let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}batch:{batch_id:016x}"))
-        .arg(record.to_string())
+        .arg(format!("{prefix}b:{batch_id:016x}"))
+        .arg(format!("p:{replica}:{stamped_ms}"))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -401,6 +397,28 @@ async fn send_until_acknowledged(
     }
 }
 
+/// Stores event `id` of customer c1 as batch `batch_id`'s insert would have, now.
+async fn insert_event(store: &Store, id: &str, batch_id: u64) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    store
+        .client()
+        .query(
+            "INSERT INTO events (tenant, id, customer, event_type, ts_ms, ts, properties, ingested_ms, ingested_at, batch_id, \
+             sample_meter, sample_value, sample_value_str, sample_group_keys, sample_group_values) \
+             SELECT 'acme', ?, 'c1', 'api_call', toInt64(?), toDateTime(intDiv(toInt64(?), 1000)), '{}', \
+             toInt64(?), toDateTime(intDiv(toInt64(?), 1000)), toUInt64(?), ['calls'], [toDecimal128(1, 12)], [''], [[]], [[]]",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(batch_id)
+        .execute()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replicas_claims_are_settled_against_clickhouse_before_they_are_taken_over() {
     const DB: &str = "test_replicas_dead";
@@ -419,30 +437,25 @@ async fn a_dead_replicas_claims_are_settled_against_clickhouse_before_they_are_t
     // The dead replica's first batch landed (its row is in ClickHouse, written as an insert
     // writes it); its second did not.
     let (landed_batch, lost_batch) = (0x5eed_0001_u64, 0x5eed_0002_u64);
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    store
-        .client()
-        .query(
-            "INSERT INTO events (tenant, id, customer, event_type, ts_ms, ts, properties, ingested_ms, ingested_at, batch_id, \
-             sample_meter, sample_value, sample_value_str, sample_group_keys, sample_group_values) \
-             SELECT 'acme', 'landed-1', 'c1', 'api_call', toInt64(?), toDateTime(intDiv(toInt64(?), 1000)), '{}', \
-             toInt64(?), toDateTime(intDiv(toInt64(?), 1000)), toUInt64(?), ['calls'], [toDecimal128(1, 12)], [''], [[]], [[]]",
-        )
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(landed_batch)
-        .execute()
-        .await
-        .unwrap();
+    insert_event(&store, "landed-1", landed_batch).await;
+    // A third batch spanning two months landed in part: an insert writes one part per month.
+    let split_batch = 0x5eed_0004_u64;
+    insert_event(&store, "split-a", split_batch).await;
+    leave_claim(
+        &redis_url,
+        DB,
+        "ghost",
+        split_batch,
+        &["split-a", "split-b"],
+    )
+    .await;
     leave_claim(&redis_url, DB, "ghost", landed_batch, &["landed-1"]).await;
     leave_claim(&redis_url, DB, "ghost", lost_batch, &["lost-1"]).await;
     // A replica still alive (its heartbeat expires in 3 s) holds its claim until then.
     let client = redis::Client::open(redis_url.as_str()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("SET")
-        .arg(format!("mh:{DB}:replica:slow"))
+        .arg(format!("mh:{DB}:r:slow"))
         .arg(1)
         .arg("PX")
         .arg(3000)
@@ -457,12 +470,21 @@ async fn a_dead_replicas_claims_are_settled_against_clickhouse_before_they_are_t
     assert_eq!(ack, json!({"accepted": 0, "duplicates": 1}));
     let (ack, _) = send_until_acknowledged(&http, &base, &["lost-1"]).await;
     assert_eq!(ack, json!({"accepted": 1, "duplicates": 0}));
+    let (ack, _) = send_until_acknowledged(&http, &base, &["split-a", "split-b"]).await;
+    assert_eq!(
+        ack,
+        json!({"accepted": 1, "duplicates": 1}),
+        "settled id by id"
+    );
     let (ack, refused) = send_until_acknowledged(&http, &base, &["held-1"]).await;
     assert_eq!(ack, json!({"accepted": 1, "duplicates": 0}));
     assert!(refused > 0, "a live replica's claim is not taken over");
     let mut stored = stored_ids(&store).await;
     stored.sort();
-    assert_eq!(stored, ["held-1", "landed-1", "lost-1"]);
+    assert_eq!(
+        stored,
+        ["held-1", "landed-1", "lost-1", "split-a", "split-b"]
+    );
     // Nothing of the dead replicas is left to settle.
     let left: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("mh:{DB}:batches"))

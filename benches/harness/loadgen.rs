@@ -134,7 +134,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
             let replicas = Some((args.replicas, redis_url.as_str()));
             let (shared, round_latencies) = through_service(&url, &args, &bodies, replicas).await?;
             redis_use.push(RedisUse::read(redis_url).await?.minus(before));
-            eprintln!("round {round}: {} replicas, shared dedup {shared}", args.replicas);
+            eprintln!(
+                "round {round}: {} replicas, shared dedup {shared}",
+                args.replicas
+            );
             shareds.push(shared);
             shared_latencies.extend(round_latencies);
         }
@@ -163,7 +166,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     let shared = (!shareds.is_empty()).then(|| {
         let measured = median(&mut shareds);
         let events = (args.events * redis_use.len()) as f64;
-        let total = redis_use.iter().fold(RedisUse::default(), |a, b| a.plus(*b));
+        let total = redis_use
+            .iter()
+            .fold(RedisUse::default(), |a, b| a.plus(*b));
         SharedReport {
             replicas: args.replicas,
             events_per_s: measured.events_per_s,
@@ -206,7 +211,9 @@ fn percentile(latencies: &[Duration], p: f64) -> f64 {
 
 /// `redis-server` on a free loopback port, keeping nothing on disk.
 async fn start_redis(scratch: &std::path::Path) -> anyhow::Result<(String, std::process::Child)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let server = std::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -411,20 +418,6 @@ impl Phase {
     }
 }
 
-/// Drops what the replicas phase keeps in Redis (the keys of its database, nothing else):
-/// each phase starts as a first deployment does.
-async fn forget_in_redis(url: &str) -> anyhow::Result<()> {
-    let client = redis::Client::open(url)?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    redis::Script::new(
-        "for _, key in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', key) end return 1",
-    )
-    .arg("mh:loadgen_service:*")
-    .invoke_async::<i64>(&mut connection)
-    .await?;
-    Ok(())
-}
-
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("meterhouse-loadgen-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -539,7 +532,13 @@ async fn through_service(
     replicas: Option<(usize, &str)>,
 ) -> anyhow::Result<(Measured, Vec<Duration>)> {
     let mut config = Config::defaults();
-    config.store = store_config("loadgen_service");
+    // A database of its own for each replicas phase: its ids in Redis are under its name, so
+    // a phase starts as a first deployment does, whatever an earlier one left there.
+    let database = match replicas {
+        Some(_) => format!("loadgen_shared_{:08x}", rand::random::<u32>()),
+        None => "loadgen_service".to_owned(),
+    };
+    config.store = store_config(&database);
     config.store.clickhouse_url = Some(url.into());
     config.api_keys = format!("{KEY}:load:ingest");
     config.batch_max_events = args.batch_max_events;
@@ -553,14 +552,15 @@ async fn through_service(
         let store = Store::new(url, &config.store).connect().await?;
         store
             .client()
-            .query("DROP DATABASE IF EXISTS loadgen_service")
+            .query(&format!("DROP DATABASE IF EXISTS {database}"))
             .execute()
             .await?;
     }
     let count = match replicas {
         Some((count, redis)) => {
             config.redis_url = Some(redis.to_owned());
-            forget_in_redis(redis).await?;
+            // Ids left in Redis expire within the hour.
+            config.dedup_window_hours = 1;
             count.max(1)
         }
         None => 1,
@@ -603,7 +603,7 @@ async fn through_service(
     let store = Store::new(url, &config.store).connect().await?;
     store
         .client()
-        .query("DROP DATABASE loadgen_service")
+        .query(&format!("DROP DATABASE {database}"))
         .execute()
         .await?;
     if accepted != args.events {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::dedup::KeySet;
+use super::dedup::{KeySet, key};
 use super::ledger::{Ledger, Verdict};
 use super::settle;
 use crate::metrics::Metrics;
@@ -268,7 +268,7 @@ impl Batcher {
         {
             // Held in doubt, all of them: settled (not stored) and released before the next.
             tracing::warn!(error = %e, "cannot release ids of refused requests; refusing the batch");
-            taken.extend(unused);
+            taken.extend(unused.iter().copied());
             self.ledger.failed(batch_id, taken, now_ms, true).await;
             for (reply, _) in waiting {
                 let _ = reply.send(Err(IngestError::Unavailable));
@@ -276,6 +276,11 @@ impl Batcher {
             return;
         }
         let result = if rows.is_empty() {
+            if !unused.is_empty() {
+                // Nothing of the batch is inserted: it ends here.
+                let nothing = KeySet::default();
+                self.ledger.failed(batch_id, nothing, now_ms, false).await;
+            }
             Ok(())
         } else {
             self.commit(&mut rows, taken, batch_id, now_ms).await
@@ -346,7 +351,8 @@ impl Batcher {
 
     /// Inserts `rows`, retrying a passing failure once the attempt is known not to have
     /// landed: it is stopped on the server first (it may still run there after a timeout
-    /// here), then looked for.
+    /// here), then looked for. An attempt that landed in part (a batch spanning several months
+    /// is written one part per month) is completed with the rows it lacks.
     async fn insert_with_retries(
         &self,
         rows: &[EventRow],
@@ -354,6 +360,7 @@ impl Batcher {
         since_ms: i64,
     ) -> Result<(), StoreError> {
         let mut attempt = 0;
+        let mut missing: Vec<EventRow> = Vec::new();
         loop {
             attempt += 1;
             if !self.ledger.may_insert() {
@@ -361,7 +368,8 @@ impl Batcher {
                     "this replica lost touch with redis; it starts no insert".into(),
                 ));
             }
-            let error = match self.store.insert_events(rows, batch_id, attempt).await {
+            let sending = if attempt == 1 { rows } else { &missing[..] };
+            let error = match self.store.insert_events(sending, batch_id, attempt).await {
                 Ok(()) => return Ok(()),
                 Err(e) if !e.is_retryable() || attempt >= MAX_ATTEMPTS => return Err(e),
                 Err(e) => e,
@@ -372,10 +380,14 @@ impl Batcher {
             tokio::time::sleep(backoff + jitter).await;
             // Retry only what is known not to have landed.
             self.store.kill_inserts_of(batch_id).await?;
-            if settle::landed(&self.store, &[batch_id], since_ms)
-                .await?
-                .contains(&batch_id)
-            {
+            let mut landed = settle::landed_keys(&self.store, &[batch_id], since_ms).await?;
+            let landed = landed.remove(&batch_id).unwrap_or_default();
+            missing = rows
+                .iter()
+                .filter(|row| !landed.contains(&key(&row.tenant, &row.id)))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
                 return Ok(());
             }
         }

@@ -68,9 +68,7 @@ impl Ledger {
         match self {
             Self::Embedded { accepted, in_doubt } => {
                 for batch in in_doubt.settle(store).await? {
-                    if batch.landed {
-                        accepted.insert_all(batch.keys, batch.ingested_ms);
-                    }
+                    accepted.insert_all(batch.landed, batch.ingested_ms);
                 }
                 Ok(())
             }
@@ -133,7 +131,7 @@ impl Ledger {
     pub async fn committed(&mut self, batch_id: u64, keys: KeySet, stamped_ms: i64) {
         match self {
             Self::Embedded { accepted, .. } => accepted.insert_all(keys, stamped_ms),
-            Self::Shared(shared) => shared.committed(batch_id, keys).await,
+            Self::Shared(shared) => shared.committed(batch_id).await,
         }
     }
 

@@ -2,16 +2,20 @@
 //! Its ids are held, refused to anyone who sends them again, until the batch is settled
 //! against ClickHouse by its batch id: landed ids become accepted ones, the others are released.
 
-use super::dedup::KeySet;
+use std::collections::HashMap;
+
+use super::dedup::{KeySet, key};
 use crate::store::{Store, StoreError, queries};
 
-/// One batch whose insert failed ambiguously, and, once settled, whether it landed.
+/// One batch whose insert failed ambiguously, and, once settled, which of its ids landed.
 pub struct InDoubtBatch {
     pub batch_id: u64,
     /// When it was stamped (its rows' `ingested_ms`), epoch ms.
     pub ingested_ms: i64,
     pub keys: Vec<u128>,
-    pub landed: bool,
+    /// The ids found stored: all of them, none, or (an insert that stopped between the parts
+    /// of a batch spanning several months) some.
+    pub landed: KeySet,
 }
 
 /// The batches in doubt, and all their keys.
@@ -29,7 +33,7 @@ impl InDoubt {
             batch_id,
             ingested_ms,
             keys: keys.into_iter().collect(),
-            landed: false,
+            landed: KeySet::default(),
         });
     }
 
@@ -54,13 +58,13 @@ impl InDoubt {
         for &batch_id in &ids {
             store.kill_inserts_of(batch_id).await?;
         }
-        let landed = landed(store, &ids, since).await?;
+        let mut landed = landed_keys(store, &ids, since).await?;
         let mut settled = std::mem::take(&mut self.batches);
         for batch in &mut settled {
-            batch.landed = landed.contains(&batch.batch_id);
+            batch.landed = landed.remove(&batch.batch_id).unwrap_or_default();
             tracing::info!(
                 batch_id = batch.batch_id,
-                landed = batch.landed,
+                landed = batch.landed.len(),
                 batch_events = batch.keys.len(),
                 "settled in-doubt batch"
             );
@@ -73,6 +77,31 @@ impl InDoubt {
     pub(super) fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }
+}
+
+/// The ids of these batches that ClickHouse holds, per batch (none: no entry), after
+/// [`landed`] completed what their inserts left undone. Per id, not per batch: an insert of a
+/// batch spanning several months writes one part per month, and may stop between them.
+pub async fn landed_keys(
+    store: &Store,
+    batch_ids: &[u64],
+    since_ms: i64,
+) -> Result<HashMap<u64, KeySet>, StoreError> {
+    let mut by_batch: HashMap<u64, KeySet> = HashMap::new();
+    if landed(store, batch_ids, since_ms).await?.is_empty() {
+        return Ok(by_batch);
+    }
+    let rows: Vec<(u64, String, String)> = queries::landed_ids(since_ms, batch_ids)
+        .query(store.client())
+        .fetch_all()
+        .await?;
+    for (batch_id, tenant, id) in rows {
+        by_batch
+            .entry(batch_id)
+            .or_default()
+            .insert(key(&tenant, &id));
+    }
+    Ok(by_batch)
 }
 
 /// Which of these batches ClickHouse holds. A batch found in `events` whose samples are

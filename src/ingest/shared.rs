@@ -1,29 +1,32 @@
 //! Accepted event ids shared by every replica, in Redis (`--redis-url`).
 //!
 //! Keys, under `mh:{database}:`:
-//! - `id:{key}`: an event id: `d` once its batch is stored (expires with the dedup window), or
-//!   `c:{batch}:{replica}` while a batch of that replica claims it.
-//! - `batch:{batch}` and the set `batches`: each claiming batch, with its replica, when it was
-//!   stamped and its ids, until it is settled.
-//! - `replica:{replica}`: present while that replica is alive (refreshed every second).
+//! - `i:{key}` (the id's 16-byte hash): the batch that took the id (its id in hex), or `d` for
+//!   an id loaded from ClickHouse. Expires with the dedup window.
+//! - `b:{batch}`: the batch's state: `p:{replica}:{stamped_ms}` while its outcome is unknown,
+//!   then `c` (stored), `a` (not stored: its ids are free) or `s` (stored in part: the ids in
+//!   the set `l:{batch}` are). Outlives its ids.
+//! - `batches`: the batches still `p`; `r:{replica}`: present while that replica is alive.
 //! - `epoch`: written once the ids of the window are loaded; a Redis that lost its data lacks it.
 //!
-//! A batch claims its ids (and records itself) in one script before its insert, and marks them
-//! `d` after it. Ids claimed by another batch are refused (`503`, the client retries) until that
+//! A batch takes its ids (`SET NX`, one operation per id, in one script that also records the
+//! batch as `p`) before its insert, and is marked `c` after it: one operation for the whole
+//! batch. An id taken by a batch still `p` is refused (`503`, the client retries) until that
 //! batch is settled. A batch whose outcome is unknown (its insert failed ambiguously, or its
-//! replica died) is settled against ClickHouse: its inserts still running are stopped, then its
-//! rows are looked up (`settle::landed`, which also repairs what the insert left undone); its
-//! ids become `d` if it landed and are released otherwise. Only then may another batch take
-//! them: a retry after a crash is neither lost nor counted twice.
+//! replica died) is settled against ClickHouse: its inserts still running are stopped, then
+//! its rows are looked up id by id (`settle::landed_keys`, which also completes what the insert
+//! left undone). Only then may another batch take its ids: a retry after a crash is neither
+//! lost nor counted twice.
 //!
 //! A replica whose heartbeat has not been written for [`STOP_INSERTS_AFTER`] starts no insert:
-//! other replicas count it dead once its heartbeat expired ([`REPLICA_TTL`]), later.
+//! other replicas count it dead once its heartbeat expired ([`REPLICA_TTL`]), later. The scripts
+//! reach keys they compute (other batches' states), so Redis Cluster is not supported.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script, Value};
+use redis::{AsyncCommands, Script};
 
 use super::dedup::KeySet;
 use super::ledger::{LedgerError, Verdict};
@@ -35,66 +38,90 @@ const REPLICA_TTL: Duration = Duration::from_secs(5);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// A replica that could not refresh its heartbeat for this long starts no insert.
 pub const STOP_INSERTS_AFTER: Duration = Duration::from_millis(2500);
-/// How often other replicas' claiming batches are looked at for dead owners.
+/// How often other replicas' pending batches are looked at for dead owners.
 const LOOK_FOR_DEAD_EVERY: Duration = Duration::from_secs(1);
 /// Ids written per command while loading the window into an empty Redis.
 const LOAD_CHUNK: usize = 10_000;
+/// How much longer a batch's state lives than its ids.
+const STATE_MARGIN_MS: i64 = 3_600_000;
 
-/// Claims the ids of a batch: `KEYS` epoch, the set of batches, the batch's record, then the
-/// ids; `ARGV` the expected epoch, the claim, the batch id, its record, the claim's expiry (ms).
-/// Returns per id 0 (claimed now), 1 (accepted before, or claimed by this batch) or the claim
-/// of the batch that holds it.
+/// Takes ids for a batch. `KEYS`: epoch, the pending set, the batch's state, then the ids.
+/// `ARGV`: the expected epoch, the batch (hex), its pending state, the ids' expiry (ms), the
+/// key prefix, the state's expiry (ms). Returns, for each id not taken now, its index and 1
+/// (accepted before, or taken by this batch) or 2 (held by a batch still pending).
 const CLAIM: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('EPOCH epoch changed') end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6])
 local out = {}
-local claimed = 0
+local taken = 0
 for i = 4, #KEYS do
-  local v = redis.call('GET', KEYS[i])
-  if not v then
-    redis.call('SET', KEYS[i], ARGV[2], 'PX', ARGV[5])
-    out[#out + 1] = 0
-    claimed = claimed + 1
-  elseif v == 'd' or v == ARGV[2] then
-    out[#out + 1] = 1
+  if not redis.call('SET', KEYS[i], ARGV[2], 'NX', 'PX', ARGV[4]) then
+    local holder = redis.call('GET', KEYS[i])
+    local verdict = 2
+    if holder == 'd' or holder == ARGV[2] then
+      verdict = 1
+    elseif holder then
+      local state = redis.call('GET', ARGV[5] .. 'b:' .. holder)
+      if state == 'c' then
+        verdict = 1
+      elseif state == 's' and redis.call('SISMEMBER', ARGV[5] .. 'l:' .. holder, KEYS[i]) == 1 then
+        verdict = 1
+      elseif state == 'a' or state == 's' then
+        verdict = 0
+      end
+    else
+      verdict = 0
+    end
+    if verdict == 0 then
+      redis.call('SET', KEYS[i], ARGV[2], 'PX', ARGV[4])
+      taken = taken + 1
+    else
+      out[#out + 1] = i - 4
+      out[#out + 1] = verdict
+    end
   else
-    out[#out + 1] = v
+    taken = taken + 1
   end
 end
-if claimed > 0 then
-  redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
-  redis.call('SADD', KEYS[2], ARGV[3])
+if taken > 0 then
+  redis.call('SADD', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[3], 'a', 'PX', ARGV[6])
 end
 return out
 ";
 
-/// Ends claims: `KEYS` epoch, the set of batches, the batch's record, then ids; `ARGV` the
-/// expected epoch, the claim, the batch id, `d` (stored: mark the ids accepted, also those no
-/// longer claimed by anyone) or `r` (release what the claim holds), the ids' expiry (ms), and
-/// `1` to forget the batch's record.
-const FINISH: &str = r"
+/// Ends a batch. `KEYS`: epoch, the pending set, the batch's state, its set of stored ids, then
+/// those ids (for `s`). `ARGV`: the expected epoch, the batch (hex), the state (`c`, `a` or
+/// `s`), the state's expiry (ms).
+const END: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('EPOCH epoch changed') end
-for i = 4, #KEYS do
-  local v = redis.call('GET', KEYS[i])
-  if ARGV[4] == 'd' then
-    if v == ARGV[2] or not v then redis.call('SET', KEYS[i], 'd', 'PX', ARGV[5]) end
-  elseif v == ARGV[2] then
-    redis.call('DEL', KEYS[i])
-  end
+if ARGV[3] == 's' then
+  for i = 5, #KEYS do redis.call('SADD', KEYS[4], KEYS[i]) end
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
 end
-if ARGV[6] == '1' then
-  redis.call('DEL', KEYS[3])
-  redis.call('SREM', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1
+";
+
+/// Gives back ids a batch took but will not insert. `KEYS`: epoch, then the ids. `ARGV`: the
+/// expected epoch, the batch (hex).
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('EPOCH epoch changed') end
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[2] then redis.call('DEL', KEYS[i]) end
 end
 return 1
 ";
 
-/// A claiming batch's record in Redis.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct BatchRecord {
-    replica: String,
-    stamped_ms: i64,
-    /// The ids, as hex keys.
-    keys: Vec<String>,
+/// How a settled batch ends.
+fn end_state(taken: usize, landed: usize) -> &'static str {
+    match landed {
+        0 => "a",
+        n if n == taken => "c",
+        _ => "s",
+    }
 }
 
 /// Ids of this replica's batches and their claims, in Redis.
@@ -106,14 +133,15 @@ pub struct SharedLedger {
     epoch: Option<String>,
     /// This replica's batches whose outcome is unknown: settled before its next batch.
     in_doubt: settle::InDoubt,
-    /// This replica's batches known stored whose ids Redis could not be told of: marked
-    /// accepted before its next batch.
-    unmarked: Vec<(u64, Vec<u128>)>,
+    /// This replica's batches known stored that Redis could not be told of: marked before its
+    /// next batch (until then their ids are held).
+    unmarked: Vec<u64>,
     /// When the heartbeat was last written (shared with the heartbeat task).
     alive: std::sync::Arc<std::sync::Mutex<Instant>>,
     looked_for_dead: Instant,
     claim: Script,
-    finish: Script,
+    end: Script,
+    release: Script,
 }
 
 fn redis_error(e: redis::RedisError) -> LedgerError {
@@ -124,7 +152,7 @@ fn redis_error(e: redis::RedisError) -> LedgerError {
     }
 }
 
-/// A Redis connection that reconnects by itself and gives up on a command after a second.
+/// A Redis connection that reconnects by itself and gives up on a command after two seconds.
 pub async fn connect(url: &str) -> Result<ConnectionManager, LedgerError> {
     let client = redis::Client::open(url).map_err(redis_error)?;
     let config = redis::aio::ConnectionManagerConfig::new()
@@ -139,8 +167,8 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, LedgerError> {
 }
 
 impl SharedLedger {
-    /// The ledger of replica `replica` over `database`, ids kept for `window`; its heartbeat
-    /// task is spawned.
+    /// The ledger of a new replica over `database`, ids kept for `window`; its heartbeat task
+    /// is spawned.
     pub async fn open(
         url: &str,
         database: &str,
@@ -150,11 +178,8 @@ impl SharedLedger {
         let replica = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         let prefix = format!("mh:{database}:");
         let alive = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
-        let heartbeat = spawn_heartbeat(
-            redis.clone(),
-            format!("{prefix}replica:{replica}"),
-            alive.clone(),
-        );
+        let heartbeat =
+            spawn_heartbeat(redis.clone(), format!("{prefix}r:{replica}"), alive.clone());
         let ledger = Self {
             redis,
             prefix,
@@ -166,17 +191,27 @@ impl SharedLedger {
             alive,
             looked_for_dead: Instant::now() - LOOK_FOR_DEAD_EVERY,
             claim: Script::new(CLAIM),
-            finish: Script::new(FINISH),
+            end: Script::new(END),
+            release: Script::new(RELEASE),
         };
         Ok((ledger, heartbeat))
     }
 
-    fn id_key(&self, key: u128) -> String {
-        format!("{}id:{key:032x}", self.prefix)
+    /// The Redis key of an id: the prefix, then its 16-byte hash as is.
+    fn id_key(&self, key: u128) -> Vec<u8> {
+        let mut name = Vec::with_capacity(self.prefix.len() + 18);
+        name.extend_from_slice(self.prefix.as_bytes());
+        name.extend_from_slice(b"i:");
+        name.extend_from_slice(&key.to_be_bytes());
+        name
     }
 
-    fn token(&self, batch_id: u64) -> String {
-        format!("c:{batch_id:016x}:{}", self.replica)
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn state_expiry_ms(&self) -> i64 {
+        self.window_ms + STATE_MARGIN_MS
     }
 
     /// Whether this replica may start an insert: its heartbeat is fresh.
@@ -185,27 +220,39 @@ impl SharedLedger {
         alive.elapsed() < STOP_INSERTS_AFTER
     }
 
+    fn epoch(&self) -> Result<String, LedgerError> {
+        self.epoch.clone().ok_or(LedgerError::Reloading)
+    }
+
+    /// A script's error; an epoch that changed under it is looked up again before the next.
+    fn failed_call(&mut self, e: redis::RedisError) -> LedgerError {
+        let e = redis_error(e);
+        if matches!(e, LedgerError::Reloading) {
+            self.epoch = None;
+        }
+        e
+    }
+
     /// Makes sure Redis holds the ids of the window: a Redis without the epoch lost its data (or
     /// is new) and is loaded from ClickHouse first, by one replica; the others wait for it.
     async fn ensure_epoch(&mut self, store: &Store) -> Result<(), LedgerError> {
-        let epoch_key = format!("{}epoch", self.prefix);
+        let epoch_key = self.key("epoch");
         let current: Option<String> = self.redis.get(&epoch_key).await.map_err(redis_error)?;
         if let Some(current) = current {
             self.epoch = Some(current);
             return Ok(());
         }
-        let lock_key = format!("{}loading", self.prefix);
-        let locked: bool = redis::cmd("SET")
+        let lock_key = self.key("loading");
+        let locked: Option<String> = redis::cmd("SET")
             .arg(&lock_key)
             .arg(&self.replica)
             .arg("NX")
             .arg("PX")
             .arg(120_000)
-            .query_async::<Option<String>>(&mut self.redis)
+            .query_async(&mut self.redis)
             .await
-            .map_err(redis_error)?
-            .is_some();
-        if !locked {
+            .map_err(redis_error)?;
+        if locked.is_none() {
             return Err(LedgerError::Reloading);
         }
         let loaded = self.load_window(store).await;
@@ -229,7 +276,6 @@ impl SharedLedger {
         store.kill_all_inserts().await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let accepted = super::dedup::accepted_since(store, now_ms - self.window_ms).await?;
-        let count = accepted.len();
         for chunk in accepted.chunks(LOAD_CHUNK) {
             let mut pipe = redis::pipe();
             for &(key, ingested_ms) in chunk {
@@ -247,25 +293,26 @@ impl SharedLedger {
                 .await
                 .map_err(redis_error)?;
         }
-        tracing::info!(ids = count, "dedup window loaded into redis");
+        tracing::info!(ids = accepted.len(), "dedup window loaded into redis");
         Ok(())
     }
 
-    /// Settles this replica's batches in doubt, and other replicas' claiming batches whose
+    /// Settles this replica's batches in doubt, and other replicas' pending batches whose
     /// replica is dead.
     pub async fn settle(&mut self, store: &Store) -> Result<(), LedgerError> {
         self.ensure_epoch(store).await?;
-        while let Some((batch_id, keys)) = self.unmarked.pop() {
-            if let Err(e) = self.finish(batch_id, &keys, true, true).await {
-                self.unmarked.push((batch_id, keys));
+        while let Some(batch_id) = self.unmarked.pop() {
+            if let Err(e) = self.end_batch(batch_id, "c", &[]).await {
+                self.unmarked.push(batch_id);
                 return Err(e);
             }
         }
         if !self.in_doubt.is_empty() {
             let mut settled = self.in_doubt.settle(store).await?.into_iter();
             while let Some(batch) = settled.next() {
-                let finished = self.finish(batch.batch_id, &batch.keys, batch.landed, true);
-                if let Err(e) = finished.await {
+                let state = end_state(batch.keys.len(), batch.landed.len());
+                let landed: Vec<u128> = batch.landed.iter().copied().collect();
+                if let Err(e) = self.end_batch(batch.batch_id, state, &landed).await {
                     // Settled again next time (settling is idempotent).
                     for batch in std::iter::once(batch).chain(settled) {
                         let keys = batch.keys.into_iter().collect();
@@ -283,201 +330,194 @@ impl SharedLedger {
     }
 
     async fn settle_dead_replicas(&mut self, store: &Store) -> Result<(), LedgerError> {
-        let batches: Vec<String> = self
+        let pending: Vec<String> = self
             .redis
-            .smembers(format!("{}batches", self.prefix))
+            .smembers(self.key("batches"))
             .await
             .map_err(redis_error)?;
-        for batch in batches {
-            let record_key = format!("{}batch:{batch}", self.prefix);
-            let record: Option<String> = self.redis.get(&record_key).await.map_err(redis_error)?;
-            let Some(record) = record.and_then(|r| serde_json::from_str::<BatchRecord>(&r).ok())
-            else {
-                // Its record expired: nothing is left to settle.
+        for batch in pending {
+            let state: Option<String> = self
+                .redis
+                .get(self.key(&format!("b:{batch}")))
+                .await
+                .map_err(redis_error)?;
+            let pending = state.as_deref().and_then(|s| s.strip_prefix("p:"));
+            let Some((replica, stamped_ms)) = pending.and_then(|p| p.rsplit_once(':')) else {
+                // Ended (or gone): nothing is left to settle.
                 let _: () = self
                     .redis
-                    .srem(format!("{}batches", self.prefix), &batch)
+                    .srem(self.key("batches"), &batch)
                     .await
                     .map_err(redis_error)?;
                 continue;
             };
-            if record.replica == self.replica {
+            if replica == self.replica {
                 continue;
             }
-            let heartbeat = format!("{}replica:{}", self.prefix, record.replica);
-            let alive: bool = self.redis.exists(&heartbeat).await.map_err(redis_error)?;
-            if alive {
-                continue;
-            }
-            let Ok(batch_id) = u64::from_str_radix(&batch, 16) else {
+            let alive: bool = self
+                .redis
+                .exists(self.key(&format!("r:{replica}")))
+                .await
+                .map_err(redis_error)?;
+            let (Ok(batch_id), Ok(stamped_ms)) =
+                (u64::from_str_radix(&batch, 16), stamped_ms.parse::<i64>())
+            else {
                 continue;
             };
-            self.settle_for_dead(store, batch_id, record).await?;
+            if !alive {
+                let replica = replica.to_owned();
+                self.settle_for_dead(store, batch_id, &replica, stamped_ms)
+                    .await?;
+            }
         }
         Ok(())
     }
 
-    /// Settles a batch of a dead replica, unless another replica is settling it.
+    /// Settles a pending batch of a dead replica, unless another replica is settling it.
     async fn settle_for_dead(
         &mut self,
         store: &Store,
         batch_id: u64,
-        record: BatchRecord,
+        replica: &str,
+        stamped_ms: i64,
     ) -> Result<(), LedgerError> {
-        let lock = format!("{}settling:{batch_id:016x}", self.prefix);
-        let locked = redis::cmd("SET")
+        let lock = self.key(&format!("settling:{batch_id:016x}"));
+        let locked: Option<String> = redis::cmd("SET")
             .arg(&lock)
             .arg(&self.replica)
             .arg("NX")
             .arg("PX")
             .arg(60_000)
-            .query_async::<Option<String>>(&mut self.redis)
+            .query_async(&mut self.redis)
             .await
-            .map_err(redis_error)?
-            .is_some();
-        if !locked {
+            .map_err(redis_error)?;
+        if locked.is_none() {
             return Ok(());
         }
         store.kill_inserts_of(batch_id).await?;
-        let landed = settle::landed(store, &[batch_id], record.stamped_ms).await?;
-        let stored = landed.contains(&batch_id);
+        let mut landed = settle::landed_keys(store, &[batch_id], stamped_ms).await?;
+        let landed: Vec<u128> = landed
+            .remove(&batch_id)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         tracing::warn!(
             batch_id,
-            replica = %record.replica,
-            landed = stored,
-            ids = record.keys.len(),
+            replica,
+            landed = landed.len(),
             "settled a batch of a dead replica"
         );
-        let keys: Vec<u128> = record
-            .keys
-            .iter()
-            .filter_map(|k| u128::from_str_radix(k, 16).ok())
-            .collect();
-        let token = format!("c:{batch_id:016x}:{}", record.replica);
-        self.finish_with(batch_id, &token, &keys, stored, true)
-            .await?;
+        // Its ids are not known here: those stored are listed, the others are free.
+        let state = if landed.is_empty() { "a" } else { "s" };
+        self.end_batch(batch_id, state, &landed).await?;
         let _: () = self.redis.del(&lock).await.map_err(redis_error)?;
         Ok(())
     }
 
-    /// Claims `keys` (distinct) for batch `batch_id`, stamped at `stamped_ms`.
+    /// Takes `keys` (distinct) for batch `batch_id`, stamped at `stamped_ms`.
     pub async fn claim(
         &mut self,
         batch_id: u64,
         stamped_ms: i64,
         keys: &[u128],
     ) -> Result<HashMap<u128, Verdict>, LedgerError> {
-        let epoch = self.epoch.clone().ok_or(LedgerError::Reloading)?;
-        let record = BatchRecord {
-            replica: self.replica.clone(),
-            stamped_ms,
-            keys: keys.iter().map(|k| format!("{k:032x}")).collect(),
-        };
-        let record =
-            serde_json::to_string(&record).map_err(|e| LedgerError::Redis(e.to_string()))?;
+        let epoch = self.epoch()?;
         let mut call = self.claim.prepare_invoke();
-        call.key(format!("{}epoch", self.prefix))
-            .key(format!("{}batches", self.prefix))
-            .key(format!("{}batch:{batch_id:016x}", self.prefix));
+        call.key(self.key("epoch"))
+            .key(self.key("batches"))
+            .key(self.key(&format!("b:{batch_id:016x}")));
         for &key in keys {
             call.key(self.id_key(key));
         }
         call.arg(epoch)
-            .arg(self.token(batch_id))
             .arg(format!("{batch_id:016x}"))
-            .arg(record)
-            .arg(self.window_ms);
-        let answers: Vec<Value> = call.invoke_async(&mut self.redis).await.map_err(|e| {
-            if e.to_string().contains("EPOCH") {
-                self.epoch = None;
-            }
-            redis_error(e)
-        })?;
-        Ok(keys
-            .iter()
-            .zip(answers)
-            .map(|(&key, answer)| {
-                let verdict = match answer {
-                    Value::Int(0) => Verdict::New,
-                    Value::Int(_) => Verdict::Duplicate,
-                    _ => Verdict::Busy,
-                };
-                (key, verdict)
-            })
-            .collect())
+            .arg(format!("p:{}:{stamped_ms}", self.replica))
+            .arg(self.window_ms)
+            .arg(&self.prefix)
+            .arg(self.state_expiry_ms());
+        let answer: Vec<i64> = match call.invoke_async(&mut self.redis).await {
+            Ok(answer) => answer,
+            Err(e) => return Err(self.failed_call(e)),
+        };
+        let mut verdicts: HashMap<u128, Verdict> =
+            keys.iter().map(|&key| (key, Verdict::New)).collect();
+        for pair in answer.chunks_exact(2) {
+            let Some(&key) = usize::try_from(pair[0]).ok().and_then(|i| keys.get(i)) else {
+                continue;
+            };
+            let verdict = if pair[1] == 1 {
+                Verdict::Duplicate
+            } else {
+                Verdict::Busy
+            };
+            verdicts.insert(key, verdict);
+        }
+        Ok(verdicts)
     }
 
-    /// Releases the claims of `keys` that batch `batch_id` will not insert.
+    /// Gives back `keys` that batch `batch_id` took but will not insert.
     pub async fn release(&mut self, batch_id: u64, keys: &[u128]) -> Result<(), LedgerError> {
-        self.finish(batch_id, keys, false, false).await
-    }
-
-    /// Batch `batch_id` is stored: its ids are accepted. When Redis cannot be told, they are
-    /// marked before the next batch (until then they stay claimed: retries wait).
-    pub async fn committed(&mut self, batch_id: u64, keys: KeySet) {
-        let keys: Vec<u128> = keys.into_iter().collect();
-        if let Err(e) = self.finish(batch_id, &keys, true, true).await {
-            tracing::warn!(error = %e, batch_id, "could not mark a stored batch's ids accepted; marking them before the next batch");
-            self.unmarked.push((batch_id, keys));
+        let epoch = self.epoch()?;
+        let mut call = self.release.prepare_invoke();
+        call.key(self.key("epoch"));
+        for &key in keys {
+            call.key(self.id_key(key));
+        }
+        call.arg(epoch).arg(format!("{batch_id:016x}"));
+        match call.invoke_async::<i64>(&mut self.redis).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failed_call(e)),
         }
     }
 
-    /// Batch `batch_id` failed: released at once when it is known not to be stored, settled
+    /// Batch `batch_id` is stored: its ids are accepted. When Redis cannot be told, it is told
+    /// before the next batch (until then the ids are held: retries wait).
+    pub async fn committed(&mut self, batch_id: u64) {
+        if let Err(e) = self.end_batch(batch_id, "c", &[]).await {
+            tracing::warn!(error = %e, batch_id, "could not mark a stored batch; marking it before the next batch");
+            self.unmarked.push(batch_id);
+        }
+    }
+
+    /// Batch `batch_id` failed: ended at once when it is known not to be stored, settled
     /// before the next batch otherwise.
     pub async fn failed(&mut self, batch_id: u64, keys: KeySet, stamped_ms: i64, in_doubt: bool) {
         if in_doubt {
             self.in_doubt.hold(batch_id, stamped_ms, keys);
             return;
         }
-        let keys: Vec<u128> = keys.into_iter().collect();
-        if let Err(e) = self.finish(batch_id, &keys, false, true).await {
+        if let Err(e) = self.end_batch(batch_id, "a", &[]).await {
             tracing::warn!(error = %e, batch_id, "could not release a refused batch's ids; settling it later");
-            self.in_doubt
-                .hold(batch_id, stamped_ms, keys.into_iter().collect());
+            self.in_doubt.hold(batch_id, stamped_ms, keys);
         }
     }
 
-    async fn finish(
+    /// Ends batch `batch_id` in `state`; with `s`, `landed` are its ids stored.
+    async fn end_batch(
         &mut self,
         batch_id: u64,
-        keys: &[u128],
-        stored: bool,
-        forget: bool,
+        state: &str,
+        landed: &[u128],
     ) -> Result<(), LedgerError> {
-        let token = self.token(batch_id);
-        self.finish_with(batch_id, &token, keys, stored, forget)
-            .await
-    }
-
-    async fn finish_with(
-        &mut self,
-        batch_id: u64,
-        token: &str,
-        keys: &[u128],
-        stored: bool,
-        forget: bool,
-    ) -> Result<(), LedgerError> {
-        let epoch = self.epoch.clone().ok_or(LedgerError::Reloading)?;
-        let mut call = self.finish.prepare_invoke();
-        call.key(format!("{}epoch", self.prefix))
-            .key(format!("{}batches", self.prefix))
-            .key(format!("{}batch:{batch_id:016x}", self.prefix));
-        for &key in keys {
-            call.key(self.id_key(key));
+        let epoch = self.epoch()?;
+        let mut call = self.end.prepare_invoke();
+        call.key(self.key("epoch"))
+            .key(self.key("batches"))
+            .key(self.key(&format!("b:{batch_id:016x}")))
+            .key(self.key(&format!("l:{batch_id:016x}")));
+        if state == "s" {
+            for &key in landed {
+                call.key(self.id_key(key));
+            }
         }
         call.arg(epoch)
-            .arg(token)
             .arg(format!("{batch_id:016x}"))
-            .arg(if stored { "d" } else { "r" })
-            .arg(self.window_ms)
-            .arg(if forget { "1" } else { "0" });
-        let _: i64 = call.invoke_async(&mut self.redis).await.map_err(|e| {
-            if e.to_string().contains("EPOCH") {
-                self.epoch = None;
-            }
-            redis_error(e)
-        })?;
-        Ok(())
+            .arg(state)
+            .arg(self.state_expiry_ms());
+        match call.invoke_async::<i64>(&mut self.redis).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failed_call(e)),
+        }
     }
 
     /// A connection to the same Redis.

@@ -32,6 +32,16 @@ pub fn landed_batches(since_ms: i64, batch_ids: &[u64]) -> Sql {
     sql
 }
 
+/// Tenant and id of every event of `batch_ids` committed since `since_ms`, with its batch.
+pub fn landed_ids(since_ms: i64, batch_ids: &[u64]) -> Sql {
+    let mut sql = Sql::new("SELECT batch_id, tenant, id FROM events PREWHERE ingested_ms >= ");
+    sql.arg(since_ms)
+        .push(" WHERE has(")
+        .arg(batch_ids)
+        .push(", batch_id)");
+    sql
+}
+
 /// The samples `usage_samples` holds for each of `batch_ids` committed since `since_ms`.
 pub fn batch_samples(since_ms: i64, batch_ids: &[u64]) -> Sql {
     let mut sql = Sql::new("SELECT batch_id, count() FROM usage_samples PREWHERE ingested_ms >= ");
