@@ -15,7 +15,7 @@ use crate::ingest::batcher::{self, BatcherHandle, Settings};
 use crate::ingest::dedup::DedupSet;
 use crate::ingest::ledger::Ledger;
 use crate::ingest::shared::SharedLedger;
-use crate::ingest::writers::{DedupMode, Writer};
+use crate::ingest::writers::{DedupMode, Writer, WriterStatus};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::readmodel::{UsageReader, preload};
@@ -72,7 +72,7 @@ impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let (store, owned_clickhouse) = open_store(config).await?;
         let mut background = Vec::new();
-        let (ledger, redis) = open_ledger(config, &store, &mut background).await?;
+        let (ledger, writer, redis) = open_ledger(config, &store, &mut background).await?;
         let catalog = Catalog::open(store.clone())
             .await
             .context("loading the catalog")?;
@@ -117,8 +117,14 @@ impl Application {
             UsageReader::uncached(store.clone())
         };
         let observer = std::sync::Arc::new(usage.clone());
-        let (ingestor, batcher) =
-            batcher::start(store.clone(), ledger, settings, metrics.clone(), observer);
+        let (ingestor, batcher) = batcher::start(
+            store.clone(),
+            ledger,
+            writer,
+            settings,
+            metrics.clone(),
+            observer,
+        );
         let limits = RateLimits::new(config.rate_limit_rps, config.rate_limit_eps);
         let state = AppState {
             store,
@@ -186,8 +192,15 @@ async fn open_ledger(
     config: &Config,
     store: &Store,
     background: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> anyhow::Result<(Ledger, Option<ConnectionManager>)> {
-    let (ledger, redis, mode) = match &config.redis_url {
+) -> anyhow::Result<(Ledger, WriterStatus, Option<ConnectionManager>)> {
+    let mode = match config.redis_url {
+        None => DedupMode::Embedded,
+        Some(_) => DedupMode::Shared,
+    };
+    // Before the ids are read: a writer stopping meanwhile has stopped accepting any.
+    let (beats, writer) = Writer::new(mode).register(store).await?;
+    background.push(beats);
+    let (ledger, redis) = match &config.redis_url {
         None => {
             let now_ms = chrono::Utc::now().timestamp_millis();
             let window = config.dedup_window();
@@ -199,7 +212,7 @@ async fn open_ledger(
                 window_hours = config.dedup_window_hours,
                 "dedup state loaded"
             );
-            (Ledger::embedded(dedup), None, DedupMode::Embedded)
+            (Ledger::embedded(dedup), None)
         }
         Some(url) => {
             let (mut shared, heartbeat) =
@@ -216,15 +229,10 @@ async fn open_ledger(
                 "dedup shared through redis"
             );
             let redis = shared.connection();
-            (
-                Ledger::Shared(Box::new(shared)),
-                Some(redis),
-                DedupMode::Shared,
-            )
+            (Ledger::Shared(Box::new(shared)), Some(redis))
         }
     };
-    background.push(Writer::new(mode).register(store).await?);
-    Ok((ledger, redis))
+    Ok((ledger, writer, redis))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

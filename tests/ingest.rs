@@ -650,7 +650,7 @@ async fn an_attempt_still_running_on_the_server_is_stopped_before_it_is_looked_f
     let app = spawn_app("kill_attempt").await;
     let store = app.store().await;
     let batch_id = 0xfeed_u64;
-    let query_id = format!("mh-{}-{batch_id:016x}-1", store.database());
+    let query_id = format!("mh:{}:{batch_id:016x}:1", store.database());
     // A statement that runs for long under the query id an attempt of this batch would have.
     let running = {
         let store = store.clone();
@@ -664,7 +664,7 @@ async fn an_attempt_still_running_on_the_server_is_stopped_before_it_is_looked_f
         })
     };
     let in_flight =
-        "SELECT count() FROM system.processes WHERE query_id LIKE 'mh-test_kill_attempt-%'";
+        "SELECT count() FROM system.processes WHERE query_id LIKE 'mh:test\\_kill\\_attempt:%'";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while app.scalar(in_flight).await == 0 {
         assert!(

@@ -50,6 +50,17 @@ async fn wait_redis(url: &str) {
     panic!("redis-server at {url} did not answer");
 }
 
+/// The epoch Redis holds for the test database: written each time it is loaded.
+async fn epoch(url: &str) -> Option<String> {
+    let client = redis::Client::open(url).ok()?;
+    let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+    redis::cmd("GET")
+        .arg("mh:test_replicas:epoch")
+        .query_async(&mut connection)
+        .await
+        .ok()?
+}
+
 const REPLICAS: usize = 3;
 const CLIENTS: usize = 16;
 const REQUESTS: usize = 30;
@@ -250,6 +261,11 @@ async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_r
     replicas[1] = serve_process(ports[1], DB, &shared);
     // Redis killed, and started again empty.
     at(4).await;
+    let epoch_before = epoch(&redis_url).await;
+    assert!(
+        epoch_before.is_some(),
+        "redis holds the epoch of its first load"
+    );
     redis.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis = start_redis(redis_port, &redis_dir);
@@ -260,6 +276,12 @@ async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_r
     assert!(
         refused.load(Ordering::Relaxed) > 0,
         "the kills must have been felt by clients"
+    );
+    // Redis came back empty, and a replica loaded the accepted ids into it again.
+    let reloaded = epoch(&redis_url).await;
+    assert!(
+        reloaded.is_some() && reloaded != epoch_before,
+        "the emptied redis was loaded again: {epoch_before:?} then {reloaded:?}"
     );
     assert_eq!(acknowledged.len(), CLIENTS * REQUESTS * EVENTS);
     let stored = stored_ids(&store).await;
@@ -366,8 +388,9 @@ async fn leave_claim(redis_url: &str, database: &str, replica: &str, batch_id: u
         .unwrap();
 }
 
-/// Sends `ids` until acknowledged (at most 20 s); the acknowledgement and how many refusals
-/// came first.
+/// Sends `ids` until acknowledged (at most 60 s: a dead replica's batches are settled once any
+/// attempt it started has ended, 15 s after its heartbeat expired); the acknowledgement and how
+/// many refusals came first.
 async fn send_until_acknowledged(
     http: &reqwest::Client,
     base: &str,
@@ -377,7 +400,7 @@ async fn send_until_acknowledged(
         .iter()
         .map(|id| json!({"id": id, "customer": "c1", "type": "api_call"}))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut refused = 0;
     loop {
         let response = http

@@ -15,8 +15,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::dedup::{KeySet, key};
-use super::ledger::{Ledger, Verdict};
+use super::ledger::{Ledger, LedgerError, Verdict};
 use super::settle;
+use super::writers::WriterStatus;
 use crate::metrics::Metrics;
 use crate::store::rows::EventRow;
 use crate::store::{Store, StoreError};
@@ -139,6 +140,7 @@ pub trait BatchObserver: Send + Sync + 'static {
 pub fn start(
     store: Store,
     ledger: Ledger,
+    writer: WriterStatus,
     settings: Settings,
     metrics: Arc<Metrics>,
     observer: Arc<dyn BatchObserver>,
@@ -156,6 +158,7 @@ pub fn start(
         stopped,
         store,
         ledger,
+        writer,
         settings,
         metrics,
         observer,
@@ -169,6 +172,7 @@ struct Batcher {
     stopped: watch::Receiver<bool>,
     store: Store,
     ledger: Ledger,
+    writer: WriterStatus,
     settings: Settings,
     metrics: Arc<Metrics>,
     observer: Arc<dyn BatchObserver>,
@@ -224,6 +228,12 @@ impl Batcher {
             Ok(claims) => claims,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim the batch's ids; refusing it");
+                if !matches!(e, LedgerError::Reloading) {
+                    // The claim may have been made before the answer was lost: the batch is
+                    // ended (nothing of it stored) before the next.
+                    let ids = ordered.into_iter().collect();
+                    self.ledger.failed(batch_id, ids, now_ms, true).await;
+                }
                 return self.refuse_all(submissions);
             }
         };
@@ -319,7 +329,7 @@ impl Batcher {
         }
         let started = Instant::now();
         self.observer.inserting(batch_id, rows);
-        let result = self.insert_with_retries(rows, batch_id, now_ms).await;
+        let (result, sent) = self.insert_with_retries(rows, batch_id, now_ms).await;
         match &result {
             Ok(()) => {
                 self.ledger.committed(batch_id, keys, now_ms).await;
@@ -341,9 +351,8 @@ impl Batcher {
                 self.observer.failed(batch_id, rows);
                 self.metrics.batches_failed.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, batch_events = rows.len(), batch_id, "batch insert failed");
-                self.ledger
-                    .failed(batch_id, keys, now_ms, e.is_retryable())
-                    .await;
+                // Once an attempt was sent, whatever the error, it may have landed.
+                self.ledger.failed(batch_id, keys, now_ms, sent).await;
             }
         }
         result
@@ -352,26 +361,26 @@ impl Batcher {
     /// Inserts `rows`, retrying a passing failure once the attempt is known not to have
     /// landed: it is stopped on the server first (it may still run there after a timeout
     /// here), then looked for. An attempt that landed in part (a batch spanning several months
-    /// is written one part per month) is completed with the rows it lacks.
+    /// is written one part per month) is completed with the rows it lacks. Returns whether any
+    /// attempt was sent.
     async fn insert_with_retries(
-        &self,
+        &mut self,
         rows: &[EventRow],
         batch_id: u64,
         since_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> (Result<(), StoreError>, bool) {
         let mut attempt = 0;
         let mut missing: Vec<EventRow> = Vec::new();
         loop {
             attempt += 1;
-            if !self.ledger.may_insert() {
-                return Err(StoreError::Unavailable(
-                    "this replica lost touch with redis; it starts no insert".into(),
-                ));
+            if let Err(e) = self.ledger.may_insert(&self.writer).await {
+                let refused = StoreError::Unavailable(format!("no insert started: {e}"));
+                return (Err(refused), attempt > 1);
             }
             let sending = if attempt == 1 { rows } else { &missing[..] };
             let error = match self.store.insert_events(sending, batch_id, attempt).await {
-                Ok(()) => return Ok(()),
-                Err(e) if !e.is_retryable() || attempt >= MAX_ATTEMPTS => return Err(e),
+                Ok(()) => return (Ok(()), true),
+                Err(e) if !e.is_retryable() || attempt >= MAX_ATTEMPTS => return (Err(e), true),
                 Err(e) => e,
             };
             let backoff = Duration::from_millis(200 * 4u64.pow(attempt - 1));
@@ -379,8 +388,14 @@ impl Batcher {
             tracing::info!(error = %error, attempt, "retrying batch insert");
             tokio::time::sleep(backoff + jitter).await;
             // Retry only what is known not to have landed.
-            self.store.kill_inserts_of(batch_id).await?;
-            let mut landed = settle::landed_keys(&self.store, &[batch_id], since_ms).await?;
+            let landed = async {
+                self.store.kill_inserts_of(batch_id).await?;
+                settle::landed_keys(&self.store, &[batch_id], since_ms).await
+            };
+            let mut landed = match landed.await {
+                Ok(landed) => landed,
+                Err(e) => return (Err(e), true),
+            };
             let landed = landed.remove(&batch_id).unwrap_or_default();
             missing = rows
                 .iter()
@@ -388,7 +403,7 @@ impl Batcher {
                 .cloned()
                 .collect();
             if missing.is_empty() {
-                return Ok(());
+                return (Ok(()), true);
             }
         }
     }

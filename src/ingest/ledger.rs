@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use super::dedup::{DedupSet, KeySet};
 use super::settle::InDoubt;
 use super::shared::SharedLedger;
+use super::writers::WriterStatus;
 use crate::store::{Store, StoreError};
 
 /// What a batch may do with one id.
@@ -29,6 +30,9 @@ pub enum LedgerError {
     /// Redis lost the accepted ids (or never had them): they are being loaded from ClickHouse.
     #[error("the accepted ids are being loaded into redis")]
     Reloading,
+    /// Another process writes into the database while one of them keeps ids in its memory.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The accepted ids, embedded or shared.
@@ -119,11 +123,15 @@ impl Ledger {
         }
     }
 
-    /// Whether an insert may start now (a replica cut off from Redis starts none).
-    pub fn may_insert(&self) -> bool {
+    /// Whether an insert attempt may start now: not beside another writer that keeps ids in
+    /// its own memory, and, shared, not while cut off from Redis or while Redis is loaded.
+    pub async fn may_insert(&mut self, writer: &WriterStatus) -> Result<(), LedgerError> {
+        if let Some(conflict) = writer.conflict() {
+            return Err(LedgerError::Conflict(conflict));
+        }
         match self {
-            Self::Embedded { .. } => true,
-            Self::Shared(shared) => shared.may_insert(),
+            Self::Embedded { .. } => Ok(()),
+            Self::Shared(shared) => shared.may_insert().await,
         }
     }
 
@@ -131,7 +139,7 @@ impl Ledger {
     pub async fn committed(&mut self, batch_id: u64, keys: KeySet, stamped_ms: i64) {
         match self {
             Self::Embedded { accepted, .. } => accepted.insert_all(keys, stamped_ms),
-            Self::Shared(shared) => shared.committed(batch_id).await,
+            Self::Shared(shared) => shared.committed(batch_id, keys).await,
         }
     }
 

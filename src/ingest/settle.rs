@@ -105,7 +105,8 @@ pub async fn landed_keys(
 }
 
 /// Which of these batches ClickHouse holds. A batch found in `events` whose samples are
-/// missing (the insert stopped between the table and its view) gets them re-derived, and the
+/// missing, for some of its events or all (an insert attempt stopped between the table and its
+/// view), gets them re-derived, and the
 /// hours of every batch found are marked for readers to take from samples (sql/0007).
 pub async fn landed(
     store: &Store,
@@ -129,23 +130,16 @@ pub async fn landed(
             .iter()
             .find(|(id, _)| *id == batch_id)
             .map_or(0, |(_, n)| *n);
-        if have == expected {
+        if have >= expected {
             continue;
         }
-        if have > 0 {
-            // A block is written as one part, so this cannot happen; never add to it.
-            tracing::error!(
-                batch_id,
-                expected,
-                have,
-                "batch has part of its samples; left as is"
-            );
-            continue;
-        }
+        // The events of one insert attempt get their samples together or not at all (one
+        // block each); a batch completed by a later attempt may have them for some events only.
         tracing::warn!(
             batch_id,
             samples = expected,
-            "re-deriving the samples of a batch from events"
+            have,
+            "re-deriving the missing samples of a batch from events"
         );
         queries::repair_batch_samples(batch_id)
             .query(client)

@@ -31,7 +31,7 @@ use redis::{AsyncCommands, Script};
 use super::dedup::KeySet;
 use super::ledger::{LedgerError, Verdict};
 use super::settle;
-use crate::store::Store;
+use crate::store::{MAX_ATTEMPT, SEND_TIMEOUT, Store};
 
 /// A replica counts as dead once its heartbeat is this old.
 const REPLICA_TTL: Duration = Duration::from_secs(5);
@@ -91,15 +91,21 @@ end
 return out
 ";
 
-/// Ends a batch. `KEYS`: epoch, the pending set, the batch's state, its set of stored ids, then
-/// those ids (for `s`). `ARGV`: the expected epoch, the batch (hex), the state (`c`, `a` or
-/// `s`), the state's expiry (ms).
+/// Ends a batch still pending (or whose state an emptied Redis lost): a batch already ended is
+/// left as it is, and 0 returned. `KEYS`: epoch, the pending set, the batch's state, its set of
+/// stored ids, then ids of the batch known stored. `ARGV`: the expected epoch, the batch (hex),
+/// the state (`c`, `a` or `s`), the state's expiry (ms), the ids' expiry (ms). The ids given are
+/// made accepted where no batch holds them (they were taken under an earlier epoch), and, for
+/// `s`, listed.
 const END: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('EPOCH epoch changed') end
-if ARGV[3] == 's' then
-  for i = 5, #KEYS do redis.call('SADD', KEYS[4], KEYS[i]) end
-  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+local state = redis.call('GET', KEYS[3])
+if state and string.sub(state, 1, 2) ~= 'p:' then return 0 end
+for i = 5, #KEYS do
+  redis.call('SET', KEYS[i], 'd', 'NX', 'PX', ARGV[5])
+  if ARGV[3] == 's' then redis.call('SADD', KEYS[4], KEYS[i]) end
 end
+if ARGV[3] == 's' then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
 redis.call('SREM', KEYS[2], ARGV[2])
 return 1
@@ -133,9 +139,11 @@ pub struct SharedLedger {
     epoch: Option<String>,
     /// This replica's batches whose outcome is unknown: settled before its next batch.
     in_doubt: settle::InDoubt,
-    /// This replica's batches known stored that Redis could not be told of: marked before its
-    /// next batch (until then their ids are held).
-    unmarked: Vec<u64>,
+    /// This replica's batches known stored that Redis could not be told of, with their ids:
+    /// marked before its next batch (until then their ids are held).
+    unmarked: Vec<(u64, Vec<u128>)>,
+    /// Other replicas seen without a heartbeat, and since when.
+    seen_dead: HashMap<String, Instant>,
     /// When the heartbeat was last written (shared with the heartbeat task).
     alive: std::sync::Arc<std::sync::Mutex<Instant>>,
     looked_for_dead: Instant,
@@ -188,6 +196,7 @@ impl SharedLedger {
             epoch: None,
             in_doubt: settle::InDoubt::default(),
             unmarked: Vec::new(),
+            seen_dead: HashMap::new(),
             alive,
             looked_for_dead: Instant::now() - LOOK_FOR_DEAD_EVERY,
             claim: Script::new(CLAIM),
@@ -214,10 +223,26 @@ impl SharedLedger {
         self.window_ms + STATE_MARGIN_MS
     }
 
-    /// Whether this replica may start an insert: its heartbeat is fresh.
-    pub fn may_insert(&self) -> bool {
+    /// Whether this replica may start an insert attempt: its heartbeat is fresh (others do not
+    /// count it dead) and Redis still holds the epoch its ids were taken under (a Redis being
+    /// loaded must see every attempt that can land).
+    pub async fn may_insert(&mut self) -> Result<(), LedgerError> {
         let alive = *self.alive.lock().unwrap_or_else(|e| e.into_inner());
-        alive.elapsed() < STOP_INSERTS_AFTER
+        if alive.elapsed() >= STOP_INSERTS_AFTER {
+            return Err(LedgerError::Redis(
+                "this replica's heartbeat is stale".into(),
+            ));
+        }
+        let current: Option<String> = self
+            .redis
+            .get(self.key("epoch"))
+            .await
+            .map_err(redis_error)?;
+        if current.is_none() || current != self.epoch {
+            self.epoch = None;
+            return Err(LedgerError::Reloading);
+        }
+        Ok(())
     }
 
     fn epoch(&self) -> Result<String, LedgerError> {
@@ -243,36 +268,29 @@ impl SharedLedger {
             return Ok(());
         }
         let lock_key = self.key("loading");
-        let locked: Option<String> = redis::cmd("SET")
-            .arg(&lock_key)
-            .arg(&self.replica)
-            .arg("NX")
-            .arg("PX")
-            .arg(120_000)
-            .query_async(&mut self.redis)
-            .await
-            .map_err(redis_error)?;
-        if locked.is_none() {
+        if !self.lock(&lock_key, 120_000).await? {
             return Err(LedgerError::Reloading);
         }
         let loaded = self.load_window(store).await;
-        if loaded.is_ok() {
-            let epoch = format!("{:016x}", rand::random::<u64>());
-            let _: () = self
-                .redis
-                .set(&epoch_key, &epoch)
-                .await
-                .map_err(redis_error)?;
-            self.epoch = Some(epoch);
-        }
-        let _: () = self.redis.del(&lock_key).await.map_err(redis_error)?;
-        loaded
+        let published = match loaded {
+            Ok(()) => {
+                let epoch = format!("{:016x}", rand::random::<u64>());
+                let set: Result<(), _> = self.redis.set(&epoch_key, &epoch).await;
+                set.map(|()| self.epoch = Some(epoch)).map_err(redis_error)
+            }
+            Err(e) => Err(e),
+        };
+        self.unlock(&lock_key).await;
+        published
     }
 
     /// Loads the ids accepted within the window from ClickHouse as accepted, once every insert
     /// still running there has stopped (one that lands later would be missing).
     async fn load_window(&mut self, store: &Store) -> Result<(), LedgerError> {
         tracing::warn!("redis holds no accepted ids: loading the dedup window from clickhouse");
+        // No replica starts an attempt without the epoch; one started before Redis lost it has
+        // reached ClickHouse by now or never will, and is stopped there.
+        tokio::time::sleep(SEND_TIMEOUT).await;
         store.kill_all_inserts().await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let accepted = super::dedup::accepted_since(store, now_ms - self.window_ms).await?;
@@ -301,9 +319,9 @@ impl SharedLedger {
     /// replica is dead.
     pub async fn settle(&mut self, store: &Store) -> Result<(), LedgerError> {
         self.ensure_epoch(store).await?;
-        while let Some(batch_id) = self.unmarked.pop() {
-            if let Err(e) = self.end_batch(batch_id, "c", &[]).await {
-                self.unmarked.push(batch_id);
+        while let Some((batch_id, keys)) = self.unmarked.pop() {
+            if let Err(e) = self.end_batch(batch_id, "c", &keys).await {
+                self.unmarked.push((batch_id, keys));
                 return Err(e);
             }
         }
@@ -329,20 +347,19 @@ impl SharedLedger {
         Ok(())
     }
 
+    /// Settles other replicas' pending batches once their replica has been dead long enough
+    /// for any insert attempt it started to have ended: its heartbeat expired (it started no
+    /// attempt in the last moments of it, see [`STOP_INSERTS_AFTER`]) and, seen from here, has
+    /// stayed absent for [`MAX_ATTEMPT`] more.
     async fn settle_dead_replicas(&mut self, store: &Store) -> Result<(), LedgerError> {
         let pending: Vec<String> = self
             .redis
             .smembers(self.key("batches"))
             .await
             .map_err(redis_error)?;
+        let mut dead_now = std::collections::HashSet::new();
         for batch in pending {
-            let state: Option<String> = self
-                .redis
-                .get(self.key(&format!("b:{batch}")))
-                .await
-                .map_err(redis_error)?;
-            let pending = state.as_deref().and_then(|s| s.strip_prefix("p:"));
-            let Some((replica, stamped_ms)) = pending.and_then(|p| p.rsplit_once(':')) else {
+            let Some((replica, stamped_ms)) = self.pending_state(&batch).await? else {
                 // Ended (or gone): nothing is left to settle.
                 let _: () = self
                     .redis
@@ -359,18 +376,41 @@ impl SharedLedger {
                 .exists(self.key(&format!("r:{replica}")))
                 .await
                 .map_err(redis_error)?;
-            let (Ok(batch_id), Ok(stamped_ms)) =
-                (u64::from_str_radix(&batch, 16), stamped_ms.parse::<i64>())
-            else {
+            if alive {
+                continue;
+            }
+            dead_now.insert(replica.clone());
+            let since = *self
+                .seen_dead
+                .entry(replica.clone())
+                .or_insert_with(Instant::now);
+            let Ok(batch_id) = u64::from_str_radix(&batch, 16) else {
                 continue;
             };
-            if !alive {
-                let replica = replica.to_owned();
-                self.settle_for_dead(store, batch_id, &replica, stamped_ms)
-                    .await?;
+            if since.elapsed() >= MAX_ATTEMPT
+                && let Err(e) = self
+                    .settle_for_dead(store, batch_id, &replica, stamped_ms)
+                    .await
+            {
+                tracing::warn!(error = %e, batch_id, replica, "settling a dead replica's batch failed; trying again later");
             }
         }
+        self.seen_dead
+            .retain(|replica, _| dead_now.contains(replica));
         Ok(())
+    }
+
+    /// The replica and stamp of batch `batch` (hex) while it is pending.
+    async fn pending_state(&mut self, batch: &str) -> Result<Option<(String, i64)>, LedgerError> {
+        let state: Option<String> = self
+            .redis
+            .get(self.key(&format!("b:{batch}")))
+            .await
+            .map_err(redis_error)?;
+        let pending = state.as_deref().and_then(|s| s.strip_prefix("p:"));
+        Ok(pending
+            .and_then(|p| p.rsplit_once(':'))
+            .and_then(|(replica, stamped)| Some((replica.to_owned(), stamped.parse().ok()?))))
     }
 
     /// Settles a pending batch of a dead replica, unless another replica is settling it.
@@ -382,36 +422,64 @@ impl SharedLedger {
         stamped_ms: i64,
     ) -> Result<(), LedgerError> {
         let lock = self.key(&format!("settling:{batch_id:016x}"));
+        if !self.lock(&lock, 60_000).await? {
+            return Ok(());
+        }
+        let settled = async {
+            // Settled by another replica before this one took the lock?
+            if self
+                .pending_state(&format!("{batch_id:016x}"))
+                .await?
+                .is_none()
+            {
+                return Ok(());
+            }
+            store.kill_inserts_of(batch_id).await?;
+            let mut landed = settle::landed_keys(store, &[batch_id], stamped_ms).await?;
+            let landed: Vec<u128> = landed
+                .remove(&batch_id)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            tracing::warn!(
+                batch_id,
+                replica,
+                landed = landed.len(),
+                "settled a batch of a dead replica"
+            );
+            // Its ids are not known here: those stored are listed, the others are free.
+            let state = if landed.is_empty() { "a" } else { "s" };
+            self.end_batch(batch_id, state, &landed).await
+        }
+        .await;
+        self.unlock(&lock).await;
+        settled
+    }
+
+    /// Takes lock `key` for `ms` unless someone holds it.
+    async fn lock(&mut self, key: &str, ms: u64) -> Result<bool, LedgerError> {
         let locked: Option<String> = redis::cmd("SET")
-            .arg(&lock)
+            .arg(key)
             .arg(&self.replica)
             .arg("NX")
             .arg("PX")
-            .arg(60_000)
+            .arg(ms)
             .query_async(&mut self.redis)
             .await
             .map_err(redis_error)?;
-        if locked.is_none() {
-            return Ok(());
+        Ok(locked.is_some())
+    }
+
+    /// Gives lock `key` back if this replica still holds it.
+    async fn unlock(&mut self, key: &str) {
+        let unlocked: Result<i64, _> = Script::new(UNLOCK)
+            .key(key)
+            .arg(&self.replica)
+            .invoke_async(&mut self.redis)
+            .await;
+        if let Err(e) = unlocked {
+            tracing::warn!(error = %e, "could not release a lock; it expires by itself");
         }
-        store.kill_inserts_of(batch_id).await?;
-        let mut landed = settle::landed_keys(store, &[batch_id], stamped_ms).await?;
-        let landed: Vec<u128> = landed
-            .remove(&batch_id)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        tracing::warn!(
-            batch_id,
-            replica,
-            landed = landed.len(),
-            "settled a batch of a dead replica"
-        );
-        // Its ids are not known here: those stored are listed, the others are free.
-        let state = if landed.is_empty() { "a" } else { "s" };
-        self.end_batch(batch_id, state, &landed).await?;
-        let _: () = self.redis.del(&lock).await.map_err(redis_error)?;
-        Ok(())
     }
 
     /// Takes `keys` (distinct) for batch `batch_id`, stamped at `stamped_ms`.
@@ -472,10 +540,10 @@ impl SharedLedger {
 
     /// Batch `batch_id` is stored: its ids are accepted. When Redis cannot be told, it is told
     /// before the next batch (until then the ids are held: retries wait).
-    pub async fn committed(&mut self, batch_id: u64) {
+    pub async fn committed(&mut self, batch_id: u64, keys: KeySet) {
         if let Err(e) = self.end_batch(batch_id, "c", &[]).await {
             tracing::warn!(error = %e, batch_id, "could not mark a stored batch; marking it before the next batch");
-            self.unmarked.push(batch_id);
+            self.unmarked.push((batch_id, keys.into_iter().collect()));
         }
     }
 
@@ -492,7 +560,8 @@ impl SharedLedger {
         }
     }
 
-    /// Ends batch `batch_id` in `state`; with `s`, `landed` are its ids stored.
+    /// Ends batch `batch_id`, pending, in `state`; `landed` are ids of it known stored (all of
+    /// them for `s`; for `c`, given when they may have been taken under an earlier epoch).
     async fn end_batch(
         &mut self,
         batch_id: u64,
@@ -505,17 +574,22 @@ impl SharedLedger {
             .key(self.key("batches"))
             .key(self.key(&format!("b:{batch_id:016x}")))
             .key(self.key(&format!("l:{batch_id:016x}")));
-        if state == "s" {
-            for &key in landed {
-                call.key(self.id_key(key));
-            }
+        for &key in landed {
+            call.key(self.id_key(key));
         }
         call.arg(epoch)
             .arg(format!("{batch_id:016x}"))
             .arg(state)
-            .arg(self.state_expiry_ms());
+            .arg(self.state_expiry_ms())
+            .arg(self.window_ms);
         match call.invoke_async::<i64>(&mut self.redis).await {
-            Ok(_) => Ok(()),
+            Ok(1) => Ok(()),
+            Ok(_) => {
+                // Settled by another replica meanwhile: it looked in ClickHouse after every
+                // attempt of this batch could have landed, so its word stands.
+                tracing::warn!(batch_id, state, "batch already ended by another replica");
+                Ok(())
+            }
             Err(e) => Err(self.failed_call(e)),
         }
     }

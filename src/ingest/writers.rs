@@ -34,6 +34,20 @@ const GONE_AFTER_S: u32 = 3;
 /// How long a starting process waits for a conflicting writer to go (a rolling restart).
 const WAIT_FOR_GONE: Duration = Duration::from_secs(5);
 
+/// Whether this process may ingest: the conflict with another writer, if one appeared.
+#[derive(Debug, Clone, Default)]
+pub struct WriterStatus(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl WriterStatus {
+    pub fn conflict(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, conflict: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = conflict;
+    }
+}
+
 /// This process as a writer.
 #[derive(Debug, Clone)]
 pub struct Writer {
@@ -43,7 +57,7 @@ pub struct Writer {
     pid: u32,
 }
 
-#[derive(clickhouse::Row, serde::Deserialize)]
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct LiveWriter {
     writer: String,
     mode: String,
@@ -67,9 +81,14 @@ impl Writer {
     }
 
     /// Registers this process, once no live writer conflicts with it (waiting a few seconds
-    /// for one that is stopping); refuses with what to set otherwise. Then says it is alive
-    /// every second until the returned task is stopped.
-    pub async fn register(self, store: &Store) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    /// for one that is stopping); refuses with what to set otherwise. Of two processes that
+    /// register at once, the one with the greater id refuses. Then says it is alive every
+    /// second, and looks again each time: a conflict that appears later (beats that stalled)
+    /// stops its inserts until it is gone.
+    pub async fn register(
+        self,
+        store: &Store,
+    ) -> anyhow::Result<(tokio::task::JoinHandle<()>, WriterStatus)> {
         let deadline = tokio::time::Instant::now() + WAIT_FOR_GONE;
         loop {
             let conflicts = self.conflicts(store).await?;
@@ -77,26 +96,37 @@ impl Writer {
                 break;
             };
             if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "another meterhouse process ({} on {}, dedup {}) ingests into database '{}'; \
-                     with more than one process every one needs shared dedup: set --redis-url \
-                     (METERHOUSE_REDIS_URL) on all of them, or stop the other one",
-                    other.writer,
-                    other.host,
-                    other.mode,
-                    store.database()
-                );
+                bail!(self.refusal(other, store));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         self.beat(store).await?;
-        let store = store.clone();
-        Ok(tokio::spawn(async move {
+        if let Some(other) = self
+            .conflicts(store)
+            .await?
+            .iter()
+            .find(|other| other.writer < self.id)
+        {
+            bail!(self.refusal(other, store));
+        }
+        let status = WriterStatus::default();
+        let (store, watched) = (store.clone(), status.clone());
+        let task = tokio::spawn(async move {
             let mut pruned_at = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(BEAT_EVERY).await;
                 if let Err(e) = self.beat(&store).await {
                     tracing::warn!(error = %e, "could not record this writer as alive");
+                }
+                match self.conflicts(&store).await {
+                    Ok(conflicts) => {
+                        let conflict = conflicts.first().map(|other| self.refusal(other, &store));
+                        if let Some(conflict) = &conflict {
+                            tracing::error!(conflict = %conflict, "ingest stopped");
+                        }
+                        watched.set(conflict);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not look for other writers"),
                 }
                 if pruned_at.elapsed() >= Duration::from_secs(3600) {
                     pruned_at = tokio::time::Instant::now();
@@ -105,7 +135,20 @@ impl Writer {
                     }
                 }
             }
-        }))
+        });
+        Ok((task, status))
+    }
+
+    fn refusal(&self, other: &LiveWriter, store: &Store) -> String {
+        format!(
+            "another meterhouse process ({} on {}, dedup {}) ingests into database '{}'; with \
+             more than one process every one needs shared dedup: set --redis-url \
+             (METERHOUSE_REDIS_URL) on all of them, or stop the other one",
+            other.writer,
+            other.host,
+            other.mode,
+            store.database()
+        )
     }
 
     async fn beat(&self, store: &Store) -> Result<(), StoreError> {

@@ -6,14 +6,27 @@ use std::time::Duration;
 use super::rows::EventRow;
 use super::{Store, StoreError, queries};
 
-/// How long sending a batch and waiting for the server's answer may take.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-const END_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long sending a batch may take, and then waiting for the server's answer: an attempt
+/// that has not reached the server within [`SEND_TIMEOUT`] never does, and none lasts longer
+/// than [`MAX_ATTEMPT`] on this side.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+const END_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_ATTEMPT: Duration = Duration::from_secs(15);
 
 impl Store {
     /// The query id of attempt `attempt` to insert batch `batch_id`.
     fn insert_query_id(&self, batch_id: u64, attempt: u32) -> String {
-        format!("mh-{}-{batch_id:016x}-{attempt}", self.database())
+        format!("mh:{}:{batch_id:016x}:{attempt}", self.database())
+    }
+
+    /// The `LIKE` pattern of this database's insert query ids, followed by `rest`.
+    fn insert_pattern(&self, rest: &str) -> String {
+        let database = self
+            .database()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("mh:{database}:{rest}")
     }
 
     /// Inserts `rows`, attempt `attempt` of batch `batch_id`, in one statement.
@@ -39,13 +52,13 @@ impl Store {
     /// Stops every attempt to insert batch `batch_id` still running on the server, and waits
     /// for them to stop.
     pub async fn kill_inserts_of(&self, batch_id: u64) -> Result<(), StoreError> {
-        let pattern = format!("mh-{}-{batch_id:016x}-%", self.database());
+        let pattern = self.insert_pattern(&format!("{batch_id:016x}:%"));
         self.kill_queries(&pattern).await
     }
 
     /// Stops every insert of events into this database still running on the server.
     pub async fn kill_all_inserts(&self) -> Result<(), StoreError> {
-        let pattern = format!("mh-{}-%", self.database());
+        let pattern = self.insert_pattern("%");
         self.kill_queries(&pattern).await
     }
 

@@ -52,9 +52,9 @@ pub fn batch_samples(since_ms: i64, batch_ids: &[u64]) -> Sql {
     sql
 }
 
-/// Re-derives the samples of `batch_id` from `events`, exactly as the view
-/// `events_to_usage_samples` (sql/0008) does at insert; for a batch whose insert stopped
-/// between the two tables.
+/// Re-derives the samples of the events of `batch_id` that have none from `events`, exactly as
+/// the view `events_to_usage_samples` (sql/0008) does at insert; for a batch whose insert (or
+/// one of its attempts) stopped between the two tables.
 pub fn repair_batch_samples(batch_id: u64) -> Sql {
     let mut sql = Sql::new(
         "INSERT INTO usage_samples \
@@ -64,7 +64,10 @@ pub fn repair_batch_samples(batch_id: u64) -> Sql {
          sample_group_keys AS s_group_keys, sample_group_values AS s_group_values \
          WHERE batch_id = ",
     );
-    sql.arg(batch_id);
+    sql.arg(batch_id)
+        .push(" AND (tenant, id) NOT IN (SELECT tenant, event_id FROM usage_samples WHERE batch_id = ")
+        .arg(batch_id)
+        .push(")");
     sql
 }
 
