@@ -101,6 +101,9 @@ pub struct SharedReport {
     /// Bytes Redis received and sent, per event.
     pub redis_bytes_in_per_event: f64,
     pub redis_bytes_out_per_event: f64,
+    /// Redis's own CPU time per event (part of the box's `cpu.clickhouse_us`, the CPU of
+    /// everything but this process).
+    pub redis_cpu_us_per_event: f64,
     pub ack_p50_ms: f64,
     pub ack_p99_ms: f64,
 }
@@ -178,6 +181,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
             redis_commands_per_event: total.commands as f64 / events,
             redis_bytes_in_per_event: total.bytes_in as f64 / events,
             redis_bytes_out_per_event: total.bytes_out as f64 / events,
+            redis_cpu_us_per_event: total.cpu_us as f64 / events,
             ack_p50_ms: percentile(&shared_latencies, 0.50),
             ack_p99_ms: percentile(&shared_latencies, 0.99),
         }
@@ -232,32 +236,32 @@ async fn start_redis(scratch: &std::path::Path) -> anyhow::Result<(String, std::
     bail!("redis-server did not answer on {url}")
 }
 
-/// Redis's own counters: commands processed, bytes received and sent.
+/// Redis's own counters: commands processed, bytes received and sent, CPU time (µs).
 #[derive(Debug, Clone, Copy, Default)]
 struct RedisUse {
     commands: u64,
     bytes_in: u64,
     bytes_out: u64,
+    cpu_us: u64,
 }
 
 impl RedisUse {
     async fn read(url: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         let mut connection = client.get_multiplexed_async_connection().await?;
-        let info: String = redis::cmd("INFO")
-            .arg("stats")
-            .query_async(&mut connection)
-            .await?;
-        let field = |name: &str| {
+        let info: String = redis::cmd("INFO").query_async(&mut connection).await?;
+        let field = |name: &str| -> f64 {
             info.lines()
                 .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
                 .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
+                .unwrap_or(0.0)
         };
+        let cpu_s = field("used_cpu_sys") + field("used_cpu_user");
         Ok(Self {
-            commands: field("total_commands_processed"),
-            bytes_in: field("total_net_input_bytes"),
-            bytes_out: field("total_net_output_bytes"),
+            commands: field("total_commands_processed") as u64,
+            bytes_in: field("total_net_input_bytes") as u64,
+            bytes_out: field("total_net_output_bytes") as u64,
+            cpu_us: (cpu_s * 1e6) as u64,
         })
     }
 
@@ -266,6 +270,7 @@ impl RedisUse {
             commands: self.commands.saturating_sub(before.commands),
             bytes_in: self.bytes_in.saturating_sub(before.bytes_in),
             bytes_out: self.bytes_out.saturating_sub(before.bytes_out),
+            cpu_us: self.cpu_us.saturating_sub(before.cpu_us),
         }
     }
 
@@ -274,6 +279,7 @@ impl RedisUse {
             commands: self.commands + other.commands,
             bytes_in: self.bytes_in + other.bytes_in,
             bytes_out: self.bytes_out + other.bytes_out,
+            cpu_us: self.cpu_us + other.cpu_us,
         }
     }
 }
