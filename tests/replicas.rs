@@ -18,6 +18,18 @@ use common::{Service, free_port, scratch_dir, serve_log, serve_process, test_con
 use meterhouse::store::Store;
 use serde_json::{Value, json};
 
+/// A free loopback port below the ephemeral range: a client retrying a connection to a port in
+/// that range while nothing listens there can end up connected to itself (TCP simultaneous
+/// open), holding the port the server is about to take.
+fn free_server_port() -> u16 {
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// `redis-server` on `port`, keeping nothing on disk: started again, it is empty.
 fn start_redis(port: u16, dir: &Path) -> Service {
     std::fs::create_dir_all(dir).unwrap();
@@ -154,16 +166,16 @@ async fn converge(
 ) -> Duration {
     let started = Instant::now();
     loop {
-        let mut all = true;
+        let mut reported = Vec::new();
         for base in bases {
-            all &= usage(http, base).await.as_ref() == Some(expected);
+            reported.push(usage(http, base).await);
         }
-        if all {
+        if reported.iter().all(|r| r.as_ref() == Some(expected)) {
             return started.elapsed();
         }
         assert!(
             started.elapsed() < within,
-            "replicas do not report {expected:?} after {within:?}"
+            "replicas do not report {expected:?} after {within:?}: {reported:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -182,7 +194,7 @@ async fn stored_ids(store: &Store) -> Vec<String> {
 async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_restart() {
     const DB: &str = "test_replicas";
     let store = common::empty_database(&test_config("replicas", &common::clickhouse_url())).await;
-    let redis_port = free_port();
+    let redis_port = free_server_port();
     let redis_dir = scratch_dir("redis");
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let mut redis = start_redis(redis_port, &redis_dir);
@@ -277,6 +289,8 @@ async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_r
         refused.load(Ordering::Relaxed) > 0,
         "the kills must have been felt by clients"
     );
+    // The restarted replica came up, Redis restarting under it or not.
+    wait_ready(&http, &bases[1]).await;
     // Redis came back empty, and a replica loaded the accepted ids into it again.
     let reloaded = epoch(&redis_url).await;
     assert!(
@@ -302,7 +316,7 @@ async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_r
         .await
         .expect("the fresh process's usage");
     assert_eq!(expected.0, acknowledged.len().to_string());
-    converge(&http, &bases, &expected, Duration::from_secs(10)).await;
+    converge(&http, &bases, &expected, Duration::from_secs(30)).await;
 
     // A write through one replica shows in every replica's reads within the staleness bound.
     let one = json!([{"id": "after-all", "customer": "c1", "type": "api_call"}]);
@@ -329,7 +343,7 @@ async fn a_second_process_that_keeps_ids_in_its_own_memory_refuses_to_start() {
     let first_port = free_port();
     let _first = serve_process(first_port, DB, &[]);
     wait_ready(&http, &format!("http://127.0.0.1:{first_port}")).await;
-    let redis_port = free_port();
+    let redis_port = free_server_port();
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let _redis = start_redis(redis_port, &scratch_dir("redis-alone"));
     wait_redis(&redis_url).await;
@@ -447,7 +461,7 @@ async fn a_dead_replicas_claims_are_settled_against_clickhouse_before_they_are_t
     const DB: &str = "test_replicas_dead";
     let store =
         common::empty_database(&test_config("replicas_dead", &common::clickhouse_url())).await;
-    let redis_port = free_port();
+    let redis_port = free_server_port();
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let _redis = start_redis(redis_port, &scratch_dir("redis-dead"));
     wait_redis(&redis_url).await;

@@ -161,17 +161,28 @@ fn redis_error(e: redis::RedisError) -> LedgerError {
 }
 
 /// A Redis connection that reconnects by itself and gives up on a command after two seconds.
+/// Redis not answering yet (restarting) is waited for, up to two minutes.
 pub async fn connect(url: &str) -> Result<ConnectionManager, LedgerError> {
-    let client = redis::Client::open(url).map_err(redis_error)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
-    client
-        .get_connection_manager_with_config(config)
-        .await
-        .map_err(redis_error)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let client = redis::Client::open(url).map_err(redis_error)?;
+        match client
+            .get_connection_manager_with_config(config.clone())
+            .await
+        {
+            Ok(connection) => return Ok(connection),
+            Err(e) if Instant::now() < deadline && e.is_io_error() => {
+                tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(redis_error(e)),
+        }
+    }
 }
 
 impl SharedLedger {
@@ -605,7 +616,10 @@ impl SharedLedger {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             match self.ensure_epoch(store).await {
-                Err(LedgerError::Reloading) if Instant::now() < deadline => {
+                // Being loaded, or Redis restarting: a replica starting then waits.
+                Err(LedgerError::Reloading | LedgerError::Redis(_))
+                    if Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 other => return other,
@@ -654,17 +668,22 @@ pub async fn with_migration_lock<T>(
     let token = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let locked: Option<String> = redis::cmd("SET")
+        let locked: Result<Option<String>, _> = redis::cmd("SET")
             .arg(&key)
             .arg(&token)
             .arg("NX")
             .arg("PX")
             .arg(600_000)
             .query_async(&mut redis)
-            .await
-            .map_err(redis_error)?;
-        if locked.is_some() {
-            break;
+            .await;
+        match locked {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            // Redis restarting: the starting replica waits for it.
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                tracing::warn!(error = %e, "redis not reachable yet; retrying");
+            }
+            Err(e) => return Err(redis_error(e).into()),
         }
         if Instant::now() >= deadline {
             anyhow::bail!("another replica has held the migration lock ({key}) for five minutes");
