@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::sql::Sql;
-use super::usage_sql::{GroupUsage, Leading, Part, Scope, merged, parse_value, part_select};
+use super::usage_sql::{GroupUsage, Leading, Part, Scope, merged, part_select};
 use super::{Store, StoreError};
 use crate::domain::Aggregation;
 
@@ -82,19 +82,11 @@ pub fn series_statement(parts: &[Part], q: &SeriesQuery<'_>) -> Sql {
 impl Store {
     /// Runs a series read ([`series_statement`]) within the request's read budget.
     pub async fn series(&self, statement: &Sql) -> Result<Vec<SeriesPoint>, StoreError> {
-        let rows: Vec<SeriesRow> = statement
-            .query(self.reader())
-            .fetch_all()
-            .await
-            .map_err(StoreError::from_read)?;
+        let rows: Vec<SeriesRow> = self.read_rows(statement).await?;
         rows.into_iter()
             .map(|r| {
                 Ok(SeriesPoint {
-                    usage: GroupUsage {
-                        value: parse_value(&r.value)?,
-                        group: r.grp,
-                        count: r.events,
-                    },
+                    usage: GroupUsage::from_row(r.grp, &r.value, r.events)?,
                     window: r.window,
                     customer: r.customer,
                 })

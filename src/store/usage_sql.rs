@@ -218,22 +218,39 @@ pub(super) fn parse_value(value: &str) -> Result<Decimal, StoreError> {
     Ok(parsed.normalize())
 }
 
+impl GroupUsage {
+    /// A group's row as a read returns it: its values, the merged value as text, the count.
+    pub(super) fn from_row(
+        group: Vec<String>,
+        value: &str,
+        count: u64,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            value: parse_value(value)?,
+            group,
+            count,
+        })
+    }
+}
+
 impl Store {
-    /// Runs a per-meter read ([`usage_statement`]) within the request's read budget.
-    pub async fn usage(&self, statement: &Sql) -> Result<Vec<GroupUsage>, StoreError> {
-        let rows: Vec<UsageRow> = statement
+    /// The rows of `statement`, read within the request's read budget.
+    pub(super) async fn read_rows<T>(&self, statement: &Sql) -> Result<Vec<T>, StoreError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        statement
             .query(self.reader())
             .fetch_all()
             .await
-            .map_err(StoreError::from_read)?;
+            .map_err(StoreError::from_read)
+    }
+
+    /// Runs a per-meter read ([`usage_statement`]) within the request's read budget.
+    pub async fn usage(&self, statement: &Sql) -> Result<Vec<GroupUsage>, StoreError> {
+        let rows: Vec<UsageRow> = self.read_rows(statement).await?;
         rows.into_iter()
-            .map(|r| {
-                Ok(GroupUsage {
-                    value: parse_value(&r.value)?,
-                    group: r.grp,
-                    count: r.events,
-                })
-            })
+            .map(|r| GroupUsage::from_row(r.grp, &r.value, r.events))
             .collect()
     }
 }
