@@ -1,6 +1,6 @@
 //! Access across every route: each documented route × each kind of key (tenant A's admin, read,
 //! ingest and customer keys, tenant B's admin key, an unknown key, no key), checked against
-//! the roles of API.md; and per-key rate limits under load, within 10%, other keys unaffected.
+//! the roles of docs/api.md; and per-key rate limits under load, within 10%, other keys unaffected.
 
 mod common;
 

@@ -412,7 +412,7 @@ async fn a_full_or_read_only_disk_acknowledges_nothing_it_did_not_store() {
             _ => {
                 assert!(
                     answer["code"].is_string(),
-                    "errors keep API.md's shape: {answer}"
+                    "errors keep docs/api.md's shape: {answer}"
                 );
                 refused.push((n, status, answer["code"].clone()));
             }
