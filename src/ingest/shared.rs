@@ -28,6 +28,13 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+mod connection;
+mod scripts;
+
+pub use connection::{connect, ready, with_migration_lock};
+use connection::{redis_error, spawn_heartbeat};
+use scripts::{CLAIM, END, RELEASE, UNLOCK};
+
 use super::dedup::KeySet;
 use super::ledger::{LedgerError, Verdict};
 use super::settle;
@@ -44,82 +51,6 @@ const LOOK_FOR_DEAD_EVERY: Duration = Duration::from_secs(1);
 const LOAD_CHUNK: usize = 10_000;
 /// How much longer a batch's state lives than its ids.
 const STATE_MARGIN_MS: i64 = 3_600_000;
-
-/// Takes ids for a batch. `KEYS`: epoch, the pending set, the batch's state, then the ids.
-/// `ARGV`: the expected epoch, the batch (hex), its pending state, the ids' expiry (ms), the
-/// key prefix, the state's expiry (ms). Returns, for each id not taken now, its index and 1
-/// (accepted before, or taken by this batch) or 2 (held by a batch still pending).
-const CLAIM: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('EPOCH epoch changed') end
-redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6])
-local out = {}
-local taken = 0
-for i = 4, #KEYS do
-  if not redis.call('SET', KEYS[i], ARGV[2], 'NX', 'PX', ARGV[4]) then
-    local holder = redis.call('GET', KEYS[i])
-    local verdict = 2
-    if holder == 'd' or holder == ARGV[2] then
-      verdict = 1
-    elseif holder then
-      local state = redis.call('GET', ARGV[5] .. 'b:' .. holder)
-      if state == 'c' then
-        verdict = 1
-      elseif state == 's' and redis.call('SISMEMBER', ARGV[5] .. 'l:' .. holder, KEYS[i]) == 1 then
-        verdict = 1
-      elseif state == 'a' or state == 's' then
-        verdict = 0
-      end
-    else
-      verdict = 0
-    end
-    if verdict == 0 then
-      redis.call('SET', KEYS[i], ARGV[2], 'PX', ARGV[4])
-      taken = taken + 1
-    else
-      out[#out + 1] = i - 4
-      out[#out + 1] = verdict
-    end
-  else
-    taken = taken + 1
-  end
-end
-if taken > 0 then
-  redis.call('SADD', KEYS[2], ARGV[2])
-else
-  redis.call('SET', KEYS[3], 'a', 'PX', ARGV[6])
-end
-return out
-";
-
-/// Ends a batch still pending (or whose state an emptied Redis lost): a batch already ended is
-/// left as it is, and 0 returned. `KEYS`: epoch, the pending set, the batch's state, its set of
-/// stored ids, then ids of the batch known stored. `ARGV`: the expected epoch, the batch (hex),
-/// the state (`c`, `a` or `s`), the state's expiry (ms), the ids' expiry (ms). The ids given are
-/// made accepted where no batch holds them (they were taken under an earlier epoch), and, for
-/// `s`, listed.
-const END: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('EPOCH epoch changed') end
-local state = redis.call('GET', KEYS[3])
-if state and string.sub(state, 1, 2) ~= 'p:' then return 0 end
-for i = 5, #KEYS do
-  redis.call('SET', KEYS[i], 'd', 'NX', 'PX', ARGV[5])
-  if ARGV[3] == 's' then redis.call('SADD', KEYS[4], KEYS[i]) end
-end
-if ARGV[3] == 's' then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
-redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-redis.call('SREM', KEYS[2], ARGV[2])
-return 1
-";
-
-/// Gives back ids a batch took but will not insert. `KEYS`: epoch, then the ids. `ARGV`: the
-/// expected epoch, the batch (hex).
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('EPOCH epoch changed') end
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[2] then redis.call('DEL', KEYS[i]) end
-end
-return 1
-";
 
 /// How a settled batch ends.
 fn end_state(taken: usize, landed: usize) -> &'static str {
@@ -150,39 +81,6 @@ pub struct SharedLedger {
     claim: Script,
     end: Script,
     release: Script,
-}
-
-fn redis_error(e: redis::RedisError) -> LedgerError {
-    if e.to_string().contains("EPOCH") {
-        LedgerError::Reloading
-    } else {
-        LedgerError::Redis(e.to_string())
-    }
-}
-
-/// A Redis connection that reconnects by itself and gives up on a command after two seconds.
-/// Redis not answering yet (restarting) is waited for, up to two minutes.
-pub async fn connect(url: &str) -> Result<ConnectionManager, LedgerError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let client = redis::Client::open(url).map_err(redis_error)?;
-        match client
-            .get_connection_manager_with_config(config.clone())
-            .await
-        {
-            Ok(connection) => return Ok(connection),
-            Err(e) if Instant::now() < deadline && e.is_io_error() => {
-                tracing::warn!(error = %e, "redis not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(redis_error(e)),
-        }
-    }
 }
 
 impl SharedLedger {
@@ -626,84 +524,4 @@ impl SharedLedger {
             }
         }
     }
-}
-
-/// Writes the replica's heartbeat every second, with an expiry of [`REPLICA_TTL`]; records
-/// when it last succeeded.
-fn spawn_heartbeat(
-    mut redis: ConnectionManager,
-    key: String,
-    alive: std::sync::Arc<std::sync::Mutex<Instant>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let started = Instant::now();
-            let written: Result<(), _> =
-                redis.pset_ex(&key, 1, REPLICA_TTL.as_millis() as u64).await;
-            match written {
-                Ok(()) => *alive.lock().unwrap_or_else(|e| e.into_inner()) = started,
-                Err(e) => tracing::warn!(error = %e, "could not write this replica's heartbeat"),
-            }
-            tokio::time::sleep(HEARTBEAT_EVERY).await;
-        }
-    })
-}
-
-/// Releases a lock if this holder still has it.
-const UNLOCK: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
-
-/// Runs `work` while holding the migration lock of `database` in Redis: replicas that start
-/// together apply migrations one at a time (the second finds them applied). Waits up to five
-/// minutes for the lock; it expires by itself after ten, should its holder die.
-pub async fn with_migration_lock<T>(
-    url: &str,
-    database: &str,
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    let mut redis = connect(url).await?;
-    let key = format!("mh:{database}:migrating");
-    let token = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let locked: Result<Option<String>, _> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(600_000)
-            .query_async(&mut redis)
-            .await;
-        match locked {
-            Ok(Some(_)) => break,
-            Ok(None) => {}
-            // Redis restarting: the starting replica waits for it.
-            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-                tracing::warn!(error = %e, "redis not reachable yet; retrying");
-            }
-            Err(e) => return Err(redis_error(e).into()),
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("another replica has held the migration lock ({key}) for five minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let outcome = work.await;
-    let unlocked: Result<i64, _> = Script::new(UNLOCK)
-        .key(&key)
-        .arg(&token)
-        .invoke_async(&mut redis)
-        .await;
-    if let Err(e) = unlocked {
-        tracing::warn!(error = %e, "could not release the migration lock; it expires by itself");
-    }
-    outcome
-}
-
-/// Whether Redis answers and holds the dedup window (for `/readyz`).
-pub async fn ready(redis: &mut ConnectionManager, database: &str) -> bool {
-    let epoch: Result<Option<String>, _> = redis.get(format!("mh:{database}:epoch")).await;
-    matches!(epoch, Ok(Some(_)))
 }
