@@ -83,7 +83,7 @@ impl Application {
                 .map_err(|e| anyhow::anyhow!("seeding the catalog: {e}"))?;
         }
         let keys = KeyRing::from_config(&config.api_keys)?;
-        http::keys::load_stored(&store, &keys)
+        crate::auth::stored::load_stored(&store, &keys)
             .await
             .context("loading API keys")?;
         if keys.is_empty() {
@@ -99,7 +99,11 @@ impl Application {
             ack_timeout: config.ack_timeout(),
         };
         background.extend([
-            http::keys::spawn_refresh(store.clone(), keys.clone(), http::keys::REFRESH_EVERY),
+            crate::auth::stored::spawn_refresh(
+                store.clone(),
+                keys.clone(),
+                crate::auth::stored::REFRESH_EVERY,
+            ),
             catalog.spawn_refresh(Duration::from_secs(1)),
         ]);
         let usage = if config.usage_cache_customers > 0 {

@@ -516,7 +516,7 @@ async fn api_keys_are_listed_without_secrets_and_revoked_on_every_process() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 204);
     assert_eq!(wait_for(&app, 401).await.0, 401);
-    // Every process reloads keys every 500 ms (`http::keys::REFRESH_EVERY`); the wait gives
+    // Every process reloads keys every 500 ms (`auth::stored::REFRESH_EVERY`); the wait gives
     // up after 3 s.
     assert_eq!(wait_for(&other, 401).await.0, 401);
     let response = delete(format!("/v1/api-keys/{id}"), "admin_key_a")

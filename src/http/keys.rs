@@ -3,8 +3,6 @@
 //! never a key or its digest; `DELETE /v1/api-keys/{id}` revokes a stored one. Every process
 //! picks up new and revoked keys within a second.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,30 +11,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiJson, AppState};
-use std::collections::HashSet;
-
-use sha2::{Digest as _, Sha256};
-
-use crate::auth::{KeyHash, KeyRing, Principal, Role, hash_key};
+use crate::auth::stored::{key_id, parsed, stored_and_revoked};
+use crate::auth::{Principal, Role, hash_key};
 use crate::error::ApiError;
-use crate::store::{Store, StoreError};
+use crate::store::keys::{Revocation, StoredKey};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(revoke))
-}
-
-/// How often every process reloads stored and revoked keys.
-pub const REFRESH_EVERY: Duration = Duration::from_millis(500);
-
-/// A key's public id: derived from its digest, from which neither the digest nor the key can
-/// be recovered.
-pub fn key_id(hash: &KeyHash) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"meterhouse api key id\0");
-    hasher.update(hash);
-    format!("key_{}", hex::encode(&hasher.finalize()[..12]))
 }
 
 /// One key as listed.
@@ -135,58 +118,10 @@ async fn revoke(
         tenant: principal.tenant.to_string(),
         revoked_at: chrono::Utc::now().timestamp() as u32,
     };
-    insert_revocation(&state.store, &row).await?;
+    state.store.insert_revocation(&row).await?;
     state.keys.remove(&hash);
     tracing::info!(tenant = %principal.tenant, key = %id, "api key revoked");
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(clickhouse::Row, Serialize)]
-struct Revocation {
-    key_hash: String,
-    tenant: String,
-    revoked_at: u32,
-}
-
-async fn insert_revocation(store: &Store, row: &Revocation) -> Result<(), StoreError> {
-    let mut insert = store
-        .client()
-        .insert::<Revocation>("api_key_revocations")
-        .await?;
-    insert.write(row).await?;
-    insert.end().await?;
-    Ok(())
-}
-
-/// A stored row's digest and role, if both are well-formed.
-fn parsed(row: &StoredKey) -> Option<(KeyHash, Role)> {
-    let bytes = hex::decode(&row.key_hash).ok()?;
-    Some((
-        <[u8; 32]>::try_from(bytes.as_slice()).ok()?,
-        Role::parse(&row.role)?,
-    ))
-}
-
-/// Every stored key, and the digests of the revoked ones.
-async fn stored_and_revoked(
-    store: &Store,
-) -> Result<(Vec<StoredKey>, HashSet<KeyHash>), StoreError> {
-    let stored: Vec<StoredKey> = store
-        .client()
-        .query(crate::store::queries::STORED_KEYS)
-        .fetch_all()
-        .await?;
-    let revoked: Vec<String> = store
-        .client()
-        .query(crate::store::queries::REVOKED_KEYS)
-        .fetch_all()
-        .await?;
-    let revoked = revoked
-        .iter()
-        .filter_map(|h| hex::decode(h).ok())
-        .filter_map(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-        .collect();
-    Ok((stored, revoked))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -207,17 +142,6 @@ struct CreatedKey {
     role: Role,
     customer: Option<String>,
     name: String,
-}
-
-#[derive(clickhouse::Row, Serialize, Deserialize)]
-struct StoredKey {
-    key_hash: String,
-    tenant: String,
-    role: String,
-    customer: String,
-    name: String,
-    created_at: u32,
-    version: u64,
 }
 
 #[utoipa::path(post, path = "/v1/api-keys", tag = "auth", request_body = NewKey,
@@ -256,7 +180,7 @@ async fn create(
         created_at: now.timestamp() as u32,
         version: now.timestamp_micros() as u64,
     };
-    store_key(&state.store, &row).await?;
+    state.store.insert_key(&row).await?;
     state.keys.insert(
         hash,
         &principal.tenant,
@@ -273,45 +197,4 @@ async fn create(
         name: request.name,
     };
     Ok((StatusCode::CREATED, Json(created)))
-}
-
-async fn store_key(store: &Store, row: &StoredKey) -> Result<(), StoreError> {
-    let mut insert = store.client().insert::<StoredKey>("api_keys").await?;
-    insert.write(row).await?;
-    insert.end().await?;
-    Ok(())
-}
-
-/// Adds every stored key to `ring` and drops the revoked ones.
-pub async fn load_stored(store: &Store, ring: &KeyRing) -> Result<usize, StoreError> {
-    let (rows, revoked) = stored_and_revoked(store).await?;
-    let mut loaded = 0;
-    for row in rows {
-        let Some((hash, role)) = parsed(&row) else {
-            continue;
-        };
-        if revoked.contains(&hash) {
-            continue;
-        }
-        let customer = (!row.customer.is_empty()).then_some(row.customer);
-        ring.insert(hash, &row.tenant, role, customer);
-        loaded += 1;
-    }
-    for hash in &revoked {
-        ring.remove(hash);
-    }
-    Ok(loaded)
-}
-
-/// Reloads stored keys every `every`, so keys made through another process work here too.
-pub fn spawn_refresh(store: Store, ring: KeyRing, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            if let Err(e) = load_stored(&store, &ring).await {
-                tracing::debug!(error = %e, "api key refresh failed");
-            }
-        }
-    })
 }

@@ -7,6 +7,7 @@ mod changes;
 pub mod combined_sql;
 mod error;
 mod events;
+pub mod keys;
 pub use events::{MAX_ATTEMPT, SEND_TIMEOUT};
 pub mod local;
 pub mod migrate;
