@@ -19,7 +19,7 @@
 //! lost nor counted twice.
 //!
 //! A replica whose heartbeat has not been written for [`STOP_INSERTS_AFTER`] starts no insert:
-//! other replicas count it dead once its heartbeat expired ([`REPLICA_TTL`]), later. The scripts
+//! other replicas count it dead once its heartbeat expired (`REPLICA_TTL`), later. The scripts
 //! reach keys they compute (other batches' states), so Redis Cluster is not supported.
 
 use std::collections::HashMap;

@@ -92,10 +92,10 @@ fn load_chunks<'a, 'c>(asked: &'a [CustomerWindow<'c>]) -> Vec<&'a [CustomerWind
 }
 
 /// Loads into memory (`cache`) the usage of the billing period at `now` of every
-/// subscription of `tenant` that has one, as [`report`] reads it for the current period, so
+/// subscription of `tenant` that has one, as [`super::report::report`] reads it for the current period, so
 /// that its first read is answered from memory as well. Subscriptions whose answer is already
 /// held are skipped; the others are read in one statement per set of meters (each customer
-/// over its own window) for up to [`LOAD_CUSTOMERS`] customers. A subscription whose catalog
+/// over its own window) for up to `LOAD_CUSTOMERS` customers. A subscription whose catalog
 /// entries are inconsistent is skipped (its own reads report why). Returns how many answers
 /// were loaded.
 pub async fn load_current_periods(
