@@ -399,98 +399,19 @@ impl SharedLedger {
         keys: &[u128],
     ) -> Result<HashMap<u128, Verdict>, LedgerError> {
         let epoch = self.epoch()?;
-        let batch = format!("{batch_id:016x}");
-        // Every free id in one transaction of plain `SET NX` (cheaper for Redis than a script),
-        // made only if the epoch is unchanged from the check to the transaction's end.
-        let epoch_key = self.key("epoch");
-        let watched = async {
-            redis::cmd("WATCH")
-                .arg(&epoch_key)
-                .query_async::<()>(&mut self.redis)
-                .await?;
-            redis::cmd("GET")
-                .arg(&epoch_key)
-                .query_async::<Option<String>>(&mut self.redis)
-                .await
-        };
-        let current = match watched.await {
-            Ok(current) => current,
-            Err(e) => return Err(self.failed_call(e)),
-        };
-        if current.as_deref() != Some(epoch.as_str()) {
-            let _: Result<(), _> = redis::cmd("UNWATCH").query_async(&mut self.redis).await;
-            self.epoch = None;
-            return Err(LedgerError::Reloading);
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("SET")
-            .arg(self.key(&format!("b:{batch}")))
-            .arg(format!("p:{}:{stamped_ms}", self.replica))
-            .arg("PX")
-            .arg(self.state_expiry_ms())
-            .ignore();
-        pipe.cmd("SADD")
-            .arg(self.key("batches"))
-            .arg(&batch)
-            .ignore();
-        for &key in keys {
-            pipe.cmd("SET")
-                .arg(self.id_key(key))
-                .arg(&batch)
-                .arg("NX")
-                .arg("PX")
-                .arg(self.window_ms);
-        }
-        let taken: Option<Vec<Option<String>>> = match pipe.query_async(&mut self.redis).await {
-            Ok(taken) => taken,
-            Err(e) => return Err(self.failed_call(e)),
-        };
-        let Some(taken) = taken else {
-            // The epoch changed meanwhile: nothing was written.
-            self.epoch = None;
-            return Err(LedgerError::Reloading);
-        };
-        let mut verdicts: HashMap<u128, Verdict> = HashMap::with_capacity(keys.len());
-        let mut held = Vec::new();
-        for (&key, set) in keys.iter().zip(&taken) {
-            match set {
-                Some(_) => {
-                    verdicts.insert(key, Verdict::New);
-                }
-                None => held.push(key),
-            }
-        }
-        if !held.is_empty() {
-            let any_taken = held.len() < keys.len();
-            verdicts.extend(self.resolve_held(&epoch, &batch, &held, any_taken).await?);
-        }
-        Ok(verdicts)
-    }
-
-    /// The verdicts on ids another batch (or this one) holds: duplicates when that batch was
-    /// stored, taken over when it was not, busy while it is pending.
-    async fn resolve_held(
-        &mut self,
-        epoch: &str,
-        batch: &str,
-        keys: &[u128],
-        any_taken: bool,
-    ) -> Result<HashMap<u128, Verdict>, LedgerError> {
         let mut call = self.claim.prepare_invoke();
         call.key(self.key("epoch"))
             .key(self.key("batches"))
-            .key(self.key(&format!("b:{batch}")));
+            .key(self.key(&format!("b:{batch_id:016x}")));
         for &key in keys {
             call.key(self.id_key(key));
         }
         call.arg(epoch)
-            .arg(batch)
-            .arg(format!("p:{}", self.replica))
+            .arg(format!("{batch_id:016x}"))
+            .arg(format!("p:{}:{stamped_ms}", self.replica))
             .arg(self.window_ms)
             .arg(&self.prefix)
-            .arg(self.state_expiry_ms())
-            .arg(if any_taken { "1" } else { "0" });
+            .arg(self.state_expiry_ms());
         let answer: Vec<i64> = match call.invoke_async(&mut self.redis).await {
             Ok(answer) => answer,
             Err(e) => return Err(self.failed_call(e)),

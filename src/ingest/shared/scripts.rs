@@ -1,18 +1,15 @@
 //! The Lua scripts of the shared ledger: each checks the epoch first, so that nothing is taken
 //! or ended against a Redis that lost its data.
 
-/// Resolves ids a batch could not take with `SET NX`: another batch (or this one) holds them.
-/// `KEYS`: epoch, the pending set, the batch's state, then the ids. `ARGV`: the expected epoch,
-/// the batch (hex), unused, the ids' expiry (ms), the key prefix, the state's expiry (ms), `1`
-/// if the batch took other ids already. An id held by a batch that ended not stored (or stored
-/// without it) is taken; the batch is left pending if it took any id, ended not stored
-/// otherwise. Returns, for each id not taken, its index and 1 (accepted before, or held by this
-/// batch) or 2 (held by a batch still pending).
+/// Takes ids for a batch. `KEYS`: epoch, the pending set, the batch's state, then the ids.
+/// `ARGV`: the expected epoch, the batch (hex), its pending state, the ids' expiry (ms), the
+/// key prefix, the state's expiry (ms). Returns, for each id not taken now, its index and 1
+/// (accepted before, or taken by this batch) or 2 (held by a batch still pending).
 pub(super) const CLAIM: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('EPOCH epoch changed') end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6])
 local out = {}
 local taken = 0
-if ARGV[7] == '1' then taken = 1 end
 for i = 4, #KEYS do
   if not redis.call('SET', KEYS[i], ARGV[2], 'NX', 'PX', ARGV[4]) then
     local holder = redis.call('GET', KEYS[i])
