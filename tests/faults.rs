@@ -28,63 +28,6 @@ const CLIENTS: usize = 20;
 const REQUESTS: usize = 25;
 const EVENTS: usize = 40;
 
-/// One client: `REQUESTS` batches of `EVENTS`, each retried (same ids) until acknowledged, as
-/// a client does when the connection drops. Returns the acknowledged ids.
-async fn ingest_until_acknowledged(
-    http: reqwest::Client,
-    base: String,
-    client: usize,
-    refused: Arc<AtomicUsize>,
-    done: Arc<AtomicUsize>,
-) -> Vec<String> {
-    let mut acknowledged = Vec::new();
-    for request in 0..REQUESTS {
-        let ids: Vec<String> = (0..EVENTS)
-            .map(|i| format!("k{client}-{request}-{i}"))
-            .collect();
-        let body: Vec<Value> = ids
-            .iter()
-            .map(|id| json!({"id": id, "customer": "c1", "type": "api_call"}))
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "request {client}/{request} never acknowledged"
-            );
-            let sent = http
-                .post(format!("{base}/v1/events"))
-                .bearer_auth("ingest_key_a")
-                .json(&body)
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status() == 202 => {
-                    let ack: Value = r.json().await.unwrap();
-                    let counted =
-                        ack["accepted"].as_u64().unwrap() + ack["duplicates"].as_u64().unwrap();
-                    assert_eq!(counted, EVENTS as u64, "{ack}");
-                    acknowledged.extend(ids);
-                    done.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                Ok(r) if r.status() == 503 => {}
-                Ok(r) => panic!(
-                    "unexpected {}: {}",
-                    r.status(),
-                    r.text().await.unwrap_or_default()
-                ),
-                // Connection refused or reset: the service is down; retry.
-                Err(_) => {
-                    refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    acknowledged
-}
-
 /// Ids stored in `database.events`, each as often as stored.
 async fn stored_ids(store: &Store, database: &str) -> Vec<String> {
     store
@@ -112,21 +55,23 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
     let mut service = start_service(port, DB);
     common::wait_ready(&http, &base).await;
 
-    let (refused, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let tally = Arc::new(common::Tally::default());
+    let bases = Arc::new(vec![base.clone()]);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
-            tokio::spawn(ingest_until_acknowledged(
+            tokio::spawn(common::retrying_client(
                 http.clone(),
-                base.clone(),
-                c,
-                refused.clone(),
-                done.clone(),
+                bases.clone(),
+                (c, REQUESTS, EVENTS),
+                "k",
+                Duration::from_secs(90),
+                tally.clone(),
             ))
         })
         .collect();
     // Mid-stream (a fifth of the requests acknowledged): SIGKILL, no chance to flush; then
     // start it again on the same port.
-    while done.load(Ordering::Relaxed) < CLIENTS * REQUESTS / 5 {
+    while tally.done.load(Ordering::Relaxed) < CLIENTS * REQUESTS / 5 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     service.kill();
@@ -138,7 +83,7 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
         acknowledged.extend(client.await.unwrap());
     }
     assert!(
-        refused.load(Ordering::Relaxed) > 0,
+        tally.refused.load(Ordering::Relaxed) > 0,
         "the kill must have been felt by clients"
     );
     assert_eq!(acknowledged.len(), CLIENTS * REQUESTS * EVENTS);

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Service, free_port, scratch_dir, serve_log, serve_process, test_config, wait_ready};
@@ -77,52 +77,6 @@ const REPLICAS: usize = 3;
 const CLIENTS: usize = 16;
 const REQUESTS: usize = 30;
 const EVENTS: usize = 20;
-
-/// One client: `REQUESTS` batches of `EVENTS` events of customer c1, each sent to a replica and
-/// retried (same ids) on the next one until acknowledged. Returns the acknowledged ids.
-async fn client(
-    http: reqwest::Client,
-    bases: Arc<Vec<String>>,
-    client: usize,
-    refused: Arc<AtomicUsize>,
-    done: Arc<AtomicUsize>,
-) -> Vec<String> {
-    let mut acknowledged = Vec::new();
-    for request in 0..REQUESTS {
-        let ids: Vec<String> = (0..EVENTS)
-            .map(|e| format!("r{client}-{request}-{e}"))
-            .collect();
-        let events: Vec<Value> = ids
-            .iter()
-            .map(|id| json!({"id": id, "customer": "c1", "type": "api_call"}))
-            .collect();
-        let mut replica = (client + request) % bases.len();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "request {client}-{request} never acknowledged"
-            );
-            let sent = http
-                .post(format!("{}/v1/events", bases[replica]))
-                .bearer_auth("ingest_key_a")
-                .json(&events)
-                .send()
-                .await;
-            if let Ok(response) = sent
-                && response.status() == 202
-            {
-                break;
-            }
-            refused.fetch_add(1, Ordering::Relaxed);
-            replica = (replica + 1) % bases.len();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        acknowledged.extend(ids);
-        done.fetch_add(1, Ordering::Relaxed);
-    }
-    acknowledged
-}
 
 async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) {
     let response = http
@@ -246,22 +200,23 @@ async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_r
     let nothing = ("0".to_owned(), "0.00".to_owned());
     converge(&http, &bases, &nothing, Duration::from_secs(10)).await;
 
-    let (refused, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let tally = Arc::new(common::Tally::default());
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
-            tokio::spawn(client(
+            tokio::spawn(common::retrying_client(
                 http.clone(),
                 bases.clone(),
-                c,
-                refused.clone(),
-                done.clone(),
+                (c, REQUESTS, EVENTS),
+                "r",
+                Duration::from_secs(120),
+                tally.clone(),
             ))
         })
         .collect();
     let at = |share: usize| {
-        let done = done.clone();
+        let tally = tally.clone();
         async move {
-            while done.load(Ordering::Relaxed) < CLIENTS * REQUESTS * share / 8 {
+            while tally.done.load(Ordering::Relaxed) < CLIENTS * REQUESTS * share / 8 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
@@ -286,7 +241,7 @@ async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_r
         acknowledged.extend(client.await.unwrap());
     }
     assert!(
-        refused.load(Ordering::Relaxed) > 0,
+        tally.refused.load(Ordering::Relaxed) > 0,
         "the kills must have been felt by clients"
     );
     // The restarted replica came up, Redis restarting under it or not.

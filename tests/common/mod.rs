@@ -361,3 +361,77 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     }
     panic!("the service at {base} did not become ready");
 }
+
+/// What retrying clients saw: requests refused (or whose connection failed), requests
+/// acknowledged.
+#[derive(Default)]
+pub struct Tally {
+    pub refused: std::sync::atomic::AtomicUsize,
+    pub done: std::sync::atomic::AtomicUsize,
+}
+
+/// One retrying client: `requests` batches of `events` events of customer c1 (ids
+/// `{prefix}{client}-{request}-{i}`), each sent to one of `bases` and retried with the same ids,
+/// on the next base, until acknowledged, at most `patience` each. An acknowledgement counts
+/// every event of its request, accepted or duplicate; any answer but `202`, `503` or a failed
+/// connection fails the test. Returns the acknowledged ids.
+pub async fn retrying_client(
+    http: reqwest::Client,
+    bases: std::sync::Arc<Vec<String>>,
+    (client, requests, events): (usize, usize, usize),
+    prefix: &'static str,
+    patience: Duration,
+    tally: std::sync::Arc<Tally>,
+) -> Vec<String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut acknowledged = Vec::new();
+    for request in 0..requests {
+        let ids: Vec<String> = (0..events)
+            .map(|i| format!("{prefix}{client}-{request}-{i}"))
+            .collect();
+        let body: Vec<Value> = ids
+            .iter()
+            .map(|id| serde_json::json!({"id": id, "customer": "c1", "type": "api_call"}))
+            .collect();
+        let mut base = (client + request) % bases.len();
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request {client}-{request} never acknowledged"
+            );
+            let sent = http
+                .post(format!("{}/v1/events", bases[base]))
+                .bearer_auth("ingest_key_a")
+                .json(&body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == 202 => {
+                    let ack: Value = r.json().await.unwrap();
+                    let counted =
+                        ack["accepted"].as_u64().unwrap() + ack["duplicates"].as_u64().unwrap();
+                    assert_eq!(counted, events as u64, "{ack}");
+                    acknowledged.extend(ids);
+                    tally.done.fetch_add(1, Relaxed);
+                    break;
+                }
+                Ok(r) if r.status() == 503 => {
+                    tally.refused.fetch_add(1, Relaxed);
+                }
+                Ok(r) => panic!(
+                    "unexpected {}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ),
+                // Connection refused or reset: that process is down; retry on the next.
+                Err(_) => {
+                    tally.refused.fetch_add(1, Relaxed);
+                }
+            }
+            base = (base + 1) % bases.len();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    acknowledged
+}
