@@ -149,10 +149,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
         services.push(service);
         latencies.extend(round_latencies);
     }
-    if let Some((_, Some(mut server))) = redis {
-        let _ = server.kill();
-        let _ = server.wait();
-    }
+    drop(redis);
     latencies.sort_unstable();
     shared_latencies.sort_unstable();
     let (direct, required, service) = (
@@ -214,7 +211,17 @@ fn percentile(latencies: &[Duration], p: f64) -> f64 {
 }
 
 /// `redis-server` on a free loopback port, keeping nothing on disk.
-async fn start_redis(scratch: &std::path::Path) -> anyhow::Result<(String, std::process::Child)> {
+/// A `redis-server` the harness started, stopped when dropped (also when a phase fails).
+struct OwnedRedis(std::process::Child);
+
+impl Drop for OwnedRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_redis(scratch: &std::path::Path) -> anyhow::Result<(String, OwnedRedis)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -225,6 +232,7 @@ async fn start_redis(scratch: &std::path::Path) -> anyhow::Result<(String, std::
         .arg(scratch)
         .stdout(std::process::Stdio::null())
         .spawn()
+        .map(OwnedRedis)
         .context("starting redis-server (scripts/install-deps --tests installs it)")?;
     let url = format!("redis://127.0.0.1:{port}");
     for _ in 0..100 {
