@@ -218,21 +218,18 @@ impl Batcher {
         }
         let batch_id: u64 = rand::random();
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut distinct = KeySet::default();
-        let ordered: Vec<u128> = submissions
-            .iter()
-            .flat_map(|s| s.keys.iter().copied())
-            .filter(|&key| distinct.insert(key))
-            .collect();
-        let claims = match self.ledger.claim(batch_id, now_ms, &ordered).await {
+        let keys = submissions.iter().map(|s| s.keys.as_slice());
+        let claims = match self.ledger.claim(batch_id, now_ms, keys).await {
             Ok(claims) => claims,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim the batch's ids; refusing it");
                 if !matches!(e, LedgerError::Reloading) {
                     // The claim may have been made before the answer was lost: the batch is
                     // ended (nothing of it stored) before the next.
-                    let ids = ordered.into_iter().collect();
-                    self.ledger.failed(batch_id, ids, now_ms, true).await;
+                    let ids = submissions.iter().flat_map(|s| s.keys.iter().copied());
+                    self.ledger
+                        .failed(batch_id, ids.collect(), now_ms, true)
+                        .await;
                 }
                 return self.refuse_all(submissions);
             }
@@ -267,12 +264,7 @@ impl Batcher {
             waiting.push((submission.reply, ack));
         }
         // Ids claimed for refused requests go back at once (their retries may come anywhere).
-        let unused: Vec<u128> = ordered
-            .into_iter()
-            .filter(|key| {
-                !taken.contains(key) && self.ledger.verdict(&claims, *key) == Verdict::New
-            })
-            .collect();
+        let unused = claims.unused(&taken);
         if !unused.is_empty()
             && let Err(e) = self.ledger.release(batch_id, &unused).await
         {

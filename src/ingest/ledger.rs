@@ -51,6 +51,21 @@ pub enum Claims {
     Shared(HashMap<u128, Verdict>),
 }
 
+impl Claims {
+    /// Ids claimed for the batch that it does not insert (`taken` are those it does): their
+    /// requests were refused. None in memory, where nothing is claimed ahead.
+    pub fn unused(&self, taken: &KeySet) -> Vec<u128> {
+        match self {
+            Self::Embedded => Vec::new(),
+            Self::Shared(verdicts) => verdicts
+                .iter()
+                .filter(|&(key, verdict)| *verdict == Verdict::New && !taken.contains(key))
+                .map(|(&key, _)| key)
+                .collect(),
+        }
+    }
+}
+
 impl Ledger {
     pub fn embedded(accepted: DedupSet) -> Self {
         Self::Embedded {
@@ -80,18 +95,27 @@ impl Ledger {
         }
     }
 
-    /// Claims `keys` (distinct) for batch `batch_id`, stamped at `stamped_ms`.
-    pub async fn claim(
+    /// Claims the ids of batch `batch_id`, stamped at `stamped_ms`: `keys`, per request, in
+    /// order. In memory nothing is claimed ahead: verdicts are read id by id.
+    pub async fn claim<'k>(
         &mut self,
         batch_id: u64,
         stamped_ms: i64,
-        keys: &[u128],
+        keys: impl Iterator<Item = &'k [u128]>,
     ) -> Result<Claims, LedgerError> {
         match self {
             Self::Embedded { .. } => Ok(Claims::Embedded),
-            Self::Shared(shared) => Ok(Claims::Shared(
-                shared.claim(batch_id, stamped_ms, keys).await?,
-            )),
+            Self::Shared(shared) => {
+                let mut distinct = KeySet::default();
+                let ordered: Vec<u128> = keys
+                    .flatten()
+                    .copied()
+                    .filter(|&key| distinct.insert(key))
+                    .collect();
+                Ok(Claims::Shared(
+                    shared.claim(batch_id, stamped_ms, &ordered).await?,
+                ))
+            }
         }
     }
 
