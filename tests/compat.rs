@@ -5,7 +5,7 @@
 mod common;
 
 use chrono::{TimeDelta, Utc};
-use common::{TestApp, spawn_app};
+use common::{TestApp, post_ok, spawn_app};
 use serde_json::{Value, json};
 
 /// An exact JSON number, as the service writes decimals (`3.00` is not `3.0`).
@@ -97,37 +97,32 @@ async fn send(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn admin(app: &TestApp, path: &str, body: Value) {
-    let (status, answer) = send(app, "POST", path, "admin_key_a", Some(body)).await;
-    assert!(status < 300, "{path}: {status} {answer}");
-}
-
 /// Plan `pro`: 49.00 a month; `calls` graduated past 1,000 included (0.002 to 10,000, then
 /// 0.001); `tokens` 0.50 per started 1,000, per model. Customer `c1` subscribed 10 days ago,
 /// with 1,500 calls and 2,500 + 400 tokens this period.
 async fn scenario(app: &TestApp) {
-    admin(app, "/v1/plans", json!({"code": "pro", "name": "Pro", "currency": "USD", "interval": "month",
+    post_ok(app, "/v1/plans", json!({"code": "pro", "name": "Pro", "currency": "USD", "interval": "month",
         "prices": [
           {"code": "base", "type": "flat", "amount": "49.00", "timing": "advance"},
           {"code": "calls", "type": "usage", "meter": "calls", "model": "graduated", "included_units": "1000",
            "tiers": [{"up_to": "10000", "unit_amount": "0.002"}, {"up_to": null, "unit_amount": "0.001"}]},
           {"code": "tokens", "type": "usage", "meter": "tokens", "model": "package", "package_size": "1000",
            "package_amount": "0.50", "rounding": "up", "group_by": ["model"]}]})).await;
-    admin(
+    post_ok(
         app,
         "/v1/plans",
         json!({"code": "scale", "name": "Scale", "currency": "USD", "interval": "month",
         "prices": [{"code": "base", "type": "flat", "amount": "99.00"}]}),
     )
     .await;
-    admin(
+    post_ok(
         app,
         "/v1/customers",
         json!({"external_id": "c1", "name": "Acme", "email": "billing@acme.test"}),
     )
     .await;
     let start = Utc::now() - TimeDelta::days(10);
-    admin(
+    post_ok(
         app,
         "/v1/subscriptions",
         json!({"external_id": "sub_1", "customer": "c1", "plan": "pro",
@@ -175,7 +170,7 @@ async fn lark_billing_state_has_the_seed_shape_and_the_figures() {
                {"included_units": 0, "pricing_metric_id": "tokens", "rate_name": "Tokens", "used_units": "2900"}])
     );
     // A customer with no subscription: nothing active, nothing used.
-    admin(
+    post_ok(
         &app,
         "/v1/customers",
         json!({"external_id": "c2", "name": "Idle"}),
@@ -295,7 +290,7 @@ async fn lago_current_usage_has_lagos_shape_figures_and_errors() {
         (status, &body["error"], &body["code"]),
         (404, &json!("Not Found"), &json!("customer_not_found"))
     );
-    admin(
+    post_ok(
         &app,
         "/v1/customers",
         json!({"external_id": "c2", "name": "Idle"}),
@@ -748,7 +743,7 @@ async fn diga_subscription_is_the_customer_keys_own_with_minutes_and_next_phase(
     assert_eq!(body["next_invoice_date"], body["period_end"]);
     assert_eq!(body["next_phase"], Value::Null);
     // A plan change at the period's end shows as the next phase.
-    admin(
+    post_ok(
         &app,
         "/v1/subscriptions/sub_1/change_plan",
         json!({"plan": "scale", "at": "period_end"}),
@@ -779,7 +774,7 @@ async fn diga_subscription_is_the_customer_keys_own_with_minutes_and_next_phase(
     .await;
     assert_eq!((status, &body["code"]), (403, &json!("forbidden")));
     // A cancelled subscription announces no next invoice.
-    admin(
+    post_ok(
         &app,
         "/v1/subscriptions/sub_1/cancel",
         json!({"at": "period_end"}),
@@ -822,7 +817,7 @@ async fn vendor_routes_are_in_the_openapi_document() {
 async fn vendor_shapes_under_a_customer_key_show_only_that_customer() {
     let app = spawn_app("compat_customer_key").await;
     scenario(&app).await;
-    admin(
+    post_ok(
         &app,
         "/v1/plans",
         json!({"code": "bigco-secret-deal", "name": "Secret", "currency": "USD",
@@ -830,13 +825,13 @@ async fn vendor_shapes_under_a_customer_key_show_only_that_customer() {
         "model": "per_unit", "unit_amount": "99999.00"}]}),
     )
     .await;
-    admin(
+    post_ok(
         &app,
         "/v1/customers",
         json!({"external_id": "c2", "name": "Bigco"}),
     )
     .await;
-    admin(
+    post_ok(
         &app,
         "/v1/subscriptions",
         json!({"external_id": "sub_2", "customer": "c2",

@@ -55,20 +55,10 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
     let mut service = start_service(port, DB);
     common::wait_ready(&http, &base).await;
 
-    let tally = Arc::new(common::Tally::default());
     let bases = Arc::new(vec![base.clone()]);
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            tokio::spawn(common::retrying_client(
-                http.clone(),
-                bases.clone(),
-                (c, REQUESTS, EVENTS),
-                "k",
-                Duration::from_secs(90),
-                tally.clone(),
-            ))
-        })
-        .collect();
+    let shape = (CLIENTS, REQUESTS, EVENTS);
+    let patience = Duration::from_secs(90);
+    let (clients, tally) = common::spawn_retrying_clients(&http, &bases, shape, "k", patience);
     // Mid-stream (a fifth of the requests acknowledged): SIGKILL, no chance to flush; then
     // start it again on the same port.
     while tally.done.load(Ordering::Relaxed) < CLIENTS * REQUESTS / 5 {

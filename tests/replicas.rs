@@ -200,19 +200,9 @@ async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_r
     let nothing = ("0".to_owned(), "0.00".to_owned());
     converge(&http, &bases, &nothing, Duration::from_secs(10)).await;
 
-    let tally = Arc::new(common::Tally::default());
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            tokio::spawn(common::retrying_client(
-                http.clone(),
-                bases.clone(),
-                (c, REQUESTS, EVENTS),
-                "r",
-                Duration::from_secs(120),
-                tally.clone(),
-            ))
-        })
-        .collect();
+    let shape = (CLIENTS, REQUESTS, EVENTS);
+    let patience = Duration::from_secs(120);
+    let (clients, tally) = common::spawn_retrying_clients(&http, &bases, shape, "r", patience);
     let at = |share: usize| {
         let tally = tally.clone();
         async move {

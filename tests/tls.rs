@@ -6,7 +6,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{KEYS, scratch_dir};
 use meterhouse::store::Store;
@@ -98,18 +97,7 @@ async fn the_service_works_over_https_to_a_clickhouse_it_trusts() {
     );
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = http.get(format!("{base}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service over https did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_ready(&http, &base).await;
     let now = chrono::Utc::now().timestamp_millis();
     let events = json!([{"id": "t1", "customer": "c1", "type": "llm_call", "timestamp": now,
                          "properties": {"tokens": 42, "model": "gpt-x"}}]);

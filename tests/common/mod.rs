@@ -370,6 +370,33 @@ pub struct Tally {
     pub done: std::sync::atomic::AtomicUsize,
 }
 
+/// `clients` retrying clients ([`retrying_client`]) started at once, and what they see.
+pub fn spawn_retrying_clients(
+    http: &reqwest::Client,
+    bases: &std::sync::Arc<Vec<String>>,
+    (clients, requests, events): (usize, usize, usize),
+    prefix: &'static str,
+    patience: Duration,
+) -> (
+    Vec<tokio::task::JoinHandle<Vec<String>>>,
+    std::sync::Arc<Tally>,
+) {
+    let tally = std::sync::Arc::new(Tally::default());
+    let tasks = (0..clients)
+        .map(|c| {
+            tokio::spawn(retrying_client(
+                http.clone(),
+                bases.clone(),
+                (c, requests, events),
+                prefix,
+                patience,
+                tally.clone(),
+            ))
+        })
+        .collect();
+    (tasks, tally)
+}
+
 /// One retrying client: `requests` batches of `events` events of customer c1 (ids
 /// `{prefix}{client}-{request}-{i}`), each sent to one of `bases` and retried with the same ids,
 /// on the next base, until acknowledged, at most `patience` each. An acknowledgement counts
