@@ -27,6 +27,7 @@ use redis::aio::ConnectionManager;
 pub struct Application {
     state: AppState,
     batcher: BatcherHandle,
+    writer: WriterStatus,
     background: Vec<tokio::task::JoinHandle<()>>,
     owned_clickhouse: Option<LocalClickHouse>,
 }
@@ -124,7 +125,7 @@ impl Application {
         let (ingestor, batcher) = batcher::start(
             store.clone(),
             ledger,
-            writer,
+            writer.clone(),
             settings,
             metrics.clone(),
             observer,
@@ -143,6 +144,7 @@ impl Application {
         Ok(Self {
             state,
             batcher,
+            writer,
             background,
             owned_clickhouse,
         })
@@ -173,10 +175,12 @@ impl Application {
         let Self {
             state,
             batcher,
+            writer,
             background,
             owned_clickhouse,
         } = self;
         batcher.shutdown().await;
+        writer.stopped(&state.store).await;
         for task in background {
             task.abort();
         }
@@ -206,6 +210,11 @@ async fn open_ledger(
     background.push(beats);
     let (ledger, redis) = match &config.redis_url {
         None => {
+            // Before the ids are read: what a dead predecessor left in doubt is decided first.
+            writer
+                .settle_dead(store)
+                .await
+                .context("settling the batches of a writer that died")?;
             let now_ms = chrono::Utc::now().timestamp_millis();
             let window = config.dedup_window();
             let dedup = DedupSet::load(store, window, config.dedup_max_ids, now_ms)

@@ -84,6 +84,23 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
         unique, acknowledged,
         "exactly the acknowledged (and retried) events are stored"
     );
+    // The killed process's batches were settled by its successor: none is left to settle, and
+    // every stored event has its samples.
+    let client = checker.client();
+    let count = |sql: String| async move {
+        let n: u64 = client.query(&sql).fetch_one().await.unwrap();
+        n
+    };
+    let unsettled = count(format!(
+        "SELECT count() FROM (SELECT writer FROM {DB}.ingest_writer_beats GROUP BY writer \
+         HAVING max(settled_before_ms) < 9223372036854775807 AND max(beat) < now() - 3)"
+    ));
+    assert_eq!(unsettled.await, 0, "the killed writer is settled");
+    let expected = count(format!(
+        "SELECT toUInt64(sum(length(sample_meter))) FROM {DB}.events"
+    ));
+    let samples = count(format!("SELECT count() FROM {DB}.usage_samples"));
+    assert_eq!(samples.await, expected.await);
     drop(service);
 }
 

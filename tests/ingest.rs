@@ -4,6 +4,7 @@
 mod common;
 
 use common::{clickhouse_url, events, spawn_app, spawn_with, test_config};
+use meterhouse::config::Config;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -486,22 +487,21 @@ async fn shutdown_flushes_a_pending_batch_before_exiting() {
     );
 }
 
-#[tokio::test]
-async fn a_batch_stored_without_its_samples_is_repaired_when_settled() {
+/// Writes two events of customer c1 (three samples) as batch `batch_id`, stamped `now_ms`, into
+/// `events` only: as if the insert stopped after the table and before its view wrote
+/// `usage_samples`.
+async fn insert_without_samples(config: &Config, batch_id: u64, now_ms: i64) {
     use meterhouse::ingest::parse::{Context, decode};
-    use meterhouse::ingest::settle::landed;
-    let app = spawn_app("repair").await;
-    let store = app.store().await;
-    // As if the insert stopped after `events` and before its view wrote `usage_samples`.
+    let store = store_of(config).await;
+    let view = |verb: &str| format!("{verb} TABLE events_to_usage_samples");
     store
         .client()
-        .query("DETACH TABLE events_to_usage_samples")
+        .query(&view("DETACH"))
         .execute()
         .await
         .unwrap();
-    let catalog = meterhouse::catalog::Catalog::load(app.config.catalog.as_ref().unwrap()).unwrap();
+    let catalog = meterhouse::catalog::Catalog::load(config.catalog.as_ref().unwrap()).unwrap();
     let tenant_catalog = catalog.tenant("acme");
-    let now_ms = chrono::Utc::now().timestamp_millis();
     let body = json!([{"id": "h1", "customer": "c1", "type": "api_call"},
                       {"id": "h2", "customer": "c1", "type": "llm_call", "properties": {"tokens": 5, "region": "eu", "usage": {"input_tokens": 2}}}]);
     let ctx = Context {
@@ -518,16 +518,25 @@ async fn a_batch_stored_without_its_samples_is_repaired_when_settled() {
         .await
         .unwrap();
     for row in &mut rows {
-        row.stamp(now_ms, 77);
+        row.stamp(now_ms, batch_id);
         insert.write(row).await.unwrap();
     }
     insert.end().await.unwrap();
     store
         .client()
-        .query("ATTACH TABLE events_to_usage_samples")
+        .query(&view("ATTACH"))
         .execute()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_stored_without_its_samples_is_repaired_when_settled() {
+    use meterhouse::ingest::settle::landed;
+    let app = spawn_app("repair").await;
+    let store = app.store().await;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    insert_without_samples(&app.config, 77, now_ms).await;
     assert_eq!(app.scalar("SELECT count() FROM usage_samples").await, 0);
 
     assert_eq!(landed(&store, &[77, 78], now_ms).await.unwrap(), vec![77]);
@@ -547,6 +556,69 @@ async fn a_batch_stored_without_its_samples_is_repaired_when_settled() {
         .unwrap();
     assert_eq!(sum, "5.000000000000");
     app.shutdown().await;
+}
+
+/// A writer killed (kill -9, a lost host) with a batch in flight or in doubt leaves it to the
+/// next process: started on the same database, it settles every batch that the dead writer's
+/// last beat did not vouch for, before it accepts events (missing samples re-derived, hours
+/// marked for readers, the change recorded), and marks the dead writer settled.
+#[tokio::test]
+async fn a_dead_writers_unsettled_batch_is_settled_by_the_next_process() {
+    let app = spawn_app("dead_writer").await;
+    let config = app.config.clone();
+    app.shutdown().await;
+    let unsettled = "SELECT count() FROM (SELECT writer FROM ingest_writer_beats GROUP BY writer \
+                     HAVING max(settled_before_ms) < 9223372036854775807)";
+    // A clean stop leaves nothing to settle.
+    assert_eq!(scalar_of(&config, unsettled).await, 0);
+    // The dead writer's batch 91, in `events` without its samples; its last beat, ten seconds
+    // ago, vouched for the batches stamped until five seconds before this one.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    insert_without_samples(&config, 91, now_ms).await;
+    let beat = format!(
+        "INSERT INTO ingest_writer_beats VALUES \
+         ('gone-1', 'embedded', 'elsewhere', 4242, now() - 10, {})",
+        now_ms - 5_000
+    );
+    let store = store_of(&config).await;
+    store.client().query(&beat).execute().await.unwrap();
+    let changes = "SELECT count() FROM usage_change_batches WHERE has(batches, 91)";
+    let changes_before = scalar_of(&config, changes).await;
+    assert_eq!(
+        scalar_of(&config, "SELECT count() FROM usage_samples").await,
+        0
+    );
+    assert_eq!(scalar_of(&config, unsettled).await, 1);
+
+    let app = spawn_with(config.clone(), false).await;
+    assert_eq!(
+        app.scalar("SELECT count() FROM usage_samples WHERE batch_id = 91")
+            .await,
+        3
+    );
+    // Three meters of c1 in one hour: read from samples until the rollup is repaired.
+    assert_eq!(app.scalar("SELECT count() FROM rollup_dirty").await, 3);
+    assert_eq!(app.scalar(changes).await, changes_before + 1);
+    app.shutdown().await;
+    assert_eq!(scalar_of(&config, unsettled).await, 0);
+    // Nothing is settled twice.
+    let app = spawn_with(config.clone(), false).await;
+    assert_eq!(app.scalar(changes).await, changes_before + 1);
+    assert_eq!(app.scalar("SELECT count() FROM usage_samples").await, 3);
+    app.shutdown().await;
+}
+
+async fn store_of(config: &Config) -> meterhouse::store::Store {
+    let url = config.store.clickhouse_url.clone().unwrap();
+    meterhouse::store::Store::new(&url, &config.store)
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn scalar_of(config: &Config, sql: &str) -> u64 {
+    let store = store_of(config).await;
+    store.client().query(sql).fetch_one::<u64>().await.unwrap()
 }
 
 /// An OpenMeter-shaped CloudEvent is billed, not only accepted: `data` becomes the properties,

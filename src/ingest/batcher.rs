@@ -199,6 +199,9 @@ impl Batcher {
             let pending = gather(&mut self.rx, first, &self.settings, previous).await;
             let started = tokio::time::Instant::now();
             self.flush(pending).await;
+            // What a successor must settle should this process die now (sql/0014).
+            self.writer
+                .unsettled_since(self.ledger.oldest_in_doubt_ms());
             let ended = tokio::time::Instant::now();
             previous = Some(PreviousInsert {
                 ended,
@@ -218,6 +221,8 @@ impl Batcher {
         }
         let batch_id: u64 = rand::random();
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let oldest = self.ledger.oldest_in_doubt_ms().unwrap_or(now_ms);
+        self.writer.unsettled_since(Some(oldest.min(now_ms)));
         let keys = submissions.iter().map(|s| s.keys.as_slice());
         let claims = match self.ledger.claim(batch_id, now_ms, keys).await {
             Ok(claims) => claims,

@@ -73,6 +73,11 @@ impl InDoubt {
         Ok(settled)
     }
 
+    /// The stamp of the oldest batch held.
+    pub(super) fn oldest_ms(&self) -> Option<i64> {
+        self.batches.iter().map(|b| b.ingested_ms).min()
+    }
+
     /// Whether nothing is in doubt.
     pub(super) fn is_empty(&self) -> bool {
         self.batches.is_empty()

@@ -1,9 +1,15 @@
 //! The processes that ingest into one database, and how each remembers accepted ids. Two
 //! processes that each keep ids in their own memory would each accept the other's retries and
 //! count them twice; so a process refuses to start beside a live one when either of them keeps
-//! ids in its own memory (`ingest_writers`, sql/0013). Processes that share their ids through
-//! Redis may run side by side.
+//! ids in its own memory (`ingest_writer_beats`, sql/0013 and 0014). Processes that share their
+//! ids through Redis may run side by side.
+//!
+//! Each beat also says up to when the writer's batches are settled, so that a process that
+//! starts after a writer died with a batch in flight or in doubt settles it (see
+//! [`Writer::settle_dead`]): nothing of that batch stays half written or unseen by readers.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -34,17 +40,117 @@ const GONE_AFTER_S: u32 = 3;
 /// How long a starting process waits for a conflicting writer to go (a rolling restart).
 const WAIT_FOR_GONE: Duration = Duration::from_secs(5);
 
-/// Whether this process may ingest: the conflict with another writer, if one appeared.
-#[derive(Debug, Clone, Default)]
-pub struct WriterStatus(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+/// A batch stamped this long before a beat is covered by that beat's mark even when the
+/// batcher had not yet said it was in flight (it stamps, then claims its ids, then says so).
+const STAMP_MARGIN_MS: i64 = 60_000;
+
+/// Nothing left to settle (sql/0014).
+const ALL_SETTLED: i64 = i64::MAX;
+
+/// Whether this process may ingest (the conflict with another writer, if one appeared), and the
+/// stamp of its oldest batch not settled yet.
+#[derive(Debug, Clone)]
+pub struct WriterStatus(Arc<StatusInner>);
+
+#[derive(Debug)]
+struct StatusInner {
+    writer: Writer,
+    conflict: std::sync::Mutex<Option<String>>,
+    unsettled_since_ms: AtomicI64,
+}
 
 impl WriterStatus {
+    fn new(writer: Writer) -> Self {
+        Self(Arc::new(StatusInner {
+            writer,
+            conflict: std::sync::Mutex::new(None),
+            unsettled_since_ms: AtomicI64::new(ALL_SETTLED),
+        }))
+    }
+
     pub fn conflict(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .conflict
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set(&self, conflict: Option<String>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = conflict;
+        *self.0.conflict.lock().unwrap_or_else(|e| e.into_inner()) = conflict;
+    }
+
+    /// The stamp of the oldest batch that may be in flight or in doubt (`None`: no batch).
+    pub fn unsettled_since(&self, stamped_ms: Option<i64>) {
+        let value = stamped_ms.unwrap_or(ALL_SETTLED);
+        self.0.unsettled_since_ms.store(value, Ordering::Relaxed);
+    }
+
+    /// The mark a beat now records: before it, every batch is settled.
+    fn settled_before_ms(&self) -> i64 {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let unsettled = self.0.unsettled_since_ms.load(Ordering::Relaxed);
+        unsettled.min(now_ms - STAMP_MARGIN_MS)
+    }
+
+    /// Settles the batches of writers that kept ids in their own memory and died without
+    /// having settled all of them (kill -9, a lost host): their inserts still running on the
+    /// server are stopped, then every batch stamped from the oldest of their marks on is looked
+    /// up and completed ([`super::settle::landed`]: samples re-derived where missing, hours
+    /// marked for readers and the rollup's repair, the change recorded for every process's
+    /// answers). For a process that keeps ids in its own memory, and so is the only writer,
+    /// before it loads them. Returns how many batches were looked at.
+    pub async fn settle_dead(&self, store: &Store) -> Result<usize, StoreError> {
+        let me = &self.0.writer;
+        let rows: Vec<(String, String, u32, u32, i64)> = queries::unsettled_writers(&me.id)
+            .query(store.client())
+            .fetch_all()
+            .await?;
+        let dead: Vec<(String, i64)> = rows
+            .into_iter()
+            .filter(|(_, host, pid, silent_s, _)| {
+                *silent_s > GONE_AFTER_S || (*host == me.host && *pid != me.pid && !running(*pid))
+            })
+            .map(|(writer, _, _, _, mark)| (writer, mark))
+            .collect();
+        let Some(since_ms) = dead.iter().map(|(_, mark)| *mark).min() else {
+            return Ok(0);
+        };
+        store.kill_all_inserts().await?;
+        let batches: Vec<u64> = queries::batches_since(since_ms)
+            .query(store.client())
+            .fetch_all()
+            .await?;
+        if !batches.is_empty() {
+            super::settle::landed(store, &batches, since_ms).await?;
+        }
+        for (writer, mark) in &dead {
+            queries::writer_settled(writer)
+                .query(store.client())
+                .execute()
+                .await?;
+            tracing::warn!(
+                writer = %writer,
+                settled_from_ms = mark,
+                batches = batches.len(),
+                "settled the batches of a writer that stopped without settling them"
+            );
+        }
+        Ok(batches.len())
+    }
+
+    /// Says, once the batcher has stopped with everything settled, that nothing is left to
+    /// settle: a successor has no batch of this process to look at.
+    pub async fn stopped(&self, store: &Store) {
+        let writer = &self.0.writer;
+        let settled = if self.0.unsettled_since_ms.load(Ordering::Relaxed) == ALL_SETTLED {
+            ALL_SETTLED
+        } else {
+            self.settled_before_ms()
+        };
+        if let Err(e) = writer.beat(store, settled).await {
+            tracing::warn!(error = %e, "could not record this writer as stopped");
+        }
     }
 }
 
@@ -100,7 +206,8 @@ impl Writer {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        self.beat(store).await?;
+        let first_mark = chrono::Utc::now().timestamp_millis() - STAMP_MARGIN_MS;
+        self.beat(store, first_mark).await?;
         if let Some(other) = self
             .conflicts(store)
             .await?
@@ -109,13 +216,13 @@ impl Writer {
         {
             bail!(self.refusal(other, store));
         }
-        let status = WriterStatus::default();
+        let status = WriterStatus::new(self.clone());
         let (store, watched) = (store.clone(), status.clone());
         let task = tokio::spawn(async move {
             let mut pruned_at = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(BEAT_EVERY).await;
-                if let Err(e) = self.beat(&store).await {
+                if let Err(e) = self.beat(&store, watched.settled_before_ms()).await {
                     tracing::warn!(error = %e, "could not record this writer as alive");
                 }
                 match self.conflicts(&store).await {
@@ -130,7 +237,10 @@ impl Writer {
                 }
                 if pruned_at.elapsed() >= Duration::from_secs(3600) {
                     pruned_at = tokio::time::Instant::now();
-                    if let Err(e) = store.drop_days_before_yesterday("ingest_writers").await {
+                    if let Err(e) = store
+                        .drop_days_before_yesterday("ingest_writer_beats")
+                        .await
+                    {
                         tracing::warn!(error = %e, "dropping old writer beats failed");
                     }
                 }
@@ -151,9 +261,9 @@ impl Writer {
         )
     }
 
-    async fn beat(&self, store: &Store) -> Result<(), StoreError> {
+    async fn beat(&self, store: &Store, settled_before_ms: i64) -> Result<(), StoreError> {
         let mode = self.mode.as_str();
-        queries::writer_beat(&self.id, mode, &self.host, self.pid)
+        queries::writer_beat(&self.id, mode, &self.host, self.pid, settled_before_ms)
             .query(store.client())
             .execute()
             .await?;

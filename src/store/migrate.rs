@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "ingest_writers",
         include_str!("../../sql/0013_ingest_writers.sql"),
     ),
+    (
+        14,
+        "writer_settled",
+        include_str!("../../sql/0014_writer_settled.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

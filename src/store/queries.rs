@@ -197,9 +197,11 @@ pub fn kill_queries(pattern: &str) -> Sql {
 }
 
 /// Records that `writer` (`mode`, on `host` as process `pid`) is alive now, by the server's
-/// clock.
-pub fn writer_beat(writer: &str, mode: &str, host: &str, pid: u32) -> Sql {
-    let mut sql = Sql::new("INSERT INTO ingest_writers (writer, mode, host, pid, beat) SELECT ");
+/// clock, with every batch it stamped before `settled_before_ms` (its own clock) settled.
+pub fn writer_beat(writer: &str, mode: &str, host: &str, pid: u32, settled_before_ms: i64) -> Sql {
+    let mut sql = Sql::new(
+        "INSERT INTO ingest_writer_beats (writer, mode, host, pid, beat, settled_before_ms) SELECT ",
+    );
     sql.arg(writer)
         .push(", ")
         .arg(mode)
@@ -207,7 +209,8 @@ pub fn writer_beat(writer: &str, mode: &str, host: &str, pid: u32) -> Sql {
         .arg(host)
         .push(", ")
         .arg(pid)
-        .push(", now()");
+        .push(", now(), ")
+        .arg(settled_before_ms);
     sql
 }
 
@@ -215,12 +218,44 @@ pub fn writer_beat(writer: &str, mode: &str, host: &str, pid: u32) -> Sql {
 /// mode, host, pid.
 pub fn live_writers(writer: &str, seconds: u32) -> Sql {
     let mut sql = Sql::new(
-        "SELECT writer, any(mode), any(host), any(pid) FROM ingest_writers WHERE beat >= now() - ",
+        "SELECT writer, any(mode), any(host), any(pid) FROM ingest_writer_beats WHERE beat >= now() - ",
     );
     sql.arg(seconds)
         .push(" AND writer != ")
         .arg(writer)
         .push(" GROUP BY writer");
+    sql
+}
+
+/// Writers other than `writer` that keep ids in their own memory and may have left batches
+/// unsettled: writer, host, pid, seconds since the last beat (server clock), and the mark from
+/// which their batches are to be settled.
+pub fn unsettled_writers(writer: &str) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT writer, any(host), any(pid), toUInt32(now() - max(beat)), max(settled_before_ms) \
+         FROM ingest_writer_beats WHERE mode = 'embedded' AND writer != ",
+    );
+    sql.arg(writer)
+        .push(" GROUP BY writer HAVING max(settled_before_ms) < 9223372036854775807");
+    sql
+}
+
+/// Records that every batch of `writer` is settled, as of its last beat (so that it does not
+/// look alive again).
+pub fn writer_settled(writer: &str) -> Sql {
+    let mut sql = Sql::new(
+        "INSERT INTO ingest_writer_beats (writer, mode, host, pid, beat, settled_before_ms) \
+         SELECT writer, any(mode), any(host), any(pid), max(beat), 9223372036854775807 \
+         FROM ingest_writer_beats WHERE writer = ",
+    );
+    sql.arg(writer).push(" GROUP BY writer");
+    sql
+}
+
+/// The batches committed (by the writer's clock) at or after `since_ms`.
+pub fn batches_since(since_ms: i64) -> Sql {
+    let mut sql = Sql::new("SELECT DISTINCT batch_id FROM events PREWHERE ingested_ms >= ");
+    sql.arg(since_ms);
     sql
 }
 
