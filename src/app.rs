@@ -14,6 +14,7 @@ use crate::http::{self, AppState};
 use crate::ingest::batcher::{self, BatcherHandle, Settings};
 use crate::ingest::dedup::DedupSet;
 use crate::ingest::ledger::Ledger;
+use crate::ingest::shared::Lock;
 use crate::ingest::shared::SharedLedger;
 use crate::ingest::writers::{DedupMode, Writer, WriterStatus};
 use crate::limits::RateLimits;
@@ -74,6 +75,13 @@ impl Application {
         let (store, owned_clickhouse) = open_store(config).await?;
         let mut background = Vec::new();
         let (ledger, writer, redis) = open_ledger(config, &store, &mut background).await?;
+        if config.rollup_repair_every_s > 0 {
+            let every = Duration::from_secs(config.rollup_repair_every_s);
+            let lock = redis
+                .clone()
+                .map(|redis| Lock::new(redis, store.database(), "repairing"));
+            background.push(crate::ingest::repair::spawn(store.clone(), lock, every));
+        }
         let catalog = Catalog::open(store.clone())
             .await
             .context("loading the catalog")?;

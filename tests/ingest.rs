@@ -491,43 +491,9 @@ async fn shutdown_flushes_a_pending_batch_before_exiting() {
 /// `events` only: as if the insert stopped after the table and before its view wrote
 /// `usage_samples`.
 async fn insert_without_samples(config: &Config, batch_id: u64, now_ms: i64) {
-    use meterhouse::ingest::parse::{Context, decode};
-    let store = store_of(config).await;
-    let view = |verb: &str| format!("{verb} TABLE events_to_usage_samples");
-    store
-        .client()
-        .query(&view("DETACH"))
-        .execute()
-        .await
-        .unwrap();
-    let catalog = meterhouse::catalog::Catalog::load(config.catalog.as_ref().unwrap()).unwrap();
-    let tenant_catalog = catalog.tenant("acme");
     let body = json!([{"id": "h1", "customer": "c1", "type": "api_call"},
                       {"id": "h2", "customer": "c1", "type": "llm_call", "properties": {"tokens": 5, "region": "eu", "usage": {"input_tokens": 2}}}]);
-    let ctx = Context {
-        tenant: &"acme".into(),
-        catalog: &tenant_catalog,
-        now_ms,
-    };
-    let mut rows = decode(body.to_string().as_bytes(), false, &ctx)
-        .unwrap()
-        .rows;
-    let mut insert = store
-        .client()
-        .insert::<meterhouse::store::rows::EventRow>("events")
-        .await
-        .unwrap();
-    for row in &mut rows {
-        row.stamp(now_ms, batch_id);
-        insert.write(row).await.unwrap();
-    }
-    insert.end().await.unwrap();
-    store
-        .client()
-        .query(&view("ATTACH"))
-        .execute()
-        .await
-        .unwrap();
+    common::insert_bypassing(config, "events_to_usage_samples", batch_id, now_ms, &body).await;
 }
 
 #[tokio::test]
@@ -580,7 +546,7 @@ async fn a_dead_writers_unsettled_batch_is_settled_by_the_next_process() {
          ('gone-1', 'embedded', 'elsewhere', 4242, now() - 10, {})",
         now_ms - 5_000
     );
-    let store = store_of(&config).await;
+    let store = common::store_of(&config).await;
     store.client().query(&beat).execute().await.unwrap();
     let changes = "SELECT count() FROM usage_change_batches WHERE has(batches, 91)";
     let changes_before = scalar_of(&config, changes).await;
@@ -608,16 +574,8 @@ async fn a_dead_writers_unsettled_batch_is_settled_by_the_next_process() {
     app.shutdown().await;
 }
 
-async fn store_of(config: &Config) -> meterhouse::store::Store {
-    let url = config.store.clickhouse_url.clone().unwrap();
-    meterhouse::store::Store::new(&url, &config.store)
-        .connect()
-        .await
-        .unwrap()
-}
-
 async fn scalar_of(config: &Config, sql: &str) -> u64 {
-    let store = store_of(config).await;
+    let store = common::store_of(config).await;
     store.client().query(sql).fetch_one::<u64>().await.unwrap()
 }
 

@@ -550,8 +550,7 @@ async fn hours_marked_dirty_are_read_from_samples() {
         "the rollup lacks the batch"
     );
 
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    meterhouse::store::queries::mark_dirty_hours(now_ms, hour - 1, &[77])
+    meterhouse::store::queries::mark_dirty_hours(hour - 1, &[77])
         .query(store.client())
         .execute()
         .await

@@ -5,6 +5,7 @@ pub mod cloudevents;
 pub mod dedup;
 pub mod ledger;
 pub mod parse;
+pub mod repair;
 pub mod samples;
 pub mod settle;
 pub mod shared;

@@ -154,8 +154,7 @@ pub async fn landed(
     // Whether the rollup's view ran for these batches is not knowable: their hours are read
     // from the (now complete) samples from here on.
     let landed: Vec<u64> = in_events.into_iter().map(|(id, _)| id).collect();
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    queries::mark_dirty_hours(now_ms, since_ms, &landed)
+    queries::mark_dirty_hours(since_ms, &landed)
         .query(client)
         .execute()
         .await?;

@@ -31,7 +31,7 @@ use redis::{AsyncCommands, Script};
 mod connection;
 mod scripts;
 
-pub use connection::{connect, ready, with_migration_lock};
+pub use connection::{Lock, connect, ready, with_migration_lock};
 use connection::{redis_error, spawn_heartbeat};
 use scripts::{CLAIM, END, RELEASE, UNLOCK};
 

@@ -2,44 +2,54 @@
 //! (`rollup_dirty`, sql/0007) and customers whose usage changed (`usage_change_batches`,
 //! sql/0011).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use super::{Store, StoreError, queries};
 
 /// Whether `rollup_dirty` holds anything: usually not, and then reads skip looking it up.
-/// Re-checked at most once a second; set at once by this process's own marks.
+/// Looked at again at most a second after the last look; set at once by this process's own
+/// marks, cleared once the repair (or a look) finds the table empty.
 #[derive(Default)]
 pub(super) struct DirtyHours {
     any: AtomicBool,
     checked_ms: AtomicI64,
+    /// This process's marks so far: a look that ran while one was made does not clear `any`.
+    marks: AtomicU64,
 }
 
 impl Store {
     /// Records that hours were just marked in `rollup_dirty`.
     pub fn dirty_hours_marked(&self) {
-        self.dirty.any.store(true, Ordering::Relaxed);
+        self.dirty.marks.fetch_add(1, Ordering::SeqCst);
+        self.dirty.any.store(true, Ordering::SeqCst);
     }
 
-    /// Whether `rollup_dirty` may hold hours: false without a query while nothing is marked and
-    /// the last check (at most a second ago) found nothing.
+    /// Makes the next [`Store::may_have_dirty_hours`] look at the table again.
+    pub(super) fn dirty_hours_looked_at(&self) {
+        self.dirty.checked_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether `rollup_dirty` may hold hours: without a query within a second of the last look
+    /// (true at once after this process's own marks).
     pub async fn may_have_dirty_hours(&self) -> Result<bool, StoreError> {
-        if self.dirty.any.load(Ordering::Relaxed) {
-            return Ok(true);
-        }
         let now = chrono::Utc::now().timestamp_millis();
         if now - self.dirty.checked_ms.load(Ordering::Relaxed) < 1_000 {
-            return Ok(false);
+            return Ok(self.dirty.any.load(Ordering::Relaxed));
         }
+        let marks = self.dirty.marks.load(Ordering::SeqCst);
         let marked: u64 = self
             .client
             .query(queries::ANY_DIRTY_HOURS)
             .fetch_one()
             .await?;
-        self.dirty.checked_ms.store(now, Ordering::Relaxed);
-        if marked > 0 {
-            self.dirty.any.store(true, Ordering::Relaxed);
+        self.dirty.any.store(marked > 0, Ordering::SeqCst);
+        // A mark of this process made meanwhile (counted before its flag is set) stands.
+        let any = marked > 0 || self.dirty.marks.load(Ordering::SeqCst) != marks;
+        if any {
+            self.dirty.any.store(true, Ordering::SeqCst);
         }
-        Ok(marked > 0)
+        self.dirty.checked_ms.store(now, Ordering::Relaxed);
+        Ok(any)
     }
 
     /// The hours (epoch ms) of `[from_ms, to_ms)` that readers must take from samples, for one

@@ -12,6 +12,8 @@ pub use events::{MAX_ATTEMPT, SEND_TIMEOUT};
 pub mod local;
 pub mod migrate;
 pub mod queries;
+mod repair;
+pub use repair::Repaired;
 pub mod rows;
 pub mod series_sql;
 pub mod sql;

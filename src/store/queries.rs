@@ -72,18 +72,152 @@ pub fn repair_batch_samples(batch_id: u64) -> Sql {
 }
 
 /// Marks every (tenant, meter, customer, hour) of `batch_ids` committed since `since_ms` as
-/// read from samples, not the rollup (sql/0007), at `marked_ms`.
-pub fn mark_dirty_hours(marked_ms: i64, since_ms: i64, batch_ids: &[u64]) -> Sql {
+/// read from samples, not the rollup (sql/0007), at the server's time: the repair
+/// ([`super::repair`]) unmarks only what was marked before it started, by the same clock.
+pub fn mark_dirty_hours(since_ms: i64, batch_ids: &[u64]) -> Sql {
     let mut sql = Sql::new(
         "INSERT INTO rollup_dirty (tenant, meter, customer, bucket, marked_ms) \
-         SELECT DISTINCT tenant, meter, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600), toInt64(",
+         SELECT DISTINCT tenant, meter, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600), \
+         toInt64(toUInt32(now())) * 1000 FROM usage_samples PREWHERE ingested_ms >= ",
     );
-    sql.arg(marked_ms)
-        .push(") FROM usage_samples PREWHERE ingested_ms >= ")
-        .arg(since_ms)
+    sql.arg(since_ms)
         .push(" WHERE has(")
         .arg(batch_ids)
         .push(", batch_id)");
+    sql
+}
+
+/// Up to `limit` marked hours (tenant, meter, customer, hour in epoch seconds) with a mark
+/// older than `before_ms` (server clock).
+pub fn dirty_hours_marked_before(before_ms: i64, limit: u64) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT DISTINCT tenant, meter, customer, toUInt32(bucket) FROM rollup_dirty \
+         WHERE marked_ms < ",
+    );
+    sql.arg(before_ms).push(" LIMIT ").arg(limit);
+    sql
+}
+
+/// One hour of one customer's meter: tenant, meter, customer, hour (epoch seconds).
+pub type MeterHour = (String, String, String, u32);
+
+/// `(tenant, customer, meter, bucket) IN (...)` over `hours`.
+fn hours_in(sql: &mut Sql, hours: &[MeterHour]) {
+    sql.push("(tenant, customer, meter, bucket) IN (");
+    for (i, (tenant, meter, customer, hour)) in hours.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" })
+            .arg(tenant.as_str())
+            .push(", ")
+            .arg(customer.as_str())
+            .push(", ")
+            .arg(meter.as_str())
+            .push(", toDateTime(")
+            .arg(*hour)
+            .push("))");
+    }
+    sql.push(")");
+}
+
+/// Deletes the hour rollup's rows of `hours` (a mutation: it runs after this returns, on the
+/// parts that exist now).
+pub fn delete_rollup_hours(hours: &[MeterHour]) -> Sql {
+    let mut sql = Sql::new("ALTER TABLE usage_rollup_hour DELETE WHERE ");
+    hours_in(&mut sql, hours);
+    sql
+}
+
+/// Writes the hour rollup's rows of `hours` from `usage_samples`, exactly as the view
+/// `events_to_usage_rollup_hour` (sql/0008) does at insert.
+pub fn rebuild_rollup_hours(hours: &[MeterHour]) -> Sql {
+    let mut sql = Sql::new(
+        "INSERT INTO usage_rollup_hour (tenant, meter, customer, group_keys, group_values, \
+         bucket, sum_value, samples, min_value, max_value, distinct_values, latest_value) \
+         SELECT tenant, meter, customer, group_keys, group_values, \
+         toDateTime(intDiv(toUInt32(ts), 3600) * 3600) AS hour, sumState(value), countState(), \
+         minState(value), maxState(value), uniqExactState(value_str), argMaxState(value, ts_ms) \
+         FROM usage_samples WHERE ",
+    );
+    for (i, (tenant, meter, customer, hour)) in hours.iter().enumerate() {
+        let from_ms = i64::from(*hour) * 1000;
+        sql.push(if i == 0 {
+            "(tenant = "
+        } else {
+            " OR (tenant = "
+        })
+        .arg(tenant.as_str())
+        .push(" AND customer = ")
+        .arg(customer.as_str())
+        .push(" AND meter = ")
+        .arg(meter.as_str())
+        .push(" AND ts_ms >= ")
+        .arg(from_ms)
+        .push(" AND ts_ms < ")
+        .arg(from_ms + 3_600_000)
+        .push(")");
+    }
+    sql.push(" GROUP BY tenant, meter, customer, group_keys, group_values, hour");
+    sql
+}
+
+/// Mutations of `table` in this database not done yet.
+pub fn pending_mutations(table: &str) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT count() FROM system.mutations WHERE database = currentDatabase() AND is_done = 0 \
+         AND table = ",
+    );
+    sql.arg(table);
+    sql
+}
+
+/// The changes (sql/0011) recorded at or after `since_s` (server seconds) for the customers of
+/// `hours`: tenant, customer, the batches (none or 0: anyone's change).
+pub fn recent_changes_of(since_s: u32, hours: &[MeterHour]) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT tenant, customer, batches FROM usage_change_batches ARRAY JOIN customers AS customer \
+         WHERE at >= toDateTime(",
+    );
+    sql.arg(since_s).push(") AND (tenant, customer) IN (");
+    customers_in(&mut sql, hours);
+    sql.push(")");
+    sql
+}
+
+fn customers_in(sql: &mut Sql, hours: &[MeterHour]) {
+    for (i, (tenant, _, customer, _)) in hours.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" })
+            .arg(tenant.as_str())
+            .push(", ")
+            .arg(customer.as_str())
+            .push(")");
+    }
+}
+
+/// The hours (tenant, meter, customer, hour in epoch seconds) of the customers of `hours` that
+/// `batch_ids` wrote, in `events` or (a backfill) in `usage_samples`.
+pub fn hours_of_batches(hours: &[MeterHour], batch_ids: &[u64]) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT DISTINCT tenant, meter, customer, hour FROM (\
+         SELECT tenant, s_meter AS meter, customer, toUInt32(intDiv(toUInt32(ts), 3600) * 3600) AS hour \
+         FROM events ARRAY JOIN sample_meter AS s_meter WHERE (tenant, customer) IN (",
+    );
+    customers_in(&mut sql, hours);
+    sql.push(") AND has(")
+        .arg(batch_ids)
+        .push(
+            ", batch_id) UNION ALL SELECT tenant, meter, customer, \
+             toUInt32(intDiv(toUInt32(ts), 3600) * 3600) AS hour FROM usage_samples WHERE (tenant, customer) IN (",
+        );
+    customers_in(&mut sql, hours);
+    sql.push(") AND has(").arg(batch_ids).push(", batch_id))");
+    sql
+}
+
+/// Unmarks `hours`, of the marks made before `before_ms` (server clock): a mark made since
+/// (an in-doubt batch settled meanwhile) stays.
+pub fn unmark_dirty_hours(hours: &[MeterHour], before_ms: i64) -> Sql {
+    let mut sql = Sql::new("ALTER TABLE rollup_dirty DELETE WHERE ");
+    hours_in(&mut sql, hours);
+    sql.push(" AND marked_ms < ").arg(before_ms);
     sql
 }
 

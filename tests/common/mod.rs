@@ -216,11 +216,7 @@ impl TestApp {
 
     /// A store handle on this test's database, for checking what was written.
     pub async fn store(&self) -> Store {
-        let url = self.config.store.clickhouse_url.clone().unwrap();
-        Store::new(&url, &self.config.store)
-            .connect()
-            .await
-            .expect("connect")
+        store_of(&self.config).await
     }
 
     /// A single UInt64 from ClickHouse (e.g. a count) over this test's database.
@@ -461,4 +457,53 @@ pub async fn retrying_client(
         }
     }
     acknowledged
+}
+
+/// A handle on the database of `config`.
+pub async fn store_of(config: &Config) -> Store {
+    let url = config.store.clickhouse_url.clone().unwrap();
+    Store::new(&url, &config.store)
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Writes the events of `body` (tenant `acme`) as batch `batch_id`, stamped `now_ms`, straight
+/// into `events` while the view `view` is detached: as if an insert stopped before that view ran.
+pub async fn insert_bypassing(
+    config: &Config,
+    view: &str,
+    batch_id: u64,
+    now_ms: i64,
+    body: &serde_json::Value,
+) {
+    use meterhouse::ingest::parse::{Context, decode};
+    let store = store_of(config).await;
+    let statement = |verb: &str| format!("{verb} TABLE {view}");
+    let run = |sql: String| {
+        let store = store.clone();
+        async move { store.client().query(&sql).execute().await.unwrap() }
+    };
+    run(statement("DETACH")).await;
+    let catalog = meterhouse::catalog::Catalog::load(config.catalog.as_ref().unwrap()).unwrap();
+    let tenant_catalog = catalog.tenant("acme");
+    let ctx = Context {
+        tenant: &"acme".into(),
+        catalog: &tenant_catalog,
+        now_ms,
+    };
+    let mut rows = decode(body.to_string().as_bytes(), false, &ctx)
+        .unwrap()
+        .rows;
+    let mut insert = store
+        .client()
+        .insert::<meterhouse::store::rows::EventRow>("events")
+        .await
+        .unwrap();
+    for row in &mut rows {
+        row.stamp(now_ms, batch_id);
+        insert.write(row).await.unwrap();
+    }
+    insert.end().await.unwrap();
+    run(statement("ATTACH")).await;
 }

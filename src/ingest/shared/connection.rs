@@ -64,6 +64,49 @@ pub(super) fn spawn_heartbeat(
     })
 }
 
+/// A lock of one database in Redis, for work that one replica at a time may do. It expires by
+/// itself should its holder die.
+pub struct Lock {
+    redis: ConnectionManager,
+    key: String,
+    token: String,
+}
+
+impl Lock {
+    pub fn new(redis: ConnectionManager, database: &str, name: &str) -> Self {
+        Self {
+            redis,
+            key: format!("mh:{database}:{name}"),
+            token: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+        }
+    }
+
+    /// Takes the lock for `ms` unless another holds it.
+    pub async fn try_take(&mut self, ms: u64) -> Result<bool, redis::RedisError> {
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(&self.key)
+            .arg(&self.token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut self.redis)
+            .await?;
+        Ok(locked.is_some())
+    }
+
+    /// Gives the lock back if this holder still holds it.
+    pub async fn give_back(&mut self) {
+        let unlocked: Result<i64, _> = Script::new(UNLOCK)
+            .key(&self.key)
+            .arg(&self.token)
+            .invoke_async(&mut self.redis)
+            .await;
+        if let Err(e) = unlocked {
+            tracing::warn!(error = %e, lock = %self.key, "could not give a lock back; it expires by itself");
+        }
+    }
+}
+
 /// Runs `work` while holding the migration lock of `database` in Redis: replicas that start
 /// together apply migrations one at a time (the second finds them applied). Waits up to five
 /// minutes for the lock; it expires by itself after ten, should its holder die.
@@ -72,22 +115,12 @@ pub async fn with_migration_lock<T>(
     database: &str,
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let mut redis = connect(url).await?;
-    let key = format!("mh:{database}:migrating");
-    let token = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let mut lock = Lock::new(connect(url).await?, database, "migrating");
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let locked: Result<Option<String>, _> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(600_000)
-            .query_async(&mut redis)
-            .await;
-        match locked {
-            Ok(Some(_)) => break,
-            Ok(None) => {}
+        match lock.try_take(600_000).await {
+            Ok(true) => break,
+            Ok(false) => {}
             // Redis restarting: the starting replica waits for it.
             Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                 tracing::warn!(error = %e, "redis not reachable yet; retrying");
@@ -95,19 +128,15 @@ pub async fn with_migration_lock<T>(
             Err(e) => return Err(redis_error(e).into()),
         }
         if Instant::now() >= deadline {
-            anyhow::bail!("another replica has held the migration lock ({key}) for five minutes");
+            anyhow::bail!(
+                "another replica has held the migration lock ({}) for five minutes",
+                lock.key
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let outcome = work.await;
-    let unlocked: Result<i64, _> = Script::new(UNLOCK)
-        .key(&key)
-        .arg(&token)
-        .invoke_async(&mut redis)
-        .await;
-    if let Err(e) = unlocked {
-        tracing::warn!(error = %e, "could not release the migration lock; it expires by itself");
-    }
+    lock.give_back().await;
     outcome
 }
 

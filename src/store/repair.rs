@@ -1,0 +1,162 @@
+//! The repair of hours marked in `rollup_dirty` (sql/0007): hours that an interrupted insert may
+//! have left incomplete in the hour rollup, read from samples until they are repaired here.
+//!
+//! A round, by the server's clock (`t0` its start):
+//! 1. takes the hours marked before `t0`;
+//! 2. deletes their rollup rows (a mutation: it touches the parts that exist when it is made),
+//!    then writes them again from `usage_samples`, exactly as the rollup's view would;
+//! 3. waits for the deletion to be done;
+//! 4. unmarks the hours no batch recorded since `t0 - RACE_WINDOW_S` may have written to, of the
+//!    marks made before `t0`. A batch that wrote into an hour meanwhile may have put its rows in
+//!    the rollup before the deletion while its samples missed the rewrite (or the other way
+//!    round): such an hour stays marked, still read from samples, and is rebuilt in a later round.
+//!    Every batch's change is recorded (sql/0011) before its rollup or samples rows are written,
+//!    so none escapes the look-up; a batch settled later marks its hours again, after `t0`.
+//!
+//! Readers take a marked hour from samples throughout, so they never see a half-repaired one. Two
+//! rounds must not run at once on one database: with replicas, one holds a lock while it repairs.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::queries::{self, MeterHour};
+use super::{Store, StoreError};
+
+/// How far back a round looks for batches that may have written into the hours it rebuilds: far
+/// longer than any insert attempt runs before it is stopped (`MAX_ATTEMPT`).
+const RACE_WINDOW_S: u32 = 300;
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct Change {
+    tenant: String,
+    customer: String,
+    batches: Vec<u64>,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Repaired {
+    /// Hours rebuilt and unmarked.
+    pub repaired: usize,
+    /// Hours rebuilt but left marked: a batch may have written into them meanwhile.
+    pub deferred: usize,
+}
+
+impl Store {
+    /// Repairs up to `limit` marked hours (see the module's notes), waiting at most `patience`
+    /// for each mutation. A mutation still running then is left to finish; the hours stay marked.
+    pub async fn repair_dirty_hours(
+        &self,
+        limit: u64,
+        patience: Duration,
+    ) -> Result<Repaired, StoreError> {
+        let t0 = self.server_now().await?;
+        let before_ms = i64::from(t0) * 1000;
+        let hours: Vec<MeterHour> = queries::dirty_hours_marked_before(before_ms, limit)
+            .query(&self.client)
+            .fetch_all()
+            .await?;
+        if hours.is_empty() {
+            self.dirty_hours_looked_at();
+            return Ok(Repaired::default());
+        }
+        queries::delete_rollup_hours(&hours)
+            .query(&self.client)
+            .execute()
+            .await?;
+        queries::rebuild_rollup_hours(&hours)
+            .query(&self.client)
+            .execute()
+            .await?;
+        if !self.mutations_done("usage_rollup_hour", patience).await? {
+            tracing::warn!(
+                hours = hours.len(),
+                "rollup repair still running; hours stay marked"
+            );
+            return Ok(Repaired {
+                repaired: 0,
+                deferred: hours.len(),
+            });
+        }
+        let touched = self.touched_since(t0 - RACE_WINDOW_S, &hours).await?;
+        let clean: Vec<MeterHour> = hours
+            .iter()
+            .filter(|hour| !touched.contains(*hour))
+            .cloned()
+            .collect();
+        if !clean.is_empty() {
+            queries::unmark_dirty_hours(&clean, before_ms)
+                .query(&self.client)
+                .execute()
+                .await?;
+            self.mutations_done("rollup_dirty", patience).await?;
+        }
+        self.dirty_hours_looked_at();
+        let repaired = Repaired {
+            repaired: clean.len(),
+            deferred: hours.len() - clean.len(),
+        };
+        tracing::info!(
+            repaired = repaired.repaired,
+            deferred = repaired.deferred,
+            "rollup hours rebuilt from samples"
+        );
+        Ok(repaired)
+    }
+
+    /// Whether the mutations of `table` are done, waiting at most `patience`.
+    async fn mutations_done(&self, table: &str, patience: Duration) -> Result<bool, StoreError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let pending: u64 = queries::pending_mutations(table)
+                .query(&self.client)
+                .fetch_one()
+                .await?;
+            if pending == 0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Of `hours`, those a batch recorded since `since_s` may have written into: every hour of a
+    /// customer with a change that names no batch, the hours the named batches wrote otherwise.
+    async fn touched_since(
+        &self,
+        since_s: u32,
+        hours: &[MeterHour],
+    ) -> Result<HashSet<MeterHour>, StoreError> {
+        let changes: Vec<Change> = queries::recent_changes_of(since_s, hours)
+            .query(&self.client)
+            .fetch_all()
+            .await?;
+        let mut anyones = HashSet::new();
+        let mut batches = HashSet::new();
+        for change in changes {
+            if change.batches.is_empty() || change.batches.contains(&0) {
+                anyones.insert((change.tenant, change.customer));
+            } else {
+                batches.extend(change.batches);
+            }
+        }
+        let mut touched: HashSet<MeterHour> = hours
+            .iter()
+            .filter(|(tenant, _, customer, _)| {
+                anyones.contains(&(tenant.clone(), customer.clone()))
+            })
+            .cloned()
+            .collect();
+        if !batches.is_empty() {
+            let batches: Vec<u64> = batches.into_iter().collect();
+            let written: Vec<MeterHour> = queries::hours_of_batches(hours, &batches)
+                .query(&self.client)
+                .fetch_all()
+                .await?;
+            touched.extend(written);
+        }
+        Ok(touched)
+    }
+}
