@@ -75,11 +75,11 @@ impl Application {
         let (store, owned_clickhouse) = open_store(config).await?;
         let mut background = Vec::new();
         let (ledger, writer, redis) = open_ledger(config, &store, &mut background).await?;
-        if config.rollup_repair_every_s > 0 {
-            let every = Duration::from_secs(config.rollup_repair_every_s);
+        if config.rollup_maintenance_every_s > 0 {
+            let every = Duration::from_secs(config.rollup_maintenance_every_s);
             let lock = redis
                 .clone()
-                .map(|redis| Lock::new(redis, store.database(), "repairing"));
+                .map(|redis| Lock::new(redis, store.database(), "maintaining"));
             background.push(crate::ingest::repair::spawn(store.clone(), lock, every));
         }
         let catalog = Catalog::open(store.clone())

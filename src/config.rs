@@ -100,11 +100,17 @@ pub struct Config {
     /// each is read on its first request). Needs the usage cache.
     #[arg(long, env = "METERHOUSE_USAGE_PRELOAD_EVERY_S", default_value_t = 60)]
     pub usage_preload_every_s: u64,
-    /// How often hours marked for repair (`rollup_dirty`: hours an interrupted insert may have
-    /// left incomplete in the hour rollup) are rebuilt from samples and unmarked, so that reads
-    /// return to the rollup (seconds; 0: never). With replicas, one at a time does it.
-    #[arg(long, env = "METERHOUSE_ROLLUP_REPAIR_EVERY_S", default_value_t = 30)]
-    pub rollup_repair_every_s: u64,
+    /// How often the rollups are maintained (seconds; 0: never): hours marked for repair
+    /// (`rollup_dirty`: hours an interrupted insert may have left incomplete in the hour rollup)
+    /// are rebuilt from samples and unmarked, so that reads return to the rollup; closed days
+    /// are compacted into the day grain, and days re-opened by late events written again. With
+    /// replicas, one at a time does it.
+    #[arg(
+        long,
+        env = "METERHOUSE_ROLLUP_MAINTENANCE_EVERY_S",
+        default_value_t = 30
+    )]
+    pub rollup_maintenance_every_s: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "METERHOUSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -96,6 +96,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         window_size: WindowSize::Hour,
         timezone: "Asia/Kolkata",
         hours_align: false,
+        utc_days: false,
         group_by: &[],
     };
     let series_sql = format!(
@@ -108,6 +109,19 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         "c".to_owned(),
         1794999600,
     )];
+    // The day grain: the UTC day of the events, and reads of it.
+    let day = 1794960000u32;
+    let day_ms = i64::from(day) * 1000;
+    let customer_day = [("t".to_owned(), "c".to_owned(), day)];
+    let days = [Part::Days(day_ms, day_ms + 86_400_000)];
+    let day_usage_sql = format!(
+        "SELECT grp, value, events FROM ({})",
+        usage_statement(&days, Aggregation::Sum, &model, &scope("tokens")).render()
+    );
+    let day_combined_sql = format!(
+        "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter",
+        combined_statement("t", "c", &days, &meters).render()
+    );
     let checks = vec![
         json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
         json!({"sql": combined_sql, "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
@@ -154,6 +168,22 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": format!("SELECT * FROM ({}) ORDER BY meter", queries::hours_of_batches(&hour, &[42]).render()), "expect": "t\ttokens\tc\t1794999600\nt\tusers\tc\t1794999600"}),
         json!({"sql": queries::unmark_dirty_hours(&hour, i64::MAX).render(), "expect": ""}),
         json!({"sql": queries::ANY_DIRTY_HOURS, "expect": "1"}),
+        json!({"sql": queries::FIRST_ROLLUP_HOUR, "expect": "1794999600"}),
+        json!({"sql": queries::seal_day(day, 5).render(), "expect": ""}),
+        json!({"sql": day_usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
+        json!({"sql": day_combined_sql, "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
+        json!({"sql": queries::reopen_dirty_days(day).render(), "expect": ""}),
+        json!({"sql": queries::days_sealed(day + 86_400).render(), "expect": ""}),
+        json!({"sql": queries::DAYS_SEALED_UNTIL, "expect": "1795046400"}),
+        json!({"sql": format!("SELECT count() > 0 FROM ({})", queries::ANY_REOPENED_DAYS), "expect": "1"}),
+        json!({"sql": queries::reopened_days_before(u32::MAX, day + 86_400, 10).render(), "expect": "t\tc\t1794960000"}),
+        json!({"sql": queries::dirty_days_of(&customer_day).render(), "expect": "t\tc\t1794960000"}),
+        json!({"sql": queries::reseal_days(&customer_day, 6).render(), "expect": ""}),
+        json!({"sql": day_usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
+        json!({"sql": queries::unmark_reopened_days(&customer_day, u32::MAX).render(), "expect": ""}),
+        json!({"sql": queries::ANY_REOPENED_DAYS, "expect": "0"}),
+        json!({"sql": queries::reopen_days_of(&hour).render(), "expect": ""}),
+        json!({"sql": queries::reopened_days("t", Some("c"), (1794960000, 1795046400)).render(), "expect": "1794960000000"}),
         json!({"sql": queries::catalog_since(3).render(), "expect": "t\tmeter\tm\t{\"v\":2}\t9"}),
         json!({"sql": queries::sampled_event_ids("t", "tokens", 1795000000000, 1795000000001).render(), "expect": "e1"}),
         json!({"sql": queries::events_of_type("t", "llm", 0, 1795000000001).render(), "expect": "e1\tc\t1795000000000\t{}"}),

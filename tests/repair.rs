@@ -61,7 +61,7 @@ async fn damage(config: &meterhouse::config::Config, at: i64) -> Store {
 #[tokio::test]
 async fn marked_hours_are_rebuilt_and_unmarked_unless_written_meanwhile() {
     let mut config = test_config("repair_rounds", &common::clickhouse_url());
-    config.rollup_repair_every_s = 0;
+    config.rollup_maintenance_every_s = 0;
     let app = spawn_with(config.clone(), true).await;
     let at = half_past();
     let events = json!([
@@ -124,11 +124,11 @@ async fn marked_hours_are_rebuilt_and_unmarked_unless_written_meanwhile() {
     app.shutdown().await;
 }
 
-/// The service repairs by itself, every `--rollup-repair-every-s`.
+/// The service repairs by itself, every `--rollup-maintenance-every-s`.
 #[tokio::test]
 async fn the_service_repairs_marked_hours_in_the_background() {
     let mut config = test_config("repair_background", &common::clickhouse_url());
-    config.rollup_repair_every_s = 1;
+    config.rollup_maintenance_every_s = 1;
     let app = spawn_with(config.clone(), true).await;
     let store = damage(&config, half_past()).await;
     run(&store, "TRUNCATE TABLE usage_change_batches").await;

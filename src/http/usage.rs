@@ -404,6 +404,16 @@ async fn meter_query(
             ));
         }
     }
+    // Days of the series are the day grain's UTC days only where the zone keeps UTC's offset.
+    fn utc_throughout(tz: &chrono_tz::Tz, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
+        let offset = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+        let days = (to - from).num_days();
+        days <= 3_700
+            && (0..=days + 1).all(|d| {
+                let t = (from + chrono::TimeDelta::days(d)).min(to);
+                offset(t).local_minus_utc() == 0
+            })
+    }
     let whole_hours = |t: DateTime<Utc>| {
         tz.offset_from_utc_datetime(&t.naive_utc())
             .fix()
@@ -424,6 +434,7 @@ async fn meter_query(
         window_size,
         timezone,
         hours_align: whole_hours(from) && whole_hours(to),
+        utc_days: utc_throughout(&tz, from, to),
         group_by: &group_by,
     };
     let points = state.usage.series(&query).await.map_err(UsageError::from)?;

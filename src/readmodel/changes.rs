@@ -97,12 +97,27 @@ impl BatchObserver for UsageReader {
     }
 
     fn committed(&self, batch_id: u64, rows: &[EventRow]) {
+        if rows
+            .iter()
+            .any(|r| !r.sample_meter.is_empty() && is_late(r.ts))
+        {
+            // The view re-opened their days in the day grain (sql/0015): reads of this process
+            // look the marks up from now on, so that they see these events.
+            self.store().late_events_written();
+        }
         self.cache().fold(batch_id, samples(rows));
     }
 
     fn failed(&self, batch_id: u64, rows: &[EventRow]) {
         self.cache().abandon(batch_id, customers_with_samples(rows));
     }
+}
+
+/// Whether an event at `ts` (epoch seconds) may be one of a day the day grain has sealed: a day
+/// before yesterday (UTC), with an hour's allowance for the server's clock running ahead.
+fn is_late(ts: u32) -> bool {
+    let ahead = chrono::Utc::now().timestamp() + 3_600;
+    i64::from(ts) < ahead - ahead.rem_euclid(86_400) - 86_400
 }
 
 /// (tenant, customer) of each row that carries samples.

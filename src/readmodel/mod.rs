@@ -85,7 +85,7 @@ impl UsageReader {
     /// One meter's usage per group of the query's `group_by`.
     pub async fn of_meter(&self, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>, StoreError> {
         let key = (q.tenant, q.meter, Some(q.customer));
-        let parts = window::parts_of(&self.store, key, (q.from_ms, q.to_ms), true).await?;
+        let parts = window::parts_of(&self.store, key, (q.from_ms, q.to_ms), (true, true)).await?;
         if parts.is_empty() {
             return Ok(vec![]);
         }
@@ -179,7 +179,11 @@ impl UsageReader {
         }
         let usage = match asked[..] {
             [(customer, (from, to))] => {
-                let parts = window::split(from, to, true);
+                let grain = self
+                    .store
+                    .day_parts(tenant, Some(customer), (from, to))
+                    .await?;
+                let parts = window::with_days(window::split(from, to, true), &grain);
                 let statement = combined_statement(tenant, customer, &parts, meters);
                 self.store.usage_of_meters(&statement, true).await?
             }
@@ -196,7 +200,9 @@ impl UsageReader {
         let scope = &q.scope;
         let key = (scope.tenant, scope.meter, scope.customer);
         let hours = q.hours_align && q.window_size != crate::store::series_sql::WindowSize::Minute;
-        let parts = window::parts_of(&self.store, key, (q.from_ms, q.to_ms), hours).await?;
+        let days = q.utc_days && q.window_size == crate::store::series_sql::WindowSize::Day;
+        let bounds = (q.from_ms, q.to_ms);
+        let parts = window::parts_of(&self.store, key, bounds, (hours, days)).await?;
         if parts.is_empty() {
             return Ok(vec![]);
         }

@@ -1,12 +1,14 @@
-//! Where each piece of a window is read from: whole UTC hours from the hour rollup, the ragged
-//! edges (under an hour each) from samples, and hours the rollup may lack (marked in
-//! `rollup_dirty`, sql/0007) from samples too.
+//! Where each piece of a window is read from: whole sealed UTC days from the day grain (but
+//! days re-opened by late events or repairs, sql/0015), other whole UTC hours from the hour
+//! rollup, the ragged edges (under an hour each) from samples, and hours the rollup may lack
+//! (marked in `rollup_dirty`, sql/0007) from samples too.
 
 use crate::store::combined_sql::Windows;
 use crate::store::usage_sql::Part;
-use crate::store::{Store, StoreError};
+use crate::store::{DayParts, Store, StoreError};
 
 pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 86_400_000;
 
 fn ceil_to(ms: i64, unit: i64) -> i64 {
     ms.div_euclid(unit) * unit + if ms.rem_euclid(unit) == 0 { 0 } else { unit }
@@ -44,16 +46,93 @@ pub fn whole_hours(from: i64, to: i64) -> Option<(i64, i64)> {
         .into_iter()
         .find_map(|part| match part {
             Part::Hours(a, b) => Some((a, b)),
-            Part::Samples(..) => None,
+            Part::Days(..) | Part::Samples(..) => None,
         })
 }
 
+/// Reads the whole UTC days of the hour parts that the day grain holds from it: days before its
+/// horizon but the re-opened ones. The parts still tile the same window.
+pub fn with_days(parts: Vec<Part>, days: &DayParts) -> Vec<Part> {
+    let mut out = Vec::with_capacity(parts.len() + 2);
+    for part in parts {
+        let Part::Hours(from, to) = part else {
+            out.push(part);
+            continue;
+        };
+        let (d0, d1) = (
+            ceil_to(from, DAY_MS),
+            floor_to(to, DAY_MS).min(days.sealed_until_ms),
+        );
+        if d0 >= d1 {
+            out.push(part);
+            continue;
+        }
+        out.push(Part::Hours(from, d0));
+        let mut start = d0;
+        for &day in days.reopened.iter().filter(|&&d| d >= d0 && d < d1) {
+            out.push(Part::Days(start, day));
+            out.push(Part::Hours(day, day + DAY_MS));
+            start = day + DAY_MS;
+        }
+        out.push(Part::Days(start, d1));
+        out.push(Part::Hours(d1, to));
+    }
+    coalesce(out)
+}
+
+/// Drops empty parts and joins neighbours read from the same table.
+fn coalesce(parts: Vec<Part>) -> Vec<Part> {
+    let mut out: Vec<Part> = Vec::with_capacity(parts.len());
+    for part in parts {
+        let (from, to) = bounds(part);
+        if from >= to {
+            continue;
+        }
+        match (out.last_mut(), part) {
+            (Some(Part::Days(_, end)), Part::Days(a, b))
+            | (Some(Part::Hours(_, end)), Part::Hours(a, b))
+            | (Some(Part::Samples(_, end)), Part::Samples(a, b))
+                if *end == a =>
+            {
+                *end = b;
+            }
+            _ => out.push(part),
+        }
+    }
+    out
+}
+
+fn bounds(part: Part) -> (i64, i64) {
+    match part {
+        Part::Days(a, b) | Part::Hours(a, b) | Part::Samples(a, b) => (a, b),
+    }
+}
+
 /// Takes `dirty` hours (epoch ms, sorted) out of the rollup parts and reads them from samples
-/// instead; the parts still tile the same window.
+/// instead (a day of the day grain holding one is read by the hour); the parts still tile the
+/// same window.
 pub fn carve(parts: Vec<Part>, dirty: &[i64]) -> Vec<Part> {
     if dirty.is_empty() {
         return parts;
     }
+    let reopened: Vec<i64> = {
+        let mut days: Vec<i64> = dirty.iter().map(|&h| floor_to(h, DAY_MS)).collect();
+        days.dedup();
+        days
+    };
+    let parts = parts
+        .into_iter()
+        .flat_map(|part| match part {
+            Part::Days(from, to) => {
+                let grain = DayParts {
+                    sealed_until_ms: to,
+                    reopened: reopened.clone(),
+                };
+                with_days(vec![Part::Hours(from, to)], &grain)
+            }
+            other => vec![other],
+        })
+        .collect::<Vec<Part>>();
     let mut out = Vec::with_capacity(parts.len() + 2 * dirty.len());
     for part in parts {
         let Part::Hours(start, to) = part else {
@@ -76,16 +155,20 @@ pub fn carve(parts: Vec<Part>, dirty: &[i64]) -> Vec<Part> {
 }
 
 /// The parts of `[from_ms, to_ms)` of one meter (one customer's, or all customers'), with
-/// hours the rollup may lack read from samples.
+/// hours the rollup may lack read from samples; with `days`, whole days from the day grain.
 pub async fn parts_of(
     store: &Store,
     (tenant, meter, customer): (&str, &str, Option<&str>),
     (from_ms, to_ms): (i64, i64),
-    hours: bool,
+    (hours, days): (bool, bool),
 ) -> Result<Vec<Part>, StoreError> {
-    let parts = split(from_ms, to_ms, hours);
+    let mut parts = split(from_ms, to_ms, hours);
     if !parts.iter().any(|p| matches!(p, Part::Hours(..))) {
         return Ok(parts);
+    }
+    if days {
+        let grain = store.day_parts(tenant, customer, (from_ms, to_ms)).await?;
+        parts = with_days(parts, &grain);
     }
     let dirty = store
         .dirty_hours(tenant, meter, customer, from_ms, to_ms)
@@ -178,9 +261,96 @@ mod tests {
                         (a, b)
                     }
                     Part::Samples(a, b) => (a, b),
+                    Part::Days(..) => unreachable!("split reads no day"),
                 };
                 prop_assert_eq!(a, at);
                 prop_assert!(a < b);
+                at = b;
+            }
+            prop_assert_eq!(at, if parts.is_empty() { from } else { to });
+        }
+    }
+
+    #[test]
+    fn sealed_days_are_read_from_the_day_grain_but_reopened_ones() {
+        let from = DAY_MS + 5 * HOUR_MS + 77;
+        let to = 6 * DAY_MS + 2 * HOUR_MS;
+        let grain = DayParts {
+            sealed_until_ms: 5 * DAY_MS,
+            reopened: vec![3 * DAY_MS, 9 * DAY_MS],
+        };
+        assert_eq!(
+            with_days(split(from, to, true), &grain),
+            vec![
+                Part::Samples(from, DAY_MS + 6 * HOUR_MS),
+                Part::Hours(DAY_MS + 6 * HOUR_MS, 2 * DAY_MS),
+                Part::Days(2 * DAY_MS, 3 * DAY_MS),
+                Part::Hours(3 * DAY_MS, 4 * DAY_MS),
+                Part::Days(4 * DAY_MS, 5 * DAY_MS),
+                Part::Hours(5 * DAY_MS, to),
+            ]
+        );
+        let nothing_sealed = DayParts::default();
+        assert_eq!(
+            with_days(split(from, to, true), &nothing_sealed),
+            split(from, to, true)
+        );
+    }
+
+    #[test]
+    fn a_dirty_hour_sends_its_day_back_to_hours() {
+        let grain = DayParts {
+            sealed_until_ms: 3 * DAY_MS,
+            reopened: vec![],
+        };
+        let parts = with_days(split(0, 3 * DAY_MS, true), &grain);
+        assert_eq!(parts, vec![Part::Days(0, 3 * DAY_MS)]);
+        let dirty = DAY_MS + 4 * HOUR_MS;
+        assert_eq!(
+            carve(parts, &[dirty]),
+            vec![
+                Part::Days(0, DAY_MS),
+                Part::Hours(DAY_MS, dirty),
+                Part::Samples(dirty, dirty + HOUR_MS),
+                Part::Hours(dirty + HOUR_MS, 2 * DAY_MS),
+                Part::Days(2 * DAY_MS, 3 * DAY_MS),
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parts_with_days_and_dirty_hours_tile_the_window(
+            from in 0i64..40 * DAY_MS,
+            len in 0i64..40 * DAY_MS,
+            sealed_days in 0i64..60,
+            reopened in proptest::collection::btree_set(0i64..60, 0..6),
+            dirty in proptest::collection::btree_set(0i64..60 * 24, 0..6),
+        ) {
+            let to = from + len;
+            let grain = DayParts {
+                sealed_until_ms: sealed_days * DAY_MS,
+                reopened: reopened.iter().map(|d| d * DAY_MS).collect(),
+            };
+            let dirty: Vec<i64> = dirty.iter().map(|h| h * HOUR_MS).collect();
+            let parts = carve(with_days(split(from, to, true), &grain), &dirty);
+            let mut at = from;
+            for part in &parts {
+                let (a, b) = bounds(*part);
+                prop_assert_eq!(a, at);
+                prop_assert!(a < b);
+                match *part {
+                    Part::Days(a, b) => {
+                        prop_assert!(a % DAY_MS == 0 && b % DAY_MS == 0 && b <= grain.sealed_until_ms);
+                        prop_assert!(grain.reopened.iter().all(|&d| d < a || d >= b));
+                        prop_assert!(dirty.iter().all(|&h| h < a || h >= b));
+                    }
+                    Part::Hours(a, b) => {
+                        prop_assert!(a % HOUR_MS == 0 && b % HOUR_MS == 0);
+                        prop_assert!(dirty.iter().all(|&h| h < a || h >= b));
+                    }
+                    Part::Samples(..) => {}
+                }
                 at = b;
             }
             prop_assert_eq!(at, if parts.is_empty() { from } else { to });

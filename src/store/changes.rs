@@ -6,50 +6,68 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use super::{Store, StoreError, queries};
 
-/// Whether `rollup_dirty` holds anything: usually not, and then reads skip looking it up.
-/// Looked at again at most a second after the last look; set at once by this process's own
-/// marks, cleared once the repair (or a look) finds the table empty.
+/// Whether a table of marks (`rollup_dirty`, `rollup_days_reopened`) holds anything: usually
+/// not, and then reads skip looking marks up. Looked at again at most a second after the last
+/// look; set at once by this process's own marks, cleared once a look finds the table empty.
 #[derive(Default)]
-pub(super) struct DirtyHours {
+pub(super) struct Marks {
     any: AtomicBool,
     checked_ms: AtomicI64,
     /// This process's marks so far: a look that ran while one was made does not clear `any`.
     marks: AtomicU64,
 }
 
+impl Marks {
+    pub(super) fn marked(&self) {
+        self.marks.fetch_add(1, Ordering::SeqCst);
+        self.any.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes the next look query the table.
+    pub(super) fn look_again(&self) {
+        self.checked_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the table may hold marks; `count` counts them.
+    pub(super) async fn may_have(
+        &self,
+        client: &clickhouse::Client,
+        count: &str,
+    ) -> Result<bool, StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        if now - self.checked_ms.load(Ordering::Relaxed) < 1_000 {
+            return Ok(self.any.load(Ordering::Relaxed));
+        }
+        let marks = self.marks.load(Ordering::SeqCst);
+        let marked: u64 = client.query(count).fetch_one().await?;
+        self.any.store(marked > 0, Ordering::SeqCst);
+        // A mark of this process made meanwhile (counted before its flag is set) stands.
+        let any = marked > 0 || self.marks.load(Ordering::SeqCst) != marks;
+        if any {
+            self.any.store(true, Ordering::SeqCst);
+        }
+        self.checked_ms.store(now, Ordering::Relaxed);
+        Ok(any)
+    }
+}
+
 impl Store {
     /// Records that hours were just marked in `rollup_dirty`.
     pub fn dirty_hours_marked(&self) {
-        self.dirty.marks.fetch_add(1, Ordering::SeqCst);
-        self.dirty.any.store(true, Ordering::SeqCst);
+        self.dirty.marked();
     }
 
     /// Makes the next [`Store::may_have_dirty_hours`] look at the table again.
     pub(super) fn dirty_hours_looked_at(&self) {
-        self.dirty.checked_ms.store(0, Ordering::Relaxed);
+        self.dirty.look_again();
     }
 
     /// Whether `rollup_dirty` may hold hours: without a query within a second of the last look
     /// (true at once after this process's own marks).
     pub async fn may_have_dirty_hours(&self) -> Result<bool, StoreError> {
-        let now = chrono::Utc::now().timestamp_millis();
-        if now - self.dirty.checked_ms.load(Ordering::Relaxed) < 1_000 {
-            return Ok(self.dirty.any.load(Ordering::Relaxed));
-        }
-        let marks = self.dirty.marks.load(Ordering::SeqCst);
-        let marked: u64 = self
-            .client
-            .query(queries::ANY_DIRTY_HOURS)
-            .fetch_one()
-            .await?;
-        self.dirty.any.store(marked > 0, Ordering::SeqCst);
-        // A mark of this process made meanwhile (counted before its flag is set) stands.
-        let any = marked > 0 || self.dirty.marks.load(Ordering::SeqCst) != marks;
-        if any {
-            self.dirty.any.store(true, Ordering::SeqCst);
-        }
-        self.dirty.checked_ms.store(now, Ordering::Relaxed);
-        Ok(any)
+        self.dirty
+            .may_have(&self.client, queries::ANY_DIRTY_HOURS)
+            .await
     }
 
     /// The hours (epoch ms) of `[from_ms, to_ms)` that readers must take from samples, for one

@@ -81,28 +81,37 @@ pub fn combined_statement(
             .push(")");
         sql
     };
-    let hours: Vec<(i64, i64)> = parts
-        .iter()
-        .filter_map(|p| match *p {
-            Part::Hours(a, b) => Some((a, b)),
-            Part::Samples(..) => None,
-        })
-        .collect();
-    let edges: Vec<(i64, i64)> = parts
-        .iter()
-        .filter_map(|p| match *p {
-            Part::Samples(a, b) => Some((a, b)),
-            Part::Hours(..) => None,
-        })
-        .collect();
+    let ranges_of = |wanted: fn(&Part) -> Option<(i64, i64)>| -> Vec<(i64, i64)> {
+        parts.iter().filter_map(wanted).collect()
+    };
+    let days = ranges_of(|p| match *p {
+        Part::Days(a, b) => Some((a, b)),
+        _ => None,
+    });
+    let hours = ranges_of(|p| match *p {
+        Part::Hours(a, b) => Some((a, b)),
+        _ => None,
+    });
+    let edges = ranges_of(|p| match *p {
+        Part::Samples(a, b) => Some((a, b)),
+        _ => None,
+    });
     let mut selects = Vec::new();
-    if !hours.is_empty() {
+    for (table, ranges) in [
+        ("usage_rollup_day FINAL", &days),
+        ("usage_rollup_hour", &hours),
+    ] {
+        if ranges.is_empty() {
+            continue;
+        }
         let mut sql = Sql::new("SELECT customer, meter, group_keys, group_values, samples");
         sql.push(&state_columns(meters, false))
-            .push(" FROM usage_rollup_hour WHERE ")
+            .push(" FROM ")
+            .push(table)
+            .push(" WHERE ")
             .append(scope())
             .push(" AND (");
-        let ranges = hours.iter().map(|&(a, b)| {
+        let ranges = ranges.iter().map(|&(a, b)| {
             let mut range = Sql::new("bucket >= toDateTime(");
             range
                 .arg(a / 1000)

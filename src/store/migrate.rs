@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "writer_settled",
         include_str!("../../sql/0014_writer_settled.sql"),
     ),
+    (
+        15,
+        "rollup_days",
+        include_str!("../../sql/0015_rollup_days.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

@@ -5,6 +5,8 @@
 pub mod catalog;
 mod changes;
 pub mod combined_sql;
+mod days;
+pub use days::{Compacted, DayParts};
 mod error;
 mod events;
 pub mod keys;
@@ -42,7 +44,8 @@ pub struct Store {
     /// `client` with the read budget of a request's statements.
     reader: Client,
     database: String,
-    dirty: Arc<changes::DirtyHours>,
+    dirty: Arc<changes::Marks>,
+    days: Arc<days::DayGrain>,
 }
 
 impl Store {
@@ -68,6 +71,7 @@ impl Store {
             client,
             database: config.database.clone(),
             dirty: Arc::default(),
+            days: Arc::default(),
         }
     }
 

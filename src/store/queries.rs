@@ -249,6 +249,173 @@ pub fn dirty_hours(
     sql
 }
 
+/// The end (epoch seconds) of the sealed days of the day grain (sql/0015); 0 before the first.
+pub const DAYS_SEALED_UNTIL: &str = "SELECT toUInt32(max(until)) FROM rollup_days_sealed";
+
+/// The first hour (epoch seconds) of the hour rollup; 0 when it is empty.
+pub const FIRST_ROLLUP_HOUR: &str = "SELECT toUInt32(min(bucket)) FROM usage_rollup_hour";
+
+/// Whether any customer's sealed day is re-opened.
+pub const ANY_REOPENED_DAYS: &str = "SELECT count() FROM rollup_days_reopened";
+
+/// The day grain's rows (the day of `bucket`, UTC) from the hour rollup's rows that `filter`
+/// selects, at `version`.
+fn days_from_hours(version: u64, filter: Sql) -> Sql {
+    let mut sql = Sql::new(
+        "INSERT INTO usage_rollup_day (tenant, meter, customer, group_keys, group_values, bucket, \
+         sum_value, samples, min_value, max_value, distinct_values, latest_value, version) \
+         SELECT tenant, meter, customer, group_keys, group_values, \
+         toDateTime(intDiv(toUInt32(bucket), 86400) * 86400) AS day, sumMergeState(sum_value), \
+         countMergeState(samples), minMergeState(min_value), maxMergeState(max_value), \
+         uniqExactMergeState(distinct_values), argMaxMergeState(latest_value), ",
+    );
+    sql.arg(version)
+        .push(" FROM usage_rollup_hour WHERE ")
+        .append(filter)
+        .push(" GROUP BY tenant, meter, customer, group_keys, group_values, day");
+    sql
+}
+
+/// Writes the day grain of the UTC day starting at `day_s` (epoch seconds), every customer's.
+pub fn seal_day(day_s: u32, version: u64) -> Sql {
+    let mut filter = Sql::new("bucket >= toDateTime(");
+    filter
+        .arg(day_s)
+        .push(") AND bucket < toDateTime(")
+        .arg(day_s + 86_400)
+        .push(")");
+    days_from_hours(version, filter)
+}
+
+/// Re-opens the days (of the day starting at `day_s`) of customers with hours marked in
+/// `rollup_dirty`: the day grain cannot be written right from them.
+pub fn reopen_dirty_days(day_s: u32) -> Sql {
+    let mut sql = Sql::new(
+        "INSERT INTO rollup_days_reopened (tenant, customer, day, at) \
+         SELECT DISTINCT tenant, customer, toDateTime(intDiv(toUInt32(bucket), 86400) * 86400), now() \
+         FROM rollup_dirty WHERE bucket >= toDateTime(",
+    );
+    sql.arg(day_s)
+        .push(") AND bucket < toDateTime(")
+        .arg(day_s + 86_400)
+        .push(")");
+    sql
+}
+
+/// Records the days before `until_s` sealed.
+pub fn days_sealed(until_s: u32) -> Sql {
+    let mut sql = Sql::new("INSERT INTO rollup_days_sealed (until, at) SELECT toDateTime(");
+    sql.arg(until_s).push("), now()");
+    sql
+}
+
+/// One customer's day: tenant, customer, day (epoch seconds).
+pub type CustomerDay = (String, String, u32);
+
+/// Up to `limit` re-opened days before `sealed_until_s` with marks made before `before_s`
+/// (server clock).
+pub fn reopened_days_before(before_s: u32, sealed_until_s: u32, limit: u64) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT DISTINCT tenant, customer, toUInt32(day) FROM rollup_days_reopened WHERE at < toDateTime(",
+    );
+    sql.arg(before_s)
+        .push(") AND day < toDateTime(")
+        .arg(sealed_until_s)
+        .push(") LIMIT ")
+        .arg(limit);
+    sql
+}
+
+/// The days (tenant, customer, day in epoch seconds) of the customers of `days` with hours
+/// marked in `rollup_dirty`.
+pub fn dirty_days_of(days: &[CustomerDay]) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT DISTINCT tenant, customer, toUInt32(intDiv(toUInt32(bucket), 86400) * 86400) \
+         FROM rollup_dirty WHERE (tenant, customer) IN (",
+    );
+    for (i, (tenant, customer, _)) in days.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" })
+            .arg(tenant.as_str())
+            .push(", ")
+            .arg(customer.as_str())
+            .push(")");
+    }
+    sql.push(")");
+    sql
+}
+
+/// Writes the day grain of `days` again, at `version`.
+pub fn reseal_days(days: &[CustomerDay], version: u64) -> Sql {
+    let mut filter = Sql::new("");
+    for (i, (tenant, customer, day)) in days.iter().enumerate() {
+        filter
+            .push(if i == 0 {
+                "(tenant = "
+            } else {
+                " OR (tenant = "
+            })
+            .arg(tenant.as_str())
+            .push(" AND customer = ")
+            .arg(customer.as_str())
+            .push(" AND bucket >= toDateTime(")
+            .arg(*day)
+            .push(") AND bucket < toDateTime(")
+            .arg(*day + 86_400)
+            .push("))");
+    }
+    days_from_hours(version, filter)
+}
+
+/// Clears the marks of `days` made before `before_s` (server clock).
+pub fn unmark_reopened_days(days: &[CustomerDay], before_s: u32) -> Sql {
+    let mut sql =
+        Sql::new("ALTER TABLE rollup_days_reopened DELETE WHERE (tenant, customer, day) IN (");
+    for (i, (tenant, customer, day)) in days.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" })
+            .arg(tenant.as_str())
+            .push(", ")
+            .arg(customer.as_str())
+            .push(", toDateTime(")
+            .arg(*day)
+            .push("))");
+    }
+    sql.push(") AND at < toDateTime(").arg(before_s).push(")");
+    sql
+}
+
+/// Re-opens the days of `hours` (their day grain was written from hours since rebuilt).
+pub fn reopen_days_of(hours: &[MeterHour]) -> Sql {
+    let mut sql = Sql::new("INSERT INTO rollup_days_reopened (tenant, customer, day, at) VALUES ");
+    for (i, (tenant, _, customer, hour)) in hours.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" })
+            .arg(tenant.as_str())
+            .push(", ")
+            .arg(customer.as_str())
+            .push(", toDateTime(")
+            .arg(hour - hour % 86_400)
+            .push("), now())");
+    }
+    sql
+}
+
+/// The re-opened days (epoch ms) of `[from_s, to_s)` (epoch seconds), for one customer or
+/// any of the tenant's.
+pub fn reopened_days(tenant: &str, customer: Option<&str>, (from_s, to_s): (i64, i64)) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT DISTINCT toInt64(toUInt32(day)) * 1000 FROM rollup_days_reopened WHERE tenant = ",
+    );
+    sql.arg(tenant);
+    if let Some(customer) = customer {
+        sql.push(" AND customer = ").arg(customer);
+    }
+    sql.push(" AND day >= toDateTime(")
+        .arg(from_s)
+        .push(") AND day < toDateTime(")
+        .arg(to_s)
+        .push(")");
+    sql
+}
+
 /// Catalog documents written after `version`, oldest first.
 pub fn catalog_since(version: u64) -> Sql {
     let mut sql =

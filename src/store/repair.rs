@@ -24,7 +24,7 @@ use super::{Store, StoreError};
 
 /// How far back a round looks for batches that may have written into the hours it rebuilds: far
 /// longer than any insert attempt runs before it is stopped (`MAX_ATTEMPT`).
-const RACE_WINDOW_S: u32 = 300;
+pub(super) const RACE_WINDOW_S: u32 = 300;
 
 #[derive(clickhouse::Row, serde::Deserialize)]
 struct Change {
@@ -85,6 +85,12 @@ impl Store {
             .cloned()
             .collect();
         if !clean.is_empty() {
+            // Their days in the day grain were written from the hours as they were.
+            queries::reopen_days_of(&clean)
+                .query(&self.client)
+                .execute()
+                .await?;
+            self.late_events_written();
             queries::unmark_dirty_hours(&clean, before_ms)
                 .query(&self.client)
                 .execute()
@@ -105,7 +111,11 @@ impl Store {
     }
 
     /// Whether the mutations of `table` are done, waiting at most `patience`.
-    async fn mutations_done(&self, table: &str, patience: Duration) -> Result<bool, StoreError> {
+    pub(super) async fn mutations_done(
+        &self,
+        table: &str,
+        patience: Duration,
+    ) -> Result<bool, StoreError> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let pending: u64 = queries::pending_mutations(table)

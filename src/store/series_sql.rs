@@ -30,6 +30,8 @@ pub struct SeriesQuery<'a> {
     /// Whether whole UTC hours fall inside one window (false for timezones whose offset is
     /// not a whole number of hours).
     pub hours_align: bool,
+    /// Whether its days are UTC days (a timezone at UTC's offset throughout).
+    pub utc_days: bool,
     pub group_by: &'a [String],
 }
 
@@ -114,6 +116,7 @@ mod tests {
             window_size: WindowSize::Hour,
             timezone: "Europe/Paris",
             hours_align: true,
+            utc_days: false,
             group_by: &[],
         };
         let parts = [

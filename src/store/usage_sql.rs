@@ -1,6 +1,6 @@
-//! The usage reads. A window is read in parts ([`Part`]): whole hours from
-//! `usage_rollup_hour`, the rest from `usage_samples`, whose key `(tenant, meter, customer,
-//! ts_ms)` reads exactly them. The parts are merged as aggregate states in one statement, so
+//! The usage reads. A window is read in parts ([`Part`]): whole sealed UTC days from the day
+//! grain `usage_rollup_day`, whole hours from `usage_rollup_hour`, the rest from
+//! `usage_samples`, whose key `(tenant, customer, meter, ts_ms)` reads exactly them. The parts are merged as aggregate states in one statement, so
 //! distinct counts and latest values stay exact across the seams. Which parts a window has is
 //! the read model's decision (`readmodel::window`); this module only states and runs them.
 
@@ -14,6 +14,8 @@ use crate::domain::Aggregation;
 /// One contiguous piece of a window and the table it is read from. Bounds in epoch ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
+    /// Whole UTC days, from the day grain (sql/0015).
+    Days(i64, i64),
     /// Whole UTC hours, from the hour rollup.
     Hours(i64, i64),
     /// Anything, from the samples.
@@ -106,7 +108,7 @@ pub(super) fn part_select(
     let mut sql = Sql::new("SELECT ");
     if let Leading::TimeAndCustomer = leading {
         sql.push(match part {
-            Part::Hours(..) => "bucket AS t, customer, ",
+            Part::Days(..) | Part::Hours(..) => "bucket AS t, customer, ",
             Part::Samples(..) => "ts AS t, customer, ",
         });
     }
@@ -123,12 +125,15 @@ pub(super) fn part_select(
         sql.push("] AS grp");
     }
     match part {
-        Part::Hours(..) => {
+        Part::Days(..) | Part::Hours(..) => {
             sql.push(", samples");
             if let Some(states) = states {
                 sql.push(", ").push(states.column);
             }
-            sql.push(" FROM usage_rollup_hour WHERE ");
+            sql.push(match part {
+                Part::Days(..) => " FROM usage_rollup_day FINAL WHERE ",
+                _ => " FROM usage_rollup_hour WHERE ",
+            });
         }
         Part::Samples(..) => {
             sql.push(", countState() AS samples");
@@ -156,7 +161,7 @@ pub(super) fn part_select(
             .push(")])");
     }
     match part {
-        Part::Hours(from, to) => {
+        Part::Days(from, to) | Part::Hours(from, to) => {
             sql.push(" AND bucket >= toDateTime(")
                 .arg(from / 1000)
                 .push(") AND bucket < toDateTime(")

@@ -1,0 +1,337 @@
+//! The day grain (sql/0015): closed UTC days compacted from the hour rollup answer reads exactly
+//! as the hours and samples do (sums, counts, extremes, distinct counts and latest values across
+//! grains, by group), a late event re-opens its customer's day at once, and a later round
+//! writes it again.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{get_json, post_ok, spawn_with, test_config};
+use meterhouse::domain::Aggregation;
+use meterhouse::readmodel::window::{self, DAY_MS, HOUR_MS};
+use meterhouse::readmodel::{UsageQuery, UsageReader};
+use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
+use meterhouse::store::usage_sql::{GroupUsage, Part, Scope, usage_statement};
+use meterhouse::store::{Compacted, Store};
+use serde_json::json;
+
+const METERS: [(&str, Aggregation, &str); 3] = [
+    ("v", Aggregation::Sum, "sum"),
+    ("users", Aggregation::UniqueCount, "unique_count"),
+    ("last", Aggregation::Latest, "latest"),
+];
+
+/// Through the read path under test: days from the grain where it may.
+async fn with_grain(
+    store: &Store,
+    meter: &str,
+    aggregation: Aggregation,
+    customer: &str,
+    (from, to): (i64, i64),
+    group_by: &[String],
+) -> Vec<GroupUsage> {
+    let q = UsageQuery {
+        tenant: "acme",
+        meter,
+        aggregation,
+        customer,
+        from_ms: from,
+        to_ms: to,
+        group_by,
+    };
+    UsageReader::uncached(store.clone())
+        .of_meter(&q)
+        .await
+        .unwrap()
+}
+
+/// The same from hours and samples only, as before the grain.
+async fn without_grain(
+    store: &Store,
+    meter: &str,
+    aggregation: Aggregation,
+    customer: &str,
+    (from, to): (i64, i64),
+    group_by: &[String],
+) -> Vec<GroupUsage> {
+    let scope = Scope {
+        tenant: "acme",
+        meter,
+        customer: Some(customer),
+        filters: &[],
+    };
+    let parts = window::split(from, to, true);
+    store
+        .usage(&usage_statement(&parts, aggregation, group_by, &scope))
+        .await
+        .unwrap()
+}
+
+async fn parts(store: &Store, customer: &str, window: (i64, i64)) -> Vec<Part> {
+    window::parts_of(store, ("acme", "v", Some(customer)), window, (true, true))
+        .await
+        .unwrap()
+}
+
+async fn assert_same(store: &Store, windows: &[(i64, i64)]) {
+    let by_model = ["model".to_owned()];
+    for &window in windows {
+        for customer in ["c1", "c2"] {
+            for (meter, aggregation, _) in METERS {
+                for group_by in [&[][..], &by_model[..]] {
+                    let got =
+                        with_grain(store, meter, aggregation, customer, window, group_by).await;
+                    let want =
+                        without_grain(store, meter, aggregation, customer, window, group_by).await;
+                    assert_eq!(
+                        got, want,
+                        "{meter} of {customer} over {window:?} by {group_by:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Moves every re-opening mark five minutes back, as if that long had passed.
+async fn age_marks(store: &Store) {
+    for sql in [
+        "CREATE TABLE marks_aged AS rollup_days_reopened",
+        "INSERT INTO marks_aged SELECT tenant, customer, day, toDateTime(toUInt32(at) - 600) FROM rollup_days_reopened",
+        "TRUNCATE TABLE rollup_days_reopened",
+        "INSERT INTO rollup_days_reopened SELECT * FROM marks_aged",
+        "DROP TABLE marks_aged",
+    ] {
+        store.client().query(sql).execute().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_them() {
+    let mut config = test_config("days", &common::clickhouse_url());
+    config.rollup_maintenance_every_s = 0;
+    let catalog = common::scratch_dir("catalog-days.json");
+    std::fs::write(
+        &catalog,
+        common::CATALOG.replace(
+            r#"{"id": "acme","#,
+            r#"{"id": "acme", "allow_backfill": true,"#,
+        ),
+    )
+    .unwrap();
+    config.catalog = Some(catalog);
+    let app = spawn_with(config, true).await;
+    for (slug, _, aggregation) in METERS {
+        let property = if slug == "v" {
+            "v"
+        } else if slug == "users" {
+            "user"
+        } else {
+            "load"
+        };
+        post_ok(
+            &app,
+            "/v1/meters",
+            json!({"slug": slug, "name": slug, "event_type": "measure",
+            "aggregation": aggregation, "value_property": property, "group_by": ["model"]}),
+        )
+        .await;
+    }
+    // Six whole days before today (UTC) and today up to ten minutes ago: c1 three events a
+    // day, c2 one.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let base = (now_ms / DAY_MS - 6) * DAY_MS;
+    let mut events = Vec::new();
+    for day in 0..6 {
+        for (i, hour) in [1, 9, 17].into_iter().enumerate() {
+            let ts = base + day * DAY_MS + hour * HOUR_MS + 60_000 * (day + 3 * i as i64) + 17;
+            events.push(json!({"id": format!("c1-{day}-{i}"), "customer": "c1", "type": "measure", "timestamp": ts,
+                "properties": {"v": format!("{}.25", day * 10 + i as i64), "user": format!("u{}", (day + i as i64) % 4),
+                               "load": format!("{}.5", 90 - day * 7 - i as i64), "model": if i % 2 == 0 { "a" } else { "b" }}}));
+        }
+        events.push(json!({"id": format!("c2-{day}"), "customer": "c2", "type": "measure", "timestamp": base + day * DAY_MS + 12 * HOUR_MS,
+            "properties": {"v": "1", "user": "x", "load": format!("{day}"), "model": "a"}}));
+    }
+    events.push(
+        json!({"id": "c1-today", "customer": "c1", "type": "measure", "timestamp": now_ms - 600_000,
+        "properties": {"v": "0.5", "user": "u9", "load": "3", "model": "b"}}),
+    );
+    let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
+    assert_eq!(status, 202, "{ack}");
+    let store = app.store().await;
+
+    let windows = [
+        (base - HOUR_MS, now_ms + HOUR_MS), // everything
+        (
+            base + DAY_MS + 7 * HOUR_MS + 13_000,
+            base + 5 * DAY_MS + 3 * HOUR_MS,
+        ), // ragged days
+        (base + 2 * DAY_MS, base + 3 * DAY_MS), // one whole day
+        (base + 1_234_567, base + 7 * DAY_MS - 7_654_321), // seven ragged days
+    ];
+    assert!(
+        !parts(&store, "c1", windows[0])
+            .await
+            .iter()
+            .any(|p| matches!(p, Part::Days(..)))
+    );
+
+    let patience = Duration::from_secs(60);
+    // Those events re-opened their days as they arrived (days before yesterday are late);
+    // five minutes on, the round writes them.
+    let reopened: u64 = store
+        .client()
+        .query("SELECT count() FROM rollup_days_reopened")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(reopened >= 4 * 2);
+    age_marks(&store).await;
+    let round = store.compact_days(10, 1_000, patience).await.unwrap();
+    // Days 0 to 3 at least are over by a day and an hour, whatever the time of day.
+    assert!(round.sealed >= 4, "{round:?}");
+    assert_eq!(round.resealed as u64, reopened);
+    let sealed_end = base + i64::from(round.sealed) * DAY_MS;
+    assert_eq!(
+        store.compact_days(10, 1_000, patience).await.unwrap(),
+        Compacted::default()
+    );
+    // The horizon is read again after a few seconds.
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    let everything = parts(&store, "c1", windows[0]).await;
+    assert!(
+        everything.contains(&Part::Days(base, sealed_end)),
+        "{everything:?}"
+    );
+    assert_same(&store, &windows).await;
+
+    // A late event of day 2: that day of c1 is read from hours at once (by the process that
+    // took it, which had just found nothing re-opened), c2's stays in the grain.
+    let day2 = |from: i64| {
+        let at = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339()
+        };
+        format!(
+            "/v1/meters/v/query?customer=c1&window_size=day&from={}&to={}",
+            urlencode(&at(from)),
+            urlencode(&at(from + DAY_MS))
+        )
+    };
+    let day2_total = |body: serde_json::Value| -> String {
+        let data = body["data"].as_array().unwrap().clone();
+        assert_eq!(data.len(), 1, "{body}");
+        data[0]["value"].as_str().unwrap().to_owned()
+    };
+    let (status, body) = get_json(&app, &day2(base + 2 * DAY_MS), "read_key_a").await;
+    assert_eq!((status, day2_total(body)), (200, "63.75".to_owned()));
+    let late = json!([{"id": "late", "customer": "c1", "type": "measure", "timestamp": base + 2 * DAY_MS + 5 * HOUR_MS,
+        "properties": {"v": "1000", "user": "u-late", "load": "999", "model": "a"}}]);
+    let (status, _) = app.post_events("ingest_key_a", &late).await;
+    assert_eq!(status, 202);
+    let (status, body) = get_json(&app, &day2(base + 2 * DAY_MS), "read_key_a").await;
+    assert_eq!((status, day2_total(body)), (200, "1063.75".to_owned()));
+    // Other processes see the mark within a second.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let c1 = parts(&store, "c1", windows[0]).await;
+    assert!(c1.contains(&Part::Days(base, base + 2 * DAY_MS)), "{c1:?}");
+    assert!(
+        c1.contains(&Part::Days(base + 3 * DAY_MS, sealed_end)),
+        "{c1:?}"
+    );
+    assert!(
+        parts(&store, "c2", windows[0])
+            .await
+            .contains(&Part::Days(base, sealed_end))
+    );
+    assert_same(&store, &windows).await;
+    let day2 = with_grain(&store, "v", Aggregation::Sum, "c1", windows[2], &[]).await;
+    assert_eq!(day2[0].value.to_string(), "1063.75");
+
+    // Marks younger than five minutes stay; older ones are written again and cleared.
+    let round = store.compact_days(10, 1_000, patience).await.unwrap();
+    assert_eq!(round.resealed, 0);
+    age_marks(&store).await;
+    let round = store.compact_days(10, 1_000, patience).await.unwrap();
+    assert_eq!((round.resealed, round.deferred), (1, 0));
+    let marks: u64 = store
+        .client()
+        .query("SELECT count() FROM rollup_days_reopened")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(marks, 0);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(
+        parts(&store, "c1", windows[0])
+            .await
+            .contains(&Part::Days(base, sealed_end))
+    );
+    assert_same(&store, &windows).await;
+
+    // An hour marked for repair in a sealed day is read from samples, its day by the hour.
+    store
+        .client()
+        .query("INSERT INTO rollup_dirty VALUES ('acme', 'v', 'c1', toDateTime(?), 0)")
+        .bind((base + DAY_MS + 9 * HOUR_MS) / 1000)
+        .execute()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let carved = parts(&store, "c1", windows[0]).await;
+    assert!(
+        carved.contains(&Part::Samples(
+            base + DAY_MS + 9 * HOUR_MS,
+            base + DAY_MS + 10 * HOUR_MS
+        )),
+        "{carved:?}"
+    );
+    assert!(
+        carved.contains(&Part::Days(base + 2 * DAY_MS, sealed_end)),
+        "{carved:?}"
+    );
+    assert_same(&store, &windows).await;
+
+    // The daily series of every customer, in UTC, takes whole days from the grain too.
+    for aggregation in [
+        Aggregation::Sum,
+        Aggregation::UniqueCount,
+        Aggregation::Latest,
+    ] {
+        let meter = METERS.iter().find(|m| m.1 == aggregation).unwrap().0;
+        let q = |utc_days| SeriesQuery {
+            scope: Scope {
+                tenant: "acme",
+                meter,
+                customer: None,
+                filters: &[],
+            },
+            aggregation,
+            from_ms: base - HOUR_MS,
+            to_ms: now_ms + HOUR_MS,
+            window_size: WindowSize::Day,
+            timezone: "UTC",
+            hours_align: true,
+            utc_days,
+            group_by: &[],
+        };
+        let got = UsageReader::uncached(store.clone())
+            .series(&q(true))
+            .await
+            .unwrap();
+        let parts = window::split(base - HOUR_MS, now_ms + HOUR_MS, true);
+        let want = store
+            .series(&series_statement(&parts, &q(false)))
+            .await
+            .unwrap();
+        assert_eq!(got, want, "daily series of {meter}");
+        assert_eq!(got.len(), 2 * 6 + 1);
+    }
+    app.shutdown().await;
+}
+
+fn urlencode(text: &str) -> String {
+    text.replace('+', "%2B").replace(':', "%3A")
+}
