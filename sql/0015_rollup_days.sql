@@ -3,8 +3,10 @@
 -- A day is written once it is closed for good (sealed: rollup_days_sealed), from the hour
 -- rollup, by the service's maintenance (src/store/days.rs). Events that arrive later for a
 -- sealed day (late events, a backfill), or an hour of it repaired, re-open that customer's day
--- (rollup_days_reopened): readers take it from the hour rollup until it is written again. A
--- rewrite carries a greater version and replaces the day's rows (read with FINAL).
+-- (rollup_days_reopened): readers take it from the hour rollup until it is written again (its
+-- old rows deleted first, so that a day readers take from here has one set of rows; the version
+-- only lets merges drop a duplicate left by an interrupted write). Small granules: rows carry
+-- whole days' states, and a read touches a few dozen rows of one customer.
 CREATE TABLE IF NOT EXISTS usage_rollup_day
 (
     tenant String,
@@ -24,7 +26,7 @@ CREATE TABLE IF NOT EXISTS usage_rollup_day
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (tenant, customer, meter, bucket, group_keys, group_values)
-SETTINGS index_granularity = 1024;
+SETTINGS index_granularity = 64;
 
 -- Every UTC day before `until` is in usage_rollup_day (each row a step forward).
 CREATE TABLE IF NOT EXISTS rollup_days_sealed

@@ -41,6 +41,12 @@ pub struct ReadbenchArgs {
     pub reuse: bool,
     #[arg(long)]
     pub clickhouse_url: Option<String>,
+    /// The density matrix instead (`readmatrix`): customers with 10, 300, 10,000 and
+    /// `--matrix-heaviest` events a day for 30 days, read before and after the day grain.
+    #[arg(long)]
+    pub matrix: bool,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub matrix_heaviest: u64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -117,7 +123,18 @@ const GENERATE: &str = "INSERT INTO events (tenant, id, customer, event_type, ts
        100 + n % 900 AS tok, ['gpt-x', 'gpt-y', 'small'][n % 3 + 1] AS model, n % 500 AS user, n % 1000 AS gb, n % 100 AS conc \
        FROM numbers(?))";
 
-pub async fn run(args: ReadbenchArgs) -> anyhow::Result<Report> {
+#[path = "readmatrix.rs"]
+mod readmatrix;
+
+/// The readbench (or, with `--matrix`, the density matrix), as its JSON report.
+pub async fn run(args: ReadbenchArgs) -> anyhow::Result<Value> {
+    if args.matrix {
+        return Ok(serde_json::to_value(readmatrix::run(args).await?)?);
+    }
+    Ok(serde_json::to_value(run_store(args).await?)?)
+}
+
+async fn run_store(args: ReadbenchArgs) -> anyhow::Result<Report> {
     let (url, owned) =
         LocalClickHouse::given_or_started(args.clickhouse_url.as_deref(), &args.data_dir).await?;
     let mut config = Config::defaults();

@@ -108,7 +108,7 @@ pub fn combined_statement(
         sql.push(&state_columns(meters, false))
             .push(" FROM ")
             .push(table)
-            .push(" WHERE ")
+            .push(" PREWHERE ")
             .append(scope())
             .push(" AND (");
         let ranges = ranges.iter().map(|&(a, b)| {
@@ -127,7 +127,7 @@ pub fn combined_statement(
         let mut sql =
             Sql::new("SELECT customer, meter, group_keys, group_values, countState() AS samples");
         sql.push(&state_columns(meters, true))
-            .push(" FROM usage_samples WHERE ")
+            .push(" FROM usage_samples PREWHERE ")
             .append(scope())
             .push(" AND (");
         let ranges = edges.iter().map(|&(a, b)| {
@@ -220,7 +220,7 @@ pub fn customers_statement(tenant: &str, windows: &Windows<'_>, meters: &Meters<
     if let Some((from, to)) = windows.hours() {
         let mut sql = Sql::new("SELECT customer, meter, group_keys, group_values, samples");
         sql.push(&state_columns(meters, false))
-            .push(" FROM usage_rollup_hour WHERE ")
+            .push(" FROM usage_rollup_hour PREWHERE ")
             .append(scope((from / 1000, to / 1000), "bucket"))
             .push(" AND toUInt32(bucket) >= ")
             .append(bound(&seconds(&windows.h0), "UInt32"))
@@ -231,7 +231,7 @@ pub fn customers_statement(tenant: &str, windows: &Windows<'_>, meters: &Meters<
     let mut sql =
         Sql::new("SELECT customer, meter, group_keys, group_values, countState() AS samples");
     sql.push(&state_columns(meters, true))
-        .push(" FROM usage_samples WHERE ")
+        .push(" FROM usage_samples PREWHERE ")
         .append(scope(windows.span(), "ts_ms"))
         .push(" AND ts_ms >= ")
         .append(bound(&windows.from, "Int64"))

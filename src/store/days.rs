@@ -10,8 +10,9 @@
 //! hours the repair rebuilt (`store::repair`) and the hours marked in `rollup_dirty` when their
 //! day is sealed. Readers take a re-opened day from the hour rollup. A maintenance round writes
 //! the day again from the hour rollup (a greater version replaces the old rows) once its marks
-//! are older than [`RACE_WINDOW_S`] and none of its hours is marked, then clears the marks made
-//! before that: a mark made since stays, and the day with it.
+//! are older than [`RACE_WINDOW_S`] and none of its hours is marked (its old rows deleted first,
+//! so that a day read from the grain has one set of rows and is read without FINAL), then clears
+//! the marks made before that: a mark made since stays, and the day with it.
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
@@ -146,7 +147,23 @@ impl Store {
                     .await?;
             }
         }
+        let before_s = t0.saturating_sub(RACE_WINDOW_S);
+        let sealed_from = until;
         while until > 0 && until + DAY_S <= last_end && done.sealed < max_days {
+            // Rows of an interrupted seal of this day go first: a day is read without FINAL.
+            let left: u64 = queries::rows_of_day(until)
+                .query(&self.client)
+                .fetch_one()
+                .await?;
+            if left > 0 {
+                queries::delete_day(until)
+                    .query(&self.client)
+                    .execute()
+                    .await?;
+                if !self.mutations_done("usage_rollup_day", patience).await? {
+                    break;
+                }
+            }
             queries::seal_day(until, version)
                 .query(&self.client)
                 .execute()
@@ -164,10 +181,16 @@ impl Store {
             done.sealed += 1;
         }
         if done.sealed > 0 {
-            // Hours of those days marked for repair re-opened them.
+            // The seal took every event whose mark is that old; hours of those days marked for
+            // repair re-opened them anew.
+            queries::unmark_sealed_days(sealed_from, until, before_s)
+                .query(&self.client)
+                .execute()
+                .await?;
+            self.mutations_done("rollup_days_reopened", patience)
+                .await?;
             self.days.reopened.look_again();
         }
-        let before_s = t0.saturating_sub(RACE_WINDOW_S);
         let reopened: Vec<CustomerDay> = queries::reopened_days_before(before_s, until, limit)
             .query(&self.client)
             .fetch_all()
@@ -184,10 +207,20 @@ impl Store {
             reopened.into_iter().partition(|day| !dirty.contains(day));
         done.deferred = waiting.len();
         if !ready.is_empty() {
+            // Old rows first (the mutation touches the parts that exist now, not those written
+            // next); the marks go only once it is done.
+            queries::delete_customer_days(&ready)
+                .query(&self.client)
+                .execute()
+                .await?;
             queries::reseal_days(&ready, version)
                 .query(&self.client)
                 .execute()
                 .await?;
+            if !self.mutations_done("usage_rollup_day", patience).await? {
+                done.deferred += ready.len();
+                return Ok(done);
+            }
             queries::unmark_reopened_days(&ready, before_s)
                 .query(&self.client)
                 .execute()

@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "rollup_days",
         include_str!("../../sql/0015_rollup_days.sql"),
     ),
+    (
+        16,
+        "rollup_hour_granules",
+        include_str!("../../sql/0016_rollup_hour_granules.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]
@@ -161,9 +166,24 @@ mod tests {
     fn every_migration_statement_is_idempotent() {
         for (_, name, sql) in MIGRATIONS {
             let mut emptied = Vec::new();
+            let mut dropped = Vec::new();
             for statement in statements(sql) {
                 if let Some(table) = statement.strip_prefix("TRUNCATE TABLE IF EXISTS ") {
                     emptied.push(table.trim().to_owned());
+                    continue;
+                }
+                if let Some(table) = statement.strip_prefix("DROP TABLE IF EXISTS ") {
+                    dropped.push(table.trim().to_owned());
+                }
+                // A rename runs again only if each name it takes was freed before: dropped
+                // earlier in the file, or renamed away earlier in the same statement.
+                if let Some(pairs) = statement.strip_prefix("RENAME TABLE ") {
+                    let mut freed = dropped.clone();
+                    for pair in pairs.split(',') {
+                        let (from, to) = pair.split_once(" TO ").unwrap_or_default();
+                        assert!(freed.iter().any(|t| t == to.trim()), "{name}: {statement}");
+                        freed.push(from.trim().to_owned());
+                    }
                     continue;
                 }
                 if let Some(rest) = statement.strip_prefix("INSERT INTO ") {

@@ -287,6 +287,33 @@ pub fn seal_day(day_s: u32, version: u64) -> Sql {
     days_from_hours(version, filter)
 }
 
+/// Rows of the day grain of the day starting at `day_s` (left by a seal that was interrupted).
+pub fn rows_of_day(day_s: u32) -> Sql {
+    let mut sql = Sql::new("SELECT count() FROM usage_rollup_day WHERE bucket = toDateTime(");
+    sql.arg(day_s).push(")");
+    sql
+}
+
+/// Deletes the day grain's rows of the day starting at `day_s` (a mutation).
+pub fn delete_day(day_s: u32) -> Sql {
+    let mut sql = Sql::new("ALTER TABLE usage_rollup_day DELETE WHERE bucket = toDateTime(");
+    sql.arg(day_s).push(")");
+    sql
+}
+
+/// Clears the re-opening marks of the days in `[from_s, to_s)` made before `before_s`: a seal
+/// of those days just took their events.
+pub fn unmark_sealed_days(from_s: u32, to_s: u32, before_s: u32) -> Sql {
+    let mut sql = Sql::new("ALTER TABLE rollup_days_reopened DELETE WHERE day >= toDateTime(");
+    sql.arg(from_s)
+        .push(") AND day < toDateTime(")
+        .arg(to_s)
+        .push(") AND at < toDateTime(")
+        .arg(before_s)
+        .push(")");
+    sql
+}
+
 /// Re-opens the days (of the day starting at `day_s`) of customers with hours marked in
 /// `rollup_dirty`: the day grain cannot be written right from them.
 pub fn reopen_dirty_days(day_s: u32) -> Sql {
@@ -344,6 +371,28 @@ pub fn dirty_days_of(days: &[CustomerDay]) -> Sql {
     sql
 }
 
+/// `(tenant, customer, bucket) IN (...)` over `days`.
+fn customer_days_in(sql: &mut Sql, days: &[CustomerDay], column: &str) {
+    sql.push("(tenant, customer, ").push(column).push(") IN (");
+    for (i, (tenant, customer, day)) in days.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" })
+            .arg(tenant.as_str())
+            .push(", ")
+            .arg(customer.as_str())
+            .push(", toDateTime(")
+            .arg(*day)
+            .push("))");
+    }
+    sql.push(")");
+}
+
+/// Deletes the day grain's rows of `days` (a mutation: it touches the parts that exist now).
+pub fn delete_customer_days(days: &[CustomerDay]) -> Sql {
+    let mut sql = Sql::new("ALTER TABLE usage_rollup_day DELETE WHERE ");
+    customer_days_in(&mut sql, days, "bucket");
+    sql
+}
+
 /// Writes the day grain of `days` again, at `version`.
 pub fn reseal_days(days: &[CustomerDay], version: u64) -> Sql {
     let mut filter = Sql::new("");
@@ -368,18 +417,9 @@ pub fn reseal_days(days: &[CustomerDay], version: u64) -> Sql {
 
 /// Clears the marks of `days` made before `before_s` (server clock).
 pub fn unmark_reopened_days(days: &[CustomerDay], before_s: u32) -> Sql {
-    let mut sql =
-        Sql::new("ALTER TABLE rollup_days_reopened DELETE WHERE (tenant, customer, day) IN (");
-    for (i, (tenant, customer, day)) in days.iter().enumerate() {
-        sql.push(if i == 0 { "(" } else { ", (" })
-            .arg(tenant.as_str())
-            .push(", ")
-            .arg(customer.as_str())
-            .push(", toDateTime(")
-            .arg(*day)
-            .push("))");
-    }
-    sql.push(") AND at < toDateTime(").arg(before_s).push(")");
+    let mut sql = Sql::new("ALTER TABLE rollup_days_reopened DELETE WHERE ");
+    customer_days_in(&mut sql, days, "day");
+    sql.push(" AND at < toDateTime(").arg(before_s).push(")");
     sql
 }
 

@@ -128,9 +128,9 @@ mod tests {
             "SELECT toInt64(toUnixTimestamp(toStartOfHour(t, 'Europe/Paris'))) AS window, customer, grp, \
              toString(maxMerge(max_value)) AS value, countMerge(samples) AS events FROM (\
              SELECT bucket AS t, customer, emptyArrayString() AS grp, samples, max_value FROM usage_rollup_hour \
-             WHERE tenant = 't' AND meter = 'm' AND bucket >= toDateTime(0) AND bucket < toDateTime(3600) \
+             PREWHERE tenant = 't' AND meter = 'm' AND bucket >= toDateTime(0) AND bucket < toDateTime(3600) \
              UNION ALL SELECT ts AS t, customer, emptyArrayString() AS grp, countState() AS samples, \
-             maxState(value) AS max_value FROM usage_samples WHERE tenant = 't' AND meter = 'm' \
+             maxState(value) AS max_value FROM usage_samples PREWHERE tenant = 't' AND meter = 'm' \
              AND ts_ms >= 3600000 AND ts_ms < 3600100 GROUP BY t, customer, grp) \
              GROUP BY window, customer, grp ORDER BY window, customer, grp"
         );

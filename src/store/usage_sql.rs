@@ -131,8 +131,8 @@ pub(super) fn part_select(
                 sql.push(", ").push(states.column);
             }
             sql.push(match part {
-                Part::Days(..) => " FROM usage_rollup_day FINAL WHERE ",
-                _ => " FROM usage_rollup_hour WHERE ",
+                Part::Days(..) => " FROM usage_rollup_day PREWHERE ",
+                _ => " FROM usage_rollup_hour PREWHERE ",
             });
         }
         Part::Samples(..) => {
@@ -143,7 +143,7 @@ pub(super) fn part_select(
                     .push(" AS ")
                     .push(states.column);
             }
-            sql.push(" FROM usage_samples WHERE ");
+            sql.push(" FROM usage_samples PREWHERE ");
         }
     }
     sql.push("tenant = ")

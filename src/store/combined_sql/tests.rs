@@ -22,11 +22,11 @@ fn a_combined_read_binds_each_meter_and_bound_in_its_place() {
          meter IN ('users'), toString(uniqExactMergeIf(distinct_values, meter IN ('users'))), \
          toString(countMerge(samples))) AS value, countMerge(samples) AS events FROM (\
          SELECT customer, meter, group_keys, group_values, samples, sum_value, distinct_values \
-         FROM usage_rollup_hour WHERE tenant = 't' AND customer = 'c' AND meter IN ('calls', 'tokens', 'users') \
+         FROM usage_rollup_hour PREWHERE tenant = 't' AND customer = 'c' AND meter IN ('calls', 'tokens', 'users') \
          AND (bucket >= toDateTime(3600) AND bucket < toDateTime(7200)) \
          UNION ALL SELECT customer, meter, group_keys, group_values, countState() AS samples, \
          sumState(value) AS sum_value, uniqExactState(value_str) AS distinct_values \
-         FROM usage_samples WHERE tenant = 't' AND customer = 'c' AND meter IN ('calls', 'tokens', 'users') \
+         FROM usage_samples PREWHERE tenant = 't' AND customer = 'c' AND meter IN ('calls', 'tokens', 'users') \
          AND ((ts_ms >= 3599995 AND ts_ms < 3600000) OR (ts_ms >= 7200000 AND ts_ms < 7200007)) \
          GROUP BY customer, meter, group_keys, group_values) \
          GROUP BY customer, meter, group_keys, group_values"
@@ -57,12 +57,12 @@ fn a_read_of_several_customers_binds_each_customers_bounds_in_order() {
         "SELECT customer, meter, group_keys, group_values, toString(countMerge(samples)) AS value, \
          countMerge(samples) AS events FROM (\
          SELECT customer, meter, group_keys, group_values, samples FROM usage_rollup_hour \
-         WHERE tenant = 't' AND meter IN ('calls') AND customer IN ('a', 'b') \
+         PREWHERE tenant = 't' AND meter IN ('calls') AND customer IN ('a', 'b') \
          AND bucket >= toDateTime(3600) AND bucket < toDateTime(10800) \
          AND toUInt32(bucket) >= transform(customer, ['a','b'], CAST([3600,0] AS Array(UInt32)), toUInt32(0)) \
          AND toUInt32(bucket) < transform(customer, ['a','b'], CAST([10800,0] AS Array(UInt32)), toUInt32(0)) \
          UNION ALL SELECT customer, meter, group_keys, group_values, countState() AS samples FROM usage_samples \
-         WHERE tenant = 't' AND meter IN ('calls') AND customer IN ('a', 'b') AND ts_ms >= 10 AND ts_ms < 10800005 \
+         PREWHERE tenant = 't' AND meter IN ('calls') AND customer IN ('a', 'b') AND ts_ms >= 10 AND ts_ms < 10800005 \
          AND ts_ms >= transform(customer, ['a','b'], CAST([3599995,10] AS Array(Int64)), toInt64(0)) \
          AND ts_ms < transform(customer, ['a','b'], CAST([10800005,20] AS Array(Int64)), toInt64(0)) \
          AND NOT (ts_ms >= transform(customer, ['a','b'], CAST([3600000,0] AS Array(Int64)), toInt64(0)) \

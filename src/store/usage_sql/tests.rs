@@ -28,11 +28,11 @@ fn a_per_meter_read_binds_each_value_in_its_place() {
         sql.render(),
         "SELECT grp, toString(sumMerge(sum_value)) AS value, countMerge(samples) AS events FROM (\
          SELECT [group_values[indexOf(group_keys, 'model')]] AS grp, countState() AS samples, sumState(value) AS sum_value \
-         FROM usage_samples WHERE tenant = 't' AND meter = 'tokens' AND customer = 'c' \
+         FROM usage_samples PREWHERE tenant = 't' AND meter = 'tokens' AND customer = 'c' \
          AND has(['eu'], group_values[indexOf(group_keys, 'region')]) \
          AND ts_ms >= 3599995 AND ts_ms < 3600000 GROUP BY grp \
          UNION ALL SELECT [group_values[indexOf(group_keys, 'model')]] AS grp, samples, sum_value \
-         FROM usage_rollup_hour WHERE tenant = 't' AND meter = 'tokens' AND customer = 'c' \
+         FROM usage_rollup_hour PREWHERE tenant = 't' AND meter = 'tokens' AND customer = 'c' \
          AND has(['eu'], group_values[indexOf(group_keys, 'region')]) \
          AND bucket >= toDateTime(3600) AND bucket < toDateTime(10800)) GROUP BY grp ORDER BY grp"
     );
