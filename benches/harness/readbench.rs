@@ -154,11 +154,19 @@ async fn run_store(args: ReadbenchArgs) -> anyhow::Result<Report> {
     report
 }
 
-async fn generate(url: &str, config: &Config, args: &ReadbenchArgs) -> anyhow::Result<f64> {
+/// A fresh database `database` with the bench's catalog: its meters and plan, and for each
+/// `(customer, subscription, start)` the customer and its subscription to the plan.
+async fn fresh_store(
+    url: &str,
+    config: &Config,
+    database: &str,
+    accounts: &[(String, String, chrono::DateTime<Utc>)],
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<Store> {
     let store = Store::new(url, &config.store).connect().await?;
     store
         .client()
-        .query(&format!("DROP DATABASE IF EXISTS {DATABASE}"))
+        .query(&format!("DROP DATABASE IF EXISTS {database}"))
         .execute()
         .await?;
     let store = Store::new(url, &config.store).connect().await?;
@@ -166,37 +174,44 @@ async fn generate(url: &str, config: &Config, args: &ReadbenchArgs) -> anyhow::R
     let catalog = Catalog::open(store.clone()).await?;
     let spec = catalog_json();
     let meters: Vec<Meter> = serde_json::from_value(spec["meters"].clone())?;
-    catalog
-        .create_all(TENANT, meters)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let plan: Plan = serde_json::from_str(&spec["plan"].to_string())?;
-    catalog
-        .create(TENANT, plan)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let now = Utc::now();
-    let customers: Vec<Customer> = (0..args.customers)
-        .map(|i| serde_json::from_value(json!({"external_id": format!("cust_{i}")})))
+    let customers: Vec<Customer> = accounts
+        .iter()
+        .map(|(customer, _, _)| serde_json::from_value(json!({"external_id": customer})))
         .collect::<Result<_, _>>()?;
-    catalog
-        .create_all(TENANT, customers)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let subscriptions = (0..args.customers)
-        .map(|i| {
-            let start =
-                now - TimeDelta::days((i % 30) as i64) - TimeDelta::minutes((i % 1440) as i64);
+    let subscriptions = accounts
+        .iter()
+        .map(|(customer, subscription, start)| {
             let input: SubscriptionInput = serde_json::from_value(json!({
-                "external_id": format!("sub_{i}"), "customer": format!("cust_{i}"), "plan": "bench",
+                "external_id": subscription, "customer": customer, "plan": "bench",
                 "start_date": start.to_rfc3339(), "billing_anchor": "anniversary"}))?;
             Ok(input.into_subscription(now))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let failed = |e: meterhouse::catalog::CatalogError| anyhow::anyhow!("{e}");
+    catalog.create_all(TENANT, meters).await.map_err(failed)?;
+    catalog.create(TENANT, plan).await.map_err(failed)?;
+    catalog
+        .create_all(TENANT, customers)
+        .await
+        .map_err(failed)?;
     catalog
         .create_all(TENANT, subscriptions)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(failed)?;
+    Ok(store)
+}
+
+async fn generate(url: &str, config: &Config, args: &ReadbenchArgs) -> anyhow::Result<f64> {
+    let now = Utc::now();
+    let accounts: Vec<_> = (0..args.customers)
+        .map(|i| {
+            let start =
+                now - TimeDelta::days((i % 30) as i64) - TimeDelta::minutes((i % 1440) as i64);
+            (format!("cust_{i}"), format!("sub_{i}"), start)
+        })
+        .collect();
+    let store = fresh_store(url, config, DATABASE, &accounts, now).await?;
 
     let started = Instant::now();
     let now_ms = now.timestamp_millis();

@@ -9,18 +9,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{TimeDelta, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use meterhouse::app::InProcess;
-use meterhouse::catalog::Catalog;
 use meterhouse::config::Config;
-use meterhouse::domain::subscription::SubscriptionInput;
-use meterhouse::domain::{Customer, Meter, Plan};
+use meterhouse::domain::Plan;
+use meterhouse::store::Store;
 use meterhouse::store::local::LocalClickHouse;
-use meterhouse::store::{Store, migrate};
 
 use super::{
-    ReadbenchArgs, catalog_json, check_same, get, naive_quantities, percentile, rate_naive,
+    ReadbenchArgs, catalog_json, check_same, fresh_store, get, naive_quantities, percentile,
+    rate_naive,
 };
 
 const DATABASE: &str = "readbench_matrix";
@@ -95,18 +94,13 @@ pub async fn run(args: ReadbenchArgs) -> anyhow::Result<MatrixReport> {
     let store = Store::new(&url, &config.store).connect().await?;
     let mut cells = Vec::new();
     let mut series = Vec::new();
-    let service = InProcess::start(&config).await?;
-    measure(
-        &service.base,
-        &store,
-        &args,
-        &classes,
-        "hours",
-        &mut cells,
-        &mut series,
-    )
-    .await?;
-    service.stop().await?;
+    let phase = Phase {
+        config: &config,
+        store: &store,
+        args: &args,
+        classes: &classes,
+    };
+    phase.measure("hours", &mut cells, &mut series).await?;
 
     // The generated days are complete: the marks their events left as late are dropped, then
     // every closed day is sealed.
@@ -130,18 +124,7 @@ pub async fn run(args: ReadbenchArgs) -> anyhow::Result<MatrixReport> {
         }
     }
     let compact_seconds = started.elapsed().as_secs_f64();
-    let service = InProcess::start(&config).await?;
-    measure(
-        &service.base,
-        &store,
-        &args,
-        &classes,
-        "days",
-        &mut cells,
-        &mut series,
-    )
-    .await?;
-    service.stop().await?;
+    phase.measure("days", &mut cells, &mut series).await?;
     let tables = store
         .client()
         .query(
@@ -170,54 +153,14 @@ async fn generate(
     classes: &[(u64, u64)],
     now: chrono::DateTime<Utc>,
 ) -> anyhow::Result<(u64, f64)> {
-    let store = Store::new(url, &config.store).connect().await?;
-    store
-        .client()
-        .query(&format!("DROP DATABASE IF EXISTS {DATABASE}"))
-        .execute()
-        .await?;
-    let store = Store::new(url, &config.store).connect().await?;
-    migrate::run(&store).await?;
-    let catalog = Catalog::open(store.clone()).await?;
-    let spec = catalog_json();
-    let meters: Vec<Meter> = serde_json::from_value(spec["meters"].clone())?;
-    let tenant = super::TENANT;
-    catalog
-        .create_all(tenant, meters)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let plan: Plan = serde_json::from_str(&spec["plan"].to_string())?;
-    catalog
-        .create(tenant, plan)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let names: Vec<String> = classes
-        .iter()
-        .flat_map(|&(per_day, count)| (0..count).map(move |i| format!("c{per_day}_{i}")))
-        .collect();
-    let customers: Vec<Customer> = names
-        .iter()
-        .map(|name| serde_json::from_value(json!({"external_id": name})))
-        .collect::<Result<_, _>>()?;
-    catalog
-        .create_all(tenant, customers)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // Every current period began 29 days and 7 hours ago.
     let start = now - TimeDelta::days(DAYS - 1) - TimeDelta::hours(7);
-    let subscriptions = names
+    let accounts: Vec<_> = classes
         .iter()
-        .map(|name| {
-            let input: SubscriptionInput = serde_json::from_value(json!({
-                "external_id": format!("sub_{name}"), "customer": name, "plan": "bench",
-                "start_date": start.to_rfc3339(), "billing_anchor": "anniversary"}))?;
-            Ok(input.into_subscription(now))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    catalog
-        .create_all(tenant, subscriptions)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .flat_map(|&(per_day, count)| (0..count).map(move |i| format!("c{per_day}_{i}")))
+        .map(|name| (name.clone(), format!("sub_{name}"), start))
+        .collect();
+    let store = fresh_store(url, config, DATABASE, &accounts, now).await?;
 
     let started = Instant::now();
     let now_ms = now.timestamp_millis();
@@ -257,15 +200,37 @@ async fn generate(
     Ok((total, seconds))
 }
 
+/// What each measured phase shares.
+struct Phase<'a> {
+    config: &'a Config,
+    store: &'a Store,
+    args: &'a ReadbenchArgs,
+    classes: &'a [(u64, u64)],
+}
+
+impl Phase<'_> {
+    /// Starts the service, measures every cell and the series as `grain`, stops it.
+    async fn measure(
+        &self,
+        grain: &'static str,
+        cells: &mut Vec<Cell>,
+        series: &mut Vec<(String, f64, f64)>,
+    ) -> anyhow::Result<()> {
+        let service = InProcess::start(self.config).await?;
+        let measured = measure(&service.base, self, grain, cells, series).await;
+        service.stop().await?;
+        measured
+    }
+}
+
 async fn measure(
     base: &str,
-    store: &Store,
-    args: &ReadbenchArgs,
-    classes: &[(u64, u64)],
+    phase: &Phase<'_>,
     grain: &'static str,
     cells: &mut Vec<Cell>,
     series: &mut Vec<(String, f64, f64)>,
 ) -> anyhow::Result<()> {
+    let (store, args, classes) = (phase.store, phase.args, phase.classes);
     let http = reqwest::Client::new();
     let spec = catalog_json();
     let plan: Plan = serde_json::from_str(&spec["plan"].to_string())?;

@@ -103,19 +103,82 @@ pub type MeterHour = (String, String, String, u32);
 
 /// `(tenant, customer, meter, bucket) IN (...)` over `hours`.
 fn hours_in(sql: &mut Sql, hours: &[MeterHour]) {
-    sql.push("(tenant, customer, meter, bucket) IN (");
-    for (i, (tenant, meter, customer, hour)) in hours.iter().enumerate() {
-        sql.push(if i == 0 { "(" } else { ", (" })
-            .arg(tenant.as_str())
-            .push(", ")
-            .arg(customer.as_str())
-            .push(", ")
-            .arg(meter.as_str())
-            .push(", toDateTime(")
-            .arg(*hour)
-            .push("))");
+    sql.push("(tenant, customer, meter, bucket) IN (")
+        .join(
+            hours.iter().map(|(tenant, meter, customer, hour)| {
+                tuple(&[
+                    Val::Str(tenant),
+                    Val::Str(customer),
+                    Val::Str(meter),
+                    Val::Time(*hour),
+                ])
+            }),
+            ", ",
+        )
+        .push(")");
+}
+
+/// One value of a [`tuple`].
+enum Val<'a> {
+    Str(&'a str),
+    /// Epoch seconds, as a DateTime.
+    Time(u32),
+    /// SQL text as is.
+    Raw(&'static str),
+}
+
+/// `(v1, v2, ...)`, each value bound.
+fn tuple(values: &[Val<'_>]) -> Sql {
+    let mut sql = Sql::new("(");
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        match value {
+            Val::Str(text) => sql.arg(*text),
+            Val::Time(seconds) => sql.push("toDateTime(").arg(*seconds).push(")"),
+            Val::Raw(text) => sql.push(text),
+        };
     }
     sql.push(")");
+    sql
+}
+
+/// `(tenant = ? AND customer = ? [AND meter = ?] AND column >= from AND column < to)`.
+fn range_of(
+    (tenant, customer, meter): (&str, &str, Option<&str>),
+    column: &str,
+    (from, to): (Sql, Sql),
+) -> Sql {
+    let mut sql = Sql::new("(tenant = ");
+    sql.arg(tenant).push(" AND customer = ").arg(customer);
+    if let Some(meter) = meter {
+        sql.push(" AND meter = ").arg(meter);
+    }
+    sql.push(" AND ")
+        .push(column)
+        .push(" >= ")
+        .append(from)
+        .push(" AND ")
+        .push(column)
+        .push(" < ")
+        .append(to)
+        .push(")");
+    sql
+}
+
+/// A bound value, alone.
+fn bound(value: impl Into<super::sql::Arg>) -> Sql {
+    let mut sql = Sql::new("");
+    sql.arg(value);
+    sql
+}
+
+/// `toDateTime(?)` of epoch seconds.
+fn time(seconds: u32) -> Sql {
+    let mut sql = Sql::new("toDateTime(");
+    sql.arg(seconds).push(")");
+    sql
 }
 
 /// Deletes the hour rollup's rows of `hours` (a mutation: it runs after this returns, on the
@@ -137,24 +200,12 @@ pub fn rebuild_rollup_hours(hours: &[MeterHour]) -> Sql {
          minState(value), maxState(value), uniqExactState(value_str), argMaxState(value, ts_ms) \
          FROM usage_samples WHERE ",
     );
-    for (i, (tenant, meter, customer, hour)) in hours.iter().enumerate() {
+    let ranges = hours.iter().map(|(tenant, meter, customer, hour)| {
         let from_ms = i64::from(*hour) * 1000;
-        sql.push(if i == 0 {
-            "(tenant = "
-        } else {
-            " OR (tenant = "
-        })
-        .arg(tenant.as_str())
-        .push(" AND customer = ")
-        .arg(customer.as_str())
-        .push(" AND meter = ")
-        .arg(meter.as_str())
-        .push(" AND ts_ms >= ")
-        .arg(from_ms)
-        .push(" AND ts_ms < ")
-        .arg(from_ms + 3_600_000)
-        .push(")");
-    }
+        let bounds = (bound(from_ms), bound(from_ms + 3_600_000));
+        range_of((tenant, customer, Some(meter)), "ts_ms", bounds)
+    });
+    sql.join(ranges, " OR ");
     sql.push(" GROUP BY tenant, meter, customer, group_keys, group_values, hour");
     sql
 }
@@ -183,13 +234,12 @@ pub fn recent_changes_of(since_s: u32, hours: &[MeterHour]) -> Sql {
 }
 
 fn customers_in(sql: &mut Sql, hours: &[MeterHour]) {
-    for (i, (tenant, _, customer, _)) in hours.iter().enumerate() {
-        sql.push(if i == 0 { "(" } else { ", (" })
-            .arg(tenant.as_str())
-            .push(", ")
-            .arg(customer.as_str())
-            .push(")");
-    }
+    sql.join(
+        hours
+            .iter()
+            .map(|(tenant, _, customer, _)| tuple(&[Val::Str(tenant), Val::Str(customer)])),
+        ", ",
+    );
 }
 
 /// The hours (tenant, meter, customer, hour in epoch seconds) of the customers of `hours` that
@@ -360,30 +410,23 @@ pub fn dirty_days_of(days: &[CustomerDay]) -> Sql {
         "SELECT DISTINCT tenant, customer, toUInt32(intDiv(toUInt32(bucket), 86400) * 86400) \
          FROM rollup_dirty WHERE (tenant, customer) IN (",
     );
-    for (i, (tenant, customer, _)) in days.iter().enumerate() {
-        sql.push(if i == 0 { "(" } else { ", (" })
-            .arg(tenant.as_str())
-            .push(", ")
-            .arg(customer.as_str())
-            .push(")");
-    }
-    sql.push(")");
+    let pairs = days
+        .iter()
+        .map(|(tenant, customer, _)| tuple(&[Val::Str(tenant), Val::Str(customer)]));
+    sql.join(pairs, ", ").push(")");
     sql
 }
 
 /// `(tenant, customer, bucket) IN (...)` over `days`.
 fn customer_days_in(sql: &mut Sql, days: &[CustomerDay], column: &str) {
-    sql.push("(tenant, customer, ").push(column).push(") IN (");
-    for (i, (tenant, customer, day)) in days.iter().enumerate() {
-        sql.push(if i == 0 { "(" } else { ", (" })
-            .arg(tenant.as_str())
-            .push(", ")
-            .arg(customer.as_str())
-            .push(", toDateTime(")
-            .arg(*day)
-            .push("))");
-    }
-    sql.push(")");
+    let days = days.iter().map(|(tenant, customer, day)| {
+        tuple(&[Val::Str(tenant), Val::Str(customer), Val::Time(*day)])
+    });
+    sql.push("(tenant, customer, ")
+        .push(column)
+        .push(") IN (")
+        .join(days, ", ")
+        .push(")");
 }
 
 /// Deletes the day grain's rows of `days` (a mutation: it touches the parts that exist now).
@@ -396,22 +439,13 @@ pub fn delete_customer_days(days: &[CustomerDay]) -> Sql {
 /// Writes the day grain of `days` again, at `version`.
 pub fn reseal_days(days: &[CustomerDay], version: u64) -> Sql {
     let mut filter = Sql::new("");
-    for (i, (tenant, customer, day)) in days.iter().enumerate() {
-        filter
-            .push(if i == 0 {
-                "(tenant = "
-            } else {
-                " OR (tenant = "
-            })
-            .arg(tenant.as_str())
-            .push(" AND customer = ")
-            .arg(customer.as_str())
-            .push(" AND bucket >= toDateTime(")
-            .arg(*day)
-            .push(") AND bucket < toDateTime(")
-            .arg(*day + 86_400)
-            .push("))");
-    }
+    filter.join(
+        days.iter().map(|(tenant, customer, day)| {
+            let bounds = (time(*day), time(*day + 86_400));
+            range_of((tenant, customer, None), "bucket", bounds)
+        }),
+        " OR ",
+    );
     days_from_hours(version, filter)
 }
 
@@ -426,15 +460,11 @@ pub fn unmark_reopened_days(days: &[CustomerDay], before_s: u32) -> Sql {
 /// Re-opens the days of `hours` (their day grain was written from hours since rebuilt).
 pub fn reopen_days_of(hours: &[MeterHour]) -> Sql {
     let mut sql = Sql::new("INSERT INTO rollup_days_reopened (tenant, customer, day, at) VALUES ");
-    for (i, (tenant, _, customer, hour)) in hours.iter().enumerate() {
-        sql.push(if i == 0 { "(" } else { ", (" })
-            .arg(tenant.as_str())
-            .push(", ")
-            .arg(customer.as_str())
-            .push(", toDateTime(")
-            .arg(hour - hour % 86_400)
-            .push("), now())");
-    }
+    let rows = hours.iter().map(|(tenant, _, customer, hour)| {
+        let day = Val::Time(hour - hour % 86_400);
+        tuple(&[Val::Str(tenant), Val::Str(customer), day, Val::Raw("now()")])
+    });
+    sql.join(rows, ", ");
     sql
 }
 
