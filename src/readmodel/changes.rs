@@ -97,9 +97,10 @@ impl BatchObserver for UsageReader {
     }
 
     fn committed(&self, batch_id: u64, rows: &[EventRow]) {
+        let late_before = late_before();
         if rows
             .iter()
-            .any(|r| !r.sample_meter.is_empty() && is_late(r.ts))
+            .any(|r| !r.sample_meter.is_empty() && i64::from(r.ts) < late_before)
         {
             // The view re-opened their days in the day grain (sql/0015): reads of this process
             // look the marks up from now on, so that they see these events.
@@ -113,11 +114,11 @@ impl BatchObserver for UsageReader {
     }
 }
 
-/// Whether an event at `ts` (epoch seconds) may be one of a day the day grain has sealed: a day
+/// Events before this moment (epoch seconds) may be of a day the day grain has sealed: a day
 /// before yesterday (UTC), with an hour's allowance for the server's clock running ahead.
-fn is_late(ts: u32) -> bool {
+fn late_before() -> i64 {
     let ahead = chrono::Utc::now().timestamp() + 3_600;
-    i64::from(ts) < ahead - ahead.rem_euclid(86_400) - 86_400
+    ahead - ahead.rem_euclid(86_400) - 86_400
 }
 
 /// (tenant, customer) of each row that carries samples.
