@@ -4,7 +4,8 @@
 -- writer died (kill -9, a lost host) settles the dead writer's batches from that mark on: samples
 -- completed, hours marked for the rollup's repair, the change recorded for every process's
 -- answers. The greatest Int64 means nothing to settle: a clean stop, or a writer its successor
--- settled. A new table, since ClickHouse 18.16 cannot add a column only if it is missing.
+-- settled. A new table, since ClickHouse 18.16 cannot add a column only if it is missing;
+-- `ingest_writers` stays, read (not written) for the beats of processes of an earlier release.
 CREATE TABLE IF NOT EXISTS ingest_writer_beats
 (
     writer String,
@@ -17,5 +18,3 @@ CREATE TABLE IF NOT EXISTS ingest_writer_beats
 ENGINE = ReplacingMergeTree(beat)
 PARTITION BY toDate(beat)
 ORDER BY writer;
-
-DROP TABLE IF EXISTS ingest_writers;

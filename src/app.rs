@@ -188,10 +188,14 @@ impl Application {
             owned_clickhouse,
         } = self;
         batcher.shutdown().await;
-        writer.stopped(&state.store).await;
-        for task in background {
+        for task in &background {
             task.abort();
         }
+        for task in background {
+            let _ = task.await;
+        }
+        // After the beats stopped: a beat written later would say the batches are unsettled.
+        writer.stopped(&state.store).await;
         // Close our connections first: the server waits for open ones before it exits.
         drop(state);
         if let Some(mut clickhouse) = owned_clickhouse {

@@ -154,6 +154,20 @@ async fn invalid_documents_are_refused_with_the_field_named() {
             "prices[0].amount",
         ),
         (
+            "/v1/plans",
+            json!({"code": "p", "name": "P", "currency": "USD", "interval": "month",
+            "minimum_commitment": {"amount": "-5"}}),
+            400,
+            "minimum_commitment.amount",
+        ),
+        (
+            "/v1/plans",
+            json!({"code": "p", "name": "P", "currency": "USD", "interval": "month",
+            "minimum_commitment": {"amount": "a lot"}}),
+            400,
+            "minimum_commitment.amount",
+        ),
+        (
             "/v1/meters",
             json!({"slug": "m", "name": "M", "event_type": "e", "aggregation": "sum"}),
             400,

@@ -131,6 +131,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM usage_samples ORDER BY meter",
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),
+        json!({"sql": format!("SELECT count() FROM ({})", queries::WRITER_TABLES), "expect": "2"}),
         json!({"sql": format!("SELECT count() FROM ({})", queries::SERVER_NOW), "expect": "1"}),
         json!({"sql": queries::usage_changed_since(0, &[]).render(), "expect": "t\tc"}),
         json!({"sql": queries::usage_changed_since(0, &[41, 43]).render(), "expect": "t\tc"}),

@@ -548,13 +548,23 @@ async fn a_dead_writers_unsettled_batch_is_settled_by_the_next_process() {
     );
     let store = common::store_of(&config).await;
     store.client().query(&beat).execute().await.unwrap();
+    // A predecessor with this very host and pid (a container restarted at once, pid 1), its
+    // last beat a moment ago: dead too, since no service of this process is it.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let beat = format!(
+        "INSERT INTO ingest_writer_beats VALUES ('gone-2', 'embedded', '{}', {}, now(), {})",
+        host.trim(),
+        std::process::id(),
+        now_ms - 5_000
+    );
+    store.client().query(&beat).execute().await.unwrap();
     let changes = "SELECT count() FROM usage_change_batches WHERE has(batches, 91)";
     let changes_before = scalar_of(&config, changes).await;
     assert_eq!(
         scalar_of(&config, "SELECT count() FROM usage_samples").await,
         0
     );
-    assert_eq!(scalar_of(&config, unsettled).await, 1);
+    assert_eq!(scalar_of(&config, unsettled).await, 2);
 
     let app = spawn_with(config.clone(), false).await;
     assert_eq!(

@@ -531,3 +531,67 @@ async fn anniversaries_on_the_29th_30th_and_31st_follow_month_ends() {
     }
     app.shutdown().await;
 }
+
+/// A plan's minimum commitment: a period billed below it gets the difference as a
+/// `commitment_true_up`, counted in the subtotal and in every figure of the period; a period
+/// billed above it gets none; across a plan change inside the period, each plan's commitment is
+/// prorated over its part, like a flat fee, and compared with that part's charges.
+#[tokio::test]
+async fn a_minimum_commitment_tops_up_a_short_period_prorated_across_a_plan_change() {
+    let app = spawn_backfill_app("money_commitment").await;
+    for (code, commitment) in [("small", "500.00"), ("large", "900.00")] {
+        post_ok(&app, "/v1/plans", json!({"code": code, "name": code, "currency": "USD", "interval": "month",
+            "minimum_commitment": {"amount": commitment},
+            "prices": [{"code": "base", "type": "flat", "amount": "49.00", "timing": "advance", "prorate": true},
+                       {"code": "calls", "type": "usage", "meter": "calls", "model": "per_unit", "unit_amount": "0.10"}]}))
+            .await;
+    }
+    let start = days_ago(10);
+    subscribe(&app, "c1", "UTC", "s_short", "small", start, "anniversary").await;
+    subscribe(&app, "c2", "UTC", "s_over", "small", start, "anniversary").await;
+    calls(&app, "c1", "short", 7, Utc::now() - TimeDelta::hours(1)).await;
+    calls(&app, "c2", "over", 5_000, Utc::now() - TimeDelta::hours(1)).await;
+
+    // 49.00 + 0.70 billed: 450.30 added, 500.00 in all.
+    let report = current(&app, "c1", "s_short").await;
+    let true_up = &report["commitment_true_up"];
+    assert_eq!(dec(&true_up["amount"]), d("450.30"), "{report}");
+    assert_eq!(dec(&true_up["billed"]), d("49.70"), "{report}");
+    assert_eq!(dec(&true_up["minimum_commitment"]), d("500"), "{report}");
+    assert_eq!(
+        dec(&report["usage_amount"]),
+        d("0.70"),
+        "apart from the charges"
+    );
+    assert_amount(&report, d("500.00"));
+    // 49.00 + 500.00 billed: above the commitment, nothing added.
+    let report = current(&app, "c2", "s_over").await;
+    assert!(report["commitment_true_up"].is_null(), "{report}");
+    assert_amount(&report, d("549.00"));
+
+    // Onto the larger commitment inside the period: each plan's part of the period carries its
+    // share of its commitment and of the flat fee, and is topped up on its own.
+    let change = change_plan(&app, "s_short", "large", "now").await;
+    calls(&app, "c1", "short-after", 3, after(change)).await;
+    let report = current(&app, "c1", "s_short").await;
+    let end = start.checked_add_months(Months::new(1)).unwrap();
+    let full = end - start;
+    let (before, after_change) = (change - start, end - change);
+    let billed_small = prorated("49.00", before, full) + d("0.70");
+    let billed_large = prorated("49.00", after_change, full) + d("0.30");
+    let committed = prorated("500.00", before, full) + prorated("900.00", after_change, full);
+    let added = prorated("500.00", before, full) - billed_small
+        + prorated("900.00", after_change, full)
+        - billed_large;
+    let true_up = &report["commitment_true_up"];
+    assert!(
+        (dec(&true_up["minimum_commitment"]) - committed).abs() < d("0.000000000001"),
+        "{report}"
+    );
+    assert!(
+        (dec(&true_up["amount"]) - added).abs() < d("0.000000000001"),
+        "{report}"
+    );
+    assert_amount(&report, committed);
+    app.shutdown().await;
+}

@@ -146,3 +146,40 @@ async fn the_service_repairs_marked_hours_in_the_background() {
     );
     app.shutdown().await;
 }
+
+/// A statement of an earlier maintenance round still running on the server (its process died,
+/// or its lock ran out) is stopped before a round starts: landing after the round's deletions, it
+/// would count rows twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_first_stops_a_statement_left_by_an_earlier_one() {
+    let config = test_config("repair_orphans", &common::clickhouse_url());
+    let store = common::empty_database(&config).await;
+    meterhouse::store::migrate::run(&store).await.unwrap();
+    let orphan = store
+        .client()
+        .clone()
+        .with_setting("query_id", format!("mh:{}:maint:orphan", store.database()));
+    let started = std::time::Instant::now();
+    let running = tokio::spawn(async move {
+        orphan
+            .query("SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) = 7")
+            .fetch_one::<u64>()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store
+        .repair_dirty_hours(10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), running).await;
+    let stopped = matches!(outcome, Ok(Ok(Err(_))));
+    if !stopped {
+        let kill = format!(
+            "KILL QUERY WHERE query_id = 'mh:{}:maint:orphan'",
+            store.database()
+        );
+        store.client().query(&kill).execute().await.unwrap();
+    }
+    assert!(stopped, "the orphan was not stopped: {outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

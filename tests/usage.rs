@@ -724,3 +724,47 @@ async fn usage_changes_list_changed_customers_and_old_days_are_dropped() {
     assert_eq!(left, ["c1", "c2", "yesterday"]);
     app.shutdown().await;
 }
+
+/// A migration that copies a table (0016) waits for every writer to stop, and refuses, saying
+/// what to do, while one goes on beating: a process ingesting during the copy would lose rows.
+#[tokio::test]
+async fn a_copying_migration_waits_for_every_writer_to_stop() {
+    let config = common::test_config("usage_quiet_migration", &common::clickhouse_url());
+    let store = common::empty_database(&config).await;
+    meterhouse::store::migrate::run_until(&store, 15)
+        .await
+        .unwrap();
+    let beat = |ago: u32| {
+        format!(
+            "INSERT INTO ingest_writer_beats VALUES ('other', 'shared', 'elsewhere', 7, now() - {ago}, 0)"
+        )
+    };
+    store.client().query(&beat(0)).execute().await.unwrap();
+    let keep_beating = {
+        let store = store.clone();
+        let beat = beat(0);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                store.client().query(&beat).execute().await.unwrap();
+            }
+        })
+    };
+    let refused = meterhouse::store::migrate::run(&store).await.unwrap_err();
+    keep_beating.abort();
+    let message = refused.to_string();
+    assert!(
+        message.contains("0016") && message.contains("other"),
+        "{message}"
+    );
+    let applied: u64 = store
+        .client()
+        .query("SELECT count() FROM schema_migrations WHERE version = 16")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(applied, 0);
+    // The writer stopped (its last beat now older than three seconds): the migration runs.
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    assert_eq!(meterhouse::store::migrate::run(&store).await.unwrap(), 1);
+}

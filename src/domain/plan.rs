@@ -20,6 +20,18 @@ pub struct Plan {
     pub trial_days: u32,
     #[serde(default)]
     pub prices: Vec<Price>,
+    /// The least a billing period is billed: below it, the report adds the difference as a
+    /// `commitment_true_up`, prorated like flat fees when the plan covers part of a period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_commitment: Option<Commitment>,
+}
+
+/// A plan's minimum commitment per billing period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Commitment {
+    #[serde(deserialize_with = "crate::billing::decimal::required")]
+    pub amount: Decimal,
 }
 
 fn one() -> u32 {
@@ -264,6 +276,12 @@ impl Plan {
         }
         if self.trial_days > 3650 {
             return Err("trial_days: at most 3650".into());
+        }
+        if let Some(commitment) = &self.minimum_commitment
+            && commitment.amount.is_sign_negative()
+            && !commitment.amount.is_zero()
+        {
+            return Err("minimum_commitment.amount: must not be negative".into());
         }
         let mut codes = std::collections::HashSet::new();
         for (i, price) in self.prices.iter().enumerate() {

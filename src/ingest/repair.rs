@@ -15,10 +15,12 @@ const HOURS_PER_ROUND: u64 = 1_000;
 /// several rounds), and customers' days written again.
 const DAYS_PER_ROUND: u32 = 3;
 const REOPENED_PER_ROUND: u64 = 1_000;
-/// How long a round waits for ClickHouse's mutations before it leaves the marks in place.
-const MUTATION_PATIENCE: Duration = Duration::from_secs(600);
-/// The lock outlives a round that waits its longest.
-const LOCK_MS: u64 = 3 * MUTATION_PATIENCE.as_millis() as u64;
+/// How long a round waits for each of ClickHouse's mutations before it leaves the marks in
+/// place (a round waits for at most a handful).
+const MUTATION_PATIENCE: Duration = Duration::from_secs(120);
+/// The lock outlives a round that waits its longest (and should it not, the next holder stops
+/// this round's statements first: `Store::maintenance_client`).
+const LOCK_MS: u64 = 30 * 60 * 1_000;
 
 /// Maintains the rollups every `every`, holding `lock` (replicas) while it does.
 pub fn spawn(store: Store, mut lock: Option<Lock>, every: Duration) -> tokio::task::JoinHandle<()> {

@@ -108,8 +108,11 @@ impl WriterStatus {
             .await?;
         let dead: Vec<(String, i64)> = rows
             .into_iter()
-            .filter(|(_, host, pid, silent_s, _)| {
-                *silent_s > GONE_AFTER_S || (*host == me.host && *pid != me.pid && !running(*pid))
+            .filter(|(writer, host, pid, silent_s, _)| {
+                let here = *host == me.host;
+                *silent_s > GONE_AFTER_S
+                    || (here && *pid != me.pid && !running(*pid))
+                    || (here && *pid == me.pid && !in_this_process(writer))
             })
             .map(|(writer, _, _, _, mark)| (writer, mark))
             .collect();
@@ -152,6 +155,19 @@ impl WriterStatus {
             tracing::warn!(error = %e, "could not record this writer as stopped");
         }
     }
+}
+
+/// The writers registered by this very process (services side by side in one process, as tests
+/// run them): a writer of this host and pid not among them is a predecessor that died (a
+/// container restarted with the same pid).
+static IN_THIS_PROCESS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn in_this_process(writer: &str) -> bool {
+    IN_THIS_PROCESS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|w| w == writer)
 }
 
 /// This process as a writer.
@@ -208,6 +224,10 @@ impl Writer {
         }
         let first_mark = chrono::Utc::now().timestamp_millis() - STAMP_MARGIN_MS;
         self.beat(store, first_mark).await?;
+        IN_THIS_PROCESS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.id.clone());
         if let Some(other) = self
             .conflicts(store)
             .await?

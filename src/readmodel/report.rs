@@ -69,6 +69,21 @@ pub struct FlatFee {
     pub to: DateTime<Utc>,
 }
 
+/// What a plan's minimum commitment adds to the periods whose charges fall short of it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CommitmentTrueUp {
+    pub plan: String,
+    /// The commitment of the periods concerned, prorated like flat fees where the plan covers
+    /// part of a period.
+    pub minimum_commitment: Decimal,
+    /// The periods' charges and flat fees.
+    pub billed: Decimal,
+    /// What is added: the commitment less what was billed, per period, never negative.
+    pub amount: Decimal,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageReport {
     pub subscription: String,
@@ -82,7 +97,10 @@ pub struct UsageReport {
     pub flat_fees: Vec<FlatFee>,
     /// The usage charges' sum, full precision (flat fees not included).
     pub usage_amount: Decimal,
-    /// Usage charges and flat fees, full precision.
+    /// Set when a plan's minimum commitment exceeds what its periods billed; shown apart from
+    /// the charges, counted in the subtotal.
+    pub commitment_true_up: Option<CommitmentTrueUp>,
+    /// Usage charges, flat fees and the commitment true-up, full precision.
     pub subtotal: Decimal,
     pub total: Decimal,
 }
@@ -159,23 +177,36 @@ pub async fn report(
             .subscription
             .plan_at(to.min(resolved.timeline.end.unwrap_or(to))),
     );
+    let mut true_ups: Vec<CommitmentTrueUp> = Vec::new();
     for period in &periods {
         let plan = resolved.plan(period)?;
         last_plan = Some(plan);
         let Some(inside) = period.window.intersect(&window) else {
             continue;
         };
-        charges.extend(usage_charges(reader, resolved, plan, inside).await?);
+        let period_charges = usage_charges(reader, resolved, plan, inside).await?;
+        let mut billed = period_charges.iter().map(|c| c.amount).sum::<Decimal>();
+        charges.extend(period_charges);
         if !period.trial {
             for price in plan.prices.iter().filter(|p| p.kind == PriceType::Flat) {
-                flat_fees.push(flat_fee(plan, price, period)?);
+                let fee = flat_fee(plan, price, period)?;
+                billed += fee.amount;
+                flat_fees.push(fee);
+            }
+            if let Some(true_up) = commitment_true_up(plan, period, billed)? {
+                true_ups.push(true_up);
             }
         }
     }
     let plan = last_plan
         .ok_or_else(|| UsageError::Catalog("the subscription's plan no longer exists".into()))?;
     let usage_amount = charges.iter().map(|c| c.amount).sum::<Decimal>();
-    let subtotal = usage_amount + flat_fees.iter().map(|f| f.amount).sum::<Decimal>();
+    let commitment_true_up = merge_true_ups(true_ups);
+    let subtotal = usage_amount
+        + flat_fees.iter().map(|f| f.amount).sum::<Decimal>()
+        + commitment_true_up
+            .as_ref()
+            .map_or(Decimal::ZERO, |t| t.amount);
     Ok(UsageReport {
         subscription: resolved.subscription.external_id.clone(),
         customer: resolved.customer.external_id.clone(),
@@ -187,8 +218,48 @@ pub async fn report(
         charges,
         flat_fees,
         usage_amount,
+        commitment_true_up,
         subtotal,
         total: round_to_currency(subtotal, &plan.currency),
+    })
+}
+
+/// The true-up of one period: its plan's commitment (prorated like a flat fee over the part of
+/// the period the plan covers) less what the period `billed`, when that is short of it.
+fn commitment_true_up(
+    plan: &Plan,
+    period: &Period,
+    billed: Decimal,
+) -> Result<Option<CommitmentTrueUp>, UsageError> {
+    let Some(commitment) = &plan.minimum_commitment else {
+        return Ok(None);
+    };
+    let committed = rating::flat_fee(
+        commitment.amount,
+        true,
+        period.window.millis(),
+        period.full.millis(),
+    )?;
+    Ok((billed < committed).then(|| CommitmentTrueUp {
+        plan: plan.code.clone(),
+        minimum_commitment: committed,
+        billed,
+        amount: committed - billed,
+        from: period.window.from,
+        to: period.window.to,
+    }))
+}
+
+/// The true-ups of several periods as one line (a window over more than one period): their
+/// commitments, what they billed and what is added, summed; the span of their periods.
+fn merge_true_ups(true_ups: Vec<CommitmentTrueUp>) -> Option<CommitmentTrueUp> {
+    true_ups.into_iter().reduce(|a, b| CommitmentTrueUp {
+        plan: b.plan,
+        minimum_commitment: a.minimum_commitment + b.minimum_commitment,
+        billed: a.billed + b.billed,
+        amount: a.amount + b.amount,
+        from: a.from.min(b.from),
+        to: a.to.max(b.to),
     })
 }
 

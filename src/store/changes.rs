@@ -2,7 +2,7 @@
 //! (`rollup_dirty`, sql/0007) and customers whose usage changed (`usage_change_batches`,
 //! sql/0011).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::{Store, StoreError, queries};
 
@@ -13,19 +13,25 @@ use super::{Store, StoreError, queries};
 pub(super) struct Marks {
     any: AtomicBool,
     checked_ms: AtomicI64,
-    /// This process's marks so far: a look that ran while one was made does not clear `any`.
-    marks: AtomicU64,
+    /// This process's marks so far, under a lock: a look that ran while one was made does not
+    /// clear `any`.
+    marks: std::sync::Mutex<u64>,
 }
 
 impl Marks {
     pub(super) fn marked(&self) {
-        self.marks.fetch_add(1, Ordering::SeqCst);
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        *marks += 1;
         self.any.store(true, Ordering::SeqCst);
     }
 
     /// Makes the next look query the table.
     pub(super) fn look_again(&self) {
         self.checked_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        *self.marks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the table may hold marks; `count` counts them.
@@ -36,16 +42,17 @@ impl Marks {
     ) -> Result<bool, StoreError> {
         let now = chrono::Utc::now().timestamp_millis();
         if now - self.checked_ms.load(Ordering::Relaxed) < 1_000 {
-            return Ok(self.any.load(Ordering::Relaxed));
+            return Ok(self.any.load(Ordering::SeqCst));
         }
-        let marks = self.marks.load(Ordering::SeqCst);
+        let before = self.count();
         let marked: u64 = client.query(count).fetch_one().await?;
-        self.any.store(marked > 0, Ordering::SeqCst);
-        // A mark of this process made meanwhile (counted before its flag is set) stands.
-        let any = marked > 0 || self.marks.load(Ordering::SeqCst) != marks;
-        if any {
-            self.any.store(true, Ordering::SeqCst);
-        }
+        let any = {
+            let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+            // A mark of this process made meanwhile stands, whatever the look found.
+            let any = marked > 0 || *marks != before;
+            self.any.store(any, Ordering::SeqCst);
+            any
+        };
         self.checked_ms.store(now, Ordering::Relaxed);
         Ok(any)
     }

@@ -118,6 +118,7 @@ impl Store {
         limit: u64,
         patience: Duration,
     ) -> Result<Compacted, StoreError> {
+        let client = self.maintenance_client().await?;
         let t0 = self.server_now().await?;
         let version = u64::from(t0) * 1000;
         let mut done = Compacted::default();
@@ -141,10 +142,7 @@ impl Store {
                 .await?;
             until = (first - first % DAY_S).min(last_end);
             if until > 0 {
-                queries::days_sealed(until)
-                    .query(&self.client)
-                    .execute()
-                    .await?;
+                queries::days_sealed(until).query(&client).execute().await?;
             }
         }
         let before_s = t0.saturating_sub(RACE_WINDOW_S);
@@ -152,31 +150,25 @@ impl Store {
         while until > 0 && until + DAY_S <= last_end && done.sealed < max_days {
             // Rows of an interrupted seal of this day go first: a day is read without FINAL.
             let left: u64 = queries::rows_of_day(until)
-                .query(&self.client)
+                .query(&client)
                 .fetch_one()
                 .await?;
             if left > 0 {
-                queries::delete_day(until)
-                    .query(&self.client)
-                    .execute()
-                    .await?;
+                queries::delete_day(until).query(&client).execute().await?;
                 if !self.mutations_done("usage_rollup_day", patience).await? {
                     break;
                 }
             }
             queries::seal_day(until, version)
-                .query(&self.client)
+                .query(&client)
                 .execute()
                 .await?;
             queries::reopen_dirty_days(until)
-                .query(&self.client)
+                .query(&client)
                 .execute()
                 .await?;
             until += DAY_S;
-            queries::days_sealed(until)
-                .query(&self.client)
-                .execute()
-                .await?;
+            queries::days_sealed(until).query(&client).execute().await?;
             self.days.sealed_until_s.fetch_max(until, Ordering::Relaxed);
             done.sealed += 1;
         }
@@ -184,7 +176,7 @@ impl Store {
             // The seal took every event whose mark is that old; hours of those days marked for
             // repair re-opened them anew.
             queries::unmark_sealed_days(sealed_from, until, before_s)
-                .query(&self.client)
+                .query(&client)
                 .execute()
                 .await?;
             self.mutations_done("rollup_days_reopened", patience)
@@ -192,7 +184,7 @@ impl Store {
             self.days.reopened.look_again();
         }
         let reopened: Vec<CustomerDay> = queries::reopened_days_before(before_s, until, limit)
-            .query(&self.client)
+            .query(&client)
             .fetch_all()
             .await?;
         if reopened.is_empty() {
@@ -200,7 +192,7 @@ impl Store {
             return Ok(done);
         }
         let dirty: Vec<CustomerDay> = queries::dirty_days_of(&reopened)
-            .query(&self.client)
+            .query(&client)
             .fetch_all()
             .await?;
         let (ready, waiting): (Vec<CustomerDay>, Vec<CustomerDay>) =
@@ -210,11 +202,11 @@ impl Store {
             // Old rows first (the mutation touches the parts that exist now, not those written
             // next); the marks go only once it is done.
             queries::delete_customer_days(&ready)
-                .query(&self.client)
+                .query(&client)
                 .execute()
                 .await?;
             queries::reseal_days(&ready, version)
-                .query(&self.client)
+                .query(&client)
                 .execute()
                 .await?;
             if !self.mutations_done("usage_rollup_day", patience).await? {
@@ -222,7 +214,7 @@ impl Store {
                 return Ok(done);
             }
             queries::unmark_reopened_days(&ready, before_s)
-                .query(&self.client)
+                .query(&client)
                 .execute()
                 .await?;
             self.mutations_done("rollup_days_reopened", patience)

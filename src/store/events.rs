@@ -20,7 +20,7 @@ impl Store {
     }
 
     /// The `LIKE` pattern of this database's insert query ids, followed by `rest`.
-    fn insert_pattern(&self, rest: &str) -> String {
+    pub(super) fn insert_pattern(&self, rest: &str) -> String {
         let database = self
             .database()
             .replace('\\', "\\\\")
@@ -62,7 +62,7 @@ impl Store {
         self.kill_queries(&pattern).await
     }
 
-    async fn kill_queries(&self, pattern: &str) -> Result<(), StoreError> {
+    pub(super) async fn kill_queries(&self, pattern: &str) -> Result<(), StoreError> {
         queries::kill_queries(pattern)
             .query(self.client())
             .execute()

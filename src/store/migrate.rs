@@ -80,6 +80,52 @@ pub async fn run(store: &Store) -> Result<usize, StoreError> {
 
 /// Applies the migrations not yet recorded up to version `last` (a store as an older release
 /// left it, for upgrade tests); returns how many ran.
+/// Migrations that copy a table and swap it in: a process ingesting meanwhile would lose rows
+/// of the copy. They run only while no writer beats (`ingest_writers`, `ingest_writer_beats`).
+const WHILE_NOTHING_INGESTS: &[u32] = &[8, 9, 16];
+
+/// How long a migration of [`WHILE_NOTHING_INGESTS`] waits for writers to stop (a rolling
+/// restart) before it refuses.
+const WAIT_FOR_WRITERS: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writers (by id) that beat in the last 3 seconds, in whichever writer tables exist.
+async fn live_writers(store: &Store) -> Result<Vec<String>, StoreError> {
+    let tables: Vec<String> = store
+        .client()
+        .query(super::queries::WRITER_TABLES)
+        .fetch_all()
+        .await?;
+    let mut live = Vec::new();
+    for table in tables {
+        let sql = format!("SELECT DISTINCT writer FROM {table} WHERE beat >= now() - 3");
+        live.extend(store.client().query(&sql).fetch_all::<String>().await?);
+    }
+    Ok(live)
+}
+
+/// Waits for every writer to stop before a migration that must run while nothing ingests;
+/// refuses, saying what to do, if one goes on.
+async fn wait_for_no_writer(store: &Store, version: u32, name: &str) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + WAIT_FOR_WRITERS;
+    loop {
+        let live = live_writers(store).await?;
+        if live.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::Rejected(format!(
+                "migration {version:04} ({name}) copies a table and must run while nothing \
+                 ingests into database '{}', but {} process(es) still do ({}): stop every \
+                 meterhouse process on it, then start one (it migrates), then the others",
+                store.database(),
+                live.len(),
+                live.join(", ")
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 pub async fn run_until(store: &Store, last: u32) -> Result<usize, StoreError> {
     let client = store.client();
     client
@@ -95,6 +141,9 @@ pub async fn run_until(store: &Store, last: u32) -> Result<usize, StoreError> {
         .iter()
         .filter(|(v, ..)| *v <= last && !done.contains(v))
     {
+        if WHILE_NOTHING_INGESTS.contains(&version) {
+            wait_for_no_writer(store, version, name).await?;
+        }
         for statement in statements(sql) {
             client.query(&statement).execute().await?;
         }

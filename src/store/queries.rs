@@ -12,6 +12,10 @@ pub const CREATE_MIGRATIONS_LEDGER: &str = "CREATE TABLE IF NOT EXISTS schema_mi
 
 pub const APPLIED_MIGRATIONS: &str = "SELECT DISTINCT version FROM schema_migrations";
 
+/// The tables where writers beat (sql/0013, 0014), of those that exist.
+pub const WRITER_TABLES: &str = "SELECT name FROM system.tables WHERE database = currentDatabase() \
+     AND name IN ('ingest_writers', 'ingest_writer_beats')";
+
 /// Ids accepted since `since_ms`, oldest first: the dedup state after a restart.
 pub fn accepted_since(since_ms: i64) -> Sql {
     let mut sql = Sql::new("SELECT tenant, id, ingested_ms FROM events WHERE ingested_ms >= ");
@@ -586,10 +590,13 @@ pub fn writer_beat(writer: &str, mode: &str, host: &str, pid: u32, settled_befor
 }
 
 /// The writers other than `writer` that beat within the last `seconds` (server clock): writer,
-/// mode, host, pid.
+/// mode, host, pid. Also those of a release before sql/0014 that beat in `ingest_writers`
+/// (a rolling restart).
 pub fn live_writers(writer: &str, seconds: u32) -> Sql {
     let mut sql = Sql::new(
-        "SELECT writer, any(mode), any(host), any(pid) FROM ingest_writer_beats WHERE beat >= now() - ",
+        "SELECT writer, any(mode), any(host), any(pid) FROM (\
+         SELECT writer, mode, host, pid, beat FROM ingest_writer_beats UNION ALL \
+         SELECT writer, mode, host, pid, beat FROM ingest_writers) WHERE beat >= now() - ",
     );
     sql.arg(seconds)
         .push(" AND writer != ")

@@ -43,6 +43,20 @@ pub struct Repaired {
 }
 
 impl Store {
+    /// A client for one maintenance round. Its statements carry a query id of their own; a
+    /// statement of an earlier round still running on the server (its process died, or its lock
+    /// ran out) is stopped first: an `INSERT ... SELECT` landing after this round's deletions
+    /// would count its rows twice.
+    pub(super) async fn maintenance_client(&self) -> Result<clickhouse::Client, StoreError> {
+        self.kill_queries(&self.insert_pattern("maint:%")).await?;
+        let id = format!(
+            "mh:{}:maint:{:016x}",
+            self.database(),
+            rand::random::<u64>()
+        );
+        Ok(self.client.clone().with_setting("query_id", id))
+    }
+
     /// Repairs up to `limit` marked hours (see the module's notes), waiting at most `patience`
     /// for each mutation. A mutation still running then is left to finish; the hours stay marked.
     pub async fn repair_dirty_hours(
@@ -50,10 +64,11 @@ impl Store {
         limit: u64,
         patience: Duration,
     ) -> Result<Repaired, StoreError> {
+        let client = self.maintenance_client().await?;
         let t0 = self.server_now().await?;
         let before_ms = i64::from(t0) * 1000;
         let hours: Vec<MeterHour> = queries::dirty_hours_marked_before(before_ms, limit)
-            .query(&self.client)
+            .query(&client)
             .fetch_all()
             .await?;
         if hours.is_empty() {
@@ -61,11 +76,11 @@ impl Store {
             return Ok(Repaired::default());
         }
         queries::delete_rollup_hours(&hours)
-            .query(&self.client)
+            .query(&client)
             .execute()
             .await?;
         queries::rebuild_rollup_hours(&hours)
-            .query(&self.client)
+            .query(&client)
             .execute()
             .await?;
         if !self.mutations_done("usage_rollup_hour", patience).await? {
@@ -87,12 +102,15 @@ impl Store {
         if !clean.is_empty() {
             // Their days in the day grain were written from the hours as they were.
             queries::reopen_days_of(&clean)
-                .query(&self.client)
+                .query(&client)
                 .execute()
                 .await?;
             self.late_events_written();
+            // Other processes learn of marks up to a second late (`Marks`): the day stays
+            // re-opened for them before the hour stops being read from samples.
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
             queries::unmark_dirty_hours(&clean, before_ms)
-                .query(&self.client)
+                .query(&client)
                 .execute()
                 .await?;
             self.mutations_done("rollup_dirty", patience).await?;
