@@ -47,7 +47,7 @@ fn rating(c: &mut Criterion) {
         let model = Model::Graduated(&tiers);
         b.iter(|| {
             for q in &quantities {
-                black_box(rate(&model, black_box(*q), d_zero()).unwrap());
+                black_box(rate(&model, black_box(*q), 0, d_zero()).unwrap());
             }
         })
     });
@@ -55,7 +55,19 @@ fn rating(c: &mut Criterion) {
         let model = Model::Volume(&tiers);
         b.iter(|| {
             for q in &quantities {
-                black_box(rate(&model, black_box(*q), d_zero()).unwrap());
+                black_box(rate(&model, black_box(*q), 0, d_zero()).unwrap());
+            }
+        })
+    });
+    group.bench_function("percentage, with a fee per event", |b| {
+        let model = Model::Percentage {
+            rate: d("2.9"),
+            fixed_amount: d("0.30"),
+            free_events: 100,
+        };
+        b.iter(|| {
+            for (i, q) in quantities.iter().enumerate() {
+                black_box(rate(&model, black_box(*q), i as u64 * 37, d_zero()).unwrap());
             }
         })
     });

@@ -879,3 +879,77 @@ async fn current_periods_are_in_memory_before_their_first_read() {
     plain.shutdown().await;
     app.shutdown().await;
 }
+
+/// The `percentage` model (a payment volume): rate% of the sum past the included units, plus a
+/// fixed amount per event past the free ones, per group; only on a sum meter, with its terms
+/// checked field by field.
+#[tokio::test]
+async fn a_percentage_price_takes_its_share_and_a_fee_per_event_past_the_free_ones() {
+    let app = spawn_app("billing_percentage").await;
+    let refused = [
+        (
+            json!({"code": "p", "type": "usage", "meter": "calls", "model": "percentage", "rate": "2.5"}),
+            "prices[0].model",
+        ),
+        (
+            json!({"code": "p", "type": "usage", "meter": "tokens", "model": "percentage"}),
+            "prices[0].rate",
+        ),
+        (
+            json!({"code": "p", "type": "usage", "meter": "tokens", "model": "percentage", "rate": "-1"}),
+            "prices[0].rate",
+        ),
+        (
+            json!({"code": "p", "type": "usage", "meter": "tokens", "model": "per_unit", "unit_amount": "1", "free_events": 3}),
+            "prices[0].free_events",
+        ),
+    ];
+    for (price, field) in refused {
+        let plan = json!({"code": "bad", "name": "Bad", "currency": "USD", "interval": "month", "prices": [price]});
+        let (status, body) = post_status(&app, "/v1/plans", plan).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains(field), "{field}: {body}");
+    }
+    post(&app, "/v1/plans", json!({"code": "pay", "name": "Pay", "currency": "USD", "interval": "month",
+        "prices": [
+          {"code": "volume", "type": "usage", "meter": "tokens", "model": "percentage", "rate": "2.5",
+           "fixed_amount": "0.10", "free_events": 2, "included_units": "100"},
+          {"code": "by_model", "type": "usage", "meter": "tokens", "model": "percentage", "rate": "1",
+           "fixed_amount": "0.25", "free_events": 2, "group_by": ["model"]}]})).await;
+    post(&app, "/v1/customers", json!({"external_id": "c1"})).await;
+    let start = (Utc::now() - TimeDelta::days(3)).with_nanosecond_zero();
+    post(&app, "/v1/subscriptions", json!({"external_id": "sub_p", "customer": "c1", "plan": "pay", "start_date": start.to_rfc3339()})).await;
+    ingest(
+        &app,
+        0,
+        &[("a", 100), ("a", 200), ("a", 300), ("b", 400), ("b", 500)],
+    )
+    .await;
+
+    let (status, report) = get(&app, "/v1/subscriptions/sub_p/usage", "read_key_a").await;
+    assert_eq!(status, 200, "{report}");
+    let charges = report["charges"].as_array().unwrap();
+    // 2.5% of (1,500 − 100) = 35.00, and 3 events past the 2 free at 0.10: 35.30.
+    assert_eq!(charges[0]["price"], "volume");
+    assert_eq!(dec(&charges[0]["amount"]), d("35.30"), "{report}");
+    assert_eq!(charges[0]["events_count"], 5);
+    // Per model: a: 1% of 600 + 1 event × 0.25 = 6.25; b: 1% of 900, 2 events free = 9.
+    assert_eq!(dec(&charges[1]["amount"]), d("15.25"), "{report}");
+    let groups: Vec<(String, Decimal)> = charges[1]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group"]["model"].as_str().unwrap().to_owned(),
+                dec(&g["amount"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [("a".to_owned(), d("6.25")), ("b".to_owned(), d("9"))]
+    );
+    assert_eq!(dec(&report["subtotal"]), d("50.55"));
+    app.shutdown().await;
+}

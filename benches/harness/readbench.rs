@@ -448,7 +448,8 @@ fn rate_naive(
         let charge = rating::rate_groups(
             &model,
             price.included(),
-            groups.iter().cloned(),
+            // The bench's plan has no percentage price: no price needs the events counted.
+            groups.iter().map(|(g, q)| (g.clone(), *q, 0)),
             price.minimum_amount,
             price.maximum_amount,
         )?;

@@ -40,6 +40,13 @@ pub enum Model<'a> {
     Graduated(&'a [Tier]),
     /// The tier that holds the total prices all units, plus its flat amount.
     Volume(&'a [Tier]),
+    /// `rate` percent of the billable quantity (a payment volume, say), plus `fixed_amount` for
+    /// each event past the first `free_events`.
+    Percentage {
+        rate: Decimal,
+        fixed_amount: Decimal,
+        free_events: u64,
+    },
 }
 
 /// The part of a charge that one tier contributed.
@@ -83,10 +90,22 @@ fn add(a: Decimal, b: Decimal) -> Result<Decimal, RatingError> {
 pub fn rate(
     model: &Model<'_>,
     quantity: Decimal,
+    events: u64,
     included: Decimal,
 ) -> Result<Charge, RatingError> {
     let billable = (quantity - included.max(Decimal::ZERO)).max(Decimal::ZERO);
     let (amount, tiers) = match *model {
+        Model::Percentage {
+            rate,
+            fixed_amount,
+            free_events,
+        } => {
+            let share = mul(billable, rate)?
+                .checked_div(Decimal::ONE_HUNDRED)
+                .ok_or(RatingError::Overflow)?;
+            let charged_events = Decimal::from(events.saturating_sub(free_events));
+            (add(share, mul(charged_events, fixed_amount)?)?, Vec::new())
+        }
         Model::PerUnit { unit_amount } => (mul(billable, unit_amount)?, Vec::new()),
         Model::Package {
             size,
@@ -195,14 +214,14 @@ pub struct GroupedCharge<G> {
 pub fn rate_groups<G>(
     model: &Model<'_>,
     included: Decimal,
-    groups: impl IntoIterator<Item = (G, Decimal)>,
+    groups: impl IntoIterator<Item = (G, Decimal, u64)>,
     minimum: Option<Decimal>,
     maximum: Option<Decimal>,
 ) -> Result<GroupedCharge<G>, RatingError> {
     let mut rated = Vec::new();
     let mut sum = Decimal::ZERO;
-    for (group, quantity) in groups {
-        let charge = rate(model, quantity, included)?;
+    for (group, quantity, events) in groups {
+        let charge = rate(model, quantity, events, included)?;
         sum = add(sum, charge.amount)?;
         rated.push((group, charge));
     }

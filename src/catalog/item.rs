@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::TenantCatalog;
+use crate::domain::plan::UsageModel;
 use crate::domain::{Customer, Meter, Plan, Subscription, plan};
 use crate::store::StoreError;
 
@@ -104,10 +105,17 @@ impl Item for Plan {
     fn check(&self, catalog: &TenantCatalog) -> Result<(), CatalogError> {
         self.validate().map_err(CatalogError::Invalid)?;
         for (i, price) in self.prices.iter().enumerate() {
-            if let Some(meter) = &price.meter
-                && !catalog.meters.contains_key(meter)
+            let Some(slug) = &price.meter else { continue };
+            let Some(meter) = catalog.meters.get(slug) else {
+                return Err(not_found(Kind::Meter, &format!("prices[{i}].meter"), slug));
+            };
+            if price.model == Some(UsageModel::Percentage)
+                && meter.aggregation != crate::domain::Aggregation::Sum
             {
-                return Err(not_found(Kind::Meter, &format!("prices[{i}].meter"), meter));
+                return Err(CatalogError::Invalid(format!(
+                    "prices[{i}].model: percentage takes a share of a sum, and meter '{slug}' \
+                     is not a sum meter"
+                )));
             }
         }
         Ok(())

@@ -59,6 +59,7 @@ pub enum UsageModel {
     Package,
     Graduated,
     Volume,
+    Percentage,
 }
 
 /// One price of a plan. Which fields apply depends on `type` and `model`; `Plan::validate`
@@ -113,6 +114,23 @@ pub struct Price {
     pub rounding: Option<Rounding>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<Tier>,
+    /// `percentage`: percent of the quantity (`"2.9"` is 2.9%).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::billing::decimal::option"
+    )]
+    pub rate: Option<Decimal>,
+    /// `percentage`: charged for each event past `free_events`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::billing::decimal::option"
+    )]
+    pub fixed_amount: Option<Decimal>,
+    /// `percentage`: events of each period (and group) without the fixed amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_events: Option<u64>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -143,6 +161,11 @@ impl Price {
             },
             UsageModel::Graduated => Model::Graduated(&self.tiers),
             UsageModel::Volume => Model::Volume(&self.tiers),
+            UsageModel::Percentage => Model::Percentage {
+                rate: self.rate?,
+                fixed_amount: self.fixed_amount.unwrap_or_default(),
+                free_events: self.free_events.unwrap_or(0),
+            },
         })
     }
 
@@ -153,6 +176,7 @@ impl Price {
             Model::PerUnit { unit_amount } => Some(unit_amount),
             Model::Package { size, amount, .. } => amount.checked_div(size),
             Model::Graduated(tiers) | Model::Volume(tiers) => tiers.first().map(|t| t.unit_amount),
+            Model::Percentage { rate, .. } => rate.checked_div(Decimal::ONE_HUNDRED),
         }
     }
 
@@ -173,6 +197,8 @@ impl Price {
             ("package_amount", self.package_amount),
             ("minimum_amount", self.minimum_amount),
             ("maximum_amount", self.maximum_amount),
+            ("rate", self.rate),
+            ("fixed_amount", self.fixed_amount),
         ] {
             if negative(value) {
                 return field(name, "must not be negative");
@@ -198,8 +224,21 @@ impl Price {
             return field("meter", "required for a usage price");
         }
         let Some(model) = self.model else {
-            return field("model", "required: per_unit, package, graduated or volume");
+            return field(
+                "model",
+                "required: per_unit, package, graduated, volume or percentage",
+            );
         };
+        let percentage = model == UsageModel::Percentage;
+        for (name, given) in [
+            ("rate", self.rate.is_some()),
+            ("fixed_amount", self.fixed_amount.is_some()),
+            ("free_events", self.free_events.is_some()),
+        ] {
+            if given && !percentage {
+                return field(name, "only for the percentage model");
+            }
+        }
         if let (Some(min), Some(max)) = (self.minimum_amount, self.maximum_amount)
             && min > max
         {
@@ -218,6 +257,10 @@ impl Price {
             UsageModel::Graduated | UsageModel::Volume => {
                 validate_tiers(&self.tiers).map_err(|why| format!("{at}.tiers{why}"))
             }
+            UsageModel::Percentage if self.rate.is_none() => field(
+                "rate",
+                "required for percentage: percent of the quantity, as \"2.9\"",
+            ),
             _ => Ok(()),
         }
     }

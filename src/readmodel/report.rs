@@ -370,7 +370,8 @@ fn usage_charge(
     let (amount, total, tiers, group_charges) = if price.group_by.is_empty() {
         let usage = groups.first();
         let q = usage.map_or(Decimal::ZERO, |u| u.value);
-        let charge = rating::rate(&model, q, included)?;
+        let events = usage.map_or(0, |u| u.count);
+        let charge = rating::rate(&model, q, events, included)?;
         let clamped = rating::clamp(charge.amount, price.minimum_amount, price.maximum_amount);
         (
             clamped,
@@ -386,7 +387,7 @@ fn usage_charge(
         let rated = rating::rate_groups(
             &model,
             included,
-            groups.iter().map(|g| (g, g.value)),
+            groups.iter().map(|g| (g, g.value, g.count)),
             price.minimum_amount,
             price.maximum_amount,
         )?;

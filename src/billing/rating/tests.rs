@@ -26,7 +26,7 @@ fn stepped() -> Vec<Tier> {
 #[test]
 fn the_api_example_graduated_charge_is_exact() {
     let tiers = vec![tier(Some("10000"), "0.002", "0"), tier(None, "0.001", "0")];
-    let charge = rate(&Model::Graduated(&tiers), d("12345"), d("1000")).unwrap();
+    let charge = rate(&Model::Graduated(&tiers), d("12345"), 0, d("1000")).unwrap();
     assert_eq!(charge.billable_quantity, d("11345"));
     assert_eq!(charge.amount, d("21.345"));
     let lines: Vec<_> = charge
@@ -57,14 +57,14 @@ fn graduated_and_volume_worked_examples() {
     let tiers = stepped();
     for (quantity, graduated, volume) in cases {
         assert_eq!(
-            rate(&Model::Graduated(&tiers), d(quantity), Decimal::ZERO)
+            rate(&Model::Graduated(&tiers), d(quantity), 0, Decimal::ZERO)
                 .unwrap()
                 .amount,
             d(graduated),
             "graduated {quantity}"
         );
         assert_eq!(
-            rate(&Model::Volume(&tiers), d(quantity), Decimal::ZERO)
+            rate(&Model::Volume(&tiers), d(quantity), 0, Decimal::ZERO)
                 .unwrap()
                 .amount,
             d(volume),
@@ -93,12 +93,12 @@ fn package_and_transform_quantity_examples() {
         ("3000", "1000", "1.00", "1.00"),
     ] {
         assert_eq!(
-            rate(&up, d(quantity), d(included)).unwrap().amount,
+            rate(&up, d(quantity), 0, d(included)).unwrap().amount,
             d(up_amount),
             "up {quantity}"
         );
         assert_eq!(
-            rate(&down, d(quantity), d(included)).unwrap().amount,
+            rate(&down, d(quantity), 0, d(included)).unwrap().amount,
             d(down_amount),
             "down {quantity}"
         );
@@ -109,7 +109,7 @@ fn package_and_transform_quantity_examples() {
         rounding: Rounding::Up,
     };
     assert_eq!(
-        rate(&zero, d("5"), Decimal::ZERO),
+        rate(&zero, d("5"), 0, Decimal::ZERO),
         Err(RatingError::ZeroPackage)
     );
 }
@@ -120,15 +120,15 @@ fn included_units_come_off_before_the_model() {
         unit_amount: d("0.25"),
     };
     assert_eq!(
-        rate(&per_unit, d("50"), d("100")).unwrap().amount,
+        rate(&per_unit, d("50"), 0, d("100")).unwrap().amount,
         Decimal::ZERO
     );
     assert_eq!(
-        rate(&per_unit, d("150"), d("100")).unwrap().amount,
+        rate(&per_unit, d("150"), 0, d("100")).unwrap().amount,
         d("12.50")
     );
     assert_eq!(
-        rate(&per_unit, d("-5"), Decimal::ZERO)
+        rate(&per_unit, d("-5"), 0, Decimal::ZERO)
             .unwrap()
             .billable_quantity,
         Decimal::ZERO
@@ -140,7 +140,7 @@ fn groups_are_rated_separately_and_their_sum_clamped() {
     let per_unit = Model::PerUnit {
         unit_amount: d("1"),
     };
-    let groups = vec![("gpt-x", d("15")), ("small", d("3"))];
+    let groups = vec![("gpt-x", d("15"), 15), ("small", d("3"), 3)];
     let charge = rate_groups(&per_unit, d("5"), groups.clone(), None, None).unwrap();
     assert_eq!(charge.amount, d("10"), "5 included per group: 10 + 0");
     assert_eq!(charge.groups[1].1.amount, Decimal::ZERO);
@@ -159,7 +159,7 @@ fn groups_are_rated_separately_and_their_sum_clamped() {
     let nothing = rate_groups(
         &per_unit,
         Decimal::ZERO,
-        Vec::<(&str, Decimal)>::new(),
+        Vec::<(&str, Decimal, u64)>::new(),
         Some(d("1.00")),
         None,
     )
@@ -196,7 +196,7 @@ fn overflow_is_an_error_not_a_panic() {
         unit_amount: Decimal::MAX,
     };
     assert_eq!(
-        rate(&per_unit, d("10"), Decimal::ZERO),
+        rate(&per_unit, d("10"), 0, Decimal::ZERO),
         Err(RatingError::Overflow)
     );
 }
@@ -233,15 +233,15 @@ proptest! {
     fn graduated_is_monotonic_in_quantity(tiers in tiers(), a in quantity(), b in quantity()) {
         let (low, high) = if a <= b { (a, b) } else { (b, a) };
         let model = Model::Graduated(&tiers);
-        prop_assert!(rate(&model, low, Decimal::ZERO).unwrap().amount <= rate(&model, high, Decimal::ZERO).unwrap().amount);
+        prop_assert!(rate(&model, low, 0, Decimal::ZERO).unwrap().amount <= rate(&model, high, 0, Decimal::ZERO).unwrap().amount);
     }
 
     #[test]
     fn one_unbounded_tier_is_per_unit(unit in price(), q in quantity(), included in quantity()) {
         let tiers = vec![Tier { up_to: None, unit_amount: unit, flat_amount: Decimal::ZERO }];
         prop_assert_eq!(
-            rate(&Model::Graduated(&tiers), q, included).unwrap().amount,
-            rate(&Model::PerUnit { unit_amount: unit }, q, included).unwrap().amount
+            rate(&Model::Graduated(&tiers), q, 0, included).unwrap().amount,
+            rate(&Model::PerUnit { unit_amount: unit }, q, 0, included).unwrap().amount
         );
     }
 
@@ -250,8 +250,8 @@ proptest! {
         let first = tiers[0].up_to.unwrap_or(Decimal::MAX);
         let q = q.min(first);
         prop_assert_eq!(
-            rate(&Model::Volume(&tiers), q, Decimal::ZERO).unwrap().amount,
-            rate(&Model::Graduated(&tiers), q, Decimal::ZERO).unwrap().amount
+            rate(&Model::Volume(&tiers), q, 0, Decimal::ZERO).unwrap().amount,
+            rate(&Model::Graduated(&tiers), q, 0, Decimal::ZERO).unwrap().amount
         );
     }
 
@@ -259,15 +259,15 @@ proptest! {
     fn packages_of_one_are_per_unit_for_whole_quantities(amount in price(), q in 0i64..10_000_000, rounding in prop_oneof![Just(Rounding::Up), Just(Rounding::Down)]) {
         let q = Decimal::from(q);
         prop_assert_eq!(
-            rate(&Model::Package { size: Decimal::ONE, amount, rounding }, q, Decimal::ZERO).unwrap().amount,
-            rate(&Model::PerUnit { unit_amount: amount }, q, Decimal::ZERO).unwrap().amount
+            rate(&Model::Package { size: Decimal::ONE, amount, rounding }, q, 0, Decimal::ZERO).unwrap().amount,
+            rate(&Model::PerUnit { unit_amount: amount }, q, 0, Decimal::ZERO).unwrap().amount
         );
     }
 
     #[test]
     fn included_units_never_make_a_charge_negative(tiers in tiers(), q in quantity(), included in quantity()) {
         for model in [Model::Graduated(&tiers), Model::Volume(&tiers), Model::PerUnit { unit_amount: tiers[0].unit_amount }] {
-            let charge = rate(&model, q, included).unwrap();
+            let charge = rate(&model, q, 0, included).unwrap();
             prop_assert!(charge.amount >= Decimal::ZERO);
             prop_assert!(charge.billable_quantity <= q.max(Decimal::ZERO));
         }
@@ -275,7 +275,7 @@ proptest! {
 
     #[test]
     fn graduated_tier_lines_add_up(tiers in tiers(), q in quantity()) {
-        let charge = rate(&Model::Graduated(&tiers), q, Decimal::ZERO).unwrap();
+        let charge = rate(&Model::Graduated(&tiers), q, 0, Decimal::ZERO).unwrap();
         let quantity: Decimal = charge.tiers.iter().map(|l| l.quantity).sum();
         let amount: Decimal = charge.tiers.iter().map(|l| l.amount).sum();
         prop_assert_eq!(quantity, charge.billable_quantity);
@@ -290,5 +290,49 @@ proptest! {
         if amount >= low && amount <= high {
             prop_assert_eq!(clamped, amount);
         }
+    }
+}
+
+#[test]
+fn percentage_takes_its_rate_of_the_billable_quantity_and_a_fee_per_event_past_the_free_ones() {
+    let model = Model::Percentage {
+        rate: d("2.9"),
+        fixed_amount: d("0.30"),
+        free_events: 10,
+    };
+    // 2.9% of 1,000.00 = 29.00; 25 events, 10 free: 15 × 0.30 = 4.50.
+    let charge = rate(&model, d("1000.00"), 25, Decimal::ZERO).unwrap();
+    assert_eq!(charge.amount, d("33.50"));
+    assert!(charge.tiers.is_empty());
+    // Included units come off the quantity first; fewer events than free: no fee.
+    let charge = rate(&model, d("1000.00"), 4, d("400")).unwrap();
+    assert_eq!(
+        (charge.billable_quantity, charge.amount),
+        (d("600"), d("17.4"))
+    );
+}
+
+proptest::proptest! {
+    /// Against the formula, computed here the plainest way: rate% × quantity (past the
+    /// included units) + fixed amount × max(0, events − free events).
+    #[test]
+    fn percentage_matches_its_formula(
+        cents in 0i64..10_000_000_000,
+        rate_bp in 0i64..10_000,
+        fixed_cents in 0i64..1_000,
+        events in 0u64..1_000_000,
+        free in 0u64..1_000_000,
+        included in 0i64..1_000_000,
+    ) {
+        let quantity = Decimal::new(cents, 2);
+        let rate_pct = Decimal::new(rate_bp, 2);
+        let fixed = Decimal::new(fixed_cents, 2);
+        let included = Decimal::from(included);
+        let model = Model::Percentage { rate: rate_pct, fixed_amount: fixed, free_events: free };
+        let billable = if quantity > included { quantity - included } else { Decimal::ZERO };
+        let charged_events = events.max(free) - free;
+        let expected = billable * rate_pct / Decimal::from(100) + fixed * Decimal::from(charged_events);
+        let got = rate(&model, quantity, events, included).unwrap().amount;
+        proptest::prop_assert_eq!(got, expected);
     }
 }

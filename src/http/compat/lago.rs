@@ -163,6 +163,7 @@ fn charge_model(model: Option<UsageModel>) -> &'static str {
         Some(UsageModel::Package) => "package",
         Some(UsageModel::Graduated) => "graduated",
         Some(UsageModel::Volume) => "volume",
+        Some(UsageModel::Percentage) => "percentage",
         Some(UsageModel::PerUnit) | None => "standard",
     }
 }
