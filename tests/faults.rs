@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::{
     KEYS, Service, TestApp, clickhouse_url, free_port, scratch_dir, spawn_with, test_config,
 };
-use meterhouse::store::Store;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,18 +26,6 @@ fn start_service(port: u16, database: &str) -> Service {
 const CLIENTS: usize = 20;
 const REQUESTS: usize = 25;
 const EVENTS: usize = 40;
-
-/// Ids stored in `database.events`, each as often as stored.
-async fn stored_ids(store: &Store, database: &str) -> Vec<String> {
-    store
-        .client()
-        .query(&format!(
-            "SELECT id FROM {database}.events WHERE tenant = 'acme'"
-        ))
-        .fetch_all()
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
@@ -77,7 +64,7 @@ async fn acknowledged_events_survive_kill_9_of_the_service_exactly_once() {
         "the kill must have been felt by clients"
     );
     assert_eq!(acknowledged.len(), CLIENTS * REQUESTS * EVENTS);
-    let stored = stored_ids(&checker, DB).await;
+    let stored = common::stored_ids(&checker, DB).await;
     let unique: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), unique.len(), "no event stored twice");
     assert_eq!(
@@ -217,7 +204,7 @@ async fn a_slow_clickhouse_pushes_back_with_503_and_the_queue_stays_bounded() {
         peak <= QUEUE_MAX,
         "queue reached {peak} events, bound {QUEUE_MAX}"
     );
-    let stored = stored_ids(&app.store().await, "test_faults_slow").await;
+    let stored = common::stored_ids(&app.store().await, "test_faults_slow").await;
     let unique: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), unique.len(), "no event stored twice");
     assert!(
@@ -401,7 +388,7 @@ async fn a_full_or_read_only_disk_acknowledges_nothing_it_did_not_store() {
     retry_until_acknowledged(&app, &body).await;
     acknowledged.extend(ids);
 
-    let stored = stored_ids(&app.store().await, "test_faults_disk").await;
+    let stored = common::stored_ids(&app.store().await, "test_faults_disk").await;
     let unique: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), unique.len(), "no event stored twice");
     assert_eq!(

@@ -135,15 +135,6 @@ async fn converge(
     }
 }
 
-async fn stored_ids(store: &Store) -> Vec<String> {
-    store
-        .client()
-        .query("SELECT id FROM events WHERE tenant = 'acme'")
-        .fetch_all()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_restart() {
     const DB: &str = "test_replicas";
@@ -243,7 +234,7 @@ async fn replicas_store_each_acknowledged_event_once_through_kills_and_a_redis_r
         "the emptied redis was loaded again: {epoch_before:?} then {reloaded:?}"
     );
     assert_eq!(acknowledged.len(), CLIENTS * REQUESTS * EVENTS);
-    let stored = stored_ids(&store).await;
+    let stored = common::stored_ids(&store, DB).await;
     let unique: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), unique.len(), "no event stored twice");
     assert_eq!(
@@ -461,7 +452,7 @@ async fn a_dead_replicas_claims_are_settled_against_clickhouse_before_they_are_t
     let (ack, refused) = send_until_acknowledged(&http, &base, &["held-1"]).await;
     assert_eq!(ack, json!({"accepted": 1, "duplicates": 0}));
     assert!(refused > 0, "a live replica's claim is not taken over");
-    let mut stored = stored_ids(&store).await;
+    let mut stored = common::stored_ids(&store, DB).await;
     stored.sort();
     assert_eq!(
         stored,

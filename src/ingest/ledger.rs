@@ -167,8 +167,6 @@ impl Ledger {
         }
     }
 
-    /// Batch `batch_id` failed; with `in_doubt`, it may have landed and is settled before the
-    /// next batch.
     /// The stamp of the oldest batch held in doubt.
     pub fn oldest_in_doubt_ms(&self) -> Option<i64> {
         match self {
@@ -177,6 +175,8 @@ impl Ledger {
         }
     }
 
+    /// Batch `batch_id` failed; with `in_doubt`, it may have landed and is settled before the
+    /// next batch.
     pub async fn failed(&mut self, batch_id: u64, keys: KeySet, stamped_ms: i64, in_doubt: bool) {
         match self {
             Self::Embedded { in_doubt: held, .. } => {

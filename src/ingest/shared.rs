@@ -456,13 +456,13 @@ impl SharedLedger {
         }
     }
 
-    /// Batch `batch_id` failed: ended at once when it is known not to be stored, settled
-    /// before the next batch otherwise.
     /// The stamp of the oldest batch this replica holds in doubt.
     pub fn oldest_in_doubt_ms(&self) -> Option<i64> {
         self.in_doubt.oldest_ms()
     }
 
+    /// Batch `batch_id` failed: ended at once when it is known not to be stored, settled
+    /// before the next batch otherwise.
     pub async fn failed(&mut self, batch_id: u64, keys: KeySet, stamped_ms: i64, in_doubt: bool) {
         if in_doubt {
             self.in_doubt.hold(batch_id, stamped_ms, keys);

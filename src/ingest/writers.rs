@@ -6,7 +6,7 @@
 //!
 //! Each beat also says up to when the writer's batches are settled, so that a process that
 //! starts after a writer died with a batch in flight or in doubt settles it (see
-//! [`Writer::settle_dead`]): nothing of that batch stays half written or unseen by readers.
+//! [`WriterStatus::settle_dead`]): nothing of that batch stays half written or unseen by readers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -222,8 +222,8 @@ impl Writer {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let first_mark = chrono::Utc::now().timestamp_millis() - STAMP_MARGIN_MS;
-        self.beat(store, first_mark).await?;
+        let status = WriterStatus::new(self.clone());
+        self.beat(store, status.settled_before_ms()).await?;
         IN_THIS_PROCESS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -236,7 +236,6 @@ impl Writer {
         {
             bail!(self.refusal(other, store));
         }
-        let status = WriterStatus::new(self.clone());
         let (store, watched) = (store.clone(), status.clone());
         let task = tokio::spawn(async move {
             let mut pruned_at = tokio::time::Instant::now();

@@ -104,7 +104,7 @@ impl BatchObserver for UsageReader {
         {
             // The view re-opened their days in the day grain (sql/0015): reads of this process
             // look the marks up from now on, so that they see these events.
-            self.store().late_events_written();
+            self.store().reopened_days_marked();
         }
         self.cache().fold(batch_id, samples(rows));
     }

@@ -87,9 +87,10 @@ impl Store {
         Ok(parts)
     }
 
-    /// Records that this process wrote events of a day before yesterday (the view re-opened
-    /// their days): its next reads look the marks up.
-    pub fn late_events_written(&self) {
+    /// Records that days were just re-opened by this process: by events of a day before
+    /// yesterday it wrote (the view marked their days), or by its repair of hours. Its next
+    /// reads look the marks up.
+    pub fn reopened_days_marked(&self) {
         self.days.reopened.marked();
     }
 
@@ -181,7 +182,6 @@ impl Store {
                 .await?;
             self.mutations_done("rollup_days_reopened", patience)
                 .await?;
-            self.days.reopened.look_again();
         }
         let reopened: Vec<CustomerDay> = queries::reopened_days_before(before_s, until, limit)
             .query(&client)

@@ -140,7 +140,7 @@ fn tuple(values: &[Val<'_>]) -> Sql {
         }
         match value {
             Val::Str(text) => sql.arg(*text),
-            Val::Time(seconds) => sql.push("toDateTime(").arg(*seconds).push(")"),
+            Val::Time(seconds) => sql.append(time(*seconds)),
             Val::Raw(text) => sql.push(text),
         };
     }
@@ -182,6 +182,18 @@ fn bound(value: impl Into<super::sql::Arg>) -> Sql {
 fn time(seconds: u32) -> Sql {
     let mut sql = Sql::new("toDateTime(");
     sql.arg(seconds).push(")");
+    sql
+}
+
+/// `column >= toDateTime(from_s) AND column < toDateTime(to_s)`.
+fn times(column: &str, from_s: u32, to_s: u32) -> Sql {
+    let mut sql = Sql::new(column);
+    sql.push(" >= ")
+        .append(time(from_s))
+        .push(" AND ")
+        .push(column)
+        .push(" < ")
+        .append(time(to_s));
     sql
 }
 
@@ -238,12 +250,16 @@ pub fn recent_changes_of(since_s: u32, hours: &[MeterHour]) -> Sql {
 }
 
 fn customers_in(sql: &mut Sql, hours: &[MeterHour]) {
-    sql.join(
-        hours
-            .iter()
-            .map(|(tenant, _, customer, _)| tuple(&[Val::Str(tenant), Val::Str(customer)])),
-        ", ",
-    );
+    let pairs = hours
+        .iter()
+        .map(|(tenant, _, customer, _)| (tenant, customer));
+    pairs_in(sql, pairs);
+}
+
+/// `(tenant, customer), ...` of `pairs`.
+fn pairs_in<'a>(sql: &mut Sql, pairs: impl Iterator<Item = (&'a String, &'a String)>) {
+    let tuples = pairs.map(|(tenant, customer)| tuple(&[Val::Str(tenant), Val::Str(customer)]));
+    sql.join(tuples, ", ");
 }
 
 /// The hours (tenant, meter, customer, hour in epoch seconds) of the customers of `hours` that
@@ -332,13 +348,7 @@ fn days_from_hours(version: u64, filter: Sql) -> Sql {
 
 /// Writes the day grain of the UTC day starting at `day_s` (epoch seconds), every customer's.
 pub fn seal_day(day_s: u32, version: u64) -> Sql {
-    let mut filter = Sql::new("bucket >= toDateTime(");
-    filter
-        .arg(day_s)
-        .push(") AND bucket < toDateTime(")
-        .arg(day_s + 86_400)
-        .push(")");
-    days_from_hours(version, filter)
+    days_from_hours(version, times("bucket", day_s, day_s + 86_400))
 }
 
 /// Rows of the day grain of the day starting at `day_s` (left by a seal that was interrupted).
@@ -358,13 +368,10 @@ pub fn delete_day(day_s: u32) -> Sql {
 /// Clears the re-opening marks of the days in `[from_s, to_s)` made before `before_s`: a seal
 /// of those days just took their events.
 pub fn unmark_sealed_days(from_s: u32, to_s: u32, before_s: u32) -> Sql {
-    let mut sql = Sql::new("ALTER TABLE rollup_days_reopened DELETE WHERE day >= toDateTime(");
-    sql.arg(from_s)
-        .push(") AND day < toDateTime(")
-        .arg(to_s)
-        .push(") AND at < toDateTime(")
-        .arg(before_s)
-        .push(")");
+    let mut sql = Sql::new("ALTER TABLE rollup_days_reopened DELETE WHERE ");
+    sql.append(times("day", from_s, to_s))
+        .push(" AND at < ")
+        .append(time(before_s));
     sql
 }
 
@@ -374,12 +381,9 @@ pub fn reopen_dirty_days(day_s: u32) -> Sql {
     let mut sql = Sql::new(
         "INSERT INTO rollup_days_reopened (tenant, customer, day, at) \
          SELECT DISTINCT tenant, customer, toDateTime(intDiv(toUInt32(bucket), 86400) * 86400), now() \
-         FROM rollup_dirty WHERE bucket >= toDateTime(",
+         FROM rollup_dirty WHERE ",
     );
-    sql.arg(day_s)
-        .push(") AND bucket < toDateTime(")
-        .arg(day_s + 86_400)
-        .push(")");
+    sql.append(times("bucket", day_s, day_s + 86_400));
     sql
 }
 
@@ -397,12 +401,12 @@ pub type CustomerDay = (String, String, u32);
 /// (server clock).
 pub fn reopened_days_before(before_s: u32, sealed_until_s: u32, limit: u64) -> Sql {
     let mut sql = Sql::new(
-        "SELECT DISTINCT tenant, customer, toUInt32(day) FROM rollup_days_reopened WHERE at < toDateTime(",
+        "SELECT DISTINCT tenant, customer, toUInt32(day) FROM rollup_days_reopened WHERE at < ",
     );
-    sql.arg(before_s)
-        .push(") AND day < toDateTime(")
-        .arg(sealed_until_s)
-        .push(") LIMIT ")
+    sql.append(time(before_s))
+        .push(" AND day < ")
+        .append(time(sealed_until_s))
+        .push(" LIMIT ")
         .arg(limit);
     sql
 }
@@ -414,10 +418,11 @@ pub fn dirty_days_of(days: &[CustomerDay]) -> Sql {
         "SELECT DISTINCT tenant, customer, toUInt32(intDiv(toUInt32(bucket), 86400) * 86400) \
          FROM rollup_dirty WHERE (tenant, customer) IN (",
     );
-    let pairs = days
-        .iter()
-        .map(|(tenant, customer, _)| tuple(&[Val::Str(tenant), Val::Str(customer)]));
-    sql.join(pairs, ", ").push(")");
+    pairs_in(
+        &mut sql,
+        days.iter().map(|(tenant, customer, _)| (tenant, customer)),
+    );
+    sql.push(")");
     sql
 }
 
@@ -457,7 +462,7 @@ pub fn reseal_days(days: &[CustomerDay], version: u64) -> Sql {
 pub fn unmark_reopened_days(days: &[CustomerDay], before_s: u32) -> Sql {
     let mut sql = Sql::new("ALTER TABLE rollup_days_reopened DELETE WHERE ");
     customer_days_in(&mut sql, days, "day");
-    sql.push(" AND at < toDateTime(").arg(before_s).push(")");
+    sql.push(" AND at < ").append(time(before_s));
     sql
 }
 

@@ -105,7 +105,7 @@ impl Store {
                 .query(&client)
                 .execute()
                 .await?;
-            self.late_events_written();
+            self.reopened_days_marked();
             // Other processes learn of marks up to a second late (`Marks`): the day stays
             // re-opened for them before the hour stops being read from samples.
             tokio::time::sleep(Duration::from_millis(1_200)).await;

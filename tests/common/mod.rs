@@ -507,3 +507,15 @@ pub async fn insert_bypassing(
     insert.end().await.unwrap();
     run(statement("ATTACH")).await;
 }
+
+/// Ids stored in `database.events`, each as often as stored.
+pub async fn stored_ids(store: &Store, database: &str) -> Vec<String> {
+    store
+        .client()
+        .query(&format!(
+            "SELECT id FROM {database}.events WHERE tenant = 'acme'"
+        ))
+        .fetch_all()
+        .await
+        .unwrap()
+}
