@@ -32,8 +32,8 @@ mod connection;
 mod scripts;
 
 pub use connection::{Lock, connect, ready, with_migration_lock};
-use connection::{redis_error, spawn_heartbeat};
-use scripts::{CLAIM, END, RELEASE, UNLOCK};
+use connection::{give_lock_back, redis_error, spawn_heartbeat, take_lock};
+use scripts::{CLAIM, END, RELEASE};
 
 use super::dedup::KeySet;
 use super::ledger::{LedgerError, Verdict};
@@ -367,28 +367,14 @@ impl SharedLedger {
 
     /// Takes lock `key` for `ms` unless someone holds it.
     async fn lock(&mut self, key: &str, ms: u64) -> Result<bool, LedgerError> {
-        let locked: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(&self.replica)
-            .arg("NX")
-            .arg("PX")
-            .arg(ms)
-            .query_async(&mut self.redis)
+        take_lock(&mut self.redis, key, &self.replica, ms)
             .await
-            .map_err(redis_error)?;
-        Ok(locked.is_some())
+            .map_err(redis_error)
     }
 
     /// Gives lock `key` back if this replica still holds it.
     async fn unlock(&mut self, key: &str) {
-        let unlocked: Result<i64, _> = Script::new(UNLOCK)
-            .key(key)
-            .arg(&self.replica)
-            .invoke_async(&mut self.redis)
-            .await;
-        if let Err(e) = unlocked {
-            tracing::warn!(error = %e, "could not release a lock; it expires by itself");
-        }
+        give_lock_back(&mut self.redis, key, &self.replica).await;
     }
 
     /// Takes `keys` (distinct) for batch `batch_id`, stamped at `stamped_ms`.

@@ -83,27 +83,42 @@ impl Lock {
 
     /// Takes the lock for `ms` unless another holds it.
     pub async fn try_take(&mut self, ms: u64) -> Result<bool, redis::RedisError> {
-        let locked: Option<String> = redis::cmd("SET")
-            .arg(&self.key)
-            .arg(&self.token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ms)
-            .query_async(&mut self.redis)
-            .await?;
-        Ok(locked.is_some())
+        take_lock(&mut self.redis, &self.key, &self.token, ms).await
     }
 
     /// Gives the lock back if this holder still holds it.
     pub async fn give_back(&mut self) {
-        let unlocked: Result<i64, _> = Script::new(UNLOCK)
-            .key(&self.key)
-            .arg(&self.token)
-            .invoke_async(&mut self.redis)
-            .await;
-        if let Err(e) = unlocked {
-            tracing::warn!(error = %e, lock = %self.key, "could not give a lock back; it expires by itself");
-        }
+        give_lock_back(&mut self.redis, &self.key, &self.token).await;
+    }
+}
+
+/// Takes lock `key` for `holder`, for `ms`, unless someone holds it.
+pub(super) async fn take_lock(
+    redis: &mut ConnectionManager,
+    key: &str,
+    holder: &str,
+    ms: u64,
+) -> Result<bool, redis::RedisError> {
+    let locked: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(holder)
+        .arg("NX")
+        .arg("PX")
+        .arg(ms)
+        .query_async(redis)
+        .await?;
+    Ok(locked.is_some())
+}
+
+/// Gives lock `key` back if `holder` still holds it; it expires by itself otherwise.
+pub(super) async fn give_lock_back(redis: &mut ConnectionManager, key: &str, holder: &str) {
+    let unlocked: Result<i64, _> = Script::new(UNLOCK)
+        .key(key)
+        .arg(holder)
+        .invoke_async(redis)
+        .await;
+    if let Err(e) = unlocked {
+        tracing::warn!(error = %e, lock = %key, "could not give a lock back; it expires by itself");
     }
 }
 
