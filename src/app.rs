@@ -129,7 +129,15 @@ impl Application {
         } else {
             UsageReader::uncached(store.clone())
         };
-        let observer = std::sync::Arc::new(usage.clone());
+        let (touches, outbox, alert_tasks) = crate::alerts::start(crate::alerts::Context {
+            store: store.clone(),
+            catalog: catalog.clone(),
+            usage: usage.clone(),
+            redis: redis.clone(),
+            webhook_timeout: Duration::from_millis(config.webhook_timeout_ms),
+        })?;
+        background.extend(alert_tasks);
+        let observer = std::sync::Arc::new((usage.clone(), touches));
         let (ingestor, batcher) = batcher::start(
             store.clone(),
             ledger,
@@ -148,6 +156,7 @@ impl Application {
             keys,
             limits,
             metrics,
+            outbox,
         };
         Ok(Self {
             state,

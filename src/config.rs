@@ -111,6 +111,10 @@ pub struct Config {
         default_value_t = 30
     )]
     pub rollup_maintenance_every_s: u64,
+    /// How long a webhook receiver may take to answer before the attempt counts as failed and
+    /// is retried (milliseconds).
+    #[arg(long, env = "METERHOUSE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "METERHOUSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -19,6 +19,8 @@
 //! - [`readmodel`]: usage reads: where each piece of a window is read from, the answers kept in
 //!   memory and how they follow changes, their bulk preload, reports (usage rated into
 //!   charges) and a customer's account.
+//! - [`alerts`]: usage alerts fired as committed batches reach them, and their signed webhooks
+//!   (a durable outbox in ClickHouse, retried with backoff).
 //! - [`backfill`]: samples and rollups for a meter created after its events arrived.
 //! - [`http`]: the HTTP API, one module per resource and one per vendor shape; translates only.
 //! - [`server`]: the HTTP server loop: connection and body timeouts, graceful drain.
@@ -33,6 +35,7 @@
 
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod backfill;

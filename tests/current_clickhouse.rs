@@ -46,6 +46,15 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     statements
         .push("INSERT INTO api_keys VALUES ('ab', 't', 'read', '', 'n', 1795000000, 1)".into());
     statements.push("INSERT INTO api_key_revocations VALUES ('ab', 't', 1795000001)".into());
+    statements.push("INSERT INTO alert_firings VALUES ('t', 'evt_1', 'a', 's', 1795000000000, '{}', 1795000000500)".into());
+    statements.push(
+        "INSERT INTO webhook_deliveries VALUES \
+         ('t', 'evt_1', 'we_1', 'alert.triggered', '{}', 1795000000500, 'pending', 0, 1795000000500, 0, '', 0), \
+         ('t', 'evt_1', 'we_1', 'alert.triggered', '{}', 1795000000500, 'pending', 1, 1795000009000, 500, 'answered 500', 7), \
+         ('t', 'evt_1', 'we_2', 'alert.triggered', '{}', 1795000000500, 'delivered', 1, 1795000000500, 200, '', 8)"
+            .into(),
+    );
+    statements.push("INSERT INTO webhook_attempts VALUES ('t', 'evt_1', 'we_1', 1, 1795000001000, 500, 'answered 500', 12)".into());
     statements.push("INSERT INTO catalog VALUES ('t', 'meter', 'm', '{\"v\":1}', 5), ('t', 'meter', 'm', '{\"v\":2}', 9)".into());
     // The usage read: an hour from the hour rollup and a ragged edge from samples; the
     // event (11:06:40) falls in the edge.
@@ -201,6 +210,14 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": "SELECT count() FROM usage_change_batches", "expect": "3"}),
         json!({"sql": queries::STORED_KEYS, "expect": "ab\tt\tread\t\tn\t2026-11-18 11:06:40\t1"}),
         json!({"sql": queries::REVOKED_KEYS, "expect": "ab"}),
+        json!({"sql": queries::firing_count("t", "evt_1").render(), "expect": "1"}),
+        json!({"sql": queries::firing_count("t", "evt_2").render(), "expect": "0"}),
+        json!({"sql": format!("SELECT endpoint, state, attempts, version FROM ({})", queries::deliveries_of("t", None, None, 10).render()),
+               "expect": "we_1\tpending\t1\t7\nwe_2\tdelivered\t1\t8"}),
+        json!({"sql": format!("SELECT endpoint FROM ({})", queries::deliveries_of("t", Some("evt_1"), Some("we_2"), 10).render()), "expect": "we_2"}),
+        json!({"sql": format!("SELECT endpoint, next_attempt_ms FROM ({})", queries::due_deliveries(1795000010000, 10).render()), "expect": "we_1\t1795000009000"}),
+        json!({"sql": format!("SELECT count() FROM ({})", queries::due_deliveries(1795000001000, 10).render()), "expect": "0"}),
+        json!({"sql": queries::attempts_of("t", &["evt_1".to_owned()]).render(), "expect": "evt_1\twe_1\t1\t1795000001000\t500\tanswered 500\t12"}),
     ];
     let plan = json!({"statements": statements, "checks": checks});
     let dir = std::env::temp_dir().join(format!("meterhouse-chdb-{}", std::process::id()));

@@ -7,8 +7,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::TenantCatalog;
+use crate::domain::alert::AlertMetric;
 use crate::domain::plan::UsageModel;
-use crate::domain::{Customer, Meter, Plan, Subscription, plan};
+use crate::domain::{Alert, Customer, Meter, Plan, Subscription, WebhookEndpoint, plan};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -17,15 +18,28 @@ pub enum Kind {
     Plan,
     Customer,
     Subscription,
+    Alert,
+    WebhookEndpoint,
 }
 
 impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Meter,
+        Kind::Plan,
+        Kind::Customer,
+        Kind::Subscription,
+        Kind::Alert,
+        Kind::WebhookEndpoint,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Meter => "meter",
             Self::Plan => "plan",
             Self::Customer => "customer",
             Self::Subscription => "subscription",
+            Self::Alert => "alert",
+            Self::WebhookEndpoint => "webhook_endpoint",
         }
     }
 
@@ -36,6 +50,8 @@ impl Kind {
             Self::Plan => "plan_not_found",
             Self::Customer => "customer_not_found",
             Self::Subscription => "subscription_not_found",
+            Self::Alert => "alert_not_found",
+            Self::WebhookEndpoint => "webhook_endpoint_not_found",
         }
     }
 }
@@ -165,5 +181,82 @@ impl Item for Subscription {
             }
         }
         Ok(())
+    }
+}
+
+impl Item for Alert {
+    const KIND: Kind = Kind::Alert;
+    fn key(&self) -> &str {
+        &self.code
+    }
+    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
+        &c.alerts
+    }
+    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
+        &mut c.alerts
+    }
+    fn check(&self, catalog: &TenantCatalog) -> Result<(), CatalogError> {
+        self.validate().map_err(CatalogError::Invalid)?;
+        let plans: Vec<&Plan> = match (&self.subscription, &self.plan) {
+            (Some(key), _) => {
+                let subscription = catalog
+                    .subscriptions
+                    .get(key)
+                    .ok_or_else(|| not_found(Kind::Subscription, "subscription", key))?;
+                subscription
+                    .phases
+                    .iter()
+                    .filter_map(|phase| catalog.plans.get(&phase.plan))
+                    .collect()
+            }
+            (None, Some(code)) => vec![
+                catalog
+                    .plans
+                    .get(code)
+                    .ok_or_else(|| not_found(Kind::Plan, "plan", code))?,
+            ],
+            (None, None) => vec![],
+        };
+        let Some(code) = &self.price else {
+            return Ok(());
+        };
+        let prices: Vec<&plan::Price> = plans
+            .iter()
+            .flat_map(|p| p.usage_prices())
+            .filter(|p| &p.code == code)
+            .collect();
+        if prices.is_empty() {
+            return Err(CatalogError::Invalid(format!(
+                "price: no usage price '{code}' in the plan{} watched",
+                if plans.len() > 1 { "s" } else { "" }
+            )));
+        }
+        let includes =
+            |p: &&plan::Price| p.included_units.unwrap_or_default() > rust_decimal::Decimal::ZERO;
+        if self.threshold_percent_of_included.is_some()
+            && self.metric() == AlertMetric::Quantity
+            && !prices.iter().any(includes)
+        {
+            return Err(CatalogError::Invalid(format!(
+                "threshold_percent_of_included: price '{code}' includes no units; use threshold"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Item for WebhookEndpoint {
+    const KIND: Kind = Kind::WebhookEndpoint;
+    fn key(&self) -> &str {
+        &self.id
+    }
+    fn map(c: &TenantCatalog) -> &BTreeMap<String, Self> {
+        &c.webhook_endpoints
+    }
+    fn map_mut(c: &mut TenantCatalog) -> &mut BTreeMap<String, Self> {
+        &mut c.webhook_endpoints
+    }
+    fn check(&self, _: &TenantCatalog) -> Result<(), CatalogError> {
+        self.validate().map_err(CatalogError::Invalid)
     }
 }

@@ -1,4 +1,4 @@
-//! The tenants' catalog: meters, plans, customers and subscriptions.
+//! The tenants' catalog: meters, plans, customers, subscriptions, alerts and webhook endpoints.
 //!
 //! Stored in ClickHouse (`catalog`, one versioned JSON document per key; `store::catalog`) and
 //! held in memory as one immutable snapshot per tenant, swapped on every change; reads never
@@ -157,6 +157,23 @@ impl Catalog {
         self.write(tenant, item, false).await
     }
 
+    /// Removes the item under `key` (a row with an empty body); `NotFound` if there is none.
+    /// Only for kinds nothing else refers to (alerts, webhook endpoints).
+    pub async fn delete<T: Item>(&self, tenant: &str, key: &str) -> Result<(), CatalogError> {
+        if self.tenant(tenant).get::<T>(key).is_none() {
+            return Err(not_found(T::KIND, "", key));
+        }
+        let row = CatalogRow {
+            tenant: tenant.into(),
+            kind: T::KIND.as_str().into(),
+            key: key.into(),
+            body: String::new(),
+            version: self.next_version(),
+        };
+        self.commit::<T>(tenant, vec![row]).await?;
+        Ok(())
+    }
+
     async fn write<T: Item>(&self, tenant: &str, item: T, create: bool) -> Result<T, CatalogError> {
         let row = self.prepare(tenant, &self.tenant(tenant), &item, create)?;
         self.commit::<T>(tenant, vec![row]).await?;
@@ -246,7 +263,7 @@ impl Catalog {
         for (tenant, rows) in by_tenant {
             let _ = self.update(tenant, |c| {
                 for row in rows {
-                    let Some(kind) = [Kind::Meter, Kind::Plan, Kind::Customer, Kind::Subscription].into_iter().find(|k| k.as_str() == row.kind) else { continue };
+                    let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == row.kind) else { continue };
                     match c.apply_raw(kind, &row.key, &row.body, row.version) {
                         Ok(true) => changed += 1,
                         Ok(false) => {}

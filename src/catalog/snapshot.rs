@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::item::{Item, Kind};
-use crate::domain::{Customer, Meter, Plan, Subscription};
+use crate::domain::{Alert, Customer, Meter, Plan, Subscription, WebhookEndpoint};
 
 /// A meter with the strings every sample repeats, shared rather than copied per event.
 #[derive(Debug)]
@@ -22,6 +22,9 @@ pub struct TenantCatalog {
     pub plans: BTreeMap<String, Plan>,
     pub customers: BTreeMap<String, Customer>,
     pub subscriptions: BTreeMap<String, Subscription>,
+    pub alerts: BTreeMap<String, Alert>,
+    /// Webhook receivers, by id; their secrets too, never shown after creation.
+    pub webhook_endpoints: BTreeMap<String, WebhookEndpoint>,
     /// Accept events older than 35 days or more than 1 day ahead.
     pub allow_backfill: bool,
     pub(super) versions: HashMap<(Kind, String), u64>,
@@ -81,7 +84,8 @@ impl TenantCatalog {
         self.meters_by_type = by_type;
     }
 
-    /// Takes `body` as the document at `version` unless a newer one is already here.
+    /// Takes `body` as the document at `version` unless a newer one is already here; an empty
+    /// body removes the key (see `Catalog::delete`).
     pub(super) fn apply_raw(
         &mut self,
         kind: Kind,
@@ -98,17 +102,27 @@ impl TenantCatalog {
             return Ok(false);
         }
         match kind {
-            Kind::Meter => insert::<Meter>(self, body)?,
-            Kind::Plan => insert::<Plan>(self, body)?,
-            Kind::Customer => insert::<Customer>(self, body)?,
-            Kind::Subscription => insert::<Subscription>(self, body)?,
+            Kind::Meter => insert::<Meter>(self, key, body)?,
+            Kind::Plan => insert::<Plan>(self, key, body)?,
+            Kind::Customer => insert::<Customer>(self, key, body)?,
+            Kind::Subscription => insert::<Subscription>(self, key, body)?,
+            Kind::Alert => insert::<Alert>(self, key, body)?,
+            Kind::WebhookEndpoint => insert::<WebhookEndpoint>(self, key, body)?,
         }
         self.versions.insert((kind, key.to_owned()), version);
         Ok(true)
     }
 }
 
-fn insert<T: Item>(catalog: &mut TenantCatalog, body: &str) -> Result<(), serde_json::Error> {
+fn insert<T: Item>(
+    catalog: &mut TenantCatalog,
+    key: &str,
+    body: &str,
+) -> Result<(), serde_json::Error> {
+    if body.is_empty() {
+        T::map_mut(catalog).remove(key);
+        return Ok(());
+    }
     let item: T = serde_json::from_str(body)?;
     T::map_mut(catalog).insert(item.key().to_owned(), item);
     Ok(())

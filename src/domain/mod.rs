@@ -1,12 +1,14 @@
 //! The documents of a tenant's catalog and their rules: meters and their aggregations, plans
-//! and prices, customers, subscriptions and their phases. Types and validation only, no IO;
+//! and prices, customers, subscriptions and their phases, alerts and webhook endpoints. Types and validation only, no IO;
 //! they build on `billing`'s values (intervals, currencies, rating models).
 
+pub mod alert;
 pub mod customer;
 pub mod meter;
 pub mod plan;
 pub mod subscription;
 
+pub use alert::{Alert, WebhookEndpoint};
 pub use customer::Customer;
 pub use meter::{Aggregation, Meter};
 pub use plan::Plan;

@@ -1,5 +1,6 @@
 //! The HTTP API: shared state, the router, and one module per resource.
 
+pub mod alerts;
 pub mod catalog;
 pub mod compat;
 pub mod events;
@@ -7,6 +8,7 @@ pub mod keys;
 pub mod openapi;
 pub mod ops;
 pub mod usage;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -57,6 +59,8 @@ pub struct AppState {
     pub keys: KeyRing,
     pub limits: RateLimits,
     pub metrics: Arc<Metrics>,
+    /// The webhook sender (retries asked for through the API go to it).
+    pub outbox: crate::alerts::outbox::Outbox,
 }
 
 #[derive(utoipa::OpenApi)]
@@ -89,6 +93,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(catalog::router())
         .merge(usage::router())
         .merge(keys::router())
+        .merge(alerts::router())
+        .merge(webhooks::router())
         .merge(ops::router())
         .merge(compat::router())
         .split_for_parts()

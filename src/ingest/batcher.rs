@@ -135,6 +135,22 @@ pub trait BatchObserver: Send + Sync + 'static {
     fn failed(&self, batch_id: u64, rows: &[EventRow]);
 }
 
+/// Two observers, told in order.
+impl<A: BatchObserver, B: BatchObserver> BatchObserver for (A, B) {
+    fn inserting(&self, batch_id: u64, rows: &[EventRow]) {
+        self.0.inserting(batch_id, rows);
+        self.1.inserting(batch_id, rows);
+    }
+    fn committed(&self, batch_id: u64, rows: &[EventRow]) {
+        self.0.committed(batch_id, rows);
+        self.1.committed(batch_id, rows);
+    }
+    fn failed(&self, batch_id: u64, rows: &[EventRow]) {
+        self.0.failed(batch_id, rows);
+        self.1.failed(batch_id, rows);
+    }
+}
+
 /// Starts the batcher task over `store`, keeping accepted ids in `ledger` and telling
 /// `observer` of each batch.
 pub fn start(

@@ -64,6 +64,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "rollup_hour_granules",
         include_str!("../../sql/0016_rollup_hour_granules.sql"),
     ),
+    (17, "webhooks", include_str!("../../sql/0017_webhooks.sql")),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

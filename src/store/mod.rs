@@ -20,6 +20,7 @@ pub mod rows;
 pub mod series_sql;
 pub mod sql;
 pub mod usage_sql;
+pub mod webhooks;
 
 pub use error::StoreError;
 

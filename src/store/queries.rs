@@ -658,3 +658,64 @@ pub fn drop_day(table: &'static str, day: &str) -> Sql {
     sql.push(table).push(" DROP PARTITION ").arg(day);
     sql
 }
+
+/// Whether alert event `id` of `tenant` has fired (a count of 0 or more).
+pub fn firing_count(tenant: &str, id: &str) -> Sql {
+    let mut sql = Sql::new("SELECT count() FROM alert_firings WHERE tenant = ");
+    sql.arg(tenant).push(" AND id = ").arg(id);
+    sql
+}
+
+/// The latest state of each webhook delivery, written in `inner` (the columns, `FROM` and any
+/// `WHERE`).
+fn latest_deliveries(inner: Sql) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT tenant, id, endpoint, type, payload, created_ms, state, attempts, \
+         next_attempt_ms, last_status, last_error, version FROM webhook_deliveries",
+    );
+    sql.append(inner)
+        .push(" ORDER BY version DESC LIMIT 1 BY tenant, id, endpoint");
+    sql
+}
+
+/// The latest state of `tenant`'s deliveries, of event `id` and endpoint `endpoint` where given,
+/// newest first, at most `limit`.
+pub fn deliveries_of(tenant: &str, id: Option<&str>, endpoint: Option<&str>, limit: u64) -> Sql {
+    let mut filter = Sql::new(" WHERE tenant = ");
+    filter.arg(tenant);
+    if let Some(id) = id {
+        filter.push(" AND id = ").arg(id);
+    }
+    if let Some(endpoint) = endpoint {
+        filter.push(" AND endpoint = ").arg(endpoint);
+    }
+    let mut sql = Sql::new("SELECT * FROM (");
+    sql.append(latest_deliveries(filter))
+        .push(") ORDER BY created_ms DESC, id, endpoint LIMIT ")
+        .arg(limit);
+    sql
+}
+
+/// Deliveries of every tenant waiting for an attempt due by `now_ms`, soonest first.
+pub fn due_deliveries(now_ms: i64, limit: u64) -> Sql {
+    let mut sql = Sql::new("SELECT * FROM (");
+    sql.append(latest_deliveries(Sql::default()))
+        .push(") WHERE state = 'pending' AND next_attempt_ms <= ")
+        .arg(now_ms)
+        .push(" ORDER BY next_attempt_ms LIMIT ")
+        .arg(limit);
+    sql
+}
+
+/// The attempts of `tenant`'s deliveries of events `ids`, in order.
+pub fn attempts_of(tenant: &str, ids: &[String]) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT id, endpoint, attempt, at_ms, status, error, duration_ms FROM webhook_attempts \
+         WHERE tenant = ",
+    );
+    sql.arg(tenant)
+        .push(" AND has(")
+        .arg(ids)
+        .push(", id) ORDER BY id, endpoint, attempt");
+    sql
+}

@@ -1,0 +1,306 @@
+//! The webhook outbox: deliveries are rows of `webhook_deliveries` (ClickHouse), so they
+//! survive a restart or a crash. Every process sends: new deliveries at once, and every second
+//! those due (retries, and whatever a process that stopped left). With Redis, a lock per
+//! delivery lets one process at a time send it; each takes the lock, reads the delivery's
+//! latest state again, and sends only if it is still due.
+//!
+//! A delivery is a `POST` of its event's JSON, signed (`signature`). A `2xx` delivers it;
+//! anything else, or no answer within the timeout, is retried with exponential backoff (1 s,
+//! 2 s, 4 s, … at most an hour apart, with jitter) until 24 hours after it was made; then it
+//! has failed. A deleted endpoint's deliveries are cancelled, never sent.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{Context, signature};
+use crate::domain::WebhookEndpoint;
+use crate::ingest::shared::Lock;
+use crate::store::StoreError;
+use crate::store::webhooks::AttemptRow;
+
+/// How often due deliveries are looked for.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// Deliveries sent at once, at most.
+const CONCURRENT_SENDS: usize = 64;
+/// Retries stop this long after a delivery was made.
+pub const GIVE_UP_AFTER_MS: i64 = 24 * 3_600_000;
+/// The longest wait between two attempts.
+const MAX_BACKOFF_MS: i64 = 3_600_000;
+
+/// A delivery: tenant, event id, endpoint id.
+pub type Key = (String, String, String);
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The sender of the process. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    context: Context,
+    client: HttpClient,
+    wake: mpsc::UnboundedSender<Key>,
+    /// Deliveries this process is sending now.
+    sending: Mutex<HashSet<Key>>,
+    slots: Semaphore,
+}
+
+impl Outbox {
+    /// The sender and its task.
+    pub fn start(context: Context) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let (wake, mut woken) = mpsc::unbounded_channel::<Key>();
+        let outbox = Self {
+            inner: Arc::new(Inner {
+                context,
+                client: Client::builder(TokioExecutor::new()).build(https_connector()),
+                wake,
+                sending: Mutex::new(HashSet::new()),
+                slots: Semaphore::new(CONCURRENT_SENDS),
+            }),
+        };
+        let task = tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                let mut tick = tokio::time::interval(POLL_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tokio::select! {
+                        Some(key) = woken.recv() => outbox.send_soon(key),
+                        _ = tick.tick() => outbox.send_due().await,
+                    }
+                }
+            }
+        });
+        Ok((outbox, task))
+    }
+
+    /// Sends the delivery now if it is due (a new one, or one whose retry was asked for).
+    pub fn wake(&self, key: Key) {
+        let _ = self.inner.wake.send(key);
+    }
+
+    async fn send_due(&self) {
+        let store = &self.inner.context.store;
+        match store.due_deliveries(now_ms(), 1_000).await {
+            Ok(rows) => {
+                for row in rows {
+                    self.send_soon((row.tenant, row.id, row.endpoint));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for due webhook deliveries failed"),
+        }
+    }
+
+    fn send_soon(&self, key: Key) {
+        let fresh = lock(&self.inner.sending).insert(key.clone());
+        if !fresh {
+            return;
+        }
+        let outbox = self.clone();
+        tokio::spawn(async move {
+            if let Ok(_slot) = outbox.inner.slots.acquire().await
+                && let Err(e) = outbox.attempt(&key).await
+            {
+                tracing::warn!(tenant = %key.0, event = %key.1, endpoint = %key.2, error = %e,
+                    "a webhook attempt could not be recorded; it is tried again");
+            }
+            lock(&outbox.inner.sending).remove(&key);
+        });
+    }
+
+    /// One attempt, under the delivery's lock where replicas share Redis.
+    async fn attempt(&self, key: &Key) -> Result<(), StoreError> {
+        let context = &self.inner.context;
+        let mut held = context.redis.clone().map(|redis| {
+            let name = format!("webhook:{}:{}:{}", key.0, key.1, key.2);
+            Lock::new(redis, context.store.database(), &name)
+        });
+        if let Some(held) = &mut held {
+            let hold_ms = (context.webhook_timeout + Duration::from_secs(30)).as_millis() as u64;
+            match held.try_take(hold_ms).await {
+                Ok(true) => {}
+                // Another replica is sending it.
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis unavailable; the delivery waits");
+                    return Ok(());
+                }
+            }
+        }
+        let attempted = self.attempt_held(key).await;
+        if let Some(held) = &mut held {
+            held.give_back().await;
+        }
+        attempted
+    }
+
+    async fn attempt_held(&self, (tenant, id, endpoint): &Key) -> Result<(), StoreError> {
+        let context = &self.inner.context;
+        let store = &context.store;
+        let Some(mut row) = store
+            .deliveries(tenant, Some(id), Some(endpoint), 1)
+            .await?
+            .pop()
+        else {
+            return Ok(());
+        };
+        if row.state != "pending" || row.next_attempt_ms > now_ms() {
+            return Ok(());
+        }
+        let target = context
+            .catalog
+            .tenant(tenant)
+            .webhook_endpoints
+            .get(endpoint)
+            .cloned();
+        let Some(target) = target else {
+            row.state = "cancelled".into();
+            row.last_error = "the endpoint was deleted".into();
+            row.version = next_version(row.version);
+            return store.insert_deliveries(&[row]).await;
+        };
+        let started = Instant::now();
+        let at_ms = now_ms();
+        let outcome = self.post(&target, &row.payload).await;
+        let (status, error) = match outcome {
+            Ok(status) if (200..300).contains(&status) => (status, String::new()),
+            Ok(status) => (status, format!("answered {status}")),
+            Err(error) => (0, error),
+        };
+        row.attempts += 1;
+        store
+            .insert_attempt(&AttemptRow {
+                tenant: tenant.clone(),
+                id: id.clone(),
+                endpoint: endpoint.clone(),
+                attempt: row.attempts,
+                at_ms,
+                status,
+                error: error.clone(),
+                duration_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+            })
+            .await?;
+        let now = now_ms();
+        row.state = if error.is_empty() {
+            "delivered".into()
+        } else if now - row.created_ms >= GIVE_UP_AFTER_MS {
+            "failed".into()
+        } else {
+            row.next_attempt_ms = now + backoff_ms(row.attempts);
+            "pending".into()
+        };
+        tracing::info!(tenant = %tenant, event = %id, endpoint = %endpoint, attempt = row.attempts,
+            status, state = %row.state, "webhook attempt");
+        row.last_status = status;
+        row.last_error = error;
+        row.version = next_version(row.version);
+        store.insert_deliveries(&[row]).await
+    }
+
+    /// POSTs `body` to the endpoint, signed; the status, or why there is none.
+    async fn post(&self, target: &WebhookEndpoint, body: &str) -> Result<u16, String> {
+        let t = chrono::Utc::now().timestamp();
+        let request = hyper::Request::post(target.url.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("meterhouse-webhooks/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(signature::HEADER, signature::sign(&target.secret, t, body))
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| format!("the endpoint's url cannot be requested: {e}"))?;
+        let timeout = self.inner.context.webhook_timeout;
+        match tokio::time::timeout(timeout, self.inner.client.request(request)).await {
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            Ok(Err(e)) => Err(format!("request failed: {e}")),
+            Ok(Ok(response)) => Ok(response.status().as_u16()),
+        }
+    }
+}
+
+/// HTTP, and HTTPS checked against the system's roots (none found: HTTPS attempts fail, and
+/// say why).
+fn https_connector() -> hyper_rustls::HttpsConnector<HttpConnector> {
+    let provider = rustls::crypto::ring::default_provider();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match builder.with_provider_and_native_roots(provider) {
+        Ok(builder) => builder,
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS root certificates found: https webhooks will fail");
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map(|c| {
+                c.with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            });
+            match config {
+                Ok(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+                Err(e) => unreachable!("ring supports the default protocol versions: {e}"),
+            }
+        }
+    };
+    builder.https_or_http().enable_http1().build()
+}
+
+/// The wait before attempt `attempts + 1`: 1 s doubled per attempt, at most an hour, ±20%.
+pub fn backoff_ms(attempts: u32) -> i64 {
+    let base = 1_000i64.saturating_mul(1i64 << attempts.saturating_sub(1).min(20));
+    let base = base.min(MAX_BACKOFF_MS);
+    let jitter = rand::random_range(0.8..1.2);
+    (base as f64 * jitter) as i64
+}
+
+/// A version above `previous` and at least now (microseconds).
+pub fn next_version(previous: u64) -> u64 {
+    let now = chrono::Utc::now().timestamp_micros().max(0) as u64;
+    now.max(previous + 1)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_second_up_to_an_hour() {
+        for (attempts, base) in [
+            (1, 1_000),
+            (2, 2_000),
+            (3, 4_000),
+            (12, 2_048_000),
+            (13, 3_600_000),
+            (40, 3_600_000),
+        ] {
+            let wait = backoff_ms(attempts);
+            assert!(
+                wait >= base * 8 / 10 && wait <= base * 12 / 10,
+                "{attempts}: {wait}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_version_is_above_the_last_even_from_the_future() {
+        assert!(next_version(0) > 1_700_000_000_000_000);
+        assert_eq!(next_version(u64::MAX / 2), u64::MAX / 2 + 1);
+    }
+}

@@ -1,0 +1,553 @@
+//! Alerts fired as usage reaches them. The batcher tells [`Touches`] of every committed batch
+//! before it acknowledges it; the customers with samples in it, of tenants that have alerts,
+//! go to one task that rates the billing periods their events fall in (the current one, and a
+//! past one a late event reached) through the usage read model (usage kept in memory, so
+//! usually without a query) and fires each alert whose value reached its threshold.
+//!
+//! Each alert fires once per subscription and billing period: its event id is derived from
+//! the tenant, the alert (its code and creation), the subscription and the period's start, and
+//! is recorded in `alert_firings` with the deliveries to every endpoint that receives
+//! `alert.triggered`. A replica claims the id in Redis before it looks the id up and records
+//! it, so two replicas never record it both; without Redis one process writes. The task also
+//! looks again at every alert's subscriptions at start-up and whenever an alert is added, and
+//! (with replicas) at each customer again a few seconds after its batch, once other replicas'
+//! batches are visible, so that batches of several replicas that reach a threshold together
+//! fire it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::outbox::Outbox;
+use super::{ALERT_TRIGGERED, Context};
+use crate::billing::period::Period;
+use crate::catalog::TenantCatalog;
+use crate::domain::Subscription;
+use crate::domain::alert::{Alert, AlertMetric};
+use crate::ingest::batcher::BatchObserver;
+use crate::ingest::shared::Lock;
+use crate::readmodel::report::{ResolvedSubscription, UsageReport, report};
+use crate::store::StoreError;
+use crate::store::rows::EventRow;
+use crate::store::webhooks::{DeliveryRow, FiringRow};
+
+/// Batches waiting for the task, at most; past it, the task looks at every alert again.
+const QUEUE: usize = 4_096;
+/// With replicas: when a customer is looked at again after its batch.
+const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(3);
+/// How often the task looks for alerts added (by any process) and for looks due.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A customer whose usage a batch changed, and its earliest event's time.
+#[derive(Debug, Clone)]
+pub struct Touched {
+    pub tenant: Arc<str>,
+    pub customer: String,
+    pub earliest_ms: i64,
+}
+
+/// Tells the alert task of committed batches. Cheap: tenants without alerts cost one look-up
+/// per batch.
+pub struct Touches {
+    context: Context,
+    tx: mpsc::Sender<Vec<Touched>>,
+    overflow: Arc<AtomicBool>,
+}
+
+impl BatchObserver for Touches {
+    fn inserting(&self, _: u64, _: &[EventRow]) {}
+
+    fn committed(&self, _: u64, rows: &[EventRow]) {
+        let mut touched: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut tenant: Option<(&str, bool)> = None;
+        for row in rows.iter().filter(|r| !r.sample_meter.is_empty()) {
+            let watched = match tenant {
+                Some((t, watched)) if t == &*row.tenant => watched,
+                _ => {
+                    let watched = !self.context.catalog.tenant(&row.tenant).alerts.is_empty();
+                    tenant = Some((&row.tenant, watched));
+                    watched
+                }
+            };
+            if watched {
+                let earliest = touched
+                    .entry((&row.tenant, &row.customer))
+                    .or_insert(row.ts_ms);
+                *earliest = (*earliest).min(row.ts_ms);
+            }
+        }
+        if touched.is_empty() {
+            return;
+        }
+        let batch = touched
+            .into_iter()
+            .map(|((tenant, customer), earliest_ms)| Touched {
+                tenant: tenant.into(),
+                customer: customer.to_owned(),
+                earliest_ms,
+            })
+            .collect();
+        if self.tx.try_send(batch).is_err() {
+            self.overflow.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, _: u64, _: &[EventRow]) {}
+}
+
+/// Starts the alert task.
+pub(super) fn start(context: Context, outbox: Outbox) -> (Touches, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let touches = Touches {
+        context: context.clone(),
+        tx,
+        overflow: overflow.clone(),
+    };
+    let watcher = Watcher {
+        context,
+        outbox,
+        overflow,
+        fired: HashSet::new(),
+        known: HashMap::new(),
+        indexes: HashMap::new(),
+        again: VecDeque::new(),
+    };
+    (touches, tokio::spawn(watcher.run(rx)))
+}
+
+/// Alerts of one tenant catalog, by what they watch, and the customers concerned.
+#[derive(Default)]
+struct Index {
+    by_subscription: HashMap<String, Vec<String>>,
+    by_plan: HashMap<String, Vec<String>>,
+    /// Customer → subscriptions some alert may watch.
+    customers: HashMap<String, Vec<String>>,
+}
+
+impl Index {
+    fn of(catalog: &TenantCatalog) -> Self {
+        let mut index = Index::default();
+        for alert in catalog.alerts.values() {
+            if let Some(s) = &alert.subscription {
+                index
+                    .by_subscription
+                    .entry(s.clone())
+                    .or_default()
+                    .push(alert.code.clone());
+            }
+            if let Some(p) = &alert.plan {
+                index
+                    .by_plan
+                    .entry(p.clone())
+                    .or_default()
+                    .push(alert.code.clone());
+            }
+        }
+        for s in catalog.subscriptions.values() {
+            let watched = index.by_subscription.contains_key(&s.external_id)
+                || s.phases.iter().any(|p| index.by_plan.contains_key(&p.plan));
+            if watched {
+                index
+                    .customers
+                    .entry(s.customer.clone())
+                    .or_default()
+                    .push(s.external_id.clone());
+            }
+        }
+        index
+    }
+
+    /// The alerts watching `subscription` while it is on `plan`.
+    fn alerts<'c>(
+        &self,
+        catalog: &'c TenantCatalog,
+        subscription: &str,
+        plan: &str,
+    ) -> Vec<&'c Alert> {
+        let codes = self.by_subscription.get(subscription).into_iter().flatten();
+        let codes = codes.chain(self.by_plan.get(plan).into_iter().flatten());
+        codes.filter_map(|code| catalog.alerts.get(code)).collect()
+    }
+}
+
+/// An alert's code and creation: an alert made again under its code is new.
+type AlertMade = (String, Option<DateTime<Utc>>);
+
+struct Watcher {
+    context: Context,
+    outbox: Outbox,
+    overflow: Arc<AtomicBool>,
+    /// Event ids known to have fired.
+    fired: HashSet<String>,
+    /// Per tenant, the alerts already looked at everywhere (code and creation).
+    known: HashMap<String, HashSet<AlertMade>>,
+    /// Per tenant, the index of the catalog snapshot it was built from.
+    indexes: HashMap<String, (Arc<TenantCatalog>, Arc<Index>)>,
+    /// Customers to look at again, when.
+    again: VecDeque<(Instant, Touched)>,
+}
+
+impl Watcher {
+    async fn run(mut self, mut rx: mpsc::Receiver<Vec<Touched>>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let mut pending: Vec<Touched> = Vec::new();
+            let mut look_again = false;
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { return };
+                    pending.extend(batch);
+                    while let Ok(batch) = rx.try_recv() {
+                        pending.extend(batch);
+                    }
+                    look_again = self.context.redis.is_some();
+                }
+                _ = tick.tick() => {
+                    let everything = self.overflow.swap(false, Ordering::Relaxed);
+                    pending.extend(self.added_alerts(everything));
+                    let now = Instant::now();
+                    while self.again.front().is_some_and(|(due, _)| *due <= now) {
+                        if let Some((_, touched)) = self.again.pop_front() {
+                            pending.push(touched);
+                        }
+                    }
+                }
+            }
+            for touched in coalesce(pending) {
+                let again = match self.look_at(&touched).await {
+                    Ok(watched) => watched && look_again,
+                    Err(e) => {
+                        tracing::warn!(tenant = %touched.tenant, customer = %touched.customer,
+                            error = %e, "checking alerts failed; looked at again shortly");
+                        true
+                    }
+                };
+                if again {
+                    self.again
+                        .push_back((Instant::now() + LOOK_AGAIN_AFTER, touched));
+                }
+            }
+        }
+    }
+
+    /// The customers of alerts not looked at yet (all of them with `everything`), to look at
+    /// in their current periods.
+    fn added_alerts(&mut self, everything: bool) -> Vec<Touched> {
+        let now_ms = Utc::now().timestamp_millis();
+        let mut out = Vec::new();
+        for (tenant, catalog) in self.context.catalog.tenants() {
+            let alerts: HashSet<AlertMade> = catalog
+                .alerts
+                .values()
+                .map(|a| (a.code.clone(), a.created_at))
+                .collect();
+            let known = self.known.entry(tenant.clone()).or_default();
+            if !everything && alerts.is_subset(known) {
+                *known = alerts;
+                continue;
+            }
+            *known = alerts;
+            let index = Index::of(&catalog);
+            let tenant: Arc<str> = tenant.as_str().into();
+            out.extend(index.customers.keys().map(|customer| Touched {
+                tenant: tenant.clone(),
+                customer: customer.clone(),
+                earliest_ms: now_ms,
+            }));
+        }
+        out
+    }
+
+    fn index(&mut self, tenant: &str, catalog: &Arc<TenantCatalog>) -> Arc<Index> {
+        if let Some((built_from, index)) = self.indexes.get(tenant)
+            && Arc::ptr_eq(built_from, catalog)
+        {
+            return index.clone();
+        }
+        let index = Arc::new(Index::of(catalog));
+        self.indexes
+            .insert(tenant.to_owned(), (catalog.clone(), index.clone()));
+        index
+    }
+
+    /// Checks the alerts of the customer's watched subscriptions in the periods of its events;
+    /// whether any alert watches the customer.
+    async fn look_at(&mut self, touched: &Touched) -> Result<bool, StoreError> {
+        let catalog = self.context.catalog.tenant(&touched.tenant);
+        let index = self.index(&touched.tenant, &catalog);
+        let Some(subscriptions) = index.customers.get(&touched.customer) else {
+            return Ok(false);
+        };
+        let now = Utc::now();
+        let earliest = DateTime::from_timestamp_millis(touched.earliest_ms).unwrap_or(now);
+        for key in subscriptions {
+            let Some(subscription) = catalog.subscriptions.get(key) else {
+                continue;
+            };
+            let Ok(resolved) = ResolvedSubscription::new(&touched.tenant, &catalog, subscription)
+            else {
+                continue;
+            };
+            let mut periods: Vec<Period> = Vec::new();
+            for at in [now, earliest] {
+                if let Ok(Some(period)) = resolved.timeline.period_at(at)
+                    && !periods.iter().any(|p| p.window.from == period.window.from)
+                {
+                    periods.push(period);
+                }
+            }
+            for period in periods {
+                self.check(&resolved, &index, subscription, &period).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn check(
+        &mut self,
+        resolved: &ResolvedSubscription<'_>,
+        index: &Index,
+        subscription: &Subscription,
+        period: &Period,
+    ) -> Result<(), StoreError> {
+        let Some(phase) = subscription.phases.get(period.phase) else {
+            return Ok(());
+        };
+        let catalog = resolved.catalog;
+        let due: Vec<(&Alert, String)> = index
+            .alerts(catalog, &subscription.external_id, &phase.plan)
+            .into_iter()
+            .map(|alert| {
+                (
+                    alert,
+                    event_id(resolved.tenant, alert, subscription, period),
+                )
+            })
+            .filter(|(_, id)| !self.fired.contains(id))
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let report = match report(
+            &self.context.usage,
+            resolved,
+            period.window.from,
+            period.window.to,
+        )
+        .await
+        {
+            Ok(report) => report,
+            Err(crate::readmodel::report::UsageError::Store(e)) => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, subscription = %subscription.external_id,
+                    "no report for alerts");
+                return Ok(());
+            }
+        };
+        for (alert, id) in due {
+            let Some((value, threshold)) = measure(alert, &report) else {
+                continue;
+            };
+            if value >= threshold {
+                let fired = Fired {
+                    id,
+                    alert,
+                    report: &report,
+                    plan: &phase.plan,
+                    period,
+                    value,
+                    threshold,
+                };
+                self.fire(resolved.tenant, catalog, fired).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the firing and its deliveries unless recorded already, and sends them.
+    async fn fire(
+        &mut self,
+        tenant: &str,
+        catalog: &TenantCatalog,
+        fired: Fired<'_>,
+    ) -> Result<(), StoreError> {
+        let store = &self.context.store;
+        let mut claim = self.context.redis.clone().map(|redis| {
+            Lock::new(
+                redis,
+                store.database(),
+                &format!("alert:{tenant}:{}", fired.id),
+            )
+        });
+        if let Some(claim) = &mut claim {
+            match claim.try_take(30_000).await {
+                Ok(true) => {}
+                // Another replica is recording it; should it die first, the claim expires
+                // and a later look fires it.
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(StoreError::Unavailable(format!("redis: {e}"))),
+            }
+        }
+        let recorded = self.record(tenant, catalog, &fired).await;
+        if let Some(claim) = &mut claim {
+            claim.give_back().await;
+        }
+        let deliveries = recorded?;
+        self.fired.insert(fired.id.clone());
+        for row in deliveries {
+            self.outbox.wake((row.tenant, row.id, row.endpoint));
+        }
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        tenant: &str,
+        catalog: &TenantCatalog,
+        fired: &Fired<'_>,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let store = &self.context.store;
+        if store.has_fired(tenant, &fired.id).await? {
+            return Ok(vec![]);
+        }
+        let now = Utc::now();
+        let payload = fired.payload(now).to_string();
+        let deliveries: Vec<DeliveryRow> = catalog
+            .webhook_endpoints
+            .values()
+            .filter(|e| e.receives(ALERT_TRIGGERED))
+            .map(|endpoint| DeliveryRow {
+                tenant: tenant.to_owned(),
+                id: fired.id.clone(),
+                endpoint: endpoint.id.clone(),
+                kind: ALERT_TRIGGERED.into(),
+                payload: payload.clone(),
+                created_ms: now.timestamp_millis(),
+                state: "pending".into(),
+                attempts: 0,
+                next_attempt_ms: now.timestamp_millis(),
+                last_status: 0,
+                last_error: String::new(),
+                version: 0,
+            })
+            .collect();
+        let firing = FiringRow {
+            tenant: tenant.to_owned(),
+            id: fired.id.clone(),
+            alert: fired.alert.code.clone(),
+            subscription: fired.report.subscription.clone(),
+            period_from_ms: fired.period.window.from.timestamp_millis(),
+            payload,
+            fired_ms: now.timestamp_millis(),
+        };
+        store.insert_firing(&firing, &deliveries).await?;
+        tracing::info!(tenant, alert = %fired.alert.code, subscription = %firing.subscription,
+            event = %fired.id, endpoints = deliveries.len(), "alert fired");
+        Ok(deliveries)
+    }
+}
+
+/// An alert reached in one period.
+struct Fired<'a> {
+    id: String,
+    alert: &'a Alert,
+    report: &'a UsageReport,
+    plan: &'a str,
+    period: &'a Period,
+    value: Decimal,
+    threshold: Decimal,
+}
+
+impl Fired<'_> {
+    /// The `alert.triggered` event.
+    fn payload(&self, now: DateTime<Utc>) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": ALERT_TRIGGERED,
+            "created_at": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": {
+                "alert": self.alert.code,
+                "subscription": self.report.subscription,
+                "customer": self.report.customer,
+                "plan": self.plan,
+                "price": self.alert.price,
+                "metric": self.alert.metric(),
+                "threshold": self.threshold,
+                "value": self.value,
+                "currency": self.report.currency,
+                "period": {"from": self.period.window.from, "to": self.period.window.to},
+            }
+        })
+    }
+}
+
+/// The alert's value in the report and the threshold it fires at; `None` when the report has
+/// no such price (a plan of the period without it) or the price includes no units for a
+/// percent threshold.
+fn measure(alert: &Alert, report: &UsageReport) -> Option<(Decimal, Decimal)> {
+    let Some(price) = &alert.price else {
+        return Some((report.total, alert.threshold_for(Decimal::ZERO)?));
+    };
+    let charges: Vec<_> = report
+        .charges
+        .iter()
+        .filter(|c| &c.price == price)
+        .collect();
+    if charges.is_empty() {
+        return None;
+    }
+    let value = match alert.metric() {
+        AlertMetric::Quantity => charges.iter().map(|c| c.quantity).sum(),
+        AlertMetric::Amount => charges.iter().map(|c| c.amount).sum(),
+    };
+    let included = charges.iter().map(|c| c.included_units).max()?;
+    Some((value, alert.threshold_for(included)?))
+}
+
+/// The id of an alert's event for one subscription and period: the same in every process and
+/// after any restart; a new alert under an old code (created anew) gets new ids.
+pub fn event_id(
+    tenant: &str,
+    alert: &Alert,
+    subscription: &Subscription,
+    period: &Period,
+) -> String {
+    let created = alert.created_at.map_or(0, |t| t.timestamp_micros());
+    let mut hash = Sha256::new();
+    for part in [
+        tenant,
+        &alert.code,
+        &created.to_string(),
+        &subscription.external_id,
+        &period.window.from.timestamp_millis().to_string(),
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0u8]);
+    }
+    format!("evt_{}", &hex::encode(hash.finalize())[..32])
+}
+
+/// One entry per (tenant, customer), with the earliest time.
+fn coalesce(touched: Vec<Touched>) -> Vec<Touched> {
+    let mut by: HashMap<(Arc<str>, String), i64> = HashMap::new();
+    for t in touched {
+        let earliest = by.entry((t.tenant, t.customer)).or_insert(t.earliest_ms);
+        *earliest = (*earliest).min(t.earliest_ms);
+    }
+    by.into_iter()
+        .map(|((tenant, customer), earliest_ms)| Touched {
+            tenant,
+            customer,
+            earliest_ms,
+        })
+        .collect()
+}
