@@ -622,3 +622,143 @@ async fn bad_alerts_and_endpoints_are_refused_naming_the_field() {
     assert_eq!(status, 404);
     app.shutdown().await;
 }
+
+/// POSTs as acme's admin to a replica; the answer, which must be a success.
+async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
+    let response = http
+        .post(format!("{base}{path}"))
+        .bearer_auth("admin_key_a")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path}: {status} {answer}");
+    answer
+}
+
+/// Sends `n` calls of c1 to the replica at `base` until acknowledged.
+async fn calls_to(http: &reqwest::Client, base: &str, prefix: &str, n: usize) {
+    let at = Utc::now().timestamp_millis() - 1_000;
+    let body: Vec<Value> = (0..n)
+        .map(|i| json!({"id": format!("{prefix}-{i}"), "customer": "c1", "type": "api_call", "timestamp": at - i as i64}))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = http
+            .post(format!("{base}/v1/events"))
+            .bearer_auth("ingest_key_a")
+            .json(&body)
+            .send()
+            .await;
+        if sent.is_ok_and(|r| r.status() == 202) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base} does not take events");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_fire_each_alert_once_and_a_crash_loses_no_delivery() {
+    const DB: &str = "test_alerts_replicas";
+    common::empty_database(&test_config("alerts_replicas", &common::clickhouse_url())).await;
+    let redis_port = common::free_server_port();
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let _redis = common::start_redis(redis_port, &common::scratch_dir("redis-alerts"));
+    common::wait_redis(&redis_url).await;
+    let shared = [
+        "--redis-url",
+        redis_url.as_str(),
+        "--webhook-timeout-ms",
+        "2000",
+    ];
+    let ports = [common::free_server_port(), common::free_server_port()];
+    let bases: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let mut replicas: Vec<common::Service> = ports
+        .iter()
+        .map(|p| common::serve_process(*p, DB, &shared))
+        .collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    for base in &bases {
+        common::wait_ready(&http, base).await;
+    }
+    let receiver = Receiver::start().await;
+    // The first attempt fails: the delivery waits in the outbox for its retry.
+    receiver.answer(&[Answer::Status(500)]);
+    let start = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 86_400, 0).unwrap();
+    admin(&http, &bases[0], "/v1/plans", json!({"code": "pro", "name": "Pro", "currency": "USD", "interval": "month",
+        "prices": [{"code": "calls", "type": "usage", "meter": "calls", "model": "per_unit", "unit_amount": "0.10"}]})).await;
+    admin(
+        &http,
+        &bases[0],
+        "/v1/customers",
+        json!({"external_id": "c1"}),
+    )
+    .await;
+    admin(&http, &bases[0], "/v1/subscriptions", json!({"external_id": "sub_1", "customer": "c1", "plan": "pro", "start_date": start.to_rfc3339()})).await;
+    let endpoint = admin(
+        &http,
+        &bases[0],
+        "/v1/webhook_endpoints",
+        json!({"url": receiver.url}),
+    )
+    .await;
+    let secret = endpoint["secret"].as_str().unwrap().to_owned();
+    admin(
+        &http,
+        &bases[0],
+        "/v1/alerts",
+        json!({"code": "twenty", "subscription": "sub_1", "price": "calls", "threshold": "20"}),
+    )
+    .await;
+    admin(
+        &http,
+        &bases[0],
+        "/v1/alerts",
+        json!({"code": "sixty", "subscription": "sub_1", "price": "calls", "threshold": "60"}),
+    )
+    .await;
+    // Every replica knows the alerts (catalog polling) before the events come.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Half the way on each replica: together they reach 20.
+    tokio::join!(
+        calls_to(&http, &bases[0], "a", 10),
+        calls_to(&http, &bases[1], "b", 10)
+    );
+    let first = verified(&receiver.wait_for(1).await[0], &secret);
+    assert_eq!(first["data"]["alert"], "twenty", "{first}");
+    // Both replicas die with the retry pending; one comes back and delivers it.
+    for replica in &mut replicas {
+        replica.kill();
+    }
+    replicas[0] = common::serve_process(ports[0], DB, &shared);
+    common::wait_ready(&http, &bases[0]).await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(
+        verified(&got[1], &secret)["id"],
+        first["id"],
+        "the retry has the same id"
+    );
+
+    replicas[1] = common::serve_process(ports[1], DB, &shared);
+    common::wait_ready(&http, &bases[1]).await;
+    tokio::join!(
+        calls_to(&http, &bases[0], "c", 20),
+        calls_to(&http, &bases[1], "d", 20)
+    );
+    let got = receiver.wait_for(3).await;
+    let third = verified(&got[2], &secret);
+    assert_eq!(third["data"]["alert"], "sixty", "{third}");
+    assert_eq!(dec(&third["data"]["value"]), d("60"));
+    // Both replicas look again a few seconds after their batches: nothing fires twice.
+    receiver.still(3, Duration::from_secs(5)).await;
+}

@@ -8,59 +8,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Service, free_port, scratch_dir, serve_log, serve_process, test_config, wait_ready};
+use common::{
+    Service, free_port, free_server_port, scratch_dir, serve_log, serve_process, start_redis,
+    test_config, wait_ready, wait_redis,
+};
 use meterhouse::store::Store;
 use serde_json::{Value, json};
-
-/// A free loopback port below the ephemeral range: a client retrying a connection to a port in
-/// that range while nothing listens there can end up connected to itself (TCP simultaneous
-/// open), holding the port the server is about to take.
-fn free_server_port() -> u16 {
-    loop {
-        let port = 20_000 + rand::random::<u16>() % 10_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// `redis-server` on `port`, keeping nothing on disk: started again, it is empty.
-fn start_redis(port: u16, dir: &Path) -> Service {
-    std::fs::create_dir_all(dir).unwrap();
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Service)
-        .expect("redis-server (scripts/install-deps --tests installs it)")
-}
-
-async fn wait_redis(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let client = redis::Client::open(url).unwrap();
-    while Instant::now() < deadline {
-        if let Ok(mut connection) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-                .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("redis-server at {url} did not answer");
-}
 
 /// The epoch Redis holds for the test database: written each time it is loaded.
 async fn epoch(url: &str) -> Option<String> {

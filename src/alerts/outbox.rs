@@ -126,7 +126,9 @@ impl Outbox {
             Lock::new(redis, context.store.database(), &name)
         });
         if let Some(held) = &mut held {
-            let hold_ms = (context.webhook_timeout + Duration::from_secs(30)).as_millis() as u64;
+            // The attempt and its record; a sender that dies holding it delays the delivery
+            // by this much.
+            let hold_ms = (context.webhook_timeout + Duration::from_secs(5)).as_millis() as u64;
             match held.try_take(hold_ms).await {
                 Ok(true) => {}
                 // Another replica is sending it.

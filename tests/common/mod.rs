@@ -3,9 +3,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use meterhouse::app::Application;
 use meterhouse::config::Config;
@@ -294,6 +295,50 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A free loopback port below the ephemeral range: a client retrying a connection to a port in
+/// that range while nothing listens there can end up connected to itself (TCP simultaneous
+/// open), holding the port the server is about to take.
+pub fn free_server_port() -> u16 {
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `redis-server` on `port`, keeping nothing on disk: started again, it is empty.
+pub fn start_redis(port: u16, dir: &Path) -> Service {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Service)
+        .expect("redis-server (scripts/install-deps --tests installs it)")
+}
+
+pub async fn wait_redis(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = redis::Client::open(url).unwrap();
+    while Instant::now() < deadline {
+        if let Ok(mut connection) = client.get_multiplexed_async_connection().await
+            && redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis-server at {url} did not answer");
 }
 
 /// A free loopback port.
