@@ -48,3 +48,34 @@ async fn every_readme_command_block_works_against_the_demo() {
     }
     app.shutdown().await;
 }
+
+/// The README's webhook check, in Python as written, accepts what the service signs and refuses
+/// a body changed on the way.
+#[test]
+fn the_readme_python_verifies_a_webhook_signature() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let function = readme
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a python block in the README");
+    let body = r#"{"id":"evt_1","type":"alert.triggered"}"#;
+    let t = chrono::Utc::now().timestamp();
+    let header = meterhouse::alerts::signature::sign("whsec_test", t, body);
+    let script = format!(
+        "{function}\n\
+         assert verified('whsec_test', {header:?}, {body:?}.encode())\n\
+         assert not verified('whsec_test', {header:?}, {body:?}.encode() + b' ')\n\
+         assert not verified('whsec_other', {header:?}, {body:?}.encode())\n"
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
