@@ -1,5 +1,6 @@
 //! The soak harness, short: a steady ingest rate with concurrent usage reads. No request
-//! fails and every acknowledged event is stored (the harness checks the store). The long run
+//! fails and every acknowledged event is stored (the harness checks the store); every alert
+//! threshold the events cross sends its webhook once. The long run
 //! (`meterhouse soak`, 10 minutes) is in BENCHMARKS.md.
 
 #[path = "../benches/harness/soak.rs"]
@@ -17,6 +18,7 @@ async fn a_short_soak_has_no_errors_and_loses_nothing() {
         readers: 2,
         dedup_max_ids: None,
         clickhouse_url: None,
+        alerts: 300,
     })
     .await
     .expect("soak");
@@ -26,4 +28,8 @@ async fn a_short_soak_has_no_errors_and_loses_nothing() {
     assert!(report.reads > 0, "{report:?}");
     assert_eq!(report.acknowledged, 12 * 4_000);
     assert_eq!(report.stored, report.acknowledged);
+    // Every threshold crossed sent its webhook, once.
+    assert_eq!(report.alerts_crossed, 300, "{report:?}");
+    assert_eq!(report.webhooks_missing, 0, "{report:?}");
+    assert_eq!(report.webhook_duplicates, 0, "{report:?}");
 }

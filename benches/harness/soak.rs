@@ -2,8 +2,9 @@
 //! check the store. Reports the achieved rate, p50/p99 of acknowledgements and reads, errors,
 //! and the process's resident memory over the run (service and harness share the process).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -38,6 +39,11 @@ pub struct SoakArgs {
     /// Use this ClickHouse instead of starting one in a temporary directory.
     #[arg(long)]
     pub clickhouse_url: Option<String>,
+    /// Alerts to define before the load, spread over the subscriptions, each on a calls
+    /// threshold the run crosses; a webhook receiver in this process times each delivery
+    /// from the acknowledgement of the batch that crossed its threshold.
+    #[arg(long, default_value_t = 0)]
+    pub alerts: usize,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -62,11 +68,25 @@ pub struct SoakReport {
     pub rss_mb_max: f64,
     /// Resident memory at each tenth of the run.
     pub rss_mb_by_tenth: Vec<f64>,
+    pub alerts: usize,
+    /// Alert thresholds the acknowledged events crossed, webhooks that arrived for them,
+    /// arrivals of an event already received, and crossings without a webhook.
+    pub alerts_crossed: usize,
+    pub webhooks_received: usize,
+    pub webhook_duplicates: usize,
+    pub webhooks_missing: usize,
+    /// From the acknowledgement that crossed a threshold to the webhook's arrival (0 when it
+    /// arrived first, counted in `webhooks_before_ack`).
+    pub webhook_p50_ms: f64,
+    pub webhook_p99_ms: f64,
+    pub webhook_max_ms: f64,
+    pub webhooks_before_ack: usize,
 }
 
 const CUSTOMERS: usize = 100;
 const MODELS: [&str; 2] = ["a", "b"];
 const INGEST_KEY: &str = "soak-ingest-key";
+const ADMIN_KEY: &str = "soak-admin-key";
 const READ_KEY: &str = "soak-read-key";
 
 fn catalog() -> String {
@@ -128,7 +148,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
     let mut config = Config::defaults();
     config.store.clickhouse_url = Some(url.clone());
     config.store.database = "soak".into();
-    config.api_keys = format!("{INGEST_KEY}:soak:ingest,{READ_KEY}:soak:read");
+    config.api_keys =
+        format!("{INGEST_KEY}:soak:ingest,{READ_KEY}:soak:read,{ADMIN_KEY}:soak:admin");
     config.rate_limit_rps = 1_000_000;
     config.rate_limit_eps = 100_000_000;
     if let Some(cap) = args.dedup_max_ids {
@@ -148,6 +169,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
     let base = service.base.clone();
 
     let http = reqwest::Client::new();
+    let alerts = Alerts::define(&http, &base, &args).await?;
     let started = Instant::now();
     let run_for = Duration::from_secs(args.duration_s);
     let batches = (args.rate * args.duration_s).div_ceil(args.batch as u64) as usize;
@@ -155,6 +177,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
     let mut ingest = Vec::new();
     for _ in 0..args.clients.max(1) {
         let (http, base, next, args) = (http.clone(), base.clone(), next.clone(), args.clone());
+        let alerts = alerts.clone();
         ingest.push(tokio::spawn(async move {
             let (mut latencies, mut errors, mut accepted) = (Vec::new(), 0usize, 0u64);
             loop {
@@ -175,6 +198,10 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
                                "properties": {"tokens": 10 + n % 900, "model": MODELS[n % 2]}})
                     })
                     .collect();
+                let mut per_customer = [0u64; CUSTOMERS];
+                for i in 0..args.batch {
+                    per_customer[(k * args.batch + i) % CUSTOMERS] += 1;
+                }
                 let sent = Instant::now();
                 let response = http
                     .post(format!("{base}/v1/events"))
@@ -187,6 +214,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
                         let ack: serde_json::Value = r.json().await.unwrap_or_default();
                         accepted += ack["accepted"].as_u64().unwrap_or(0);
                         latencies.push(sent.elapsed());
+                        alerts.acknowledged(&per_customer);
                     }
                     _ => errors += 1,
                 }
@@ -251,6 +279,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
     }
     let rss_end = rss_mb();
     let reads_from_memory = memory_share(&service.usage);
+    let webhooks = alerts.settle().await;
     service.stop().await?;
     let store = Store::new(&url, &config.store).connect().await?;
     let stored = store
@@ -283,9 +312,161 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         rss_mb_end: rss_end,
         rss_mb_max: rss_max,
         rss_mb_by_tenth: by_tenth,
+        alerts: args.alerts,
+        alerts_crossed: webhooks.crossed,
+        webhooks_received: webhooks.received,
+        webhook_duplicates: webhooks.duplicates,
+        webhooks_missing: webhooks.missing,
+        webhook_p50_ms: percentile(&webhooks.latencies, 0.50),
+        webhook_p99_ms: percentile(&webhooks.latencies, 0.99),
+        webhook_max_ms: percentile(&webhooks.latencies, 1.0),
+        webhooks_before_ack: webhooks.before_ack,
     };
     if stored != acknowledged {
         bail!("{acknowledged} events acknowledged but {stored} stored: {report:?}");
     }
     Ok(report)
+}
+
+/// The alerts of a run and what became of them: thresholds crossed (when the acknowledgement
+/// that crossed each arrived) and webhooks received (when).
+#[derive(Clone, Default)]
+struct Alerts {
+    /// Per customer, its thresholds in calls, ascending.
+    thresholds: Arc<Vec<Vec<u64>>>,
+    /// Per customer, the calls acknowledged so far.
+    acknowledged: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    crossed: Arc<Mutex<HashMap<(usize, u64), Instant>>>,
+    /// (customer, threshold) → arrivals; event id → how many times it arrived.
+    arrived: Arc<Mutex<HashMap<(usize, u64), Instant>>>,
+    events: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// What the alerts' webhooks did.
+struct Webhooks {
+    crossed: usize,
+    received: usize,
+    duplicates: usize,
+    missing: usize,
+    before_ack: usize,
+    latencies: Vec<Duration>,
+}
+
+impl Alerts {
+    /// Starts the receiver, registers it, and defines `args.alerts` alerts: customer c's m-th
+    /// alert fires at the share (m + 1) / (its alerts + 1) of the calls the run sends it.
+    async fn define(http: &reqwest::Client, base: &str, args: &SoakArgs) -> anyhow::Result<Self> {
+        let per_customer_calls = args.rate * args.duration_s / CUSTOMERS as u64;
+        let mut thresholds = vec![Vec::new(); CUSTOMERS];
+        let each = args.alerts.div_ceil(CUSTOMERS) as u64;
+        for j in 0..args.alerts {
+            let m = (j / CUSTOMERS) as u64;
+            thresholds[j % CUSTOMERS].push((per_customer_calls * (m + 1) / (each + 1)).max(1));
+        }
+        let alerts = Self {
+            thresholds: Arc::new(thresholds),
+            acknowledged: Arc::new((0..CUSTOMERS).map(|_| Default::default()).collect()),
+            ..Self::default()
+        };
+        if args.alerts == 0 {
+            return Ok(alerts);
+        }
+        let receiver = alerts.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                let receiver = receiver.clone();
+                async move { receiver.received(&body) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let admin = |path: &str, body: serde_json::Value| {
+            http.post(format!("{base}{path}"))
+                .bearer_auth(ADMIN_KEY)
+                .json(&body)
+                .send()
+        };
+        let created = admin("/v1/webhook_endpoints", json!({"url": url})).await?;
+        anyhow::ensure!(created.status() == 201, "endpoint: {}", created.status());
+        for (c, thresholds) in alerts.thresholds.iter().enumerate() {
+            for t in thresholds {
+                let alert = json!({"code": format!("a{c}_{t}"), "subscription": format!("sub{c}"),
+                    "price": "calls", "threshold": t.to_string()});
+                let created = admin("/v1/alerts", alert).await?;
+                anyhow::ensure!(created.status() == 201, "alert: {}", created.status());
+            }
+        }
+        Ok(alerts)
+    }
+
+    fn received(&self, body: &str) -> axum::http::StatusCode {
+        let at = Instant::now();
+        let event: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let data = &event["data"];
+        let customer = data["customer"].as_str().and_then(|c| c.strip_prefix('s'));
+        let threshold = data["threshold"]
+            .as_str()
+            .and_then(|t| t.parse::<u64>().ok());
+        if let (Some(Ok(customer)), Some(threshold)) = (customer.map(str::parse), threshold) {
+            lock(&self.arrived)
+                .entry((customer, threshold))
+                .or_insert(at);
+        }
+        *lock(&self.events)
+            .entry(event["id"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+        axum::http::StatusCode::OK
+    }
+
+    /// Calls per customer of a batch just acknowledged.
+    fn acknowledged(&self, calls: &[u64; CUSTOMERS]) {
+        let now = Instant::now();
+        for (c, n) in calls.iter().enumerate() {
+            let before = self.acknowledged[c].fetch_add(*n, Ordering::Relaxed);
+            for t in &self.thresholds[c] {
+                if before < *t && *t <= before + n {
+                    lock(&self.crossed).insert((c, *t), now);
+                }
+            }
+        }
+    }
+
+    /// Waits (at most 30 s) for a webhook of every threshold crossed; what arrived.
+    async fn settle(&self) -> Webhooks {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lock(&self.arrived).len() < lock(&self.crossed).len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Late duplicates would show within a few more seconds.
+        if !self.thresholds.iter().all(Vec::is_empty) {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let crossed = lock(&self.crossed).clone();
+        let arrived = lock(&self.arrived).clone();
+        let events = lock(&self.events).clone();
+        let (mut latencies, mut before_ack) = (Vec::new(), 0);
+        for (key, acked) in &crossed {
+            if let Some(at) = arrived.get(key) {
+                if at < acked {
+                    before_ack += 1;
+                }
+                latencies.push(at.saturating_duration_since(*acked));
+            }
+        }
+        latencies.sort_unstable();
+        Webhooks {
+            crossed: crossed.len(),
+            received: events.values().sum(),
+            duplicates: events.values().map(|n| n - 1).sum(),
+            missing: crossed.len() - latencies.len(),
+            before_ack,
+            latencies,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

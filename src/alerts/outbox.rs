@@ -1,8 +1,10 @@
 //! The webhook outbox: deliveries are rows of `webhook_deliveries` (ClickHouse), so they
-//! survive a restart or a crash. Every process sends: new deliveries at once, and every second
-//! those due (retries, and whatever a process that stopped left). With Redis, a lock per
-//! delivery lets one process at a time send it; each takes the lock, reads the delivery's
-//! latest state again, and sends only if it is still due.
+//! survive a restart or a crash. Every process sends: the deliveries it makes at once, and
+//! every second those due (retries, and whatever a process that stopped left). With Redis, a
+//! lock per delivery lets one process at a time send it; each takes the lock, reads the
+//! delivery's latest state again, and sends only if it is still due. Outcomes (the attempt,
+//! the new state) are written in batches, every 100 ms at most; a process that dies before
+//! writing one leaves the delivery pending, and it is sent again with the same id.
 //!
 //! A delivery is a `POST` of its event's JSON, signed (`signature`). A `2xx` delivers it;
 //! anything else, or no answer within the timeout, is retried with exponential backoff (1 s,
@@ -24,10 +26,14 @@ use super::{Context, signature};
 use crate::domain::WebhookEndpoint;
 use crate::ingest::shared::Lock;
 use crate::store::StoreError;
-use crate::store::webhooks::AttemptRow;
+use crate::store::webhooks::{AttemptRow, DeliveryRow};
 
 /// How often due deliveries are looked for.
 const POLL_EVERY: Duration = Duration::from_secs(1);
+/// A delivery never attempted is left this long to the process that made it.
+const NEW_LEFT_TO_MAKER_MS: i64 = 5_000;
+/// Outcomes wait at most this long to be written together.
+const RECORD_EVERY: Duration = Duration::from_millis(100);
 /// Deliveries sent at once, at most.
 const CONCURRENT_SENDS: usize = 64;
 /// Retries stop this long after a delivery was made.
@@ -49,8 +55,10 @@ pub struct Outbox {
 struct Inner {
     context: Context,
     client: HttpClient,
-    wake: mpsc::UnboundedSender<Key>,
-    /// Deliveries this process is sending now.
+    wake: mpsc::UnboundedSender<(Key, Option<DeliveryRow>)>,
+    /// Outcomes to write.
+    outcomes: mpsc::UnboundedSender<(Key, AttemptRow, DeliveryRow)>,
+    /// Deliveries this process is sending, or whose outcome it has yet to write.
     sending: Mutex<HashSet<Key>>,
     slots: Semaphore,
 }
@@ -58,24 +66,28 @@ struct Inner {
 impl Outbox {
     /// The sender and its task.
     pub fn start(context: Context) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
-        let (wake, mut woken) = mpsc::unbounded_channel::<Key>();
+        let (wake, mut woken) = mpsc::unbounded_channel();
+        let (outcomes, recorded) = mpsc::unbounded_channel();
         let outbox = Self {
             inner: Arc::new(Inner {
                 context,
                 client: Client::builder(TokioExecutor::new()).build(https_connector()),
                 wake,
+                outcomes,
                 sending: Mutex::new(HashSet::new()),
                 slots: Semaphore::new(CONCURRENT_SENDS),
             }),
         };
+        let recorder = tokio::spawn(outbox.clone().record(recorded));
         let task = tokio::spawn({
             let outbox = outbox.clone();
             async move {
+                let _recorder = AbortOnDrop(recorder);
                 let mut tick = tokio::time::interval(POLL_EVERY);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tokio::select! {
-                        Some(key) = woken.recv() => outbox.send_soon(key),
+                        Some((key, row)) = woken.recv() => outbox.send_soon(key, row),
                         _ = tick.tick() => outbox.send_due().await,
                     }
                 }
@@ -84,42 +96,86 @@ impl Outbox {
         Ok((outbox, task))
     }
 
-    /// Sends the delivery now if it is due (a new one, or one whose retry was asked for).
+    /// Sends the delivery now if it is due (one whose retry was asked for).
     pub fn wake(&self, key: Key) {
-        let _ = self.inner.wake.send(key);
+        let _ = self.inner.wake.send((key, None));
+    }
+
+    /// Sends a delivery this process has just stored.
+    pub fn send_new(&self, row: DeliveryRow) {
+        let key = (row.tenant.clone(), row.id.clone(), row.endpoint.clone());
+        let _ = self.inner.wake.send((key, Some(row)));
     }
 
     async fn send_due(&self) {
         let store = &self.inner.context.store;
-        match store.due_deliveries(now_ms(), 1_000).await {
+        let now = now_ms();
+        match store
+            .due_deliveries(now, now - NEW_LEFT_TO_MAKER_MS, 1_000)
+            .await
+        {
             Ok(rows) => {
                 for row in rows {
-                    self.send_soon((row.tenant, row.id, row.endpoint));
+                    self.send_soon((row.tenant, row.id, row.endpoint), None);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "looking for due webhook deliveries failed"),
         }
     }
 
-    fn send_soon(&self, key: Key) {
+    /// Sends it unless this process is already at it; `row` is its state, when just stored
+    /// by this process.
+    fn send_soon(&self, key: Key, row: Option<DeliveryRow>) {
         let fresh = lock(&self.inner.sending).insert(key.clone());
         if !fresh {
             return;
         }
         let outbox = self.clone();
         tokio::spawn(async move {
-            if let Ok(_slot) = outbox.inner.slots.acquire().await
-                && let Err(e) = outbox.attempt(&key).await
-            {
-                tracing::warn!(tenant = %key.0, event = %key.1, endpoint = %key.2, error = %e,
-                    "a webhook attempt could not be recorded; it is tried again");
+            let mut recording = false;
+            if let Ok(_slot) = outbox.inner.slots.acquire().await {
+                match outbox.attempt(&key, row).await {
+                    Ok(outcome) => recording = outcome,
+                    Err(e) => tracing::warn!(tenant = %key.0, event = %key.1,
+                        endpoint = %key.2, error = %e, "a webhook delivery could not be read; tried again"),
+                }
             }
-            lock(&outbox.inner.sending).remove(&key);
+            if !recording {
+                lock(&outbox.inner.sending).remove(&key);
+            }
         });
     }
 
-    /// One attempt, under the delivery's lock where replicas share Redis.
-    async fn attempt(&self, key: &Key) -> Result<(), StoreError> {
+    /// Writes outcomes in batches; each delivery is this process's until its outcome is
+    /// written.
+    async fn record(self, mut outcomes: mpsc::UnboundedReceiver<(Key, AttemptRow, DeliveryRow)>) {
+        let store = self.inner.context.store.clone();
+        while let Some(first) = outcomes.recv().await {
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + RECORD_EVERY;
+            while let Ok(Some(more)) = tokio::time::timeout_at(deadline, outcomes.recv()).await {
+                batch.push(more);
+            }
+            let attempts: Vec<AttemptRow> = batch.iter().map(|(_, a, _)| a.clone()).collect();
+            let states: Vec<DeliveryRow> = batch.iter().map(|(_, _, d)| d.clone()).collect();
+            let written = match store.insert_attempts(&attempts).await {
+                Ok(()) => store.insert_deliveries(&states).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                tracing::warn!(error = %e, deliveries = batch.len(),
+                    "webhook outcomes not written: those deliveries are sent again");
+            }
+            let mut sending = lock(&self.inner.sending);
+            for (key, _, _) in &batch {
+                sending.remove(key);
+            }
+        }
+    }
+
+    /// One attempt, under the delivery's lock where replicas share Redis; whether an outcome
+    /// went to be written.
+    async fn attempt(&self, key: &Key, row: Option<DeliveryRow>) -> Result<bool, StoreError> {
         let context = &self.inner.context;
         let mut held = context.redis.clone().map(|redis| {
             let name = format!("webhook:{}:{}:{}", key.0, key.1, key.2);
@@ -132,32 +188,41 @@ impl Outbox {
             match held.try_take(hold_ms).await {
                 Ok(true) => {}
                 // Another replica is sending it.
-                Ok(false) => return Ok(()),
+                Ok(false) => return Ok(false),
                 Err(e) => {
                     tracing::debug!(error = %e, "redis unavailable; the delivery waits");
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
-        let attempted = self.attempt_held(key).await;
+        let attempted = self.attempt_held(key, row).await;
         if let Some(held) = &mut held {
             held.give_back().await;
         }
         attempted
     }
 
-    async fn attempt_held(&self, (tenant, id, endpoint): &Key) -> Result<(), StoreError> {
+    async fn attempt_held(
+        &self,
+        (tenant, id, endpoint): &Key,
+        row: Option<DeliveryRow>,
+    ) -> Result<bool, StoreError> {
         let context = &self.inner.context;
         let store = &context.store;
-        let Some(mut row) = store
-            .deliveries(tenant, Some(id), Some(endpoint), 1)
-            .await?
-            .pop()
-        else {
-            return Ok(());
+        // Alone, a process knows the state of what it just stored; replicas read it again
+        // under the lock, since another may have sent it meanwhile.
+        let row = match row {
+            Some(row) if context.redis.is_none() => Some(row),
+            _ => store
+                .deliveries(tenant, Some(id), Some(endpoint), 1)
+                .await?
+                .pop(),
+        };
+        let Some(mut row) = row else {
+            return Ok(false);
         };
         if row.state != "pending" || row.next_attempt_ms > now_ms() {
-            return Ok(());
+            return Ok(false);
         }
         let target = context
             .catalog
@@ -169,7 +234,8 @@ impl Outbox {
             row.state = "cancelled".into();
             row.last_error = "the endpoint was deleted".into();
             row.version = next_version(row.version);
-            return store.insert_deliveries(&[row]).await;
+            store.insert_deliveries(&[row]).await?;
+            return Ok(false);
         };
         let started = Instant::now();
         let at_ms = now_ms();
@@ -180,18 +246,16 @@ impl Outbox {
             Err(error) => (0, error),
         };
         row.attempts += 1;
-        store
-            .insert_attempt(&AttemptRow {
-                tenant: tenant.clone(),
-                id: id.clone(),
-                endpoint: endpoint.clone(),
-                attempt: row.attempts,
-                at_ms,
-                status,
-                error: error.clone(),
-                duration_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
-            })
-            .await?;
+        let attempt = AttemptRow {
+            tenant: tenant.clone(),
+            id: id.clone(),
+            endpoint: endpoint.clone(),
+            attempt: row.attempts,
+            at_ms,
+            status,
+            error: error.clone(),
+            duration_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+        };
         let now = now_ms();
         row.state = if error.is_empty() {
             "delivered".into()
@@ -206,7 +270,8 @@ impl Outbox {
         row.last_status = status;
         row.last_error = error;
         row.version = next_version(row.version);
-        store.insert_deliveries(&[row]).await
+        let key = (tenant.clone(), id.clone(), endpoint.clone());
+        Ok(self.inner.outcomes.send((key, attempt, row)).is_ok())
     }
 
     /// POSTs `body` to the endpoint, signed; the status, or why there is none.
@@ -268,6 +333,15 @@ pub fn backoff_ms(attempts: u32) -> i64 {
 pub fn next_version(previous: u64) -> u64 {
     let now = chrono::Utc::now().timestamp_micros().max(0) as u64;
     now.max(previous + 1)
+}
+
+/// Stops the outcome writer with the sender.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn now_ms() -> i64 {

@@ -119,6 +119,7 @@ pub(super) fn start(context: Context, outbox: Outbox) -> (Touches, tokio::task::
         known: HashMap::new(),
         indexes: HashMap::new(),
         again: VecDeque::new(),
+        reached: Vec::new(),
     };
     (touches, tokio::spawn(watcher.run(rx)))
 }
@@ -193,6 +194,8 @@ struct Watcher {
     indexes: HashMap<String, (Arc<TenantCatalog>, Arc<Index>)>,
     /// Customers to look at again, when.
     again: VecDeque<(Instant, Touched)>,
+    /// Alerts this round reached, to record and send at its end.
+    reached: Vec<FiringRow>,
 }
 
 impl Watcher {
@@ -222,7 +225,10 @@ impl Watcher {
                     }
                 }
             }
+            // Per event id reached, the customer to look at again should recording it fail.
+            let mut customers: HashMap<String, Touched> = HashMap::new();
             for touched in coalesce(pending) {
+                let reached_before = self.reached.len();
                 let again = match self.look_at(&touched).await {
                     Ok(watched) => watched && look_again,
                     Err(e) => {
@@ -231,11 +237,15 @@ impl Watcher {
                         true
                     }
                 };
+                for firing in &self.reached[reached_before..] {
+                    customers.insert(firing.id.clone(), touched.clone());
+                }
                 if again {
                     self.again
                         .push_back((Instant::now() + LOOK_AGAIN_AFTER, touched));
                 }
             }
+            self.fire_reached(&customers).await;
         }
     }
 
@@ -353,12 +363,13 @@ impl Watcher {
                 return Ok(());
             }
         };
+        let now = Utc::now();
         for (alert, id) in due {
             let Some((value, threshold)) = measure(alert, &report) else {
                 continue;
             };
             if value >= threshold {
-                let fired = Fired {
+                let reached = Reached {
                     id,
                     alert,
                     report: &report,
@@ -367,97 +378,123 @@ impl Watcher {
                     value,
                     threshold,
                 };
-                self.fire(resolved.tenant, catalog, fired).await?;
+                self.reached.push(FiringRow {
+                    tenant: resolved.tenant.to_owned(),
+                    id: reached.id.clone(),
+                    alert: alert.code.clone(),
+                    subscription: subscription.external_id.clone(),
+                    period_from_ms: period.window.from.timestamp_millis(),
+                    payload: reached.payload(now).to_string(),
+                    fired_ms: now.timestamp_millis(),
+                });
             }
         }
         Ok(())
     }
 
-    /// Records the firing and its deliveries unless recorded already, and sends them.
-    async fn fire(
-        &mut self,
-        tenant: &str,
-        catalog: &TenantCatalog,
-        fired: Fired<'_>,
-    ) -> Result<(), StoreError> {
-        let store = &self.context.store;
-        let mut claim = self.context.redis.clone().map(|redis| {
-            Lock::new(
-                redis,
-                store.database(),
-                &format!("alert:{tenant}:{}", fired.id),
-            )
-        });
-        if let Some(claim) = &mut claim {
-            match claim.try_take(30_000).await {
-                Ok(true) => {}
-                // Another replica is recording it; should it die first, the claim expires
-                // and a later look fires it.
-                Ok(false) => return Ok(()),
-                Err(e) => return Err(StoreError::Unavailable(format!("redis: {e}"))),
+    /// Records the alerts this round reached, unless recorded already, with their deliveries,
+    /// in one insert per table; then sends them. The customers of those it could not record are
+    /// looked at again shortly.
+    async fn fire_reached(&mut self, customers: &HashMap<String, Touched>) {
+        let mut reached = std::mem::take(&mut self.reached);
+        if reached.is_empty() {
+            return;
+        }
+        let store = self.context.store.clone();
+        let mut claims = Vec::new();
+        if let Some(redis) = self.context.redis.clone() {
+            let mut claimed = Vec::new();
+            for firing in reached {
+                let name = format!("alert:{}:{}", firing.tenant, firing.id);
+                let mut claim = Lock::new(redis.clone(), store.database(), &name);
+                match claim.try_take(30_000).await {
+                    Ok(true) => {
+                        claims.push(claim);
+                        claimed.push(firing);
+                    }
+                    // Another replica is recording it; should it die first, the claim expires
+                    // and a later look fires it.
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis unavailable: an alert waits");
+                        self.look_again_at(customers, &firing);
+                    }
+                }
+            }
+            reached = claimed;
+        }
+        match self.record(&reached).await {
+            Ok(deliveries) => {
+                self.fired.extend(reached.into_iter().map(|f| f.id));
+                for row in deliveries {
+                    self.outbox.send_new(row);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recording fired alerts failed; looked at again shortly");
+                for firing in &reached {
+                    self.look_again_at(customers, firing);
+                }
             }
         }
-        let recorded = self.record(tenant, catalog, &fired).await;
-        if let Some(claim) = &mut claim {
+        for mut claim in claims {
             claim.give_back().await;
         }
-        let deliveries = recorded?;
-        self.fired.insert(fired.id.clone());
-        for row in deliveries {
-            self.outbox.wake((row.tenant, row.id, row.endpoint));
-        }
-        Ok(())
     }
 
-    async fn record(
-        &self,
-        tenant: &str,
-        catalog: &TenantCatalog,
-        fired: &Fired<'_>,
-    ) -> Result<Vec<DeliveryRow>, StoreError> {
-        let store = &self.context.store;
-        if store.has_fired(tenant, &fired.id).await? {
-            return Ok(vec![]);
+    fn look_again_at(&mut self, customers: &HashMap<String, Touched>, firing: &FiringRow) {
+        if let Some(touched) = customers.get(&firing.id) {
+            self.again
+                .push_back((Instant::now() + LOOK_AGAIN_AFTER, touched.clone()));
         }
-        let now = Utc::now();
-        let payload = fired.payload(now).to_string();
-        let deliveries: Vec<DeliveryRow> = catalog
-            .webhook_endpoints
-            .values()
-            .filter(|e| e.receives(ALERT_TRIGGERED))
-            .map(|endpoint| DeliveryRow {
-                tenant: tenant.to_owned(),
-                id: fired.id.clone(),
-                endpoint: endpoint.id.clone(),
-                kind: ALERT_TRIGGERED.into(),
-                payload: payload.clone(),
-                created_ms: now.timestamp_millis(),
-                state: "pending".into(),
-                attempts: 0,
-                next_attempt_ms: now.timestamp_millis(),
-                last_status: 0,
-                last_error: String::new(),
-                version: 0,
-            })
-            .collect();
-        let firing = FiringRow {
-            tenant: tenant.to_owned(),
-            id: fired.id.clone(),
-            alert: fired.alert.code.clone(),
-            subscription: fired.report.subscription.clone(),
-            period_from_ms: fired.period.window.from.timestamp_millis(),
-            payload,
-            fired_ms: now.timestamp_millis(),
-        };
-        store.insert_firing(&firing, &deliveries).await?;
-        tracing::info!(tenant, alert = %fired.alert.code, subscription = %firing.subscription,
-            event = %fired.id, endpoints = deliveries.len(), "alert fired");
+    }
+
+    /// Stores the firings not stored yet and their deliveries (deliveries first: a firing on
+    /// record always has them); the deliveries.
+    async fn record(&self, reached: &[FiringRow]) -> Result<Vec<DeliveryRow>, StoreError> {
+        let store = &self.context.store;
+        let mut by_tenant: HashMap<&str, Vec<&FiringRow>> = HashMap::new();
+        for firing in reached {
+            by_tenant.entry(&firing.tenant).or_default().push(firing);
+        }
+        let (mut firings, mut deliveries) = (Vec::new(), Vec::new());
+        for (tenant, candidates) in by_tenant {
+            let ids: Vec<String> = candidates.iter().map(|f| f.id.clone()).collect();
+            let recorded = store.fired_among(tenant, &ids).await?;
+            let catalog = self.context.catalog.tenant(tenant);
+            for firing in candidates.into_iter().filter(|f| !recorded.contains(&f.id)) {
+                deliveries.extend(
+                    catalog
+                        .webhook_endpoints
+                        .values()
+                        .filter(|e| e.receives(ALERT_TRIGGERED))
+                        .map(|endpoint| DeliveryRow {
+                            tenant: tenant.to_owned(),
+                            id: firing.id.clone(),
+                            endpoint: endpoint.id.clone(),
+                            kind: ALERT_TRIGGERED.into(),
+                            payload: firing.payload.clone(),
+                            created_ms: firing.fired_ms,
+                            state: "pending".into(),
+                            attempts: 0,
+                            next_attempt_ms: firing.fired_ms,
+                            last_status: 0,
+                            last_error: String::new(),
+                            version: 0,
+                        }),
+                );
+                tracing::info!(tenant, alert = %firing.alert, subscription = %firing.subscription,
+                    event = %firing.id, "alert fired");
+                firings.push(firing.clone());
+            }
+        }
+        store.insert_firings(&firings, &deliveries).await?;
         Ok(deliveries)
     }
 }
 
 /// An alert reached in one period.
-struct Fired<'a> {
+struct Reached<'a> {
     id: String,
     alert: &'a Alert,
     report: &'a UsageReport,
@@ -467,7 +504,7 @@ struct Fired<'a> {
     threshold: Decimal,
 }
 
-impl Fired<'_> {
+impl Reached<'_> {
     /// The `alert.triggered` event.
     fn payload(&self, now: DateTime<Utc>) -> serde_json::Value {
         serde_json::json!({

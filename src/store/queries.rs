@@ -659,10 +659,10 @@ pub fn drop_day(table: &'static str, day: &str) -> Sql {
     sql
 }
 
-/// Whether alert event `id` of `tenant` has fired (a count of 0 or more).
-pub fn firing_count(tenant: &str, id: &str) -> Sql {
-    let mut sql = Sql::new("SELECT count() FROM alert_firings WHERE tenant = ");
-    sql.arg(tenant).push(" AND id = ").arg(id);
+/// Of `tenant`'s alert events `ids`, those that have fired.
+pub fn fired_among(tenant: &str, ids: &[String]) -> Sql {
+    let mut sql = Sql::new("SELECT DISTINCT id FROM alert_firings WHERE tenant = ");
+    sql.arg(tenant).push(" AND has(").arg(ids).push(", id)");
     sql
 }
 
@@ -696,12 +696,16 @@ pub fn deliveries_of(tenant: &str, id: Option<&str>, endpoint: Option<&str>, lim
     sql
 }
 
-/// Deliveries of every tenant waiting for an attempt due by `now_ms`, soonest first.
-pub fn due_deliveries(now_ms: i64, limit: u64) -> Sql {
+/// Deliveries of every tenant waiting for an attempt due by `now_ms`, soonest first; those
+/// never attempted only once made before `new_before_ms` (the process that makes one sends it).
+pub fn due_deliveries(now_ms: i64, new_before_ms: i64, limit: u64) -> Sql {
     let mut sql = Sql::new("SELECT * FROM (");
     sql.append(latest_deliveries(Sql::default()))
         .push(") WHERE state = 'pending' AND next_attempt_ms <= ")
         .arg(now_ms)
+        .push(" AND (attempts > 0 OR created_ms < ")
+        .arg(new_before_ms)
+        .push(")")
         .push(" ORDER BY next_attempt_ms LIMIT ")
         .arg(limit);
     sql

@@ -67,25 +67,37 @@ pub struct ListedAttempt {
 }
 
 impl Store {
-    /// Whether `tenant`'s alert event `id` has fired.
-    pub async fn has_fired(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
-        let count: u64 = queries::firing_count(tenant, id)
+    /// Of `tenant`'s alert events `ids`, those that have fired.
+    pub async fn fired_among(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let fired: Vec<String> = queries::fired_among(tenant, ids)
             .query(self.client())
-            .fetch_one()
+            .fetch_all()
             .await?;
-        Ok(count > 0)
+        Ok(fired.into_iter().collect())
     }
 
-    /// Records a firing and its deliveries: the deliveries first, so that a firing on record
+    /// Records firings and their deliveries: the deliveries first, so that a firing on record
     /// always has them.
-    pub async fn insert_firing(
+    pub async fn insert_firings(
         &self,
-        firing: &FiringRow,
+        firings: &[FiringRow],
         deliveries: &[DeliveryRow],
     ) -> Result<(), StoreError> {
         self.insert_deliveries(deliveries).await?;
+        if firings.is_empty() {
+            return Ok(());
+        }
         let mut insert = self.client().insert::<FiringRow>("alert_firings").await?;
-        insert.write(firing).await?;
+        for firing in firings {
+            insert.write(firing).await?;
+        }
         insert.end().await?;
         Ok(())
     }
@@ -106,13 +118,18 @@ impl Store {
         Ok(())
     }
 
-    /// Records an attempt.
-    pub async fn insert_attempt(&self, row: &AttemptRow) -> Result<(), StoreError> {
+    /// Records attempts.
+    pub async fn insert_attempts(&self, rows: &[AttemptRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let mut insert = self
             .client()
             .insert::<AttemptRow>("webhook_attempts")
             .await?;
-        insert.write(row).await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
         insert.end().await?;
         Ok(())
     }
@@ -132,13 +149,15 @@ impl Store {
             .await?)
     }
 
-    /// Deliveries of every tenant due for an attempt by `now_ms`.
+    /// Deliveries of every tenant due for an attempt by `now_ms` (never attempted ones only
+    /// if made before `new_before_ms`).
     pub async fn due_deliveries(
         &self,
         now_ms: i64,
+        new_before_ms: i64,
         limit: u64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        Ok(queries::due_deliveries(now_ms, limit)
+        Ok(queries::due_deliveries(now_ms, new_before_ms, limit)
             .query(self.client())
             .fetch_all()
             .await?)
