@@ -48,7 +48,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Store, Option<LocalC
     let ran = match &config.redis_url {
         // Replicas may start together: one at a time.
         Some(redis) => {
-            crate::ingest::shared::with_migration_lock(redis, store.database(), migrations).await?
+            crate::ingest::shared::with_lock(redis, store.database(), "migrating", migrations)
+                .await?
         }
         None => migrations.await?,
     };
@@ -254,6 +255,16 @@ async fn open_ledger(
                     .await
                     .context("connecting to redis (--redis-url)")?;
             background.push(heartbeat);
+            // Before the ids are loaded: what a dead writer that kept ids in its own memory
+            // left in doubt is decided first, by one replica.
+            let settling = async {
+                writer
+                    .settle_dead(store)
+                    .await
+                    .context("settling the batches of a writer that died")
+            };
+            crate::ingest::shared::with_lock(url, store.database(), "settling_writers", settling)
+                .await?;
             shared
                 .prepare(store)
                 .await
