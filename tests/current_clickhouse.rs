@@ -211,6 +211,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": queries::STORED_KEYS, "expect": "ab\tt\tread\t\tn\t2026-11-18 11:06:40\t1"}),
         json!({"sql": queries::REVOKED_KEYS, "expect": "ab"}),
         json!({"sql": queries::fired_among("t", &["evt_1".to_owned(), "evt_2".to_owned()]).render(), "expect": "evt_1"}),
+        json!({"sql": queries::fired_among("u", &["evt_1".to_owned()]).render(), "expect": ""}),
         json!({"sql": format!("SELECT endpoint, state, attempts, version FROM ({})", queries::deliveries_of("t", None, None, 10).render()),
                "expect": "we_1\tpending\t1\t7\nwe_2\tdelivered\t1\t8"}),
         json!({"sql": format!("SELECT endpoint FROM ({})", queries::deliveries_of("t", Some("evt_1"), Some("we_2"), 10).render()), "expect": "we_2"}),

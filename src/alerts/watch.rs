@@ -424,12 +424,7 @@ impl Watcher {
             reached = claimed;
         }
         match self.record(&reached).await {
-            Ok(deliveries) => {
-                self.fired.extend(reached.into_iter().map(|f| f.id));
-                for row in deliveries {
-                    self.outbox.send_new(row);
-                }
-            }
+            Ok(()) => self.fired.extend(reached.into_iter().map(|f| f.id)),
             Err(e) => {
                 tracing::warn!(error = %e, "recording fired alerts failed; looked at again shortly");
                 for firing in &reached {
@@ -449,9 +444,10 @@ impl Watcher {
         }
     }
 
-    /// Stores the firings not stored yet and their deliveries (deliveries first: a firing on
-    /// record always has them); the deliveries.
-    async fn record(&self, reached: &[FiringRow]) -> Result<Vec<DeliveryRow>, StoreError> {
+    /// Stores the firings not stored yet and their deliveries, and sends the deliveries: they
+    /// go once stored, and the firings are stored last, so that a firing on record always has
+    /// its deliveries.
+    async fn record(&self, reached: &[FiringRow]) -> Result<(), StoreError> {
         let store = &self.context.store;
         let mut by_tenant: HashMap<&str, Vec<&FiringRow>> = HashMap::new();
         for firing in reached {
@@ -488,8 +484,11 @@ impl Watcher {
                 firings.push(firing.clone());
             }
         }
-        store.insert_firings(&firings, &deliveries).await?;
-        Ok(deliveries)
+        store.insert_deliveries(&deliveries).await?;
+        for row in deliveries {
+            self.outbox.send_new(row);
+        }
+        store.insert_firings(&firings).await
     }
 }
 

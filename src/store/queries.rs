@@ -659,10 +659,23 @@ pub fn drop_day(table: &'static str, day: &str) -> Sql {
     sql
 }
 
-/// Of `tenant`'s alert events `ids`, those that have fired.
+/// Of `tenant`'s alert events `ids`, those that have fired: recorded, or with deliveries
+/// (stored before the firing).
 pub fn fired_among(tenant: &str, ids: &[String]) -> Sql {
-    let mut sql = Sql::new("SELECT DISTINCT id FROM alert_firings WHERE tenant = ");
-    sql.arg(tenant).push(" AND has(").arg(ids).push(", id)");
+    let mut sql = Sql::new("SELECT DISTINCT id FROM (");
+    for (i, table) in ["alert_firings", "webhook_deliveries"].iter().enumerate() {
+        if i > 0 {
+            sql.push(" UNION ALL ");
+        }
+        sql.push("SELECT id FROM ")
+            .push(table)
+            .push(" WHERE tenant = ")
+            .arg(tenant)
+            .push(" AND has(")
+            .arg(ids)
+            .push(", id)");
+    }
+    sql.push(")");
     sql
 }
 
