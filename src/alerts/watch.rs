@@ -42,6 +42,9 @@ use crate::store::webhooks::{DeliveryRow, FiringRow};
 const QUEUE: usize = 4_096;
 /// With replicas: when a customer is looked at again after its batch.
 const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(3);
+/// How long a round waits for more batches after the first: the cost of alerts is per customer
+/// and round, not per batch.
+const GATHER: Duration = Duration::from_millis(150);
 /// How often the task looks for alerts added (by any process) and for looks due.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -209,6 +212,9 @@ impl Watcher {
                 batch = rx.recv() => {
                     let Some(batch) = batch else { return };
                     pending.extend(batch);
+                    // One round for the batches of the next moments: a customer is rated once
+                    // however many of them touched it.
+                    tokio::time::sleep(GATHER).await;
                     while let Ok(batch) = rx.try_recv() {
                         pending.extend(batch);
                     }
@@ -227,7 +233,10 @@ impl Watcher {
             }
             // Per event id reached, the customer to look at again should recording it fail.
             let mut customers: HashMap<String, Touched> = HashMap::new();
-            for touched in coalesce(pending) {
+            let round = std::time::Instant::now();
+            let pending = coalesce(pending);
+            let looked_at = pending.len();
+            for touched in pending {
                 let reached_before = self.reached.len();
                 let again = match self.look_at(&touched).await {
                     Ok(watched) => watched && look_again,
@@ -245,7 +254,16 @@ impl Watcher {
                         .push_back((Instant::now() + LOOK_AGAIN_AFTER, touched));
                 }
             }
+            let fired = self.reached.len();
             self.fire_reached(&customers).await;
+            if looked_at > 0 {
+                tracing::debug!(
+                    customers = looked_at,
+                    fired,
+                    elapsed_us = round.elapsed().as_micros() as u64,
+                    "alert round"
+                );
+            }
         }
     }
 
@@ -308,12 +326,14 @@ impl Watcher {
                 continue;
             };
             let mut periods: Vec<Period> = Vec::new();
-            for at in [now, earliest] {
-                if let Ok(Some(period)) = resolved.timeline.period_at(at)
-                    && !periods.iter().any(|p| p.window.from == period.window.from)
-                {
-                    periods.push(period);
-                }
+            if let Ok(Some(current)) = resolved.timeline.period_at(now) {
+                periods.push(current);
+            }
+            // A late event: the period it belongs to as well.
+            if periods.first().is_none_or(|p| earliest < p.window.from)
+                && let Ok(Some(past)) = resolved.timeline.period_at(earliest)
+            {
+                periods.push(past);
             }
             for period in periods {
                 self.check(&resolved, &index, subscription, &period).await?;
