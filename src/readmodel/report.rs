@@ -15,6 +15,7 @@ use crate::domain::Aggregation;
 use crate::domain::plan::{Price, PriceType, Timing};
 use crate::domain::{Customer, Meter, Plan, Subscription};
 use crate::store::StoreError;
+use crate::store::as_of_sql::LateWindow;
 use crate::store::usage_sql::{GroupUsage, MeterGroupUsage};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +93,12 @@ pub struct UsageReport {
     pub currency: String,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+    /// The moment the figures stand at: now, or the `as_of` asked for.
     pub as_of: DateTime<Utc>,
+    /// With `as_of`: events of the window's usage prices (their meters, each period's part of
+    /// the window) ingested after that moment, so not counted here. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_events: Option<u64>,
     pub charges: Vec<UsageCharge>,
     pub flat_fees: Vec<FlatFee>,
     /// The usage charges' sum, full precision (flat fees not included).
@@ -178,12 +184,21 @@ pub async fn report(
             .plan_at(to.min(resolved.timeline.end.unwrap_or(to))),
     );
     let mut true_ups: Vec<CommitmentTrueUp> = Vec::new();
+    let mut read_windows: Vec<LateWindow<'_>> = Vec::new();
     for period in &periods {
         let plan = resolved.plan(period)?;
         last_plan = Some(plan);
         let Some(inside) = period.window.intersect(&window) else {
             continue;
         };
+        if reader.as_of_ms().is_some() {
+            let priced = priced_meters(resolved.catalog, plan)?;
+            read_windows.push(LateWindow {
+                meters: meters_read(&priced).into_iter().map(|(m, _)| m).collect(),
+                from_ms: inside.from.timestamp_millis(),
+                to_ms: inside.to.timestamp_millis(),
+            });
+        }
         let period_charges = usage_charges(reader, resolved, plan, inside).await?;
         let mut billed = period_charges.iter().map(|c| c.amount).sum::<Decimal>();
         charges.extend(period_charges);
@@ -200,6 +215,14 @@ pub async fn report(
     }
     let plan = last_plan
         .ok_or_else(|| UsageError::Catalog("the subscription's plan no longer exists".into()))?;
+    let customer = resolved.customer.external_id.as_str();
+    let late_events = reader
+        .late_events(resolved.tenant, customer, &read_windows)
+        .await?;
+    let as_of = reader
+        .as_of_ms()
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or_else(Utc::now);
     let usage_amount = charges.iter().map(|c| c.amount).sum::<Decimal>();
     let commitment_true_up = merge_true_ups(true_ups);
     let subtotal = usage_amount
@@ -214,7 +237,8 @@ pub async fn report(
         currency: plan.currency.clone(),
         from,
         to,
-        as_of: Utc::now(),
+        as_of,
+        late_events,
         charges,
         flat_fees,
         usage_amount,

@@ -2,6 +2,7 @@
 //! statements and their values (`sql`, `queries`, `usage_sql`, `series_sql`), migrations,
 //! the catalog's table, and a server this process owns (`local`).
 
+pub mod as_of_sql;
 pub mod catalog;
 mod changes;
 pub mod combined_sql;
