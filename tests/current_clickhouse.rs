@@ -1,5 +1,5 @@
 //! The migrations and every statement of `store` (its fixed queries, the usage reads, the
-//! series, the reads as of a moment) on current ClickHouse (chDB, in-process),
+//! series, the reads as of a moment, a dynamic price's samples) on current ClickHouse (chDB, in-process),
 //! beside the 18.16 server the other suites use. `scripts/test` installs chDB into
 //! `target/chdb-venv`; `METERHOUSE_CHDB_PYTHON` may name another interpreter that has it.
 
@@ -12,6 +12,7 @@ use meterhouse::store::as_of_sql::{
     LateWindow, as_of_statement, late_events_of_meter, late_events_statement,
 };
 use meterhouse::store::combined_sql::{combined_statement, customers_statement};
+use meterhouse::store::priced_sql::{PricedScope, priced_samples_statement};
 use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
 use meterhouse::store::usage_sql::{Part, Scope, usage_statement};
 use meterhouse::store::{migrate, queries};
@@ -163,8 +164,25 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     };
     let meter_late_sql =
         |as_of_ms| late_events_of_meter(&as_of_scope(as_of_ms), (from, to)).render();
+    // A dynamic price's samples in counting order (the event has no priced sample: its unit
+    // amount reads as 0).
+    let gpt = ["gpt-x".to_owned()];
+    let priced_scope = |as_of_ms| PricedScope {
+        tenant: "t",
+        customer: "c",
+        meter: "tokens",
+        priced_meter: "tokens#unit_price",
+        group_by: &model,
+        group: &gpt,
+        from_ms: from,
+        to_ms: to,
+        as_of_ms,
+    };
+    let priced_sql = |as_of_ms| priced_samples_statement(&priced_scope(as_of_ms)).render();
     let checks = vec![
         json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
+        json!({"sql": priced_sql(None), "expect": "0\te1\t1250.5"}),
+        json!({"sql": priced_sql(Some(before)), "expect": ""}),
         json!({"sql": as_of_sql(at), "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
         json!({"sql": as_of_sql(before), "expect": ""}),
         json!({"sql": late_sql(before), "expect": "1"}),

@@ -6,12 +6,14 @@
 //! - `changes`: how kept answers follow changes: this process's batches are folded in
 //!   ([`crate::ingest::batcher::BatchObserver`]), everyone else's are polled.
 //! - `preload`: current periods' answers loaded in bulk before their first read.
-//! - `report`: usage rated into charges over a window.
+//! - `report`: usage rated into charges over a window; `dynamic`: the measured amounts of
+//!   prices that price each event at its own unit amount.
 //! - `account`: a customer's active subscriptions and their current periods.
 
 pub mod account;
 pub mod cache;
 pub mod changes;
+mod dynamic;
 pub mod preload;
 pub mod report;
 pub mod window;

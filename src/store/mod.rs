@@ -14,6 +14,7 @@ pub mod keys;
 pub use events::{MAX_ATTEMPT, SEND_TIMEOUT};
 pub mod local;
 pub mod migrate;
+pub mod priced_sql;
 pub mod queries;
 mod repair;
 pub use repair::Repaired;

@@ -163,9 +163,9 @@ fn price_object(catalog: &TenantCatalog, plan: &Plan, price: &Price, tenant: &st
         Some(UsageModel::Package) => ("PACKAGE", None, text(price.package_amount)),
         Some(UsageModel::Graduated) => ("TIERED", Some("SLAB"), None),
         Some(UsageModel::Volume) => ("TIERED", Some("VOLUME"), None),
-        // Flexprice has no percentage model: the price shows as usage-based, without an amount
-        // per unit; its charges are meterhouse's.
-        Some(UsageModel::Percentage) => ("FLAT_FEE", None, None),
+        // Flexprice has no percentage or per-event priced model: the price shows as
+        // usage-based, without an amount per unit; its charges are meterhouse's.
+        Some(UsageModel::Percentage | UsageModel::Dynamic) => ("FLAT_FEE", None, None),
     };
     let mut object = Map::new();
     let mut put = |key: &str, value: Value| {
