@@ -307,3 +307,51 @@ async fn events_without_a_usable_unit_amount_and_bad_dynamic_prices_are_refused(
     }
     app.shutdown().await;
 }
+
+/// A price may group by a property its meter does not: the samples carry it all the same.
+#[tokio::test]
+async fn a_dynamic_price_groups_by_a_property_its_meter_does_not() {
+    let app = spawn_app("dynamic_price_groups").await;
+    post(&app, "/v1/plans", json!({"code": "regional", "name": "Regional", "currency": "USD", "interval": "month",
+        "prices": [{"code": "calls", "type": "usage", "meter": "calls", "model": "dynamic",
+                    "unit_amount_property": "cost", "included_units": "1", "group_by": ["region"]}]})).await;
+    post(&app, "/v1/customers", json!({"external_id": "c1"})).await;
+    let start = DateTime::from_timestamp((Utc::now() - TimeDelta::days(3)).timestamp(), 0).unwrap();
+    post(&app, "/v1/subscriptions", json!({"external_id": "sub_r", "customer": "c1", "plan": "regional", "start_date": start.to_rfc3339()})).await;
+    let now = Utc::now().timestamp_millis();
+    let calls = [
+        ("eu", "0.10", 3),
+        ("eu", "0.20", 2),
+        ("us", "0.40", 1),
+        ("us", "0.80", 2),
+    ];
+    let body: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (region, cost, hours_ago))| {
+            json!({"id": format!("c{i}"), "customer": "c1", "type": "api_call",
+                   "timestamp": now - hours_ago * 3_600_000 - i as i64, "properties": {"region": region, "cost": cost}})
+        })
+        .collect();
+    assert_eq!(app.post_events("ingest_key_a", &json!(body)).await.0, 202);
+    let (status, report) = get(&app, "/v1/subscriptions/sub_r/usage", "read_key_a").await;
+    assert_eq!(status, 200, "{report}");
+    let groups: Vec<(String, Decimal)> = report["charges"][0]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group"]["region"].as_str().unwrap().to_owned(),
+                dec(&g["amount"]),
+            )
+        })
+        .collect();
+    // Per region, the oldest call is the included one: eu 0.10 free, 0.20 paid; us 0.80 (two
+    // hours ago) free, 0.40 paid.
+    assert_eq!(
+        groups,
+        vec![("eu".into(), d("0.20")), ("us".into(), d("0.40"))]
+    );
+    app.shutdown().await;
+}

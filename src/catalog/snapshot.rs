@@ -9,6 +9,7 @@ use crate::domain::{Customer, Meter, Plan, Subscription};
 /// A meter with the strings every sample repeats, shared rather than copied per event.
 #[derive(Debug)]
 pub struct MeterEntry {
+    /// The meter, its `group_by` widened to `group_keys`: the values every sample carries.
     pub meter: Meter,
     pub slug: Arc<str>,
     /// The meter's `group_by`, then any other property a price on it groups by.
@@ -91,7 +92,10 @@ impl TenantCatalog {
                 }
             }
             let entry = MeterEntry {
-                meter: meter.clone(),
+                meter: Meter {
+                    group_by: keys.clone(),
+                    ..meter.clone()
+                },
                 slug: meter.slug.as_str().into(),
                 group_keys: keys.into(),
                 priced,
