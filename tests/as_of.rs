@@ -190,6 +190,20 @@ async fn as_of_reproduces_the_figures_before_late_events_arrived() {
     assert_eq!(state["usage"][0]["used_units"], "1200", "{state}");
     assert_eq!(state["late_events"], 301);
     assert_eq!(state["as_of"], then["as_of"]);
+    let (_, sub) = get(
+        &app,
+        &format!("/v1/subscriptions/sub_1?as_of={}", query(at)),
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(sub["usage"][0]["used_units"], "1200", "{sub}");
+    assert_eq!(
+        (&sub["estimated_next_invoice_amount"], &sub["late_events"]),
+        (&then["total"], &json!(301))
+    );
+    let (_, sub_now) = get(&app, "/v1/subscriptions/sub_1", "read_key_a").await;
+    assert_eq!(sub_now["estimated_next_invoice_amount"], current["total"]);
+    assert!(sub_now.get("late_events").is_none(), "{sub_now}");
     let (_, state_now) = get(&app, "/v1/customers/c1/billing_state", "read_key_a").await;
     assert_eq!(state_now["usage"][0]["used_units"], "1500");
     assert!(state_now.get("late_events").is_none(), "{state_now}");
@@ -268,6 +282,7 @@ async fn as_of_in_the_future_or_unreadable_is_refused_with_what_to_fix() {
         format!("/v1/subscriptions/sub_1/usage?as_of={future}"),
         format!("/v1/customers/c1/usage?as_of={future}"),
         format!("/v1/customers/c1/billing_state?as_of={future}"),
+        format!("/v1/subscriptions/sub_1?as_of={future}"),
         format!(
             "/v1/meters/calls/query?from={}&to={now}&as_of={future}",
             now - 3600

@@ -264,7 +264,8 @@ fn shared_schemas() -> Map<String, Value> {
                 "current_period": {"oneOf": [window, {"type": "null"}]},
                 "next_invoice_date": maybe_instant,
                 "estimated_next_invoice_amount": {"type": ["string", "null"], "description": "exact decimal"},
-                "usage": {"type": "array", "items": {"$ref": "#/components/schemas/UsageLine"}}}},
+                "usage": {"type": "array", "items": {"$ref": "#/components/schemas/UsageLine"}},
+                "as_of": instant, "late_events": late_events}},
         "BillingState": {"type": "object",
             "required": ["customer", "has_active_subscription", "active_subscriptions", "has_overage", "usage"],
             "properties": {

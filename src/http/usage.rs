@@ -60,9 +60,10 @@ struct WindowParams {
     as_of: Option<String>,
 }
 
+/// The query of a read that takes only `as_of`.
 #[derive(Deserialize)]
-struct AsOfParams {
-    as_of: Option<String>,
+pub(crate) struct AsOfParams {
+    pub(crate) as_of: Option<String>,
 }
 
 /// The moment of an `as_of` parameter: a past (or present) instant.
@@ -284,16 +285,31 @@ async fn billing_state(
     Ok(Json(body))
 }
 
-/// Current-period figures for `GET /v1/subscriptions/{id}`: the estimated amount of the next
-/// invoice (what the current period owes so far) and per usage price the units used.
+/// Current-period figures of a subscription (at `at`, default now, as of then).
+pub(crate) struct CurrentFigures {
+    /// The estimated amount of the next invoice: what the period owes so far.
+    pub(crate) amount: Decimal,
+    /// Per usage price, the units used.
+    pub(crate) usage: Vec<account::UsageLine>,
+    /// With `at`: the period's events ingested after it.
+    pub(crate) late_events: Option<u64>,
+}
+
+/// Current-period figures for `GET /v1/subscriptions/{id}`; `None` without a current period.
 pub(crate) async fn current_figures(
     state: &AppState,
     principal: &Principal,
     catalog: &TenantCatalog,
     subscription: &Subscription,
-) -> Result<Option<(Decimal, Vec<account::UsageLine>)>, ApiError> {
-    let report = current_report(&state.usage, principal, catalog, subscription, None).await?;
-    Ok(report.map(|r| (r.total, account::usage_lines(catalog, &r))))
+    at: Option<DateTime<Utc>>,
+) -> Result<Option<CurrentFigures>, ApiError> {
+    let reader = reader_at(state, at);
+    let report = current_report(&reader, principal, catalog, subscription, at).await?;
+    Ok(report.map(|r| CurrentFigures {
+        amount: r.total,
+        usage: account::usage_lines(catalog, &r),
+        late_events: r.late_events,
+    }))
 }
 
 /// At most this many windows in one series.
