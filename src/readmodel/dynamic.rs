@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 
 use super::UsageReader;
 use super::report::UsageError;
-use crate::billing::rating::{DynamicAmounts, included_share};
+use crate::billing::rating::{DynamicAmounts, PricedSample, included_share};
 use crate::store::priced_sql::{PricedScope, priced_samples_statement};
 use crate::store::usage_sql::GroupUsage;
 
@@ -60,6 +60,10 @@ pub(super) async fn amounts(
                 .store()
                 .samples_to_include(&statement, read.included)
                 .await?;
+            let samples = samples.into_iter().map(|s| PricedSample {
+                value: s.value,
+                unit_amount: s.unit_amount,
+            });
             included_share(samples, read.included)?
         };
         amounts.insert(

@@ -2,11 +2,11 @@
 //! each usage price's quantity ([`UsageReader`]), rated (`billing::rating`), flat fees once per
 //! period, totals rounded once (`billing::money`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-
-use std::collections::BTreeMap;
 
 use super::{UsageQuery, UsageReader, dynamic};
 use crate::billing::money::round_to_currency;

@@ -9,7 +9,13 @@ use serde::Deserialize;
 use super::sql::Sql;
 use super::usage_sql::parse_value;
 use super::{Store, StoreError};
-use crate::billing::rating::PricedSample;
+
+/// One event's units and unit amount, as stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredPricedSample {
+    pub value: Decimal,
+    pub unit_amount: Decimal,
+}
 
 /// One group of one dynamic price of one customer over a window.
 #[derive(Debug, Clone)]
@@ -73,12 +79,12 @@ impl Store {
         &self,
         statement: &Sql,
         included: Decimal,
-    ) -> Result<Vec<PricedSample>, StoreError> {
+    ) -> Result<Vec<StoredPricedSample>, StoreError> {
         let mut cursor = statement
             .query(self.reader())
             .fetch::<PricedRow>()
             .map_err(StoreError::from_read)?;
-        let mut samples: Vec<PricedSample> = Vec::new();
+        let mut samples: Vec<StoredPricedSample> = Vec::new();
         let (mut units, mut event) = (Decimal::ZERO, String::new());
         while let Some(row) = cursor.next().await.map_err(StoreError::from_read)? {
             if row.priced == 0 {
@@ -87,7 +93,7 @@ impl Store {
                 }
                 let value = parse_value(&row.value)?;
                 units += value.max(Decimal::ZERO);
-                samples.push(PricedSample {
+                samples.push(StoredPricedSample {
                     value,
                     unit_amount: Decimal::ZERO,
                 });
