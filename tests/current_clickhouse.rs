@@ -9,7 +9,7 @@ use std::process::Command;
 use meterhouse::domain::Aggregation;
 use meterhouse::readmodel::window::{split, windows_of};
 use meterhouse::store::as_of_sql::{
-    LateWindow, as_of_statement, late_events_of_meter, late_events_statement,
+    LateWindow, as_of_statement, late_events_of_meter, late_events_statement, late_hours_statement,
 };
 use meterhouse::store::combined_sql::{combined_statement, customers_statement};
 use meterhouse::store::priced_sql::{PricedScope, priced_samples_statement};
@@ -134,7 +134,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     let as_of_sql = |as_of_ms| {
         format!(
             "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter",
-            as_of_statement("t", "c", (from, to), as_of_ms, &meters).render()
+            as_of_statement("t", "c", &split(from, to, true), as_of_ms, &meters).render()
         )
     };
     let late_sql = |as_of_ms| {
@@ -185,6 +185,8 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": priced_sql(Some(before)), "expect": ""}),
         json!({"sql": as_of_sql(at), "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
         json!({"sql": as_of_sql(before), "expect": ""}),
+        json!({"sql": late_hours_statement("t", "c", (from, to), before, &meters).render(), "expect": "1794999600000"}),
+        json!({"sql": late_hours_statement("t", "c", (from, to), at, &meters).render(), "expect": ""}),
         json!({"sql": late_sql(before), "expect": "1"}),
         json!({"sql": late_sql(at), "expect": "0"}),
         json!({"sql": meter_as_of_sql(at), "expect": "['gpt-x']\t1250.5\t1"}),

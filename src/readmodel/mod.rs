@@ -191,7 +191,10 @@ impl UsageReader {
             if meters.is_empty() || bounds.0 >= bounds.1 {
                 return Ok(Some(vec![]));
             }
-            let statement = as_of_statement(tenant, customer, bounds, as_of_ms, meters);
+            let parts =
+                window::parts_as_of(&self.store, (tenant, customer), bounds, as_of_ms, meters)
+                    .await?;
+            let statement = as_of_statement(tenant, customer, &parts, as_of_ms, meters);
             let mut usage = self.store.usage_of_meters(&statement, true).await?;
             return Ok(Some(usage.remove(customer).unwrap_or_default()));
         }

@@ -1,32 +1,45 @@
 //! Reads as of a past moment: usage exactly as it was with the samples ingested up to that
 //! instant (every sample row records `ingested_ms`, sql/0001), and how many events of a window
-//! arrived after it. Rollups do not know when their rows arrived, so these reads take every
-//! sample of the window from `usage_samples`; samples are unique per event and meter there (ids
-//! are deduplicated before the insert, a backfill skips events already sampled), as for every
-//! other read of that table.
+//! arrived after it. Rollups do not know when their rows arrived: a read as of a moment takes
+//! from them only the hours that hold no sample ingested after it, and the other hours and the
+//! edges from `usage_samples`, filtered by `ingested_ms`. Samples are unique per event and
+//! meter there (ids are deduplicated before the insert, a backfill skips events already
+//! sampled), as for every other read of that table.
 
 use serde::Deserialize;
 
-use super::combined_sql::{Meters, combined, state_columns};
+use super::combined_sql::{Meters, combined_of_parts};
 use super::sql::Sql;
-use super::usage_sql::{Scope, scope_condition};
+use super::usage_sql::{Part, Scope, scope_condition};
 use super::{Store, StoreError};
 
-/// The combined read of `meters` of one customer over `[from, to)` (epoch ms), as it stood
-/// with the samples ingested at or before `as_of_ms`: the rows of
-/// [`super::combined_sql::combined_statement`], from samples only.
+/// The combined read of `meters` of one customer over `parts`, as it stood with the samples
+/// ingested at or before `as_of_ms`: the rows of [`super::combined_sql::combined_statement`].
+/// The rollup parts must hold no sample ingested after it: the hours that do
+/// ([`late_hours_statement`]) are to be read from samples.
 pub fn as_of_statement(
+    tenant: &str,
+    customer: &str,
+    parts: &[Part],
+    as_of_ms: i64,
+    meters: &Meters<'_>,
+) -> Sql {
+    combined_of_parts(tenant, customer, parts, meters, Some(as_of_ms))
+}
+
+/// The UTC hours (epoch ms) of `[from, to)` holding a sample of `meters` of `customer` ingested
+/// after `as_of_ms`: where the rollups hold more than was there at that moment.
+pub fn late_hours_statement(
     tenant: &str,
     customer: &str,
     (from, to): (i64, i64),
     as_of_ms: i64,
     meters: &Meters<'_>,
 ) -> Sql {
-    let mut sql =
-        Sql::new("SELECT customer, meter, group_keys, group_values, countState() AS samples");
-    sql.push(&state_columns(meters, true))
-        .push(" FROM usage_samples PREWHERE tenant = ")
-        .arg(tenant)
+    let mut sql = Sql::new(
+        "SELECT DISTINCT intDiv(ts_ms, 3600000) * 3600000 AS hour FROM usage_samples PREWHERE tenant = ",
+    );
+    sql.arg(tenant)
         .push(" AND customer = ")
         .arg(customer)
         .push(" AND meter IN (")
@@ -35,10 +48,10 @@ pub fn as_of_statement(
         .arg(from)
         .push(" AND ts_ms < ")
         .arg(to)
-        .push(" WHERE ingested_ms <= ")
+        .push(" AND ingested_ms > ")
         .arg(as_of_ms)
-        .push(" GROUP BY customer, meter, group_keys, group_values");
-    combined(meters, vec![sql])
+        .push(" ORDER BY hour");
+    sql
 }
 
 /// Where late events are counted: some meters of one customer over `[from, to)` (epoch ms).
@@ -99,11 +112,22 @@ pub fn late_events_of_meter(scope: &Scope<'_>, (from, to): (i64, i64)) -> Sql {
 }
 
 #[derive(clickhouse::Row, Deserialize)]
+struct LateHour {
+    hour: i64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
 struct Count {
     n: u64,
 }
 
 impl Store {
+    /// Runs [`late_hours_statement`] within the request's read budget.
+    pub async fn late_hours(&self, statement: &Sql) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<LateHour> = self.read_rows(statement).await?;
+        Ok(rows.into_iter().map(|r| r.hour).collect())
+    }
+
     /// Runs a count of late events ([`late_events_statement`], [`late_events_of_meter`])
     /// within the request's read budget.
     pub async fn late_events(&self, statement: &Sql) -> Result<u64, StoreError> {
@@ -118,18 +142,31 @@ mod tests {
     use crate::domain::Aggregation;
 
     #[test]
-    fn an_as_of_read_takes_samples_ingested_up_to_the_moment_only() {
+    fn an_as_of_read_takes_the_samples_ingested_up_to_the_moment_and_clean_rollup_hours() {
         let meters = [("calls", Aggregation::Count), ("tokens", Aggregation::Sum)];
+        let parts = [
+            Part::Samples(1_000, 3_600_000),
+            Part::Hours(3_600_000, 7_200_000),
+        ];
         assert_eq!(
-            as_of_statement("t", "c", (1_000, 5_000), 4_000, &meters).render(),
+            as_of_statement("t", "c", &parts, 4_000, &meters).render(),
             "SELECT customer, meter, group_keys, group_values, multiIf(meter IN ('tokens'), \
              toString(sumMergeIf(sum_value, meter IN ('tokens'))), toString(countMerge(samples))) \
              AS value, countMerge(samples) AS events FROM (SELECT customer, meter, group_keys, \
+             group_values, samples, sum_value FROM usage_rollup_hour PREWHERE tenant = 't' \
+             AND customer = 'c' AND meter IN ('calls', 'tokens') AND (bucket >= toDateTime(3600) \
+             AND bucket < toDateTime(7200)) UNION ALL SELECT customer, meter, group_keys, \
              group_values, countState() AS samples, sumState(value) AS sum_value FROM usage_samples \
              PREWHERE tenant = 't' AND customer = 'c' AND meter IN ('calls', 'tokens') \
-             AND ts_ms >= 1000 AND ts_ms < 5000 WHERE ingested_ms <= 4000 \
+             AND ((ts_ms >= 1000 AND ts_ms < 3600000)) WHERE ingested_ms <= 4000 \
              GROUP BY customer, meter, group_keys, group_values) \
              GROUP BY customer, meter, group_keys, group_values"
+        );
+        assert_eq!(
+            late_hours_statement("t", "c", (0, 7_200_000), 4_000, &meters).render(),
+            "SELECT DISTINCT intDiv(ts_ms, 3600000) * 3600000 AS hour FROM usage_samples \
+             PREWHERE tenant = 't' AND customer = 'c' AND meter IN ('calls', 'tokens') \
+             AND ts_ms >= 0 AND ts_ms < 7200000 AND ingested_ms > 4000 ORDER BY hour"
         );
     }
 

@@ -71,6 +71,18 @@ pub fn combined_statement(
     parts: &[Part],
     meters: &Meters<'_>,
 ) -> Sql {
+    combined_of_parts(tenant, customer, parts, meters, None)
+}
+
+/// [`combined_statement`], its samples only those ingested at or before `as_of_ms` if given
+/// (the rollup parts must then hold no sample ingested after it).
+pub(super) fn combined_of_parts(
+    tenant: &str,
+    customer: &str,
+    parts: &[Part],
+    meters: &Meters<'_>,
+    as_of_ms: Option<i64>,
+) -> Sql {
     let scope = || {
         let mut sql = Sql::new("tenant = ");
         sql.arg(tenant)
@@ -135,8 +147,11 @@ pub fn combined_statement(
             range.arg(a).push(" AND ts_ms < ").arg(b).push(")");
             range
         });
-        sql.join(ranges, " OR ")
-            .push(") GROUP BY customer, meter, group_keys, group_values");
+        sql.join(ranges, " OR ").push(")");
+        if let Some(as_of_ms) = as_of_ms {
+            sql.push(" WHERE ingested_ms <= ").arg(as_of_ms);
+        }
+        sql.push(" GROUP BY customer, meter, group_keys, group_values");
         selects.push(sql);
     }
     combined(meters, selects)
