@@ -321,6 +321,9 @@ pub fn priced(
     sample: &Sample,
     properties: &Props<'_>,
 ) -> Result<Vec<PricedSample>, SampleError> {
+    if entry.priced.is_empty() {
+        return Ok(Vec::new());
+    }
     let value = Decimal::from_i128_with_scale(sample.value, DECIMAL_SCALE);
     let mut priced = Vec::with_capacity(entry.priced.len());
     for by in &entry.priced {
