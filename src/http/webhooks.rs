@@ -26,7 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_endpoints, create_endpoint))
         .routes(routes!(read_endpoint, delete_endpoint))
         .routes(routes!(list_deliveries))
-        .routes(routes!(retry))
+        .routes(routes!(retry_delivery))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -162,6 +162,7 @@ fn endpoint_missing(id: &str) -> ApiError {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveryFilter {
     /// Only deliveries to this endpoint.
@@ -237,7 +238,7 @@ async fn list_deliveries(
 #[utoipa::path(post, path = "/v1/webhook_deliveries/{id}/retry", tag = "webhooks", params(("id" = String, Path)),
     responses((status = 202, body = DeliveryList, description = "Due now: sent again to each endpoint of the event, with the same id"),
               (status = 404, description = "delivery_not_found")))]
-async fn retry(
+async fn retry_delivery(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
