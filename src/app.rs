@@ -28,6 +28,8 @@ use redis::aio::ConnectionManager;
 pub struct Application {
     state: AppState,
     batcher: BatcherHandle,
+    /// The alert task: after the batcher, it looks at the last batches, then ends.
+    alert_watch: tokio::task::JoinHandle<()>,
     writer: WriterStatus,
     background: Vec<tokio::task::JoinHandle<()>>,
     owned_clickhouse: Option<LocalClickHouse>,
@@ -130,15 +132,16 @@ impl Application {
         } else {
             UsageReader::uncached(store.clone())
         };
-        let (touches, outbox, alert_tasks) = crate::alerts::start(crate::alerts::Context {
+        let alerts = crate::alerts::start(crate::alerts::Context {
             store: store.clone(),
             catalog: catalog.clone(),
             usage: usage.clone(),
             redis: redis.clone(),
             webhook_timeout: Duration::from_millis(config.webhook_timeout_ms),
         })?;
-        background.extend(alert_tasks);
-        let observer = std::sync::Arc::new((usage.clone(), touches));
+        background.push(alerts.sender);
+        let outbox = alerts.outbox;
+        let observer = std::sync::Arc::new((usage.clone(), alerts.touches));
         let (ingestor, batcher) = batcher::start(
             store.clone(),
             ledger,
@@ -162,6 +165,7 @@ impl Application {
         Ok(Self {
             state,
             batcher,
+            alert_watch: alerts.watcher,
             writer,
             background,
             owned_clickhouse,
@@ -193,11 +197,22 @@ impl Application {
         let Self {
             state,
             batcher,
+            alert_watch,
             writer,
             background,
             owned_clickhouse,
         } = self;
         batcher.shutdown().await;
+        // The batcher's end dropped what told the alert task of batches: it looks at the last
+        // ones and ends.
+        let mut alert_watch = alert_watch;
+        if tokio::time::timeout(Duration::from_secs(10), &mut alert_watch)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the alert task did not end within 10 s");
+            alert_watch.abort();
+        }
         for task in &background {
             task.abort();
         }

@@ -48,12 +48,17 @@ const GATHER: Duration = Duration::from_millis(150);
 /// How often the task looks for alerts added (by any process) and for looks due.
 const TICK: Duration = Duration::from_secs(1);
 
-/// A customer whose usage a batch changed, and its earliest event's time.
+/// A customer whose usage a batch changed, and the times of its earliest and latest events.
 #[derive(Debug, Clone)]
 pub struct Touched {
     pub tenant: Arc<str>,
     pub customer: String,
     pub earliest_ms: i64,
+    pub latest_ms: i64,
+    /// Not a batch's: a look at every alert (start-up, lost touches, a new alert). Such a look
+    /// cannot tell when a past period's usage reached an alert, so there an alert counts only
+    /// for periods that ended after it was made.
+    pub scan: bool,
 }
 
 /// Tells the alert task of committed batches. Cheap: tenants without alerts cost one look-up
@@ -68,7 +73,7 @@ impl BatchObserver for Touches {
     fn inserting(&self, _: u64, _: &[EventRow]) {}
 
     fn committed(&self, _: u64, rows: &[EventRow]) {
-        let mut touched: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut touched: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
         let mut tenant: Option<(&str, bool)> = None;
         for row in rows.iter().filter(|r| !r.sample_meter.is_empty()) {
             let watched = match tenant {
@@ -80,10 +85,11 @@ impl BatchObserver for Touches {
                 }
             };
             if watched {
-                let earliest = touched
+                let (earliest, latest) = touched
                     .entry((&row.tenant, &row.customer))
-                    .or_insert(row.ts_ms);
+                    .or_insert((row.ts_ms, row.ts_ms));
                 *earliest = (*earliest).min(row.ts_ms);
+                *latest = (*latest).max(row.ts_ms);
             }
         }
         if touched.is_empty() {
@@ -91,10 +97,12 @@ impl BatchObserver for Touches {
         }
         let batch = touched
             .into_iter()
-            .map(|((tenant, customer), earliest_ms)| Touched {
+            .map(|((tenant, customer), (earliest_ms, latest_ms))| Touched {
                 tenant: tenant.into(),
                 customer: customer.to_owned(),
                 earliest_ms,
+                latest_ms,
+                scan: false,
             })
             .collect();
         if self.tx.try_send(batch).is_err() {
@@ -268,11 +276,14 @@ impl Watcher {
     }
 
     /// The customers of alerts not looked at yet (all of them with `everything`), to look at
-    /// in their current periods.
+    /// in their current periods; at start-up, and after touches were lost (`everything`), in
+    /// every period of the last 35 days (how late an event may come without backfill), since
+    /// batches acknowledged just before may not have been looked at.
     fn added_alerts(&mut self, everything: bool) -> Vec<Touched> {
         let now_ms = Utc::now().timestamp_millis();
         let mut out = Vec::new();
         for (tenant, catalog) in self.context.catalog.tenants() {
+            let first = !self.known.contains_key(&tenant);
             let alerts: HashSet<AlertMade> = catalog
                 .alerts
                 .values()
@@ -286,10 +297,17 @@ impl Watcher {
             *known = alerts;
             let index = Index::of(&catalog);
             let tenant: Arc<str> = tenant.as_str().into();
+            let since_ms = if first || everything {
+                now_ms - 35 * 86_400_000
+            } else {
+                now_ms
+            };
             out.extend(index.customers.keys().map(|customer| Touched {
                 tenant: tenant.clone(),
                 customer: customer.clone(),
-                earliest_ms: now_ms,
+                earliest_ms: since_ms,
+                latest_ms: now_ms,
+                scan: true,
             }));
         }
         out
@@ -317,6 +335,7 @@ impl Watcher {
         };
         let now = Utc::now();
         let earliest = DateTime::from_timestamp_millis(touched.earliest_ms).unwrap_or(now);
+        let latest = DateTime::from_timestamp_millis(touched.latest_ms).unwrap_or(now);
         for key in subscriptions {
             let Some(subscription) = catalog.subscriptions.get(key) else {
                 continue;
@@ -325,18 +344,10 @@ impl Watcher {
             else {
                 continue;
             };
-            let mut periods: Vec<Period> = Vec::new();
-            if let Ok(Some(current)) = resolved.timeline.period_at(now) {
-                periods.push(current);
-            }
-            // A late event: the period it belongs to as well.
-            if periods.first().is_none_or(|p| earliest < p.window.from)
-                && let Ok(Some(past)) = resolved.timeline.period_at(earliest)
-            {
-                periods.push(past);
-            }
-            for period in periods {
-                self.check(&resolved, &index, subscription, &period).await?;
+            for period in periods_of(&resolved, earliest, now, latest) {
+                let since = touched.scan.then_some(period.window.to);
+                self.check(&resolved, &index, subscription, &period, since)
+                    .await?;
             }
         }
         Ok(true)
@@ -348,6 +359,7 @@ impl Watcher {
         index: &Index,
         subscription: &Subscription,
         period: &Period,
+        made_before: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
         let Some(phase) = subscription.phases.get(period.phase) else {
             return Ok(());
@@ -356,6 +368,9 @@ impl Watcher {
         let due: Vec<(&Alert, String)> = index
             .alerts(catalog, &subscription.external_id, &phase.plan)
             .into_iter()
+            .filter(|alert| {
+                made_before.is_none_or(|end| alert.created_at.is_none_or(|made| made < end))
+            })
             .map(|alert| {
                 (
                     alert,
@@ -434,7 +449,7 @@ impl Watcher {
                     }
                     // Another replica is recording it; should it die first, the claim expires
                     // and a later look fires it.
-                    Ok(false) => {}
+                    Ok(false) => self.look_again_at(customers, &firing),
                     Err(e) => {
                         tracing::warn!(error = %e, "redis unavailable: an alert waits");
                         self.look_again_at(customers, &firing);
@@ -474,6 +489,9 @@ impl Watcher {
             by_tenant.entry(&firing.tenant).or_default().push(firing);
         }
         let (mut firings, mut deliveries) = (Vec::new(), Vec::new());
+        // Made now: other processes leave a delivery never attempted to its maker for a while
+        // from this moment.
+        let made_ms = Utc::now().timestamp_millis();
         for (tenant, candidates) in by_tenant {
             let ids: Vec<String> = candidates.iter().map(|f| f.id.clone()).collect();
             let recorded = store.fired_among(tenant, &ids).await?;
@@ -490,10 +508,10 @@ impl Watcher {
                             endpoint: endpoint.id.clone(),
                             kind: ALERT_TRIGGERED.into(),
                             payload: firing.payload.clone(),
-                            created_ms: firing.fired_ms,
+                            created_ms: made_ms,
                             state: "pending".into(),
                             attempts: 0,
-                            next_attempt_ms: firing.fired_ms,
+                            next_attempt_ms: made_ms,
                             last_status: 0,
                             last_error: String::new(),
                             version: 0,
@@ -592,18 +610,61 @@ pub fn event_id(
     format!("evt_{}", &hex::encode(hash.finalize())[..32])
 }
 
-/// One entry per (tenant, customer), with the earliest time.
+/// One entry per (tenant, customer), with the earliest and latest times.
 fn coalesce(touched: Vec<Touched>) -> Vec<Touched> {
-    let mut by: HashMap<(Arc<str>, String), i64> = HashMap::new();
+    let mut by: HashMap<(Arc<str>, String, bool), (i64, i64)> = HashMap::new();
     for t in touched {
-        let earliest = by.entry((t.tenant, t.customer)).or_insert(t.earliest_ms);
+        let (earliest, latest) = by
+            .entry((t.tenant, t.customer, t.scan))
+            .or_insert((t.earliest_ms, t.latest_ms));
         *earliest = (*earliest).min(t.earliest_ms);
+        *latest = (*latest).max(t.latest_ms);
     }
     by.into_iter()
-        .map(|((tenant, customer), earliest_ms)| Touched {
-            tenant,
-            customer,
-            earliest_ms,
-        })
+        .map(
+            |((tenant, customer, scan), (earliest_ms, latest_ms))| Touched {
+                tenant,
+                customer,
+                earliest_ms,
+                latest_ms,
+                scan,
+            },
+        )
         .collect()
+}
+
+/// The most billing periods besides the current one a look rates for one subscription (the
+/// latest ones).
+const MOST_PERIODS: usize = 12;
+
+/// The billing periods events from `earliest` to `latest` fall in, and the current one (its
+/// phase the one in force now): those a batch's alerts may have reached.
+fn periods_of(
+    resolved: &ResolvedSubscription<'_>,
+    earliest: DateTime<Utc>,
+    now: DateTime<Utc>,
+    latest: DateTime<Utc>,
+) -> Vec<Period> {
+    let mut periods: Vec<Period> = Vec::new();
+    let timeline = &resolved.timeline;
+    if let Ok(Some(current)) = timeline.period_at(now) {
+        periods.push(current);
+    }
+    let mut others: VecDeque<Period> = VecDeque::new();
+    let mut t = earliest.max(timeline.start);
+    while t <= latest.max(now) {
+        let Ok(Some(period)) = timeline.period_at(t) else {
+            break;
+        };
+        t = period.window.to;
+        if !periods.iter().any(|p| p.window.from == period.window.from) {
+            // The latest ones when there are more.
+            if others.len() == MOST_PERIODS {
+                others.pop_front();
+            }
+            others.push_back(period);
+        }
+    }
+    periods.extend(others);
+    periods
 }

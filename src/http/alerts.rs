@@ -74,12 +74,15 @@ async fn delete_alert(
     ApiPath(code): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(&[Role::Admin], "manage alerts")?;
-    state
+    match state
         .catalog
         .delete::<Alert>(&principal.tenant, &code)
         .await
-        .map_err(|_| missing(&code))?;
-    Ok(StatusCode::NO_CONTENT)
+    {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(crate::catalog::CatalogError::NotFound { .. }) => Err(missing(&code)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn missing(code: &str) -> ApiError {

@@ -148,10 +148,29 @@ async fn delete_endpoint(
         .delete::<WebhookEndpoint>(&principal.tenant, &id)
         .await
     {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(CatalogError::NotFound { .. }) => Err(endpoint_missing(&id)),
-        Err(e) => Err(e.into()),
+        Ok(()) => {}
+        Err(CatalogError::NotFound { .. }) => return Err(endpoint_missing(&id)),
+        Err(e) => return Err(e.into()),
     }
+    // Its pending deliveries are cancelled in the outbox itself, so that no process sends one
+    // before it learns of the deletion.
+    let cancelled: Vec<DeliveryRow> = state
+        .store
+        .deliveries(&principal.tenant, None, Some(&id), 100_000)
+        .await?
+        .into_iter()
+        .filter(|row| row.state == "pending")
+        .map(|mut row| {
+            row.state = "cancelled".into();
+            row.last_error = "the endpoint was deleted".into();
+            row.version = next_version(row.version);
+            row
+        })
+        .collect();
+    state.store.insert_deliveries(&cancelled).await?;
+    tracing::info!(tenant = %principal.tenant, endpoint = %id, cancelled = cancelled.len(),
+        "webhook endpoint deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn endpoint_missing(id: &str) -> ApiError {

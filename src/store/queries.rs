@@ -711,9 +711,13 @@ pub fn deliveries_of(tenant: &str, id: Option<&str>, endpoint: Option<&str>, lim
 
 /// Deliveries of every tenant waiting for an attempt due by `now_ms`, soonest first; those
 /// never attempted only once made before `new_before_ms` (the process that makes one sends it).
+/// Only states written for deliveries made (or retried) in the last week are read: retries
+/// stop a day after, so what is older is over, or waited through a week-long outage.
 pub fn due_deliveries(now_ms: i64, new_before_ms: i64, limit: u64) -> Sql {
+    let mut recent = Sql::new(" WHERE created_ms >= ");
+    recent.arg(now_ms - 7 * 86_400_000);
     let mut sql = Sql::new("SELECT * FROM (");
-    sql.append(latest_deliveries(Sql::default()))
+    sql.append(latest_deliveries(recent))
         .push(") WHERE state = 'pending' AND next_attempt_ms <= ")
         .arg(now_ms)
         .push(" AND (attempts > 0 OR created_ms < ")
