@@ -767,5 +767,8 @@ async fn a_copying_migration_waits_for_every_writer_to_stop() {
     // The writer stopped (its last beat now older than three seconds): the migration runs.
     tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
     let later = meterhouse::store::migrate::MIGRATIONS.len() - 15;
-    assert_eq!(meterhouse::store::migrate::run(&store).await.unwrap(), later);
+    assert_eq!(
+        meterhouse::store::migrate::run(&store).await.unwrap(),
+        later
+    );
 }

@@ -45,6 +45,9 @@ const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(3);
 /// How long a round waits for more batches after the first: the cost of alerts is per customer
 /// and round, not per batch.
 const GATHER: Duration = Duration::from_millis(150);
+/// How long fired ids are remembered in memory, and how often older ones are forgotten.
+const REMEMBER_FIRED_MS: i64 = 40 * 86_400_000;
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 /// How often the task looks for alerts added (by any process) and for looks due.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -126,7 +129,8 @@ pub(super) fn start(context: Context, outbox: Outbox) -> (Touches, tokio::task::
         context,
         outbox,
         overflow,
-        fired: HashSet::new(),
+        fired: HashMap::new(),
+        pruned: Instant::now(),
         known: HashMap::new(),
         indexes: HashMap::new(),
         again: VecDeque::new(),
@@ -197,8 +201,10 @@ struct Watcher {
     context: Context,
     outbox: Outbox,
     overflow: Arc<AtomicBool>,
-    /// Event ids known to have fired.
-    fired: HashSet<String>,
+    /// Event ids known to have fired, and when this process learnt it (ms); forgotten after
+    /// [`REMEMBER_FIRED_MS`] (`alert_firings` still knows them).
+    fired: HashMap<String, i64>,
+    pruned: Instant,
     /// Per tenant, the alerts already looked at everywhere (code and creation).
     known: HashMap<String, HashSet<AlertMade>>,
     /// Per tenant, the index of the catalog snapshot it was built from.
@@ -229,6 +235,11 @@ impl Watcher {
                     look_again = self.context.redis.is_some();
                 }
                 _ = tick.tick() => {
+                    if self.pruned.elapsed() >= PRUNE_EVERY {
+                        self.pruned = Instant::now();
+                        let forget_before = Utc::now().timestamp_millis() - REMEMBER_FIRED_MS;
+                        self.fired.retain(|_, learnt| *learnt >= forget_before);
+                    }
                     let everything = self.overflow.swap(false, Ordering::Relaxed);
                     pending.extend(self.added_alerts(everything));
                     let now = Instant::now();
@@ -377,7 +388,7 @@ impl Watcher {
                     event_id(resolved.tenant, alert, subscription, period),
                 )
             })
-            .filter(|(_, id)| !self.fired.contains(id))
+            .filter(|(_, id)| !self.fired.contains_key(id))
             .collect();
         if due.is_empty() {
             return Ok(());
@@ -459,7 +470,11 @@ impl Watcher {
             reached = claimed;
         }
         match self.record(&reached).await {
-            Ok(()) => self.fired.extend(reached.into_iter().map(|f| f.id)),
+            Ok(()) => {
+                let now_ms = Utc::now().timestamp_millis();
+                self.fired
+                    .extend(reached.into_iter().map(|f| (f.id, now_ms)));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "recording fired alerts failed; looked at again shortly");
                 for firing in &reached {
