@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use common::{TestApp, d, dec, get_json, post_ok as post, spawn_app, spawn_with, test_config};
+use common::{
+    TestApp, admin, d, dec, get_json, post_ok as post, spawn_app, spawn_with, test_config,
+};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 
@@ -160,6 +162,16 @@ async fn scenario(app: &TestApp, days: i64) {
     .await;
 }
 
+/// An alert on sub_1's calls quantity at `threshold`.
+async fn calls_alert(app: &TestApp, code: &str, threshold: &str) {
+    post(
+        app,
+        "/v1/alerts",
+        json!({"code": code, "subscription": "sub_1", "price": "calls", "threshold": threshold}),
+    )
+    .await;
+}
+
 /// Registers the receiver; the endpoint's id and secret.
 async fn endpoint(app: &TestApp, receiver: &Receiver) -> (String, String) {
     let created = post(
@@ -190,12 +202,7 @@ async fn each_alert_fires_once_when_its_threshold_is_reached() {
     let receiver = Receiver::start().await;
     scenario(&app, 1).await;
     let (endpoint_id, secret) = endpoint(&app, &receiver).await;
-    post(
-        &app,
-        "/v1/alerts",
-        json!({"code": "five_calls", "subscription": "sub_1", "price": "calls", "threshold": "5"}),
-    )
-    .await;
+    calls_alert(&app, "five_calls", "5").await;
     let pct = post(&app, "/v1/alerts", json!({"code": "pro_80pct", "plan": "pro", "price": "calls", "threshold_percent_of_included": "80"})).await;
     assert_eq!(pct["metric"], "quantity", "{pct}");
     post(&app, "/v1/alerts", json!({"code": "fifty_cents", "subscription": "sub_1", "metric": "amount", "threshold": "0.50"})).await;
@@ -269,12 +276,7 @@ async fn a_late_event_fires_the_alert_of_the_period_it_belongs_to() {
     // Started 33 days ago: its first period ended about two days ago.
     scenario(&app, 33).await;
     let (_, secret) = endpoint(&app, &receiver).await;
-    post(
-        &app,
-        "/v1/alerts",
-        json!({"code": "three", "subscription": "sub_1", "price": "calls", "threshold": "3"}),
-    )
-    .await;
+    calls_alert(&app, "three", "3").await;
     calls(&app, "now", 1, TimeDelta::seconds(1)).await;
     calls(&app, "old", 2, TimeDelta::days(20)).await;
     receiver.still(0, Duration::from_millis(1500)).await;
@@ -305,24 +307,14 @@ async fn a_restart_fires_nothing_again_and_an_alert_added_later_fires_at_once() 
     let receiver = Receiver::start().await;
     scenario(&app, 1).await;
     let (_, secret) = endpoint(&app, &receiver).await;
-    post(
-        &app,
-        "/v1/alerts",
-        json!({"code": "two", "subscription": "sub_1", "price": "calls", "threshold": "2"}),
-    )
-    .await;
+    calls_alert(&app, "two", "2").await;
     calls(&app, "a", 2, TimeDelta::seconds(1)).await;
     let first = verified(&receiver.wait_for(1).await[0], &secret);
     app.shutdown().await;
 
     let app = spawn_with(config, false).await;
     // Usage already past it: an alert made now fires without a new event.
-    post(
-        &app,
-        "/v1/alerts",
-        json!({"code": "one", "subscription": "sub_1", "price": "calls", "threshold": "1"}),
-    )
-    .await;
+    calls_alert(&app, "one", "1").await;
     let got = receiver.wait_for(2).await;
     let second = verified(&got[1], &secret);
     assert_eq!(second["data"]["alert"], "one", "{second}");
@@ -345,12 +337,7 @@ async fn a_failed_delivery_is_retried_with_the_same_id_until_it_succeeds() {
     ]);
     scenario(&app, 1).await;
     let (_, secret) = endpoint(&app, &receiver).await;
-    post(
-        &app,
-        "/v1/alerts",
-        json!({"code": "one", "subscription": "sub_1", "price": "calls", "threshold": "1"}),
-    )
-    .await;
+    calls_alert(&app, "one", "1").await;
     calls(&app, "a", 1, TimeDelta::seconds(1)).await;
     let got = receiver.wait_for(4).await;
     let ids: Vec<Value> = got
@@ -448,12 +435,7 @@ async fn a_deleted_endpoint_receives_nothing() {
     )
     .await;
     assert_eq!(status, 404);
-    post(
-        &app,
-        "/v1/alerts",
-        json!({"code": "one", "subscription": "sub_1", "price": "calls", "threshold": "1"}),
-    )
-    .await;
+    calls_alert(&app, "one", "1").await;
     calls(&app, "a", 1, TimeDelta::seconds(1)).await;
     verified(&kept.wait_for(1).await[0], &secret);
     dropped.still(0, Duration::from_secs(2)).await;
@@ -466,12 +448,7 @@ async fn endpoints_alerts_and_deliveries_belong_to_their_tenant() {
     let receiver = Receiver::start().await;
     scenario(&app, 1).await;
     let (endpoint_id, _) = endpoint(&app, &receiver).await;
-    post(
-        &app,
-        "/v1/alerts",
-        json!({"code": "one", "subscription": "sub_1", "price": "calls", "threshold": "1"}),
-    )
-    .await;
+    calls_alert(&app, "one", "1").await;
     calls(&app, "a", 1, TimeDelta::seconds(1)).await;
     let event: Value = serde_json::from_str(&receiver.wait_for(1).await[0].body).unwrap();
     let id = event["id"].as_str().unwrap();
@@ -623,21 +600,6 @@ async fn bad_alerts_and_endpoints_are_refused_naming_the_field() {
     app.shutdown().await;
 }
 
-/// POSTs as acme's admin to a replica; the answer, which must be a success.
-async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
-    let response = http
-        .post(format!("{base}{path}"))
-        .bearer_auth("admin_key_a")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {answer}");
-    answer
-}
-
 /// Sends `n` calls of c1 to the replica at `base` until acknowledged.
 async fn calls_to(http: &reqwest::Client, base: &str, prefix: &str, n: usize) {
     let at = Utc::now().timestamp_millis() - 1_000;
@@ -694,7 +656,7 @@ async fn replicas_fire_each_alert_once_and_a_crash_loses_no_delivery() {
     // The first attempt fails: the delivery waits in the outbox for its retry.
     receiver.answer(&[Answer::Status(500)]);
     let start = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 86_400, 0).unwrap();
-    admin(&http, &bases[0], "/v1/plans", json!({"code": "pro", "name": "Pro", "currency": "USD", "interval": "month",
+    common::admin(&http, &bases[0], "/v1/plans", json!({"code": "pro", "name": "Pro", "currency": "USD", "interval": "month",
         "prices": [{"code": "calls", "type": "usage", "meter": "calls", "model": "per_unit", "unit_amount": "0.10"}]})).await;
     admin(
         &http,
@@ -703,7 +665,7 @@ async fn replicas_fire_each_alert_once_and_a_crash_loses_no_delivery() {
         json!({"external_id": "c1"}),
     )
     .await;
-    admin(&http, &bases[0], "/v1/subscriptions", json!({"external_id": "sub_1", "customer": "c1", "plan": "pro", "start_date": start.to_rfc3339()})).await;
+    common::admin(&http, &bases[0], "/v1/subscriptions", json!({"external_id": "sub_1", "customer": "c1", "plan": "pro", "start_date": start.to_rfc3339()})).await;
     let endpoint = admin(
         &http,
         &bases[0],

@@ -286,7 +286,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": format!("SELECT endpoint FROM ({})", queries::deliveries_of("t", Some("evt_1"), Some("we_2"), 10).render()), "expect": "we_2"}),
         json!({"sql": format!("SELECT endpoint, next_attempt_ms FROM ({})", queries::due_deliveries(1795000010000, 0, 10).render()), "expect": "we_1\t1795000009000"}),
         json!({"sql": format!("SELECT count() FROM ({})", queries::due_deliveries(1795000001000, 0, 10).render()), "expect": "0"}),
-        json!({"sql": queries::attempts_of("t", &["evt_1".to_owned()]).render(), "expect": "evt_1\twe_1\t1\t1795000001000\t500\tanswered 500\t12"}),
+        json!({"sql": queries::attempts_of("t", &["evt_1".to_owned()]).render(), "expect": "t\tevt_1\twe_1\t1\t1795000001000\t500\tanswered 500\t12"}),
     ];
     let plan = json!({"statements": statements, "checks": checks});
     let dir = std::env::temp_dir().join(format!("meterhouse-chdb-{}", std::process::id()));

@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{
-    Service, free_port, free_server_port, scratch_dir, serve_log, serve_process, start_redis,
-    test_config, wait_ready, wait_redis,
+    Service, admin, free_port, free_server_port, scratch_dir, serve_log, serve_process,
+    start_redis, test_config, wait_ready, wait_redis,
 };
 use meterhouse::store::Store;
 use serde_json::{Value, json};
@@ -34,21 +34,6 @@ const REPLICAS: usize = 3;
 const CLIENTS: usize = 16;
 const REQUESTS: usize = 30;
 const EVENTS: usize = 20;
-
-async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) {
-    let response = http
-        .post(format!("{base}{path}"))
-        .bearer_auth("admin_key_a")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{path}: {}",
-        response.status()
-    );
-}
 
 /// The quantity and total of sub_1's current period, as the replica at `base` reports them.
 async fn usage(http: &reqwest::Client, base: &str) -> Option<(String, String)> {

@@ -19,7 +19,7 @@ use crate::auth::{Principal, Role};
 use crate::catalog::CatalogError;
 use crate::domain::WebhookEndpoint;
 use crate::error::ApiError;
-use crate::store::webhooks::{DeliveryRow, ListedAttempt};
+use crate::store::webhooks::{AttemptRow, DeliveryRow};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -306,7 +306,7 @@ async fn with_attempts(
     Ok(rows
         .into_iter()
         .map(|row| {
-            let of_row = |a: &&ListedAttempt| a.id == row.id && a.endpoint == row.endpoint;
+            let of_row = |a: &&AttemptRow| a.id == row.id && a.endpoint == row.endpoint;
             Delivery {
                 attempts: attempts
                     .iter()

@@ -731,8 +731,8 @@ pub fn due_deliveries(now_ms: i64, new_before_ms: i64, limit: u64) -> Sql {
 /// The attempts of `tenant`'s deliveries of events `ids`, in order.
 pub fn attempts_of(tenant: &str, ids: &[String]) -> Sql {
     let mut sql = Sql::new(
-        "SELECT id, endpoint, attempt, at_ms, status, error, duration_ms FROM webhook_attempts \
-         WHERE tenant = ",
+        "SELECT tenant, id, endpoint, attempt, at_ms, status, error, duration_ms \
+         FROM webhook_attempts WHERE tenant = ",
     );
     sql.arg(tenant)
         .push(" AND has(")

@@ -54,18 +54,6 @@ pub struct AttemptRow {
     pub duration_ms: u32,
 }
 
-/// An attempt as listed with its delivery (tenant known).
-#[derive(clickhouse::Row, Deserialize, Debug, Clone)]
-pub struct ListedAttempt {
-    pub id: String,
-    pub endpoint: String,
-    pub attempt: u32,
-    pub at_ms: i64,
-    pub status: u16,
-    pub error: String,
-    pub duration_ms: u32,
-}
-
 impl Store {
     /// Of `tenant`'s alert events `ids`, those that have fired.
     pub async fn fired_among(
@@ -85,42 +73,28 @@ impl Store {
 
     /// Records firings (after their deliveries).
     pub async fn insert_firings(&self, firings: &[FiringRow]) -> Result<(), StoreError> {
-        if firings.is_empty() {
-            return Ok(());
-        }
-        let mut insert = self.client().insert::<FiringRow>("alert_firings").await?;
-        for firing in firings {
-            insert.write(firing).await?;
-        }
-        insert.end().await?;
-        Ok(())
+        self.insert_rows("alert_firings", firings).await
     }
 
     /// Writes deliveries' new states.
     pub async fn insert_deliveries(&self, rows: &[DeliveryRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut insert = self
-            .client()
-            .insert::<DeliveryRow>("webhook_deliveries")
-            .await?;
-        for row in rows {
-            insert.write(row).await?;
-        }
-        insert.end().await?;
-        Ok(())
+        self.insert_rows("webhook_deliveries", rows).await
     }
 
     /// Records attempts.
     pub async fn insert_attempts(&self, rows: &[AttemptRow]) -> Result<(), StoreError> {
+        self.insert_rows("webhook_attempts", rows).await
+    }
+
+    /// Writes `rows` into `table` in one insert (none: nothing).
+    async fn insert_rows<T>(&self, table: &str, rows: &[T]) -> Result<(), StoreError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut insert = self
-            .client()
-            .insert::<AttemptRow>("webhook_attempts")
-            .await?;
+        let mut insert = self.client().insert::<T>(table).await?;
         for row in rows {
             insert.write(row).await?;
         }
@@ -162,7 +136,7 @@ impl Store {
         &self,
         tenant: &str,
         ids: &[String],
-    ) -> Result<Vec<ListedAttempt>, StoreError> {
+    ) -> Result<Vec<AttemptRow>, StoreError> {
         if ids.is_empty() {
             return Ok(vec![]);
         }

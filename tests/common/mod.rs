@@ -271,6 +271,22 @@ pub async fn post_ok(app: &TestApp, path: &str, body: Value) -> Value {
     answer
 }
 
+/// POSTs `body` as acme's admin to the service at `base` (a process the test started); the
+/// answer, which must be a success.
+pub async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
+    let response = http
+        .post(format!("{base}{path}"))
+        .bearer_auth("admin_key_a")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path}: {status} {answer}");
+    answer
+}
+
 /// GETs `path` with `key`: status and JSON body (null when not JSON).
 pub async fn get_json(app: &TestApp, path: &str, key: &str) -> (u16, Value) {
     let response = app.get(path, Some(key)).await;
