@@ -449,3 +449,73 @@ async fn weighted_meters_are_validated_field_by_field() {
     }
     app.shutdown().await;
 }
+
+/// As of a moment, the value carried into a window is the last one ingested by then: an event
+/// that arrives later and changes it is told apart (`late_events` counts those inside the
+/// window only).
+#[tokio::test]
+async fn as_of_a_moment_the_value_carried_in_is_the_one_ingested_by_then() {
+    let app = spawn_app("weighted_as_of").await;
+    let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    storage_catalog(
+        &app,
+        "hour",
+        json!({"external_id": "c1"}),
+        json!({"code": "store", "name": "Store", "currency": "USD", "interval": "month",
+               "prices": [{"code": "gbh", "type": "usage", "meter": "storage", "model": "per_unit",
+                           "unit_amount": "0.10"}]}),
+    )
+    .await;
+    post(
+        &app,
+        "/v1/subscriptions",
+        json!({"external_id": "sub_1", "customer": "c1", "plan": "store",
+        "start_date": (now - TimeDelta::days(1)).to_rfc3339()}),
+    )
+    .await;
+    let first = [Held {
+        at: now - TimeDelta::hours(3),
+        region: "eu",
+        gb: "10",
+    }];
+    send(&app, "c1", &first).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let as_of = Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let late = [Held {
+        at: now - TimeDelta::hours(2),
+        region: "eu",
+        gb: "20",
+    }];
+    send(&app, "c1", &late).await;
+    let window = (now - TimeDelta::hours(1), now);
+    let quantity = |report: &Value| dec(&charge(report, "gbh")["quantity"]);
+    let path = format!("/v1/subscriptions/sub_1/usage?{}", q(window));
+    let (status, then) = get(
+        &app,
+        &format!("{path}&as_of={}", as_of.timestamp_millis()),
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(status, 200, "{then}");
+    assert_eq!(
+        quantity(&then),
+        integral(&first, None, window, HOUR_MS),
+        "{then}"
+    );
+    assert_eq!(quantity(&then), d("10"));
+    assert_eq!(
+        then["late_events"], 0,
+        "the late event is before the window: {then}"
+    );
+    let (status, today) = get(&app, &path, "read_key_a").await;
+    assert_eq!(status, 200, "{today}");
+    let both = [first[0], late[0]];
+    assert_eq!(
+        quantity(&today),
+        integral(&both, None, window, HOUR_MS),
+        "{today}"
+    );
+    assert_eq!(quantity(&today), d("20"));
+    app.shutdown().await;
+}
