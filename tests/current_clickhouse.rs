@@ -1,5 +1,5 @@
 //! The migrations and every statement of `store` (its fixed queries, the usage reads, the
-//! series, the reads as of a moment, a dynamic price's samples) on current ClickHouse (chDB, in-process),
+//! series, the reads as of a moment, a dynamic price's samples, a weighted meter's samples) on current ClickHouse (chDB, in-process),
 //! beside the 18.16 server the other suites use. `scripts/test` installs chDB into
 //! `target/chdb-venv`; `METERHOUSE_CHDB_PYTHON` may name another interpreter that has it.
 
@@ -15,6 +15,7 @@ use meterhouse::store::combined_sql::{combined_statement, customers_statement};
 use meterhouse::store::priced_sql::{PricedScope, priced_samples_statement};
 use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
 use meterhouse::store::usage_sql::{Part, Scope, usage_statement};
+use meterhouse::store::weighted_sql::{WeightedScope, weighted_statement};
 use meterhouse::store::{migrate, queries};
 use serde_json::json;
 
@@ -188,10 +189,28 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         as_of_ms,
     };
     let priced_sql = |as_of_ms| priced_samples_statement(&priced_scope(as_of_ms)).render();
+    // A weighted meter's samples: the event inside the window, or carried into a later one.
+    let weighted_sql = |(from_ms, to_ms), as_of_ms| {
+        let w = WeightedScope {
+            scope: Scope {
+                as_of_ms,
+                ..scope("tokens")
+            },
+            series_by: &model,
+            group_by: &model,
+            from_ms,
+            to_ms,
+        };
+        weighted_statement(&w).render()
+    };
+    let later = (to, to + 3_600_000);
     let checks = vec![
         json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
         json!({"sql": priced_sql(None), "expect": "0\te1\t1250.5"}),
         json!({"sql": priced_sql(Some(before)), "expect": ""}),
+        json!({"sql": weighted_sql((from, to), None), "expect": "c\t['gpt-x']\t['gpt-x']\t1795000000000\t1250.5\t0"}),
+        json!({"sql": weighted_sql(later, Some(at)), "expect": "c\t['gpt-x']\t['gpt-x']\t1795000000000\t1250.5\t1"}),
+        json!({"sql": weighted_sql(later, Some(before)), "expect": ""}),
         json!({"sql": as_of_sql(at), "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
         json!({"sql": as_of_sql(before), "expect": ""}),
         json!({"sql": late_hours_statement("t", "c", (from, to), before, &meters).render(), "expect": "1794999600000"}),

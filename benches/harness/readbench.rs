@@ -2,7 +2,8 @@
 //! ClickHouse (from `numbers()`, through the same tables and views as ingest), a catalog of
 //! customers on one plan with three usage prices, then measures through the HTTP API:
 //! current-period usage and charges per subscription, the same figures computed naively from
-//! the raw events table (properties parsed at query time), and a 30-day hourly series.
+//! the raw events table (properties parsed at query time), a 30-day hourly series, and one
+//! meter read as a plain sum beside the same samples integrated as a `weighted_sum`.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,10 +17,16 @@ use meterhouse::app::InProcess;
 use meterhouse::billing::rating::{self, Model};
 use meterhouse::catalog::Catalog;
 use meterhouse::config::Config;
+use meterhouse::domain::Aggregation;
+use meterhouse::domain::meter::WeightUnit;
 use meterhouse::domain::subscription::SubscriptionInput;
 use meterhouse::domain::{Customer, Meter, Plan};
+use meterhouse::readmodel::UsageQuery;
 use meterhouse::readmodel::preload::load_current_periods;
+use meterhouse::readmodel::weighted::weighted_usage;
 use meterhouse::store::local::LocalClickHouse;
+use meterhouse::store::usage_sql::Scope;
+use meterhouse::store::weighted_sql::WeightedScope;
 use meterhouse::store::{Store, migrate};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -79,6 +86,13 @@ pub struct Report {
     pub speedup_loaded_p99: f64,
     pub series_30d_hourly_p50_ms: f64,
     pub series_30d_hourly_p99_ms: f64,
+    /// One customer's gauge meter (m3) over the last 30 days (ragged edges), read as a plain
+    /// sum (day grain, hour rollup and edges, as any quantity) and integrated as a
+    /// `weighted_sum` in GB-hours (its samples: the one before the window and those inside).
+    pub sum_30d_p50_ms: f64,
+    pub sum_30d_p99_ms: f64,
+    pub weighted_sum_30d_p50_ms: f64,
+    pub weighted_sum_30d_p99_ms: f64,
     /// The cheapest read of the store: a query that matches no row of the samples table.
     /// Every answer costs at least this (one round trip, one table opened).
     pub empty_query_p50_ms: f64,
@@ -331,6 +345,39 @@ async fn measure(
         get(&http, &url).await?;
         series.push(started.elapsed());
     }
+    let (mut plain, mut weighted) = (Vec::new(), Vec::new());
+    for i in 0..args.samples.min(200) {
+        let customer = format!("cust_{}", pick(i));
+        let (from_ms, to_ms) = (from * 1000 + 123, to * 1000 - 77);
+        let query = UsageQuery {
+            tenant: TENANT,
+            meter: "m3",
+            aggregation: Aggregation::Sum,
+            customer: &customer,
+            from_ms,
+            to_ms,
+            group_by: &[],
+        };
+        let started = Instant::now();
+        service.usage.of_meter(&query).await?;
+        plain.push(started.elapsed());
+        let scope = WeightedScope {
+            scope: Scope {
+                tenant: TENANT,
+                meter: "m3",
+                customer: Some(&customer),
+                filters: &[],
+                as_of_ms: None,
+            },
+            series_by: &[],
+            group_by: &[],
+            from_ms,
+            to_ms,
+        };
+        let started = Instant::now();
+        weighted_usage(&service.usage, &scope, WeightUnit::Hour).await?;
+        weighted.push(started.elapsed());
+    }
     let mut empty = Vec::new();
     for i in 0..args.samples {
         let started = Instant::now();
@@ -349,6 +396,8 @@ async fn measure(
         &mut again,
         &mut after_load,
         &mut series,
+        &mut plain,
+        &mut weighted,
         &mut empty,
     ] {
         list.sort_unstable();
@@ -382,6 +431,10 @@ async fn measure(
         speedup_loaded_p99: n99 / percentile(&after_load, 0.99),
         series_30d_hourly_p50_ms: percentile(&series, 0.5),
         series_30d_hourly_p99_ms: percentile(&series, 0.99),
+        sum_30d_p50_ms: percentile(&plain, 0.5),
+        sum_30d_p99_ms: percentile(&plain, 0.99),
+        weighted_sum_30d_p50_ms: percentile(&weighted, 0.5),
+        weighted_sum_30d_p99_ms: percentile(&weighted, 0.99),
         empty_query_p50_ms: percentile(&empty, 0.5),
         empty_query_p99_ms: percentile(&empty, 0.99),
     })

@@ -5,3 +5,4 @@ pub mod decimal;
 pub mod money;
 pub mod period;
 pub mod rating;
+pub mod weighted;

@@ -292,3 +292,25 @@ fn shared_schemas() -> Map<String, Value> {
         _ => Map::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_meter_schema_offers_weighted_sums_and_their_weight_unit() {
+        let (_, generated) = super::super::routes();
+        let doc = document(generated);
+        let schemas = &doc["components"]["schemas"];
+        let aggregations = schemas["Aggregation"].to_string();
+        assert!(aggregations.contains("weighted_sum"), "{aggregations}");
+        let meter = &schemas["Meter"]["properties"]["weight_unit"];
+        assert!(!meter.is_null(), "{}", schemas["Meter"]);
+        assert_eq!(
+            schemas["WeightUnit"]["enum"],
+            json!(["minute", "hour", "day"]),
+            "{}",
+            schemas["WeightUnit"]
+        );
+    }
+}

@@ -21,13 +21,13 @@ use crate::auth::{Principal, Role};
 use crate::billing::period::PeriodError;
 use crate::billing::period::{Anchor, Cadence, Interval};
 use crate::catalog::TenantCatalog;
-use crate::domain::Meter;
+use crate::domain::{Aggregation, Meter};
 use crate::domain::{Customer, Subscription};
 use crate::error::ApiError;
 use crate::ingest::parse::parse_instant;
 use crate::readmodel::UsageReader;
-use crate::readmodel::account;
 use crate::readmodel::report::{ResolvedSubscription, UsageError, UsageReport, report};
+use crate::readmodel::{account, weighted};
 use crate::store::as_of_sql::late_events_of_meter;
 use crate::store::series_sql::{SeriesQuery, WindowSize};
 use crate::store::usage_sql::Scope;
@@ -518,7 +518,14 @@ async fn meter_query(
         utc_days: utc_throughout(&tz, from, to),
         group_by: &group_by,
     };
-    let points = state.usage.series(&query).await.map_err(UsageError::from)?;
+    let points = match (meter.aggregation, meter.weight_unit) {
+        // A weighted sum's windows are integrated from its samples (docs/concepts.md).
+        (Aggregation::WeightedSum, Some(unit)) => {
+            let windows = weighted::series_windows((from, to), window_size, tz)?;
+            weighted::weighted_series(&state.usage, &query, &meter.group_by, unit, &windows).await?
+        }
+        _ => state.usage.series(&query).await.map_err(UsageError::from)?,
+    };
     let late_events = match at {
         Some(_) => {
             let statement = late_events_of_meter(&query.scope, (query.from_ms, query.to_ms));

@@ -8,6 +8,7 @@
 //! - `preload`: current periods' answers loaded in bulk before their first read.
 //! - `report`: usage rated into charges over a window; `dynamic`: the measured amounts of
 //!   prices that price each event at its own unit amount.
+//! - `weighted`: the integrals of `weighted_sum` meters, from their samples.
 //! - `account`: a customer's active subscriptions and their current periods.
 
 pub mod account;
@@ -16,6 +17,7 @@ pub mod changes;
 mod dynamic;
 pub mod preload;
 pub mod report;
+pub mod weighted;
 pub mod window;
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::{UsageQuery, UsageReader, dynamic};
+use super::{UsageQuery, UsageReader, dynamic, weighted};
 use crate::billing::money::round_to_currency;
 use crate::billing::period::{Period, PeriodError, Timeline, Window};
 use crate::billing::rating::{self, Charge, DynamicAmounts, Model, RatingError, TierLine};
@@ -18,7 +18,8 @@ use crate::domain::plan::{Price, PriceType, Timing};
 use crate::domain::{Customer, Meter, Plan, Subscription};
 use crate::store::StoreError;
 use crate::store::as_of_sql::LateWindow;
-use crate::store::usage_sql::{GroupUsage, MeterGroupUsage};
+use crate::store::usage_sql::{GroupUsage, MeterGroupUsage, Scope};
+use crate::store::weighted_sql::WeightedScope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
@@ -335,7 +336,13 @@ async fn usage_charges(
     };
     let mut charges = Vec::with_capacity(priced.len());
     for (price, slug, aggregation) in priced {
-        let groups = read.groups(slug, aggregation, &price.group_by).await?;
+        let groups = match aggregation {
+            Aggregation::WeightedSum => {
+                read.weighted(resolved.catalog, slug, &price.group_by)
+                    .await?
+            }
+            _ => read.groups(slug, aggregation, &price.group_by).await?,
+        };
         let amounts = match priced_meter(resolved.catalog, price) {
             Some(priced_meter) => {
                 let priced = read
@@ -373,6 +380,37 @@ struct MeterRead<'a> {
 }
 
 impl MeterRead<'_> {
+    /// A `weighted_sum` meter's integral per group of `group_by`, from its samples
+    /// (`weighted`): the combined read holds only its events' count.
+    async fn weighted(
+        &self,
+        catalog: &TenantCatalog,
+        slug: &str,
+        group_by: &[String],
+    ) -> Result<Vec<GroupUsage>, UsageError> {
+        let meter = catalog
+            .get::<Meter>(slug)
+            .ok_or_else(|| UsageError::Catalog(format!("meter '{slug}' no longer exists")))?;
+        let unit = meter
+            .weight_unit
+            .ok_or_else(|| UsageError::Catalog(format!("meter '{slug}' has no weight_unit")))?;
+        let scope = WeightedScope {
+            scope: Scope {
+                tenant: self.tenant,
+                meter: slug,
+                customer: Some(self.customer),
+                filters: &[],
+                as_of_ms: self.reader.as_of_ms(),
+            },
+            series_by: &meter.group_by,
+            group_by,
+            from_ms: self.bounds.0,
+            to_ms: self.bounds.1,
+        };
+        let usage = weighted::weighted_usage(self.reader, &scope, unit).await?;
+        Ok(usage.into_iter().map(|u| u.usage).collect())
+    }
+
     /// A meter's usage per group of `group_by`: from the combined read's rows where they
     /// give it, else read on its own.
     async fn groups(

@@ -58,7 +58,9 @@ pub(super) struct States {
 impl States {
     pub(super) fn of(aggregation: Aggregation) -> Option<Self> {
         let (column, from_samples, merge) = match aggregation {
-            Aggregation::Count => return None,
+            // A weighted sum is integrated from the samples' times (`weighted_sql`): the other
+            // reads count its events.
+            Aggregation::Count | Aggregation::WeightedSum => return None,
             Aggregation::Sum => ("sum_value", "sumState(value)", "sumMerge"),
             Aggregation::Min => ("min_value", "minState(value)", "minMerge"),
             Aggregation::Max => ("max_value", "maxState(value)", "maxMerge"),

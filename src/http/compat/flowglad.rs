@@ -360,6 +360,7 @@ fn aggregation_type(aggregation: Aggregation) -> &'static str {
         Aggregation::Max => "max",
         Aggregation::Min => "min",
         Aggregation::Latest => "latest",
+        Aggregation::WeightedSum => "weighted_sum",
     }
 }
 

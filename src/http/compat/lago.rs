@@ -177,6 +177,7 @@ fn aggregation_type(aggregation: Aggregation) -> &'static str {
         Aggregation::Min => "min_agg",
         Aggregation::UniqueCount => "unique_count_agg",
         Aggregation::Latest => "latest_agg",
+        Aggregation::WeightedSum => "weighted_sum_agg",
     }
 }
 

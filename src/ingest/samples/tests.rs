@@ -9,6 +9,7 @@ fn meter(aggregation: Aggregation, property: Option<&str>) -> Meter {
         value_property: property.map(str::to_owned),
         filters: Default::default(),
         group_by: vec![],
+        weight_unit: None,
     }
 }
 
