@@ -326,13 +326,12 @@ async fn meter_charts(
             .unwrap_or_default();
         let hourly_from = from.max(end - TimeDelta::hours(48));
         let mut figures = Vec::new();
-        for (size, start, title, format) in [
-            ("day", from, format!("{} per day", meter.name), "%m-%d"),
+        for (size, start, title) in [
+            ("day", from, format!("{} per day", meter.name)),
             (
                 "hour",
                 hourly_from,
                 format!("{} per hour, last 48 hours", meter.name),
-                "%m-%d %H:%M",
             ),
         ] {
             let params = super::params(&[
@@ -348,7 +347,6 @@ async fn meter_charts(
                 title: &title,
                 unit: &meter.name,
                 tz,
-                time_format: format,
                 from: start.timestamp(),
                 to: end.timestamp(),
             };

@@ -131,7 +131,6 @@ fn results(
         title: &title,
         unit: &meter.name,
         tz,
-        time_format: "%m-%d %H:%M",
         from,
         to,
     };

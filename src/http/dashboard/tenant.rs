@@ -50,14 +50,17 @@ pub(super) async fn page(
         name: "events".into(),
         points: hours
             .iter()
-            .map(|h| (h.hour, Decimal::from(h.events)))
+            .map(|h| chart::Point {
+                start: h.hour,
+                end: h.hour + 3600,
+                value: Decimal::from(h.events),
+            })
             .collect(),
     };
     let spec = ChartSpec {
         title: "Events per hour, last 7 days",
         unit: "events",
         tz,
-        time_format: "%m-%d %H:%M",
         from: from.timestamp(),
         to: to.timestamp(),
     };
