@@ -36,6 +36,7 @@ pub(crate) struct ChartSpec<'a> {
 /// A series per customer (when `by_customer`) and group of a meter's series, largest first.
 pub(crate) fn lines(series: &crate::http::usage::MeterSeries, by_customer: bool) -> Vec<Series> {
     let mut lines: Vec<(Series, Decimal)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for row in &series.rows {
         let mut parts: Vec<String> = Vec::new();
         if by_customer {
@@ -55,19 +56,19 @@ pub(crate) fn lines(series: &crate::http::usage::MeterSeries, by_customer: bool)
             end: row.window_end.timestamp(),
             value: row.value,
         };
-        match lines.iter_mut().find(|(line, _)| line.name == name) {
-            Some((line, total)) => {
-                line.points.push(point);
-                *total += row.value;
-            }
-            None => lines.push((
+        let at = *index.entry(name.clone()).or_insert_with(|| {
+            lines.push((
                 Series {
                     name,
-                    points: vec![point],
+                    points: Vec::new(),
                 },
-                row.value,
-            )),
-        }
+                Decimal::ZERO,
+            ));
+            lines.len() - 1
+        });
+        let (line, total) = &mut lines[at];
+        line.points.push(point);
+        *total += row.value;
     }
     lines.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.name.cmp(&b.0.name)));
     lines.into_iter().map(|(line, _)| line).collect()
