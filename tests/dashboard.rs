@@ -311,6 +311,41 @@ async fn pages_show_the_usage_apis_quantities_and_totals() {
         );
         assert!(csv.contains(&line), "{line} in {csv}");
     }
+
+    // Any window of the customer's: the figures of the usage API for that window.
+    let cookie = session_cookie(
+        &app,
+        &link(&app, "admin_key_a", json!({"customer": "c1"})).await,
+    )
+    .await;
+    let z = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let window = format!(
+        "from={}&to={}",
+        z(chrono::Utc::now() - chrono::TimeDelta::days(1)),
+        z(chrono::Utc::now() + chrono::TimeDelta::hours(1))
+    );
+    let (status, usage) = get_json(
+        &app,
+        &format!("/v1/customers/c1/usage?{window}"),
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    let page = app
+        .http
+        .get(format!("{}/dashboard/customers/c1?{window}", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    let total = attribute(&page, "class=\"num total\"", "data-total").expect("a total");
+    assert_eq!(d(&total), dec(&usage["total"]), "{page}");
+    assert!(
+        !page.contains("id=\"live\""),
+        "a past window does not refresh"
+    );
     app.shutdown().await;
 }
 

@@ -34,6 +34,9 @@ pub struct DashboardSettings {
     policy: HeaderValue,
     /// Whether `X-Frame-Options: DENY` goes along (no embedding origin configured).
     deny_frames: bool,
+    /// The overview's 7-day sections (events per hour, meters' volumes) by tenant, zone and
+    /// hour: read at most once a minute, whoever looks.
+    week: moka::sync::Cache<tenant::WeekKey, std::sync::Arc<tenant::WeekSections>>,
 }
 
 impl DashboardSettings {
@@ -67,6 +70,10 @@ impl DashboardSettings {
             keys,
             policy: HeaderValue::from_str(&policy)?,
             deny_frames: origins.is_empty(),
+            week: moka::sync::Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
         })
     }
 }
