@@ -1,7 +1,8 @@
 //! Dashboards in a real browser: Debian's `chromium`, headless, opens links minted through the
 //! API against a seeded tenant, and each test reads the DOM after the page's scripts ran: the
 //! quantities and totals the usage API returns, a customer's link refused elsewhere, an expired
-//! or forged link refused, a new event shown by the page's own refresh. Screenshots of each
+//! or forged link refused, a new event shown by the page's own refresh, a customer's page
+//! working inside a frame of an allowed site and refused in another's. Screenshots of each
 //! page are saved as `target/dashboard-*.png`.
 
 mod common;
@@ -584,5 +585,121 @@ async fn a_new_event_shows_on_the_open_page_without_reloading() {
     );
     let total = attribute(&page, "class=\"num total\"", "data-total").unwrap();
     assert_eq!(d(&total), dec(&usage["total"]));
+    app.shutdown().await;
+}
+
+/// The DOM of a page that frames a page of another site. Such a frame runs in a process of
+/// its own, outside the page's virtual time; kept in the page's process, its timers run
+/// within the budget.
+async fn framed_dom(url: &str) -> String {
+    chromium(
+        url,
+        &[
+            "--dump-dom".into(),
+            "--virtual-time-budget=1500".into(),
+            "--disable-site-isolation-trials".into(),
+            "--disable-features=IsolateOrigins,site-per-process".into(),
+        ],
+    )
+    .await
+}
+
+/// The value of the gauge of pages waiting for new figures.
+async fn waiting_pages(app: &TestApp) -> u64 {
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meterhouse_dashboard_live_waiting "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// Serves, on another site (`localhost` rather than `127.0.0.1`), a page that frames `src`;
+/// its origin.
+async fn host_page(src: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let html = format!(
+        "<!DOCTYPE html><html><body><h1>Your usage</h1>\
+         <iframe src=\"{src}\" width=\"1000\" height=\"700\"></iframe></body></html>"
+    );
+    let router = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(html) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    origin
+}
+
+#[tokio::test]
+async fn a_customers_page_works_inside_a_frame_of_an_allowed_origin_only() {
+    // The allowed origin is known once its server listens: start it first, framing a link
+    // made once the service is up.
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let router = axum::Router::new().route(
+        "/",
+        axum::routing::get({
+            let src = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx)));
+            let framed = std::sync::Arc::new(tokio::sync::OnceCell::<String>::new());
+            move || {
+                let (src, framed) = (src.clone(), framed.clone());
+                async move {
+                    let url = framed
+                        .get_or_init(|| async {
+                            src.lock().await.take().unwrap().await.unwrap()
+                        })
+                        .await;
+                    axum::response::Html(format!(
+                        "<!DOCTYPE html><html><body><h1>Your usage</h1>\
+                         <iframe src=\"{url}\" width=\"1000\" height=\"700\"></iframe></body></html>"
+                    ))
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut config = common::test_config("dashboard_embedded", &common::clickhouse_url());
+    config.dashboard_frame_ancestors = vec![origin.clone()];
+    let app = common::spawn_with(config, true).await;
+    seed(&app).await;
+    let url = link(&app, "admin_key_a", json!({"customer": "c1"})).await;
+    tx.send(format!("{}{url}", app.base)).unwrap();
+    // The framed page loads on its token (no cookie reaches a frame of another site) and its
+    // script asks for new figures: the service sees that request wait.
+    let host = format!("{origin}/");
+    let browser = tokio::spawn(async move { framed_dom(&host).await });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while waiting_pages(&app).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the framed page never ran its refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = browser.await.unwrap();
+    assert!(page.contains("<iframe"), "{page}");
+    screenshot(&format!("{origin}/"), "embedded", 1100, 850).await;
+    app.shutdown().await;
+
+    // The same page framed by a site that is not listed: the browser refuses to show it.
+    let app = spawn_app("dashboard_not_embedded").await;
+    seed(&app).await;
+    let url = link(&app, "admin_key_a", json!({"customer": "c1"})).await;
+    let other = host_page(format!("{}{url}", app.base)).await;
+    let host = format!("{other}/");
+    let browser = tokio::spawn(async move { framed_dom(&host).await });
+    // A framed page's refresh request would wait seconds on the service: none ever does.
+    while !browser.is_finished() {
+        assert_eq!(
+            waiting_pages(&app).await,
+            0,
+            "a framed page ran though no origin is allowed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(browser.await.unwrap().contains("<iframe"));
+    screenshot(&format!("{other}/"), "embedding-refused", 1100, 850).await;
     app.shutdown().await;
 }
