@@ -89,6 +89,9 @@ fn screenshot_path(name: &str) -> PathBuf {
 
 /// Runs headless chromium with a profile of its own on `url` plus `args`; its standard output.
 async fn chromium(url: &str, args: &[String]) -> String {
+    // At most two browsers at once: the tests run in parallel on small machines.
+    static BROWSERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let _browser = BROWSERS.acquire().await.unwrap();
     let profile = tempfile::tempdir().unwrap();
     let mut command = tokio::process::Command::new("chromium");
     command
