@@ -1,7 +1,9 @@
 //! Dashboards in a browser (docs/api.md "Dashboard"): `POST /v1/dashboard/links` mints a
 //! signed, expiring link; opening it exchanges the token for an `HttpOnly`, `SameSite=Strict`
-//! session cookie and redirects to the clean address. The pages (`pages`) are rendered here
-//! from the API's own reads, with charts (`chart`) and formatting for people (`view`).
+//! session cookie and redirects to the clean address (`access`). The pages (`tenant` with its
+//! 7-day sections in `week`, `customer`, `explorer`) are rendered here from the API's own
+//! reads, with charts (`chart`), formatting for people (`view`) and figures that refresh
+//! themselves (`live`).
 //!
 //! Embedding: `SameSite=Strict` cookies are not sent to a page framed by another site, so a
 //! page loaded in an `<iframe>` (`Sec-Fetch-Dest: iframe`) is authorised by the link's token
@@ -17,6 +19,7 @@ mod links;
 mod live;
 mod tenant;
 mod view;
+mod week;
 
 use axum::http::{HeaderValue, header};
 use utoipa_axum::router::OpenApiRouter;
@@ -36,7 +39,7 @@ pub struct DashboardSettings {
     deny_frames: bool,
     /// The overview's 7-day sections (events per hour, meters' volumes) by tenant, zone and
     /// hour: read at most once a minute, whoever looks.
-    week: moka::sync::Cache<tenant::WeekKey, std::sync::Arc<tenant::WeekSections>>,
+    week: moka::sync::Cache<week::WeekKey, std::sync::Arc<week::WeekSections>>,
 }
 
 impl DashboardSettings {

@@ -1,28 +1,26 @@
 //! `/dashboard`: the tenant's overview: events per hour over 7 days, the meters with their
-//! volume and top customers, and the current periods' estimated charges per plan and per
-//! customer (refreshed live).
+//! volume and top customers (`week`), and the current periods' estimated charges per plan and
+//! per customer (refreshed live).
 
 use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, TimeDelta, Utc};
-use chrono_tz::Tz;
 use maud::{Markup, PreEscaped, html};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::chart::{self, ChartSpec, Series};
 use super::live::{self, LiveParams};
-use super::view::{self, href, money, number};
+use super::view::{self, href, money};
+use super::week;
 use super::{PageError, Viewer};
 use crate::billing::period::Status;
 use crate::catalog::TenantCatalog;
-use crate::domain::{Aggregation, Customer, Meter};
+use crate::domain::Customer;
 use crate::domain::{Plan, Subscription};
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::http::usage::meter_series;
 use crate::readmodel::report::{ResolvedSubscription, UsageError, report};
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,7 +43,7 @@ pub(super) async fn page(
     let now = Utc::now();
     let to = super::next_hour(now);
     let from = to - TimeDelta::days(7);
-    let key = WeekKey {
+    let key = week::WeekKey {
         tenant: viewer.tenant.to_string(),
         tz: tz.name().to_owned(),
         to: to.timestamp(),
@@ -55,8 +53,9 @@ pub(super) async fn page(
         if let Some(week) = cached {
             return Ok(week);
         }
-        let week =
-            std::sync::Arc::new(week_sections(&state, &viewer, &catalog, from, to, tz).await?);
+        let week = std::sync::Arc::new(
+            week::week_sections(&state, &viewer, &catalog, from, to, tz).await?,
+        );
         state.dashboard.week.insert(key, week.clone());
         Ok::<_, PageError>(week)
     };
@@ -70,76 +69,6 @@ pub(super) async fn page(
         (PreEscaped(&week.meters))
     };
     Ok(view::page(Some(&viewer), "Overview", body))
-}
-
-/// Which overview's 7-day sections: a tenant's, in a zone, up to an hour.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct WeekKey {
-    tenant: String,
-    tz: String,
-    /// The hour the week ends at, epoch seconds.
-    to: i64,
-}
-
-/// The overview's 7-day sections, rendered.
-#[derive(Debug)]
-pub(super) struct WeekSections {
-    events: String,
-    meters: String,
-}
-
-/// Events per hour and the meters' volumes over `[from, to)`, read at once.
-async fn week_sections(
-    state: &AppState,
-    viewer: &Viewer,
-    catalog: &TenantCatalog,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    tz: Tz,
-) -> Result<WeekSections, PageError> {
-    let (hours, meters) = tokio::join!(
-        state
-            .store
-            .events_per_hour(&viewer.tenant, from.timestamp(), to.timestamp()),
-        meter_volumes(state, viewer, catalog, from, to, tz),
-    );
-    let (hours, meters) = (hours?, meters?);
-    let events = Series {
-        name: "events".into(),
-        points: hours
-            .iter()
-            .map(|h| chart::Point {
-                start: h.hour,
-                end: h.hour + 3600,
-                value: Decimal::from(h.events),
-            })
-            .collect(),
-    };
-    let spec = ChartSpec {
-        title: "Events per hour, last 7 days",
-        unit: "events",
-        tz,
-        from: from.timestamp(),
-        to: to.timestamp(),
-    };
-    let total_events: u64 = hours.iter().map(|h| h.events).sum();
-    let events = html! {
-        section {
-            h2 { "Events" }
-            p { (number(Decimal::from(total_events))) " events in the last 7 days (event time), as of " (view::local_time(Utc::now(), tz)) "." }
-            (view::svg(chart::time_series(&spec, &[events])))
-        }
-    };
-    let meters = html! {
-        section {
-            h2 { "Meters, last 7 days" }
-            (meters)
-        }
-    };
-    Ok(WeekSections {
-        events: events.into_string(),
-        meters: meters.into_string(),
-    })
 }
 
 /// The current-period figures alone, when they change (the page's refresh).
@@ -315,97 +244,5 @@ fn customer_label(customer: &Customer) -> String {
         customer.external_id.clone()
     } else {
         format!("{} ({})", customer.name, customer.external_id)
-    }
-}
-
-/// Each meter's volume over `[from, to)` and its top customers, from the meter query.
-async fn meter_volumes(
-    state: &AppState,
-    viewer: &Viewer,
-    catalog: &TenantCatalog,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    tz: Tz,
-) -> Result<Markup, PageError> {
-    let params = super::params(&[
-        ("from", &from.to_rfc3339()),
-        ("to", &to.to_rfc3339()),
-        ("window_size", "day"),
-        ("timezone", tz.name()),
-    ]);
-    // One read per meter, all at once.
-    let mut reads = tokio::task::JoinSet::new();
-    for slug in catalog.meters.keys() {
-        let (state, principal, slug, params) = (
-            state.clone(),
-            viewer.principal(),
-            slug.clone(),
-            params.clone(),
-        );
-        reads.spawn(async move {
-            let series = meter_series(&state, &principal, &slug, &params).await;
-            (slug, series)
-        });
-    }
-    let mut answers = BTreeMap::new();
-    while let Some(answer) = reads.join_next().await {
-        let (slug, series) =
-            answer.map_err(|e| ApiError::Internal(format!("a meter read failed: {e}")))?;
-        answers.insert(slug, series?);
-    }
-    let mut rows = Vec::new();
-    for meter in catalog.meters.values() {
-        let Some(series) = answers.get(&meter.slug) else {
-            continue;
-        };
-        let additive = matches!(meter.aggregation, Aggregation::Count | Aggregation::Sum);
-        let mut per_customer: BTreeMap<&str, Decimal> = BTreeMap::new();
-        for row in &series.rows {
-            let value = per_customer.entry(row.customer.as_str()).or_default();
-            *value = if additive {
-                *value + row.value
-            } else {
-                (*value).max(row.value)
-            };
-        }
-        let volume = if additive {
-            per_customer.values().copied().sum::<Decimal>()
-        } else {
-            per_customer.values().copied().max().unwrap_or_default()
-        };
-        let mut top: Vec<(&str, Decimal)> = per_customer.into_iter().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        top.truncate(5);
-        rows.push(html! {
-            tr data-meter=(meter.slug) {
-                td { a href=(href(viewer, &view::meter_path(&meter.slug), &[])) { (meter.name) } br; small { (meter.slug) } }
-                td { (aggregation_label(meter)) }
-                td.num data-volume=(volume) { (number(volume)) }
-                td {
-                    @for (customer, value) in &top {
-                        a href=(href(viewer, &view::customer_path(customer), &[])) { (customer) }
-                        " " (number(*value)) br;
-                    }
-                }
-            }
-        });
-    }
-    Ok(html! {
-        table #meters {
-            thead { tr { th { "Meter" } th { "Aggregation" } th.num { "Volume" } th { "Top customers" } } }
-            tbody { @for row in rows { (row) } }
-        }
-        p.note { "Volume: the sum over the days for count and sum meters, the largest day otherwise." }
-    })
-}
-
-fn aggregation_label(meter: &Meter) -> &'static str {
-    match meter.aggregation {
-        Aggregation::Count => "count",
-        Aggregation::Sum => "sum",
-        Aggregation::Max => "max",
-        Aggregation::Min => "min",
-        Aggregation::UniqueCount => "unique count",
-        Aggregation::Latest => "latest",
     }
 }
