@@ -8,7 +8,9 @@ use std::hint::black_box;
 use std::str::FromStr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use meterhouse::billing::rating::{Model, Tier, rate};
+use meterhouse::billing::rating::{
+    DynamicAmounts, Model, PricedSample, Tier, included_share, rate,
+};
 use rust_decimal::Decimal;
 
 fn d(s: &str) -> Decimal {
@@ -71,6 +73,40 @@ fn rating(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function("dynamic, from its measured amounts", |b| {
+        b.iter(|| {
+            for q in &quantities {
+                let model = Model::Dynamic(DynamicAmounts {
+                    priced: black_box(*q),
+                    included: black_box(Decimal::ONE_HUNDRED),
+                });
+                black_box(rate(&model, black_box(*q), 0, d_zero()).unwrap());
+            }
+        })
+    });
+    group.bench_function(
+        "dynamic, with the share of 52 samples' included units",
+        |b| {
+            // The first 100,000 units are held by the first 52 of these samples.
+            let samples: Vec<PricedSample> = (0..100i64)
+                .map(|i| PricedSample {
+                    value: Decimal::new(1000 + i * 37, 0),
+                    unit_amount: Decimal::new(2 + i % 7, 6),
+                })
+                .collect();
+            b.iter(|| {
+                for q in &quantities {
+                    let included = black_box(d("100000"));
+                    let share = included_share(samples.iter().copied(), included).unwrap();
+                    let model = Model::Dynamic(DynamicAmounts {
+                        priced: black_box(*q),
+                        included: share,
+                    });
+                    black_box(rate(&model, black_box(*q), 0, included).unwrap());
+                }
+            })
+        },
+    );
     group.bench_function("baseline: one decimal multiply-add", |b| {
         let unit = d("0.004");
         b.iter(|| {

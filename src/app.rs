@@ -28,6 +28,8 @@ use redis::aio::ConnectionManager;
 pub struct Application {
     state: AppState,
     batcher: BatcherHandle,
+    /// The alert task: after the batcher, it looks at the last batches, then ends.
+    alert_watch: tokio::task::JoinHandle<()>,
     writer: WriterStatus,
     background: Vec<tokio::task::JoinHandle<()>>,
     owned_clickhouse: Option<LocalClickHouse>,
@@ -48,7 +50,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Store, Option<LocalC
     let ran = match &config.redis_url {
         // Replicas may start together: one at a time.
         Some(redis) => {
-            crate::ingest::shared::with_migration_lock(redis, store.database(), migrations).await?
+            crate::ingest::shared::with_lock(redis, store.database(), "migrating", migrations)
+                .await?
         }
         None => migrations.await?,
     };
@@ -129,15 +132,16 @@ impl Application {
         } else {
             UsageReader::uncached(store.clone())
         };
-        let (touches, outbox, alert_tasks) = crate::alerts::start(crate::alerts::Context {
+        let alerts = crate::alerts::start(crate::alerts::Context {
             store: store.clone(),
             catalog: catalog.clone(),
             usage: usage.clone(),
             redis: redis.clone(),
             webhook_timeout: Duration::from_millis(config.webhook_timeout_ms),
         })?;
-        background.extend(alert_tasks);
-        let observer = std::sync::Arc::new((usage.clone(), touches));
+        background.push(alerts.sender);
+        let outbox = alerts.outbox;
+        let observer = std::sync::Arc::new((usage.clone(), alerts.touches));
         let (ingestor, batcher) = batcher::start(
             store.clone(),
             ledger,
@@ -168,6 +172,7 @@ impl Application {
         Ok(Self {
             state,
             batcher,
+            alert_watch: alerts.watcher,
             writer,
             background,
             owned_clickhouse,
@@ -199,11 +204,22 @@ impl Application {
         let Self {
             state,
             batcher,
+            alert_watch,
             writer,
             background,
             owned_clickhouse,
         } = self;
         batcher.shutdown().await;
+        // The batcher's end dropped what told the alert task of batches: it looks at the last
+        // ones and ends.
+        let mut alert_watch = alert_watch;
+        if tokio::time::timeout(Duration::from_secs(10), &mut alert_watch)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the alert task did not end within 10 s");
+            alert_watch.abort();
+        }
         for task in &background {
             task.abort();
         }
@@ -261,6 +277,16 @@ async fn open_ledger(
                     .await
                     .context("connecting to redis (--redis-url)")?;
             background.push(heartbeat);
+            // Before the ids are loaded: what a dead writer that kept ids in its own memory
+            // left in doubt is decided first, by one replica.
+            let settling = async {
+                writer
+                    .settle_dead(store)
+                    .await
+                    .context("settling the batches of a writer that died")
+            };
+            crate::ingest::shared::with_lock(url, store.database(), "settling_writers", settling)
+                .await?;
             shared
                 .prepare(store)
                 .await

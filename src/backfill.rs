@@ -114,7 +114,8 @@ pub async fn run(
     Ok(outcome)
 }
 
-/// The event as a replay row carrying only this meter's sample; `None` if it yields none.
+/// The event as a replay row carrying only this meter's sample (and its priced samples, for
+/// dynamic prices); `None` if it yields none.
 fn replay_row(
     tenant: &std::sync::Arc<str>,
     entry: &MeterEntry,
@@ -126,6 +127,7 @@ fn replay_row(
     let mut meter = entry.meter.clone();
     meter.group_by = entry.group_keys.to_vec();
     let sample = samples::extract(&meter, &properties).ok()??;
+    let priced = samples::priced(entry, &sample, &properties).ok()?;
     let mut row = EventRow {
         tenant: tenant.clone(),
         id: event.id,
@@ -141,8 +143,15 @@ fn replay_row(
         sample_value: vec![sample.value],
         sample_value_str: vec![sample.value_str],
         sample_group_keys: vec![entry.group_keys.clone()],
-        sample_group_values: vec![sample.group_values],
+        sample_group_values: vec![sample.group_values.clone()],
     };
+    for by in priced {
+        row.sample_meter.push(by.meter);
+        row.sample_value.push(by.amount);
+        row.sample_value_str.push(by.unit_amount);
+        row.sample_group_keys.push(entry.group_keys.clone());
+        row.sample_group_values.push(sample.group_values.clone());
+    }
     row.stamp(now_ms, batch_id);
     Some(row)
 }

@@ -1,5 +1,5 @@
 //! The migrations and every statement of `store` (its fixed queries, the usage reads, the
-//! series) on current ClickHouse (chDB, in-process),
+//! series, the reads as of a moment, a dynamic price's samples) on current ClickHouse (chDB, in-process),
 //! beside the 18.16 server the other suites use. `scripts/test` installs chDB into
 //! `target/chdb-venv`; `METERHOUSE_CHDB_PYTHON` may name another interpreter that has it.
 
@@ -8,7 +8,11 @@ use std::process::Command;
 
 use meterhouse::domain::Aggregation;
 use meterhouse::readmodel::window::{split, windows_of};
+use meterhouse::store::as_of_sql::{
+    LateWindow, as_of_statement, late_events_of_meter, late_events_statement, late_hours_statement,
+};
 use meterhouse::store::combined_sql::{combined_statement, customers_statement};
+use meterhouse::store::priced_sql::{PricedScope, priced_samples_statement};
 use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
 use meterhouse::store::usage_sql::{Part, Scope, usage_statement};
 use meterhouse::store::{migrate, queries};
@@ -69,8 +73,10 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         meter,
         customer: Some("c"),
         filters: &[],
+        as_of_ms: None,
     };
     let model = ["model".to_owned()];
+    let model_filter = [("model".to_owned(), vec!["gpt-x".to_owned()])];
     let usage_sql = format!(
         "SELECT grp, value, events FROM ({})",
         usage_statement(&parts, Aggregation::Sum, &model, &scope("tokens")).render()
@@ -131,8 +137,71 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter",
         combined_statement("t", "c", &days, &meters).render()
     );
+    // Reads as of a moment: the event was ingested at 1795000000500, so a read as of a
+    // millisecond before has nothing and counts it late.
+    let (before, at) = (1_795_000_000_499, 1_795_000_000_500);
+    let as_of_sql = |as_of_ms| {
+        format!(
+            "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter",
+            as_of_statement("t", "c", &split(from, to, true), as_of_ms, &meters).render()
+        )
+    };
+    let late_sql = |as_of_ms| {
+        let windows = [LateWindow {
+            meters: vec!["tokens", "users"],
+            from_ms: from,
+            to_ms: to,
+        }];
+        late_events_statement("t", "c", &windows, as_of_ms).render()
+    };
+    let as_of_scope = |as_of_ms| Scope {
+        as_of_ms: Some(as_of_ms),
+        filters: &model_filter,
+        ..scope("tokens")
+    };
+    let meter_as_of_sql = |as_of_ms| {
+        format!(
+            "SELECT grp, value, events FROM ({})",
+            usage_statement(
+                &split(from, to, false),
+                Aggregation::Sum,
+                &model,
+                &as_of_scope(as_of_ms)
+            )
+            .render()
+        )
+    };
+    let meter_late_sql =
+        |as_of_ms| late_events_of_meter(&as_of_scope(as_of_ms), (from, to)).render();
+    // A dynamic price's samples in counting order (the event has no priced sample: its unit
+    // amount reads as 0).
+    let gpt = ["gpt-x".to_owned()];
+    let priced_scope = |as_of_ms| PricedScope {
+        tenant: "t",
+        customer: "c",
+        meter: "tokens",
+        priced_meter: "tokens#unit_price",
+        group_by: &model,
+        group: &gpt,
+        from_ms: from,
+        to_ms: to,
+        as_of_ms,
+    };
+    let priced_sql = |as_of_ms| priced_samples_statement(&priced_scope(as_of_ms)).render();
     let checks = vec![
         json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
+        json!({"sql": priced_sql(None), "expect": "0\te1\t1250.5"}),
+        json!({"sql": priced_sql(Some(before)), "expect": ""}),
+        json!({"sql": as_of_sql(at), "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
+        json!({"sql": as_of_sql(before), "expect": ""}),
+        json!({"sql": late_hours_statement("t", "c", (from, to), before, &meters).render(), "expect": "1794999600000"}),
+        json!({"sql": late_hours_statement("t", "c", (from, to), at, &meters).render(), "expect": ""}),
+        json!({"sql": late_sql(before), "expect": "1"}),
+        json!({"sql": late_sql(at), "expect": "0"}),
+        json!({"sql": meter_as_of_sql(at), "expect": "['gpt-x']\t1250.5\t1"}),
+        json!({"sql": meter_as_of_sql(before), "expect": ""}),
+        json!({"sql": meter_late_sql(before), "expect": "1"}),
+        json!({"sql": meter_late_sql(at), "expect": "0"}),
         json!({"sql": combined_sql, "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
         json!({"sql": users_sql, "expect": "['']\t1\t1"}),
         json!({"sql": several_sql, "expect": "c\ttokens\t1250.5\t1\nc\tusers\t1\t1"}),
@@ -215,6 +284,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": queries::events_per_hour("t", 1794999600, 1795003600).render(), "expect": "1794999600\t1"}),
         json!({"sql": queries::events_per_hour("t", 1795003600, 1795007200).render(), "expect": ""}),
         json!({"sql": queries::fired_among("t", &["evt_1".to_owned(), "evt_2".to_owned()]).render(), "expect": "evt_1"}),
+        json!({"sql": queries::fired_among("u", &["evt_1".to_owned()]).render(), "expect": ""}),
         json!({"sql": format!("SELECT endpoint, state, attempts, version FROM ({})", queries::deliveries_of("t", None, None, 10).render()),
                "expect": "we_1\tpending\t1\t7\nwe_2\tdelivered\t1\t8"}),
         json!({"sql": format!("SELECT endpoint FROM ({})", queries::deliveries_of("t", Some("evt_1"), Some("we_2"), 10).render()), "expect": "we_2"}),

@@ -60,6 +60,7 @@ async fn without_grain(
         meter,
         customer: Some(customer),
         filters: &[],
+        as_of_ms: None,
     };
     let parts = window::split(from, to, true);
     store
@@ -316,6 +317,7 @@ async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_
                 meter,
                 customer: None,
                 filters: &[],
+                as_of_ms: None,
             },
             aggregation,
             from_ms: base - HOUR_MS,

@@ -584,6 +584,45 @@ async fn a_dead_writers_unsettled_batch_is_settled_by_the_next_process() {
     app.shutdown().await;
 }
 
+/// Replicas that share their ids through Redis settle a dead embedded writer's batch too (the
+/// database was run by one process, then by replicas), one of them, before loading the ids.
+#[tokio::test]
+async fn a_dead_embedded_writers_batch_is_settled_by_a_replica_sharing_redis() {
+    let redis_port = common::free_server_port();
+    let _redis = common::start_redis(redis_port, &common::scratch_dir("redis-dead-embedded"));
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    common::wait_redis(&redis_url).await;
+    let app = spawn_app("dead_embedded_shared").await;
+    let mut config = app.config.clone();
+    app.shutdown().await;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    insert_without_samples(&config, 92, now_ms).await;
+    let beat = format!(
+        "INSERT INTO ingest_writer_beats VALUES \
+         ('gone-3', 'embedded', 'elsewhere', 4243, now() - 10, {})",
+        now_ms - 5_000
+    );
+    let store = common::store_of(&config).await;
+    store.client().query(&beat).execute().await.unwrap();
+    assert_eq!(
+        scalar_of(&config, "SELECT count() FROM usage_samples").await,
+        0
+    );
+
+    config.redis_url = Some(redis_url);
+    let app = spawn_with(config.clone(), false).await;
+    assert_eq!(
+        app.scalar("SELECT count() FROM usage_samples WHERE batch_id = 92")
+            .await,
+        3
+    );
+    let unsettled = "SELECT count() FROM (SELECT writer FROM ingest_writer_beats \
+                     WHERE writer = 'gone-3' GROUP BY writer \
+                     HAVING max(settled_before_ms) < 9223372036854775807)";
+    assert_eq!(app.scalar(unsettled).await, 0);
+    app.shutdown().await;
+}
+
 async fn scalar_of(config: &Config, sql: &str) -> u64 {
     let store = common::store_of(config).await;
     store.client().query(sql).fetch_one::<u64>().await.unwrap()

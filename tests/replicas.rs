@@ -423,3 +423,61 @@ async fn a_dead_replicas_claims_are_settled_against_clickhouse_before_they_are_t
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A replica started while Redis is down waits for it (it is not up, so no load balancer sends
+/// it anything), then serves as soon as Redis answers: nothing is accepted in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_serves_once_redis_answers() {
+    const DB: &str = "test_replicas_redis_late";
+    common::empty_database(&test_config(
+        "replicas_redis_late",
+        &common::clickhouse_url(),
+    ))
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let redis_port = free_server_port();
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let port = free_server_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut replica = serve_process(port, DB, &["--redis-url", &redis_url]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        replica.0.try_wait().unwrap().is_none(),
+        "{}",
+        serve_log(port)
+    );
+    let events = json!([{"id": "late-1", "customer": "c1", "type": "api_call"}]);
+    let sent = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth("ingest_key_a")
+        .json(&events)
+        .send()
+        .await;
+    assert!(
+        sent.as_ref().map_or(true, |r| r.status() != 202),
+        "nothing is accepted without Redis: {sent:?}"
+    );
+    let _redis = start_redis(redis_port, &scratch_dir("redis-late"));
+    wait_redis(&redis_url).await;
+    wait_ready(&http, &base).await;
+    let sent = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth("ingest_key_a")
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let again = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth("ingest_key_a")
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    let ack: Value = again.json().await.unwrap();
+    assert_eq!(ack, json!({"accepted": 0, "duplicates": 1}));
+}

@@ -3,7 +3,9 @@
 //! 300, 10,000 and 1,000,000 events a day for 30 days, one plan with three usage prices, the
 //! answers kept in memory turned off. Each density is read over three windows (the current
 //! period, seven ragged days, one UTC day), twice: before the day grain is built (the hour
-//! rollup and the samples) and after. Also the daily series of every customer of the tenant.
+//! rollup and the samples) and after, and with the day grain also `?as_of=` now (no event
+//! arrived since: the read checks every hour of the window for late samples, then reads like
+//! a read from ClickHouse). Also the daily series of every customer of the tenant.
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +60,10 @@ pub struct Cell {
     pub naive_p99_ms: f64,
     pub ratio_p50: f64,
     pub ratio_p99: f64,
+    /// The same reads `?as_of=` now (nothing from memory; rollup hours checked for late
+    /// samples); measured with the day grain only.
+    pub as_of_p50_ms: Option<f64>,
+    pub as_of_p99_ms: Option<f64>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -267,13 +273,24 @@ async fn measure(
                 &format!("{base}/v1/subscriptions/sub_{name}/usage{query}"),
             )
             .await?;
-            let (mut ours, mut naive) = (Vec::new(), Vec::new());
+            let (mut ours, mut naive, mut as_of) = (Vec::new(), Vec::new(), Vec::new());
             for i in 0..reads {
                 let name = format!("c{per_day}_{}", (i as u64 * 7919) % count);
                 let url = format!("{base}/v1/subscriptions/sub_{name}/usage{query}");
                 let started = Instant::now();
                 let answer = get(&http, &url).await?;
                 ours.push(started.elapsed());
+                if grain == "days" {
+                    let separator = if query.is_empty() { "?" } else { "&" };
+                    let url = format!("{url}{separator}as_of={}", at(Utc::now()));
+                    let started = Instant::now();
+                    let then = get(&http, &url).await?;
+                    as_of.push(started.elapsed());
+                    anyhow::ensure!(
+                        then["charges"] == answer["charges"],
+                        "{name} {window}: as of now {then} differs from {answer}"
+                    );
+                }
                 let started = Instant::now();
                 let quantities = naive_quantities(store, &name, &answer).await?;
                 let _amounts = rate_naive(&plan, &quantities)?;
@@ -282,6 +299,8 @@ async fn measure(
             }
             ours.sort_unstable();
             naive.sort_unstable();
+            as_of.sort_unstable();
+            let measured = |p| (!as_of.is_empty()).then(|| percentile(&as_of, p));
             let cell = Cell {
                 events_per_day: per_day,
                 window,
@@ -293,6 +312,8 @@ async fn measure(
                 naive_p99_ms: percentile(&naive, 0.99),
                 ratio_p50: percentile(&naive, 0.5) / percentile(&ours, 0.5),
                 ratio_p99: percentile(&naive, 0.99) / percentile(&ours, 0.99),
+                as_of_p50_ms: measured(0.5),
+                as_of_p99_ms: measured(0.99),
             };
             eprintln!("{cell:?}");
             cells.push(cell);

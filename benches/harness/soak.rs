@@ -68,6 +68,9 @@ pub struct SoakReport {
     pub rss_mb_max: f64,
     /// Resident memory at each tenth of the run.
     pub rss_mb_by_tenth: Vec<f64>,
+    /// CPU seconds this process (service and harness) used while sending, per million events
+    /// acknowledged.
+    pub cpu_s_per_million_events: f64,
     pub alerts: usize,
     /// Alert thresholds the acknowledged events crossed, webhooks that arrived for them,
     /// arrivals of an event already received, and crossings without a webhook.
@@ -133,6 +136,24 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds this process has used (user and system).
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -170,6 +191,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
 
     let http = reqwest::Client::new();
     let alerts = Alerts::define(&http, &base, &args).await?;
+    let cpu_before = cpu_s();
     let started = Instant::now();
     let run_for = Duration::from_secs(args.duration_s);
     let batches = (args.rate * args.duration_s).div_ceil(args.batch as u64) as usize;
@@ -270,6 +292,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         acknowledged += accepted;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_s() - cpu_before;
     reading.store(false, Ordering::Relaxed);
     let (mut read_latencies, mut read_errors) = (Vec::new(), 0);
     for task in readers {
@@ -312,6 +335,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         rss_mb_end: rss_end,
         rss_mb_max: rss_max,
         rss_mb_by_tenth: by_tenth,
+        cpu_s_per_million_events: cpu / (acknowledged.max(1) as f64 / 1e6),
         alerts: args.alerts,
         alerts_crossed: webhooks.crossed,
         webhooks_received: webhooks.received,

@@ -37,16 +37,25 @@ pub struct Context {
     pub webhook_timeout: Duration,
 }
 
-/// Starts the alert watch and the webhook sender; returns the observer to tell of batches,
-/// the sender's handle (for `POST /v1/webhook_deliveries/{id}/retry`) and the tasks.
-pub fn start(
-    context: Context,
-) -> anyhow::Result<(
-    watch::Touches,
-    outbox::Outbox,
-    Vec<tokio::task::JoinHandle<()>>,
-)> {
+/// The running alert task and webhook sender.
+pub struct Started {
+    /// To tell of committed batches (the batcher's observer).
+    pub touches: watch::Touches,
+    /// The sender's handle (for `POST /v1/webhook_deliveries/{id}/retry`).
+    pub outbox: outbox::Outbox,
+    /// Ends by itself once every `Touches` is dropped and what they told is looked at.
+    pub watcher: tokio::task::JoinHandle<()>,
+    pub sender: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the alert task and the webhook sender.
+pub fn start(context: Context) -> anyhow::Result<Started> {
     let (outbox, sender) = outbox::Outbox::start(context.clone())?;
     let (touches, watcher) = watch::start(context, outbox.clone());
-    Ok((touches, outbox, vec![sender, watcher]))
+    Ok(Started {
+        touches,
+        outbox,
+        watcher,
+        sender,
+    })
 }

@@ -44,6 +44,15 @@ const MAX_BACKOFF_MS: i64 = 3_600_000;
 /// A delivery: tenant, event id, endpoint id.
 pub type Key = (String, String, String);
 
+/// An attempt's record and the delivery's new state, to write; the delivery's lock (with
+/// replicas) is held until they are written, so that no replica reads the state from before.
+struct Outcome {
+    key: Key,
+    attempt: AttemptRow,
+    state: DeliveryRow,
+    lock: Option<Lock>,
+}
+
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The sender of the process. Cheap to clone.
@@ -57,7 +66,7 @@ struct Inner {
     client: HttpClient,
     wake: mpsc::UnboundedSender<(Key, Option<DeliveryRow>)>,
     /// Outcomes to write.
-    outcomes: mpsc::UnboundedSender<(Key, AttemptRow, DeliveryRow)>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
     /// Deliveries this process is sending, or whose outcome it has yet to write.
     sending: Mutex<HashSet<Key>>,
     slots: Semaphore,
@@ -79,17 +88,24 @@ impl Outbox {
             }),
         };
         let recorder = tokio::spawn(outbox.clone().record(recorded));
-        let task = tokio::spawn({
+        // Looking for due deliveries in a task of its own: new ones never wait for that query.
+        let poller = tokio::spawn({
             let outbox = outbox.clone();
             async move {
-                let _recorder = AbortOnDrop(recorder);
                 let mut tick = tokio::time::interval(POLL_EVERY);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
-                    tokio::select! {
-                        Some((key, row)) = woken.recv() => outbox.send_soon(key, row),
-                        _ = tick.tick() => outbox.send_due().await,
-                    }
+                    tick.tick().await;
+                    outbox.send_due().await;
+                }
+            }
+        });
+        let task = tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                let _helpers = (AbortOnDrop(recorder), AbortOnDrop(poller));
+                while let Some((key, row)) = woken.recv().await {
+                    outbox.send_soon(key, row);
                 }
             }
         });
@@ -148,7 +164,7 @@ impl Outbox {
 
     /// Writes outcomes in batches; each delivery is this process's until its outcome is
     /// written.
-    async fn record(self, mut outcomes: mpsc::UnboundedReceiver<(Key, AttemptRow, DeliveryRow)>) {
+    async fn record(self, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
         let store = self.inner.context.store.clone();
         while let Some(first) = outcomes.recv().await {
             let mut batch = vec![first];
@@ -156,8 +172,8 @@ impl Outbox {
             while let Ok(Some(more)) = tokio::time::timeout_at(deadline, outcomes.recv()).await {
                 batch.push(more);
             }
-            let attempts: Vec<AttemptRow> = batch.iter().map(|(_, a, _)| a.clone()).collect();
-            let states: Vec<DeliveryRow> = batch.iter().map(|(_, _, d)| d.clone()).collect();
+            let attempts: Vec<AttemptRow> = batch.iter().map(|o| o.attempt.clone()).collect();
+            let states: Vec<DeliveryRow> = batch.iter().map(|o| o.state.clone()).collect();
             let written = match store.insert_attempts(&attempts).await {
                 Ok(()) => store.insert_deliveries(&states).await,
                 Err(e) => Err(e),
@@ -166,15 +182,20 @@ impl Outbox {
                 tracing::warn!(error = %e, deliveries = batch.len(),
                     "webhook outcomes not written: those deliveries are sent again");
             }
+            for outcome in &mut batch {
+                if let Some(held) = &mut outcome.lock {
+                    held.give_back().await;
+                }
+            }
             let mut sending = lock(&self.inner.sending);
-            for (key, _, _) in &batch {
-                sending.remove(key);
+            for outcome in &batch {
+                sending.remove(&outcome.key);
             }
         }
     }
 
     /// One attempt, under the delivery's lock where replicas share Redis; whether an outcome
-    /// went to be written.
+    /// went to be written (the lock with it, given back once it is).
     async fn attempt(&self, key: &Key, row: Option<DeliveryRow>) -> Result<bool, StoreError> {
         let context = &self.inner.context;
         let mut held = context.redis.clone().map(|redis| {
@@ -182,10 +203,10 @@ impl Outbox {
             Lock::new(redis, context.store.database(), &name)
         });
         if let Some(held) = &mut held {
-            // The attempt and its record; a sender that dies holding it delays the delivery
-            // by this much.
-            let hold_ms = (context.webhook_timeout + Duration::from_secs(5)).as_millis() as u64;
-            match held.try_take(hold_ms).await {
+            // The read, the attempt and its record; a sender that dies holding it delays the
+            // delivery by this much.
+            let hold = context.webhook_timeout + Duration::from_secs(10);
+            match held.try_take(hold.as_millis() as u64).await {
                 Ok(true) => {}
                 // Another replica is sending it.
                 Ok(false) => return Ok(false),
@@ -195,18 +216,32 @@ impl Outbox {
                 }
             }
         }
-        let attempted = self.attempt_held(key, row).await;
-        if let Some(held) = &mut held {
-            held.give_back().await;
+        let outcome = self.attempt_held(key, row).await;
+        match outcome {
+            Ok(Some((attempt, state))) => {
+                let outcome = Outcome {
+                    key: key.clone(),
+                    attempt,
+                    state,
+                    lock: held,
+                };
+                Ok(self.inner.outcomes.send(outcome).is_ok())
+            }
+            other => {
+                if let Some(held) = &mut held {
+                    held.give_back().await;
+                }
+                other.map(|_| false)
+            }
         }
-        attempted
     }
 
+    /// The attempt's record and the delivery's new state, if it was due.
     async fn attempt_held(
         &self,
         (tenant, id, endpoint): &Key,
         row: Option<DeliveryRow>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<(AttemptRow, DeliveryRow)>, StoreError> {
         let context = &self.inner.context;
         let store = &context.store;
         // Alone, a process knows the state of what it just stored; replicas read it again
@@ -219,10 +254,10 @@ impl Outbox {
                 .pop(),
         };
         let Some(mut row) = row else {
-            return Ok(false);
+            return Ok(None);
         };
         if row.state != "pending" || row.next_attempt_ms > now_ms() {
-            return Ok(false);
+            return Ok(None);
         }
         let target = context
             .catalog
@@ -235,7 +270,7 @@ impl Outbox {
             row.last_error = "the endpoint was deleted".into();
             row.version = next_version(row.version);
             store.insert_deliveries(&[row]).await?;
-            return Ok(false);
+            return Ok(None);
         };
         let started = Instant::now();
         let at_ms = now_ms();
@@ -270,8 +305,7 @@ impl Outbox {
         row.last_status = status;
         row.last_error = error;
         row.version = next_version(row.version);
-        let key = (tenant.clone(), id.clone(), endpoint.clone());
-        Ok(self.inner.outcomes.send((key, attempt, row)).is_ok())
+        Ok(Some((attempt, row)))
     }
 
     /// POSTs `body` to the endpoint, signed; the status, or why there is none.

@@ -42,15 +42,26 @@ use crate::store::webhooks::{DeliveryRow, FiringRow};
 const QUEUE: usize = 4_096;
 /// With replicas: when a customer is looked at again after its batch.
 const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(3);
+/// How long a round waits for more batches after the first: the cost of alerts is per customer
+/// and round, not per batch.
+const GATHER: Duration = Duration::from_millis(150);
+/// How long fired ids are remembered in memory, and how often older ones are forgotten.
+const REMEMBER_FIRED_MS: i64 = 40 * 86_400_000;
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 /// How often the task looks for alerts added (by any process) and for looks due.
 const TICK: Duration = Duration::from_secs(1);
 
-/// A customer whose usage a batch changed, and its earliest event's time.
+/// A customer whose usage a batch changed, and the times of its earliest and latest events.
 #[derive(Debug, Clone)]
 pub struct Touched {
     pub tenant: Arc<str>,
     pub customer: String,
     pub earliest_ms: i64,
+    pub latest_ms: i64,
+    /// Not a batch's: a look at every alert (start-up, lost touches, a new alert). Such a look
+    /// cannot tell when a past period's usage reached an alert, so there an alert counts only
+    /// for periods that ended after it was made.
+    pub scan: bool,
 }
 
 /// Tells the alert task of committed batches. Cheap: tenants without alerts cost one look-up
@@ -65,7 +76,7 @@ impl BatchObserver for Touches {
     fn inserting(&self, _: u64, _: &[EventRow]) {}
 
     fn committed(&self, _: u64, rows: &[EventRow]) {
-        let mut touched: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut touched: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
         let mut tenant: Option<(&str, bool)> = None;
         for row in rows.iter().filter(|r| !r.sample_meter.is_empty()) {
             let watched = match tenant {
@@ -77,10 +88,11 @@ impl BatchObserver for Touches {
                 }
             };
             if watched {
-                let earliest = touched
+                let (earliest, latest) = touched
                     .entry((&row.tenant, &row.customer))
-                    .or_insert(row.ts_ms);
+                    .or_insert((row.ts_ms, row.ts_ms));
                 *earliest = (*earliest).min(row.ts_ms);
+                *latest = (*latest).max(row.ts_ms);
             }
         }
         if touched.is_empty() {
@@ -88,10 +100,12 @@ impl BatchObserver for Touches {
         }
         let batch = touched
             .into_iter()
-            .map(|((tenant, customer), earliest_ms)| Touched {
+            .map(|((tenant, customer), (earliest_ms, latest_ms))| Touched {
                 tenant: tenant.into(),
                 customer: customer.to_owned(),
                 earliest_ms,
+                latest_ms,
+                scan: false,
             })
             .collect();
         if self.tx.try_send(batch).is_err() {
@@ -115,7 +129,8 @@ pub(super) fn start(context: Context, outbox: Outbox) -> (Touches, tokio::task::
         context,
         outbox,
         overflow,
-        fired: HashSet::new(),
+        fired: HashMap::new(),
+        pruned: Instant::now(),
         known: HashMap::new(),
         indexes: HashMap::new(),
         again: VecDeque::new(),
@@ -186,8 +201,10 @@ struct Watcher {
     context: Context,
     outbox: Outbox,
     overflow: Arc<AtomicBool>,
-    /// Event ids known to have fired.
-    fired: HashSet<String>,
+    /// Event ids known to have fired, and when this process learnt it (ms); forgotten after
+    /// [`REMEMBER_FIRED_MS`] (`alert_firings` still knows them).
+    fired: HashMap<String, i64>,
+    pruned: Instant,
     /// Per tenant, the alerts already looked at everywhere (code and creation).
     known: HashMap<String, HashSet<AlertMade>>,
     /// Per tenant, the index of the catalog snapshot it was built from.
@@ -209,12 +226,20 @@ impl Watcher {
                 batch = rx.recv() => {
                     let Some(batch) = batch else { return };
                     pending.extend(batch);
+                    // One round for the batches of the next moments: a customer is rated once
+                    // however many of them touched it.
+                    tokio::time::sleep(GATHER).await;
                     while let Ok(batch) = rx.try_recv() {
                         pending.extend(batch);
                     }
                     look_again = self.context.redis.is_some();
                 }
                 _ = tick.tick() => {
+                    if self.pruned.elapsed() >= PRUNE_EVERY {
+                        self.pruned = Instant::now();
+                        let forget_before = Utc::now().timestamp_millis() - REMEMBER_FIRED_MS;
+                        self.fired.retain(|_, learnt| *learnt >= forget_before);
+                    }
                     let everything = self.overflow.swap(false, Ordering::Relaxed);
                     pending.extend(self.added_alerts(everything));
                     let now = Instant::now();
@@ -227,7 +252,10 @@ impl Watcher {
             }
             // Per event id reached, the customer to look at again should recording it fail.
             let mut customers: HashMap<String, Touched> = HashMap::new();
-            for touched in coalesce(pending) {
+            let round = std::time::Instant::now();
+            let pending = coalesce(pending);
+            let looked_at = pending.len();
+            for touched in pending {
                 let reached_before = self.reached.len();
                 let again = match self.look_at(&touched).await {
                     Ok(watched) => watched && look_again,
@@ -245,16 +273,28 @@ impl Watcher {
                         .push_back((Instant::now() + LOOK_AGAIN_AFTER, touched));
                 }
             }
+            let fired = self.reached.len();
             self.fire_reached(&customers).await;
+            if looked_at > 0 {
+                tracing::debug!(
+                    customers = looked_at,
+                    fired,
+                    elapsed_us = round.elapsed().as_micros() as u64,
+                    "alert round"
+                );
+            }
         }
     }
 
     /// The customers of alerts not looked at yet (all of them with `everything`), to look at
-    /// in their current periods.
+    /// in their current periods; at start-up, and after touches were lost (`everything`), in
+    /// every period of the last 35 days (how late an event may come without backfill), since
+    /// batches acknowledged just before may not have been looked at.
     fn added_alerts(&mut self, everything: bool) -> Vec<Touched> {
         let now_ms = Utc::now().timestamp_millis();
         let mut out = Vec::new();
         for (tenant, catalog) in self.context.catalog.tenants() {
+            let first = !self.known.contains_key(&tenant);
             let alerts: HashSet<AlertMade> = catalog
                 .alerts
                 .values()
@@ -268,10 +308,17 @@ impl Watcher {
             *known = alerts;
             let index = Index::of(&catalog);
             let tenant: Arc<str> = tenant.as_str().into();
+            let since_ms = if first || everything {
+                now_ms - 35 * 86_400_000
+            } else {
+                now_ms
+            };
             out.extend(index.customers.keys().map(|customer| Touched {
                 tenant: tenant.clone(),
                 customer: customer.clone(),
-                earliest_ms: now_ms,
+                earliest_ms: since_ms,
+                latest_ms: now_ms,
+                scan: true,
             }));
         }
         out
@@ -299,6 +346,7 @@ impl Watcher {
         };
         let now = Utc::now();
         let earliest = DateTime::from_timestamp_millis(touched.earliest_ms).unwrap_or(now);
+        let latest = DateTime::from_timestamp_millis(touched.latest_ms).unwrap_or(now);
         for key in subscriptions {
             let Some(subscription) = catalog.subscriptions.get(key) else {
                 continue;
@@ -307,16 +355,10 @@ impl Watcher {
             else {
                 continue;
             };
-            let mut periods: Vec<Period> = Vec::new();
-            for at in [now, earliest] {
-                if let Ok(Some(period)) = resolved.timeline.period_at(at)
-                    && !periods.iter().any(|p| p.window.from == period.window.from)
-                {
-                    periods.push(period);
-                }
-            }
-            for period in periods {
-                self.check(&resolved, &index, subscription, &period).await?;
+            for period in periods_of(&resolved, earliest, now, latest) {
+                let since = touched.scan.then_some(period.window.to);
+                self.check(&resolved, &index, subscription, &period, since)
+                    .await?;
             }
         }
         Ok(true)
@@ -328,6 +370,7 @@ impl Watcher {
         index: &Index,
         subscription: &Subscription,
         period: &Period,
+        made_before: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
         let Some(phase) = subscription.phases.get(period.phase) else {
             return Ok(());
@@ -336,13 +379,16 @@ impl Watcher {
         let due: Vec<(&Alert, String)> = index
             .alerts(catalog, &subscription.external_id, &phase.plan)
             .into_iter()
+            .filter(|alert| {
+                made_before.is_none_or(|end| alert.created_at.is_none_or(|made| made < end))
+            })
             .map(|alert| {
                 (
                     alert,
                     event_id(resolved.tenant, alert, subscription, period),
                 )
             })
-            .filter(|(_, id)| !self.fired.contains(id))
+            .filter(|(_, id)| !self.fired.contains_key(id))
             .collect();
         if due.is_empty() {
             return Ok(());
@@ -414,7 +460,7 @@ impl Watcher {
                     }
                     // Another replica is recording it; should it die first, the claim expires
                     // and a later look fires it.
-                    Ok(false) => {}
+                    Ok(false) => self.look_again_at(customers, &firing),
                     Err(e) => {
                         tracing::warn!(error = %e, "redis unavailable: an alert waits");
                         self.look_again_at(customers, &firing);
@@ -424,11 +470,10 @@ impl Watcher {
             reached = claimed;
         }
         match self.record(&reached).await {
-            Ok(deliveries) => {
-                self.fired.extend(reached.into_iter().map(|f| f.id));
-                for row in deliveries {
-                    self.outbox.send_new(row);
-                }
+            Ok(()) => {
+                let now_ms = Utc::now().timestamp_millis();
+                self.fired
+                    .extend(reached.into_iter().map(|f| (f.id, now_ms)));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "recording fired alerts failed; looked at again shortly");
@@ -449,15 +494,19 @@ impl Watcher {
         }
     }
 
-    /// Stores the firings not stored yet and their deliveries (deliveries first: a firing on
-    /// record always has them); the deliveries.
-    async fn record(&self, reached: &[FiringRow]) -> Result<Vec<DeliveryRow>, StoreError> {
+    /// Stores the firings not stored yet and their deliveries, and sends the deliveries: they
+    /// go once stored, and the firings are stored last, so that a firing on record always has
+    /// its deliveries.
+    async fn record(&self, reached: &[FiringRow]) -> Result<(), StoreError> {
         let store = &self.context.store;
         let mut by_tenant: HashMap<&str, Vec<&FiringRow>> = HashMap::new();
         for firing in reached {
             by_tenant.entry(&firing.tenant).or_default().push(firing);
         }
         let (mut firings, mut deliveries) = (Vec::new(), Vec::new());
+        // Made now: other processes leave a delivery never attempted to its maker for a while
+        // from this moment.
+        let made_ms = Utc::now().timestamp_millis();
         for (tenant, candidates) in by_tenant {
             let ids: Vec<String> = candidates.iter().map(|f| f.id.clone()).collect();
             let recorded = store.fired_among(tenant, &ids).await?;
@@ -474,10 +523,10 @@ impl Watcher {
                             endpoint: endpoint.id.clone(),
                             kind: ALERT_TRIGGERED.into(),
                             payload: firing.payload.clone(),
-                            created_ms: firing.fired_ms,
+                            created_ms: made_ms,
                             state: "pending".into(),
                             attempts: 0,
-                            next_attempt_ms: firing.fired_ms,
+                            next_attempt_ms: made_ms,
                             last_status: 0,
                             last_error: String::new(),
                             version: 0,
@@ -488,8 +537,11 @@ impl Watcher {
                 firings.push(firing.clone());
             }
         }
-        store.insert_firings(&firings, &deliveries).await?;
-        Ok(deliveries)
+        store.insert_deliveries(&deliveries).await?;
+        for row in deliveries {
+            self.outbox.send_new(row);
+        }
+        store.insert_firings(&firings).await
     }
 }
 
@@ -573,18 +625,61 @@ pub fn event_id(
     format!("evt_{}", &hex::encode(hash.finalize())[..32])
 }
 
-/// One entry per (tenant, customer), with the earliest time.
+/// One entry per (tenant, customer), with the earliest and latest times.
 fn coalesce(touched: Vec<Touched>) -> Vec<Touched> {
-    let mut by: HashMap<(Arc<str>, String), i64> = HashMap::new();
+    let mut by: HashMap<(Arc<str>, String, bool), (i64, i64)> = HashMap::new();
     for t in touched {
-        let earliest = by.entry((t.tenant, t.customer)).or_insert(t.earliest_ms);
+        let (earliest, latest) = by
+            .entry((t.tenant, t.customer, t.scan))
+            .or_insert((t.earliest_ms, t.latest_ms));
         *earliest = (*earliest).min(t.earliest_ms);
+        *latest = (*latest).max(t.latest_ms);
     }
     by.into_iter()
-        .map(|((tenant, customer), earliest_ms)| Touched {
-            tenant,
-            customer,
-            earliest_ms,
-        })
+        .map(
+            |((tenant, customer, scan), (earliest_ms, latest_ms))| Touched {
+                tenant,
+                customer,
+                earliest_ms,
+                latest_ms,
+                scan,
+            },
+        )
         .collect()
+}
+
+/// The most billing periods besides the current one a look rates for one subscription (the
+/// latest ones).
+const MOST_PERIODS: usize = 12;
+
+/// The billing periods events from `earliest` to `latest` fall in, and the current one (its
+/// phase the one in force now): those a batch's alerts may have reached.
+fn periods_of(
+    resolved: &ResolvedSubscription<'_>,
+    earliest: DateTime<Utc>,
+    now: DateTime<Utc>,
+    latest: DateTime<Utc>,
+) -> Vec<Period> {
+    let mut periods: Vec<Period> = Vec::new();
+    let timeline = &resolved.timeline;
+    if let Ok(Some(current)) = timeline.period_at(now) {
+        periods.push(current);
+    }
+    let mut others: VecDeque<Period> = VecDeque::new();
+    let mut t = earliest.max(timeline.start);
+    while t <= latest.max(now) {
+        let Ok(Some(period)) = timeline.period_at(t) else {
+            break;
+        };
+        t = period.window.to;
+        if !periods.iter().any(|p| p.window.from == period.window.from) {
+            // The latest ones when there are more.
+            if others.len() == MOST_PERIODS {
+                others.pop_front();
+            }
+            others.push_back(period);
+        }
+    }
+    periods.extend(others);
+    periods
 }

@@ -47,6 +47,48 @@ pub enum Model<'a> {
         fixed_amount: Decimal,
         free_events: u64,
     },
+    /// Each event priced at its own unit amount (`dynamic`): the measured amounts of the
+    /// window (or group), less the share of its first included units.
+    Dynamic(DynamicAmounts),
+}
+
+/// What a `dynamic` price measured over a window (or one group of it). A price's terms carry
+/// zeros; the report fills them in per group before rating.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DynamicAmounts {
+    /// Σ value × unit amount over the window's samples.
+    pub priced: Decimal,
+    /// What the first included units cost at their events' unit amounts
+    /// ([`included_share`]).
+    pub included: Decimal,
+}
+
+/// One sample of a `dynamic` price, in the order events are counted against included units
+/// (timestamp, then event id).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PricedSample {
+    pub value: Decimal,
+    pub unit_amount: Decimal,
+}
+
+/// What the first `included` units of `samples` (in order) cost at their own unit amounts: an
+/// event that crosses the limit contributes its units below it only. The included units are
+/// free: a dynamic charge is the window's priced amount less this.
+pub fn included_share(
+    samples: impl IntoIterator<Item = PricedSample>,
+    included: Decimal,
+) -> Result<Decimal, RatingError> {
+    let mut left = included.max(Decimal::ZERO);
+    let mut share = Decimal::ZERO;
+    for sample in samples {
+        if left <= Decimal::ZERO {
+            break;
+        }
+        let free = sample.value.max(Decimal::ZERO).min(left);
+        share = add(share, mul(free, sample.unit_amount)?)?;
+        left -= free;
+    }
+    Ok(share)
 }
 
 /// The part of a charge that one tier contributed.
@@ -107,6 +149,13 @@ pub fn rate(
             (add(share, mul(charged_events, fixed_amount)?)?, Vec::new())
         }
         Model::PerUnit { unit_amount } => (mul(billable, unit_amount)?, Vec::new()),
+        Model::Dynamic(amounts) => (
+            amounts
+                .priced
+                .checked_sub(amounts.included)
+                .ok_or(RatingError::Overflow)?,
+            Vec::new(),
+        ),
         Model::Package {
             size,
             amount,
@@ -218,10 +267,24 @@ pub fn rate_groups<G>(
     minimum: Option<Decimal>,
     maximum: Option<Decimal>,
 ) -> Result<GroupedCharge<G>, RatingError> {
+    let groups = groups
+        .into_iter()
+        .map(|(group, quantity, events)| (group, *model, quantity, events));
+    rate_each_group(included, groups, minimum, maximum)
+}
+
+/// [`rate_groups`] where each group brings its own model (a `dynamic` price's measured
+/// amounts).
+pub fn rate_each_group<'a, G>(
+    included: Decimal,
+    groups: impl IntoIterator<Item = (G, Model<'a>, Decimal, u64)>,
+    minimum: Option<Decimal>,
+    maximum: Option<Decimal>,
+) -> Result<GroupedCharge<G>, RatingError> {
     let mut rated = Vec::new();
     let mut sum = Decimal::ZERO;
-    for (group, quantity, events) in groups {
-        let charge = rate(model, quantity, events, included)?;
+    for (group, model, quantity, events) in groups {
+        let charge = rate(&model, quantity, events, included)?;
         sum = add(sum, charge.amount)?;
         rated.push((group, charge));
     }

@@ -133,6 +133,17 @@ impl Item for Plan {
                      is not a sum meter"
                 )));
             }
+            if price.model == Some(UsageModel::Dynamic)
+                && !matches!(
+                    meter.aggregation,
+                    crate::domain::Aggregation::Sum | crate::domain::Aggregation::Count
+                )
+            {
+                return Err(CatalogError::Invalid(format!(
+                    "prices[{i}].model: dynamic prices each event's units (a sum or a count), \
+                     and meter '{slug}' is neither"
+                )));
+            }
         }
         Ok(())
     }

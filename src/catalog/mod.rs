@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use item::not_found;
 pub use item::{CatalogError, Item, Kind};
 pub use seed::{Seed, SeedTenant};
-pub use snapshot::{MeterEntry, TenantCatalog};
+pub use snapshot::{MeterEntry, PricedBy, TenantCatalog};
 
 #[cfg(test)]
 use crate::domain::{Customer, Plan};

@@ -9,10 +9,21 @@ use crate::domain::{Alert, Customer, Meter, Plan, Subscription, WebhookEndpoint}
 /// A meter with the strings every sample repeats, shared rather than copied per event.
 #[derive(Debug)]
 pub struct MeterEntry {
+    /// The meter, its `group_by` widened to `group_keys`: the values every sample carries.
     pub meter: Meter,
     pub slug: Arc<str>,
     /// The meter's `group_by`, then any other property a price on it groups by.
     pub group_keys: Arc<[String]>,
+    /// The unit amount properties of the `dynamic` prices on it, each once: every sample also
+    /// goes, priced at each, under [`crate::domain::plan::priced_meter`].
+    pub priced: Vec<PricedBy>,
+}
+
+/// A property that prices a meter's samples, and the meter its priced samples go under.
+#[derive(Debug)]
+pub struct PricedBy {
+    pub property: String,
+    pub slug: Arc<str>,
 }
 
 /// One tenant's catalog at one moment. Immutable once built.
@@ -66,15 +77,31 @@ impl TenantCatalog {
                 .values()
                 .flat_map(|p| p.usage_prices())
                 .filter(|p| p.meter.as_deref() == Some(&meter.slug));
-            for key in price_keys.flat_map(|p| p.group_by.iter()) {
-                if !keys.contains(key) {
-                    keys.push(key.clone());
+            let mut priced: Vec<PricedBy> = Vec::new();
+            for price in price_keys {
+                for key in &price.group_by {
+                    if !keys.contains(key) {
+                        keys.push(key.clone());
+                    }
+                }
+                let property = price.unit_amount_property.as_ref();
+                if let (Some(property), Some(slug)) = (property, price.priced_meter())
+                    && !priced.iter().any(|p| &p.property == property)
+                {
+                    priced.push(PricedBy {
+                        property: property.clone(),
+                        slug: slug.into(),
+                    });
                 }
             }
             let entry = MeterEntry {
-                meter: meter.clone(),
+                meter: Meter {
+                    group_by: keys.clone(),
+                    ..meter.clone()
+                },
                 slug: meter.slug.as_str().into(),
                 group_keys: keys.into(),
+                priced,
             };
             by_type
                 .entry(meter.event_type.clone())

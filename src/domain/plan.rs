@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::billing::money::is_currency_code;
 use crate::billing::period::Interval;
-use crate::billing::rating::{Model, Rounding, Tier};
+use crate::billing::rating::{DynamicAmounts, Model, Rounding, Tier};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +60,7 @@ pub enum UsageModel {
     Graduated,
     Volume,
     Percentage,
+    Dynamic,
 }
 
 /// One price of a plan. Which fields apply depends on `type` and `model`; `Plan::validate`
@@ -131,6 +132,10 @@ pub struct Price {
     /// `percentage`: events of each period (and group) without the fixed amount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free_events: Option<u64>,
+    /// `dynamic`: the event property (dots walk into objects) holding each event's unit
+    /// amount; an event the meter samples must carry it as a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_amount_property: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -166,7 +171,23 @@ impl Price {
                 fixed_amount: self.fixed_amount.unwrap_or_default(),
                 free_events: self.free_events.unwrap_or(0),
             },
+            UsageModel::Dynamic => {
+                self.unit_amount_property.as_ref()?;
+                Model::Dynamic(DynamicAmounts::default())
+            }
         })
+    }
+
+    /// The meter holding this price's per-event amounts (value × unit amount) beside its
+    /// meter's samples: `dynamic` prices only.
+    pub fn priced_meter(&self) -> Option<String> {
+        if self.model != Some(UsageModel::Dynamic) {
+            return None;
+        }
+        Some(priced_meter(
+            self.meter.as_deref()?,
+            self.unit_amount_property.as_deref()?,
+        ))
     }
 
     /// The price of one unit past the included ones: the unit amount, a package's amount per
@@ -177,6 +198,7 @@ impl Price {
             Model::Package { size, amount, .. } => amount.checked_div(size),
             Model::Graduated(tiers) | Model::Volume(tiers) => tiers.first().map(|t| t.unit_amount),
             Model::Percentage { rate, .. } => rate.checked_div(Decimal::ONE_HUNDRED),
+            Model::Dynamic(_) => None,
         }
     }
 
@@ -226,7 +248,7 @@ impl Price {
         let Some(model) = self.model else {
             return field(
                 "model",
-                "required: per_unit, package, graduated, volume or percentage",
+                "required: per_unit, package, graduated, volume, percentage or dynamic",
             );
         };
         let percentage = model == UsageModel::Percentage;
@@ -238,6 +260,22 @@ impl Price {
             if given && !percentage {
                 return field(name, "only for the percentage model");
             }
+        }
+        let dynamic = model == UsageModel::Dynamic;
+        match &self.unit_amount_property {
+            Some(_) if !dynamic => {
+                return field("unit_amount_property", "only for the dynamic model");
+            }
+            Some(property) if !is_property_path(property) => {
+                return field("unit_amount_property", PROPERTY_RULE);
+            }
+            None if dynamic => {
+                return field(
+                    "unit_amount_property",
+                    "required for dynamic: the event property holding each event's unit amount",
+                );
+            }
+            _ => {}
         }
         if let (Some(min), Some(max)) = (self.minimum_amount, self.maximum_amount)
             && min > max
@@ -292,6 +330,24 @@ fn validate_tiers(tiers: &[Tier]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+const PROPERTY_RULE: &str =
+    "1 to 128 characters of letters, digits, '_', '-', '.', ':', '$', '@': a property path";
+
+/// A property path as prices name it (`unit_price`, `cost.usd`).
+fn is_property_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 128
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:$@".contains(&b))
+}
+
+/// The meter under which the samples of `meter` are stored priced at `property` (a dynamic
+/// price's per-event amounts). `#` is in no meter slug, so it names no meter of the catalog.
+pub fn priced_meter(meter: &str, property: &str) -> String {
+    format!("{meter}#{property}")
 }
 
 pub const KEY_RULE: &str = "1 to 128 characters of letters, digits, '_', '-', '.', ':'";
@@ -388,6 +444,26 @@ mod tests {
     }
 
     #[test]
+    fn a_dynamic_price_keeps_its_priced_samples_under_a_meter_of_its_own() {
+        let p = plan(serde_json::json!([
+            {"code": "llm", "type": "usage", "meter": "tokens", "model": "dynamic",
+             "unit_amount_property": "cost.per_token", "included_units": "1000", "group_by": ["model"]}
+        ]))
+        .unwrap();
+        let price = &p.prices[0];
+        assert_eq!(
+            price.priced_meter().as_deref(),
+            Some("tokens#cost.per_token")
+        );
+        assert!(
+            !is_key("tokens#cost.per_token"),
+            "no meter of the catalog has that name"
+        );
+        assert!(matches!(price.rating_model(), Some(Model::Dynamic(_))));
+        assert_eq!(price.overage_unit_amount(), None);
+    }
+
+    #[test]
     fn numbers_are_accepted_exactly_where_strings_are_expected() {
         let p = plan(serde_json::json!([{"code": "base", "type": "flat", "amount": 0.1}])).unwrap();
         assert_eq!(p.prices[0].amount.unwrap().to_string(), "0.1");
@@ -423,6 +499,18 @@ mod tests {
             (
                 serde_json::json!([{"code": "b", "type": "flat", "amount": "1"}, {"code": "b", "type": "flat", "amount": "2"}]),
                 "prices[1].code",
+            ),
+            (
+                serde_json::json!([{"code": "u", "type": "usage", "meter": "m", "model": "dynamic"}]),
+                "prices[0].unit_amount_property",
+            ),
+            (
+                serde_json::json!([{"code": "u", "type": "usage", "meter": "m", "model": "dynamic", "unit_amount_property": "a b"}]),
+                "prices[0].unit_amount_property",
+            ),
+            (
+                serde_json::json!([{"code": "u", "type": "usage", "meter": "m", "model": "per_unit", "unit_amount": "1", "unit_amount_property": "p"}]),
+                "prices[0].unit_amount_property",
             ),
         ];
         for (prices, field) in cases {

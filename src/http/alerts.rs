@@ -16,8 +16,8 @@ use crate::error::ApiError;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list, create))
-        .routes(routes!(read, delete))
+        .routes(routes!(list_alerts, create_alert))
+        .routes(routes!(read_alert, delete_alert))
 }
 
 #[utoipa::path(post, path = "/v1/alerts", tag = "alerts", request_body = Alert,
@@ -25,7 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
               (status = 400, description = "invalid_request, naming the field"),
               (status = 404, description = "subscription_not_found or plan_not_found"),
               (status = 409, description = "conflict: the code exists")))]
-async fn create(
+async fn create_alert(
     State(state): State<AppState>,
     principal: Principal,
     ApiJson(mut alert): ApiJson<Alert>,
@@ -39,7 +39,7 @@ async fn create(
 
 #[utoipa::path(get, path = "/v1/alerts", tag = "alerts",
     responses((status = 200, description = "Every alert: {\"data\": [...]}"), (status = 403)))]
-async fn list(
+async fn list_alerts(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<Value>, ApiError> {
@@ -51,7 +51,7 @@ async fn list(
 
 #[utoipa::path(get, path = "/v1/alerts/{code}", tag = "alerts", params(("code" = String, Path)),
     responses((status = 200, body = Alert), (status = 404, description = "alert_not_found")))]
-async fn read(
+async fn read_alert(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(code): ApiPath<String>,
@@ -68,18 +68,21 @@ async fn read(
 
 #[utoipa::path(delete, path = "/v1/alerts/{code}", tag = "alerts", params(("code" = String, Path)),
     responses((status = 204, description = "Deleted: it fires no more"), (status = 404, description = "alert_not_found")))]
-async fn delete(
+async fn delete_alert(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(code): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(&[Role::Admin], "manage alerts")?;
-    state
+    match state
         .catalog
         .delete::<Alert>(&principal.tenant, &code)
         .await
-        .map_err(|_| missing(&code))?;
-    Ok(StatusCode::NO_CONTENT)
+    {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(crate::catalog::CatalogError::NotFound { .. }) => Err(missing(&code)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn missing(code: &str) -> ApiError {

@@ -2,7 +2,7 @@
 //! (409 if the key exists), `PUT /{key}` replaces, `GET` lists or reads; subscriptions also
 //! `cancel` and `change_plan`.
 
-use crate::http::ApiPath as Path;
+use crate::http::{ApiPath as Path, ApiQuery as Query};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -237,23 +237,32 @@ async fn list_subscriptions(
     Ok(Json(json!({ "data": views })))
 }
 
-#[utoipa::path(get, path = "/v1/subscriptions/{key}", tag = "subscriptions", params(("key" = String, Path)),
+#[utoipa::path(get, path = "/v1/subscriptions/{key}", tag = "subscriptions",
+    params(("key" = String, Path), ("as_of" = Option<String>, Query, description = "RFC 3339 or Unix s/ms, not in the future: estimated_next_invoice_amount and usage of the period current then, with the events ingested up to then; adds `as_of` and `late_events`")),
     responses((status = 200, description = "The subscription with status, current_period, next_invoice_date, estimated_next_invoice_amount and units used per usage price"),
+              (status = 400, description = "invalid_request: as_of unparsable or in the future"),
               (status = 404, description = "subscription_not_found")))]
 async fn read_subscription(
     State(state): State<AppState>,
     principal: Principal,
     Path(key): Path<String>,
+    Query(params): Query<super::usage::AsOfParams>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = state.catalog.tenant(&principal.tenant);
     let subscription = catalog
         .get::<Subscription>(&key)
         .ok_or_else(|| missing::<Subscription>(&key))?;
     principal.may_read_subscription(&subscription.customer, || missing::<Subscription>(&key))?;
+    let at = super::usage::as_of(params.as_of.as_deref())?;
     let mut view = subscription_view(&catalog, subscription)?;
-    let figures = super::usage::current_figures(&state, &principal, &catalog, subscription).await?;
-    view["estimated_next_invoice_amount"] = json!(figures.as_ref().map(|f| f.0));
-    view["usage"] = json!(figures.map(|f| f.1).unwrap_or_default());
+    let figures =
+        super::usage::current_figures(&state, &principal, &catalog, subscription, at).await?;
+    if let Some(at) = at {
+        view["as_of"] = json!(at);
+        view["late_events"] = json!(figures.as_ref().and_then(|f| f.late_events).unwrap_or(0));
+    }
+    view["estimated_next_invoice_amount"] = json!(figures.as_ref().map(|f| f.amount));
+    view["usage"] = json!(figures.map(|f| f.usage).unwrap_or_default());
     Ok(Json(view))
 }
 

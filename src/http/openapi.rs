@@ -178,8 +178,14 @@ fn type_parameter(parameter: &mut Value) {
             parameter["schema"] =
                 json!({"type": "object", "additionalProperties": {"type": "string"}});
         }
-        Some("from" | "to" | "as_of") => {
+        Some("from" | "to") => {
             parameter["description"] = json!("RFC 3339, or Unix seconds or milliseconds");
+        }
+        Some("as_of") => {
+            parameter["description"] = json!(
+                "RFC 3339, or Unix seconds or milliseconds, not in the future: the figures \
+                 with the events ingested up to that moment; the answer adds late_events"
+            );
         }
         _ => {}
     }
@@ -218,6 +224,8 @@ fn shared_schemas() -> Map<String, Value> {
     let instant = json!({"type": "string", "format": "date-time"});
     let maybe_instant = json!({"type": ["string", "null"], "format": "date-time"});
     let decimal = json!({"type": "string", "description": "exact decimal"});
+    let late_events = json!({"type": "integer", "minimum": 0,
+        "description": "with as_of: events of the window ingested after that moment"});
     let window = json!({"type": "object", "required": ["from", "to"],
         "properties": {"from": instant, "to": instant, "trial": {"type": "boolean"}}});
     let schemas = json!({
@@ -256,7 +264,8 @@ fn shared_schemas() -> Map<String, Value> {
                 "current_period": {"oneOf": [window, {"type": "null"}]},
                 "next_invoice_date": maybe_instant,
                 "estimated_next_invoice_amount": {"type": ["string", "null"], "description": "exact decimal"},
-                "usage": {"type": "array", "items": {"$ref": "#/components/schemas/UsageLine"}}}},
+                "usage": {"type": "array", "items": {"$ref": "#/components/schemas/UsageLine"}},
+                "as_of": instant, "late_events": late_events}},
         "BillingState": {"type": "object",
             "required": ["customer", "has_active_subscription", "active_subscriptions", "has_overage", "usage"],
             "properties": {
@@ -265,11 +274,13 @@ fn shared_schemas() -> Map<String, Value> {
                     "properties": {"subscription": {"type": "string"}, "plan": {"type": "string"},
                         "status": {"type": "string"}, "current_period": window}}},
                 "has_overage": {"type": "boolean"},
-                "usage": {"type": "array", "items": {"$ref": "#/components/schemas/UsageLine"}}}},
+                "usage": {"type": "array", "items": {"$ref": "#/components/schemas/UsageLine"}},
+                "as_of": instant, "late_events": late_events}},
         "MeterSeries": {"type": "object", "required": ["meter", "window_size", "data"],
             "properties": {
                 "meter": {"type": "string"}, "window_size": {"type": "string"},
                 "timezone": {"type": "string"},
+                "as_of": instant, "late_events": late_events,
                 "data": {"type": "array", "items": {"type": "object",
                     "properties": {"window_start": instant, "window_end": instant,
                         "customer": {"type": ["string", "null"]},

@@ -1,6 +1,8 @@
 //! Usage and charges (docs/api.md "Usage and charges"): a subscription's or a customer's usage for
 //! the current period or any window, and a customer's billing state.
 
+use std::borrow::Cow;
+
 use crate::http::{ApiPath as Path, ApiQuery as Query};
 use axum::Json;
 use axum::extract::State;
@@ -23,8 +25,10 @@ use crate::domain::Meter;
 use crate::domain::{Customer, Subscription};
 use crate::error::ApiError;
 use crate::ingest::parse::parse_instant;
+use crate::readmodel::UsageReader;
 use crate::readmodel::account;
 use crate::readmodel::report::{ResolvedSubscription, UsageError, UsageReport, report};
+use crate::store::as_of_sql::late_events_of_meter;
 use crate::store::series_sql::{SeriesQuery, WindowSize};
 use crate::store::usage_sql::Scope;
 
@@ -53,6 +57,46 @@ struct WindowParams {
     from: Option<String>,
     to: Option<String>,
     subscription: Option<String>,
+    as_of: Option<String>,
+}
+
+/// The query of a read that takes only `as_of`.
+#[derive(Deserialize)]
+pub(crate) struct AsOfParams {
+    pub(crate) as_of: Option<String>,
+}
+
+/// The moment of an `as_of` parameter: a past (or present) instant.
+pub(crate) fn as_of(text: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let at = parse_instant(text)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(format!(
+                "as_of: '{text}' is not a timestamp; give an RFC 3339 timestamp \
+                 (2026-11-21T10:00:00Z) or Unix seconds/milliseconds"
+            ))
+        })?;
+    let now = Utc::now();
+    if at > now {
+        return Err(ApiError::InvalidRequest(format!(
+            "as_of: {} is in the future (now is {}); give a moment up to now",
+            at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    Ok(Some(at))
+}
+
+/// The reader of a request: the shared one (through memory), or one as of `at`.
+pub(crate) fn reader_at(state: &AppState, at: Option<DateTime<Utc>>) -> Cow<'_, UsageReader> {
+    match at {
+        Some(at) => Cow::Owned(state.usage.as_of(at)),
+        None => Cow::Borrowed(&state.usage),
+    }
 }
 
 pub(crate) fn instant(name: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -66,18 +110,20 @@ pub(crate) fn instant(name: &str, text: &str) -> Result<DateTime<Utc>, ApiError>
         })
 }
 
-/// The report for `params`' window, or the current period's.
+/// The report for `params`' window, or the current period's (at `as_of`, if given).
 async fn usage_for(
     state: &AppState,
     principal: &Principal,
     catalog: &TenantCatalog,
     subscription: &Subscription,
     params: &WindowParams,
+    at: Option<DateTime<Utc>>,
 ) -> Result<UsageReport, ApiError> {
+    let reader = reader_at(state, at);
     let (from, to) = match (&params.from, &params.to) {
         (Some(from), Some(to)) => (instant("from", from)?, instant("to", to)?),
         (None, None) => {
-            return current_report(state, principal, catalog, subscription)
+            return current_report(&reader, principal, catalog, subscription, at)
                 .await?
                 .ok_or_else(|| no_current_period(subscription));
         }
@@ -91,22 +137,24 @@ async fn usage_for(
         return Err(ApiError::InvalidRequest("from: must be before to".into()));
     }
     let resolved = ResolvedSubscription::new(&principal.tenant, catalog, subscription)?;
-    Ok(report(&state.usage, &resolved, from, to).await?)
+    Ok(report(&reader, &resolved, from, to).await?)
 }
 
-/// The report for the subscription's current billing period; `None` when it has none.
+/// The report for the subscription's billing period at `at` (default now); `None` when it has
+/// none.
 async fn current_report(
-    state: &AppState,
+    reader: &UsageReader,
     principal: &Principal,
     catalog: &TenantCatalog,
     subscription: &Subscription,
+    at: Option<DateTime<Utc>>,
 ) -> Result<Option<UsageReport>, ApiError> {
     Ok(account::current_report(
-        &state.usage,
+        reader,
         &principal.tenant,
         catalog,
         subscription,
-        Utc::now(),
+        at.unwrap_or_else(Utc::now),
     )
     .await?)
 }
@@ -122,7 +170,7 @@ fn no_current_period(subscription: &Subscription) -> ApiError {
 }
 
 #[utoipa::path(get, path = "/v1/subscriptions/{key}/usage", tag = "usage",
-    params(("key" = String, Path), ("from" = Option<String>, Query, description = "RFC 3339 or Unix s/ms; with `to`"), ("to" = Option<String>, Query)),
+    params(("key" = String, Path), ("from" = Option<String>, Query, description = "RFC 3339 or Unix s/ms; with `to`"), ("to" = Option<String>, Query), ("as_of" = Option<String>, Query, description = "RFC 3339 or Unix s/ms, not in the future: the figures with the events ingested up to then; adds `late_events`")),
     responses((status = 200, body = UsageReport), (status = 400), (status = 404, description = "subscription_not_found"),
               (status = 422, description = "no_active_subscription: no current period; pass from and to")))]
 async fn subscription_usage(
@@ -140,8 +188,9 @@ async fn subscription_usage(
     };
     let subscription = catalog.get::<Subscription>(&key).ok_or_else(missing)?;
     principal.may_read_subscription(&subscription.customer, missing)?;
+    let at = as_of(params.as_of.as_deref())?;
     Ok(Json(
-        usage_for(&state, &principal, &catalog, subscription, &params).await?,
+        usage_for(&state, &principal, &catalog, subscription, &params, at).await?,
     ))
 }
 
@@ -163,7 +212,7 @@ pub(crate) fn readable_customer(
 }
 
 #[utoipa::path(get, path = "/v1/customers/{key}/usage", tag = "usage",
-    params(("key" = String, Path), ("subscription" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query)),
+    params(("key" = String, Path), ("subscription" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("as_of" = Option<String>, Query, description = "RFC 3339 or Unix s/ms, not in the future: the figures with the events ingested up to then; adds `late_events`")),
     responses((status = 200, body = UsageReport), (status = 404, description = "customer_not_found or subscription_not_found"),
               (status = 422, description = "no_active_subscription")))]
 async fn customer_usage(
@@ -173,6 +222,7 @@ async fn customer_usage(
     Query(params): Query<WindowParams>,
 ) -> Result<Json<UsageReport>, ApiError> {
     let catalog = readable_customer(&state, &principal, &key)?;
+    let at = as_of(params.as_of.as_deref())?;
     let subscription = match &params.subscription {
         Some(id) => catalog
             .get::<Subscription>(id)
@@ -183,56 +233,83 @@ async fn customer_usage(
                     format!("subscription: customer '{key}' has no subscription '{id}'"),
                 )
             })?,
-        None => account::active_subscriptions(&catalog, &key, Utc::now())
+        None => account::active_subscriptions(&catalog, &key, at.unwrap_or_else(Utc::now))
             .first()
             .map(|(s, _)| *s)
             .ok_or_else(|| ApiError::Unprocessable {
                 code: "no_active_subscription",
-                message: format!("customer '{key}' has no active subscription"),
+                message: match at {
+                    Some(_) => format!("customer '{key}' had no active subscription at as_of"),
+                    None => format!("customer '{key}' has no active subscription"),
+                },
             })?,
     };
     Ok(Json(
-        usage_for(&state, &principal, &catalog, subscription, &params).await?,
+        usage_for(&state, &principal, &catalog, subscription, &params, at).await?,
     ))
 }
 
-#[utoipa::path(get, path = "/v1/customers/{key}/billing_state", tag = "usage", params(("key" = String, Path)),
-    responses((status = 200, description = "has_active_subscription, active_subscriptions, has_overage, and per usage price included_units, used_units and remaining_units"),
-              (status = 404, description = "customer_not_found")))]
+#[utoipa::path(get, path = "/v1/customers/{key}/billing_state", tag = "usage", params(("key" = String, Path), ("as_of" = Option<String>, Query, description = "RFC 3339 or Unix s/ms, not in the future: the figures with the events ingested up to then; adds `late_events`")),
+    responses((status = 200, description = "has_active_subscription, active_subscriptions, has_overage, and per usage price included_units, used_units and remaining_units; with as_of, as_of and late_events"),
+              (status = 400, description = "invalid_request: as_of unparsable or in the future"), (status = 404, description = "customer_not_found")))]
 async fn billing_state(
     State(state): State<AppState>,
     principal: Principal,
     Path(key): Path<String>,
+    Query(params): Query<AsOfParams>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = readable_customer(&state, &principal, &key)?;
+    let at = as_of(params.as_of.as_deref())?;
+    let reader = reader_at(&state, at);
+    let now = at.unwrap_or_else(Utc::now);
     let current =
-        account::current_subscriptions(&state.usage, &principal.tenant, &catalog, &key, Utc::now())
-            .await?;
+        account::current_subscriptions(&reader, &principal.tenant, &catalog, &key, now).await?;
     let subscriptions: Vec<Value> = current
         .iter()
         .map(|c| json!({"subscription": c.subscription.external_id, "plan": c.report.plan, "status": c.status,
                         "current_period": {"from": c.report.from, "to": c.report.to}}))
         .collect();
     let usage: Vec<&account::UsageLine> = current.iter().flat_map(|c| &c.usage).collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "customer": key,
         "has_active_subscription": !subscriptions.is_empty(),
         "active_subscriptions": subscriptions,
         "has_overage": usage.iter().any(|u| u.overage),
         "usage": usage,
-    })))
+    });
+    if let Some(at) = at {
+        let late: u64 = current.iter().filter_map(|c| c.report.late_events).sum();
+        body["as_of"] = json!(at);
+        body["late_events"] = json!(late);
+    }
+    Ok(Json(body))
 }
 
-/// Current-period figures for `GET /v1/subscriptions/{id}`: the estimated amount of the next
-/// invoice (what the current period owes so far) and per usage price the units used.
+/// Current-period figures of a subscription (at `at`, default now, as of then).
+pub(crate) struct CurrentFigures {
+    /// The estimated amount of the next invoice: what the period owes so far.
+    pub(crate) amount: Decimal,
+    /// Per usage price, the units used.
+    pub(crate) usage: Vec<account::UsageLine>,
+    /// With `at`: the period's events ingested after it.
+    pub(crate) late_events: Option<u64>,
+}
+
+/// Current-period figures for `GET /v1/subscriptions/{id}`; `None` without a current period.
 pub(crate) async fn current_figures(
     state: &AppState,
     principal: &Principal,
     catalog: &TenantCatalog,
     subscription: &Subscription,
-) -> Result<Option<(Decimal, Vec<account::UsageLine>)>, ApiError> {
-    let report = current_report(state, principal, catalog, subscription).await?;
-    Ok(report.map(|r| (r.total, account::usage_lines(catalog, &r))))
+    at: Option<DateTime<Utc>>,
+) -> Result<Option<CurrentFigures>, ApiError> {
+    let reader = reader_at(state, at);
+    let report = current_report(&reader, principal, catalog, subscription, at).await?;
+    Ok(report.map(|r| CurrentFigures {
+        amount: r.total,
+        usage: account::usage_lines(catalog, &r),
+        late_events: r.late_events,
+    }))
 }
 
 /// At most this many windows in one series.
@@ -243,13 +320,14 @@ const MAX_GROUP_BY: usize = 8;
 const MAX_FILTER_VALUES: usize = 100;
 
 /// The query parameters of `GET /v1/meters/{slug}/query` besides `filter[prop]`.
-const SERIES_PARAMS: [&str; 6] = [
+const SERIES_PARAMS: [&str; 7] = [
     "from",
     "to",
     "window_size",
     "customer",
     "group_by",
     "timezone",
+    "as_of",
 ];
 
 /// The property of a `filter[prop]` parameter name.
@@ -266,7 +344,7 @@ fn check_query_params(params: &[(String, String)]) -> Result<(), ApiError> {
         if !known {
             return Err(ApiError::InvalidRequest(format!(
                 "{name}: not a parameter of this route (from, to, window_size, customer, group_by, \
-                 timezone, filter[prop])"
+                 timezone, as_of, filter[prop])"
             )));
         }
         if params[..i].iter().any(|(seen, _)| seen == name) {
@@ -311,8 +389,9 @@ fn distinct_list(field: &str, text: &str, cap: usize) -> Result<Vec<String>, Api
            ("window_size" = Option<String>, Query, description = "minute, hour (default) or day"), ("customer" = Option<String>, Query),
            ("group_by" = Option<String>, Query, description = "comma-separated group properties"),
            ("timezone" = Option<String>, Query, description = "IANA name, default UTC"),
+           ("as_of" = Option<String>, Query, description = "RFC 3339 or Unix s/ms, not in the future: the figures with the events ingested up to then; adds `late_events`"),
            ("filter[prop]" = Option<String>, Query, description = "comma-separated values of a group property")),
-    responses((status = 200, description = "{meter, window_size, timezone, data: [{window_start, window_end, customer, group, value}]}"),
+    responses((status = 200, description = "{meter, window_size, timezone, data: [{window_start, window_end, customer, group, value}]}; with as_of, as_of and late_events"),
               (status = 400), (status = 404, description = "meter_not_found")))]
 async fn meter_query(
     State(state): State<AppState>,
@@ -334,9 +413,13 @@ async fn meter_query(
             })
         })
         .collect();
-    Ok(Json(
-        json!({"meter": series.meter, "window_size": series.window_size, "timezone": series.timezone, "data": data}),
-    ))
+    let mut body = json!({"meter": series.meter, "window_size": series.window_size,
+                          "timezone": series.timezone, "data": data});
+    if let Some((at, late)) = series.as_of {
+        body["as_of"] = json!(at);
+        body["late_events"] = json!(late);
+    }
+    Ok(Json(body))
 }
 
 /// A meter's series as `GET /v1/meters/{slug}/query` answers it.
@@ -348,6 +431,8 @@ pub(crate) struct MeterSeries {
     /// The `group_by` keys, in the order asked.
     pub(crate) group_by: Vec<String>,
     pub(crate) rows: Vec<SeriesRow>,
+    /// With `as_of`: that moment, and the window's events ingested after it.
+    pub(crate) as_of: Option<(DateTime<Utc>, u64)>,
 }
 
 /// One window of one customer and group.
@@ -399,6 +484,7 @@ pub(crate) async fn meter_series(
     if from >= to {
         return Err(ApiError::InvalidRequest("from: must be before to".into()));
     }
+    let at = as_of(param("as_of"))?;
     let window_size = match param("window_size").unwrap_or("hour") {
         "minute" => WindowSize::Minute,
         "hour" => WindowSize::Hour,
@@ -476,6 +562,7 @@ pub(crate) async fn meter_series(
             meter: &slug,
             customer,
             filters: &filters,
+            as_of_ms: at.map(|at| at.timestamp_millis()),
         },
         aggregation: meter.aggregation,
         from_ms: from.timestamp_millis(),
@@ -487,6 +574,14 @@ pub(crate) async fn meter_series(
         group_by: &group_by,
     };
     let points = state.usage.series(&query).await.map_err(UsageError::from)?;
+    let late_events = match at {
+        Some(_) => {
+            let statement = late_events_of_meter(&query.scope, (query.from_ms, query.to_ms));
+            let late = state.usage.store().late_events(&statement).await;
+            Some(late.map_err(UsageError::from)?)
+        }
+        None => None,
+    };
     let mut data = Vec::with_capacity(points.len());
     for point in points {
         let start = DateTime::from_timestamp(point.window, 0).unwrap_or(from);
@@ -524,5 +619,6 @@ pub(crate) async fn meter_series(
         timezone: timezone.to_owned(),
         group_by,
         rows: data,
+        as_of: at.zip(late_events),
     })
 }

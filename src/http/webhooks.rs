@@ -26,7 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_endpoints, create_endpoint))
         .routes(routes!(read_endpoint, delete_endpoint))
         .routes(routes!(list_deliveries))
-        .routes(routes!(retry))
+        .routes(routes!(retry_delivery))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -148,10 +148,29 @@ async fn delete_endpoint(
         .delete::<WebhookEndpoint>(&principal.tenant, &id)
         .await
     {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(CatalogError::NotFound { .. }) => Err(endpoint_missing(&id)),
-        Err(e) => Err(e.into()),
+        Ok(()) => {}
+        Err(CatalogError::NotFound { .. }) => return Err(endpoint_missing(&id)),
+        Err(e) => return Err(e.into()),
     }
+    // Its pending deliveries are cancelled in the outbox itself, so that no process sends one
+    // before it learns of the deletion.
+    let cancelled: Vec<DeliveryRow> = state
+        .store
+        .deliveries(&principal.tenant, None, Some(&id), 100_000)
+        .await?
+        .into_iter()
+        .filter(|row| row.state == "pending")
+        .map(|mut row| {
+            row.state = "cancelled".into();
+            row.last_error = "the endpoint was deleted".into();
+            row.version = next_version(row.version);
+            row
+        })
+        .collect();
+    state.store.insert_deliveries(&cancelled).await?;
+    tracing::info!(tenant = %principal.tenant, endpoint = %id, cancelled = cancelled.len(),
+        "webhook endpoint deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn endpoint_missing(id: &str) -> ApiError {
@@ -162,6 +181,7 @@ fn endpoint_missing(id: &str) -> ApiError {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveryFilter {
     /// Only deliveries to this endpoint.
@@ -237,7 +257,7 @@ async fn list_deliveries(
 #[utoipa::path(post, path = "/v1/webhook_deliveries/{id}/retry", tag = "webhooks", params(("id" = String, Path)),
     responses((status = 202, body = DeliveryList, description = "Due now: sent again to each endpoint of the event, with the same id"),
               (status = 404, description = "delivery_not_found")))]
-async fn retry(
+async fn retry_delivery(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,

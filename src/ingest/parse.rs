@@ -274,8 +274,22 @@ fn add_samples(
     };
     let mut ok = true;
     for entry in meters {
-        match samples::extract(&entry.meter, &properties) {
-            Ok(Some(sample)) => {
+        let extracted = samples::extract(&entry.meter, &properties).and_then(|sample| {
+            let Some(sample) = sample else {
+                return Ok(None);
+            };
+            let priced = samples::priced(entry, &sample, &properties)?;
+            Ok(Some((sample, priced)))
+        });
+        match extracted {
+            Ok(Some((sample, priced))) => {
+                for by in priced {
+                    row.sample_meter.push(by.meter);
+                    row.sample_value.push(by.amount);
+                    row.sample_value_str.push(by.unit_amount);
+                    row.sample_group_keys.push(entry.group_keys.clone());
+                    row.sample_group_values.push(sample.group_values.clone());
+                }
                 row.sample_meter.push(entry.slug.clone());
                 row.sample_value.push(sample.value);
                 row.sample_value_str.push(sample.value_str);

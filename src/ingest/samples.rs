@@ -9,9 +9,14 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+
 use super::MAX_GROUP_VALUE_BYTES;
+use crate::catalog::MeterEntry;
 use crate::domain::{Aggregation, Meter};
-use crate::store::rows::to_scaled;
+use crate::store::rows::{DECIMAL_SCALE, DecimalError, to_scaled};
 
 /// One event's contribution to one meter.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,20 +278,83 @@ pub fn extract(meter: &Meter, properties: &Props<'_>) -> Result<Option<Sample>, 
 }
 
 fn numeric(path: &str, value: &RawValue) -> Result<i128, SampleError> {
-    let error = |message: String| SampleError {
+    let decimal = decimal_of(path, value)?;
+    to_scaled(decimal).map_err(|e| property_error(path, format!("{e}")))
+}
+
+fn property_error(path: &str, message: String) -> SampleError {
+    SampleError {
         field: format!("properties.{path}"),
         message,
-    };
+    }
+}
+
+/// A property's value as a decimal: a JSON number or a numeric string.
+fn decimal_of(path: &str, value: &RawValue) -> Result<Decimal, SampleError> {
     let text = value.get();
-    let decimal = match text.as_bytes().first() {
+    match text.as_bytes().first() {
         Some(b'"') => serde_json::from_str::<Cow<'_, str>>(text)
             .ok()
             .and_then(|s| parse_decimal(s.trim())),
         Some(b'-' | b'0'..=b'9') => parse_decimal(text),
         _ => None,
     }
-    .ok_or_else(|| error("must be a number or a numeric string".into()))?;
-    to_scaled(decimal).map_err(|e| error(format!("{e}")))
+    .ok_or_else(|| property_error(path, "must be a number or a numeric string".into()))
+}
+
+/// One sample priced at a `dynamic` price's unit amount: stored under the priced meter with
+/// value × unit amount as its value and the unit amount as its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricedSample {
+    pub meter: Arc<str>,
+    /// value × unit amount, scaled by 10^12.
+    pub amount: i128,
+    /// The unit amount, as a plain decimal.
+    pub unit_amount: String,
+}
+
+/// The priced samples of `sample` of the meter of `entry`, one per unit amount property of
+/// the dynamic prices on it; an event without such a property, or with one that is not a
+/// number, is refused.
+pub fn priced(
+    entry: &MeterEntry,
+    sample: &Sample,
+    properties: &Props<'_>,
+) -> Result<Vec<PricedSample>, SampleError> {
+    if entry.priced.is_empty() {
+        return Ok(Vec::new());
+    }
+    let value = Decimal::from_i128_with_scale(sample.value, DECIMAL_SCALE);
+    let mut priced = Vec::with_capacity(entry.priced.len());
+    for by in &entry.priced {
+        let path = by.property.as_str();
+        let unit_amount = match properties.get(path) {
+            Some(raw) if raw.get() != "null" => decimal_of(path, raw)?,
+            _ => {
+                return Err(property_error(
+                    path,
+                    "required: a dynamic price takes each event's unit amount from it".into(),
+                ));
+            }
+        };
+        to_scaled(unit_amount).map_err(|e| property_error(path, format!("{e}")))?;
+        let amount = value
+            .checked_mul(unit_amount)
+            .ok_or(DecimalError::TooLarge)
+            .and_then(to_scaled)
+            .map_err(|e| {
+                property_error(
+                    path,
+                    format!("times the meter's value, {e} ({value} × {unit_amount})"),
+                )
+            })?;
+        priced.push(PricedSample {
+            meter: by.slug.clone(),
+            amount,
+            unit_amount: unit_amount.normalize().to_string(),
+        });
+    }
+    Ok(priced)
 }
 
 pub use crate::billing::decimal::parse_decimal;

@@ -31,7 +31,7 @@ use redis::{AsyncCommands, Script};
 mod connection;
 mod scripts;
 
-pub use connection::{Lock, connect, ready, with_migration_lock};
+pub use connection::{Lock, connect, ready, with_lock};
 use connection::{give_lock_back, redis_error, spawn_heartbeat, take_lock};
 use scripts::{CLAIM, END, RELEASE};
 

@@ -6,12 +6,14 @@
 //! - `changes`: how kept answers follow changes: this process's batches are folded in
 //!   ([`crate::ingest::batcher::BatchObserver`]), everyone else's are polled.
 //! - `preload`: current periods' answers loaded in bulk before their first read.
-//! - `report`: usage rated into charges over a window.
+//! - `report`: usage rated into charges over a window; `dynamic`: the measured amounts of
+//!   prices that price each event at its own unit amount.
 //! - `account`: a customer's active subscriptions and their current periods.
 
 pub mod account;
 pub mod cache;
 pub mod changes;
+mod dynamic;
 pub mod preload;
 pub mod report;
 pub mod window;
@@ -20,7 +22,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::Aggregation;
+use crate::store::as_of_sql::{LateWindow, as_of_statement, late_events_statement};
 use crate::store::combined_sql::{Meters, combined_statement, customers_statement};
 use crate::store::series_sql::{SeriesPoint, SeriesQuery, series_statement};
 use crate::store::usage_sql::{GroupUsage, MeterGroupUsage, Scope, usage_statement};
@@ -41,10 +46,15 @@ pub struct UsageQuery<'a> {
 }
 
 /// Reads usage from the store, through the answers kept in memory. Cheap to clone.
+///
+/// A reader made by [`UsageReader::as_of`] reads usage as it stood at a past moment instead:
+/// from the samples ingested up to then, never from memory or the rollups.
 #[derive(Clone)]
 pub struct UsageReader {
     store: Store,
     cache: Arc<UsageCache>,
+    /// Only samples ingested at or before this instant (epoch ms).
+    as_of_ms: Option<i64>,
 }
 
 impl UsageReader {
@@ -53,6 +63,7 @@ impl UsageReader {
         Self {
             store,
             cache: Arc::new(UsageCache::new(0)),
+            as_of_ms: None,
         }
     }
 
@@ -68,10 +79,39 @@ impl UsageReader {
         let reader = Self {
             store,
             cache: Arc::new(UsageCache::new(customers)),
+            as_of_ms: None,
         };
         let since = changes::poll(&reader, None).await.ok();
         let poller = changes::spawn_poll(reader.clone(), every, since);
         (reader, poller)
+    }
+
+    /// This reader's reads as they stood with the events ingested up to `at`.
+    pub fn as_of(&self, at: DateTime<Utc>) -> Self {
+        Self {
+            as_of_ms: Some(at.timestamp_millis()),
+            ..self.clone()
+        }
+    }
+
+    /// The moment of a reader made by [`UsageReader::as_of`] (epoch ms).
+    pub fn as_of_ms(&self) -> Option<i64> {
+        self.as_of_ms
+    }
+
+    /// How many events of `customer` with a sample in one of `windows` arrived after this
+    /// reader's moment; `None` for a reader of the present.
+    pub async fn late_events(
+        &self,
+        tenant: &str,
+        customer: &str,
+        windows: &[LateWindow<'_>],
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(as_of_ms) = self.as_of_ms else {
+            return Ok(None);
+        };
+        let statement = late_events_statement(tenant, customer, windows, as_of_ms);
+        Ok(Some(self.store.late_events(&statement).await?))
     }
 
     pub fn store(&self) -> &Store {
@@ -85,7 +125,10 @@ impl UsageReader {
     /// One meter's usage per group of the query's `group_by`.
     pub async fn of_meter(&self, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>, StoreError> {
         let key = (q.tenant, q.meter, Some(q.customer));
-        let parts = window::parts_of(&self.store, key, (q.from_ms, q.to_ms), (true, true)).await?;
+        let parts = match self.as_of_ms {
+            Some(_) => window::split(q.from_ms, q.to_ms, false),
+            None => window::parts_of(&self.store, key, (q.from_ms, q.to_ms), (true, true)).await?,
+        };
         if parts.is_empty() {
             return Ok(vec![]);
         }
@@ -94,6 +137,7 @@ impl UsageReader {
             meter: q.meter,
             customer: Some(q.customer),
             filters: &[],
+            as_of_ms: self.as_of_ms,
         };
         let statement = usage_statement(&parts, q.aggregation, q.group_by, &scope);
         self.store.usage(&statement).await
@@ -110,7 +154,7 @@ impl UsageReader {
         bounds: (i64, i64),
         meters: &Meters<'_>,
     ) -> Result<Option<Arc<Vec<MeterGroupUsage>>>, StoreError> {
-        if self.cache.capacity() == 0 || !self.cache.fresh() {
+        if self.cache.capacity() == 0 || !self.cache.fresh() || self.as_of_ms.is_some() {
             return Ok(self
                 .of_meters_from_store(tenant, customer, bounds, meters)
                 .await?
@@ -134,7 +178,8 @@ impl UsageReader {
         Ok(Some(answer))
     }
 
-    /// [`UsageReader::of_meters`], from the store whatever is kept.
+    /// [`UsageReader::of_meters`], from the store whatever is kept (as of this reader's moment,
+    /// if it has one: from samples only).
     pub async fn of_meters_from_store(
         &self,
         tenant: &str,
@@ -142,6 +187,17 @@ impl UsageReader {
         bounds: (i64, i64),
         meters: &Meters<'_>,
     ) -> Result<Option<Vec<MeterGroupUsage>>, StoreError> {
+        if let Some(as_of_ms) = self.as_of_ms {
+            if meters.is_empty() || bounds.0 >= bounds.1 {
+                return Ok(Some(vec![]));
+            }
+            let parts =
+                window::parts_as_of(&self.store, (tenant, customer), bounds, as_of_ms, meters)
+                    .await?;
+            let statement = as_of_statement(tenant, customer, &parts, as_of_ms, meters);
+            let mut usage = self.store.usage_of_meters(&statement, true).await?;
+            return Ok(Some(usage.remove(customer).unwrap_or_default()));
+        }
         let usage = self
             .of_customers(tenant, &[(customer, bounds)], meters)
             .await?;
@@ -158,6 +214,10 @@ impl UsageReader {
         asked: &[(&str, (i64, i64))],
         meters: &Meters<'_>,
     ) -> Result<Option<HashMap<String, Vec<MeterGroupUsage>>>, StoreError> {
+        debug_assert!(
+            self.as_of_ms.is_none(),
+            "reads as of a moment go through of_meters_from_store"
+        );
         let asked: Vec<(&str, (i64, i64))> =
             asked.iter().copied().filter(|(_, (a, b))| a < b).collect();
         if meters.is_empty() || asked.is_empty() {
@@ -202,7 +262,10 @@ impl UsageReader {
         let hours = q.hours_align && q.window_size != crate::store::series_sql::WindowSize::Minute;
         let days = q.utc_days && q.window_size == crate::store::series_sql::WindowSize::Day;
         let bounds = (q.from_ms, q.to_ms);
-        let parts = window::parts_of(&self.store, key, bounds, (hours, days)).await?;
+        let parts = match scope.as_of_ms {
+            Some(_) => window::split(q.from_ms, q.to_ms, false),
+            None => window::parts_of(&self.store, key, bounds, (hours, days)).await?,
+        };
         if parts.is_empty() {
             return Ok(vec![]);
         }

@@ -159,7 +159,7 @@ fn current_reads<'c>(
             continue;
         };
         let plan = resolved.plan(&period)?;
-        let meters = meters_read(&priced_meters(catalog, plan)?);
+        let meters = meters_read(catalog, &priced_meters(catalog, plan)?);
         if !meters.is_empty() {
             let bounds = (inside.from.timestamp_millis(), inside.to.timestamp_millis());
             asked.push(PeriodRead { bounds, meters });

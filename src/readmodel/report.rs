@@ -2,19 +2,22 @@
 //! each usage price's quantity ([`UsageReader`]), rated (`billing::rating`), flat fees once per
 //! period, totals rounded once (`billing::money`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::{UsageQuery, UsageReader};
+use super::{UsageQuery, UsageReader, dynamic};
 use crate::billing::money::round_to_currency;
 use crate::billing::period::{Period, PeriodError, Timeline, Window};
-use crate::billing::rating::{self, Charge, RatingError, TierLine};
+use crate::billing::rating::{self, Charge, DynamicAmounts, Model, RatingError, TierLine};
 use crate::catalog::TenantCatalog;
 use crate::domain::Aggregation;
 use crate::domain::plan::{Price, PriceType, Timing};
 use crate::domain::{Customer, Meter, Plan, Subscription};
 use crate::store::StoreError;
+use crate::store::as_of_sql::LateWindow;
 use crate::store::usage_sql::{GroupUsage, MeterGroupUsage};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +95,12 @@ pub struct UsageReport {
     pub currency: String,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+    /// The moment the figures stand at: now, or the `as_of` asked for.
     pub as_of: DateTime<Utc>,
+    /// With `as_of`: events of the window's usage prices (their meters, each period's part of
+    /// the window) ingested after that moment, so not counted here. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_events: Option<u64>,
     pub charges: Vec<UsageCharge>,
     pub flat_fees: Vec<FlatFee>,
     /// The usage charges' sum, full precision (flat fees not included).
@@ -178,12 +186,24 @@ pub async fn report(
             .plan_at(to.min(resolved.timeline.end.unwrap_or(to))),
     );
     let mut true_ups: Vec<CommitmentTrueUp> = Vec::new();
+    let mut read_windows: Vec<LateWindow<'_>> = Vec::new();
     for period in &periods {
         let plan = resolved.plan(period)?;
         last_plan = Some(plan);
         let Some(inside) = period.window.intersect(&window) else {
             continue;
         };
+        if reader.as_of_ms().is_some() {
+            let priced = priced_meters(resolved.catalog, plan)?;
+            read_windows.push(LateWindow {
+                meters: meters_read(resolved.catalog, &priced)
+                    .into_iter()
+                    .map(|(m, _)| m)
+                    .collect(),
+                from_ms: inside.from.timestamp_millis(),
+                to_ms: inside.to.timestamp_millis(),
+            });
+        }
         let period_charges = usage_charges(reader, resolved, plan, inside).await?;
         let mut billed = period_charges.iter().map(|c| c.amount).sum::<Decimal>();
         charges.extend(period_charges);
@@ -200,6 +220,14 @@ pub async fn report(
     }
     let plan = last_plan
         .ok_or_else(|| UsageError::Catalog("the subscription's plan no longer exists".into()))?;
+    let customer = resolved.customer.external_id.as_str();
+    let late_events = reader
+        .late_events(resolved.tenant, customer, &read_windows)
+        .await?;
+    let as_of = reader
+        .as_of_ms()
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or_else(Utc::now);
     let usage_amount = charges.iter().map(|c| c.amount).sum::<Decimal>();
     let commitment_true_up = merge_true_ups(true_ups);
     let subtotal = usage_amount
@@ -214,7 +242,8 @@ pub async fn report(
         currency: plan.currency.clone(),
         from,
         to,
-        as_of: Utc::now(),
+        as_of,
+        late_events,
         charges,
         flat_fees,
         usage_amount,
@@ -282,7 +311,8 @@ fn flat_fee(plan: &Plan, price: &Price, period: &Period) -> Result<FlatFee, Usag
 
 /// The usage prices of `plan` over `window`: every meter they use read in one statement
 /// ([`UsageReader::of_meters`], often from memory); a price whose groups cannot be taken from
-/// that read ([`groups_of_price`]) is read on its own.
+/// that read ([`groups_of_price`]) is read on its own. A dynamic price also reads its priced
+/// samples (`dynamic`).
 async fn usage_charges(
     reader: &UsageReader,
     resolved: &ResolvedSubscription<'_>,
@@ -290,36 +320,92 @@ async fn usage_charges(
     window: Window,
 ) -> Result<Vec<UsageCharge>, UsageError> {
     let priced = priced_meters(resolved.catalog, plan)?;
-    let meters = meters_read(&priced);
+    let meters = meters_read(resolved.catalog, &priced);
     let customer = resolved.customer.external_id.as_str();
     let bounds = (window.from.timestamp_millis(), window.to.timestamp_millis());
     let rows = reader
         .of_meters(resolved.tenant, customer, bounds, &meters)
         .await?;
+    let read = MeterRead {
+        reader,
+        rows: rows.as_deref().map(Vec::as_slice),
+        tenant: resolved.tenant,
+        customer,
+        bounds,
+    };
     let mut charges = Vec::with_capacity(priced.len());
     for (price, slug, aggregation) in priced {
-        let projected = rows.as_ref().and_then(|rows| {
-            let of_meter: Vec<&MeterGroupUsage> = rows.iter().filter(|r| r.meter == slug).collect();
-            groups_of_price(&of_meter, &price.group_by, aggregation)
-        });
-        let groups = match projected {
-            Some(groups) => groups,
-            None => {
-                let query = UsageQuery {
+        let groups = read.groups(slug, aggregation, &price.group_by).await?;
+        let amounts = match priced_meter(resolved.catalog, price) {
+            Some(priced_meter) => {
+                let priced = read
+                    .groups(priced_meter, Aggregation::Sum, &price.group_by)
+                    .await?;
+                let scope = dynamic::PricedRead {
                     tenant: resolved.tenant,
-                    meter: slug,
-                    aggregation,
                     customer,
-                    from_ms: bounds.0,
-                    to_ms: bounds.1,
+                    meter: slug,
+                    priced_meter,
                     group_by: &price.group_by,
+                    bounds,
+                    included: price.included(),
                 };
-                reader.of_meter(&query).await?
+                Some(dynamic::amounts(reader, &scope, &groups, &priced).await?)
             }
+            None => None,
         };
-        charges.push(usage_charge(plan, price, slug, window, &groups)?);
+        let measured = Measured {
+            groups: &groups,
+            amounts: amounts.as_ref(),
+        };
+        charges.push(usage_charge(plan, price, slug, window, measured)?);
     }
     Ok(charges)
+}
+
+/// The rows of one combined read, and how to read a meter on its own when they do not do.
+struct MeterRead<'a> {
+    reader: &'a UsageReader,
+    rows: Option<&'a [MeterGroupUsage]>,
+    tenant: &'a str,
+    customer: &'a str,
+    bounds: (i64, i64),
+}
+
+impl MeterRead<'_> {
+    /// A meter's usage per group of `group_by`: from the combined read's rows where they
+    /// give it, else read on its own.
+    async fn groups(
+        &self,
+        slug: &str,
+        aggregation: Aggregation,
+        group_by: &[String],
+    ) -> Result<Vec<GroupUsage>, UsageError> {
+        let projected = self.rows.and_then(|rows| {
+            let of_meter: Vec<&MeterGroupUsage> = rows.iter().filter(|r| r.meter == slug).collect();
+            groups_of_price(&of_meter, group_by, aggregation)
+        });
+        if let Some(groups) = projected {
+            return Ok(groups);
+        }
+        let query = UsageQuery {
+            tenant: self.tenant,
+            meter: slug,
+            aggregation,
+            customer: self.customer,
+            from_ms: self.bounds.0,
+            to_ms: self.bounds.1,
+            group_by,
+        };
+        Ok(self.reader.of_meter(&query).await?)
+    }
+}
+
+/// What was measured for one usage price: its meter's groups and, for a dynamic price, each
+/// group's amounts.
+struct Measured<'a> {
+    groups: &'a [GroupUsage],
+    amounts: Option<&'a BTreeMap<Vec<String>, DynamicAmounts>>,
 }
 
 /// The usage prices of `plan`, each with its meter's slug and aggregation.
@@ -341,37 +427,61 @@ pub(super) fn priced_meters<'p>(
     Ok(priced)
 }
 
-/// The meters the usage prices read, each once, in the prices' order: what one read of a
-/// plan's usage asks (and what the cache keys its answer by).
+/// The meters the usage prices read, each once, in the prices' order (a dynamic price's
+/// priced samples after its meter, as a sum): what one read of a plan's usage asks (and what
+/// the cache keys its answer by).
 pub(super) fn meters_read<'p>(
+    catalog: &'p TenantCatalog,
     priced: &[(&'p Price, &'p str, Aggregation)],
 ) -> Vec<(&'p str, Aggregation)> {
     let mut meters: Vec<(&str, Aggregation)> = Vec::new();
-    for &(_, slug, aggregation) in priced {
-        if !meters.iter().any(|(m, _)| *m == slug) {
-            meters.push((slug, aggregation));
+    for &(price, slug, aggregation) in priced {
+        let amounts = priced_meter(catalog, price).map(|m| (m, Aggregation::Sum));
+        for (meter, aggregation) in std::iter::once((slug, aggregation)).chain(amounts) {
+            if !meters.iter().any(|(m, _)| *m == meter) {
+                meters.push((meter, aggregation));
+            }
         }
     }
     meters
 }
 
-/// Rates one usage price's measured `groups`.
+/// The meter of a dynamic price's priced samples, as the catalog's ingest index names it.
+fn priced_meter<'c>(catalog: &'c TenantCatalog, price: &Price) -> Option<&'c str> {
+    let property = price.unit_amount_property.as_deref()?;
+    let meter = catalog.get::<Meter>(price.meter.as_deref()?)?;
+    let entry = catalog
+        .meters_for(&meter.event_type)
+        .iter()
+        .find(|e| e.meter.slug == meter.slug)?;
+    let by = entry.priced.iter().find(|by| by.property == property)?;
+    Some(&by.slug)
+}
+
+/// Rates one usage price's measured groups.
 fn usage_charge(
     plan: &Plan,
     price: &Price,
     slug: &str,
     window: Window,
-    groups: &[GroupUsage],
+    measured: Measured<'_>,
 ) -> Result<UsageCharge, UsageError> {
     let model = price.rating_model().ok_or_else(|| {
         UsageError::Catalog(format!("price '{}' has no usable model", price.code))
     })?;
+    // A dynamic price is rated with each group's measured amounts.
+    let model_of = |group: &[String]| match measured.amounts {
+        Some(amounts) => Model::Dynamic(amounts.get(group).copied().unwrap_or_default()),
+        None => model,
+    };
+    let groups = measured.groups;
     let included = price.included();
     let (amount, total, tiers, group_charges) = if price.group_by.is_empty() {
         let usage = groups.first();
         let q = usage.map_or(Decimal::ZERO, |u| u.value);
         let events = usage.map_or(0, |u| u.count);
-        let charge = rating::rate(&model, q, events, included)?;
+        let group = usage.map_or(&[][..], |u| u.group.as_slice());
+        let charge = rating::rate(&model_of(group), q, events, included)?;
         let clamped = rating::clamp(charge.amount, price.minimum_amount, price.maximum_amount);
         (
             clamped,
@@ -384,10 +494,11 @@ fn usage_charge(
             vec![],
         )
     } else {
-        let rated = rating::rate_groups(
-            &model,
+        let rated = rating::rate_each_group(
             included,
-            groups.iter().map(|g| (g, g.value, g.count)),
+            groups
+                .iter()
+                .map(|g| (g, model_of(&g.group), g.value, g.count)),
             price.minimum_amount,
             price.maximum_amount,
         )?;

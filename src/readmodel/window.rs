@@ -3,7 +3,8 @@
 //! rollup, the ragged edges (under an hour each) from samples, and hours the rollup may lack
 //! (marked in `rollup_dirty`, sql/0007) from samples too.
 
-use crate::store::combined_sql::Windows;
+use crate::store::as_of_sql::late_hours_statement;
+use crate::store::combined_sql::{Meters, Windows};
 use crate::store::usage_sql::Part;
 use crate::store::{DayParts, Store, StoreError};
 
@@ -174,6 +175,38 @@ pub async fn parts_of(
         .dirty_hours(tenant, meter, customer, from_ms, to_ms)
         .await?;
     Ok(carve(parts, &dirty))
+}
+
+/// The parts of a read of `meters` of one customer over `[from_ms, to_ms)` as of `as_of_ms`:
+/// whole sealed days from the day grain and whole hours from the rollup where they hold no
+/// sample ingested after that moment; hours that do (and hours marked for repair) and the edges
+/// from samples, which the read filters by when they were ingested.
+pub async fn parts_as_of(
+    store: &Store,
+    (tenant, customer): (&str, &str),
+    (from_ms, to_ms): (i64, i64),
+    as_of_ms: i64,
+    meters: &Meters<'_>,
+) -> Result<Vec<Part>, StoreError> {
+    let parts = split(from_ms, to_ms, true);
+    if !parts.iter().any(|p| matches!(p, Part::Hours(..))) {
+        return Ok(parts);
+    }
+    let grain = store
+        .day_parts(tenant, Some(customer), (from_ms, to_ms))
+        .await?;
+    let parts = with_days(parts, &grain);
+    let statement = late_hours_statement(tenant, customer, (from_ms, to_ms), as_of_ms, meters);
+    let mut hours = store.late_hours(&statement).await?;
+    for &(meter, _) in meters {
+        let dirty = store
+            .dirty_hours(tenant, meter, Some(customer), from_ms, to_ms)
+            .await?;
+        hours.extend(dirty);
+    }
+    hours.sort_unstable();
+    hours.dedup();
+    Ok(carve(parts, &hours))
 }
 
 /// The windows of a read of several customers, each with its whole hours.

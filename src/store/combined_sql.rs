@@ -16,7 +16,7 @@ pub type Meters<'a> = [(&'a str, Aggregation)];
 
 /// `states` of the aggregations of `meters` that keep one, each once, in order: `, sum_value`
 /// (the rollup's columns) or `, sumState(value) AS sum_value` (built from samples).
-fn state_columns(meters: &Meters<'_>, from_samples: bool) -> String {
+pub(super) fn state_columns(meters: &Meters<'_>, from_samples: bool) -> String {
     state_aggregations(meters)
         .into_iter()
         .filter_map(States::of)
@@ -41,7 +41,7 @@ fn state_aggregations(meters: &Meters<'_>) -> Vec<Aggregation> {
 /// The outer statement of a combined read: the rows of `selects` (partial states per
 /// customer, meter and group) merged per customer, meter and the samples' own group values,
 /// each meter's value by its aggregation.
-fn combined(meters: &Meters<'_>, selects: Vec<Sql>) -> Sql {
+pub(super) fn combined(meters: &Meters<'_>, selects: Vec<Sql>) -> Sql {
     let mut sql = Sql::new("SELECT customer, meter, group_keys, group_values, ");
     let aggregations = state_aggregations(meters);
     if aggregations.is_empty() {
@@ -70,6 +70,18 @@ pub fn combined_statement(
     customer: &str,
     parts: &[Part],
     meters: &Meters<'_>,
+) -> Sql {
+    combined_of_parts(tenant, customer, parts, meters, None)
+}
+
+/// [`combined_statement`], its samples only those ingested at or before `as_of_ms` if given
+/// (the rollup parts must then hold no sample ingested after it).
+pub(super) fn combined_of_parts(
+    tenant: &str,
+    customer: &str,
+    parts: &[Part],
+    meters: &Meters<'_>,
+    as_of_ms: Option<i64>,
 ) -> Sql {
     let scope = || {
         let mut sql = Sql::new("tenant = ");
@@ -135,8 +147,11 @@ pub fn combined_statement(
             range.arg(a).push(" AND ts_ms < ").arg(b).push(")");
             range
         });
-        sql.join(ranges, " OR ")
-            .push(") GROUP BY customer, meter, group_keys, group_values");
+        sql.join(ranges, " OR ").push(")");
+        if let Some(as_of_ms) = as_of_ms {
+            sql.push(" WHERE ingested_ms <= ").arg(as_of_ms);
+        }
+        sql.push(" GROUP BY customer, meter, group_keys, group_values");
         selects.push(sql);
     }
     combined(meters, selects)

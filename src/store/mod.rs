@@ -2,6 +2,7 @@
 //! statements and their values (`sql`, `queries`, `usage_sql`, `series_sql`), migrations,
 //! the catalog's table, the dashboards' (`dashboard`), and a server this process owns (`local`).
 
+pub mod as_of_sql;
 pub mod catalog;
 mod changes;
 pub mod combined_sql;
@@ -14,6 +15,7 @@ pub mod keys;
 pub use events::{MAX_ATTEMPT, SEND_TIMEOUT};
 pub mod local;
 pub mod migrate;
+pub mod priced_sql;
 pub mod queries;
 mod repair;
 pub use repair::Repaired;

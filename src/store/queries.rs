@@ -679,10 +679,23 @@ pub fn drop_day(table: &'static str, day: &str) -> Sql {
     sql
 }
 
-/// Of `tenant`'s alert events `ids`, those that have fired.
+/// Of `tenant`'s alert events `ids`, those that have fired: recorded, or with deliveries
+/// (stored before the firing).
 pub fn fired_among(tenant: &str, ids: &[String]) -> Sql {
-    let mut sql = Sql::new("SELECT DISTINCT id FROM alert_firings WHERE tenant = ");
-    sql.arg(tenant).push(" AND has(").arg(ids).push(", id)");
+    let mut sql = Sql::new("SELECT DISTINCT id FROM (");
+    for (i, table) in ["alert_firings", "webhook_deliveries"].iter().enumerate() {
+        if i > 0 {
+            sql.push(" UNION ALL ");
+        }
+        sql.push("SELECT id FROM ")
+            .push(table)
+            .push(" WHERE tenant = ")
+            .arg(tenant)
+            .push(" AND has(")
+            .arg(ids)
+            .push(", id)");
+    }
+    sql.push(")");
     sql
 }
 
@@ -718,9 +731,13 @@ pub fn deliveries_of(tenant: &str, id: Option<&str>, endpoint: Option<&str>, lim
 
 /// Deliveries of every tenant waiting for an attempt due by `now_ms`, soonest first; those
 /// never attempted only once made before `new_before_ms` (the process that makes one sends it).
+/// Only states written for deliveries made (or retried) in the last week are read: retries
+/// stop a day after, so what is older is over, or waited through a week-long outage.
 pub fn due_deliveries(now_ms: i64, new_before_ms: i64, limit: u64) -> Sql {
+    let mut recent = Sql::new(" WHERE created_ms >= ");
+    recent.arg(now_ms - 7 * 86_400_000);
     let mut sql = Sql::new("SELECT * FROM (");
-    sql.append(latest_deliveries(Sql::default()))
+    sql.append(latest_deliveries(recent))
         .push(") WHERE state = 'pending' AND next_attempt_ms <= ")
         .arg(now_ms)
         .push(" AND (attempts > 0 OR created_ms < ")

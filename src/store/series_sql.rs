@@ -109,6 +109,7 @@ mod tests {
                 meter: "m",
                 customer: None,
                 filters: &[],
+                as_of_ms: None,
             },
             aggregation: Aggregation::Max,
             from_ms: 0,

@@ -86,6 +86,9 @@ pub struct Scope<'a> {
     pub customer: Option<&'a str>,
     /// Group key and the values it may take.
     pub filters: &'a [(String, Vec<String>)],
+    /// Only samples ingested at or before this instant (epoch ms): a read as of a past moment.
+    /// Such a read takes every part from samples (rollups do not know when a row arrived).
+    pub as_of_ms: Option<i64>,
 }
 
 /// The columns a per-meter read adds before its group: none, or the series' time and customer.
@@ -146,22 +149,13 @@ pub(super) fn part_select(
             sql.push(" FROM usage_samples PREWHERE ");
         }
     }
-    sql.push("tenant = ")
-        .arg(scope.tenant)
-        .push(" AND meter = ")
-        .arg(scope.meter);
-    if let Some(customer) = scope.customer {
-        sql.push(" AND customer = ").arg(customer);
-    }
-    for (key, values) in scope.filters {
-        sql.push(" AND has(")
-            .arg(values.as_slice())
-            .push(", group_values[indexOf(group_keys, ")
-            .arg(key)
-            .push(")])");
-    }
+    sql.append(scope_condition(scope));
     match part {
         Part::Days(from, to) | Part::Hours(from, to) => {
+            debug_assert!(
+                scope.as_of_ms.is_none(),
+                "a read as of a moment takes no rollup"
+            );
             sql.push(" AND bucket >= toDateTime(")
                 .arg(from / 1000)
                 .push(") AND bucket < toDateTime(")
@@ -172,12 +166,33 @@ pub(super) fn part_select(
             sql.push(" AND ts_ms >= ")
                 .arg(from)
                 .push(" AND ts_ms < ")
-                .arg(to)
-                .push(match leading {
-                    Leading::None => " GROUP BY grp",
-                    Leading::TimeAndCustomer => " GROUP BY t, customer, grp",
-                });
+                .arg(to);
+            if let Some(as_of_ms) = scope.as_of_ms {
+                sql.push(" AND ingested_ms <= ").arg(as_of_ms);
+            }
+            sql.push(match leading {
+                Leading::None => " GROUP BY grp",
+                Leading::TimeAndCustomer => " GROUP BY t, customer, grp",
+            });
         }
+    }
+    sql
+}
+
+/// The rows of `scope` (tenant, meter, customer if one, filters): the start of a condition on
+/// any table keyed by tenant, customer and meter.
+pub(super) fn scope_condition(scope: &Scope<'_>) -> Sql {
+    let mut sql = Sql::new("tenant = ");
+    sql.arg(scope.tenant).push(" AND meter = ").arg(scope.meter);
+    if let Some(customer) = scope.customer {
+        sql.push(" AND customer = ").arg(customer);
+    }
+    for (key, values) in scope.filters {
+        sql.push(" AND has(")
+            .arg(values.as_slice())
+            .push(", group_values[indexOf(group_keys, ")
+            .arg(key)
+            .push(")])");
     }
     sql
 }

@@ -83,14 +83,8 @@ impl Store {
         Ok(fired.into_iter().collect())
     }
 
-    /// Records firings and their deliveries: the deliveries first, so that a firing on record
-    /// always has them.
-    pub async fn insert_firings(
-        &self,
-        firings: &[FiringRow],
-        deliveries: &[DeliveryRow],
-    ) -> Result<(), StoreError> {
-        self.insert_deliveries(deliveries).await?;
+    /// Records firings (after their deliveries).
+    pub async fn insert_firings(&self, firings: &[FiringRow]) -> Result<(), StoreError> {
         if firings.is_empty() {
             return Ok(());
         }

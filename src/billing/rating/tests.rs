@@ -336,3 +336,77 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got, expected);
     }
 }
+
+#[test]
+fn a_dynamic_charge_frees_the_first_included_units_at_their_own_prices() {
+    // 3 units at 0.5, 4 at 2, 10 at 0.1; 5 included: the 3 first and 2 of the next are free.
+    let samples = [("3", "0.5"), ("4", "2"), ("10", "0.1")].map(|(v, p)| PricedSample {
+        value: d(v),
+        unit_amount: d(p),
+    });
+    let share = included_share(samples, d("5")).unwrap();
+    assert_eq!(share, d("5.5"), "3 × 0.5 + 2 × 2");
+    let priced = d("1.5") + d("8") + d("1");
+    let charge = rate(
+        &Model::Dynamic(DynamicAmounts {
+            priced,
+            included: share,
+        }),
+        d("17"),
+        3,
+        d("5"),
+    )
+    .unwrap();
+    assert_eq!(
+        (charge.billable_quantity, charge.amount),
+        (d("12"), d("5.0"))
+    );
+    assert_eq!(
+        included_share(samples, Decimal::ZERO).unwrap(),
+        Decimal::ZERO
+    );
+    assert_eq!(included_share(samples, d("100")).unwrap(), priced);
+}
+
+proptest::proptest! {
+    /// Against each event's own billable units, computed the other way round: what is left of
+    /// an event once the units before it have used up the included ones, at its unit amount.
+    #[test]
+    fn dynamic_matches_the_sum_of_each_events_billable_units(
+        events in proptest::collection::vec((0i64..100_000, 0i64..1_000_000), 0..40),
+        included in 0i64..2_000_000,
+    ) {
+        let samples: Vec<PricedSample> = events
+            .iter()
+            .map(|&(hundredths, micros)| PricedSample {
+                value: Decimal::new(hundredths, 2),
+                unit_amount: Decimal::new(micros, 6),
+            })
+            .collect();
+        let included = Decimal::new(included, 2);
+        let mut before = Decimal::ZERO;
+        let mut expected = Decimal::ZERO;
+        for s in &samples {
+            let after = before + s.value;
+            let billable = if after <= included {
+                Decimal::ZERO
+            } else if before >= included {
+                s.value
+            } else {
+                after - included
+            };
+            expected += billable * s.unit_amount;
+            before = after;
+        }
+        let quantity: Decimal = samples.iter().map(|s| s.value).sum();
+        let priced: Decimal = samples.iter().map(|s| s.value * s.unit_amount).sum();
+        let share = included_share(samples.iter().copied(), included).unwrap();
+        let model = Model::Dynamic(DynamicAmounts { priced, included: share });
+        let charge = rate(&model, quantity, samples.len() as u64, included).unwrap();
+        proptest::prop_assert_eq!(charge.amount, expected);
+        proptest::prop_assert_eq!(
+            charge.billable_quantity,
+            (quantity - included).max(Decimal::ZERO)
+        );
+    }
+}

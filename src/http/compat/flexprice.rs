@@ -24,7 +24,7 @@ use crate::domain::{Meter, Plan, Subscription};
 use crate::error::ApiError;
 use crate::http::ApiJson;
 use crate::http::AppState;
-use crate::http::usage::instant;
+use crate::http::usage::{as_of, instant, reader_at};
 use crate::readmodel::account;
 use crate::readmodel::report::{ResolvedSubscription, UsageCharge, report};
 
@@ -42,12 +42,14 @@ struct UsageRequest {
     end_time: Option<String>,
     #[serde(default)]
     lifetime_usage: bool,
+    /// meterhouse's `as_of`: the figures with the events ingested up to that moment.
+    as_of: Option<String>,
 }
 
 /// Usage charges of a subscription: over `start_time`..`end_time`, over its whole life
 /// (`lifetime_usage`), or else over its current billing period.
 #[utoipa::path(post, path = "/flexprice/v1/subscriptions/usage", tag = "compat",
-    request_body(content = Object, description = "{subscription_id, start_time, end_time, lifetime_usage}"),
+    request_body(content = Object, description = "{subscription_id, start_time, end_time, lifetime_usage, as_of}"),
     responses((status = 200, description = "{amount, currency, display_amount, start_time, end_time, charges: [{amount, quantity, meter_id, price: {...}}]}"),
               (status = 400), (status = 404, description = "subscription_not_found"), (status = 422, description = "no_active_subscription")))]
 async fn subscription_usage(
@@ -65,7 +67,9 @@ async fn subscription_usage(
     };
     let subscription = catalog.get::<Subscription>(id).ok_or_else(missing)?;
     principal.may_read_subscription(&subscription.customer, missing)?;
-    let now = Utc::now();
+    let at = as_of(request.as_of.as_deref())?;
+    let reader = reader_at(&state, at);
+    let now = at.unwrap_or_else(Utc::now);
     let window = match (&request.start_time, &request.end_time) {
         _ if request.lifetime_usage => Some((subscription.start_date, now)),
         (Some(from), Some(to)) => Some((instant("start_time", from)?, instant("end_time", to)?)),
@@ -84,10 +88,10 @@ async fn subscription_usage(
         }
         Some((from, to)) => {
             let resolved = ResolvedSubscription::new(&principal.tenant, &catalog, subscription)?;
-            report(&state.usage, &resolved, from, to).await?
+            report(&reader, &resolved, from, to).await?
         }
         None => account::current_report(
-            &state.usage,
+            &reader,
             &principal.tenant,
             &catalog,
             subscription,
@@ -112,7 +116,7 @@ async fn subscription_usage(
         })
         .collect();
     let amount = round_to_currency(report.usage_amount, currency);
-    Ok(Json(json!({
+    let mut body = json!({
         "amount": number(amount),
         "currency": currency,
         "display_amount": display(amount, currency),
@@ -120,7 +124,12 @@ async fn subscription_usage(
         "end_time": report.to,
         "has_overage": report.charges.iter().any(UsageCharge::is_overage),
         "charges": charges,
-    })))
+    });
+    if let Some(late) = report.late_events {
+        body["as_of"] = json!(report.as_of);
+        body["late_events"] = json!(late);
+    }
+    Ok(Json(body))
 }
 
 fn charge(
@@ -154,9 +163,9 @@ fn price_object(catalog: &TenantCatalog, plan: &Plan, price: &Price, tenant: &st
         Some(UsageModel::Package) => ("PACKAGE", None, text(price.package_amount)),
         Some(UsageModel::Graduated) => ("TIERED", Some("SLAB"), None),
         Some(UsageModel::Volume) => ("TIERED", Some("VOLUME"), None),
-        // Flexprice has no percentage model: the price shows as usage-based, without an amount
-        // per unit; its charges are meterhouse's.
-        Some(UsageModel::Percentage) => ("FLAT_FEE", None, None),
+        // Flexprice has no percentage or per-event priced model: the price shows as
+        // usage-based, without an amount per unit; its charges are meterhouse's.
+        Some(UsageModel::Percentage | UsageModel::Dynamic) => ("FLAT_FEE", None, None),
     };
     let mut object = Map::new();
     let mut put = |key: &str, value: Value| {

@@ -164,6 +164,7 @@ fn charge_model(model: Option<UsageModel>) -> &'static str {
         Some(UsageModel::Graduated) => "graduated",
         Some(UsageModel::Volume) => "volume",
         Some(UsageModel::Percentage) => "percentage",
+        Some(UsageModel::Dynamic) => "dynamic",
         Some(UsageModel::PerUnit) | None => "standard",
     }
 }

@@ -201,3 +201,48 @@ fn values_that_cannot_be_stored_exactly_are_errors() {
     assert!(run(&m, r#"{"v": "NaN"}"#).is_err());
     assert!(run(&m, r#"{"v": [1]}"#).is_err());
 }
+
+#[test]
+fn a_sample_is_priced_at_each_dynamic_prices_property_or_refused() {
+    let entry = crate::catalog::MeterEntry {
+        meter: meter(Aggregation::Sum, Some("tokens")),
+        slug: "m".into(),
+        group_keys: Vec::new().into(),
+        priced: vec![crate::catalog::PricedBy {
+            property: "cost.unit".into(),
+            slug: "m#cost.unit".into(),
+        }],
+    };
+    let price = |properties: &str| {
+        let props = Props::parse(properties).unwrap();
+        let sample = extract(&entry.meter, &props).unwrap().unwrap();
+        priced(&entry, &sample, &props)
+    };
+    let got = price(r#"{"tokens": 1500, "cost": {"unit": "0.000002"}}"#).unwrap();
+    assert_eq!(
+        got,
+        vec![PricedSample {
+            meter: "m#cost.unit".into(),
+            amount: 3_000_000_000,
+            unit_amount: "0.000002".into(),
+        }],
+        "1,500 × 0.000002 = 0.003"
+    );
+    for (properties, why) in [
+        (r#"{"tokens": 1}"#, "required"),
+        (r#"{"tokens": 1, "cost": {"unit": null}}"#, "required"),
+        (r#"{"tokens": 1, "cost": {"unit": "cheap"}}"#, "a number"),
+        (
+            r#"{"tokens": 1.5, "cost": {"unit": 0.0000000000015}}"#,
+            "decimal places",
+        ),
+        (
+            r#"{"tokens": 0.000001, "cost": {"unit": 0.0000001}}"#,
+            "times the meter's value",
+        ),
+    ] {
+        let err = price(properties).unwrap_err();
+        assert_eq!(err.field, "properties.cost.unit", "{properties}");
+        assert!(err.message.contains(why), "{properties}: {}", err.message);
+    }
+}

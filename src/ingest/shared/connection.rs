@@ -122,15 +122,17 @@ pub(super) async fn give_lock_back(redis: &mut ConnectionManager, key: &str, hol
     }
 }
 
-/// Runs `work` while holding the migration lock of `database` in Redis: replicas that start
-/// together apply migrations one at a time (the second finds them applied). Waits up to five
+/// Runs `work` while holding the lock `name` of `database` in Redis, for start-up work that
+/// replicas starting together do one at a time, the later ones finding it done (`migrating`:
+/// migrations; `settling_writers`: batches a dead embedded writer left). Waits up to five
 /// minutes for the lock; it expires by itself after ten, should its holder die.
-pub async fn with_migration_lock<T>(
+pub async fn with_lock<T>(
     url: &str,
     database: &str,
+    name: &str,
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let mut lock = Lock::new(connect(url).await?, database, "migrating");
+    let mut lock = Lock::new(connect(url).await?, database, name);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         match lock.try_take(600_000).await {
@@ -144,7 +146,7 @@ pub async fn with_migration_lock<T>(
         }
         if Instant::now() >= deadline {
             anyhow::bail!(
-                "another replica has held the migration lock ({}) for five minutes",
+                "another replica has held the lock {} for five minutes",
                 lock.key
             );
         }

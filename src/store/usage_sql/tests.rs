@@ -8,6 +8,7 @@ fn scope<'a>(filters: &'a [(String, Vec<String>)]) -> Scope<'a> {
         meter: "tokens",
         customer: Some("c"),
         filters,
+        as_of_ms: None,
     }
 }
 
