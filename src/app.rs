@@ -151,6 +151,12 @@ impl Application {
             observer,
         );
         let limits = RateLimits::new(config.rate_limit_rps, config.rate_limit_eps);
+        let dashboard = http::dashboard::DashboardSettings::new(
+            crate::auth::links::DashboardKeys::load(store.clone())
+                .await
+                .context("loading the dashboard secrets")?,
+            &config.dashboard_frame_ancestors,
+        )?;
         let state = AppState {
             store,
             redis,
@@ -161,6 +167,7 @@ impl Application {
             limits,
             metrics,
             outbox,
+            dashboard,
         };
         Ok(Self {
             state,

@@ -115,6 +115,15 @@ pub struct Config {
     /// is retried (milliseconds).
     #[arg(long, env = "METERHOUSE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
+    /// Origins allowed to show the dashboard pages in an `<iframe>` (`https://app.example.com`,
+    /// comma-separated). Unset: no page may be framed.
+    #[arg(
+        long,
+        env = "METERHOUSE_DASHBOARD_FRAME_ANCESTORS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub dashboard_frame_ancestors: Vec<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "METERHOUSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -23,9 +23,10 @@
 //!   (a durable outbox in ClickHouse, retried with backoff).
 //! - [`backfill`]: samples and rollups for a meter created after its events arrived.
 //! - [`http`]: the HTTP API, one module per resource and one per vendor shape; translates only.
+//!   `dashboard`: pages for people (links, sessions, charts) rendered from the same reads.
 //! - [`server`]: the HTTP server loop: connection and body timeouts, graceful drain.
 //! - [`auth`]: API keys (held hashed), tenants and roles; keys made through the API, kept
-//!   current in every process (`stored`). [`limits`]: per-key rate limits.
+//!   current in every process (`stored`); dashboard links and sessions, signed (`links`). [`limits`]: per-key rate limits.
 //! - [`error`]: the one error type of the HTTP edge and docs/api.md's error body.
 //! - [`metrics`]: Prometheus text metrics. [`config`]: flags and `METERHOUSE_*` variables.
 //! - [`app`]: start-up (store, migrations, the writer's registration and accepted ids, catalog,

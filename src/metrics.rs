@@ -72,6 +72,8 @@ pub struct Metrics {
     pub usage_cache_hits: AtomicU64,
     pub usage_cache_misses: AtomicU64,
     pub usage_cache_loaded: AtomicU64,
+    /// Dashboard pages whose refresh request waits for their figures to change.
+    pub dashboard_live_waiting: AtomicU64,
     pub batch_events: Histogram,
     pub insert_seconds: Histogram,
 }
@@ -91,6 +93,7 @@ impl Metrics {
             usage_cache_hits: AtomicU64::new(0),
             usage_cache_misses: AtomicU64::new(0),
             usage_cache_loaded: AtomicU64::new(0),
+            dashboard_live_waiting: AtomicU64::new(0),
             batch_events: Histogram::new(SIZE_BOUNDS),
             insert_seconds: Histogram::new(LATENCY_BOUNDS),
         })
@@ -162,6 +165,13 @@ impl Metrics {
             out,
             "# HELP {name} Events waiting for an insert.\n# TYPE {name} gauge\n{name} {}",
             self.queue_events.load(Relaxed)
+        );
+        let name = "meterhouse_dashboard_live_waiting";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Dashboard pages waiting for their current-period figures to change.\n\
+             # TYPE {name} gauge\n{name} {}",
+            self.dashboard_live_waiting.load(Relaxed)
         );
         let name = "meterhouse_usage_changes_poll_age_seconds";
         let age = self.usage_changes_poll_age_ms.load(Relaxed) as f64 / 1000.0;

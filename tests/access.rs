@@ -112,6 +112,15 @@ fn routes() -> Vec<Route> {
             "/v1/meters/tokens/query?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&customer=c1",
             A::Customer,
         ),
+        with(
+            route(
+                "post",
+                "/v1/dashboard/links",
+                "/v1/dashboard/links",
+                A::Customer,
+            ),
+            || json!({"customer": "c1", "ttl_s": 60}),
+        ),
         route("get", "/v1/plans", "/v1/plans", A::Read),
         with(
             route("post", "/v1/plans", "/v1/plans", A::Write),

@@ -54,6 +54,10 @@ pub struct ReadbenchArgs {
     pub matrix: bool,
     #[arg(long, default_value_t = 1_000_000)]
     pub matrix_heaviest: u64,
+    /// The dashboards' pages instead (`readpages`), on the store of an earlier run (or one
+    /// generated now): the tenant's overview, customers' pages and the meter explorer.
+    #[arg(long)]
+    pub pages: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -139,16 +143,18 @@ const GENERATE: &str = "INSERT INTO events (tenant, id, customer, event_type, ts
 
 #[path = "readmatrix.rs"]
 mod readmatrix;
+#[path = "readpages.rs"]
+mod readpages;
 
 /// The readbench (or, with `--matrix`, the density matrix), as its JSON report.
 pub async fn run(args: ReadbenchArgs) -> anyhow::Result<Value> {
     if args.matrix {
         return Ok(serde_json::to_value(readmatrix::run(args).await?)?);
     }
-    Ok(serde_json::to_value(run_store(args).await?)?)
+    run_store(args).await
 }
 
-async fn run_store(args: ReadbenchArgs) -> anyhow::Result<Report> {
+async fn run_store(args: ReadbenchArgs) -> anyhow::Result<Value> {
     let (url, owned) =
         LocalClickHouse::given_or_started(args.clickhouse_url.as_deref(), &args.data_dir).await?;
     let mut config = Config::defaults();
@@ -161,7 +167,15 @@ async fn run_store(args: ReadbenchArgs) -> anyhow::Result<Report> {
     } else {
         generate(&url, &config, &args).await?
     };
-    let report = measure(&config, &args, generate_seconds).await;
+    let report = if args.pages {
+        readpages::run(&config, &args)
+            .await
+            .and_then(|r| Ok(serde_json::to_value(r)?))
+    } else {
+        measure(&config, &args, generate_seconds)
+            .await
+            .and_then(|r| Ok(serde_json::to_value(r)?))
+    };
     if let Some(mut local) = owned {
         local.stop().await;
     }

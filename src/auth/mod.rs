@@ -1,6 +1,7 @@
 //! API keys, tenants and roles. Keys are held only as SHA-256 digests; a request's key is
 //! hashed and looked up, so no plain key stays in memory or reaches a log.
 
+pub mod links;
 pub mod stored;
 
 use std::collections::HashMap;

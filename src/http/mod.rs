@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod catalog;
 pub mod compat;
+pub mod dashboard;
 pub mod events;
 pub mod keys;
 pub mod openapi;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The webhook sender (retries asked for through the API go to it).
     pub outbox: crate::alerts::outbox::Outbox,
+    /// What signs dashboard links and sessions, and which origins may frame the pages.
+    pub dashboard: dashboard::DashboardSettings,
 }
 
 #[derive(utoipa::OpenApi)]
@@ -97,6 +100,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(webhooks::router())
         .merge(ops::router())
         .merge(compat::router())
+        .merge(dashboard::router())
         .split_for_parts()
 }
 
@@ -110,6 +114,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::get(move || async move { axum::Json(document.as_ref().clone()) }),
         )
         .route_layer(axum::middleware::from_fn(request_span))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            dashboard::security_headers,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(limit_head))

@@ -399,7 +399,62 @@ async fn meter_query(
     Path(slug): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    check_query_params(&params)?;
+    let series = meter_series(&state, &principal, &slug, &params).await?;
+    let data: Vec<Value> = series
+        .rows
+        .iter()
+        .map(|row| {
+            json!({
+                "window_start": row.window_start,
+                "window_end": row.window_end,
+                "customer": row.customer,
+                "group": row.group,
+                "value": row.value,
+            })
+        })
+        .collect();
+    let mut body = json!({"meter": series.meter, "window_size": series.window_size,
+                          "timezone": series.timezone, "data": data});
+    if let Some((at, late)) = series.as_of {
+        body["as_of"] = json!(at);
+        body["late_events"] = json!(late);
+    }
+    Ok(Json(body))
+}
+
+/// A meter's series as `GET /v1/meters/{slug}/query` answers it.
+#[derive(Debug, Clone)]
+pub(crate) struct MeterSeries {
+    pub(crate) meter: String,
+    pub(crate) window_size: WindowSize,
+    pub(crate) timezone: String,
+    /// The `group_by` keys, in the order asked.
+    pub(crate) group_by: Vec<String>,
+    pub(crate) rows: Vec<SeriesRow>,
+    /// With `as_of`: that moment, and the window's events ingested after it.
+    pub(crate) as_of: Option<(DateTime<Utc>, u64)>,
+}
+
+/// One window of one customer and group.
+#[derive(Debug, Clone)]
+pub(crate) struct SeriesRow {
+    pub(crate) window_start: DateTime<Utc>,
+    pub(crate) window_end: DateTime<Utc>,
+    pub(crate) customer: String,
+    pub(crate) group: serde_json::Map<String, Value>,
+    pub(crate) value: Decimal,
+}
+
+/// The series of `GET /v1/meters/{slug}/query` for `params` (that route's query parameters),
+/// as `principal` may see it: a customer's key sees its own customer only.
+pub(crate) async fn meter_series(
+    state: &AppState,
+    principal: &Principal,
+    slug: &str,
+    params: &[(String, String)],
+) -> Result<MeterSeries, ApiError> {
+    let slug = slug.to_owned();
+    check_query_params(params)?;
     let param = |name: &str| {
         params
             .iter()
@@ -475,7 +530,7 @@ async fn meter_query(
         check_key("group_by", key)?;
     }
     let mut filters: Vec<(String, Vec<String>)> = Vec::new();
-    for (name, value) in &params {
+    for (name, value) in params {
         if let Some(key) = filter_key(name) {
             check_key(name, key)?;
             filters.push((
@@ -557,19 +612,20 @@ async fn meter_query(
             .cloned()
             .zip(point.usage.group.iter().map(|v| json!(v)))
             .collect();
-        data.push(json!({
-            "window_start": start.max(from),
-            "window_end": end.min(to),
-            "customer": point.customer,
-            "group": group,
-            "value": point.usage.value,
-        }));
+        data.push(SeriesRow {
+            window_start: start.max(from),
+            window_end: end.min(to),
+            customer: point.customer,
+            group,
+            value: point.usage.value,
+        });
     }
-    let mut body =
-        json!({"meter": slug, "window_size": window_size, "timezone": timezone, "data": data});
-    if let (Some(at), Some(late)) = (at, late_events) {
-        body["as_of"] = json!(at);
-        body["late_events"] = json!(late);
-    }
-    Ok(Json(body))
+    Ok(MeterSeries {
+        meter: slug,
+        window_size,
+        timezone: timezone.to_owned(),
+        group_by,
+        rows: data,
+        as_of: at.zip(late_events),
+    })
 }

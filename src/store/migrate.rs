@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../sql/0016_rollup_hour_granules.sql"),
     ),
     (17, "webhooks", include_str!("../../sql/0017_webhooks.sql")),
+    (
+        18,
+        "dashboard_secrets",
+        include_str!("../../sql/0018_dashboard_secrets.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

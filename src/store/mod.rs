@@ -1,11 +1,12 @@
 //! ClickHouse, and nothing else: the client and its read budget, error classes, row structs,
 //! statements and their values (`sql`, `queries`, `usage_sql`, `series_sql`), migrations,
-//! the catalog's table, and a server this process owns (`local`).
+//! the catalog's table, the dashboards' (`dashboard`), and a server this process owns (`local`).
 
 pub mod as_of_sql;
 pub mod catalog;
 mod changes;
 pub mod combined_sql;
+pub mod dashboard;
 mod days;
 pub use days::{Compacted, DayParts};
 mod error;

@@ -536,6 +536,26 @@ pub const STORED_KEYS: &str =
 /// The digests of every revoked API key.
 pub const REVOKED_KEYS: &str = "SELECT DISTINCT key_hash FROM api_key_revocations";
 
+/// The dashboards' signing secrets (hex), oldest first.
+pub const DASHBOARD_SECRETS: &str =
+    "SELECT secret FROM dashboard_secrets FINAL ORDER BY created_ms, secret";
+
+/// A tenant's events per hour of event time in `[from_s, to_s)`: `(hour, events)`, the hour's
+/// start in epoch seconds; hours without events left out.
+pub fn events_per_hour(tenant: &str, from_s: i64, to_s: i64) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT toInt64(toUnixTimestamp(toStartOfHour(ts))) AS hour, count() AS events \
+         FROM events WHERE tenant = ",
+    );
+    sql.arg(tenant)
+        .push(" AND ts >= toDateTime(")
+        .arg(from_s)
+        .push(") AND ts < toDateTime(")
+        .arg(to_s)
+        .push(") GROUP BY hour ORDER BY hour");
+    sql
+}
+
 /// The server's clock (epoch seconds): the mark each poll of `usage_change_batches` reads from.
 pub const SERVER_NOW: &str = "SELECT toUInt32(now())";
 

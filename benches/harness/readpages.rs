@@ -1,0 +1,146 @@
+//! `readbench --pages`: the dashboards' pages on a store `readbench` generated (`--reuse`):
+//! the tenant's overview, customers' pages and the meter explorer, each the whole HTTP request
+//! (session cookie, reads, rating, HTML and SVG) after the current periods were loaded into
+//! memory as the service loads them at start.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+
+use meterhouse::app::InProcess;
+use meterhouse::config::Config;
+use meterhouse::readmodel::preload::load_current_periods;
+
+use super::{KEY, ReadbenchArgs, TENANT, percentile};
+
+#[derive(Debug, serde::Serialize)]
+pub struct PagesReport {
+    pub customers: u64,
+    pub samples: usize,
+    /// The overview's first render: its 7-day sections read (then kept for a minute).
+    pub tenant_first_ms: f64,
+    pub tenant_p50_ms: f64,
+    pub tenant_p99_ms: f64,
+    pub customer_p50_ms: f64,
+    pub customer_p99_ms: f64,
+    /// `/dashboard/meters/m1?customer=…`: a day, hourly, split by model.
+    pub meter_customer_p50_ms: f64,
+    pub meter_customer_p99_ms: f64,
+    /// `/dashboard/meters/m0`: a day, hourly, every customer.
+    pub meter_all_p50_ms: f64,
+    pub meter_all_p99_ms: f64,
+    /// Bytes of the HTML of the tenant's overview and of a customer's page.
+    pub tenant_bytes: usize,
+    pub customer_bytes: usize,
+}
+
+pub async fn run(config: &Config, args: &ReadbenchArgs) -> anyhow::Result<PagesReport> {
+    let mut config = config.clone();
+    config.usage_preload_every_s = 0;
+    let service = InProcess::start(&config).await?;
+    load_current_periods(
+        &service.usage,
+        TENANT,
+        &service.catalog.tenant(TENANT),
+        Utc::now(),
+    )
+    .await?;
+    let base = service.base.clone();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let link: serde_json::Value = http
+        .post(format!("{base}/v1/dashboard/links"))
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let url = link["url"].as_str().context("a link")?;
+    let opened = http.get(format!("{base}{url}")).send().await?;
+    let cookie = opened
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("a session cookie")?
+        .to_owned();
+    let page = |path: String| {
+        let (http, base, cookie) = (&http, &base, &cookie);
+        async move {
+            let started = Instant::now();
+            let response = http
+                .get(format!("{base}{path}"))
+                .header("cookie", cookie)
+                .send()
+                .await?;
+            let status = response.status();
+            let body = response.text().await?;
+            if !status.is_success() {
+                bail!(
+                    "{path}: {status} {}",
+                    body.chars().take(300).collect::<String>()
+                );
+            }
+            anyhow::Ok((started.elapsed(), body.len()))
+        }
+    };
+    let pick = |i: usize| (i as u64 * 7919) % args.customers;
+    let tenant_first_ms = page("/dashboard".into()).await?.0.as_secs_f64() * 1e3;
+    for i in 0..5 {
+        page("/dashboard".into()).await?;
+        page(format!(
+            "/dashboard/customers/cust_{}",
+            pick(args.samples + i)
+        ))
+        .await?;
+    }
+    let tenant_samples = args.samples.min(50);
+    let (mut tenant, mut customer, mut meter_customer, mut meter_all) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tenant_bytes, mut customer_bytes) = (0, 0);
+    for _ in 0..tenant_samples {
+        let (took, bytes) = page("/dashboard".into()).await?;
+        tenant.push(took);
+        tenant_bytes = bytes;
+        let (took, _) = page("/dashboard/meters/m0".into()).await?;
+        meter_all.push(took);
+    }
+    for i in 0..args.samples {
+        let (took, bytes) = page(format!("/dashboard/customers/cust_{}", pick(i))).await?;
+        customer.push(took);
+        customer_bytes = bytes;
+        let path = format!(
+            "/dashboard/meters/m1?customer=cust_{}&group_by=model",
+            pick(i)
+        );
+        meter_customer.push(page(path).await?.0);
+    }
+    service.stop().await?;
+    let sorted = |mut list: Vec<Duration>| {
+        list.sort_unstable();
+        list
+    };
+    let (tenant, customer, meter_customer, meter_all) = (
+        sorted(tenant),
+        sorted(customer),
+        sorted(meter_customer),
+        sorted(meter_all),
+    );
+    Ok(PagesReport {
+        customers: args.customers,
+        samples: args.samples,
+        tenant_first_ms,
+        tenant_p50_ms: percentile(&tenant, 0.5),
+        tenant_p99_ms: percentile(&tenant, 0.99),
+        customer_p50_ms: percentile(&customer, 0.5),
+        customer_p99_ms: percentile(&customer, 0.99),
+        meter_customer_p50_ms: percentile(&meter_customer, 0.5),
+        meter_customer_p99_ms: percentile(&meter_customer, 0.99),
+        meter_all_p50_ms: percentile(&meter_all, 0.5),
+        meter_all_p99_ms: percentile(&meter_all, 0.99),
+        tenant_bytes,
+        customer_bytes,
+    })
+}
