@@ -128,7 +128,11 @@ async fn meter_volumes(
         let Some(series) = answers.get(&meter.slug) else {
             continue;
         };
-        let additive = matches!(meter.aggregation, Aggregation::Count | Aggregation::Sum);
+        // Counts, sums and integrals over time add up across days.
+        let additive = matches!(
+            meter.aggregation,
+            Aggregation::Count | Aggregation::Sum | Aggregation::WeightedSum
+        );
         let mut per_customer: BTreeMap<&str, Decimal> = BTreeMap::new();
         for row in &series.rows {
             let value = per_customer.entry(row.customer.as_str()).or_default();
@@ -165,7 +169,7 @@ async fn meter_volumes(
             thead { tr { th { "Meter" } th { "Aggregation" } th.num { "Volume" } th { "Top customers" } } }
             tbody { @for row in rows { (row) } }
         }
-        p.note { "Volume: the sum over the days for count and sum meters, the largest day otherwise." }
+        p.note { "Volume: the sum over the days for count, sum and weighted-sum meters, the largest day otherwise." }
     })
 }
 
@@ -177,5 +181,6 @@ fn aggregation_label(meter: &Meter) -> &'static str {
         Aggregation::Min => "min",
         Aggregation::UniqueCount => "unique count",
         Aggregation::Latest => "latest",
+        Aggregation::WeightedSum => "weighted sum",
     }
 }
