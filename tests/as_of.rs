@@ -139,17 +139,7 @@ async fn as_of_reproduces_the_figures_before_late_events_arrived() {
             ("pro/tokens".into(), d("1800"), tokens_then)
         ]
     );
-    let groups: Vec<(String, Decimal)> = then["charges"][1]["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["group"]["model"].as_str().unwrap().to_owned(),
-                dec(&g["quantity"]),
-            )
-        })
-        .collect();
+    let groups = common::by_model(&then["charges"][1], "quantity");
     assert_eq!(
         groups,
         vec![("gpt-x".into(), d("1500")), ("small".into(), d("300"))]

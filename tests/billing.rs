@@ -92,17 +92,7 @@ async fn current_period_usage_and_charges_are_exact() {
     assert_eq!(dec(&calls["tiers"][0]["quantity"]), d("234"));
     let tokens = &usage["charges"][1];
     assert_eq!(dec(&tokens["amount"]), tokens_amount);
-    let groups: Vec<(String, Decimal)> = tokens["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["group"]["model"].as_str().unwrap().to_owned(),
-                dec(&g["quantity"]),
-            )
-        })
-        .collect();
+    let groups = common::by_model(tokens, "quantity");
     assert_eq!(
         groups,
         vec![("gpt-x".into(), d("2500")), ("small".into(), d("300"))]
@@ -345,28 +335,6 @@ async fn post_status(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
         .await
 }
 
-/// The local date of Paris's latest day of `hours` hours (a DST change) strictly before today,
-/// and the UTC instant of its midnight: derived from the clock, so the test keeps testing a DST
-/// change on whatever day it runs.
-fn latest_paris_day_of(hours: i64) -> (chrono::NaiveDate, chrono::DateTime<Utc>) {
-    let tz = chrono_tz::Europe::Paris;
-    let midnight = |date: chrono::NaiveDate| {
-        date.and_hms_opt(0, 0, 0)
-            .and_then(|local| local.and_local_timezone(tz).earliest())
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap()
-    };
-    let today = Utc::now().with_timezone(&tz).date_naive();
-    today
-        .iter_days()
-        .rev()
-        .skip(1)
-        .take(400)
-        .find(|&date| (midnight(date.succ_opt().unwrap()) - midnight(date)).num_hours() == hours)
-        .map(|date| (date, midnight(date)))
-        .expect("Europe/Paris changes its clocks twice a year")
-}
-
 /// Daily calendar periods in Paris across both DST changes, found from the clock (the latest
 /// end of summer time, a 25-hour day, and the latest start, a 23-hour day, before today; the
 /// tenant allows backfill since they may be months old). An event at 23:30 local time belongs
@@ -388,8 +356,8 @@ async fn usage_across_a_dst_change_follows_the_customers_local_days() {
         json!({"external_id": "paris", "timezone": "Europe/Paris"}),
     )
     .await;
-    let (autumn, autumn_midnight) = latest_paris_day_of(25);
-    let (spring, spring_midnight) = latest_paris_day_of(23);
+    let (autumn, autumn_midnight) = common::latest_paris_day_of(25);
+    let (spring, spring_midnight) = common::latest_paris_day_of(23);
     let start = autumn_midnight.min(spring_midnight) - TimeDelta::days(3) + TimeDelta::hours(8);
     post(
         &app,
@@ -935,17 +903,7 @@ async fn a_percentage_price_takes_its_share_and_a_fee_per_event_past_the_free_on
     assert_eq!(charges[0]["events_count"], 5);
     // Per model: a: 1% of 600 + 1 event × 0.25 = 6.25; b: 1% of 900, 2 events free = 9.
     assert_eq!(dec(&charges[1]["amount"]), d("15.25"), "{report}");
-    let groups: Vec<(String, Decimal)> = charges[1]["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["group"]["model"].as_str().unwrap().to_owned(),
-                dec(&g["amount"]),
-            )
-        })
-        .collect();
+    let groups = common::by_model(&charges[1], "amount");
     assert_eq!(
         groups,
         [("a".to_owned(), d("6.25")), ("b".to_owned(), d("9"))]

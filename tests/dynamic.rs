@@ -77,20 +77,6 @@ fn charge<'a>(report: &'a Value, price: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no charge {price}: {report}"))
 }
 
-fn group_amounts(charge: &Value) -> Vec<(String, Decimal)> {
-    charge["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["group"]["model"].as_str().unwrap().to_owned(),
-                dec(&g["amount"]),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn each_event_is_priced_at_its_own_unit_amount_past_the_first_included_units() {
     let app = spawn_app("dynamic_priced").await;
@@ -152,7 +138,7 @@ async fn each_event_is_priced_at_its_own_unit_amount_past_the_first_included_uni
     assert_eq!(gpt, d("1.4"));
     let cost = charge(&report, "tokens_cost");
     assert_eq!(
-        group_amounts(cost),
+        common::by_model(cost, "amount"),
         vec![("gpt-x".into(), gpt), ("small".into(), small)]
     );
     assert_eq!(dec(&cost["amount"]), gpt + small);
@@ -202,7 +188,7 @@ async fn each_event_is_priced_at_its_own_unit_amount_past_the_first_included_uni
         "t0 and t1 free, 200 of t2 free: 500 × 0.003 + 0.5"
     );
     assert_eq!(
-        group_amounts(charge(&now_report, "tokens_cost")),
+        common::by_model(charge(&now_report, "tokens_cost"), "amount"),
         vec![("gpt-x".into(), gpt_now), ("small".into(), small)]
     );
     let as_of = at
@@ -216,7 +202,7 @@ async fn each_event_is_priced_at_its_own_unit_amount_past_the_first_included_uni
     .await;
     assert_eq!(status, 200, "{then}");
     assert_eq!(
-        group_amounts(charge(&then, "tokens_cost")),
+        common::by_model(charge(&then, "tokens_cost"), "amount"),
         vec![("gpt-x".into(), gpt), ("small".into(), small)]
     );
     assert_eq!(then["late_events"], 1);

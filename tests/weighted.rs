@@ -318,26 +318,6 @@ async fn a_plan_change_mid_period_rates_each_part_of_the_held_value_with_its_pla
     app.shutdown().await;
 }
 
-/// The latest Paris day before today that lasts `hours` hours (a DST change), and its start.
-fn latest_paris_day_of(hours: i64) -> DateTime<Utc> {
-    let tz = chrono_tz::Europe::Paris;
-    let midnight = |date: chrono::NaiveDate| {
-        date.and_hms_opt(0, 0, 0)
-            .and_then(|local| local.and_local_timezone(tz).earliest())
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap()
-    };
-    let today = Utc::now().with_timezone(&tz).date_naive();
-    today
-        .iter_days()
-        .rev()
-        .skip(1)
-        .take(400)
-        .find(|&date| (midnight(date.succ_opt().unwrap()) - midnight(date)).num_hours() == hours)
-        .map(midnight)
-        .expect("Europe/Paris changes its clocks twice a year")
-}
-
 /// Day units are 24 hours of elapsed time: a value held through a 25-hour local day (the end
 /// of summer time) counts 25/24 days, through a 23-hour day 23/24, in the usage report and in
 /// the series of local days. Dates come from the clock.
@@ -353,8 +333,8 @@ async fn day_units_are_elapsed_time_across_a_dst_change() {
                            "unit_amount": "1"}]}),
     )
     .await;
-    let autumn = latest_paris_day_of(25);
-    let spring = latest_paris_day_of(23);
+    let (_, autumn) = common::latest_paris_day_of(25);
+    let (_, spring) = common::latest_paris_day_of(23);
     let start = autumn.min(spring) - TimeDelta::days(3);
     post(
         &app,

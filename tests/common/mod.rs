@@ -262,6 +262,43 @@ pub fn dec(v: &Value) -> Decimal {
         .unwrap_or_else(|| panic!("not a decimal string: {v}")))
 }
 
+/// Each group of a charge of the usage API as (its `model`, its `field`), in the answer's order.
+pub fn by_model(charge: &Value, field: &str) -> Vec<(String, Decimal)> {
+    charge["groups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no groups: {charge}"))
+        .iter()
+        .map(|g| {
+            (
+                g["group"]["model"].as_str().unwrap().to_owned(),
+                dec(&g[field]),
+            )
+        })
+        .collect()
+}
+
+/// The local date of Paris's latest day of `hours` hours (a DST change) strictly before today,
+/// and the UTC instant of its midnight: derived from the clock, so a test keeps testing a DST
+/// change on whatever day it runs.
+pub fn latest_paris_day_of(hours: i64) -> (chrono::NaiveDate, chrono::DateTime<chrono::Utc>) {
+    let tz = chrono_tz::Europe::Paris;
+    let midnight = |date: chrono::NaiveDate| {
+        date.and_hms_opt(0, 0, 0)
+            .and_then(|local| local.and_local_timezone(tz).earliest())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap()
+    };
+    let today = chrono::Utc::now().with_timezone(&tz).date_naive();
+    today
+        .iter_days()
+        .rev()
+        .skip(1)
+        .take(400)
+        .find(|&date| (midnight(date.succ_opt().unwrap()) - midnight(date)).num_hours() == hours)
+        .map(|date| (date, midnight(date)))
+        .expect("Europe/Paris changes its clocks twice a year")
+}
+
 /// POSTs `body` with the admin key of `acme`; the answer, which must be a success.
 pub async fn post_ok(app: &TestApp, path: &str, body: Value) -> Value {
     let (status, answer) = app
