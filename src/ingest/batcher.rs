@@ -390,8 +390,20 @@ impl Batcher {
                 let refused = StoreError::Unavailable(format!("no insert started: {e}"));
                 return (Err(refused), attempt > 1);
             }
-            let sending = if attempt == 1 { rows } else { &missing[..] };
+            // In cluster mode every attempt sends the same blocks: the replicated tables drop a
+            // block that landed before (and then skip its views: the batch is completed as a
+            // settled one is, below).
+            let cluster = self.store.cluster().is_some();
+            let sending = if attempt == 1 || cluster {
+                rows
+            } else {
+                &missing[..]
+            };
             let error = match self.store.insert_events(sending, batch_id, attempt).await {
+                Ok(()) if cluster && attempt > 1 => {
+                    let completed = settle::landed(&self.store, &[batch_id], since_ms).await;
+                    return (completed.map(drop), true);
+                }
                 Ok(()) => return (Ok(()), true),
                 Err(e) if !e.is_retryable() || attempt >= MAX_ATTEMPTS => return (Err(e), true),
                 Err(e) => e,
@@ -400,6 +412,9 @@ impl Batcher {
             let jitter = Duration::from_millis(rand::random::<u64>() % 100);
             tracing::info!(error = %error, attempt, "retrying batch insert");
             tokio::time::sleep(backoff + jitter).await;
+            if cluster {
+                continue;
+            }
             // Retry only what is known not to have landed.
             let landed = async {
                 self.store.kill_inserts_of(batch_id).await?;

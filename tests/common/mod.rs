@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -407,28 +409,33 @@ pub fn free_port() -> u16 {
 /// the test keys and catalog and `extra` arguments. Its stderr goes to a file of its own
 /// (`scratch_dir("serve-{port}.log")`), read by [`serve_log`].
 pub fn serve_process(port: u16, database: &str, extra: &[&str]) -> Service {
+    let url = clickhouse_url();
+    // The shared ClickHouse is this test binary's: its generated password, as an operator
+    // would pass it (an environment variable keeps it off the command line).
+    let password = meterhouse::store::local::password_of(&url).expect("owned here");
+    serve_process_on(port, &url, &password, database, extra)
+}
+
+/// [`serve_process`] on the ClickHouse at `url` (nodes, comma-separated, with `--cluster`).
+pub fn serve_process_on(
+    port: u16,
+    url: &str,
+    password: &str,
+    database: &str,
+    extra: &[&str],
+) -> Service {
     let catalog = scratch_dir("serve-catalog.json");
     std::fs::create_dir_all(catalog.parent().unwrap()).unwrap();
     std::fs::write(&catalog, CATALOG).unwrap();
     let log = std::fs::File::create(scratch_dir(&format!("serve-{port}.log"))).unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_meterhouse"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--clickhouse-url",
-            &clickhouse_url(),
-            "--database",
-            database,
-        ])
+        .args(["--clickhouse-url", url, "--database", database])
         .args(["--api-keys", KEYS, "--batch-max-wait-ms", "5"])
         .arg("--catalog")
         .arg(&catalog)
         .args(extra)
-        // The shared ClickHouse is this test binary's: its generated password, as an operator
-        // would pass it (an environment variable keeps it off the command line).
-        .env(
-            "METERHOUSE_CLICKHOUSE_PASSWORD",
-            meterhouse::store::local::password_of(&clickhouse_url()).expect("owned here"),
-        )
+        .env("METERHOUSE_CLICKHOUSE_PASSWORD", password)
         .env("METERHOUSE_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(log)
