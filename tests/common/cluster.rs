@@ -156,6 +156,11 @@ impl LocalCluster {
             .join(",")
     }
 
+    /// The process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].process.0.as_ref().map(Child::id)
+    }
+
     /// Kills node `i` at once (SIGKILL), as a crash would.
     pub fn kill_node(&mut self, i: usize) {
         self.nodes[i].process.kill();
