@@ -205,7 +205,11 @@ impl LocalCluster {
         let http = reqwest::Client::new();
         let url = format!("{}/ping", self.nodes[i].url());
         while Instant::now() < deadline {
+            // Answering, and connected to ZooKeeper (which is up before any node starts).
+            let zookeeper = "SELECT count() FROM system.zookeeper WHERE path = '/'";
             if let Ok(r) = http.get(&url).timeout(Duration::from_secs(2)).send().await
+                && r.status().is_success()
+                && let Ok(r) = http.post(self.nodes[i].url()).body(zookeeper).send().await
                 && r.status().is_success()
             {
                 return;
