@@ -13,14 +13,15 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use common::cluster::{CLUSTER, LocalCluster};
 use common::{
     Service, TestApp, clickhouse_url, free_port, free_server_port, get_json, post_ok, scratch_dir,
-    serve_process_on, spawn_with, start_redis, test_config, wait_ready, wait_redis,
+    serve_process_on, spawn_retrying_clients_over, spawn_with, start_redis, test_config,
+    wait_ready, wait_redis,
 };
 use meterhouse::store::cluster::shard_of;
 use serde_json::{Value, json};
@@ -266,68 +267,6 @@ fn serve(port: u16, cluster: &LocalCluster, redis: &str) -> Service {
     )
 }
 
-/// Sends `requests` batches of `events` events spread over customers, each retried on the
-/// next replica until acknowledged; the ids acknowledged.
-async fn client(
-    http: reqwest::Client,
-    bases: Arc<Vec<String>>,
-    n: usize,
-    (requests, events): (usize, usize),
-    refused: Arc<AtomicUsize>,
-) -> Vec<String> {
-    let mut acknowledged = Vec::new();
-    for request in 0..requests {
-        let ids: Vec<String> = (0..events).map(|i| format!("e{n}-{request}-{i}")).collect();
-        let body: Vec<Value> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| json!({"id": id, "customer": format!("c{}", (n + i) % 8), "type": "api_call"}))
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let mut base = (n + request) % bases.len();
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "request {n}-{request} never acknowledged"
-            );
-            let sent = http
-                .post(format!("{}/v1/events", bases[base]))
-                .bearer_auth("ingest_key_a")
-                .json(&body)
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status() == 202 => {
-                    let ack: Value = r.json().await.unwrap();
-                    let counted =
-                        ack["accepted"].as_u64().unwrap() + ack["duplicates"].as_u64().unwrap();
-                    assert_eq!(counted, events as u64, "{ack}");
-                    acknowledged.extend(ids);
-                    break;
-                }
-                Ok(r) if r.status() == 503 => {
-                    assert!(
-                        r.headers().contains_key("retry-after"),
-                        "a 503 says when to retry"
-                    );
-                    refused.fetch_add(1, Relaxed);
-                }
-                Ok(r) => panic!(
-                    "unexpected {}: {}",
-                    r.status(),
-                    r.text().await.unwrap_or_default()
-                ),
-                Err(_) => {
-                    refused.fetch_add(1, Relaxed);
-                }
-            }
-            base = (base + 1) % bases.len();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    acknowledged
-}
-
 /// POSTs one event of `customer` until `want` is answered (at most 60 s); the status seen.
 async fn post_until(http: &reqwest::Client, base: &str, customer: &str, want: u16) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -425,18 +364,9 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_a_replica_or_zookeeper_die
         .filter(|&i| cluster.nodes[i].shard == 0)
         .collect();
 
-    let refused = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|n| {
-            tokio::spawn(client(
-                http.clone(),
-                bases.clone(),
-                n,
-                (40, 25),
-                refused.clone(),
-            ))
-        })
-        .collect();
+    let patience = Duration::from_secs(180);
+    let (clients, tally) =
+        spawn_retrying_clients_over(&http, &bases, (4, 40, 25), 8, "e", patience);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // A replica of shard 0 dies mid-ingest: its shard's writes are refused, the other shard's
@@ -497,7 +427,10 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_a_replica_or_zookeeper_die
         acknowledged.extend(c.await.unwrap());
     }
     assert_eq!(acknowledged.len(), 4 * 40 * 25);
-    assert!(refused.load(Relaxed) > 0, "the clients met the faults");
+    assert!(
+        tally.refused.load(Relaxed) > 0,
+        "the clients met the faults"
+    );
 
     // Every acknowledged event once, on both replicas of its shard, and counted once.
     let database = "test_cluster_faults";

@@ -4,7 +4,7 @@
 //! usage (one shard) and of a tenant-wide series (every shard).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -52,6 +52,8 @@ pub struct Report {
 #[derive(Debug, serde::Serialize)]
 pub struct Side {
     pub events_per_s: f64,
+    /// Requests answered 503 and sent again, over every round.
+    pub refused_requests: usize,
     /// CPU per event: the whole box, this process (service and clients), ClickHouse (and, for
     /// the cluster, ZooKeeper).
     pub cpu_us_per_event: loadgen::CpuPerEvent,
@@ -74,6 +76,8 @@ pub struct NodeCpu {
 /// One phase: ingest, then reads.
 struct Phase1 {
     ingest: Measured,
+    /// Requests answered 503 (and sent again).
+    refused: usize,
     acks: Vec<Duration>,
     customer_reads: Vec<Duration>,
     series_reads: Vec<Duration>,
@@ -188,6 +192,7 @@ fn side(phases: &mut [Phase1]) -> Side {
     let series = all(|p| &p.series_reads);
     Side {
         events_per_s: ingest.events_per_s,
+        refused_requests: phases.iter().map(|p| p.refused).sum(),
         cpu_us_per_event: ingest.cpu,
         ack_p50_ms: acks.0,
         ack_p99_ms: acks.1,
@@ -223,11 +228,12 @@ async fn phase(
     let next = Arc::new(AtomicUsize::new(0));
     let timed = Phase::start();
     let mut clients = Vec::new();
+    let refused = Arc::new(AtomicUsize::new(0));
     for _ in 0..args.clients {
         let endpoint = format!("{}/v1/events", service.base);
-        let (bodies, next) = (bodies.clone(), next.clone());
+        let (bodies, next, refused) = (bodies.clone(), next.clone(), refused.clone());
         clients.push(tokio::spawn(async move {
-            loadgen::client_loop(&endpoint, &bodies, &next).await
+            retrying_client(&endpoint, &bodies, &next, &refused).await
         }));
     }
     let (mut acks, mut accepted) = (Vec::new(), 0);
@@ -236,6 +242,7 @@ async fn phase(
         acks.extend(latencies);
         accepted += n;
     }
+    let refused = refused.load(Ordering::Relaxed);
     let ingest = timed.stop(accepted);
     if accepted != args.events {
         bail!("the service accepted {accepted} of {} events", args.events);
@@ -270,10 +277,58 @@ async fn phase(
     let _ = std::fs::remove_file(catalog);
     Ok(Phase1 {
         ingest,
+        refused,
         acks,
         customer_reads,
         series_reads,
     })
+}
+
+/// Sends bodies from `bodies` until none is left, each again after a `503` (the client's
+/// retry, as a shard waits for its replicas); the latency of each acknowledgement, from its
+/// first sending, and the events accepted.
+async fn retrying_client(
+    endpoint: &str,
+    bodies: &[String],
+    next: &AtomicUsize,
+    refused: &AtomicUsize,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?;
+    let (mut latencies, mut accepted) = (Vec::new(), 0);
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(body) = bodies.get(i) else { break };
+        let started = Instant::now();
+        loop {
+            let response = http
+                .post(endpoint)
+                .bearer_auth(KEY)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await?;
+            let status = response.status();
+            let ack: serde_json::Value = response.json().await?;
+            match status.as_u16() {
+                202 => {
+                    // Events of a refused request taken by one shard are duplicates on retry.
+                    let counted = ack["accepted"].as_u64().unwrap_or(0)
+                        + ack["duplicates"].as_u64().unwrap_or(0);
+                    accepted += counted as usize;
+                    break;
+                }
+                503 => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => bail!("ingest answered {status}: {ack}"),
+            }
+        }
+        latencies.push(started.elapsed());
+    }
+    Ok((latencies, accepted))
 }
 
 async fn timed_get(http: &reqwest::Client, base: &str, path: &str) -> anyhow::Result<Duration> {

@@ -54,6 +54,10 @@ pub struct Settings {
 /// Insert attempts per batch; another is made only once the previous one is known not to
 /// have landed.
 const MAX_ATTEMPTS: u32 = 3;
+/// In cluster mode, where an attempt is the same block again (dropped if it landed): a shard
+/// whose replicas lag behind answers "the quorum of the previous write is not reached yet"
+/// until they catch up, so its batch waits for them, up to the acknowledgement's patience.
+const MAX_ATTEMPTS_CLUSTER: u32 = 8;
 
 struct Submission {
     rows: Vec<EventRow>,
@@ -412,10 +416,23 @@ impl Batcher {
                     return (completed.map(drop), true);
                 }
                 Ok(()) => return (Ok(()), true),
-                Err(e) if !e.is_retryable() || attempt >= MAX_ATTEMPTS => return (Err(e), true),
+                Err(e) if !e.is_retryable() => return (Err(e), true),
+                Err(e)
+                    if attempt
+                        >= if cluster {
+                            MAX_ATTEMPTS_CLUSTER
+                        } else {
+                            MAX_ATTEMPTS
+                        } =>
+                {
+                    return (Err(e), true);
+                }
                 Err(e) => e,
             };
-            let backoff = Duration::from_millis(200 * 4u64.pow(attempt - 1));
+            let backoff = match cluster {
+                true => Duration::from_millis((100 * 2u64.pow(attempt - 1)).min(2_000)),
+                false => Duration::from_millis(200 * 4u64.pow(attempt - 1)),
+            };
             let jitter = Duration::from_millis(rand::random::<u64>() % 100);
             tracing::info!(error = %error, attempt, "retrying batch insert");
             tokio::time::sleep(backoff + jitter).await;

@@ -127,7 +127,7 @@ impl Store {
 }
 
 /// How long an insert waits for its quorum of replicas; under `END_TIMEOUT`.
-const QUORUM_TIMEOUT_MS: u64 = 5_000;
+const QUORUM_TIMEOUT_MS: u64 = 8_000;
 
 /// Inserts `rows` through `client` in one statement with id `query_id`.
 async fn insert_rows<'a>(

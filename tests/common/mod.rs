@@ -518,7 +518,23 @@ pub struct Tally {
 pub fn spawn_retrying_clients(
     http: &reqwest::Client,
     bases: &std::sync::Arc<Vec<String>>,
+    shape: (usize, usize, usize),
+    prefix: &'static str,
+    patience: Duration,
+) -> (
+    Vec<tokio::task::JoinHandle<Vec<String>>>,
+    std::sync::Arc<Tally>,
+) {
+    spawn_retrying_clients_over(http, bases, shape, 1, prefix, patience)
+}
+
+/// [`spawn_retrying_clients`] whose events are spread over `customers` customers (`c0`, `c1`
+/// …; one: `c1`).
+pub fn spawn_retrying_clients_over(
+    http: &reqwest::Client,
+    bases: &std::sync::Arc<Vec<String>>,
     (clients, requests, events): (usize, usize, usize),
+    customers: usize,
     prefix: &'static str,
     patience: Duration,
 ) -> (
@@ -532,6 +548,7 @@ pub fn spawn_retrying_clients(
                 http.clone(),
                 bases.clone(),
                 (c, requests, events),
+                customers,
                 prefix,
                 patience,
                 tally.clone(),
@@ -541,7 +558,8 @@ pub fn spawn_retrying_clients(
     (tasks, tally)
 }
 
-/// One retrying client: `requests` batches of `events` events of customer c1 (ids
+/// One retrying client: `requests` batches of `events` events of `customers` customers (event
+/// `i` of client `client`: `c{(client + i) % customers}`; one: c1) (ids
 /// `{prefix}{client}-{request}-{i}`), each sent to one of `bases` and retried with the same ids,
 /// on the next base, until acknowledged, at most `patience` each. An acknowledgement counts
 /// every event of its request, accepted or duplicate; any answer but `202`, `503` or a failed
@@ -550,6 +568,7 @@ pub async fn retrying_client(
     http: reqwest::Client,
     bases: std::sync::Arc<Vec<String>>,
     (client, requests, events): (usize, usize, usize),
+    customers: usize,
     prefix: &'static str,
     patience: Duration,
     tally: std::sync::Arc<Tally>,
@@ -562,7 +581,14 @@ pub async fn retrying_client(
             .collect();
         let body: Vec<Value> = ids
             .iter()
-            .map(|id| serde_json::json!({"id": id, "customer": "c1", "type": "api_call"}))
+            .enumerate()
+            .map(|(i, id)| {
+                let customer = match customers {
+                    0 | 1 => "c1".to_owned(),
+                    n => format!("c{}", (client + i) % n),
+                };
+                serde_json::json!({"id": id, "customer": customer, "type": "api_call"})
+            })
             .collect();
         let mut base = (client + request) % bases.len();
         let deadline = std::time::Instant::now() + patience;
@@ -588,6 +614,10 @@ pub async fn retrying_client(
                     break;
                 }
                 Ok(r) if r.status() == 503 => {
+                    assert!(
+                        r.headers().contains_key("retry-after"),
+                        "a 503 says when to retry"
+                    );
                     tally.refused.fetch_add(1, Relaxed);
                 }
                 Ok(r) => panic!(
