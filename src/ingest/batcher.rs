@@ -221,10 +221,12 @@ impl Batcher {
             let started = tokio::time::Instant::now();
             // In cluster mode one batch per shard: a shard that cannot take its rows refuses
             // only the requests with rows on it.
-            for batch in self.by_shard(pending) {
-                if !batch.is_empty() {
-                    self.flush(batch).await;
-                }
+            let mut batches = self.by_shard(pending);
+            batches.retain(|b| !b.is_empty());
+            match batches.len() {
+                0 => {}
+                1 => self.flush(batches.pop().unwrap_or_default()).await,
+                _ => self.flush_shards(batches).await,
             }
             // What a successor must settle should this process die now (sql/0014).
             self.writer
@@ -242,9 +244,49 @@ impl Batcher {
     }
 
     async fn flush(&mut self, submissions: Vec<Submission>) {
+        if let Some(batch) = self.prepare(submissions).await {
+            self.finish(batch, None).await;
+        }
+    }
+
+    /// Flushes one batch per shard: each prepared in turn, then their first insert attempts all
+    /// at once (each shard takes its own), then each finished in turn (retries, outcome,
+    /// answers).
+    async fn flush_shards(&mut self, batches: Vec<Vec<Submission>>) {
+        let mut prepared = Vec::with_capacity(batches.len());
+        for submissions in batches {
+            prepared.extend(self.prepare(submissions).await);
+        }
+        if self.ledger.may_insert(&self.writer).await.is_err() {
+            // Each batch finds out on its own, and is refused as it would be alone.
+            for batch in prepared {
+                self.finish(batch, None).await;
+            }
+            return;
+        }
+        for batch in &mut prepared {
+            for row in batch.rows.iter_mut() {
+                row.stamp(batch.now_ms, batch.batch_id);
+            }
+            self.observer.inserting(batch.batch_id, &batch.rows);
+        }
+        let store = &self.store;
+        let first = prepared
+            .iter()
+            .map(|b| store.insert_events(&b.rows, b.batch_id, 1));
+        let first = futures_util::future::join_all(first).await;
+        for (batch, first) in prepared.into_iter().zip(first) {
+            self.finish(batch, Some(first)).await;
+        }
+    }
+
+    /// Claims the ids of `submissions` as one batch and answers those refused or with nothing
+    /// to insert; `None` when nothing is left to insert.
+    async fn prepare(&mut self, submissions: Vec<Submission>) -> Option<Prepared> {
         if let Err(e) = self.ledger.settle(&self.store).await {
             tracing::warn!(error = %e, "cannot settle in-doubt batches; refusing this batch");
-            return self.refuse_all(submissions);
+            self.refuse_all(submissions);
+            return None;
         }
         let batch_id: u64 = rand::random();
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -263,7 +305,8 @@ impl Batcher {
                         .failed(batch_id, ids.collect(), now_ms, true)
                         .await;
                 }
-                return self.refuse_all(submissions);
+                self.refuse_all(submissions);
+                return None;
             }
         };
         let mut rows = Vec::new();
@@ -307,20 +350,41 @@ impl Batcher {
             for (reply, _) in waiting {
                 let _ = reply.send(Err(IngestError::Unavailable));
             }
-            return;
+            return None;
         }
-        let result = if rows.is_empty() {
-            if !unused.is_empty() {
-                // Nothing of the batch is inserted: it ends here.
-                let nothing = KeySet::default();
-                self.ledger.failed(batch_id, nothing, now_ms, false).await;
-            }
-            Ok(())
-        } else {
-            self.commit(&mut rows, taken, batch_id, now_ms).await
+        let batch = Prepared {
+            batch_id,
+            now_ms,
+            rows,
+            taken,
+            waiting,
         };
+        if !batch.rows.is_empty() {
+            return Some(batch);
+        }
+        if !unused.is_empty() {
+            // Nothing of the batch is inserted: it ends here.
+            let nothing = KeySet::default();
+            self.ledger.failed(batch_id, nothing, now_ms, false).await;
+        }
+        self.answer(batch.waiting, &Ok(()));
+        None
+    }
+
+    /// Inserts a prepared batch (`first`: the outcome of its first attempt, made already, its
+    /// rows stamped and the observer told) and answers its requests.
+    async fn finish(&mut self, mut batch: Prepared, first: Option<Result<(), StoreError>>) {
+        let (batch_id, now_ms) = (batch.batch_id, batch.now_ms);
+        let result = self
+            .commit(&mut batch.rows, batch.taken, batch_id, now_ms, first)
+            .await;
+        self.answer(batch.waiting, &result);
+    }
+
+    /// Answers the requests of a batch with its outcome.
+    fn answer(&self, waiting: Vec<(Reply, Ack)>, result: &Result<(), StoreError>) {
         for (reply, ack) in waiting {
-            let answer = match &result {
+            let answer = match result {
                 Ok(()) => {
                     self.metrics
                         .events_accepted
@@ -347,13 +411,18 @@ impl Batcher {
         keys: KeySet,
         batch_id: u64,
         now_ms: i64,
+        first: Option<Result<(), StoreError>>,
     ) -> Result<(), StoreError> {
-        for row in rows.iter_mut() {
-            row.stamp(now_ms, batch_id);
+        if first.is_none() {
+            for row in rows.iter_mut() {
+                row.stamp(now_ms, batch_id);
+            }
+            self.observer.inserting(batch_id, rows);
         }
         let started = Instant::now();
-        self.observer.inserting(batch_id, rows);
-        let (result, sent) = self.insert_with_retries(rows, batch_id, now_ms).await;
+        let (result, sent) = self
+            .insert_with_retries(rows, batch_id, now_ms, first)
+            .await;
         match &result {
             Ok(()) => {
                 self.ledger.committed(batch_id, keys, now_ms).await;
@@ -387,30 +456,38 @@ impl Batcher {
     /// here), then looked for. An attempt that landed in part (a batch spanning several months
     /// is written one part per month) is completed with the rows it lacks. Returns whether any
     /// attempt was sent.
+    /// `first` is the outcome of the first attempt when it was made already.
     async fn insert_with_retries(
         &mut self,
         rows: &[EventRow],
         batch_id: u64,
         since_ms: i64,
+        mut first: Option<Result<(), StoreError>>,
     ) -> (Result<(), StoreError>, bool) {
         let mut attempt = 0;
         let mut missing: Vec<EventRow> = Vec::new();
+        // In cluster mode every attempt sends the same blocks: the replicated tables drop a
+        // block that landed before (and then skip its views: the batch is completed as a
+        // settled one is, below).
+        let cluster = self.store.cluster().is_some();
         loop {
             attempt += 1;
-            if let Err(e) = self.ledger.may_insert(&self.writer).await {
-                let refused = StoreError::Unavailable(format!("no insert started: {e}"));
-                return (Err(refused), attempt > 1);
-            }
-            // In cluster mode every attempt sends the same blocks: the replicated tables drop a
-            // block that landed before (and then skip its views: the batch is completed as a
-            // settled one is, below).
-            let cluster = self.store.cluster().is_some();
-            let sending = if attempt == 1 || cluster {
-                rows
-            } else {
-                &missing[..]
+            let outcome = match first.take() {
+                Some(outcome) => outcome,
+                None => {
+                    if let Err(e) = self.ledger.may_insert(&self.writer).await {
+                        let refused = StoreError::Unavailable(format!("no insert started: {e}"));
+                        return (Err(refused), attempt > 1);
+                    }
+                    let sending = if attempt == 1 || cluster {
+                        rows
+                    } else {
+                        &missing[..]
+                    };
+                    self.store.insert_events(sending, batch_id, attempt).await
+                }
             };
-            let error = match self.store.insert_events(sending, batch_id, attempt).await {
+            let error = match outcome {
                 Ok(()) if cluster && attempt > 1 => {
                     let completed = settle::landed(&self.store, &[batch_id], since_ms).await;
                     return (completed.map(drop), true);
@@ -513,6 +590,20 @@ impl Batcher {
             self.refuse(submission);
         }
     }
+}
+
+type Reply = oneshot::Sender<Result<Ack, IngestError>>;
+
+/// A batch whose ids are claimed, ready to insert.
+struct Prepared {
+    batch_id: u64,
+    /// Its stamp.
+    now_ms: i64,
+    rows: Vec<EventRow>,
+    /// The keys of `rows`.
+    taken: KeySet,
+    /// Its requests and what each is answered if the batch is stored.
+    waiting: Vec<(Reply, Ack)>,
 }
 
 /// Answers a submission split by shard once each part is answered: its acknowledgement adds

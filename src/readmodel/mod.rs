@@ -245,11 +245,15 @@ impl UsageReader {
             by_shard[cluster.shard_of(tenant, customer)].push((customer, window));
         }
         let mut usage = HashMap::new();
-        for (shard, asked) in self.store.shards().iter().zip(&by_shard) {
-            if asked.is_empty() {
-                continue;
-            }
-            match Self::of_customers_on(shard, tenant, asked, meters).await? {
+        let shards = self.store.shards();
+        // Every shard holding some of them, at once.
+        let reads = shards
+            .iter()
+            .zip(&by_shard)
+            .filter(|(_, asked)| !asked.is_empty())
+            .map(|(shard, asked)| Self::of_customers_on(shard, tenant, asked, meters));
+        for read in futures_util::future::join_all(reads).await {
+            match read? {
                 Some(of_shard) => usage.extend(of_shard),
                 None => return Ok(None),
             }
@@ -306,8 +310,8 @@ impl UsageReader {
             Some(customer) => vec![self.store.for_customer(scope.tenant, customer)],
             None => self.store.shards(),
         };
-        let mut points = Vec::new();
-        for store in &stores {
+        // Every shard at once.
+        let reads = stores.iter().map(|store| async move {
             let parts = match scope.as_of_ms {
                 Some(_) => window::split(q.from_ms, q.to_ms, false),
                 None => window::parts_of(store, key, bounds, (hours, days)).await?,
@@ -315,7 +319,11 @@ impl UsageReader {
             if parts.is_empty() {
                 return Ok(vec![]);
             }
-            points.extend(store.series(&series_statement(&parts, q)).await?);
+            store.series(&series_statement(&parts, q)).await
+        });
+        let mut points = Vec::new();
+        for read in futures_util::future::join_all(reads).await {
+            points.extend(read?);
         }
         if stores.len() > 1 {
             points.sort_by(|a, b| {
