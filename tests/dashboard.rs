@@ -950,3 +950,50 @@ async fn the_overviews_links_carry_each_viewers_own_token_only() {
     assert!(page.contains("data-meter=\"calls\""), "{page}");
     assert!(!page.contains("token="), "another viewer's token: {page}");
 }
+
+#[tokio::test]
+async fn a_kept_week_is_served_at_once_and_read_again_in_the_background_after_a_minute() {
+    let app = spawn_app("dashboard_week_refresh").await;
+    seed(&app).await;
+    let url = link(&app, "read_key_a", json!({})).await;
+    let cookie = session_cookie(&app, &url).await;
+    let events_shown = || async {
+        let html = app
+            .http
+            .get(format!("{}/dashboard", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let shown = attribute_after(&html, "<section id=\"events\"", "data-events");
+        shown.parse::<u64>().unwrap()
+    };
+    let before = events_shown().await;
+    assert_eq!(before, 1242, "the seeded events");
+    let (status, answer) = app
+        .post_events("ingest_key_a", &common::events("late", "c2", 3))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(events_shown().await, before, "kept for a minute");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(
+        events_shown().await,
+        before,
+        "a stale week is served while it is read again"
+    );
+    let started = Instant::now();
+    loop {
+        let shown = events_shown().await;
+        if shown == before + 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the week read again: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
