@@ -837,7 +837,15 @@ async fn the_overviews_week_is_the_meter_querys_daily_series_folded_in_one_read(
         ("low", false),
         ("users", false),
         ("level", false),
+        ("load_hours", true),
     ];
+    post_ok(
+        &app,
+        "/v1/meters",
+        json!({"slug": "load_hours", "name": "Load hours", "event_type": "measure",
+               "aggregation": "weighted_sum", "value_property": "load", "weight_unit": "hour"}),
+    )
+    .await;
     for (slug, aggregation, property) in [
         ("peak", "max", "load"),
         ("low", "min", "load"),
