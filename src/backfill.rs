@@ -75,13 +75,40 @@ pub async fn run(
         .cloned()
         .ok_or_else(missing)?;
     let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
+    let mut outcome = Outcome::default();
+    // In cluster mode each shard replays its own customers' events.
+    for shard in store.shards() {
+        let on_shard = replay(&shard, tenant, &entry, (from_ms, to_ms)).await?;
+        outcome.events += on_shard.events;
+        outcome.already_sampled += on_shard.already_sampled;
+        outcome.samples_written += on_shard.samples_written;
+        outcome.skipped += on_shard.skipped;
+    }
+    tracing::info!(
+        tenant,
+        meter,
+        events = outcome.events,
+        samples_written = outcome.samples_written,
+        "backfill done"
+    );
+    Ok(outcome)
+}
+
+/// The backfill of one shard (or the one server).
+async fn replay(
+    store: &Store,
+    tenant: &str,
+    entry: &MeterEntry,
+    (from_ms, to_ms): (i64, i64),
+) -> Result<Outcome, BackfillError> {
+    let (meter, event_type) = (entry.slug.as_ref(), &entry.meter.event_type);
     let sampled: HashSet<String> = queries::sampled_event_ids(tenant, meter, from_ms, to_ms)
         .query(store.client())
         .fetch_all::<String>()
         .await?
         .into_iter()
         .collect();
-    let mut cursor = queries::events_of_type(tenant, &event_type, from_ms, to_ms)
+    let mut cursor = queries::events_of_type(tenant, event_type, from_ms, to_ms)
         .query(store.client())
         .fetch::<StoredEvent>()?;
     let tenant_name: std::sync::Arc<str> = tenant.into();
@@ -95,7 +122,7 @@ pub async fn run(
             outcome.already_sampled += 1;
             continue;
         }
-        match replay_row(&tenant_name, &entry, event, now_ms, batch_id) {
+        match replay_row(&tenant_name, entry, event, now_ms, batch_id) {
             Some(row) => rows.push(row),
             None => outcome.skipped += 1,
         }
@@ -104,13 +131,6 @@ pub async fn run(
         }
     }
     outcome.samples_written += write(store, &mut rows).await?;
-    tracing::info!(
-        tenant,
-        meter,
-        events = outcome.events,
-        samples_written = outcome.samples_written,
-        "backfill done"
-    );
     Ok(outcome)
 }
 

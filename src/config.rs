@@ -30,6 +30,17 @@ pub struct StoreConfig {
     /// the request is answered `422 query_too_large`.
     #[arg(long, env = "METERHOUSE_READ_MEMORY_BYTES", default_value_t = 1 << 30)]
     pub read_memory_bytes: u64,
+    /// A cluster in the ClickHouse servers' `remote_servers` (their `shard` and `replica`
+    /// macros and ZooKeeper set): tables are created replicated `ON CLUSTER`, customers are
+    /// spread over its shards, and `--clickhouse-url` lists its nodes, comma-separated.
+    /// Unset: one server, plain tables.
+    #[arg(long, env = "METERHOUSE_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Replicas of a shard that hold a batch before it is acknowledged (ClickHouse's
+    /// `insert_quorum`), in cluster mode; default 2. With fewer replicas of a shard answering,
+    /// its writes are refused with 503.
+    #[arg(long, env = "METERHOUSE_INSERT_QUORUM")]
+    pub insert_quorum: Option<u64>,
     /// Directory for the owned ClickHouse's files (and nothing else).
     #[arg(long, env = "METERHOUSE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

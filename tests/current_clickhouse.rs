@@ -330,6 +330,23 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": format!("SELECT count() FROM ({})", queries::due_deliveries(1795000001000, 0, 10).render()), "expect": "0"}),
         json!({"sql": queries::attempts_of("t", &["evt_1".to_owned()]).render(), "expect": "t\tevt_1\twe_1\t1\t1795000001000\t500\tanswered 500\t12"}),
     ];
+    // The cluster form of every migration (tests/cluster.rs runs it on 18.16): chDB has no
+    // ZooKeeper nor remote_servers, so current ClickHouse parses it without running it.
+    let mut checks = checks;
+    let ledger = std::iter::once((0, queries::CREATE_MIGRATIONS_LEDGER.to_owned()));
+    let all = migrate::MIGRATIONS
+        .iter()
+        .flat_map(|(v, _, sql)| migrate::statements(sql).into_iter().map(move |s| (*v, s)));
+    for (version, statement) in ledger.chain(all) {
+        if let migrate::Step::OnCluster(sql) =
+            migrate::clustered(&statement, "mh", "mh", version).unwrap()
+        {
+            let literal = sql.replace('\\', "\\\\").replace('\'', "\\'");
+            checks.push(
+                json!({"sql": format!("SELECT formatQuery('{literal}') != ''"), "expect": "1"}),
+            );
+        }
+    }
     let plan = json!({"statements": statements, "checks": checks});
     let dir = std::env::temp_dir().join(format!("meterhouse-chdb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -54,11 +54,11 @@ pub struct LoadgenArgs {
     pub redis_url: Option<String>,
 }
 
-const METERS: &str = r#"{"tenants": [{"id": "load", "meters": [
+pub const METERS: &str = r#"{"tenants": [{"id": "load", "meters": [
   {"slug": "calls", "name": "Calls", "event_type": "api_call", "aggregation": "count"},
   {"slug": "tokens", "name": "Tokens", "event_type": "api_call", "aggregation": "sum",
    "value_property": "tokens", "group_by": ["model"]}]}]}"#;
-const KEY: &str = "loadgen-ingest-key";
+pub const KEY: &str = "loadgen-ingest-key";
 
 /// What one run measured.
 #[derive(Debug, serde::Serialize)]
@@ -206,7 +206,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
 }
 
 /// The `p` quantile of sorted `latencies`, in ms.
-fn percentile(latencies: &[Duration], p: f64) -> f64 {
+pub fn percentile(latencies: &[Duration], p: f64) -> f64 {
     latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3
 }
 
@@ -293,20 +293,20 @@ impl RedisUse {
 }
 
 /// The median round by rate, with that round's CPU figures.
-fn median(rounds: &mut [Measured]) -> Measured {
+pub fn median(rounds: &mut [Measured]) -> Measured {
     rounds.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
     rounds[rounds.len() / 2]
 }
 
-fn cores() -> usize {
+pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// What one phase of a round measured.
 #[derive(Debug, Clone, Copy)]
-struct Measured {
-    events_per_s: f64,
-    cpu: CpuPerEvent,
+pub struct Measured {
+    pub events_per_s: f64,
+    pub cpu: CpuPerEvent,
 }
 
 impl std::fmt::Display for Measured {
@@ -407,13 +407,13 @@ impl CpuTicks {
 }
 
 /// The timed part of a phase: wall time and CPU ticks since its start.
-struct Phase {
+pub struct Phase {
     before: CpuTicks,
     started: Instant,
 }
 
 impl Phase {
-    fn start() -> Self {
+    pub fn start() -> Self {
         Self {
             before: CpuTicks::now(),
             started: Instant::now(),
@@ -421,7 +421,7 @@ impl Phase {
     }
 
     /// Events/s and CPU per event of `events` handled since the start.
-    fn stop(self, events: usize) -> Measured {
+    pub fn stop(self, events: usize) -> Measured {
         let elapsed = self.started.elapsed().as_secs_f64();
         Measured {
             events_per_s: events as f64 / elapsed,
@@ -439,7 +439,7 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// Request bodies (JSON arrays), rendered before anything is timed.
-fn make_bodies(args: &LoadgenArgs, run_id: &str) -> Vec<String> {
+pub fn make_bodies(args: &LoadgenArgs, run_id: &str) -> Vec<String> {
     let now = chrono::Utc::now().timestamp_millis();
     let models = ["gpt-x", "gpt-y", "small"];
     (0..args.events.div_ceil(args.batch))
@@ -626,7 +626,7 @@ async fn through_service(
     Ok((measured, latencies))
 }
 
-async fn client_loop(
+pub async fn client_loop(
     endpoint: &str,
     bodies: &[String],
     next: &AtomicUsize,

@@ -584,8 +584,17 @@ pub(crate) async fn meter_series(
     let late_events = match at {
         Some(_) => {
             let statement = late_events_of_meter(&query.scope, (query.from_ms, query.to_ms));
-            let late = state.usage.store().late_events(&statement).await;
-            Some(late.map_err(UsageError::from)?)
+            let mut late = 0;
+            for store in state
+                .usage
+                .stores_for(query.scope.tenant, query.scope.customer)
+            {
+                late += store
+                    .late_events(&statement)
+                    .await
+                    .map_err(UsageError::from)?;
+            }
+            Some(late)
         }
         None => None,
     };

@@ -61,8 +61,9 @@ struct Submission {
     reply: oneshot::Sender<Result<Ack, IngestError>>,
     /// When the handler queued it (see `gather`).
     arrived: tokio::time::Instant,
-    /// Holds this submission's share of the queue bound until it is answered.
-    _permit: OwnedSemaphorePermit,
+    /// Holds this submission's share of the queue bound until it is answered (a part of a
+    /// submission split by shard holds none: the whole does).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The handlers' side: submit rows and wait for them to be durable. Cheap to clone.
@@ -91,7 +92,7 @@ impl Ingestor {
                 keys,
                 reply,
                 arrived: tokio::time::Instant::now(),
-                _permit: permit,
+                _permit: Some(permit),
             })
             .map_err(|_| IngestError::Unavailable)?;
         match tokio::time::timeout(self.ack_timeout, answer).await {
@@ -214,7 +215,13 @@ impl Batcher {
             let Some(first) = first else { break };
             let pending = gather(&mut self.rx, first, &self.settings, previous).await;
             let started = tokio::time::Instant::now();
-            self.flush(pending).await;
+            // In cluster mode one batch per shard: a shard that cannot take its rows refuses
+            // only the requests with rows on it.
+            for batch in self.by_shard(pending) {
+                if !batch.is_empty() {
+                    self.flush(batch).await;
+                }
+            }
             // What a successor must settle should this process die now (sql/0014).
             self.writer
                 .unsettled_since(self.ledger.oldest_in_doubt_ms());
@@ -390,8 +397,20 @@ impl Batcher {
                 let refused = StoreError::Unavailable(format!("no insert started: {e}"));
                 return (Err(refused), attempt > 1);
             }
-            let sending = if attempt == 1 { rows } else { &missing[..] };
+            // In cluster mode every attempt sends the same blocks: the replicated tables drop a
+            // block that landed before (and then skip its views: the batch is completed as a
+            // settled one is, below).
+            let cluster = self.store.cluster().is_some();
+            let sending = if attempt == 1 || cluster {
+                rows
+            } else {
+                &missing[..]
+            };
             let error = match self.store.insert_events(sending, batch_id, attempt).await {
+                Ok(()) if cluster && attempt > 1 => {
+                    let completed = settle::landed(&self.store, &[batch_id], since_ms).await;
+                    return (completed.map(drop), true);
+                }
                 Ok(()) => return (Ok(()), true),
                 Err(e) if !e.is_retryable() || attempt >= MAX_ATTEMPTS => return (Err(e), true),
                 Err(e) => e,
@@ -400,6 +419,9 @@ impl Batcher {
             let jitter = Duration::from_millis(rand::random::<u64>() % 100);
             tracing::info!(error = %error, attempt, "retrying batch insert");
             tokio::time::sleep(backoff + jitter).await;
+            if cluster {
+                continue;
+            }
             // Retry only what is known not to have landed.
             let landed = async {
                 self.store.kill_inserts_of(batch_id).await?;
@@ -421,6 +443,50 @@ impl Batcher {
         }
     }
 
+    /// `submissions` grouped by the shard their rows go to (one group without a cluster). A
+    /// submission with rows on several shards is split: its parts join their shards' groups,
+    /// and it is answered once every part is, accepted only if every part is.
+    fn by_shard(&self, submissions: Vec<Submission>) -> Vec<Vec<Submission>> {
+        let Some(cluster) = self.store.cluster().filter(|c| c.shard_count() > 1) else {
+            return vec![submissions];
+        };
+        let shard_of = |row: &EventRow| cluster.shard_of(&row.tenant, &row.customer);
+        let mut groups: Vec<Vec<Submission>> =
+            (0..cluster.shard_count()).map(|_| Vec::new()).collect();
+        for submission in submissions {
+            let first = submission.rows.first().map_or(0, shard_of);
+            if submission.rows.iter().all(|row| shard_of(row) == first) {
+                groups[first].push(submission);
+                continue;
+            }
+            let mut parts: Vec<(Vec<EventRow>, Vec<u128>)> = (0..groups.len())
+                .map(|_| (Vec::new(), Vec::new()))
+                .collect();
+            for (row, key) in submission.rows.into_iter().zip(submission.keys) {
+                let part = &mut parts[shard_of(&row)];
+                part.0.push(row);
+                part.1.push(key);
+            }
+            let mut answers = Vec::new();
+            for (shard, (rows, keys)) in parts.into_iter().enumerate() {
+                if rows.is_empty() {
+                    continue;
+                }
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                groups[shard].push(Submission {
+                    rows,
+                    keys,
+                    reply,
+                    arrived: submission.arrived,
+                    _permit: None,
+                });
+            }
+            tokio::spawn(answer_whole(answers, submission.reply, submission._permit));
+        }
+        groups
+    }
+
     fn refuse(&self, submission: Submission) {
         let _ = submission.reply.send(Err(IngestError::Unavailable));
     }
@@ -430,6 +496,31 @@ impl Batcher {
             self.refuse(submission);
         }
     }
+}
+
+/// Answers a submission split by shard once each part is answered: its acknowledgement adds
+/// theirs; one part refused refuses it (the parts taken are answered as duplicates on retry).
+async fn answer_whole(
+    parts: Vec<oneshot::Receiver<Result<Ack, IngestError>>>,
+    reply: oneshot::Sender<Result<Ack, IngestError>>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let mut whole = Ok(Ack {
+        accepted: 0,
+        duplicates: 0,
+    });
+    for part in parts {
+        let answer = part.await.unwrap_or(Err(IngestError::Unavailable));
+        whole = match (whole, answer) {
+            (Ok(a), Ok(b)) => Ok(Ack {
+                accepted: a.accepted + b.accepted,
+                duplicates: a.duplicates + b.duplicates,
+            }),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+    }
+    let _ = reply.send(whole);
+    drop(permit);
 }
 
 /// When the batcher's previous flush ended, and how long it took.

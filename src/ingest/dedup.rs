@@ -162,12 +162,14 @@ pub async fn accepted_since(store: &Store, since_ms: i64) -> Result<Vec<(u128, i
         id: String,
         ingested_ms: i64,
     }
-    let mut cursor = crate::store::queries::accepted_since(since_ms)
-        .query(store.client())
-        .fetch::<Accepted>()?;
     let mut accepted = Vec::new();
-    while let Some(row) = cursor.next().await? {
-        accepted.push((key(&row.tenant, &row.id), row.ingested_ms));
+    for shard in store.shards() {
+        let mut cursor = crate::store::queries::accepted_since(since_ms)
+            .query(shard.client())
+            .fetch::<Accepted>()?;
+        while let Some(row) = cursor.next().await? {
+            accepted.push((key(&row.tenant, &row.id), row.ingested_ms));
+        }
     }
     Ok(accepted)
 }

@@ -45,7 +45,14 @@ pub fn spawn(store: Store, mut lock: Option<Lock>, every: Duration) -> tokio::ta
     })
 }
 
+/// One round on each shard (the one server, without a cluster): each keeps its own rollups.
 async fn round(store: &Store) {
+    for shard in store.shards() {
+        round_on(&shard).await;
+    }
+}
+
+async fn round_on(store: &Store) {
     match store.may_have_dirty_hours().await {
         Ok(false) => {}
         Ok(true) => {

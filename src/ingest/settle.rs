@@ -93,27 +93,47 @@ pub async fn landed_keys(
     since_ms: i64,
 ) -> Result<HashMap<u64, KeySet>, StoreError> {
     let mut by_batch: HashMap<u64, KeySet> = HashMap::new();
-    if landed(store, batch_ids, since_ms).await?.is_empty() {
-        return Ok(by_batch);
-    }
-    let rows: Vec<(u64, String, String)> = queries::landed_ids(since_ms, batch_ids)
-        .query(store.client())
-        .fetch_all()
-        .await?;
-    for (batch_id, tenant, id) in rows {
-        by_batch
-            .entry(batch_id)
-            .or_default()
-            .insert(key(&tenant, &id));
+    // In cluster mode a batch's rows are spread over the shards: each is looked up in each.
+    for shard in store.shards() {
+        if landed_on(&shard, batch_ids, since_ms).await?.is_empty() {
+            continue;
+        }
+        let rows: Vec<(u64, String, String)> = queries::landed_ids(since_ms, batch_ids)
+            .query(shard.client())
+            .fetch_all()
+            .await?;
+        for (batch_id, tenant, id) in rows {
+            by_batch
+                .entry(batch_id)
+                .or_default()
+                .insert(key(&tenant, &id));
+        }
     }
     Ok(by_batch)
 }
 
-/// Which of these batches ClickHouse holds. A batch found in `events` whose samples are
+/// [`landed_on`] every shard (the one server, without a cluster): the batches found on any.
+pub async fn landed(
+    store: &Store,
+    batch_ids: &[u64],
+    since_ms: i64,
+) -> Result<Vec<u64>, StoreError> {
+    let mut found = Vec::new();
+    for shard in store.shards() {
+        for batch_id in landed_on(&shard, batch_ids, since_ms).await? {
+            if !found.contains(&batch_id) {
+                found.push(batch_id);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Which of these batches one shard (or the one server) holds. A batch found in `events` whose samples are
 /// missing, for some of its events or all (an insert attempt stopped between the table and its
 /// view), gets them re-derived, and the
 /// hours of every batch found are marked for readers to take from samples (sql/0007).
-pub async fn landed(
+async fn landed_on(
     store: &Store,
     batch_ids: &[u64],
     since_ms: i64,

@@ -120,10 +120,16 @@ impl WriterStatus {
             return Ok(0);
         };
         store.kill_all_inserts().await?;
-        let batches: Vec<u64> = queries::batches_since(since_ms)
-            .query(store.client())
-            .fetch_all()
-            .await?;
+        let mut batches: Vec<u64> = Vec::new();
+        for shard in store.shards() {
+            let on_shard: Vec<u64> = queries::batches_since(since_ms)
+                .query(shard.client())
+                .fetch_all()
+                .await?;
+            batches.extend(on_shard);
+        }
+        batches.sort_unstable();
+        batches.dedup();
         if !batches.is_empty() {
             super::settle::landed(store, &batches, since_ms).await?;
         }

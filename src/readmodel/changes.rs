@@ -34,7 +34,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub(super) fn spawn_poll(
     reader: UsageReader,
     every: Duration,
-    mut since: Option<u32>,
+    mut since: Option<Vec<u32>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut pruned_at = tokio::time::Instant::now();
@@ -43,7 +43,7 @@ pub(super) fn spawn_poll(
             if !std::mem::take(&mut first) {
                 tokio::time::sleep(every).await;
             }
-            let polled = tokio::time::timeout(POLL_TIMEOUT, poll(&reader, since)).await;
+            let polled = tokio::time::timeout(POLL_TIMEOUT, poll(&reader, since.as_deref())).await;
             match polled.unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into()))) {
                 Ok(now) => since = Some(now),
                 Err(e) => {
@@ -53,38 +53,45 @@ pub(super) fn spawn_poll(
             }
             if pruned_at.elapsed() >= PRUNE_EVERY {
                 pruned_at = tokio::time::Instant::now();
-                if let Err(e) = reader
-                    .store()
-                    .drop_days_before_yesterday("usage_change_batches")
-                    .await
-                {
-                    tracing::warn!(error = %e, "dropping old usage changes failed");
+                for shard in reader.store().shards() {
+                    if let Err(e) = shard
+                        .drop_days_before_yesterday("usage_change_batches")
+                        .await
+                    {
+                        tracing::warn!(error = %e, "dropping old usage changes failed");
+                    }
                 }
             }
         }
     })
 }
 
-/// Drops the answers of the customers changed since `since` (server seconds; everything kept
-/// is dropped on the first poll); returns the server's time, taken before reading the changes.
-pub async fn poll(reader: &UsageReader, since: Option<u32>) -> Result<u32, StoreError> {
+/// Drops the answers of the customers changed since `since` (server seconds, per shard; on
+/// the first poll everything kept is dropped); returns each server's time, taken before
+/// reading its changes.
+pub async fn poll(reader: &UsageReader, since: Option<&[u32]>) -> Result<Vec<u32>, StoreError> {
     let began = std::time::Instant::now();
-    let now = reader.store().server_now().await?;
-    let Some(since) = since else {
+    let shards = reader.store().shards();
+    let mut now = Vec::with_capacity(shards.len());
+    for shard in &shards {
+        now.push(shard.server_now().await?);
+    }
+    let Some(since) = since.filter(|s| s.len() == shards.len()) else {
         // Nothing is known of what happened before the first poll.
         reader.cache().clear();
         reader.cache().polled(began);
         return Ok(now);
     };
     let own = reader.cache().own_batches();
-    let changed = reader
-        .store()
-        .usage_changed_since(since.saturating_sub(POLL_OVERLAP_S), &own)
-        .await?;
-    if !changed.is_empty() {
-        reader
-            .cache()
-            .invalidate(changed.iter().map(|(t, c)| (t.as_str(), c.as_str())));
+    for (shard, since) in shards.iter().zip(since) {
+        let changed = shard
+            .usage_changed_since(since.saturating_sub(POLL_OVERLAP_S), &own)
+            .await?;
+        if !changed.is_empty() {
+            reader
+                .cache()
+                .invalidate(changed.iter().map(|(t, c)| (t.as_str(), c.as_str())));
+        }
     }
     reader.cache().polled(began);
     Ok(now)
@@ -104,7 +111,9 @@ impl BatchObserver for UsageReader {
         {
             // The view re-opened their days in the day grain (sql/0015): reads of this process
             // look the marks up from now on, so that they see these events.
-            self.store().reopened_days_marked();
+            for shard in self.store().shards() {
+                shard.reopened_days_marked();
+            }
         }
         self.cache().fold(batch_id, samples(rows));
     }

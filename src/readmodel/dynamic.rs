@@ -58,6 +58,7 @@ pub(super) async fn amounts(
             let statement = priced_samples_statement(&scope);
             let samples = reader
                 .store()
+                .for_customer(read.tenant, read.customer)
                 .samples_to_include(&statement, read.included)
                 .await?;
             let samples = samples.into_iter().map(|s| PricedSample {

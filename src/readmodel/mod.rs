@@ -113,11 +113,21 @@ impl UsageReader {
             return Ok(None);
         };
         let statement = late_events_statement(tenant, customer, windows, as_of_ms);
-        Ok(Some(self.store.late_events(&statement).await?))
+        let store = self.store.for_customer(tenant, customer);
+        Ok(Some(store.late_events(&statement).await?))
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The store handles that hold `customer` of `tenant` (its shard's), or every customer of
+    /// it (every shard's); one handle on one server.
+    pub fn stores_for(&self, tenant: &str, customer: Option<&str>) -> Vec<Store> {
+        match customer {
+            Some(customer) => vec![self.store.for_customer(tenant, customer)],
+            None => self.store.shards(),
+        }
     }
 
     pub fn cache(&self) -> &UsageCache {
@@ -127,9 +137,10 @@ impl UsageReader {
     /// One meter's usage per group of the query's `group_by`.
     pub async fn of_meter(&self, q: &UsageQuery<'_>) -> Result<Vec<GroupUsage>, StoreError> {
         let key = (q.tenant, q.meter, Some(q.customer));
+        let store = self.store.for_customer(q.tenant, q.customer);
         let parts = match self.as_of_ms {
             Some(_) => window::split(q.from_ms, q.to_ms, false),
-            None => window::parts_of(&self.store, key, (q.from_ms, q.to_ms), (true, true)).await?,
+            None => window::parts_of(&store, key, (q.from_ms, q.to_ms), (true, true)).await?,
         };
         if parts.is_empty() {
             return Ok(vec![]);
@@ -142,7 +153,7 @@ impl UsageReader {
             as_of_ms: self.as_of_ms,
         };
         let statement = usage_statement(&parts, q.aggregation, q.group_by, &scope);
-        self.store.usage(&statement).await
+        store.usage(&statement).await
     }
 
     /// Usage of several meters of one customer over `bounds` (epoch ms), per meter and
@@ -193,11 +204,11 @@ impl UsageReader {
             if meters.is_empty() || bounds.0 >= bounds.1 {
                 return Ok(Some(vec![]));
             }
+            let store = self.store.for_customer(tenant, customer);
             let parts =
-                window::parts_as_of(&self.store, (tenant, customer), bounds, as_of_ms, meters)
-                    .await?;
+                window::parts_as_of(&store, (tenant, customer), bounds, as_of_ms, meters).await?;
             let statement = as_of_statement(tenant, customer, &parts, as_of_ms, meters);
-            let mut usage = self.store.usage_of_meters(&statement, true).await?;
+            let mut usage = store.usage_of_meters(&statement, true).await?;
             return Ok(Some(usage.remove(customer).unwrap_or_default()));
         }
         let usage = self
@@ -225,15 +236,43 @@ impl UsageReader {
         if meters.is_empty() || asked.is_empty() {
             return Ok(Some(HashMap::new()));
         }
-        let windows = window::windows_of(&asked);
-        if windows.hours().is_some() && self.store.may_have_dirty_hours().await? {
+        let Some(cluster) = self.store.cluster() else {
+            return Self::of_customers_on(&self.store, tenant, &asked, meters).await;
+        };
+        // Each shard answers for its customers; together, for all of them.
+        let mut by_shard = vec![Vec::new(); cluster.shard_count()];
+        for &(customer, window) in &asked {
+            by_shard[cluster.shard_of(tenant, customer)].push((customer, window));
+        }
+        let mut usage = HashMap::new();
+        for (shard, asked) in self.store.shards().iter().zip(&by_shard) {
+            if asked.is_empty() {
+                continue;
+            }
+            match Self::of_customers_on(shard, tenant, asked, meters).await? {
+                Some(of_shard) => usage.extend(of_shard),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(usage))
+    }
+
+    /// [`UsageReader::of_customers`] from one shard (or the one server), for customers it holds.
+    async fn of_customers_on(
+        store: &Store,
+        tenant: &str,
+        asked: &[(&str, (i64, i64))],
+        meters: &Meters<'_>,
+    ) -> Result<Option<HashMap<String, Vec<MeterGroupUsage>>>, StoreError> {
+        let windows = window::windows_of(asked);
+        if windows.hours().is_some() && store.may_have_dirty_hours().await? {
             let one = match asked[..] {
                 [(customer, _)] => Some(customer),
                 _ => None,
             };
             let (from, to) = windows.span();
             for &(meter, _) in meters {
-                let dirty = self.store.dirty_hours(tenant, meter, one, from, to).await?;
+                let dirty = store.dirty_hours(tenant, meter, one, from, to).await?;
                 if !dirty.is_empty() {
                     return Ok(None);
                 }
@@ -241,17 +280,14 @@ impl UsageReader {
         }
         let usage = match asked[..] {
             [(customer, (from, to))] => {
-                let grain = self
-                    .store
-                    .day_parts(tenant, Some(customer), (from, to))
-                    .await?;
+                let grain = store.day_parts(tenant, Some(customer), (from, to)).await?;
                 let parts = window::with_days(window::split(from, to, true), &grain);
                 let statement = combined_statement(tenant, customer, &parts, meters);
-                self.store.usage_of_meters(&statement, true).await?
+                store.usage_of_meters(&statement, true).await?
             }
             _ => {
                 let statement = customers_statement(tenant, &windows, meters);
-                self.store.usage_of_meters(&statement, false).await?
+                store.usage_of_meters(&statement, false).await?
             }
         };
         Ok(Some(usage))
@@ -264,13 +300,32 @@ impl UsageReader {
         let hours = q.hours_align && q.window_size != crate::store::series_sql::WindowSize::Minute;
         let days = q.utc_days && q.window_size == crate::store::series_sql::WindowSize::Day;
         let bounds = (q.from_ms, q.to_ms);
-        let parts = match scope.as_of_ms {
-            Some(_) => window::split(q.from_ms, q.to_ms, false),
-            None => window::parts_of(&self.store, key, bounds, (hours, days)).await?,
+        // One customer's series from its shard; every customer's from every shard, each
+        // customer's points whole on its own.
+        let stores = match scope.customer {
+            Some(customer) => vec![self.store.for_customer(scope.tenant, customer)],
+            None => self.store.shards(),
         };
-        if parts.is_empty() {
-            return Ok(vec![]);
+        let mut points = Vec::new();
+        for store in &stores {
+            let parts = match scope.as_of_ms {
+                Some(_) => window::split(q.from_ms, q.to_ms, false),
+                None => window::parts_of(store, key, bounds, (hours, days)).await?,
+            };
+            if parts.is_empty() {
+                return Ok(vec![]);
+            }
+            points.extend(store.series(&series_statement(&parts, q)).await?);
         }
-        self.store.series(&series_statement(&parts, q)).await
+        if stores.len() > 1 {
+            points.sort_by(|a, b| {
+                (a.window, &a.customer, &a.usage.group).cmp(&(
+                    b.window,
+                    &b.customer,
+                    &b.usage.group,
+                ))
+            });
+        }
+        Ok(points)
     }
 }

@@ -35,8 +35,22 @@ pub async fn weighted_usage(
     unit: WeightUnit,
 ) -> Result<Vec<WeightedUsage>, UsageError> {
     let statement = weighted_statement(w);
-    let samples = reader.store().weighted_samples(&statement).await?;
+    let samples = samples_of(reader, w, &statement).await?;
     integrate(&samples, (w.from_ms, w.to_ms), unit)
+}
+
+/// The samples `statement` reads for `w`: from the customer's shard, or every shard (each
+/// customer's whole on its own, in order).
+async fn samples_of(
+    reader: &UsageReader,
+    w: &WeightedScope<'_>,
+    statement: &crate::store::sql::Sql,
+) -> Result<Vec<crate::store::weighted_sql::WeightedSample>, UsageError> {
+    let mut samples = Vec::new();
+    for store in reader.stores_for(w.scope.tenant, w.scope.customer) {
+        samples.extend(store.weighted_samples(statement).await?);
+    }
+    Ok(samples)
 }
 
 /// Integrates `samples` (ordered by customer, series and time) over `window`.
@@ -151,10 +165,7 @@ pub async fn weighted_series(
         from_ms: q.from_ms,
         to_ms: q.to_ms,
     };
-    let samples = reader
-        .store()
-        .weighted_samples(&weighted_statement(&w))
-        .await?;
+    let samples = samples_of(reader, &w, &weighted_statement(&w)).await?;
     let mut totals: BTreeMap<(i64, &str, &[String]), (Decimal, u64)> = BTreeMap::new();
     for series in samples.chunk_by(|a, b| a.customer == b.customer && a.series == b.series) {
         let held: Vec<HeldValue> = series

@@ -73,7 +73,7 @@ impl Store {
     /// (true at once after this process's own marks).
     pub async fn may_have_dirty_hours(&self) -> Result<bool, StoreError> {
         self.dirty
-            .may_have(&self.client, queries::ANY_DIRTY_HOURS)
+            .may_have(self.client(), queries::ANY_DIRTY_HOURS)
             .await
     }
 
@@ -91,7 +91,7 @@ impl Store {
             return Ok(vec![]);
         }
         let seconds = (from_ms.div_euclid(1000), to_ms.div_euclid(1000) + 1);
-        let query = queries::dirty_hours(tenant, meter, seconds, customer).query(&self.client);
+        let query = queries::dirty_hours(tenant, meter, seconds, customer).query(self.client());
         let mut hours: Vec<i64> = query.fetch_all().await?;
         hours.sort_unstable();
         Ok(hours)
@@ -99,7 +99,7 @@ impl Store {
 
     /// The server's clock, epoch seconds: the mark each poll of the changes reads from.
     pub async fn server_now(&self) -> Result<u32, StoreError> {
-        Ok(self.client.query(queries::SERVER_NOW).fetch_one().await?)
+        Ok(self.client().query(queries::SERVER_NOW).fetch_one().await?)
     }
 
     /// Customers (tenant, customer) whose usage changed at or after `since_s` (server
@@ -110,7 +110,7 @@ impl Store {
         own: &[u64],
     ) -> Result<Vec<(String, String)>, StoreError> {
         Ok(queries::usage_changed_since(since_s, own)
-            .query(&self.client)
+            .query(self.client())
             .fetch_all()
             .await?)
     }
@@ -119,12 +119,12 @@ impl Store {
     /// yesterday: no reader looks that far back.
     pub async fn drop_days_before_yesterday(&self, table: &'static str) -> Result<(), StoreError> {
         let days: Vec<String> = queries::old_days(table)
-            .query(&self.client)
+            .query(self.client())
             .fetch_all()
             .await?;
         for day in days {
             queries::drop_day(table, &day)
-                .query(&self.client)
+                .query(self.client())
                 .execute()
                 .await?;
         }

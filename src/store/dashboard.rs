@@ -164,8 +164,18 @@ impl Store {
         from_s: i64,
         to_s: i64,
     ) -> Result<Vec<HourlyEvents>, StoreError> {
-        self.read_rows(&queries::events_per_hour(tenant, from_s, to_s))
-            .await
+        let statement = queries::events_per_hour(tenant, from_s, to_s);
+        let mut by_hour = std::collections::BTreeMap::new();
+        // In cluster mode each shard counts its customers' events.
+        for shard in self.shards() {
+            for h in shard.read_rows::<HourlyEvents>(&statement).await? {
+                *by_hour.entry(h.hour).or_insert(0) += h.events;
+            }
+        }
+        Ok(by_hour
+            .into_iter()
+            .map(|(hour, events)| HourlyEvents { hour, events })
+            .collect())
     }
 }
 

@@ -74,7 +74,7 @@ impl Store {
             || !self
                 .days
                 .reopened
-                .may_have(&self.client, queries::ANY_REOPENED_DAYS)
+                .may_have(self.client(), queries::ANY_REOPENED_DAYS)
                 .await?
         {
             return Ok(parts);
@@ -82,7 +82,7 @@ impl Store {
         let day_ms = i64::from(DAY_S) * 1000;
         let from_s = from_ms.div_euclid(day_ms) * i64::from(DAY_S);
         let query = queries::reopened_days(tenant, customer, (from_s, to_ms.div_euclid(1000) + 1));
-        parts.reopened = query.query(&self.client).fetch_all().await?;
+        parts.reopened = query.query(self.client()).fetch_all().await?;
         parts.reopened.sort_unstable();
         Ok(parts)
     }

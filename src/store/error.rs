@@ -49,7 +49,13 @@ const RETRYABLE_CODES: &[u32] = &[
     210,  // NETWORK_ERROR
     241,  // MEMORY_LIMIT_EXCEEDED
     243,  // NOT_ENOUGH_SPACE
+    225,  // NO_ZOOKEEPER
+    242,  // TABLE_IS_READ_ONLY (a replicated table without ZooKeeper)
     252,  // TOO_MANY_PARTS
+    285,  // TOO_FEW_LIVE_REPLICAS (fewer replicas than --insert-quorum answer)
+    286,  // UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
+    319,  // UNKNOWN_STATUS_OF_INSERT (the quorum was not reached in time)
+    999,  // KEEPER_EXCEPTION
     425,  // SYSTEM_ERROR (errno, e.g. EROFS / ENOSPC)
     1000, // POCO_EXCEPTION (I/O errors, cannot write to file)
     1001, // STD_EXCEPTION

@@ -133,11 +133,8 @@ async fn wait_for_no_writer(store: &Store, version: u32, name: &str) -> Result<(
 }
 
 pub async fn run_until(store: &Store, last: u32) -> Result<usize, StoreError> {
+    run_statement(store, super::queries::CREATE_MIGRATIONS_LEDGER, 0).await?;
     let client = store.client();
-    client
-        .query(super::queries::CREATE_MIGRATIONS_LEDGER)
-        .execute()
-        .await?;
     let done: Vec<u32> = client
         .query(super::queries::APPLIED_MIGRATIONS)
         .fetch_all()
@@ -151,7 +148,7 @@ pub async fn run_until(store: &Store, last: u32) -> Result<usize, StoreError> {
             wait_for_no_writer(store, version, name).await?;
         }
         for statement in statements(sql) {
-            client.query(&statement).execute().await?;
+            run_statement(store, &statement, version).await?;
         }
         let mut insert = client.insert::<Applied<'_>>("schema_migrations").await?;
         let applied_at = chrono::Utc::now().timestamp() as u32;
@@ -167,6 +164,199 @@ pub async fn run_until(store: &Store, last: u32) -> Result<usize, StoreError> {
         ran += 1;
     }
     Ok(ran)
+}
+
+/// Runs one statement of migration `version`: as written on one server; in cluster mode in
+/// its cluster form ([`clustered`]).
+async fn run_statement(store: &Store, statement: &str, version: u32) -> Result<(), StoreError> {
+    let Some(cluster) = store.cluster() else {
+        return Ok(store.client().query(statement).execute().await?);
+    };
+    let step = clustered(statement, cluster.name(), store.database(), version)
+        .map_err(StoreError::Rejected)?;
+    match step {
+        Step::OnCluster(sql) => {
+            store
+                .client()
+                .query(&sql)
+                .with_setting("distributed_ddl_task_timeout", "120")
+                .execute()
+                .await?
+        }
+        Step::OnEachShard(sql) => {
+            for shard in store.shards() {
+                shard.client().query(&sql).execute().await?;
+            }
+        }
+        Step::Once(sql) => store.client().query(&sql).execute().await?,
+    }
+    Ok(())
+}
+
+/// How a migration statement runs on a cluster.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// DDL, once for the whole cluster (`ON CLUSTER`): every node runs it.
+    OnCluster(String),
+    /// A write into a table of customers' rows: on one node of each shard (its replicas copy it).
+    OnEachShard(String),
+    /// A write into a table every node holds: on one node.
+    Once(String),
+}
+
+/// The cluster form of a migration statement of `version`: DDL gains `ON CLUSTER`, and each
+/// table's engine its replicated form, within its shard for the tables of [`SHARDED`] and on
+/// every node for the others. Its ZooKeeper path names the database, the table and the
+/// migration, so that a table made again under a name used before gets a path of its own.
+/// A statement of another shape is refused, so a new migration must fit these.
+///
+/// [`SHARDED`]: super::cluster::SHARDED
+pub fn clustered(
+    statement: &str,
+    cluster: &str,
+    database: &str,
+    version: u32,
+) -> Result<Step, String> {
+    let on_cluster = format!(" ON CLUSTER {}", super::quote_ident(cluster));
+    let refused = || format!("migration {version:04} cannot run on a cluster: {statement}");
+    let name_after = |prefix: &str| -> Option<(String, usize)> {
+        let rest = statement.strip_prefix(prefix)?;
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        (!name.is_empty()).then(|| (name.clone(), prefix.len() + name.len()))
+    };
+    if let Some((name, end)) = name_after("CREATE TABLE IF NOT EXISTS ") {
+        let sharded = super::cluster::SHARDED.contains(&name.as_str());
+        if !sharded && !super::cluster::EVERYWHERE.contains(&name.as_str()) {
+            return Err(format!(
+                "{}: table {name} is in neither cluster::SHARDED nor cluster::EVERYWHERE",
+                refused()
+            ));
+        }
+        let created = format!("{}{on_cluster}{}", &statement[..end], &statement[end..]);
+        let path = match sharded {
+            true => format!("/clickhouse/tables/{{shard}}/{database}/{name}_{version}"),
+            false => format!("/clickhouse/tables/all/{database}/{name}_{version}"),
+        };
+        let replica = match sharded {
+            true => "{replica}",
+            false => "{shard}_{replica}",
+        };
+        let mut replicated = replicated_engine(&created, &path, replica).ok_or_else(refused)?;
+        // A batch retried after a timeout is the same block, dropped if it landed: keep the
+        // blocks of the last minutes' batches, not only the last hundred.
+        if name == "events" {
+            replicated.push_str(match replicated.contains("SETTINGS") {
+                true => ", replicated_deduplication_window = 10000",
+                false => "\nSETTINGS replicated_deduplication_window = 10000",
+            });
+        }
+        return Ok(Step::OnCluster(qualified(&replicated, database)));
+    }
+    if let Some((_, end)) = name_after("CREATE MATERIALIZED VIEW IF NOT EXISTS ") {
+        let sql = format!("{}{on_cluster}{}", &statement[..end], &statement[end..]);
+        return Ok(Step::OnCluster(qualified(&sql, database)));
+    }
+    for prefix in [
+        "DROP TABLE IF EXISTS ",
+        "TRUNCATE TABLE IF EXISTS ",
+        "RENAME TABLE ",
+    ] {
+        if name_after(prefix).is_some() {
+            let sql = format!("{statement}{on_cluster}");
+            return Ok(Step::OnCluster(qualified(&sql, database)));
+        }
+    }
+    if let Some((name, _)) = name_after("INSERT INTO ") {
+        return Ok(match super::cluster::SHARDED.contains(&name.as_str()) {
+            true => Step::OnEachShard(statement.to_owned()),
+            false => Step::Once(statement.to_owned()),
+        });
+    }
+    Err(refused())
+}
+
+/// `statement` with the tables and views it names qualified with `database`: a node runs a
+/// statement `ON CLUSTER` in its own default database, and qualifies only the name it creates,
+/// not the tables a view reads or writes, nor those of `AS`.
+fn qualified(statement: &str, database: &str) -> String {
+    let views = MIGRATIONS.iter().flat_map(|(.., sql)| {
+        sql.split("MATERIALIZED VIEW IF NOT EXISTS ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next())
+    });
+    let known: Vec<&str> = super::cluster::SHARDED
+        .iter()
+        .chain(super::cluster::EVERYWHERE)
+        .copied()
+        .chain(views)
+        .collect();
+    let database = super::quote_ident(database);
+    let mut out = String::with_capacity(statement.len() + 64);
+    let mut previous = "";
+    let mut rest = statement;
+    while !rest.is_empty() {
+        let word_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        if word_len == 0 {
+            let c = rest.chars().next().unwrap_or(' ');
+            if !c.is_whitespace() {
+                previous = &rest[..c.len_utf8()];
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        let word = &rest[..word_len];
+        let after_keyword = matches!(
+            previous,
+            "FROM" | "JOIN" | "TO" | "AS" | "INTO" | "TABLE" | "EXISTS" | ","
+        );
+        if after_keyword && known.contains(&word) && !out.ends_with('.') {
+            out.push_str(&database);
+            out.push('.');
+        }
+        out.push_str(word);
+        previous = word;
+        rest = &rest[word_len..];
+    }
+    out
+}
+
+/// `statement` with its `ENGINE = X[(args)]` made `ReplicatedX(path, replica[, args])`; as it
+/// is for `Null`; `None` without an engine.
+fn replicated_engine(statement: &str, path: &str, replica: &str) -> Option<String> {
+    let at = statement.find("ENGINE = ")? + "ENGINE = ".len();
+    let rest = &statement[at..];
+    let engine: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    if engine == "Null" {
+        return Some(statement.to_owned());
+    }
+    if !engine.ends_with("MergeTree") {
+        return None;
+    }
+    let after = &rest[engine.len()..];
+    let (args, tail) = match after.strip_prefix('(') {
+        Some(inner) => {
+            let close = inner.find(')')?;
+            (inner[..close].trim(), &inner[close + 1..])
+        }
+        None => ("", after),
+    };
+    let args = match args {
+        "" => String::new(),
+        args => format!(", {args}"),
+    };
+    Some(format!(
+        "{}Replicated{engine}('{path}', '{replica}'{args}){tail}",
+        &statement[..at]
+    ))
 }
 
 /// Splits a migration file into statements: `;` at a line end ends one; `--` lines are comments.
@@ -201,6 +391,83 @@ mod tests {
         for (i, (version, ..)) in MIGRATIONS.iter().enumerate() {
             assert_eq!(*version as usize, i + 1);
         }
+    }
+
+    #[test]
+    fn every_migration_has_a_cluster_form() {
+        let ledger = std::iter::once((0, super::super::queries::CREATE_MIGRATIONS_LEDGER));
+        let all = MIGRATIONS
+            .iter()
+            .flat_map(|(v, _, sql)| statements(sql).into_iter().map(move |s| (*v, s)));
+        for (version, statement) in ledger.map(|(v, s)| (v, s.to_owned())).chain(all) {
+            let step = clustered(&statement, "mh", "db", version).unwrap();
+            if let Step::OnCluster(sql) = &step {
+                assert!(sql.contains(" ON CLUSTER `mh`"), "{sql}");
+                if sql.contains("MergeTree") {
+                    assert!(sql.contains("ENGINE = Replicated"), "{sql}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tables_are_replicated_in_their_shard_or_everywhere() {
+        let events =
+            "CREATE TABLE IF NOT EXISTS events\n(a String)\nENGINE = MergeTree\nORDER BY a";
+        assert_eq!(
+            clustered(events, "mh", "db", 1).unwrap(),
+            Step::OnCluster(
+                "CREATE TABLE IF NOT EXISTS `db`.events ON CLUSTER `mh`\n(a String)\nENGINE = \
+                 ReplicatedMergeTree('/clickhouse/tables/{shard}/db/events_1', '{replica}')\n\
+                 ORDER BY a\nSETTINGS replicated_deduplication_window = 10000"
+                    .into()
+            )
+        );
+        let catalog = "CREATE TABLE IF NOT EXISTS catalog (k String, version UInt64) \
+                       ENGINE = ReplacingMergeTree(version) ORDER BY k SETTINGS index_granularity = 64";
+        assert_eq!(
+            clustered(catalog, "mh", "db", 4).unwrap(),
+            Step::OnCluster(
+                "CREATE TABLE IF NOT EXISTS `db`.catalog ON CLUSTER `mh` (k String, version UInt64) \
+                 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/db/catalog_4', \
+                 '{shard}_{replica}', version) ORDER BY k SETTINGS index_granularity = 64"
+                    .into()
+            )
+        );
+        let copy = "INSERT INTO usage_rollup_hour_g256 SELECT * FROM usage_rollup_hour";
+        assert_eq!(
+            clustered(copy, "mh", "db", 16).unwrap(),
+            Step::OnEachShard(copy.into())
+        );
+        assert!(
+            clustered(
+                "CREATE TABLE IF NOT EXISTS unknown (a String) ENGINE = MergeTree ORDER BY a",
+                "mh",
+                "db",
+                1
+            )
+            .is_err()
+        );
+        assert!(clustered("OPTIMIZE TABLE events", "mh", "db", 1).is_err());
+        let view = "CREATE MATERIALIZED VIEW IF NOT EXISTS events_to_usage_samples TO usage_samples AS \
+                    SELECT tenant, x AS day FROM events ARRAY JOIN a AS b";
+        assert_eq!(
+            clustered(view, "mh", "db", 8).unwrap(),
+            Step::OnCluster(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS `db`.events_to_usage_samples ON CLUSTER `mh` \
+                 TO `db`.usage_samples AS SELECT tenant, x AS day FROM `db`.events ARRAY JOIN a AS b"
+                    .into()
+            )
+        );
+        let rename = "RENAME TABLE usage_rollup_hour TO usage_rollup_hour_g1024, usage_rollup_hour_g256 TO usage_rollup_hour";
+        assert_eq!(
+            clustered(rename, "mh", "db", 16).unwrap(),
+            Step::OnCluster(
+                "RENAME TABLE `db`.usage_rollup_hour TO `db`.usage_rollup_hour_g1024, \
+                 `db`.usage_rollup_hour_g256 TO `db`.usage_rollup_hour ON CLUSTER `mh`"
+                    .into()
+            )
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 pub mod as_of_sql;
 pub mod catalog;
 mod changes;
+pub mod cluster;
+pub use cluster::Cluster;
 pub mod combined_sql;
 pub mod dashboard;
 mod days;
@@ -51,61 +53,139 @@ pub struct Store {
     database: String,
     dirty: Arc<changes::Marks>,
     days: Arc<days::DayGrain>,
+    /// `--cluster` and `--insert-quorum`, until `connect` learns the cluster.
+    wanted_cluster: Option<(String, u64)>,
+    /// The nodes given, in cluster mode (`client` is the first's).
+    urls: Vec<String>,
+    cluster: Option<Arc<Cluster>>,
+    /// The shard this handle reads and writes, in cluster mode (`None`: the tables every node
+    /// holds).
+    shard: Option<usize>,
 }
 
 impl Store {
-    /// A client for `url`, without touching the network.
+    /// A client for `url`, without touching the network. With `--cluster`, `url` lists the
+    /// cluster's nodes, comma-separated.
     pub fn new(url: &str, config: &StoreConfig) -> Self {
-        // A server this process owns has a generated password, unless one is given.
-        let password = match local::password_of(url) {
-            Some(owned) if config.clickhouse_password.is_empty() => owned,
-            _ => config.clickhouse_password.clone(),
+        let urls: Vec<String> = match config.cluster {
+            Some(_) => url
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => vec![url.to_owned()],
         };
-        let client = Client::default()
-            .with_url(url)
-            .with_user(&config.clickhouse_user)
-            .with_password(password)
-            .with_database(&config.database)
-            // Old servers lack RowBinaryWithNamesAndTypes input; `connect` turns it back on.
-            .with_validation(false);
+        let (client, reader) = clients_of(urls.first().map_or(url, String::as_str), config);
         Self {
-            reader: with_budget(
-                client.clone(),
-                (config.read_timeout_s, config.read_memory_bytes),
-            ),
             client,
+            reader,
             database: config.database.clone(),
             dirty: Arc::default(),
             days: Arc::default(),
+            wanted_cluster: config
+                .cluster
+                .clone()
+                .map(|name| (name, config.insert_quorum.unwrap_or(2))),
+            urls,
+            cluster: None,
+            shard: None,
         }
     }
 
-    /// Checks the server, creates the database and enables schema validation where supported.
+    /// Checks the server, creates the database and enables schema validation where supported;
+    /// in cluster mode, every node given, and learns which shard each is.
     pub async fn connect(mut self) -> Result<Self, StoreError> {
         let bare = self.client.clone().with_database("default");
         let version: String = bare.query("SELECT version()").fetch_one().await?;
-        if major_version(&version) >= 24 {
+        let validate = major_version(&version) >= 24;
+        if validate {
             self.client = self.client.with_validation(true);
             self.reader = self.reader.with_validation(true);
         }
         tracing::info!(clickhouse_version = %version, database = %self.database, "connected to clickhouse");
-        bare.query(&format!(
+        let mut create = format!(
             "CREATE DATABASE IF NOT EXISTS {}",
             quote_ident(&self.database)
-        ))
-        .execute()
-        .await?;
+        );
+        if let Some((name, quorum)) = self.wanted_cluster.clone() {
+            let mut nodes = Vec::new();
+            for url in &self.urls {
+                // Only the events' own insert is deduplicated by block (a retried batch lands
+                // once): the maintenance may write a block equal to an earlier one on purpose.
+                let client = self.client.clone().with_url(url);
+                let client = client.with_setting("insert_deduplicate", "0");
+                let reader = self.reader.clone().with_url(url);
+                let bare = client.clone().with_database("default");
+                match bare.query("SELECT 1").fetch_one::<u8>().await {
+                    Ok(_) => nodes.push((url.clone(), client, reader)),
+                    // Used from the next start on; every shard must have a node that answers.
+                    Err(e) => {
+                        tracing::warn!(url = %url, error = %e, "clickhouse node not answering; left out")
+                    }
+                }
+            }
+            let cluster = Cluster::discover(&name, quorum, nodes).await?;
+            create.push_str(&format!(" ON CLUSTER {}", quote_ident(cluster.name())));
+            self.cluster = Some(cluster);
+        }
+        bare.query(&create).execute().await?;
         Ok(self)
     }
 
+    /// The client of this handle's statements: in cluster mode, a node of its shard (or any
+    /// node, for the tables every node holds) that answers.
     pub fn client(&self) -> &Client {
-        &self.client
+        match &self.cluster {
+            Some(cluster) => &cluster.node(self.shard).client,
+            None => &self.client,
+        }
     }
 
     /// The client for the reads a request makes: each statement is bounded in time and memory
     /// (map its errors with [`StoreError::from_read`]).
     pub fn reader(&self) -> &Client {
-        &self.reader
+        match &self.cluster {
+            Some(cluster) => &cluster.node(self.shard).reader,
+            None => &self.reader,
+        }
+    }
+
+    /// The cluster, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// This handle bound to shard `shard` (cluster mode), with that shard's view of the
+    /// rollups.
+    fn on_shard(&self, shard: usize) -> Self {
+        let mut store = self.clone();
+        if let Some(cluster) = &self.cluster {
+            store.shard = Some(shard);
+            store.dirty = cluster.shards[shard].dirty.clone();
+            store.days = cluster.shards[shard].days.clone();
+        }
+        store
+    }
+
+    /// The handle for the rows of `customer` of `tenant`: on one server, this one; in cluster
+    /// mode, one bound to the customer's shard.
+    pub fn for_customer(&self, tenant: &str, customer: &str) -> Self {
+        match &self.cluster {
+            Some(cluster) => self.on_shard(cluster.shard_of(tenant, customer)),
+            None => self.clone(),
+        }
+    }
+
+    /// One handle per shard, for what spans customers (one, this one, on one server). Rows of a
+    /// customer are on one shard only, so what each returns per customer is whole.
+    pub fn shards(&self) -> Vec<Self> {
+        match &self.cluster {
+            Some(cluster) => (0..cluster.shard_count())
+                .map(|s| self.on_shard(s))
+                .collect(),
+            None => vec![self.clone()],
+        }
     }
 
     pub fn database(&self) -> &str {
@@ -114,12 +194,33 @@ impl Store {
 
     /// `SELECT 1` with a short deadline: is the server answering right now?
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let query = self.client.query("SELECT 1").fetch_one::<u8>();
+        let query = self.client().query("SELECT 1").fetch_one::<u8>();
         match tokio::time::timeout(Duration::from_secs(2), query).await {
             Ok(result) => result.map(drop).map_err(StoreError::from),
             Err(_) => Err(StoreError::Unavailable("ping timed out".into())),
         }
     }
+}
+
+/// The client of statements and the one of a request's reads (bounded), for `url`.
+fn clients_of(url: &str, config: &StoreConfig) -> (Client, Client) {
+    // A server this process owns has a generated password, unless one is given.
+    let password = match local::password_of(url) {
+        Some(owned) if config.clickhouse_password.is_empty() => owned,
+        _ => config.clickhouse_password.clone(),
+    };
+    let client = Client::default()
+        .with_url(url)
+        .with_user(&config.clickhouse_user)
+        .with_password(password)
+        .with_database(&config.database)
+        // Old servers lack RowBinaryWithNamesAndTypes input; `connect` turns it back on.
+        .with_validation(false);
+    let reader = with_budget(
+        client.clone(),
+        (config.read_timeout_s, config.read_memory_bytes),
+    );
+    (client, reader)
 }
 
 fn major_version(version: &str) -> u32 {

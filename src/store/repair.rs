@@ -54,7 +54,7 @@ impl Store {
             self.database(),
             rand::random::<u64>()
         );
-        Ok(self.client.clone().with_setting("query_id", id))
+        Ok(self.client().clone().with_setting("query_id", id))
     }
 
     /// Repairs up to `limit` marked hours (see the module's notes), waiting at most `patience`
@@ -137,7 +137,7 @@ impl Store {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let pending: u64 = queries::pending_mutations(table)
-                .query(&self.client)
+                .query(self.client())
                 .fetch_one()
                 .await?;
             if pending == 0 {
@@ -158,7 +158,7 @@ impl Store {
         hours: &[MeterHour],
     ) -> Result<HashSet<MeterHour>, StoreError> {
         let changes: Vec<Change> = queries::recent_changes_of(since_s, hours)
-            .query(&self.client)
+            .query(self.client())
             .fetch_all()
             .await?;
         let mut anyones = HashSet::new();
@@ -180,7 +180,7 @@ impl Store {
         if !batches.is_empty() {
             let batches: Vec<u64> = batches.into_iter().collect();
             let written: Vec<MeterHour> = queries::hours_of_batches(hours, &batches)
-                .query(&self.client)
+                .query(self.client())
                 .fetch_all()
                 .await?;
             touched.extend(written);

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -78,6 +80,45 @@ pub fn clickhouse_url() -> String {
         .url()
 }
 
+/// With `METERHOUSE_TEST_CLUSTER` set, the suites' services run in cluster mode on a local
+/// cluster of 2 shards × 2 replicas (tests/common/cluster.rs), one per test binary, started on
+/// first use; `scripts/test` runs the suites that check amounts so, besides on one server.
+pub fn on_cluster() -> bool {
+    std::env::var_os("METERHOUSE_TEST_CLUSTER").is_some()
+}
+
+/// The nodes of this test binary's shared cluster ([`on_cluster`]), comma-separated.
+pub fn cluster_urls() -> String {
+    static SHARED: OnceLock<String> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            // The processes are tied to the thread that starts them: it lives as long as the
+            // test binary.
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let cluster = runtime.block_on(cluster::LocalCluster::start("shared", 2, 2));
+                let _ = tx.send(cluster.urls());
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().expect("starting the shared cluster")
+        })
+        .clone()
+}
+
+/// The store a suite's services use: this binary's ClickHouse, or its cluster ([`on_cluster`]).
+pub fn store_url() -> String {
+    match on_cluster() {
+        true => cluster_urls(),
+        false => clickhouse_url(),
+    }
+}
+
 /// A running service for one test.
 pub struct TestApp {
     pub base: String,
@@ -93,6 +134,9 @@ pub fn test_config(test: &str, url: &str) -> Config {
     let mut config = Config::defaults();
     config.store.clickhouse_url = Some(url.into());
     config.store.database = format!("test_{test}");
+    if url.contains(',') {
+        config.store.cluster = Some(cluster::CLUSTER.into());
+    }
     config.api_keys = KEYS.into();
     let catalog = scratch_dir("catalog.json");
     std::fs::create_dir_all(catalog.parent().unwrap()).unwrap();
@@ -109,13 +153,13 @@ pub fn test_config(test: &str, url: &str) -> Config {
 
 /// Drops the test's database, then starts the service on it.
 pub async fn spawn_app(test: &str) -> TestApp {
-    spawn_with(test_config(test, &clickhouse_url()), true).await
+    spawn_with(test_config(test, &store_url()), true).await
 }
 
 /// As [`spawn_app`], with tenant `acme` allowed to send events of any date (backfill), for
 /// tests whose events must sit at dates derived from the clock (a DST change up to a year ago).
 pub async fn spawn_backfill_app(test: &str) -> TestApp {
-    let mut config = test_config(test, &clickhouse_url());
+    let mut config = test_config(test, &store_url());
     let catalog = scratch_dir("catalog-backfill.json");
     std::fs::write(
         &catalog,
@@ -153,7 +197,8 @@ pub async fn empty_database(config: &Config) -> Store {
 }
 
 pub async fn spawn_with(config: Config, fresh: bool) -> TestApp {
-    if fresh {
+    // A cluster is this binary's own, and each test's database new on it.
+    if fresh && config.store.cluster.is_none() {
         empty_database(&config).await;
     }
     let app = Application::build(&config).await.expect("build app");
@@ -407,28 +452,33 @@ pub fn free_port() -> u16 {
 /// the test keys and catalog and `extra` arguments. Its stderr goes to a file of its own
 /// (`scratch_dir("serve-{port}.log")`), read by [`serve_log`].
 pub fn serve_process(port: u16, database: &str, extra: &[&str]) -> Service {
+    let url = clickhouse_url();
+    // The shared ClickHouse is this test binary's: its generated password, as an operator
+    // would pass it (an environment variable keeps it off the command line).
+    let password = meterhouse::store::local::password_of(&url).expect("owned here");
+    serve_process_on(port, &url, &password, database, extra)
+}
+
+/// [`serve_process`] on the ClickHouse at `url` (nodes, comma-separated, with `--cluster`).
+pub fn serve_process_on(
+    port: u16,
+    url: &str,
+    password: &str,
+    database: &str,
+    extra: &[&str],
+) -> Service {
     let catalog = scratch_dir("serve-catalog.json");
     std::fs::create_dir_all(catalog.parent().unwrap()).unwrap();
     std::fs::write(&catalog, CATALOG).unwrap();
     let log = std::fs::File::create(scratch_dir(&format!("serve-{port}.log"))).unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_meterhouse"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--clickhouse-url",
-            &clickhouse_url(),
-            "--database",
-            database,
-        ])
+        .args(["--clickhouse-url", url, "--database", database])
         .args(["--api-keys", KEYS, "--batch-max-wait-ms", "5"])
         .arg("--catalog")
         .arg(&catalog)
         .args(extra)
-        // The shared ClickHouse is this test binary's: its generated password, as an operator
-        // would pass it (an environment variable keeps it off the command line).
-        .env(
-            "METERHOUSE_CLICKHOUSE_PASSWORD",
-            meterhouse::store::local::password_of(&clickhouse_url()).expect("owned here"),
-        )
+        .env("METERHOUSE_CLICKHOUSE_PASSWORD", password)
         .env("METERHOUSE_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(log)

@@ -7,7 +7,7 @@ fn submission(events: usize, arrived: tokio::time::Instant) -> Submission {
         keys: vec![],
         reply: oneshot::channel().0,
         arrived,
-        _permit: permits.try_acquire_owned().unwrap(),
+        _permit: Some(permits.try_acquire_owned().unwrap()),
     }
 }
 
