@@ -816,7 +816,7 @@ async fn age_reopening_marks(app: &TestApp) {
 
 #[tokio::test]
 async fn the_overviews_week_is_the_meter_querys_daily_series_folded_in_one_read() {
-    let mut config = common::test_config("dashboard_week", &common::clickhouse_url());
+    let mut config = common::test_config("dashboard_week", &common::store_url());
     config.rollup_maintenance_every_s = 0;
     let catalog = common::scratch_dir("catalog-dashboard-week.json");
     std::fs::write(

@@ -60,14 +60,16 @@ pub async fn run(config: &Config, args: &ReadbenchArgs) -> anyhow::Result<PagesR
         let _ = stopped.await;
     }));
     let mut days_sealed = 0;
-    loop {
-        let round = state
-            .store
-            .compact_days(40, 1_000, Duration::from_secs(600))
-            .await?;
-        days_sealed += round.sealed;
-        if round.sealed == 0 && round.resealed == 0 {
-            break;
+    // Each shard keeps its own day grain (one shard on one server).
+    for shard in state.store.shards() {
+        loop {
+            let round = shard
+                .compact_days(40, 1_000, Duration::from_secs(600))
+                .await?;
+            days_sealed += round.sealed;
+            if round.sealed == 0 && round.resealed == 0 {
+                break;
+            }
         }
     }
     load_current_periods(

@@ -1,7 +1,7 @@
 //! The overview's 7-day sections: events per hour (from the raw events) and each meter's
 //! volume and top customers, over the week of the page's zone: today and the six days before,
 //! from that midnight to the next hour. The meters are read in one statement over every
-//! customer (`store::dashboard::week_volumes_statement`): whole sealed UTC days from the day
+//! customer (of each shard in cluster mode; `store::dashboard::week_volumes_statement`): whole sealed UTC days from the day
 //! grain, the other hours from the hour rollup, folded per customer in the store. The overview
 //! keeps a week it read and reads it again in the background once it is a minute old or a new
 //! hour began (`tenant`), so that only the first render of a tenant and zone waits for it.
@@ -216,23 +216,26 @@ async fn meter_volumes(
         whole_hours(tz, from) && whole_hours(tz, to),
         utc_throughout(tz, from, to),
     );
-    let mut read = Vec::new();
     let mut volumes: Vec<CustomerVolume> = Vec::new();
-    for meter in catalog.meters.values() {
-        if integrated(meter) {
-            volumes.extend(integrated_volumes(state, tenant, &meter.slug, (from, to), tz).await?);
-            continue;
-        }
-        let parts =
-            window::parts_of(&state.store, (tenant, &meter.slug, None), bounds_ms, flags).await?;
-        read.push(WeekMeter {
-            slug: &meter.slug,
-            aggregation: meter.aggregation,
-            parts,
-        });
+    for meter in catalog.meters.values().filter(|m| integrated(m)) {
+        volumes.extend(integrated_volumes(state, tenant, &meter.slug, (from, to), tz).await?);
     }
-    let statement = week_volumes_statement(tenant, tz.name(), &read);
-    volumes.extend(state.store.week_volumes(&statement).await?);
+    // In cluster mode from every shard (one on one server), each with its own day grain: a
+    // customer's rows are on one shard only, so each customer's volume is whole on its own.
+    for shard in state.store.shards() {
+        let mut read = Vec::new();
+        for meter in catalog.meters.values().filter(|m| !integrated(m)) {
+            let parts =
+                window::parts_of(&shard, (tenant, &meter.slug, None), bounds_ms, flags).await?;
+            read.push(WeekMeter {
+                slug: &meter.slug,
+                aggregation: meter.aggregation,
+                parts,
+            });
+        }
+        let statement = week_volumes_statement(tenant, tz.name(), &read);
+        volumes.extend(shard.week_volumes(&statement).await?);
+    }
     let mut per_meter: BTreeMap<String, Vec<CustomerVolume>> = BTreeMap::new();
     for volume in volumes {
         per_meter
