@@ -1,10 +1,11 @@
 //! The overview's 7-day sections: events per hour (from the raw events) and each meter's
 //! volume and top customers, over the week of the page's zone: today and the six days before,
 //! from that midnight to the next hour. The meters are read in one statement over every
-//! customer (of each shard in cluster mode; `store::dashboard::week_volumes_statement`): whole sealed UTC days from the day
-//! grain, the other hours from the hour rollup, folded per customer in the store. The overview
-//! keeps a week it read and reads it again in the background once it is a minute old or a new
-//! hour began (`tenant`), so that only the first render of a tenant and zone waits for it.
+//! customer (`store::dashboard::week_volumes_statement`; one per shard in cluster mode): whole
+//! sealed UTC days from the day grain, the other hours from the hour rollup, folded per
+//! customer in the store. The overview keeps a week it read and reads it again in the
+//! background once it is a minute old or a new hour began, so that only the first render of a
+//! tenant and zone waits for it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
