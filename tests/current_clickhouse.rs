@@ -1,5 +1,5 @@
 //! The migrations and every statement of `store` (its fixed queries, the usage reads, the
-//! series, the reads as of a moment, a dynamic price's samples, a weighted meter's samples) on current ClickHouse (chDB, in-process),
+//! series, the overview's week, the reads as of a moment, a dynamic price's samples, a weighted meter's samples) on current ClickHouse (chDB, in-process),
 //! beside the 18.16 server the other suites use. `scripts/test` installs chDB into
 //! `target/chdb-venv`; `METERHOUSE_CHDB_PYTHON` may name another interpreter that has it.
 
@@ -12,6 +12,7 @@ use meterhouse::store::as_of_sql::{
     LateWindow, as_of_statement, late_events_of_meter, late_events_statement, late_hours_statement,
 };
 use meterhouse::store::combined_sql::{combined_statement, customers_statement};
+use meterhouse::store::dashboard::{WeekMeter, week_volumes_statement};
 use meterhouse::store::priced_sql::{PricedScope, priced_samples_statement};
 use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
 use meterhouse::store::usage_sql::{Part, Scope, usage_statement};
@@ -99,6 +100,23 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     let several_sql = format!(
         "SELECT customer, meter, value, events FROM ({}) ORDER BY meter",
         customers_statement("t", &windows, &meters).render()
+    );
+    // The overview's week over the same window: each meter folded per customer.
+    let week = [
+        WeekMeter {
+            slug: "tokens",
+            aggregation: Aggregation::Sum,
+            parts: parts.clone(),
+        },
+        WeekMeter {
+            slug: "users",
+            aggregation: Aggregation::UniqueCount,
+            parts: parts.clone(),
+        },
+    ];
+    let week_sql = format!(
+        "SELECT meter, customer, value FROM ({}) ORDER BY meter",
+        week_volumes_statement("t", "UTC", &week).render()
     );
     // A series over the same window, hourly in a timezone with a half-hour offset.
     let series = SeriesQuery {
@@ -225,6 +243,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": users_sql, "expect": "['']\t1\t1"}),
         json!({"sql": several_sql, "expect": "c\ttokens\t1250.5\t1\nc\tusers\t1\t1"}),
         json!({"sql": series_sql, "expect": "1794997800\tc\t1250.5"}),
+        json!({"sql": week_sql, "expect": "tokens\tc\t1250.5\nusers\tc\t1"}),
         json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM usage_samples ORDER BY meter",
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),

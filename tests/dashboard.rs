@@ -706,3 +706,335 @@ async fn a_customers_page_works_inside_a_frame_of_an_allowed_origin_only() {
     screenshot(&format!("{other}/"), "embedding-refused", 1100, 850).await;
     app.shutdown().await;
 }
+
+/// What the overview shows of one meter: its volume and top customers (customer, value).
+#[derive(Debug, PartialEq)]
+struct ShownMeter {
+    volume: Decimal,
+    top: Vec<(String, Decimal)>,
+}
+
+/// The value of `name="…"` in `html` after its first `marker`.
+fn attribute_after(html: &str, marker: &str, name: &str) -> String {
+    let rest = &html[html
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in {html}"))..];
+    let start = rest.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+    rest[start..start + rest[start..].find('"').unwrap()].to_owned()
+}
+
+/// The overview's week (epoch seconds) and, per meter shown, its volume and top customers.
+fn shown_meters(html: &str) -> ((i64, i64), Vec<(String, ShownMeter)>) {
+    let table = &html[html
+        .find("<table id=\"meters\"")
+        .expect("the meters' table")..];
+    let from = attribute_after(table, "<table", "data-from")
+        .parse()
+        .unwrap();
+    let to = attribute_after(table, "<table", "data-to").parse().unwrap();
+    let table = &table[..table.find("</table>").unwrap()];
+    let meters = table
+        .split("<tr data-meter=\"")
+        .skip(1)
+        .map(|row| {
+            let slug = row[..row.find('"').unwrap()].to_owned();
+            let volume = d(&attribute_after(row, "data-volume", "data-volume"));
+            let top = row
+                .split("data-customer=\"")
+                .skip(1)
+                .map(|a| {
+                    let customer = a[..a.find('"').unwrap()].to_owned();
+                    (customer, d(&attribute_after(a, "data-value", "data-value")))
+                })
+                .collect();
+            (slug, ShownMeter { volume, top })
+        })
+        .collect();
+    ((from, to), meters)
+}
+
+/// What the overview should show of `slug` over `[from, to)`: the meter query's daily series
+/// in `tz` over every customer, per customer the sum of the days (counts and sums) or the
+/// largest day; the volume over customers likewise, the top five largest first.
+async fn expected_meter(
+    app: &TestApp,
+    slug: &str,
+    additive: bool,
+    (from, to): (i64, i64),
+    tz: &str,
+) -> ShownMeter {
+    let instant = |s: i64| {
+        chrono::DateTime::from_timestamp(s, 0)
+            .unwrap()
+            .to_rfc3339()
+            .replace('+', "%2B")
+    };
+    let path = format!(
+        "/v1/meters/{slug}/query?from={}&to={}&window_size=day&timezone={tz}",
+        instant(from),
+        instant(to)
+    );
+    let (status, series) = get_json(app, &path, "read_key_a").await;
+    assert_eq!(status, 200, "{series}");
+    let mut per_customer: std::collections::BTreeMap<String, Decimal> = Default::default();
+    for row in series["data"].as_array().unwrap() {
+        let value = dec(&row["value"]);
+        let total = per_customer
+            .entry(row["customer"].as_str().unwrap().to_owned())
+            .or_default();
+        *total = if additive {
+            *total + value
+        } else {
+            (*total).max(value)
+        };
+    }
+    let volume = if additive {
+        per_customer.values().copied().sum()
+    } else {
+        per_customer.values().copied().max().unwrap_or_default()
+    };
+    let mut top: Vec<(String, Decimal)> = per_customer.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.truncate(5);
+    ShownMeter { volume, top }
+}
+
+/// Ages the day grain's re-opening marks of `store` by ten minutes, so that a round of its maintenance takes those days (marks younger than that are
+/// left to a later round).
+async fn age_reopening_marks(store: &meterhouse::store::Store) {
+    store
+        .client()
+        .query("ALTER TABLE rollup_days_reopened UPDATE at = at - 600 WHERE 1")
+        .execute()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let left: u64 = store
+            .client()
+            .query(
+                "SELECT count() FROM system.mutations WHERE database = currentDatabase() \
+                 AND table = 'rollup_days_reopened' AND is_done = 0",
+            )
+            .fetch_one()
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "marks aged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_overviews_week_is_the_meter_querys_daily_series_folded_in_one_read() {
+    let mut config = common::test_config("dashboard_week", &common::store_url());
+    config.rollup_maintenance_every_s = 0;
+    let catalog = common::scratch_dir("catalog-dashboard-week.json");
+    std::fs::write(
+        &catalog,
+        common::CATALOG.replace(
+            r#"{"id": "acme","#,
+            r#"{"id": "acme", "allow_backfill": true,"#,
+        ),
+    )
+    .unwrap();
+    config.catalog = Some(catalog);
+    let app = common::spawn_with(config, true).await;
+    let additive = [
+        ("calls", true),
+        ("tokens", true),
+        ("eu_tokens", true),
+        ("peak", false),
+        ("low", false),
+        ("users", false),
+        ("level", false),
+        ("load_hours", true),
+    ];
+    post_ok(
+        &app,
+        "/v1/meters",
+        json!({"slug": "load_hours", "name": "Load hours", "event_type": "measure",
+               "aggregation": "weighted_sum", "value_property": "load", "weight_unit": "hour"}),
+    )
+    .await;
+    for (slug, aggregation, property) in [
+        ("peak", "max", "load"),
+        ("low", "min", "load"),
+        ("users", "unique_count", "user"),
+        ("level", "latest", "load"),
+    ] {
+        post_ok(
+            &app,
+            "/v1/meters",
+            json!({"slug": slug, "name": slug, "event_type": "measure",
+                   "aggregation": aggregation, "value_property": property}),
+        )
+        .await;
+    }
+    // Nine days back to now, every 25 minutes, six customers in turn (on both shards in
+    // cluster mode): each customer's days hold several events, so that where a day starts (in
+    // the page's zone) changes its smallest value, its distinct users and its latest value.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut events = Vec::new();
+    let mut t = now_ms - 9 * 86_400_000;
+    let mut i = 0;
+    while t < now_ms - 60_000 {
+        let customer = ["c1", "c2", "c3", "c4", "c5", "c6"][i % 6];
+        let region = ["eu", "us"][i % 2];
+        events.push(json!({"id": format!("m-{i}"), "customer": customer, "type": "measure", "timestamp": t,
+            "properties": {"load": format!("{}.{}", (i * 37) % 101, i % 10), "user": format!("u{}", i % 7)}}));
+        events.push(json!({"id": format!("a-{i}"), "customer": customer, "type": "api_call", "timestamp": t + 1}));
+        events.push(json!({"id": format!("l-{i}"), "customer": customer, "type": "llm_call", "timestamp": t + 2,
+            "properties": {"tokens": (i * 131) % 1000, "model": "gpt", "region": region,
+                "usage": {"input_tokens": (i * 17) % 300}}}));
+        t += 1_500_000;
+        i += 1;
+    }
+    let shards: std::collections::BTreeSet<usize> = (1..=6)
+        .map(|c| meterhouse::store::cluster::shard_of("acme", &format!("c{c}"), 2))
+        .collect();
+    assert_eq!(shards.len(), 2, "the customers on both shards of a cluster");
+    let (status, answer) = app
+        .post_events("ingest_key_a", &Value::Array(events.clone()))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    // The day grain written on one server; in cluster mode (each shard with its own grain)
+    // the week is read from the hour rollup of every shard.
+    let mut sealed = 0;
+    let shards = match common::on_cluster() {
+        true => vec![],
+        false => app.store().await.shards(),
+    };
+    for shard in shards {
+        age_reopening_marks(&shard).await;
+        let round = shard
+            .compact_days(20, 1_000, Duration::from_secs(60))
+            .await
+            .unwrap();
+        sealed += round.sealed;
+        // The seal took every late event: no day is left to the hour rollup.
+        let reopened: u64 = shard
+            .client()
+            .query("SELECT count() FROM rollup_days_reopened")
+            .fetch_one()
+            .await
+            .unwrap();
+        assert_eq!(reopened, 0, "{round:?}");
+    }
+    assert!(
+        common::on_cluster() || sealed >= 7,
+        "days of the week in the day grain: {sealed}"
+    );
+
+    let url = link(&app, "read_key_a", json!({})).await;
+    let cookie = session_cookie(&app, &url).await;
+    for tz in ["UTC", "Europe/Paris"] {
+        let html = app
+            .http
+            .get(format!("{}/dashboard?tz={tz}", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let (week, shown) = shown_meters(&html);
+        assert_eq!(shown.len(), additive.len(), "{tz}: every meter shown");
+        for (slug, meter) in &shown {
+            let adds_up = additive.iter().find(|(s, _)| s == slug).unwrap().1;
+            let expected = expected_meter(&app, slug, adds_up, week, tz).await;
+            assert_eq!(meter, &expected, "{tz}: {slug}");
+            assert!(!meter.top.is_empty(), "{tz}: {slug} has usage this week");
+        }
+        let sent = events
+            .iter()
+            .filter(|e| {
+                let s = e["timestamp"].as_i64().unwrap() / 1000;
+                s >= week.0 && s < week.1
+            })
+            .count();
+        let shown_events = attribute_after(&html, "<section id=\"events\"", "data-events");
+        assert_eq!(shown_events, sent.to_string(), "{tz}: events of the week");
+    }
+}
+
+#[tokio::test]
+async fn the_overviews_links_carry_each_viewers_own_token_only() {
+    let app = spawn_app("dashboard_week_tokens").await;
+    seed(&app).await;
+    let framed = link(&app, "read_key_a", json!({})).await;
+    let token = framed.split("token=").nth(1).unwrap();
+    let html = |request: reqwest::RequestBuilder| async move {
+        request.send().await.unwrap().text().await.unwrap()
+    };
+    // Framed first: its week is read and kept, and its links carry its token.
+    let inside = html(
+        app.http
+            .get(format!("{}{framed}", app.base))
+            .header("sec-fetch-dest", "iframe"),
+    )
+    .await;
+    assert!(inside.contains("data-meter=\"calls\""), "{inside}");
+    assert!(inside.contains(&format!("token={token}")));
+    // The same week for a viewer with a session: its links carry no token.
+    let other = link(&app, "read_key_a", json!({})).await;
+    let cookie = session_cookie(&app, &other).await;
+    let page = html(
+        app.http
+            .get(format!("{}/dashboard", app.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert!(page.contains("data-meter=\"calls\""), "{page}");
+    assert!(!page.contains("token="), "another viewer's token: {page}");
+}
+
+#[tokio::test]
+async fn a_kept_week_is_served_at_once_and_read_again_in_the_background_after_a_minute() {
+    let app = spawn_app("dashboard_week_refresh").await;
+    seed(&app).await;
+    let url = link(&app, "read_key_a", json!({})).await;
+    let cookie = session_cookie(&app, &url).await;
+    let events_shown = || async {
+        let html = app
+            .http
+            .get(format!("{}/dashboard", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let shown = attribute_after(&html, "<section id=\"events\"", "data-events");
+        shown.parse::<u64>().unwrap()
+    };
+    let before = events_shown().await;
+    assert_eq!(before, 1242, "the seeded events");
+    let (status, answer) = app
+        .post_events("ingest_key_a", &common::events("late", "c2", 3))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(events_shown().await, before, "kept for a minute");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(
+        events_shown().await,
+        before,
+        "a stale week is served while it is read again"
+    );
+    let started = Instant::now();
+    loop {
+        let shown = events_shown().await;
+        if shown == before + 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the week read again: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

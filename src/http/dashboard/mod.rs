@@ -37,9 +37,26 @@ pub struct DashboardSettings {
     policy: HeaderValue,
     /// Whether `X-Frame-Options: DENY` goes along (no embedding origin configured).
     deny_frames: bool,
-    /// The overview's 7-day sections (events per hour, meters' volumes) by tenant, zone and
-    /// hour: read at most once a minute, whoever looks.
-    week: moka::sync::Cache<week::WeekKey, std::sync::Arc<week::WeekSections>>,
+    /// The overview's week (events per hour, meters' volumes) by tenant and zone, as last
+    /// read: read again in the background once a minute old (`week::kept_or_read`), dropped
+    /// after an hour nobody looked.
+    week: moka::sync::Cache<week::WeekKey, std::sync::Arc<week::Week>>,
+    /// The weeks being read again in the background: one read at a time per tenant and zone.
+    refreshing: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<week::WeekKey>>>,
+}
+
+/// A week being read again in the background; dropping it (the read ended, or its task
+/// failed) lets the next stale render start another.
+struct Refreshing {
+    key: week::WeekKey,
+    refreshing: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<week::WeekKey>>>,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        refreshing.remove(&self.key);
+    }
 }
 
 impl DashboardSettings {
@@ -75,8 +92,24 @@ impl DashboardSettings {
             deny_frames: origins.is_empty(),
             week: moka::sync::Cache::builder()
                 .max_capacity(1_000)
-                .time_to_live(std::time::Duration::from_secs(60))
+                .time_to_idle(std::time::Duration::from_secs(3_600))
                 .build(),
+            refreshing: std::sync::Arc::default(),
+        })
+    }
+
+    /// Forgets every overview's week kept: the next render of each reads it from storage
+    /// (how `readbench --pages` times that read).
+    pub fn forget_weeks(&self) {
+        self.week.invalidate_all();
+    }
+
+    /// Marks `key`'s week as being read again, unless it already is.
+    fn start_refresh(&self, key: &week::WeekKey) -> Option<Refreshing> {
+        let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        refreshing.insert(key.clone()).then(|| Refreshing {
+            key: key.clone(),
+            refreshing: self.refreshing.clone(),
         })
     }
 }

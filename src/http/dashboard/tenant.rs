@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::{Query, State};
-use chrono::{DateTime, TimeDelta, Utc};
-use maud::{Markup, PreEscaped, html};
+use chrono::{DateTime, Utc};
+use maud::{Markup, html};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
@@ -41,32 +41,18 @@ pub(super) async fn page(
     let tz = super::zone(params.tz.as_deref())?;
     let catalog = state.catalog.tenant(&viewer.tenant);
     let now = Utc::now();
-    let to = super::next_hour(now);
-    let from = to - TimeDelta::days(7);
-    let key = week::WeekKey {
-        tenant: viewer.tenant.to_string(),
-        tz: tz.name().to_owned(),
-        to: to.timestamp(),
-    };
-    let cached = state.dashboard.week.get(&key);
-    let week = async {
-        if let Some(week) = cached {
-            return Ok(week);
-        }
-        let week = std::sync::Arc::new(
-            week::week_sections(&state, &viewer, &catalog, from, to, tz).await?,
-        );
-        state.dashboard.week.insert(key, week.clone());
-        Ok::<_, PageError>(week)
-    };
-    // The current figures and the week's sections read independently: at once.
-    let (week, figures) = tokio::join!(week, figures(&state, &viewer, &catalog, now));
+    // The current figures and the week read independently: at once.
+    let (week, figures) = tokio::join!(
+        week::kept_or_read(&state, &viewer.tenant, &catalog, tz, now),
+        figures(&state, &viewer, &catalog, now)
+    );
     let (week, figures) = (week?, figures?);
+    let (events, meters) = week::sections(&viewer, &catalog, &week, tz);
     let live_src = href(&viewer, "/dashboard/live", &[]);
     let body = html! {
-        (PreEscaped(&week.events))
+        (events)
         (live::section(&live_src, figures))
-        (PreEscaped(&week.meters))
+        (meters)
     };
     Ok(view::page(Some(&viewer), "Overview", body))
 }
