@@ -799,34 +799,6 @@ async fn expected_meter(
     ShownMeter { volume, top }
 }
 
-/// Ages the day grain's re-opening marks of `store` by ten minutes, so that a round of its maintenance takes those days (marks younger than that are
-/// left to a later round).
-async fn age_reopening_marks(store: &meterhouse::store::Store) {
-    store
-        .client()
-        .query("ALTER TABLE rollup_days_reopened UPDATE at = at - 600 WHERE 1")
-        .execute()
-        .await
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        let left: u64 = store
-            .client()
-            .query(
-                "SELECT count() FROM system.mutations WHERE database = currentDatabase() \
-                 AND table = 'rollup_days_reopened' AND is_done = 0",
-            )
-            .fetch_one()
-            .await
-            .unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "marks aged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_overviews_week_is_the_meter_querys_daily_series_folded_in_one_read() {
     let mut config = common::test_config("dashboard_week", &common::store_url());
@@ -908,7 +880,7 @@ async fn the_overviews_week_is_the_meter_querys_daily_series_folded_in_one_read(
         false => app.store().await.shards(),
     };
     for shard in shards {
-        age_reopening_marks(&shard).await;
+        common::age_reopening_marks(&shard).await;
         let round = shard
             .compact_days(20, 1_000, Duration::from_secs(60))
             .await

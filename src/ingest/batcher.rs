@@ -244,7 +244,7 @@ impl Batcher {
     }
 
     async fn flush(&mut self, submissions: Vec<Submission>) {
-        if let Some(batch) = self.prepare(submissions).await {
+        if let Some(batch) = self.prepare(submissions, &KeySet::default()).await {
             self.finish(batch, None).await;
         }
     }
@@ -253,9 +253,21 @@ impl Batcher {
     /// at once (each shard takes its own), then each finished in turn (retries, outcome,
     /// answers).
     async fn flush_shards(&mut self, batches: Vec<Vec<Submission>>) {
-        let mut prepared = Vec::with_capacity(batches.len());
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(batches.len());
+        // An id taken by an earlier shard's batch (sent again under another customer) is a
+        // duplicate in a later one, as it would be within one batch.
+        let mut earlier = KeySet::default();
         for submissions in batches {
-            prepared.extend(self.prepare(submissions).await);
+            if let Some(batch) = self.prepare(submissions, &earlier).await {
+                earlier.extend(batch.taken.iter().copied());
+                prepared.push(batch);
+            }
+        }
+        // What a successor must settle should this process die now: from the oldest of them
+        // (each `prepare` marked its own).
+        if let Some(oldest) = prepared.iter().map(|b| b.now_ms).min() {
+            let in_doubt = self.ledger.oldest_in_doubt_ms().unwrap_or(oldest);
+            self.writer.unsettled_since(Some(oldest.min(in_doubt)));
         }
         if self.ledger.may_insert(&self.writer).await.is_err() {
             // Each batch finds out on its own, and is refused as it would be alone.
@@ -275,14 +287,26 @@ impl Batcher {
             .iter()
             .map(|b| store.insert_events(&b.rows, b.batch_id, 1));
         let first = futures_util::future::join_all(first).await;
-        for (batch, first) in prepared.into_iter().zip(first) {
+        // The shards that took their batch are answered first: a shard that did not waits for
+        // its retries alone.
+        let (mut done, mut retried): (Vec<_>, Vec<_>) = prepared
+            .into_iter()
+            .zip(first)
+            .partition(|(_, first)| first.is_ok());
+        done.append(&mut retried);
+        for (batch, first) in done {
             self.finish(batch, Some(first)).await;
         }
     }
 
     /// Claims the ids of `submissions` as one batch and answers those refused or with nothing
-    /// to insert; `None` when nothing is left to insert.
-    async fn prepare(&mut self, submissions: Vec<Submission>) -> Option<Prepared> {
+    /// to insert; `None` when nothing is left to insert. Ids in `earlier` (taken by another
+    /// batch of this flush) count as duplicates.
+    async fn prepare(
+        &mut self,
+        submissions: Vec<Submission>,
+        earlier: &KeySet,
+    ) -> Option<Prepared> {
         if let Err(e) = self.ledger.settle(&self.store).await {
             tracing::warn!(error = %e, "cannot settle in-doubt batches; refusing this batch");
             self.refuse_all(submissions);
@@ -325,7 +349,7 @@ impl Batcher {
             let (mut accepted, mut duplicates) = (0, 0);
             let rows_and_keys = submission.rows.into_iter().zip(submission.keys);
             for ((row, key), verdict) in rows_and_keys.zip(verdicts) {
-                if verdict == Verdict::New && taken.insert(key) {
+                if verdict == Verdict::New && !earlier.contains(&key) && taken.insert(key) {
                     rows.push(row);
                     accepted += 1;
                 } else {

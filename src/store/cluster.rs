@@ -238,14 +238,15 @@ async fn ping_forever(cluster: std::sync::Weak<Cluster>) {
     }
 }
 
-/// The distinct shard macro values, in order: numerically when they all are numbers.
+/// The distinct shard macro values, in order: numerically when they all are numbers, else as
+/// text.
 fn shard_order<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut order: Vec<String> = values.map(str::to_owned).collect();
-    order.sort_by(|a, b| match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(a), Ok(b)) => a.cmp(&b),
-        _ => a.cmp(b),
-    });
+    order.sort();
     order.dedup();
+    if order.iter().all(|v| v.parse::<u64>().is_ok()) {
+        order.sort_by_key(|v| v.parse::<u64>().unwrap_or_default());
+    }
     order
 }
 
@@ -281,6 +282,10 @@ mod tests {
             ["1", "2", "10"]
         );
         assert_eq!(shard_order(["b", "a"].into_iter()), ["a", "b"]);
+        assert_eq!(
+            shard_order(["2", "10", "1a"].into_iter()),
+            ["10", "1a", "2"]
+        );
     }
 
     #[test]

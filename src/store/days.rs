@@ -102,7 +102,7 @@ impl Store {
             return Ok(self.days.sealed_until_s.load(Ordering::Relaxed));
         }
         let until: u32 = self
-            .client
+            .client()
             .query(queries::DAYS_SEALED_UNTIL)
             .fetch_one()
             .await?;
@@ -124,7 +124,7 @@ impl Store {
         let version = u64::from(t0) * 1000;
         let mut done = Compacted::default();
         let mut until: u32 = self
-            .client
+            .client()
             .query(queries::DAYS_SEALED_UNTIL)
             .fetch_one()
             .await?;
@@ -137,7 +137,7 @@ impl Store {
             // sealed, if later), recorded at once: nothing before it is in the rollup, and
             // events of those days arriving later re-open theirs.
             let first: u32 = self
-                .client
+                .client()
                 .query(queries::FIRST_ROLLUP_HOUR)
                 .fetch_one()
                 .await?;

@@ -133,7 +133,15 @@ async fn wait_for_no_writer(store: &Store, version: u32, name: &str) -> Result<(
 }
 
 pub async fn run_until(store: &Store, last: u32) -> Result<usize, StoreError> {
-    run_statement(store, super::queries::CREATE_MIGRATIONS_LEDGER, 0).await?;
+    // On a cluster, `ON CLUSTER` waits for every node: only when the ledger is missing.
+    let ledger: u64 = store
+        .client()
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'schema_migrations'")
+        .fetch_one()
+        .await?;
+    if ledger == 0 || store.cluster().is_none() {
+        run_statement(store, super::queries::CREATE_MIGRATIONS_LEDGER, 0).await?;
+    }
     let client = store.client();
     let done: Vec<u32> = client
         .query(super::queries::APPLIED_MIGRATIONS)

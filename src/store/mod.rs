@@ -47,9 +47,11 @@ fn with_budget(client: Client, (seconds, bytes): (u64, u64)) -> Client {
 /// A handle on meterhouse's database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
-    /// `client` with the read budget of a request's statements.
-    reader: Client,
+    /// The one server's client (in cluster mode the first node's, used only to start): every
+    /// statement goes through [`Store::client`] and [`Store::reader`], which route.
+    first_client: Client,
+    /// `first_client` with the read budget of a request's statements.
+    first_reader: Client,
     database: String,
     dirty: Arc<changes::Marks>,
     days: Arc<days::DayGrain>,
@@ -78,8 +80,8 @@ impl Store {
         };
         let (client, reader) = clients_of(urls.first().map_or(url, String::as_str), config);
         Self {
-            client,
-            reader,
+            first_client: client,
+            first_reader: reader,
             database: config.database.clone(),
             dirty: Arc::default(),
             days: Arc::default(),
@@ -96,40 +98,92 @@ impl Store {
     /// Checks the server, creates the database and enables schema validation where supported;
     /// in cluster mode, every node given, and learns which shard each is.
     pub async fn connect(mut self) -> Result<Self, StoreError> {
-        let bare = self.client.clone().with_database("default");
-        let version: String = bare.query("SELECT version()").fetch_one().await?;
-        let validate = major_version(&version) >= 24;
-        if validate {
-            self.client = self.client.with_validation(true);
-            self.reader = self.reader.with_validation(true);
+        if self.wanted_cluster.is_some() {
+            return self.connect_cluster().await;
         }
+        let bare = self.first_client.clone().with_database("default");
+        let version: String = bare.query("SELECT version()").fetch_one().await?;
+        self.validate_from(&version);
         tracing::info!(clickhouse_version = %version, database = %self.database, "connected to clickhouse");
-        let mut create = format!(
+        let create = format!(
             "CREATE DATABASE IF NOT EXISTS {}",
             quote_ident(&self.database)
         );
-        if let Some((name, quorum)) = self.wanted_cluster.clone() {
-            let mut nodes = Vec::new();
-            for url in &self.urls {
-                // Only the events' own insert is deduplicated by block (a retried batch lands
-                // once): the maintenance may write a block equal to an earlier one on purpose.
-                let client = self.client.clone().with_url(url);
-                let client = client.with_setting("insert_deduplicate", "0");
-                let reader = self.reader.clone().with_url(url);
-                let bare = client.clone().with_database("default");
-                match bare.query("SELECT 1").fetch_one::<u8>().await {
-                    Ok(_) => nodes.push((url.clone(), client, reader)),
-                    // Used from the next start on; every shard must have a node that answers.
-                    Err(e) => {
-                        tracing::warn!(url = %url, error = %e, "clickhouse node not answering; left out")
-                    }
+        bare.query(&create).execute().await?;
+        Ok(self)
+    }
+
+    /// Schema validation on servers that support it (24 and later).
+    fn validate_from(&mut self, version: &str) {
+        if major_version(version) >= 24 {
+            self.first_client = self.first_client.clone().with_validation(true);
+            self.first_reader = self.first_reader.clone().with_validation(true);
+        }
+    }
+
+    /// [`Store::connect`] in cluster mode: every node given that answers, which shard each is,
+    /// and the database made `ON CLUSTER` unless it exists (`ON CLUSTER` waits for every node
+    /// of the cluster: a start with one of them down would wait for it).
+    async fn connect_cluster(mut self) -> Result<Self, StoreError> {
+        let Some((name, quorum)) = self.wanted_cluster.clone() else {
+            return Ok(self);
+        };
+        let mut nodes = Vec::new();
+        let mut version = None;
+        for url in &self.urls {
+            let bare = self
+                .first_client
+                .clone()
+                .with_url(url)
+                .with_database("default");
+            match bare.query("SELECT version()").fetch_one::<String>().await {
+                Ok(v) => {
+                    version.get_or_insert(v);
+                    nodes.push(url.clone());
+                }
+                // Used from the next start on; every shard must have a node that answers.
+                Err(e) => {
+                    tracing::warn!(url = %url, error = %e, "clickhouse node not answering; left out")
                 }
             }
-            let cluster = Cluster::discover(&name, quorum, nodes).await?;
-            create.push_str(&format!(" ON CLUSTER {}", quote_ident(cluster.name())));
-            self.cluster = Some(cluster);
         }
-        bare.query(&create).execute().await?;
+        let Some(version) = version else {
+            return Err(StoreError::Unavailable(format!(
+                "no node of cluster '{name}' answers"
+            )));
+        };
+        self.validate_from(&version);
+        tracing::info!(clickhouse_version = %version, database = %self.database, "connected to clickhouse");
+        let nodes = nodes
+            .into_iter()
+            .map(|url| {
+                // Only the events' own insert is deduplicated by block (a retried batch lands
+                // once): the maintenance may write a block equal to an earlier one on purpose.
+                let client = self.first_client.clone().with_url(&url);
+                let client = client.with_setting("insert_deduplicate", "0");
+                let reader = self.first_reader.clone().with_url(&url);
+                (url, client, reader)
+            })
+            .collect();
+        let cluster = Cluster::discover(&name, quorum, nodes).await?;
+        let bare = cluster.node(None).client.clone().with_database("default");
+        let exists: u64 = bare
+            .query("SELECT count() FROM system.databases WHERE name = ?")
+            .bind(&self.database)
+            .fetch_one()
+            .await?;
+        if exists == 0 {
+            let create = format!(
+                "CREATE DATABASE IF NOT EXISTS {} ON CLUSTER {}",
+                quote_ident(&self.database),
+                quote_ident(cluster.name())
+            );
+            bare.query(&create)
+                .with_setting("distributed_ddl_task_timeout", "120")
+                .execute()
+                .await?;
+        }
+        self.cluster = Some(cluster);
         Ok(self)
     }
 
@@ -138,7 +192,7 @@ impl Store {
     pub fn client(&self) -> &Client {
         match &self.cluster {
             Some(cluster) => &cluster.node(self.shard).client,
-            None => &self.client,
+            None => &self.first_client,
         }
     }
 
@@ -147,7 +201,7 @@ impl Store {
     pub fn reader(&self) -> &Client {
         match &self.cluster {
             Some(cluster) => &cluster.node(self.shard).reader,
-            None => &self.reader,
+            None => &self.first_reader,
         }
     }
 

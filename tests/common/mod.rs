@@ -697,3 +697,46 @@ pub async fn stored_ids(store: &Store, database: &str) -> Vec<String> {
         .await
         .unwrap()
 }
+
+/// Ages the day grain's re-opening marks of `store` by ten minutes, so that a round of its maintenance takes those days (marks younger than that are
+/// left to a later round).
+pub async fn age_reopening_marks(store: &meterhouse::store::Store) {
+    store
+        .client()
+        .query("ALTER TABLE rollup_days_reopened UPDATE at = at - 600 WHERE 1")
+        .execute()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let left: u64 = store
+            .client()
+            .query(
+                "SELECT count() FROM system.mutations WHERE database = currentDatabase() \
+                 AND table = 'rollup_days_reopened' AND is_done = 0",
+            )
+            .fetch_one()
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let why: Vec<(String, String)> = store
+                .client()
+                .query(
+                    "SELECT mutation_id, latest_fail_reason FROM system.mutations \
+                     WHERE database = currentDatabase() AND table = 'rollup_days_reopened' AND is_done = 0",
+                )
+                .fetch_all()
+                .await
+                .unwrap_or_default();
+            panic!(
+                "the marks were not aged within 60 s on {} (cluster: {}): {why:?}",
+                store.database(),
+                store.cluster().is_some()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
