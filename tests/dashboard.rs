@@ -293,13 +293,12 @@ async fn pages_show_the_usage_apis_quantities_and_totals() {
 
     // The CSV, through the session the link opens.
     let cookie = session_cookie(&app, &url).await;
-    let csv = app
-        .http
-        .get(format!("{}/dashboard/meters/tokens/csv?{query}", app.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let csv = with_cookie(
+        &app,
+        &format!("/dashboard/meters/tokens/csv?{query}"),
+        &cookie,
+    )
+    .await;
     assert_eq!(csv.status(), 200);
     let csv = csv.text().await.unwrap();
     assert!(
@@ -335,13 +334,7 @@ async fn pages_show_the_usage_apis_quantities_and_totals() {
     )
     .await;
     assert_eq!(status, 200, "{usage}");
-    let page = app
-        .http
-        .get(format!("{}/dashboard/customers/c1?{window}", app.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let page = with_cookie(&app, &format!("/dashboard/customers/c1?{window}"), &cookie).await;
     assert_eq!(page.status(), 200);
     let page = page.text().await.unwrap();
     let total = attribute(&page, "class=\"num total\"", "data-total").expect("a total");
@@ -351,6 +344,16 @@ async fn pages_show_the_usage_apis_quantities_and_totals() {
         "a past window does not refresh"
     );
     app.shutdown().await;
+}
+
+/// `path` of the service, with the session `cookie`.
+async fn with_cookie(app: &TestApp, path: &str, cookie: &str) -> reqwest::Response {
+    app.http
+        .get(format!("{}{path}", app.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Opens `url` without following the redirect: the session cookie it sets.
@@ -400,13 +403,7 @@ async fn a_customers_link_is_refused_elsewhere_and_expired_or_forged_links_say_s
         ("/dashboard/customers/c1", 200),
         ("/dashboard/customers/c2/live", 403),
     ] {
-        let response = app
-            .http
-            .get(format!("{}{path}", app.base))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
+        let response = with_cookie(&app, path, &cookie).await;
         assert_eq!(response.status().as_u16(), status, "{path}");
     }
     screenshot(
@@ -489,13 +486,7 @@ async fn pages_are_not_framed_unless_an_origin_is_allowed() {
     let app = spawn_app("dashboard_frames").await;
     let url = link(&app, "admin_key_a", json!({})).await;
     let cookie = session_cookie(&app, &url).await;
-    let response = app
-        .http
-        .get(format!("{}/dashboard", app.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let response = with_cookie(&app, "/dashboard", &cookie).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-frame-options"], "DENY");
     let policy = response.headers()["content-security-policy"]
@@ -803,16 +794,7 @@ async fn expected_meter(
 async fn the_overviews_week_is_the_meter_querys_daily_series_folded_in_one_read() {
     let mut config = common::test_config("dashboard_week", &common::store_url());
     config.rollup_maintenance_every_s = 0;
-    let catalog = common::scratch_dir("catalog-dashboard-week.json");
-    std::fs::write(
-        &catalog,
-        common::CATALOG.replace(
-            r#"{"id": "acme","#,
-            r#"{"id": "acme", "allow_backfill": true,"#,
-        ),
-    )
-    .unwrap();
-    config.catalog = Some(catalog);
+    config.catalog = Some(common::backfill_catalog("catalog-dashboard-week.json"));
     let app = common::spawn_with(config, true).await;
     let additive = [
         ("calls", true),
@@ -903,16 +885,8 @@ async fn the_overviews_week_is_the_meter_querys_daily_series_folded_in_one_read(
     let url = link(&app, "read_key_a", json!({})).await;
     let cookie = session_cookie(&app, &url).await;
     for tz in ["UTC", "Europe/Paris"] {
-        let html = app
-            .http
-            .get(format!("{}/dashboard?tz={tz}", app.base))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = with_cookie(&app, &format!("/dashboard?tz={tz}"), &cookie).await;
+        let html = page.text().await.unwrap();
         let (week, shown) = shown_meters(&html);
         assert_eq!(shown.len(), additive.len(), "{tz}: every meter shown");
         for (slug, meter) in &shown {
@@ -971,16 +945,8 @@ async fn a_kept_week_is_served_at_once_and_read_again_in_the_background_after_a_
     let url = link(&app, "read_key_a", json!({})).await;
     let cookie = session_cookie(&app, &url).await;
     let events_shown = || async {
-        let html = app
-            .http
-            .get(format!("{}/dashboard", app.base))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html = with_cookie(&app, "/dashboard", &cookie).await;
+        let html = html.text().await.unwrap();
         let shown = attribute_after(&html, "<section id=\"events\"", "data-events");
         shown.parse::<u64>().unwrap()
     };

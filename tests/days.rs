@@ -112,16 +112,7 @@ async fn age_marks(store: &Store) {
 async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_them() {
     let mut config = test_config("days", &common::clickhouse_url());
     config.rollup_maintenance_every_s = 0;
-    let catalog = common::scratch_dir("catalog-days.json");
-    std::fs::write(
-        &catalog,
-        common::CATALOG.replace(
-            r#"{"id": "acme","#,
-            r#"{"id": "acme", "allow_backfill": true,"#,
-        ),
-    )
-    .unwrap();
-    config.catalog = Some(catalog);
+    config.catalog = Some(common::backfill_catalog("catalog-days.json"));
     let app = spawn_with(config, true).await;
     for (slug, _, aggregation) in METERS {
         let property = if slug == "v" {

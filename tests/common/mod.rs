@@ -160,7 +160,15 @@ pub async fn spawn_app(test: &str) -> TestApp {
 /// tests whose events must sit at dates derived from the clock (a DST change up to a year ago).
 pub async fn spawn_backfill_app(test: &str) -> TestApp {
     let mut config = test_config(test, &store_url());
-    let catalog = scratch_dir("catalog-backfill.json");
+    config.catalog = Some(backfill_catalog("catalog-backfill.json"));
+    spawn_with(config, true).await
+}
+
+/// The test catalog with tenant `acme` allowed to send events of any date, written to the
+/// scratch file `name` (a file per suite: another may be reading its own meanwhile).
+pub fn backfill_catalog(name: &str) -> PathBuf {
+    let catalog = scratch_dir(name);
+    std::fs::create_dir_all(catalog.parent().unwrap()).unwrap();
     std::fs::write(
         &catalog,
         CATALOG.replace(
@@ -169,8 +177,7 @@ pub async fn spawn_backfill_app(test: &str) -> TestApp {
         ),
     )
     .unwrap();
-    config.catalog = Some(catalog);
-    spawn_with(config, true).await
+    catalog
 }
 
 /// Drops the configuration's database and connects to it again (which creates it empty).
