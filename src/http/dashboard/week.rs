@@ -221,13 +221,14 @@ async fn meter_volumes(
     for meter in catalog.meters.values().filter(|m| integrated(m)) {
         volumes.extend(integrated_volumes(state, tenant, &meter.slug, (from, to), tz).await?);
     }
-    // In cluster mode from every shard (one on one server), each with its own day grain: a
-    // customer's rows are on one shard only, so each customer's volume is whole on its own.
-    for shard in state.store.shards() {
+    // In cluster mode from every shard at once (one on one server), each with its own day
+    // grain: a customer's rows are on one shard only, so each customer's volume is whole.
+    let shards = state.store.shards();
+    let reads = shards.iter().map(|shard| async move {
         let mut read = Vec::new();
         for meter in catalog.meters.values().filter(|m| !integrated(m)) {
             let parts =
-                window::parts_of(&shard, (tenant, &meter.slug, None), bounds_ms, flags).await?;
+                window::parts_of(shard, (tenant, &meter.slug, None), bounds_ms, flags).await?;
             read.push(WeekMeter {
                 slug: &meter.slug,
                 aggregation: meter.aggregation,
@@ -235,7 +236,10 @@ async fn meter_volumes(
             });
         }
         let statement = week_volumes_statement(tenant, tz.name(), &read);
-        volumes.extend(shard.week_volumes(&statement).await?);
+        shard.week_volumes(&statement).await
+    });
+    for read in futures_util::future::join_all(reads).await {
+        volumes.extend(read?);
     }
     let mut per_meter: BTreeMap<String, Vec<CustomerVolume>> = BTreeMap::new();
     for volume in volumes {
