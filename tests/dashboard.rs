@@ -92,29 +92,37 @@ async fn chromium(url: &str, args: &[String]) -> String {
     // At most two browsers at once: the tests run in parallel on small machines.
     static BROWSERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
     let _browser = BROWSERS.acquire().await.unwrap();
-    let profile = tempfile::tempdir().unwrap();
-    let mut command = tokio::process::Command::new("chromium");
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-extensions",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .expect("chromium finished within 2 minutes")
-        .expect("chromium runs (scripts/install-deps --tests installs it)");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    // A browser that stalls on a loaded machine (it happens, rarely, to headless chromium
+    // whatever the page) is started once more, on a fresh profile.
+    for attempt in 1..=2 {
+        let profile = tempfile::tempdir().unwrap();
+        let mut command = tokio::process::Command::new("chromium");
+        command
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(args)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(90), command.output()).await {
+            Ok(output) => {
+                let output =
+                    output.expect("chromium runs (scripts/install-deps --tests installs it)");
+                return String::from_utf8_lossy(&output.stdout).into_owned();
+            }
+            Err(_) => eprintln!("chromium did not finish within 90 s (attempt {attempt}) on {url}"),
+        }
+    }
+    panic!("chromium did not finish {url} within 90 s, twice");
 }
 
 /// The DOM of `url` once its scripts ran for `budget_ms` of virtual time.
