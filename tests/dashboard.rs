@@ -66,16 +66,20 @@ async fn seed(app: &TestApp) {
     assert_eq!(status, 202, "{answer}");
 }
 
+/// `POST /v1/dashboard/links` with `key` and `body`: the status and answer.
+async fn mint(app: &TestApp, key: &str, body: &Value) -> (u16, Value) {
+    app.post_raw(
+        "/v1/dashboard/links",
+        key,
+        "application/json",
+        body.to_string(),
+    )
+    .await
+}
+
 /// A link minted with `key`: its path and query.
 async fn link(app: &TestApp, key: &str, body: Value) -> String {
-    let (status, answer) = app
-        .post_raw(
-            "/v1/dashboard/links",
-            key,
-            "application/json",
-            body.to_string(),
-        )
-        .await;
+    let (status, answer) = mint(app, key, &body).await;
     assert_eq!(status, 201, "{answer}");
     answer["url"].as_str().unwrap().to_owned()
 }
@@ -455,14 +459,7 @@ async fn a_customers_link_is_refused_elsewhere_and_expired_or_forged_links_say_s
         ("admin_key_a", json!({"ttl_s": 604_801}), 400),
         ("admin_key_b", json!({"customer": "c1"}), 404),
     ] {
-        let (got, answer) = app
-            .post_raw(
-                "/v1/dashboard/links",
-                key,
-                "application/json",
-                body.to_string(),
-            )
-            .await;
+        let (got, answer) = mint(&app, key, &body).await;
         assert_eq!(got, status, "{key} {body}: {answer}");
     }
     let response = app
