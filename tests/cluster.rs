@@ -7,7 +7,8 @@
 //! - Two meterhouse replicas sharing their dedup through Redis take events from retrying clients
 //!   while a ClickHouse replica is killed and brought back, then while ZooKeeper is: a shard
 //!   short of its quorum refuses writes (503) and still answers reads, and at the end every
-//!   acknowledged event is stored once, on both replicas of its shard, and counted once.
+//!   acknowledged event is stored once, on both replicas of its shard, and counted once. A
+//!   service started while a node is down uses that node once it answers.
 
 mod common;
 
@@ -550,5 +551,24 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_a_replica_or_zookeeper_die
             }
         }
     }
+
+    // A service started while a node is down uses it once it answers: with the other replica
+    // of that shard killed next, the shard's reads go to the node that joined.
+    let (status, before) = calls_of(&http, &bases[0], &c0).await;
+    assert_eq!(status, 200);
+    cluster.kill_node(shard0[0]);
+    let port = free_server_port();
+    services.push(serve(port, &cluster, &redis));
+    let late = format!("http://127.0.0.1:{port}");
+    wait_ready(&http, &late).await;
+    cluster.restart_node(shard0[0]).await;
+    // A ping or two.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.kill_node(shard0[1]);
+    assert_eq!(
+        calls_of(&http, &late, &c0).await,
+        (200, before),
+        "shard 0 read from the node that joined"
+    );
     drop(services);
 }

@@ -12,12 +12,14 @@
 //!   others (catalog, keys, writers, outbox) on every node, so any node answers for them.
 //!   Migrations create them `ON CLUSTER` (`migrate`).
 //! - **Failover.** Each node is pinged every half second; statements go to the first node that
-//!   answered, in the order given, among those that hold what they read or write.
+//!   answered, in the order given, among those that hold what they read or write. A node that
+//!   does not answer at start (every shard needs one that does) joins when it first answers a
+//!   ping: its shard is learnt then.
 //!
 //! [`Store::shards`]: super::Store::shards
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clickhouse::Client;
@@ -63,13 +65,32 @@ pub const EVERYWHERE: &[&str] = &[
 const PING_EVERY: Duration = Duration::from_millis(500);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// One node: its clients and whether it answered its last ping.
+/// One node: its clients, its shard once known, and whether it answered its last ping.
 pub(super) struct Node {
     pub(super) url: String,
     pub(super) client: Client,
     pub(super) reader: Client,
-    shard: usize,
+    /// Its shard's index, or [`UNKNOWN`] until it first answers.
+    shard: AtomicUsize,
     alive: AtomicBool,
+}
+
+/// The shard of a node that has not answered yet.
+const UNKNOWN: usize = usize::MAX;
+
+impl Node {
+    /// Its shard's index, once it answered.
+    fn shard(&self) -> Option<usize> {
+        Some(self.shard.load(Ordering::Relaxed)).filter(|&s| s != UNKNOWN)
+    }
+}
+
+/// A node given in `--clickhouse-url`: its URL, clients, and whether it answered at start.
+pub(super) struct Given {
+    pub(super) url: String,
+    pub(super) client: Client,
+    pub(super) reader: Client,
+    pub(super) answered: bool,
 }
 
 /// What a process knows of one shard's rollups (per shard: each has its own marks and horizon).
@@ -84,32 +105,41 @@ pub struct Cluster {
     name: String,
     quorum: u64,
     nodes: Vec<Node>,
+    /// The shards' macro values, in shard order.
+    shard_names: Vec<String>,
     pub(super) shards: Vec<ShardState>,
 }
 
 impl Cluster {
-    /// Learns each node's shard from `nodes` (`(url, client, reader)`), checks them against
-    /// the cluster `name`, and starts pinging them.
+    /// Learns the shard of each node of `given` that answered, checks them against the
+    /// cluster `name`, and starts pinging every node (those that did not answer join later).
     pub(super) async fn discover(
         name: &str,
         quorum: u64,
-        nodes: Vec<(String, Client, Client)>,
+        given: Vec<Given>,
     ) -> Result<Arc<Self>, StoreError> {
         let mut found = Vec::new();
+        let mut late = Vec::new();
         let mut shard_count = 0;
-        for (url, client, reader) in nodes {
-            // The database may not exist yet.
-            let bare = client.clone().with_database("default");
-            let macro_value: Vec<String> = bare
-                .query("SELECT substitution FROM system.macros WHERE macro = 'shard'")
-                .fetch_all()
-                .await?;
-            let Some(macro_value) = macro_value.into_iter().next() else {
-                return Err(StoreError::Rejected(format!(
+        for node in given {
+            if !node.answered {
+                late.push(node);
+                continue;
+            }
+            let Given {
+                url,
+                client,
+                reader,
+                ..
+            } = node;
+            let macro_value = shard_macro(&client).await?.ok_or_else(|| {
+                StoreError::Rejected(format!(
                     "the ClickHouse at {url} defines no `shard` macro: cluster mode needs \
                      <macros><shard>…</shard><replica>…</replica></macros> in every node's config"
-                )));
-            };
+                ))
+            })?;
+            // The database may not exist yet.
+            let bare = client.clone().with_database("default");
             let shards: u64 = bare
                 .query("SELECT uniqExact(shard_num) FROM system.clusters WHERE cluster = ?")
                 .bind(name)
@@ -142,26 +172,35 @@ impl Cluster {
                 order.join(", ")
             )));
         }
-        let nodes = found
+        let mut nodes: Vec<Node> = found
             .into_iter()
             .map(|(url, client, reader, m)| Node {
-                shard: order.iter().position(|o| *o == m).unwrap_or_default(),
+                shard: AtomicUsize::new(order.iter().position(|o| *o == m).unwrap_or_default()),
                 url,
                 client,
                 reader,
                 alive: AtomicBool::new(true),
             })
             .collect();
+        nodes.extend(late.into_iter().map(|g| Node {
+            url: g.url,
+            client: g.client,
+            reader: g.reader,
+            shard: AtomicUsize::new(UNKNOWN),
+            alive: AtomicBool::new(false),
+        }));
         let cluster = Arc::new(Self {
             name: name.to_owned(),
             quorum,
-            nodes,
             shards: order.iter().map(|_| ShardState::default()).collect(),
+            shard_names: order,
+            nodes,
         });
         tracing::info!(
             cluster = name,
             shards = cluster.shards.len(),
             nodes = cluster.nodes.len(),
+            waiting_for = cluster.nodes.iter().filter(|n| n.shard().is_none()).count(),
             insert_quorum = quorum,
             "clickhouse cluster"
         );
@@ -193,7 +232,7 @@ impl Cluster {
         let mut holding = self
             .nodes
             .iter()
-            .filter(|n| shard.is_none_or(|s| n.shard == s));
+            .filter(|n| shard.is_none_or(|s| n.shard() == Some(s)));
         let first = holding.clone().next().unwrap_or(&self.nodes[0]);
         holding
             .find(|n| n.alive.load(Ordering::Relaxed))
@@ -202,7 +241,11 @@ impl Cluster {
 
     /// The nodes of `shard`, those that answered their last ping first.
     pub(super) fn replicas(&self, shard: usize) -> Vec<&Node> {
-        let mut replicas: Vec<&Node> = self.nodes.iter().filter(|n| n.shard == shard).collect();
+        let mut replicas: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| n.shard() == Some(shard))
+            .collect();
         replicas.sort_by_key(|n| !n.alive.load(Ordering::Relaxed));
         replicas
     }
@@ -230,12 +273,44 @@ async fn ping_forever(cluster: std::sync::Weak<Cluster>) {
         for node in &cluster.nodes {
             let bare = node.client.clone().with_database("default");
             let ping = bare.query("SELECT 1").fetch_one::<u8>();
-            let alive = matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_)));
+            let mut alive = matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_)));
+            if alive && node.shard().is_none() {
+                alive = cluster.join(node).await;
+            }
             if node.alive.swap(alive, Ordering::Relaxed) != alive {
-                tracing::warn!(url = %node.url, shard = node.shard, alive, "clickhouse node changed state");
+                tracing::warn!(url = %node.url, shard = node.shard(), alive, "clickhouse node changed state");
             }
         }
     }
+}
+
+impl Cluster {
+    /// Learns the shard of `node`, which did not answer at start and does now; whether it
+    /// joined (a node whose macro names no shard of the cluster is left out).
+    async fn join(&self, node: &Node) -> bool {
+        let lookup = tokio::time::timeout(PING_TIMEOUT, shard_macro(&node.client)).await;
+        let Ok(Ok(Some(value))) = lookup else {
+            return false;
+        };
+        let Some(shard) = self.shard_names.iter().position(|s| *s == value) else {
+            tracing::warn!(url = %node.url, shard = %value, "clickhouse node's shard is not one of the cluster's; left out");
+            return false;
+        };
+        node.shard.store(shard, Ordering::Relaxed);
+        tracing::info!(url = %node.url, shard, "clickhouse node joined");
+        true
+    }
+}
+
+/// The `shard` macro of the node `client` reaches, if it defines one.
+async fn shard_macro(client: &Client) -> Result<Option<String>, StoreError> {
+    let values: Vec<String> = client
+        .clone()
+        .with_database("default")
+        .query("SELECT substitution FROM system.macros WHERE macro = 'shard'")
+        .fetch_all()
+        .await?;
+    Ok(values.into_iter().next())
 }
 
 /// The distinct shard macro values, in order: numerically when they all are numbers, else as

@@ -139,11 +139,12 @@ impl Store {
             match bare.query("SELECT version()").fetch_one::<String>().await {
                 Ok(v) => {
                     version.get_or_insert(v);
-                    nodes.push(url.clone());
+                    nodes.push((url.clone(), true));
                 }
-                // Used from the next start on; every shard must have a node that answers.
+                // It joins once it answers; every shard must have a node that answers now.
                 Err(e) => {
-                    tracing::warn!(url = %url, error = %e, "clickhouse node not answering; left out")
+                    tracing::warn!(url = %url, error = %e, "clickhouse node not answering; used once it does");
+                    nodes.push((url.clone(), false));
                 }
             }
         }
@@ -156,13 +157,18 @@ impl Store {
         tracing::info!(clickhouse_version = %version, database = %self.database, "connected to clickhouse");
         let nodes = nodes
             .into_iter()
-            .map(|url| {
+            .map(|(url, answered)| {
                 // Only the events' own insert is deduplicated by block (a retried batch lands
                 // once): the maintenance may write a block equal to an earlier one on purpose.
                 let client = self.first_client.clone().with_url(&url);
                 let client = client.with_setting("insert_deduplicate", "0");
                 let reader = self.first_reader.clone().with_url(&url);
-                (url, client, reader)
+                cluster::Given {
+                    url,
+                    client,
+                    reader,
+                    answered,
+                }
             })
             .collect();
         let cluster = Cluster::discover(&name, quorum, nodes).await?;

@@ -135,7 +135,7 @@ impl LocalCluster {
                 });
             }
         }
-        let cluster = Self {
+        let mut cluster = Self {
             zookeeper,
             zookeeper_dir,
             zookeeper_port,
@@ -144,7 +144,56 @@ impl LocalCluster {
         for i in 0..cluster.nodes.len() {
             cluster.wait_node(i).await;
         }
+        cluster.wait_distributed_ddl().await;
         cluster
+    }
+
+    /// Waits until every node runs `ON CLUSTER` statements: a node can answer queries and see
+    /// ZooKeeper while its DDL worker takes nothing from the queue (a clean-clone run saw a
+    /// first `CREATE DATABASE … ON CLUSTER` wait 120 s for one host that never became active).
+    /// A statement that changes nothing is run on the cluster; a node that has not run it
+    /// within 30 s is started again, its log printed, at most twice.
+    async fn wait_distributed_ddl(&mut self) {
+        let mut report = String::new();
+        for attempt in 0..3 {
+            let probe = format!("ddl_probe_{attempt}");
+            let sql = format!("CREATE DATABASE IF NOT EXISTS {probe} ON CLUSTER {CLUSTER}");
+            let answer = self
+                .try_query(0, &sql, &[("distributed_ddl_task_timeout", "30")])
+                .await;
+            let Err(error) = answer else {
+                if attempt > 0 {
+                    eprintln!("every node runs distributed DDL after restarts:\n{report}");
+                }
+                return;
+            };
+            for i in 0..self.nodes.len() {
+                let seen = self
+                    .try_query(
+                        i,
+                        &format!("SELECT count() FROM system.databases WHERE name = '{probe}'"),
+                        &[],
+                    )
+                    .await;
+                if seen.as_deref().map(str::trim) == Ok("1") {
+                    continue;
+                }
+                let alive = self.nodes[i]
+                    .process
+                    .0
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+                let log = std::fs::read_to_string(self.nodes[i].dir.join("stderr.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                report += &format!(
+                    "node {i} (alive: {alive}) did not run `{sql}` ({error}); its log ends:\n{}\n",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+                self.restart_node(i).await;
+            }
+        }
+        panic!("the cluster does not run distributed DDL:\n{report}");
     }
 
     /// Every node's URL, comma-separated, as `--clickhouse-url` takes them.
@@ -183,20 +232,38 @@ impl LocalCluster {
         wait_port(self.zookeeper_port).await;
     }
 
-    /// Runs `sql` on node `i`; its text answer.
-    pub async fn query(&self, i: usize, sql: &str) -> String {
-        let http = reqwest::Client::new();
-        let response = http
-            .post(self.nodes[i].url())
+    /// Runs `sql` on node `i` with `settings`; its text answer, or the status and message.
+    async fn try_query(
+        &self,
+        i: usize,
+        sql: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<String, String> {
+        let settings: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let response = reqwest::Client::new()
+            .post(format!("{}/?{}", self.nodes[i].url(), settings.join("&")))
             .body(sql.to_owned())
             .timeout(Duration::from_secs(120))
             .send()
             .await
-            .expect("query a cluster node");
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
-        assert!(status.is_success(), "{sql} on node {i}: {text}");
-        text
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "{status}: {}",
+                text.lines().next().unwrap_or_default()
+            ))
+        }
+    }
+
+    /// Runs `sql` on node `i`; its text answer.
+    pub async fn query(&self, i: usize, sql: &str) -> String {
+        self.try_query(i, sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql} on node {i}: {e}"))
     }
 
     /// Waits (60 s at most) until node `i` answers.
