@@ -930,6 +930,11 @@ async fn the_overviews_links_carry_each_viewers_own_token_only() {
     .await;
     assert!(inside.contains("data-meter=\"calls\""), "{inside}");
     assert!(inside.contains(&format!("token={token}")));
+    // Its zone form keeps the token too.
+    assert!(
+        inside.contains(&format!("name=\"token\" value=\"{token}\"")),
+        "{inside}"
+    );
     // The same week for a viewer with a session: its links carry no token.
     let other = link(&app, "read_key_a", json!({})).await;
     let cookie = session_cookie(&app, &other).await;
@@ -941,6 +946,22 @@ async fn the_overviews_links_carry_each_viewers_own_token_only() {
     .await;
     assert!(page.contains("data-meter=\"calls\""), "{page}");
     assert!(!page.contains("token="), "another viewer's token: {page}");
+    assert!(
+        !page.contains("name=\"token\""),
+        "another viewer's token: {page}"
+    );
+    // The zone is chosen on the page: a form that sends `tz`, showing the zone in use.
+    let zoned = html(
+        app.http
+            .get(format!("{}/dashboard?tz=Europe/Paris", app.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert!(
+        zoned.contains("name=\"tz\" value=\"Europe/Paris\""),
+        "{zoned}"
+    );
+    assert!(page.contains("name=\"tz\" value=\"UTC\""), "{page}");
 }
 
 #[tokio::test]

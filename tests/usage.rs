@@ -9,7 +9,7 @@ use common::spawn_app;
 use meterhouse::domain::Aggregation;
 use meterhouse::readmodel::report::groups_of_price;
 use meterhouse::readmodel::{UsageQuery, UsageReader};
-use meterhouse::store::usage_sql::GroupUsage;
+use meterhouse::store::usage_sql::{GroupUsage, MeterGroupUsage};
 use rust_decimal::Decimal;
 use serde_json::json;
 
@@ -36,6 +36,12 @@ async fn total(
 /// Reads of `store` that keep nothing in memory.
 fn reader(store: &meterhouse::store::Store) -> UsageReader {
     UsageReader::uncached(store.clone())
+}
+
+/// Rows of a combined read in one order.
+fn sorted(mut rows: Vec<MeterGroupUsage>) -> Vec<MeterGroupUsage> {
+    rows.sort_by(|a, b| (&a.meter, &a.values).cmp(&(&b.meter, &b.values)));
+    rows
 }
 
 struct Sent {
@@ -164,11 +170,24 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
             // The combined read of a subscription's meters gives the same groups, and the
             // same total where the groups' values can be merged.
             let meters = [("v", aggregation), ("users", Aggregation::UniqueCount)];
-            let rows = reader(&store)
+            let planned = reader(&store);
+            let rows = planned
                 .of_meters_from_store("acme", "c1", (from, to), &meters)
                 .await
                 .unwrap()
                 .expect("nothing marked dirty");
+            // Read again by the same reader, which now knows the customer is light: from its
+            // samples alone (a window of over an hour), the same rows.
+            let again = planned
+                .of_meters_from_store("acme", "c1", (from, to), &meters)
+                .await
+                .unwrap()
+                .expect("nothing marked dirty");
+            assert_eq!(
+                sorted(again),
+                sorted(rows.clone()),
+                "second read {aggregation:?} [{from}, {to})"
+            );
             let of = |meter: &str| rows.iter().filter(|r| r.meter == meter).collect::<Vec<_>>();
             assert_eq!(
                 groups_of_price(&of("v"), &group_by, aggregation),
@@ -602,6 +621,76 @@ async fn hours_marked_dirty_are_read_from_samples() {
         })
         .collect();
     assert_eq!(values, vec![(hour, "5".to_owned())], "{series}");
+}
+
+#[tokio::test]
+async fn a_light_customers_reads_after_its_first_come_from_its_samples_alone() {
+    let app = spawn_app("usage_plan").await;
+    let hour = (chrono::Utc::now().timestamp_millis() / 3_600_000 - 3) * 3_600_000;
+    let events: Vec<_> = (0..3)
+        .map(|i| json!({"id": format!("p-{i}"), "customer": "c1", "type": "api_call", "timestamp": hour + 1000 * i}))
+        .collect();
+    assert_eq!(app.post_events("ingest_key_a", &json!(events)).await.0, 202);
+    let store = app.store().await;
+    // Two samples that are not in the rollup (nothing marks their hour): which part of the
+    // store a read took shows in its count.
+    store
+        .client()
+        .query(
+            "INSERT INTO usage_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
+             SELECT 'acme', 'calls', 'c1', [], [], toInt64(?) + number, toDateTime(intDiv(toInt64(?) + number, 1000)), toDecimal128(1, 12), '', concat('only-', toString(number)), toInt64(?), 78 FROM numbers(2)",
+        )
+        .bind(hour + 5000)
+        .bind(hour + 5000)
+        .bind(hour)
+        .execute()
+        .await
+        .unwrap();
+    let meters = [("calls", Aggregation::Count)];
+    let count = |rows: Option<Vec<MeterGroupUsage>>| rows.unwrap()[0].count;
+    let planned = reader(&store);
+    let read = |window| {
+        let planned = planned.clone();
+        async move {
+            planned
+                .of_meters_from_store("acme", "c1", window, &meters)
+                .await
+                .unwrap()
+        }
+    };
+    let day = (hour - 10 * 3_600_000, hour + 14 * 3_600_000);
+    assert_eq!(count(read(day).await), 3, "unknown customer: the rollups");
+    assert_eq!(count(read(day).await), 5, "light: its samples alone");
+    // A month of it is light too; a fresh reader knows nothing of it.
+    let month = (day.0 - 29 * 86_400_000, day.1);
+    assert_eq!(count(read(month).await), 5);
+    let fresh = reader(&store)
+        .of_meters_from_store("acme", "c1", month, &meters)
+        .await
+        .unwrap();
+    assert_eq!(count(fresh), 3);
+    // A customer seen dense reads the rollups: c2 with more samples in the day than a light
+    // read holds.
+    let n = meterhouse::readmodel::plan::LIGHT_SAMPLES as i64 + 1_000;
+    let dense: Vec<_> = (0..n)
+        .map(|i| json!({"id": format!("d-{i}"), "customer": "c2", "type": "api_call", "timestamp": hour + i}))
+        .collect();
+    for chunk in dense.chunks(10_000) {
+        assert_eq!(app.post_events("ingest_key_a", &json!(chunk)).await.0, 202);
+    }
+    let of_c2 = |planned: UsageReader| async move {
+        planned
+            .of_meters_from_store("acme", "c2", day, &meters)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count(of_c2(planned.clone()).await), n as u64);
+    assert!(
+        !planned.densities().light("acme", "c2", day),
+        "{n} samples a day is not light"
+    );
+    assert!(planned.densities().light("acme", "c1", day));
+    app.shutdown().await;
 }
 
 #[tokio::test]

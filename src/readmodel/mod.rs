@@ -2,6 +2,7 @@
 //! kept in memory.
 //!
 //! - `window`: where each piece of a window is read from (rollup hours, sample edges).
+//! - `plan`: a light customer's reads from its samples alone, by the density last seen.
 //! - [`UsageReader`]: the reads, through the answers kept in memory (`cache`).
 //! - `changes`: how kept answers follow changes: this process's batches are folded in
 //!   ([`crate::ingest::batcher::BatchObserver`]), everyone else's are polled.
@@ -15,6 +16,7 @@ pub mod account;
 pub mod cache;
 pub mod changes;
 mod dynamic;
+pub mod plan;
 pub mod preload;
 pub mod report;
 pub mod weighted;
@@ -57,6 +59,8 @@ pub struct UsageReader {
     cache: Arc<UsageCache>,
     /// Only samples ingested at or before this instant (epoch ms).
     as_of_ms: Option<i64>,
+    /// Each customer's density, which chooses where its reads from storage are taken from.
+    densities: plan::Densities,
 }
 
 impl UsageReader {
@@ -66,6 +70,7 @@ impl UsageReader {
             store,
             cache: Arc::new(UsageCache::new(0)),
             as_of_ms: None,
+            densities: plan::Densities::default(),
         }
     }
 
@@ -82,6 +87,7 @@ impl UsageReader {
             store,
             cache: Arc::new(UsageCache::new(customers)),
             as_of_ms: None,
+            densities: plan::Densities::default(),
         };
         let since = changes::poll(&reader, None).await.ok();
         let poller = changes::spawn_poll(reader.clone(), every, since);
@@ -132,6 +138,11 @@ impl UsageReader {
 
     pub fn cache(&self) -> &UsageCache {
         &self.cache
+    }
+
+    /// The customers' densities this reader learnt (`plan`).
+    pub fn densities(&self) -> &plan::Densities {
+        &self.densities
     }
 
     /// One meter's usage per group of the query's `group_by`.
@@ -211,10 +222,35 @@ impl UsageReader {
             let mut usage = store.usage_of_meters(&statement, true).await?;
             return Ok(Some(usage.remove(customer).unwrap_or_default()));
         }
+        if bounds.0 < bounds.1
+            && !meters.is_empty()
+            && self.densities.light(tenant, customer, bounds)
+        {
+            let store = self.store.for_customer(tenant, customer);
+            let parts = window::split(bounds.0, bounds.1, false);
+            let statement = combined_statement(tenant, customer, &parts, meters);
+            match store.usage_of_meters(&statement, true).await {
+                Ok(mut usage) => {
+                    let rows = usage.remove(customer).unwrap_or_default();
+                    self.densities.learn(tenant, customer, bounds, &rows);
+                    return Ok(Some(rows));
+                }
+                // Denser than its last read said: the rollups, which will teach it again.
+                Err(StoreError::OverBudget(e)) => {
+                    tracing::debug!(tenant, customer, error = %e, "samples over the read budget; reading the rollups");
+                    self.densities.forget(tenant, customer);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let usage = self
             .of_customers(tenant, &[(customer, bounds)], meters)
             .await?;
-        Ok(usage.map(|mut by_customer| by_customer.remove(customer).unwrap_or_default()))
+        let rows = usage.map(|mut by_customer| by_customer.remove(customer).unwrap_or_default());
+        if let Some(rows) = &rows {
+            self.densities.learn(tenant, customer, bounds, rows);
+        }
+        Ok(rows)
     }
 
     /// [`UsageReader::of_meters_from_store`] of several customers of a tenant, each over its

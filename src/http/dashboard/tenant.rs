@@ -50,6 +50,11 @@ pub(super) async fn page(
     let (events, meters) = week::sections(&viewer, &catalog, &week, tz);
     let live_src = href(&viewer, "/dashboard/live", &[]);
     let body = html! {
+        form.zone method="get" action="/dashboard" {
+            label { "Time zone " input type="text" name="tz" value=(tz.name()) placeholder="UTC"; }
+            @if let Some(token) = &viewer.embedded_token { input type="hidden" name="token" value=(token); }
+            button type="submit" { "Show" }
+        }
         (events)
         (live::section(&live_src, figures))
         (meters)
