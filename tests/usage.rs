@@ -658,9 +658,13 @@ async fn a_light_customers_reads_after_its_first_come_from_its_samples_alone() {
                 .unwrap()
         }
     };
-    let day = (hour - 10 * 3_600_000, hour + 14 * 3_600_000);
+    // A day with ragged edges: the rollups' statement would read edges, hours (and days).
+    let day = (hour - 10 * 3_600_000 - 1_234, hour + 14 * 3_600_000 + 77);
     assert_eq!(count(read(day).await), 3, "unknown customer: the rollups");
     assert_eq!(count(read(day).await), 5, "light: its samples alone");
+    // Whole hours are one part of the rollups, read as such.
+    let whole = (hour - 10 * 3_600_000, hour + 14 * 3_600_000);
+    assert_eq!(count(read(whole).await), 3, "whole hours: the rollups");
     // A month of it is light too; a fresh reader knows nothing of it.
     let month = (day.0 - 29 * 86_400_000, day.1);
     assert_eq!(count(read(month).await), 5);

@@ -222,10 +222,10 @@ impl UsageReader {
             let mut usage = store.usage_of_meters(&statement, true).await?;
             return Ok(Some(usage.remove(customer).unwrap_or_default()));
         }
-        if bounds.0 < bounds.1
-            && !meters.is_empty()
-            && self.densities.light(tenant, customer, bounds)
-        {
+        // Only where the rollups' statement would read ragged edges beside the hours: a window
+        // of whole hours is one part either way, and the hours are fewer rows.
+        let ragged = window::split(bounds.0, bounds.1, true).len() > 1;
+        if ragged && !meters.is_empty() && self.densities.light(tenant, customer, bounds) {
             let store = self.store.for_customer(tenant, customer);
             let parts = window::split(bounds.0, bounds.1, false);
             let statement = combined_statement(tenant, customer, &parts, meters);

@@ -1,7 +1,8 @@
 //! Where a customer's read from storage is taken from, by how many samples it is expected to
 //! hold. The rollups pay for a customer with many events an hour; a light customer's samples
-//! are fewer rows than its hours and days, and one pass over them costs ClickHouse less than a
-//! statement over the edges, hours and days. A customer's density is learnt from its last read
+//! are few, and one pass over them costs ClickHouse less than a statement over a ragged
+//! window's edges, hours and days (a window of whole hours is one part of the rollups, which
+//! are then read). A customer's density is learnt from its last read
 //! (every read returns each group's event count), so the first read of a customer after start
 //! takes the rollups. Both plans give the same answer: this only chooses the cheaper.
 
@@ -13,7 +14,7 @@ const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
 /// A read expected to hold at most this many samples (over all its meters) is read from the
 /// samples alone.
-pub const LIGHT_SAMPLES: u64 = 50_000;
+pub const LIGHT_SAMPLES: u64 = 20_000;
 /// Customers whose density is kept (the least recently read are forgotten first).
 const KEPT: u64 = 200_000;
 
@@ -102,8 +103,8 @@ mod tests {
         let d = Densities::default();
         let month = (0, 30 * DAY_MS);
         assert!(!d.light("t", "c", month), "unknown: the rollups");
-        // 2,000 events a day on each of 3 meters: 180,000 samples a month, 6,000 a day.
-        d.learn("t", "c", month, &rows(&[60_000, 60_000, 60_000]));
+        // 60,000 samples over 3 meters in a month: 2,000 a day.
+        d.learn("t", "c", month, &rows(&[20_000, 20_000, 20_000]));
         assert!(!d.light("t", "c", month));
         assert!(d.light("t", "c", (0, 7 * DAY_MS)));
         assert!(d.light("t", "c", (5, 5 + DAY_MS)));
