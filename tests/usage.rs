@@ -536,6 +536,25 @@ async fn backfill_counts_events_that_predate_their_meter_exactly_once() {
     app.shutdown().await;
 }
 
+/// Two `calls` samples of c1 in `hour` (5 s in), of batch `batch`, written to `usage_samples`
+/// alone: the hour rollup lacks them.
+async fn samples_behind_the_rollup(store: &meterhouse::store::Store, hour: i64, batch: u64) {
+    store
+        .client()
+        .query(
+            "INSERT INTO usage_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
+             SELECT 'acme', 'calls', 'c1', [], [], toInt64(?) + number, toDateTime(intDiv(toInt64(?) + number, 1000)), toDecimal128(1, 12), '', concat('behind-', toString(?), '-', toString(number)), toInt64(?), ? FROM numbers(2)",
+        )
+        .bind(hour + 5000)
+        .bind(hour + 5000)
+        .bind(batch)
+        .bind(hour)
+        .bind(batch)
+        .execute()
+        .await
+        .unwrap();
+}
+
 /// A batch whose insert stopped after its samples but before the hour rollup's view leaves the
 /// rollup short. Once its hours are marked (as settling an in-doubt batch does), reads take
 /// those hours from the samples and count every event; unmarked hours keep using the rollup.
@@ -549,18 +568,7 @@ async fn hours_marked_dirty_are_read_from_samples() {
     assert_eq!(app.post_events("ingest_key_a", &json!(events)).await.0, 202);
     let store = app.store().await;
     // Two samples of batch 77 that reached usage_samples but never the rollup.
-    store
-        .client()
-        .query(
-            "INSERT INTO usage_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
-             SELECT 'acme', 'calls', 'c1', [], [], toInt64(?) + number, toDateTime(intDiv(toInt64(?) + number, 1000)), toDecimal128(1, 12), '', concat('lost-', toString(number)), toInt64(?), 77 FROM numbers(2)",
-        )
-        .bind(hour + 5000)
-        .bind(hour + 5000)
-        .bind(hour)
-        .execute()
-        .await
-        .unwrap();
+    samples_behind_the_rollup(&store, hour, 77).await;
     let (from, to) = (hour - 3_600_000, hour + 2 * 3_600_000);
     let count = |u: Option<GroupUsage>| u.map_or(0, |u| u.count);
     assert_eq!(
@@ -634,18 +642,7 @@ async fn a_light_customers_reads_after_its_first_come_from_its_samples_alone() {
     let store = app.store().await;
     // Two samples that are not in the rollup (nothing marks their hour): which part of the
     // store a read took shows in its count.
-    store
-        .client()
-        .query(
-            "INSERT INTO usage_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
-             SELECT 'acme', 'calls', 'c1', [], [], toInt64(?) + number, toDateTime(intDiv(toInt64(?) + number, 1000)), toDecimal128(1, 12), '', concat('only-', toString(number)), toInt64(?), 78 FROM numbers(2)",
-        )
-        .bind(hour + 5000)
-        .bind(hour + 5000)
-        .bind(hour)
-        .execute()
-        .await
-        .unwrap();
+    samples_behind_the_rollup(&store, hour, 78).await;
     let meters = [("calls", Aggregation::Count)];
     let count = |rows: Option<Vec<MeterGroupUsage>>| rows.unwrap()[0].count;
     let planned = reader(&store);
