@@ -686,11 +686,14 @@ async fn a_light_customers_reads_after_its_first_come_from_its_samples_alone() {
             .unwrap()
     };
     assert_eq!(count(of_c2(planned.clone()).await), n as u64);
+    let of =
+        |customer| meterhouse::readmodel::plan::Reads::of("acme", customer, ["calls"].into_iter());
+    let past = (day.0, chrono::Utc::now().timestamp_millis());
     assert!(
-        !planned.densities().light("acme", "c2", day),
+        !planned.densities().light(&of("c2"), past),
         "{n} samples a day is not light"
     );
-    assert!(planned.densities().light("acme", "c1", day));
+    assert!(planned.densities().light(&of("c1"), past));
     app.shutdown().await;
 }
 

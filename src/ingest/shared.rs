@@ -7,7 +7,11 @@
 //!   then `c` (stored), `a` (not stored: its ids are free) or `s` (stored in part: the ids in
 //!   the set `l:{batch}` are). Outlives its ids.
 //! - `batches`: the batches still `p`; `r:{replica}`: present while that replica is alive.
-//! - `epoch`: written once the ids of the window are loaded; a Redis that lost its data lacks it.
+//! - `epoch`: written once the ids of the window are loaded (a random value, then the server's
+//!   time in seconds when the load began); a Redis that lost its data lacks it. A database run
+//!   by a process that kept ids in its own memory since then (its beats in
+//!   `ingest_writer_beats` are newer) holds ids Redis lacks: a replica that starts then loads
+//!   the window again (`prepare`).
 //!
 //! A batch takes its ids (`SET NX`, one operation per id, in one script that also records the
 //! batch as `p`) before its insert, and is marked `c` after it: one operation for the whole
@@ -180,10 +184,14 @@ impl SharedLedger {
         if !self.lock(&lock_key, 120_000).await? {
             return Err(LedgerError::Reloading);
         }
-        let loaded = self.load_window(store).await;
+        let began = store.server_now().await;
+        let loaded = match began {
+            Ok(began) => self.load_window(store).await.map(|()| began),
+            Err(e) => Err(e.into()),
+        };
         let published = match loaded {
-            Ok(()) => {
-                let epoch = format!("{:016x}", rand::random::<u64>());
+            Ok(began) => {
+                let epoch = format!("{:016x}.{began}", rand::random::<u64>());
                 let set: Result<(), _> = self.redis.set(&epoch_key, &epoch).await;
                 set.map(|()| self.epoch = Some(epoch)).map_err(redis_error)
             }
@@ -504,7 +512,11 @@ impl SharedLedger {
     pub async fn prepare(&mut self, store: &Store) -> Result<(), LedgerError> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            match self.ensure_epoch(store).await {
+            let ready = match self.ensure_epoch(store).await {
+                Ok(()) => self.drop_epoch_older_than_embedded_writers(store).await,
+                Err(e) => Err(e),
+            };
+            match ready {
                 // Being loaded, or Redis restarting: a replica starting then waits.
                 Err(LedgerError::Reloading | LedgerError::Redis(_))
                     if Instant::now() < deadline =>
@@ -514,5 +526,43 @@ impl SharedLedger {
                 other => return other,
             }
         }
+    }
+
+    /// Drops the epoch (so that the window is loaded again) when a process that kept ids in its
+    /// own memory beat since the window was loaded: the ids it accepted are in ClickHouse only.
+    /// No such process runs beside a replica (`writers`), so this is looked at once, at start.
+    async fn drop_epoch_older_than_embedded_writers(
+        &mut self,
+        store: &Store,
+    ) -> Result<(), LedgerError> {
+        let epoch = self.epoch()?;
+        let loaded_s: u32 = epoch
+            .split_once('.')
+            .and_then(|(_, began)| began.parse().ok())
+            .unwrap_or(0);
+        let last_embedded_s: u32 = store
+            .client()
+            .query(crate::store::queries::LAST_EMBEDDED_BEAT)
+            .fetch_one()
+            .await
+            .map_err(crate::store::StoreError::from)?;
+        if last_embedded_s < loaded_s {
+            return Ok(());
+        }
+        tracing::warn!(
+            "a process that kept accepted ids in its own memory ran since redis was loaded: \
+             loading the dedup window from clickhouse again"
+        );
+        // Dropped only if no other replica loaded it again meanwhile (the script that releases
+        // a lock: delete if unchanged).
+        let dropped: i64 = Script::new(scripts::UNLOCK)
+            .key(self.key("epoch"))
+            .arg(&epoch)
+            .invoke_async(&mut self.redis)
+            .await
+            .map_err(redis_error)?;
+        tracing::debug!(dropped, "stale epoch");
+        self.epoch = None;
+        Err(LedgerError::Reloading)
     }
 }

@@ -222,23 +222,29 @@ impl UsageReader {
             let mut usage = store.usage_of_meters(&statement, true).await?;
             return Ok(Some(usage.remove(customer).unwrap_or_default()));
         }
-        // Only where the rollups' statement would read ragged edges beside the hours: a window
-        // of whole hours is one part either way, and the hours are fewer rows.
+        // A light customer's ragged window from its samples alone (`plan`), judged and learnt
+        // over the window's past. Only where the rollups' statement would read ragged edges
+        // beside the hours: a window of whole hours is one part either way, with fewer rows.
+        let reads = plan::Reads::of(tenant, customer, meters.iter().map(|(m, _)| *m));
+        let past = (
+            bounds.0,
+            bounds.1.min(chrono::Utc::now().timestamp_millis()),
+        );
         let ragged = window::split(bounds.0, bounds.1, true).len() > 1;
-        if ragged && !meters.is_empty() && self.densities.light(tenant, customer, bounds) {
+        if ragged && !meters.is_empty() && self.densities.light(&reads, past) {
             let store = self.store.for_customer(tenant, customer);
             let parts = window::split(bounds.0, bounds.1, false);
             let statement = combined_statement(tenant, customer, &parts, meters);
             match store.usage_of_meters(&statement, true).await {
                 Ok(mut usage) => {
                     let rows = usage.remove(customer).unwrap_or_default();
-                    self.densities.learn(tenant, customer, bounds, &rows);
+                    self.densities.learn(&reads, past, &rows);
                     return Ok(Some(rows));
                 }
                 // Denser than its last read said: the rollups, which will teach it again.
                 Err(StoreError::OverBudget(e)) => {
                     tracing::debug!(tenant, customer, error = %e, "samples over the read budget; reading the rollups");
-                    self.densities.forget(tenant, customer);
+                    self.densities.forget(&reads);
                 }
                 Err(e) => return Err(e),
             }
@@ -248,7 +254,7 @@ impl UsageReader {
             .await?;
         let rows = usage.map(|mut by_customer| by_customer.remove(customer).unwrap_or_default());
         if let Some(rows) = &rows {
-            self.densities.learn(tenant, customer, bounds, rows);
+            self.densities.learn(&reads, past, rows);
         }
         Ok(rows)
     }

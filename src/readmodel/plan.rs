@@ -2,9 +2,11 @@
 //! hold. The rollups pay for a customer with many events an hour; a light customer's samples
 //! are few, and one pass over them costs ClickHouse less than a statement over a ragged
 //! window's edges, hours and days (a window of whole hours is one part of the rollups, which
-//! are then read). A customer's density is learnt from its last read
-//! (every read returns each group's event count), so the first read of a customer after start
-//! takes the rollups. Both plans give the same answer: this only chooses the cheaper.
+//! are then read). A customer's density over a set of meters is learnt from its last read of
+//! an hour or more that found usage (every read returns each group's event count), over the
+//! window's past, so the first such read of a customer after start takes the rollups. Both
+//! plans give the same answer (for a latest value, one of those at the latest instant, as
+//! either gives): this only chooses the cheaper.
 
 use std::sync::Arc;
 
@@ -15,13 +17,28 @@ const HOUR_MS: i64 = 3_600_000;
 /// A read expected to hold at most this many samples (over all its meters) is read from the
 /// samples alone.
 pub const LIGHT_SAMPLES: u64 = 20_000;
-/// Customers whose density is kept (the least recently read are forgotten first).
+/// Densities kept (the least recently read are forgotten first).
 const KEPT: u64 = 200_000;
 
-/// Each customer's samples per day, as its last read saw them.
+/// Whose reads a density is of: one customer's, over one set of meters (a plan's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reads(Arc<str>);
+
+impl Reads {
+    pub fn of<'m>(tenant: &str, customer: &str, meters: impl Iterator<Item = &'m str>) -> Self {
+        let mut key = format!("{tenant}\0{customer}");
+        for meter in meters {
+            key.push('\0');
+            key.push_str(meter);
+        }
+        Self(key.into())
+    }
+}
+
+/// Samples per day of each customer's reads, as the last one of an hour or more saw them.
 #[derive(Clone)]
 pub struct Densities {
-    per_day: moka::sync::Cache<(Arc<str>, Arc<str>), u64>,
+    per_day: moka::sync::Cache<Reads, u64>,
 }
 
 impl Default for Densities {
@@ -33,36 +50,29 @@ impl Default for Densities {
 }
 
 impl Densities {
-    /// Whether `customer`'s read of `[from, to)` is expected to hold few enough samples to be
-    /// read from them alone; unknown customers are not.
-    pub fn light(&self, tenant: &str, customer: &str, (from, to): (i64, i64)) -> bool {
-        let key = (Arc::from(tenant), Arc::from(customer));
+    /// Whether a read of `[from, to)` (its past: `to` at most now) is expected to hold few
+    /// enough samples to be read from them alone; reads never learnt are not.
+    pub fn light(&self, reads: &Reads, (from, to): (i64, i64)) -> bool {
         self.per_day
-            .get(&key)
+            .get(reads)
             .is_some_and(|per_day| expected(per_day, to - from) <= LIGHT_SAMPLES)
     }
 
-    /// Records what a read of `[from, to)` of `customer` held; a read of under an hour
-    /// teaches nothing (too short to say what a longer one would hold).
-    pub fn learn(
-        &self,
-        tenant: &str,
-        customer: &str,
-        (from, to): (i64, i64),
-        rows: &[MeterGroupUsage],
-    ) {
-        if to - from < HOUR_MS {
+    /// Records what a read of `[from, to)` (its past) held. A read of under an hour teaches
+    /// nothing (too short to say what a longer one would hold), nor does one that found no
+    /// usage (a quiet window says nothing of the others).
+    pub fn learn(&self, reads: &Reads, (from, to): (i64, i64), rows: &[MeterGroupUsage]) {
+        let samples: u64 = rows.iter().map(|r| r.count).sum();
+        if to - from < HOUR_MS || samples == 0 {
             return;
         }
-        let samples: u64 = rows.iter().map(|r| r.count).sum();
-        let key = (Arc::from(tenant), Arc::from(customer));
-        self.per_day.insert(key, per_day(samples, to - from));
+        self.per_day
+            .insert(reads.clone(), per_day(samples, to - from));
     }
 
-    /// Forgets `customer`'s density: its next read takes the rollups.
-    pub fn forget(&self, tenant: &str, customer: &str) {
-        self.per_day
-            .invalidate(&(Arc::from(tenant), Arc::from(customer)));
+    /// Forgets a density: the next such read takes the rollups.
+    pub fn forget(&self, reads: &Reads) {
+        self.per_day.invalidate(reads);
     }
 }
 
@@ -98,28 +108,48 @@ mod tests {
             .collect()
     }
 
+    fn reads(customer: &str, meters: &[&str]) -> Reads {
+        Reads::of("t", customer, meters.iter().copied())
+    }
+
     #[test]
-    fn a_customer_is_light_by_the_samples_its_last_read_held_over_the_window_asked() {
+    fn a_read_is_light_by_the_samples_the_last_one_held_over_the_window_asked() {
         let d = Densities::default();
+        let c = reads("c", &["a", "b", "c"]);
         let month = (0, 30 * DAY_MS);
-        assert!(!d.light("t", "c", month), "unknown: the rollups");
+        assert!(!d.light(&c, month), "never learnt: the rollups");
         // 60,000 samples over 3 meters in a month: 2,000 a day.
-        d.learn("t", "c", month, &rows(&[20_000, 20_000, 20_000]));
-        assert!(!d.light("t", "c", month));
-        assert!(d.light("t", "c", (0, 7 * DAY_MS)));
-        assert!(d.light("t", "c", (5, 5 + DAY_MS)));
-        assert!(!d.light("t", "other", (0, DAY_MS)), "per customer");
-        assert!(!d.light("u", "c", (0, DAY_MS)), "per tenant");
+        d.learn(&c, month, &rows(&[20_000, 20_000, 20_000]));
+        assert!(!d.light(&c, month));
+        assert!(d.light(&c, (0, 7 * DAY_MS)));
+        assert!(d.light(&c, (5, 5 + DAY_MS)));
+        assert!(
+            !d.light(&reads("other", &["a", "b", "c"]), (0, DAY_MS)),
+            "per customer"
+        );
+        assert!(
+            !d.light(&reads("c", &["a"]), (0, DAY_MS)),
+            "per set of meters"
+        );
+        assert!(
+            !d.light(
+                &Reads::of("u", "c", ["a", "b", "c"].into_iter()),
+                (0, DAY_MS)
+            ),
+            "per tenant"
+        );
         // What a later read saw replaces it.
-        d.learn("t", "c", (0, DAY_MS), &rows(&[LIGHT_SAMPLES + 1]));
-        assert!(!d.light("t", "c", (0, DAY_MS)));
-        d.learn("t", "c", month, &rows(&[]));
-        assert!(d.light("t", "c", (0, 365 * DAY_MS)));
-        // A read of under an hour teaches nothing; a forgotten customer takes the rollups.
-        d.learn("t", "c", (0, HOUR_MS - 1), &rows(&[1_000_000]));
-        assert!(d.light("t", "c", month));
-        d.forget("t", "c");
-        assert!(!d.light("t", "c", month));
+        d.learn(&c, (0, DAY_MS), &rows(&[LIGHT_SAMPLES + 1]));
+        assert!(!d.light(&c, (0, DAY_MS)));
+        // A quiet read, or one of under an hour, teaches nothing.
+        d.learn(&c, month, &rows(&[]));
+        d.learn(&c, month, &rows(&[0, 0]));
+        d.learn(&c, (0, HOUR_MS - 1), &rows(&[1]));
+        assert!(!d.light(&c, (0, DAY_MS)));
+        d.learn(&c, (0, HOUR_MS), &rows(&[1]));
+        assert!(d.light(&c, month));
+        d.forget(&c);
+        assert!(!d.light(&c, month));
     }
 
     #[test]

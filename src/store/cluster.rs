@@ -14,7 +14,7 @@
 //! - **Failover.** Each node is pinged every half second; statements go to the first node that
 //!   answered, in the order given, among those that hold what they read or write. A node that
 //!   does not answer at start (every shard needs one that does) joins when it first answers a
-//!   ping: its shard is learnt then.
+//!   ping, once its shard is learnt and checked; it comes after those that answered at start.
 //!
 //! [`Store::shards`]: super::Store::shards
 
@@ -73,6 +73,8 @@ pub(super) struct Node {
     /// Its shard's index, or [`UNKNOWN`] until it first answers.
     shard: AtomicUsize,
     alive: AtomicBool,
+    /// Whether a refusal to let it join was logged (once).
+    refused: AtomicBool,
 }
 
 /// The shard of a node that has not answered yet.
@@ -180,6 +182,7 @@ impl Cluster {
                 client,
                 reader,
                 alive: AtomicBool::new(true),
+                refused: AtomicBool::new(false),
             })
             .collect();
         nodes.extend(late.into_iter().map(|g| Node {
@@ -188,6 +191,7 @@ impl Cluster {
             reader: g.reader,
             shard: AtomicUsize::new(UNKNOWN),
             alive: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
         }));
         let cluster = Arc::new(Self {
             name: name.to_owned(),
@@ -288,17 +292,48 @@ impl Cluster {
     /// Learns the shard of `node`, which did not answer at start and does now; whether it
     /// joined (a node whose macro names no shard of the cluster is left out).
     async fn join(&self, node: &Node) -> bool {
-        let lookup = tokio::time::timeout(PING_TIMEOUT, shard_macro(&node.client)).await;
-        let Ok(Ok(Some(value))) = lookup else {
-            return false;
-        };
-        let Some(shard) = self.shard_names.iter().position(|s| *s == value) else {
-            tracing::warn!(url = %node.url, shard = %value, "clickhouse node's shard is not one of the cluster's; left out");
-            return false;
+        let shard = match tokio::time::timeout(PING_TIMEOUT, self.shard_of_node(node)).await {
+            Ok(Ok(shard)) => shard,
+            Ok(Err(refusal)) => {
+                if !node.refused.swap(true, Ordering::Relaxed) {
+                    tracing::error!(url = %node.url, refusal = %refusal, "clickhouse node left out");
+                }
+                return false;
+            }
+            Err(_) => return false,
         };
         node.shard.store(shard, Ordering::Relaxed);
         tracing::info!(url = %node.url, shard, "clickhouse node joined");
         true
+    }
+
+    /// The shard of `node`, checked as at start: a `shard` macro naming one of this cluster's
+    /// shards, and the same cluster in its `remote_servers`.
+    async fn shard_of_node(&self, node: &Node) -> Result<usize, StoreError> {
+        let value = shard_macro(&node.client)
+            .await?
+            .ok_or_else(|| StoreError::Rejected("it defines no `shard` macro".into()))?;
+        let shards: u64 = node
+            .client
+            .clone()
+            .with_database("default")
+            .query("SELECT uniqExact(shard_num) FROM system.clusters WHERE cluster = ?")
+            .bind(&self.name)
+            .fetch_one()
+            .await?;
+        if shards != self.shards.len() as u64 {
+            return Err(StoreError::Rejected(format!(
+                "its cluster '{}' has {shards} shards, not {}",
+                self.name,
+                self.shards.len()
+            )));
+        }
+        self.shard_names
+            .iter()
+            .position(|s| *s == value)
+            .ok_or_else(|| {
+                StoreError::Rejected(format!("its shard '{value}' is not the cluster's"))
+            })
     }
 }
 

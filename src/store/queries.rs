@@ -559,6 +559,11 @@ pub fn events_per_hour(tenant: &str, from_s: i64, to_s: i64) -> Sql {
 /// The server's clock (epoch seconds): the mark each poll of `usage_change_batches` reads from.
 pub const SERVER_NOW: &str = "SELECT toUInt32(now())";
 
+/// The last beat (server epoch seconds) of a process that kept accepted ids in its own memory,
+/// 0 if none is recorded (beats are kept for yesterday and today).
+pub const LAST_EMBEDDED_BEAT: &str =
+    "SELECT toUInt32(max(beat)) FROM ingest_writer_beats WHERE mode = 'embedded'";
+
 /// Customers (tenant, customer) whose usage changed at or after `since_s` (server epoch
 /// seconds), except by `own` batches (this process's, being inserted or already added to the
 /// usage it holds in memory).

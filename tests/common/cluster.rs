@@ -190,7 +190,9 @@ impl LocalCluster {
                     "node {i} (alive: {alive}) did not run `{sql}` ({error}); its log ends:\n{}\n",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
-                self.restart_node(i).await;
+                if attempt < 2 {
+                    self.restart_node(i).await;
+                }
             }
         }
         panic!("the cluster does not run distributed DDL:\n{report}");
