@@ -132,6 +132,7 @@ impl Application {
         } else {
             UsageReader::uncached(store.clone())
         };
+        let usage = usage.with_light_read_samples(config.light_read_samples);
         let alerts = crate::alerts::start(crate::alerts::Context {
             store: store.clone(),
             catalog: catalog.clone(),

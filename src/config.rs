@@ -106,6 +106,14 @@ pub struct Config {
     /// dropped once they change it (milliseconds).
     #[arg(long, env = "METERHOUSE_USAGE_CHANGES_POLL_MS", default_value_t = 250)]
     pub usage_changes_poll_ms: u64,
+    /// A customer's read of a ragged window expected (from its last read) to hold at most this
+    /// many samples is taken from its samples alone instead of the rollups (0: never).
+    #[arg(
+        long,
+        env = "METERHOUSE_LIGHT_READ_SAMPLES",
+        default_value_t = crate::readmodel::plan::LIGHT_SAMPLES
+    )]
+    pub light_read_samples: u64,
     /// How often the current billing period's usage of every subscription is loaded into
     /// memory in bulk, for those whose answer is not held (seconds; first at start-up; 0: never,
     /// each is read on its first request). Needs the usage cache.

@@ -88,6 +88,7 @@ pub async fn run(args: ReadbenchArgs) -> anyhow::Result<MatrixReport> {
     config.rate_limit_rps = 1_000_000;
     // Storage only: no answer kept in memory, none loaded, no maintenance behind the bench's back.
     config.usage_cache_customers = 0;
+    config.light_read_samples = args.light_read_samples;
     config.usage_preload_every_s = 0;
     config.rollup_maintenance_every_s = 0;
     let classes = classes(args.matrix_heaviest);

@@ -140,6 +140,12 @@ impl UsageReader {
         &self.cache
     }
 
+    /// This reader with its light reads (`plan`) bounded at `limit` samples (0: none).
+    pub fn with_light_read_samples(mut self, limit: u64) -> Self {
+        self.densities = plan::Densities::new(limit);
+        self
+    }
+
     /// The customers' densities this reader learnt (`plan`).
     pub fn densities(&self) -> &plan::Densities {
         &self.densities

@@ -39,23 +39,31 @@ impl Reads {
 #[derive(Clone)]
 pub struct Densities {
     per_day: moka::sync::Cache<Reads, u64>,
+    /// Reads expected to hold at most this many samples are light (0: none is).
+    limit: u64,
 }
 
 impl Default for Densities {
     fn default() -> Self {
-        Self {
-            per_day: moka::sync::Cache::new(KEPT),
-        }
+        Self::new(LIGHT_SAMPLES)
     }
 }
 
 impl Densities {
+    /// Densities that call light a read expected to hold at most `limit` samples.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            per_day: moka::sync::Cache::new(KEPT),
+            limit,
+        }
+    }
+
     /// Whether a read of `[from, to)` (its past: `to` at most now) is expected to hold few
     /// enough samples to be read from them alone; reads never learnt are not.
     pub fn light(&self, reads: &Reads, (from, to): (i64, i64)) -> bool {
         self.per_day
             .get(reads)
-            .is_some_and(|per_day| expected(per_day, to - from) <= LIGHT_SAMPLES)
+            .is_some_and(|per_day| self.limit > 0 && expected(per_day, to - from) <= self.limit)
     }
 
     /// Records what a read of `[from, to)` (its past) held. A read of under an hour teaches
@@ -150,6 +158,10 @@ mod tests {
         assert!(d.light(&c, month));
         d.forget(&c);
         assert!(!d.light(&c, month));
+        // A limit of 0: no read is light.
+        let none = Densities::new(0);
+        none.learn(&c, month, &rows(&[1]));
+        assert!(!none.light(&c, (0, DAY_MS)));
     }
 
     #[test]
