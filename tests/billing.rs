@@ -786,8 +786,13 @@ async fn current_periods_are_in_memory_before_their_first_read() {
         .map(|(i, ts)| json!({"id": format!("c2-{i}"), "customer": "c2", "type": "api_call", "timestamp": ts + i as i64}))
         .collect();
     assert_eq!(app.post_events("ingest_key_a", &json!(body)).await.0, 202);
+    let ingested = std::time::Instant::now();
     let config = app.config.clone();
     app.shutdown().await;
+    // Each poll of changes looks back 10 s (`readmodel::changes`): until these events are
+    // older than that, every poll drops c1's and c2's answers again, and a read between a poll
+    // and the next bulk load is not answered from memory.
+    tokio::time::sleep(std::time::Duration::from_secs(11).saturating_sub(ingested.elapsed())).await;
 
     let mut plain = config.clone();
     plain.usage_cache_customers = 0;
