@@ -107,12 +107,9 @@ pub struct Config {
     #[arg(long, env = "METERHOUSE_USAGE_CHANGES_POLL_MS", default_value_t = 250)]
     pub usage_changes_poll_ms: u64,
     /// A customer's read of a ragged window expected (from its last read) to hold at most this
-    /// many samples is taken from its samples alone instead of the rollups (0: never).
-    #[arg(
-        long,
-        env = "METERHOUSE_LIGHT_READ_SAMPLES",
-        default_value_t = crate::readmodel::plan::LIGHT_SAMPLES
-    )]
+    /// many samples is taken from its samples alone instead of the rollups (0: never). The
+    /// default is `readmodel::plan::LIGHT_SAMPLES` (config sits below the read model).
+    #[arg(long, env = "METERHOUSE_LIGHT_READ_SAMPLES", default_value_t = 20_000)]
     pub light_read_samples: u64,
     /// How often the current billing period's usage of every subscription is loaded into
     /// memory in bulk, for those whose answer is not held (seconds; first at start-up; 0: never,

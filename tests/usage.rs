@@ -643,6 +643,11 @@ async fn a_light_customers_reads_after_its_first_come_from_its_samples_alone() {
     // Two samples that are not in the rollup (nothing marks their hour): which part of the
     // store a read took shows in its count.
     samples_behind_the_rollup(&store, hour, 78).await;
+    // The service's default bound is the read model's.
+    assert_eq!(
+        app.config.light_read_samples,
+        meterhouse::readmodel::plan::LIGHT_SAMPLES
+    );
     let meters = [("calls", Aggregation::Count)];
     let count = |rows: Option<Vec<MeterGroupUsage>>| rows.unwrap()[0].count;
     let planned = reader(&store);
