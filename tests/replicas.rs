@@ -467,6 +467,18 @@ async fn a_replica_started_while_redis_is_down_serves_once_redis_answers() {
     assert_eq!(ack, json!({"accepted": 0, "duplicates": 1}));
 }
 
+/// Starts a service on `database` with `extra` arguments, sends `ids` until acknowledged, kills
+/// the service; the acknowledgement.
+async fn run_once(http: &reqwest::Client, database: &str, extra: &[&str], ids: &[&str]) -> Value {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut service = serve_process(port, database, extra);
+    wait_ready(http, &base).await;
+    let (ack, _) = send_until_acknowledged(http, &base, ids).await;
+    service.kill();
+    ack
+}
+
 /// A database run by replicas, then by one process that keeps ids in its own memory, then by
 /// replicas again on the same Redis: the ids accepted in between are in ClickHouse only, and
 /// the replica that starts loads them, so their retries stay duplicates.
@@ -480,34 +492,17 @@ async fn ids_accepted_between_two_runs_of_replicas_stay_duplicates() {
     let _redis = start_redis(redis_port, &scratch_dir("redis-between"));
     wait_redis(&redis_url).await;
     let shared = ["--redis-url", redis_url.as_str()];
-    let run = |extra: &'static [&'static str], ids: &'static [&'static str]| {
-        let http = http.clone();
-        async move {
-            let port = free_port();
-            let base = format!("http://127.0.0.1:{port}");
-            let mut service = serve_process(port, DB, extra);
-            wait_ready(&http, &base).await;
-            let (ack, _) = send_until_acknowledged(&http, &base, ids).await;
-            service.kill();
-            ack
-        }
-    };
-    // Leaked for the 'static closures above: a test's lifetime.
-    let shared: &'static [&'static str] = Box::leak(Box::new(shared.map(|s| {
-        let s: &'static str = Box::leak(s.to_owned().into_boxed_str());
-        s
-    })));
     assert_eq!(
-        run(shared, &["r-1"]).await,
+        run_once(&http, DB, &shared, &["r-1"]).await,
         json!({"accepted": 1, "duplicates": 0})
     );
     assert_eq!(
-        run(&[], &["e-1", "e-2"]).await,
+        run_once(&http, DB, &[], &["e-1", "e-2"]).await,
         json!({"accepted": 2, "duplicates": 0}),
         "one process alone, its ids in its own memory"
     );
     assert_eq!(
-        run(shared, &["e-1", "e-2", "r-1", "r-2"]).await,
+        run_once(&http, DB, &shared, &["e-1", "e-2", "r-1", "r-2"]).await,
         json!({"accepted": 1, "duplicates": 3}),
         "replicas again: what the process alone accepted is a duplicate"
     );

@@ -140,13 +140,7 @@ impl Cluster {
                      <macros><shard>…</shard><replica>…</replica></macros> in every node's config"
                 ))
             })?;
-            // The database may not exist yet.
-            let bare = client.clone().with_database("default");
-            let shards: u64 = bare
-                .query("SELECT uniqExact(shard_num) FROM system.clusters WHERE cluster = ?")
-                .bind(name)
-                .fetch_one()
-                .await?;
+            let shards = shards_of_cluster(&client, name).await?;
             if shards == 0 {
                 return Err(StoreError::Rejected(format!(
                     "the ClickHouse at {url} has no cluster '{name}' in its remote_servers"
@@ -259,6 +253,46 @@ impl Cluster {
         self.nodes.iter().map(|n| &n.client)
     }
 
+    /// Learns the shard of `node`, which did not answer at start and does now; whether it
+    /// joined (a node whose macro names no shard of the cluster is left out).
+    async fn join(&self, node: &Node) -> bool {
+        let shard = match tokio::time::timeout(PING_TIMEOUT, self.shard_of_node(node)).await {
+            Ok(Ok(shard)) => shard,
+            Ok(Err(refusal)) => {
+                if !node.refused.swap(true, Ordering::Relaxed) {
+                    tracing::error!(url = %node.url, refusal = %refusal, "clickhouse node left out");
+                }
+                return false;
+            }
+            Err(_) => return false,
+        };
+        node.shard.store(shard, Ordering::Relaxed);
+        tracing::info!(url = %node.url, shard, "clickhouse node joined");
+        true
+    }
+
+    /// The shard of `node`, checked as at start: a `shard` macro naming one of this cluster's
+    /// shards, and the same cluster in its `remote_servers`.
+    async fn shard_of_node(&self, node: &Node) -> Result<usize, StoreError> {
+        let value = shard_macro(&node.client)
+            .await?
+            .ok_or_else(|| StoreError::Rejected("it defines no `shard` macro".into()))?;
+        let shards = shards_of_cluster(&node.client, &self.name).await?;
+        if shards != self.shards.len() as u64 {
+            return Err(StoreError::Rejected(format!(
+                "its cluster '{}' has {shards} shards, not {}",
+                self.name,
+                self.shards.len()
+            )));
+        }
+        self.shard_names
+            .iter()
+            .position(|s| *s == value)
+            .ok_or_else(|| {
+                StoreError::Rejected(format!("its shard '{value}' is not the cluster's"))
+            })
+    }
+
     /// Marks a node as not answering until its next ping says otherwise.
     pub(super) fn down(&self, url: &str) {
         if let Some(node) = self.nodes.iter().find(|n| n.url == url) {
@@ -288,53 +322,16 @@ async fn ping_forever(cluster: std::sync::Weak<Cluster>) {
     }
 }
 
-impl Cluster {
-    /// Learns the shard of `node`, which did not answer at start and does now; whether it
-    /// joined (a node whose macro names no shard of the cluster is left out).
-    async fn join(&self, node: &Node) -> bool {
-        let shard = match tokio::time::timeout(PING_TIMEOUT, self.shard_of_node(node)).await {
-            Ok(Ok(shard)) => shard,
-            Ok(Err(refusal)) => {
-                if !node.refused.swap(true, Ordering::Relaxed) {
-                    tracing::error!(url = %node.url, refusal = %refusal, "clickhouse node left out");
-                }
-                return false;
-            }
-            Err(_) => return false,
-        };
-        node.shard.store(shard, Ordering::Relaxed);
-        tracing::info!(url = %node.url, shard, "clickhouse node joined");
-        true
-    }
-
-    /// The shard of `node`, checked as at start: a `shard` macro naming one of this cluster's
-    /// shards, and the same cluster in its `remote_servers`.
-    async fn shard_of_node(&self, node: &Node) -> Result<usize, StoreError> {
-        let value = shard_macro(&node.client)
-            .await?
-            .ok_or_else(|| StoreError::Rejected("it defines no `shard` macro".into()))?;
-        let shards: u64 = node
-            .client
-            .clone()
-            .with_database("default")
-            .query("SELECT uniqExact(shard_num) FROM system.clusters WHERE cluster = ?")
-            .bind(&self.name)
-            .fetch_one()
-            .await?;
-        if shards != self.shards.len() as u64 {
-            return Err(StoreError::Rejected(format!(
-                "its cluster '{}' has {shards} shards, not {}",
-                self.name,
-                self.shards.len()
-            )));
-        }
-        self.shard_names
-            .iter()
-            .position(|s| *s == value)
-            .ok_or_else(|| {
-                StoreError::Rejected(format!("its shard '{value}' is not the cluster's"))
-            })
-    }
+/// How many shards cluster `name` has in the `remote_servers` of the node `client` reaches (0:
+/// no such cluster). Read from its `default` database: the service's may not exist yet.
+async fn shards_of_cluster(client: &Client, name: &str) -> Result<u64, StoreError> {
+    Ok(client
+        .clone()
+        .with_database("default")
+        .query("SELECT uniqExact(shard_num) FROM system.clusters WHERE cluster = ?")
+        .bind(name)
+        .fetch_one()
+        .await?)
 }
 
 /// The `shard` macro of the node `client` reaches, if it defines one.
