@@ -16,6 +16,8 @@ use common::{
     Service, admin, free_port, free_server_port, scratch_dir, serve_log, serve_process,
     start_redis, test_config, wait_ready, wait_redis,
 };
+use meterhouse::ingest::ledger::Verdict;
+use meterhouse::ingest::shared::{SharedLedger, generation_key};
 use meterhouse::store::Store;
 use serde_json::{Value, json};
 
@@ -255,11 +257,21 @@ async fn leave_claim(redis_url: &str, database: &str, replica: &str, batch_id: u
     let client = redis::Client::open(redis_url).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let prefix = format!("mh:{database}:");
+    // Into the generation of Redis's clock that the service writes now.
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    let generation = generation_key(
+        database,
+        meterhouse::config::Config::defaults().dedup_window(),
+        seconds * 1000 + micros / 1000,
+    );
     for id in ids {
-        let mut key = format!("{prefix}i:").into_bytes();
-        key.extend_from_slice(&meterhouse::ingest::dedup::key("acme", id).to_be_bytes());
-        let _: () = redis::cmd("SET")
-            .arg(key)
+        let _: () = redis::cmd("HSET")
+            .arg(&generation)
+            .arg(
+                meterhouse::ingest::dedup::key("acme", id)
+                    .to_be_bytes()
+                    .as_slice(),
+            )
             .arg(format!("{batch_id:016x}"))
             .query_async(&mut redis)
             .await
@@ -506,4 +518,47 @@ async fn ids_accepted_between_two_runs_of_replicas_stay_duplicates() {
         json!({"accepted": 1, "duplicates": 3}),
         "replicas again: what the process alone accepted is a duplicate"
     );
+}
+
+/// An id accepted through Redis is remembered for at least the dedup window and forgotten
+/// within a window and a half (ids live in generations of half a window, scripts.rs), so what
+/// Redis holds is bounded by the window; a retake after that is a new event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_ids_are_remembered_for_the_window_and_then_forgotten() {
+    let store =
+        common::empty_database(&test_config("replicas_window", &common::clickhouse_url())).await;
+    meterhouse::store::migrate::run(&store).await.unwrap();
+    let redis_port = free_server_port();
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let _redis = start_redis(redis_port, &scratch_dir("redis-window"));
+    wait_redis(&redis_url).await;
+    let window = Duration::from_secs(4);
+    let (mut ledger, heartbeat) = SharedLedger::open(&redis_url, store.database(), window)
+        .await
+        .unwrap();
+    ledger.prepare(&store).await.unwrap();
+    let key = |id: &str| meterhouse::ingest::dedup::key("acme", id);
+    let verdict = async |ledger: &mut SharedLedger, batch_id: u64, id: &str| {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let verdicts = ledger.claim(batch_id, now_ms, &[key(id)]).await.unwrap();
+        ledger
+            .committed(batch_id, [key(id)].into_iter().collect())
+            .await;
+        verdicts[&key(id)]
+    };
+
+    let taken = Instant::now();
+    assert_eq!(verdict(&mut ledger, 1, "e-1").await, Verdict::New);
+    tokio::time::sleep(Duration::from_millis(3_000).saturating_sub(taken.elapsed())).await;
+    assert_eq!(
+        verdict(&mut ledger, 2, "e-1").await,
+        Verdict::Duplicate,
+        "within the window"
+    );
+    assert_eq!(verdict(&mut ledger, 3, "e-2").await, Verdict::New);
+    // Past a window and a half of the first claim: e-1 is forgotten, e-2 (3 s later) is not.
+    tokio::time::sleep(Duration::from_millis(6_500).saturating_sub(taken.elapsed())).await;
+    assert_eq!(verdict(&mut ledger, 4, "e-1").await, Verdict::New);
+    assert_eq!(verdict(&mut ledger, 5, "e-2").await, Verdict::Duplicate);
+    heartbeat.abort();
 }

@@ -1,8 +1,11 @@
 //! Accepted event ids shared by every replica, in Redis (`--redis-url`).
 //!
 //! Keys, under `mh:{database}:`:
-//! - `i:{key}` (the id's 16-byte hash): the batch that took the id (its id in hex), or `d` for
-//!   an id loaded from ClickHouse. Expires with the dedup window.
+//! - `g:{n}`: the ids taken in generation `n` of Redis's clock (a hash: the id's 16-byte hash,
+//!   then the batch that took it, in hex, or `d` for an id accepted without one: loaded from
+//!   ClickHouse, or marked stored by a settlement). Generations span half the dedup window; an
+//!   id is looked up in the three newest, so it is remembered for at least the window and at
+//!   most a window and a half (scripts.rs).
 //! - `b:{batch}`: the batch's state: `p:{replica}:{stamped_ms}` while its outcome is unknown,
 //!   then `c` (stored), `a` (not stored: its ids are free) or `s` (stored in part: the ids in
 //!   the set `l:{batch}` are). Outlives its ids.
@@ -13,9 +16,9 @@
 //!   `ingest_writer_beats` are newer) holds ids Redis lacks: a replica that starts then loads
 //!   the window again (`prepare`).
 //!
-//! A batch takes its ids (`SET NX`, one operation per id, in one script that also records the
-//! batch as `p`) before its insert, and is marked `c` after it: one operation for the whole
-//! batch. An id taken by a batch still `p` is refused (`503`, the client retries) until that
+//! A batch takes its ids (one script: an `HMGET` of them per generation, one `HSET` of those
+//! free, and the batch recorded as `p`) before its insert, and is marked `c` after it: one
+//! operation for the whole batch. An id taken by a batch still `p` is refused (`503`, the client retries) until that
 //! batch is settled. A batch whose outcome is unknown (its insert failed ambiguously, or its
 //! replica died) is settled against ClickHouse: its inserts still running are stopped, then
 //! its rows are looked up id by id (`settle::landed_keys`, which also completes what the insert
@@ -37,7 +40,7 @@ mod scripts;
 
 pub use connection::{Lock, connect, ready, with_lock};
 use connection::{give_lock_back, redis_error, spawn_heartbeat, take_lock};
-use scripts::{CLAIM, END, RELEASE};
+use scripts::{CLAIM, END, LOAD, RELEASE};
 
 use super::dedup::KeySet;
 use super::ledger::{LedgerError, Verdict};
@@ -53,8 +56,22 @@ pub const STOP_INSERTS_AFTER: Duration = Duration::from_millis(2500);
 const LOOK_FOR_DEAD_EVERY: Duration = Duration::from_secs(1);
 /// Ids written per command while loading the window into an empty Redis.
 const LOAD_CHUNK: usize = 10_000;
-/// How much longer a batch's state lives than its ids.
+/// How much longer a batch's state lives than its ids (at most a window and a half).
 const STATE_MARGIN_MS: i64 = 3_600_000;
+
+/// The span of a generation of ids (scripts.rs): half the dedup window.
+pub fn generation_span_ms(window: Duration) -> i64 {
+    (window.as_millis() as i64 / 2).max(1)
+}
+
+/// The key of the generation of ids that holds those taken at `server_ms` (Redis's clock) in
+/// `database`, whose dedup window is `window`.
+pub fn generation_key(database: &str, window: Duration, server_ms: i64) -> String {
+    format!(
+        "mh:{database}:g:{}",
+        server_ms.div_euclid(generation_span_ms(window))
+    )
+}
 
 /// How a settled batch ends.
 fn end_state(taken: usize, landed: usize) -> &'static str {
@@ -85,6 +102,7 @@ pub struct SharedLedger {
     claim: Script,
     end: Script,
     release: Script,
+    load: Script,
 }
 
 impl SharedLedger {
@@ -115,17 +133,13 @@ impl SharedLedger {
             claim: Script::new(CLAIM),
             end: Script::new(END),
             release: Script::new(RELEASE),
+            load: Script::new(LOAD),
         };
         Ok((ledger, heartbeat))
     }
 
-    /// The Redis key of an id: the prefix, then its 16-byte hash as is.
-    fn id_key(&self, key: u128) -> Vec<u8> {
-        let mut name = Vec::with_capacity(self.prefix.len() + 18);
-        name.extend_from_slice(self.prefix.as_bytes());
-        name.extend_from_slice(b"i:");
-        name.extend_from_slice(&key.to_be_bytes());
-        name
+    fn span_ms(&self) -> i64 {
+        generation_span_ms(Duration::from_millis(self.window_ms as u64))
     }
 
     fn key(&self, name: &str) -> String {
@@ -133,7 +147,7 @@ impl SharedLedger {
     }
 
     fn state_expiry_ms(&self) -> i64 {
-        self.window_ms + STATE_MARGIN_MS
+        self.window_ms + self.window_ms / 2 + STATE_MARGIN_MS
     }
 
     /// Whether this replica may start an insert attempt: its heartbeat is fresh (others do not
@@ -211,20 +225,15 @@ impl SharedLedger {
         store.kill_all_inserts().await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let accepted = super::dedup::accepted_since(store, now_ms - self.window_ms).await?;
+        // Into the newest generation: remembered a window from now, longer than needed.
         for chunk in accepted.chunks(LOAD_CHUNK) {
-            let mut pipe = redis::pipe();
-            for &(key, ingested_ms) in chunk {
-                let expires = (ingested_ms + self.window_ms - now_ms).max(1);
-                pipe.cmd("SET")
-                    .arg(self.id_key(key))
-                    .arg("d")
-                    .arg("PX")
-                    .arg(expires)
-                    .arg("NX")
-                    .ignore();
+            let mut call = self.load.prepare_invoke();
+            call.arg(self.span_ms()).arg(&self.prefix);
+            for &(key, _) in chunk {
+                call.arg(key.to_be_bytes().as_slice());
             }
-            let _: () = pipe
-                .query_async(&mut self.redis)
+            let _: i64 = call
+                .invoke_async(&mut self.redis)
                 .await
                 .map_err(redis_error)?;
         }
@@ -397,15 +406,15 @@ impl SharedLedger {
         call.key(self.key("epoch"))
             .key(self.key("batches"))
             .key(self.key(&format!("b:{batch_id:016x}")));
-        for &key in keys {
-            call.key(self.id_key(key));
-        }
         call.arg(epoch)
             .arg(format!("{batch_id:016x}"))
             .arg(format!("p:{}:{stamped_ms}", self.replica))
-            .arg(self.window_ms)
+            .arg(self.span_ms())
             .arg(&self.prefix)
             .arg(self.state_expiry_ms());
+        for &key in keys {
+            call.arg(key.to_be_bytes().as_slice());
+        }
         let answer: Vec<i64> = match call.invoke_async(&mut self.redis).await {
             Ok(answer) => answer,
             Err(e) => return Err(self.failed_call(e)),
@@ -431,10 +440,13 @@ impl SharedLedger {
         let epoch = self.epoch()?;
         let mut call = self.release.prepare_invoke();
         call.key(self.key("epoch"));
+        call.arg(epoch)
+            .arg(format!("{batch_id:016x}"))
+            .arg(self.span_ms())
+            .arg(&self.prefix);
         for &key in keys {
-            call.key(self.id_key(key));
+            call.arg(key.to_be_bytes().as_slice());
         }
-        call.arg(epoch).arg(format!("{batch_id:016x}"));
         match call.invoke_async::<i64>(&mut self.redis).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.failed_call(e)),
@@ -482,14 +494,15 @@ impl SharedLedger {
             .key(self.key("batches"))
             .key(self.key(&format!("b:{batch_id:016x}")))
             .key(self.key(&format!("l:{batch_id:016x}")));
-        for &key in landed {
-            call.key(self.id_key(key));
-        }
         call.arg(epoch)
             .arg(format!("{batch_id:016x}"))
             .arg(state)
             .arg(self.state_expiry_ms())
-            .arg(self.window_ms);
+            .arg(self.span_ms())
+            .arg(&self.prefix);
+        for &key in landed {
+            call.arg(key.to_be_bytes().as_slice());
+        }
         match call.invoke_async::<i64>(&mut self.redis).await {
             Ok(1) => Ok(()),
             Ok(_) => {
