@@ -48,7 +48,11 @@ pub enum Ledger {
 pub enum Claims {
     /// Read from memory, id by id.
     Embedded,
-    Shared(HashMap<u128, Verdict>),
+    /// Claimed in Redis: every id claimed, and the verdicts that are not `New`.
+    Shared {
+        claimed: KeySet,
+        not_new: HashMap<u128, Verdict>,
+    },
 }
 
 impl Claims {
@@ -57,10 +61,10 @@ impl Claims {
     pub fn unused(&self, taken: &KeySet) -> Vec<u128> {
         match self {
             Self::Embedded => Vec::new(),
-            Self::Shared(verdicts) => verdicts
+            Self::Shared { claimed, not_new } => claimed
                 .iter()
-                .filter(|&(key, verdict)| *verdict == Verdict::New && !taken.contains(key))
-                .map(|(&key, _)| key)
+                .filter(|&key| !taken.contains(key) && !not_new.contains_key(key))
+                .copied()
                 .collect(),
         }
     }
@@ -106,15 +110,14 @@ impl Ledger {
         match self {
             Self::Embedded { .. } => Ok(Claims::Embedded),
             Self::Shared(shared) => {
-                let mut distinct = KeySet::default();
+                let mut claimed = KeySet::default();
                 let ordered: Vec<u128> = keys
                     .flatten()
                     .copied()
-                    .filter(|&key| distinct.insert(key))
+                    .filter(|&key| claimed.insert(key))
                     .collect();
-                Ok(Claims::Shared(
-                    shared.claim(batch_id, stamped_ms, &ordered).await?,
-                ))
+                let not_new = shared.claim(batch_id, stamped_ms, &ordered).await?;
+                Ok(Claims::Shared { claimed, not_new })
             }
         }
     }
@@ -131,9 +134,11 @@ impl Ledger {
                     Verdict::New
                 }
             }
-            (Self::Shared(_), Claims::Shared(verdicts)) => {
-                verdicts.get(&key).copied().unwrap_or(Verdict::Busy)
-            }
+            (Self::Shared(_), Claims::Shared { claimed, not_new }) => match not_new.get(&key) {
+                Some(&verdict) => verdict,
+                None if claimed.contains(&key) => Verdict::New,
+                None => Verdict::Busy,
+            },
             (Self::Shared(_), Claims::Embedded) => Verdict::Busy,
         }
     }

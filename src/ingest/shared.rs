@@ -394,7 +394,8 @@ impl SharedLedger {
         give_lock_back(&mut self.redis, key, &self.replica).await;
     }
 
-    /// Takes `keys` (distinct) for batch `batch_id`, stamped at `stamped_ms`.
+    /// Takes `keys` (distinct) for batch `batch_id`, stamped at `stamped_ms`: the verdicts on
+    /// those not taken now (the others are `New`).
     pub async fn claim(
         &mut self,
         batch_id: u64,
@@ -419,8 +420,7 @@ impl SharedLedger {
             Ok(answer) => answer,
             Err(e) => return Err(self.failed_call(e)),
         };
-        let mut verdicts: HashMap<u128, Verdict> =
-            keys.iter().map(|&key| (key, Verdict::New)).collect();
+        let mut verdicts = HashMap::with_capacity(answer.len() / 2);
         for pair in answer.chunks_exact(2) {
             let Some(&key) = usize::try_from(pair[0]).ok().and_then(|i| keys.get(i)) else {
                 continue;
