@@ -26,7 +26,10 @@ async fn epoch(url: &str) -> Option<String> {
     let client = redis::Client::open(url).ok()?;
     let mut connection = client.get_multiplexed_async_connection().await.ok()?;
     redis::cmd("GET")
-        .arg("mh:test_replicas:epoch")
+        .arg(format!(
+            "mh:test_replicas:{}",
+            meterhouse::ingest::shared::EPOCH
+        ))
         .query_async(&mut connection)
         .await
         .ok()?
@@ -533,10 +536,7 @@ async fn shared_ids_are_remembered_for_the_window_and_then_forgotten() {
     let _redis = start_redis(redis_port, &scratch_dir("redis-window"));
     wait_redis(&redis_url).await;
     let window = Duration::from_secs(4);
-    let (mut ledger, heartbeat) = SharedLedger::open(&redis_url, store.database(), window)
-        .await
-        .unwrap();
-    ledger.prepare(&store).await.unwrap();
+    const HOUR: Duration = Duration::from_secs(3600);
     let key = |id: &str| meterhouse::ingest::dedup::key("acme", id);
     let verdict = async |ledger: &mut SharedLedger, batch_id: u64, id: &str| {
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -547,19 +547,64 @@ async fn shared_ids_are_remembered_for_the_window_and_then_forgotten() {
         // Only the ids not taken have a verdict.
         verdicts.get(&key(id)).copied().unwrap_or(Verdict::New)
     };
+    // A Redis filled by a version that kept a key per id (its epoch under the old key) is
+    // loaded again: an id stored in ClickHouse is a duplicate, though Redis never had it here.
+    insert_event(&store, "stored-1", 7).await;
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("mh:{}:epoch", store.database()))
+        .arg("00000000000000aa.1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (mut ledger, heartbeat) = SharedLedger::open(&redis_url, store.database(), HOUR)
+        .await
+        .unwrap();
+    ledger.prepare(&store).await.unwrap();
+    assert_eq!(
+        verdict(&mut ledger, 6, "stored-1").await,
+        Verdict::Duplicate
+    );
+    heartbeat.abort();
 
-    let taken = Instant::now();
+    let (mut ledger, heartbeat) = SharedLedger::open(&redis_url, store.database(), window)
+        .await
+        .unwrap();
+    ledger.prepare(&store).await.unwrap();
+
+    // Generations span 2 s of Redis's clock: start just after one begins, so that each check
+    // below has at least a second and a half of margin (lateness only helps the last one).
+    let (begun, first) = loop {
+        let (seconds, micros): (i64, i64) =
+            redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+        let now_ms = seconds * 1000 + micros / 1000;
+        if now_ms % 2_000 < 100 {
+            let into = Duration::from_millis((now_ms % 2_000) as u64);
+            break (
+                Instant::now() - into,
+                generation_key(store.database(), window, now_ms),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(verdict(&mut ledger, 1, "e-1").await, Verdict::New);
-    tokio::time::sleep(Duration::from_millis(3_000).saturating_sub(taken.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(2_100).saturating_sub(begun.elapsed())).await;
     assert_eq!(
         verdict(&mut ledger, 2, "e-1").await,
         Verdict::Duplicate,
         "within the window"
     );
     assert_eq!(verdict(&mut ledger, 3, "e-2").await, Verdict::New);
-    // Past a window and a half of the first claim: e-1 is forgotten, e-2 (3 s later) is not.
-    tokio::time::sleep(Duration::from_millis(6_500).saturating_sub(taken.elapsed())).await;
+    // Three generations on: e-1's is no longer looked at (and is freed by this write), e-2's is.
+    tokio::time::sleep(Duration::from_millis(6_500).saturating_sub(begun.elapsed())).await;
     assert_eq!(verdict(&mut ledger, 4, "e-1").await, Verdict::New);
     assert_eq!(verdict(&mut ledger, 5, "e-2").await, Verdict::Duplicate);
+    let kept: bool = redis::cmd("EXISTS")
+        .arg(&first)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!kept, "the generation out of use is freed");
     heartbeat.abort();
 }

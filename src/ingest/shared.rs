@@ -10,11 +10,13 @@
 //!   then `c` (stored), `a` (not stored: its ids are free) or `s` (stored in part: the ids in
 //!   the set `l:{batch}` are). Outlives its ids.
 //! - `batches`: the batches still `p`; `r:{replica}`: present while that replica is alive.
-//! - `epoch`: written once the ids of the window are loaded (a random value, then the server's
+//! - `epoch2` ([`EPOCH`]): written once the ids of the window are loaded (a random value, then the server's
 //!   time in seconds when the load began); a Redis that lost its data lacks it. A database run
 //!   by a process that kept ids in its own memory since then (its beats in
 //!   `ingest_writer_beats` are newer) holds ids Redis lacks: a replica that starts then loads
-//!   the window again (`prepare`).
+//!   the window again (`prepare`). Versions that kept a key per id wrote `epoch`: a Redis
+//!   they filled lacks `epoch2`, so the window is loaded again into generations (every replica
+//!   of the earlier version must be stopped first: the two layouts do not see each other's ids).
 //!
 //! A batch takes its ids (one script: an `HMGET` of them per generation, one `HSET` of those
 //! free, and the batch recorded as `p`) before its insert, and is marked `c` after it: one
@@ -58,6 +60,9 @@ const LOOK_FOR_DEAD_EVERY: Duration = Duration::from_secs(1);
 const LOAD_CHUNK: usize = 10_000;
 /// How much longer a batch's state lives than its ids (at most a window and a half).
 const STATE_MARGIN_MS: i64 = 3_600_000;
+
+/// The key (under the prefix) of the epoch of this layout of ids.
+pub const EPOCH: &str = "epoch2";
 
 /// The span of a generation of ids (scripts.rs): half the dedup window.
 pub fn generation_span_ms(window: Duration) -> i64 {
@@ -160,11 +165,7 @@ impl SharedLedger {
                 "this replica's heartbeat is stale".into(),
             ));
         }
-        let current: Option<String> = self
-            .redis
-            .get(self.key("epoch"))
-            .await
-            .map_err(redis_error)?;
+        let current: Option<String> = self.redis.get(self.key(EPOCH)).await.map_err(redis_error)?;
         if current.is_none() || current != self.epoch {
             self.epoch = None;
             return Err(LedgerError::Reloading);
@@ -188,7 +189,7 @@ impl SharedLedger {
     /// Makes sure Redis holds the ids of the window: a Redis without the epoch lost its data (or
     /// is new) and is loaded from ClickHouse first, by one replica; the others wait for it.
     async fn ensure_epoch(&mut self, store: &Store) -> Result<(), LedgerError> {
-        let epoch_key = self.key("epoch");
+        let epoch_key = self.key(EPOCH);
         let current: Option<String> = self.redis.get(&epoch_key).await.map_err(redis_error)?;
         if let Some(current) = current {
             self.epoch = Some(current);
@@ -225,17 +226,31 @@ impl SharedLedger {
         store.kill_all_inserts().await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let accepted = super::dedup::accepted_since(store, now_ms - self.window_ms).await?;
-        // Into the newest generation: remembered a window from now, longer than needed.
-        for chunk in accepted.chunks(LOAD_CHUNK) {
-            let mut call = self.load.prepare_invoke();
-            call.arg(self.span_ms()).arg(&self.prefix);
-            for &(key, _) in chunk {
-                call.arg(key.to_be_bytes().as_slice());
+        // Each id into the generation of its ingestion (Redis's clock read once, each time
+        // clamped to the live generations): remembered a window from then, as if claimed.
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.redis)
+            .await
+            .map_err(redis_error)?;
+        let newest = (seconds * 1000 + micros / 1000).div_euclid(self.span_ms());
+        let mut by_age: [Vec<u128>; 3] = Default::default();
+        for &(key, ingested_ms) in &accepted {
+            let generation = ingested_ms.div_euclid(self.span_ms());
+            let age = (newest - generation).clamp(0, 2) as usize;
+            by_age[age].push(key);
+        }
+        for (age, keys) in by_age.iter().enumerate() {
+            for chunk in keys.chunks(LOAD_CHUNK) {
+                let mut call = self.load.prepare_invoke();
+                call.arg(self.span_ms()).arg(&self.prefix).arg(age);
+                for &key in chunk {
+                    call.arg(key.to_be_bytes().as_slice());
+                }
+                let _: i64 = call
+                    .invoke_async(&mut self.redis)
+                    .await
+                    .map_err(redis_error)?;
             }
-            let _: i64 = call
-                .invoke_async(&mut self.redis)
-                .await
-                .map_err(redis_error)?;
         }
         tracing::info!(ids = accepted.len(), "dedup window loaded into redis");
         Ok(())
@@ -404,7 +419,7 @@ impl SharedLedger {
     ) -> Result<HashMap<u128, Verdict>, LedgerError> {
         let epoch = self.epoch()?;
         let mut call = self.claim.prepare_invoke();
-        call.key(self.key("epoch"))
+        call.key(self.key(EPOCH))
             .key(self.key("batches"))
             .key(self.key(&format!("b:{batch_id:016x}")));
         call.arg(epoch)
@@ -439,7 +454,7 @@ impl SharedLedger {
     pub async fn release(&mut self, batch_id: u64, keys: &[u128]) -> Result<(), LedgerError> {
         let epoch = self.epoch()?;
         let mut call = self.release.prepare_invoke();
-        call.key(self.key("epoch"));
+        call.key(self.key(EPOCH));
         call.arg(epoch)
             .arg(format!("{batch_id:016x}"))
             .arg(self.span_ms())
@@ -490,7 +505,7 @@ impl SharedLedger {
     ) -> Result<(), LedgerError> {
         let epoch = self.epoch()?;
         let mut call = self.end.prepare_invoke();
-        call.key(self.key("epoch"))
+        call.key(self.key(EPOCH))
             .key(self.key("batches"))
             .key(self.key(&format!("b:{batch_id:016x}")))
             .key(self.key(&format!("l:{batch_id:016x}")));
@@ -569,7 +584,7 @@ impl SharedLedger {
         // Dropped only if no other replica loaded it again meanwhile (the script that releases
         // a lock: delete if unchanged).
         let dropped: i64 = Script::new(scripts::UNLOCK)
-            .key(self.key("epoch"))
+            .key(self.key(EPOCH))
             .arg(&epoch)
             .invoke_async(&mut self.redis)
             .await

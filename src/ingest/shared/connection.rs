@@ -159,6 +159,7 @@ pub async fn with_lock<T>(
 
 /// Whether Redis answers and holds the dedup window (for `/readyz`).
 pub async fn ready(redis: &mut ConnectionManager, database: &str) -> bool {
-    let epoch: Result<Option<String>, _> = redis.get(format!("mh:{database}:epoch")).await;
+    let epoch: Result<Option<String>, _> =
+        redis.get(format!("mh:{database}:{}", super::EPOCH)).await;
     matches!(epoch, Ok(Some(_)))
 }

@@ -9,12 +9,15 @@
 //! are read with one `HMGET` per generation and written with one `HSET`, whatever their count:
 //! the per-id work is Redis's own, not one script call per id. The generation that falls out of
 //! use is unlinked (freed off Redis's main thread) when the next one is first written; each
-//! also expires as a backstop.
+//! also expires four spans after its last write, as a backstop (at the latest two and a half
+//! windows after it began, when nothing was written to free it earlier).
 
 /// Lua shared by the scripts: `generations(prefix, span)` gives the three live generations'
 /// keys (newest first) and the one that fell out of use; `holders(gens, first)` looks up
 /// `ARGV[first..]` and gives, per id (from 1), its holder and the generation (index in `gens`)
-/// that holds it; `put(gens, old, span, pairs)` writes field/value `pairs` into the newest.
+/// that holds it; `put(gens, old, span, pairs)` writes field/value `pairs` into the newest;
+/// `accept_free(prefix, span, first)` records `ARGV[first..]` as accepted (`d`) where no batch
+/// holds them, and gives how many.
 macro_rules! lua_generations {
     () => {
         r"
@@ -49,6 +52,19 @@ local function put(gens, old, span, pairs)
     redis.call('HSET', gens[1], unpack(pairs, s, math.min(s + 3999, #pairs)))
   end
   redis.call('PEXPIRE', gens[1], 4 * span)
+end
+local function accept_free(prefix, span, first)
+  local gens, old = generations(prefix, span)
+  local held = holders(gens, first)
+  local accepted = {}
+  for i = first, #ARGV do
+    if not held[i - first + 1] then
+      accepted[#accepted + 1] = ARGV[i]
+      accepted[#accepted + 1] = 'd'
+    end
+  end
+  put(gens, old, span, accepted)
+  return #accepted / 2
 end
 "
     };
@@ -121,17 +137,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('EPOCH ep
 local state = redis.call('GET', KEYS[3])
 if state and string.sub(state, 1, 2) ~= 'p:' then return 0 end
 if #ARGV >= 7 then
-  local span = tonumber(ARGV[5])
-  local gens, old = generations(ARGV[6], span)
-  local held = holders(gens, 7)
-  local accepted = {}
-  for i = 7, #ARGV do
-    if not held[i - 6] then
-      accepted[#accepted + 1] = ARGV[i]
-      accepted[#accepted + 1] = 'd'
-    end
-  end
-  put(gens, old, span, accepted)
+  accept_free(ARGV[6], tonumber(ARGV[5]), 7)
   if ARGV[3] == 's' then
     for s = 7, #ARGV, 4000 do
       redis.call('SADD', KEYS[4], unpack(ARGV, s, math.min(s + 3999, #ARGV)))
@@ -160,23 +166,25 @@ return 1
 "
 );
 
-/// Records ids loaded from ClickHouse as accepted where no batch holds them (Redis is being
-/// loaded: no epoch yet). `ARGV`: the generations' span (ms), the key prefix, then the ids.
+/// Records ids loaded from ClickHouse as accepted, whoever held them (they are stored); Redis
+/// is being loaded, no epoch yet. `ARGV`: the generations' span (ms), the key prefix, the
+/// generation to write (0 the newest, 1 or 2 older: that of the ids' ingestion), then the ids.
 pub(super) const LOAD: &str = concat!(
     lua_generations!(),
     r"
 local span = tonumber(ARGV[1])
-local gens, old = generations(ARGV[2], span)
-local held = holders(gens, 3)
-local accepted = {}
-for i = 3, #ARGV do
-  if not held[i - 2] then
-    accepted[#accepted + 1] = ARGV[i]
-    accepted[#accepted + 1] = 'd'
+local gens = generations(ARGV[2], span)
+local target = gens[1 + tonumber(ARGV[3])]
+for s = 4, #ARGV, 2000 do
+  local pairs = {}
+  for i = s, math.min(s + 1999, #ARGV) do
+    pairs[#pairs + 1] = ARGV[i]
+    pairs[#pairs + 1] = 'd'
   end
+  redis.call('HSET', target, unpack(pairs))
 end
-put(gens, old, span, accepted)
-return #accepted / 2
+redis.call('PEXPIRE', target, 4 * span)
+return #ARGV - 3
 "
 );
 
