@@ -606,5 +606,26 @@ async fn shared_ids_are_remembered_for_the_window_and_then_forgotten() {
         .await
         .unwrap();
     assert!(!kept, "the generation out of use is freed");
+
+    // Redis's clock stepped back (as if the generations used so far ran ahead of it): ids go
+    // on into the newest generation used, where the next claim looks.
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    let span_ms = meterhouse::ingest::shared::generation_span_ms(window);
+    let ahead = (seconds * 1000 + micros / 1000).div_euclid(span_ms) + 5;
+    let _: () = redis::cmd("SET")
+        .arg(format!("mh:{}:gmax:{span_ms}", store.database()))
+        .arg(ahead)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(verdict(&mut ledger, 7, "e-3").await, Verdict::New);
+    let written: bool = redis::cmd("HEXISTS")
+        .arg(generation_key(store.database(), window, ahead * span_ms))
+        .arg(key("e-3").to_be_bytes().as_slice())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(written, "written into the newest generation used");
+    assert_eq!(verdict(&mut ledger, 8, "e-3").await, Verdict::Duplicate);
     heartbeat.abort();
 }

@@ -6,6 +6,8 @@
 //!   ClickHouse, or marked stored by a settlement). Generations span half the dedup window; an
 //!   id is looked up in the three newest, so it is remembered for at least the window and at
 //!   most a window and a half (scripts.rs).
+//! - `gmax:{span}`: the newest generation used: one of Redis's clock stepped back is not
+//!   looked at in place of it.
 //! - `b:{batch}`: the batch's state: `p:{replica}:{stamped_ms}` while its outcome is unknown,
 //!   then `c` (stored), `a` (not stored: its ids are free) or `s` (stored in part: the ids in
 //!   the set `l:{batch}` are). Outlives its ids.

@@ -13,7 +13,9 @@
 //! windows after it began, when nothing was written to free it earlier).
 
 /// Lua shared by the scripts: `generations(prefix, span)` gives the three live generations'
-/// keys (newest first) and the one that fell out of use; `holders(gens, first)` looks up
+/// keys (newest first) and the one that fell out of use, never older than the newest used so
+/// far (`gmax:{span}`: a clock stepped back does not hide the generations written before);
+/// `holders(gens, first)` looks up
 /// `ARGV[first..]` and gives, per id (from 1), its holder and the generation (index in `gens`)
 /// that holds it; `put(gens, old, span, pairs)` writes field/value `pairs` into the newest;
 /// `accept_free(prefix, span, first)` records `ARGV[first..]` as accepted (`d`) where no batch
@@ -25,6 +27,12 @@ local function generations(prefix, span)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local g = math.floor(now / span)
+  local newest = tonumber(redis.call('GET', prefix .. 'gmax:' .. span) or '0')
+  if newest > g then
+    g = newest
+  elseif newest < g then
+    redis.call('SET', prefix .. 'gmax:' .. span, g)
+  end
   return {prefix .. 'g:' .. g, prefix .. 'g:' .. (g - 1), prefix .. 'g:' .. (g - 2)}, prefix .. 'g:' .. (g - 3)
 end
 local function holders(gens, first)
