@@ -254,6 +254,12 @@ async fn a_second_process_that_keeps_ids_in_its_own_memory_refuses_to_start() {
     }
 }
 
+/// Redis's own clock, in epoch ms (the generations of ids follow it).
+async fn redis_now_ms(redis: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(redis).await.unwrap();
+    seconds * 1000 + micros / 1000
+}
+
 /// Leaves in Redis what replica `replica` leaves when killed while its batch `batch_id` of `ids`
 /// was being inserted: the ids taken by the batch, and the batch pending.
 async fn leave_claim(redis_url: &str, database: &str, replica: &str, batch_id: u64, ids: &[&str]) {
@@ -261,11 +267,10 @@ async fn leave_claim(redis_url: &str, database: &str, replica: &str, batch_id: u
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let prefix = format!("mh:{database}:");
     // Into the generation of Redis's clock that the service writes now.
-    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
     let generation = generation_key(
         database,
         meterhouse::config::Config::defaults().dedup_window(),
-        seconds * 1000 + micros / 1000,
+        redis_now_ms(&mut redis).await,
     );
     for id in ids {
         let _: () = redis::cmd("HSET")
@@ -576,9 +581,7 @@ async fn shared_ids_are_remembered_for_the_window_and_then_forgotten() {
     // Generations span 2 s of Redis's clock: start just after one begins, so that each check
     // below has at least a second and a half of margin (lateness only helps the last one).
     let (begun, first) = loop {
-        let (seconds, micros): (i64, i64) =
-            redis::cmd("TIME").query_async(&mut redis).await.unwrap();
-        let now_ms = seconds * 1000 + micros / 1000;
+        let now_ms = redis_now_ms(&mut redis).await;
         if now_ms % 2_000 < 100 {
             let into = Duration::from_millis((now_ms % 2_000) as u64);
             break (
@@ -609,9 +612,8 @@ async fn shared_ids_are_remembered_for_the_window_and_then_forgotten() {
 
     // Redis's clock stepped back (as if the generations used so far ran ahead of it): ids go
     // on into the newest generation used, where the next claim looks.
-    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
     let span_ms = meterhouse::ingest::shared::generation_span_ms(window);
-    let ahead = (seconds * 1000 + micros / 1000).div_euclid(span_ms) + 5;
+    let ahead = redis_now_ms(&mut redis).await.div_euclid(span_ms) + 5;
     let _: () = redis::cmd("SET")
         .arg(format!("mh:{}:gmax:{span_ms}", store.database()))
         .arg(ahead)

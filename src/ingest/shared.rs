@@ -12,22 +12,22 @@
 //!   then `c` (stored), `a` (not stored: its ids are free) or `s` (stored in part: the ids in
 //!   the set `l:{batch}` are). Outlives its ids.
 //! - `batches`: the batches still `p`; `r:{replica}`: present while that replica is alive.
-//! - `epoch2` ([`EPOCH`]): written once the ids of the window are loaded (a random value, then the server's
-//!   time in seconds when the load began); a Redis that lost its data lacks it. A database run
-//!   by a process that kept ids in its own memory since then (its beats in
+//! - `epoch2` ([`EPOCH`]): written once the ids of the window are loaded (a random value, then
+//!   the server's time in seconds when the load began); a Redis that lost its data lacks it. A
+//!   database run by a process that kept ids in its own memory since then (its beats in
 //!   `ingest_writer_beats` are newer) holds ids Redis lacks: a replica that starts then loads
-//!   the window again (`prepare`). Versions that kept a key per id wrote `epoch`: a Redis
-//!   they filled lacks `epoch2`, so the window is loaded again into generations (every replica
-//!   of the earlier version must be stopped first: the two layouts do not see each other's ids).
+//!   the window again (`prepare`). Versions that kept a key per id wrote `epoch`: a Redis they
+//!   filled lacks `epoch2`, so the window is loaded again into generations (every replica of
+//!   the earlier version must be stopped first: the two layouts do not see each other's ids).
 //!
 //! A batch takes its ids (one script: an `HMGET` of them per generation, one `HSET` of those
 //! free, and the batch recorded as `p`) before its insert, and is marked `c` after it: one
-//! operation for the whole batch. An id taken by a batch still `p` is refused (`503`, the client retries) until that
-//! batch is settled. A batch whose outcome is unknown (its insert failed ambiguously, or its
-//! replica died) is settled against ClickHouse: its inserts still running are stopped, then
-//! its rows are looked up id by id (`settle::landed_keys`, which also completes what the insert
-//! left undone). Only then may another batch take its ids: a retry after a crash is neither
-//! lost nor counted twice.
+//! operation for the whole batch. An id taken by a batch still `p` is refused (`503`, the client
+//! retries) until that batch is settled. A batch whose outcome is unknown (its insert failed
+//! ambiguously, or its replica died) is settled against ClickHouse: its inserts still running
+//! are stopped, then its rows are looked up id by id (`settle::landed_keys`, which also
+//! completes what the insert left undone). Only then may another batch take its ids: a retry
+//! after a crash is neither lost nor counted twice.
 //!
 //! A replica whose heartbeat has not been written for [`STOP_INSERTS_AFTER`] starts no insert:
 //! other replicas count it dead once its heartbeat expired (`REPLICA_TTL`), later. The scripts
@@ -228,23 +228,17 @@ impl SharedLedger {
         store.kill_all_inserts().await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let accepted = super::dedup::accepted_since(store, now_ms - self.window_ms).await?;
-        // Each id into the generation of its ingestion (Redis's clock read once, each time
-        // clamped to the live generations): remembered a window from then, as if claimed.
-        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
-            .query_async(&mut self.redis)
-            .await
-            .map_err(redis_error)?;
-        let newest = (seconds * 1000 + micros / 1000).div_euclid(self.span_ms());
-        let mut by_age: [Vec<u128>; 3] = Default::default();
+        // Each id into the generation of its ingestion (the script clamps it to the live ones):
+        // remembered a window from then, as if claimed.
+        let mut by_generation: std::collections::BTreeMap<i64, Vec<u128>> = Default::default();
         for &(key, ingested_ms) in &accepted {
             let generation = ingested_ms.div_euclid(self.span_ms());
-            let age = (newest - generation).clamp(0, 2) as usize;
-            by_age[age].push(key);
+            by_generation.entry(generation).or_default().push(key);
         }
-        for (age, keys) in by_age.iter().enumerate() {
+        for (generation, keys) in &by_generation {
             for chunk in keys.chunks(LOAD_CHUNK) {
                 let mut call = self.load.prepare_invoke();
-                call.arg(self.span_ms()).arg(&self.prefix).arg(age);
+                call.arg(self.span_ms()).arg(&self.prefix).arg(generation);
                 for &key in chunk {
                     call.arg(key.to_be_bytes().as_slice());
                 }

@@ -14,12 +14,13 @@
 
 /// Lua shared by the scripts: `generations(prefix, span)` gives the three live generations'
 /// keys (newest first) and the one that fell out of use, never older than the newest used so
-/// far (`gmax:{span}`: a clock stepped back does not hide the generations written before);
+/// far (`gmax:{span}`: a clock stepped back does not hide the generations written before), and
+/// the newest's number;
 /// `holders(gens, first)` looks up
 /// `ARGV[first..]` and gives, per id (from 1), its holder and the generation (index in `gens`)
 /// that holds it; `put(gens, old, span, pairs)` writes field/value `pairs` into the newest;
 /// `accept_free(prefix, span, first)` records `ARGV[first..]` as accepted (`d`) where no batch
-/// holds them, and gives how many.
+/// holds them.
 macro_rules! lua_generations {
     () => {
         r"
@@ -33,7 +34,7 @@ local function generations(prefix, span)
   elseif newest < g then
     redis.call('SET', prefix .. 'gmax:' .. span, g)
   end
-  return {prefix .. 'g:' .. g, prefix .. 'g:' .. (g - 1), prefix .. 'g:' .. (g - 2)}, prefix .. 'g:' .. (g - 3)
+  return {prefix .. 'g:' .. g, prefix .. 'g:' .. (g - 1), prefix .. 'g:' .. (g - 2)}, prefix .. 'g:' .. (g - 3), g
 end
 local function holders(gens, first)
   local held, where = {}, {}
@@ -72,7 +73,6 @@ local function accept_free(prefix, span, first)
     end
   end
   put(gens, old, span, accepted)
-  return #accepted / 2
 end
 "
     };
@@ -176,13 +176,13 @@ return 1
 
 /// Records ids loaded from ClickHouse as accepted, whoever held them (they are stored); Redis
 /// is being loaded, no epoch yet. `ARGV`: the generations' span (ms), the key prefix, the
-/// generation to write (0 the newest, 1 or 2 older: that of the ids' ingestion), then the ids.
+/// generation of the ids' ingestion (clamped to the live ones), then the ids.
 pub(super) const LOAD: &str = concat!(
     lua_generations!(),
     r"
 local span = tonumber(ARGV[1])
-local gens = generations(ARGV[2], span)
-local target = gens[1 + tonumber(ARGV[3])]
+local gens, _, newest = generations(ARGV[2], span)
+local target = gens[1 + math.max(0, math.min(2, newest - tonumber(ARGV[3])))]
 for s = 4, #ARGV, 2000 do
   local pairs = {}
   for i = s, math.min(s + 1999, #ARGV) do
