@@ -78,13 +78,6 @@ impl Application {
         let (store, owned_clickhouse) = open_store(config).await?;
         let mut background = Vec::new();
         let (ledger, writer, redis) = open_ledger(config, &store, &mut background).await?;
-        if config.rollup_maintenance_every_s > 0 {
-            let every = Duration::from_secs(config.rollup_maintenance_every_s);
-            let lock = redis
-                .clone()
-                .map(|redis| Lock::new(redis, store.database(), "maintaining"));
-            background.push(crate::ingest::repair::spawn(store.clone(), lock, every));
-        }
         let catalog = Catalog::open(store.clone())
             .await
             .context("loading the catalog")?;
@@ -93,6 +86,14 @@ impl Application {
                 .seed(&Catalog::read_seed(path)?)
                 .await
                 .map_err(|e| anyhow::anyhow!("seeding the catalog: {e}"))?;
+        }
+        if config.rollup_maintenance_every_s > 0 {
+            let every = Duration::from_secs(config.rollup_maintenance_every_s);
+            let lock = redis
+                .clone()
+                .map(|redis| Lock::new(redis, store.database(), "maintaining"));
+            let maintained = (store.clone(), catalog.clone());
+            background.push(crate::ingest::repair::spawn(maintained, lock, every));
         }
         let keys = KeyRing::from_config(&config.api_keys)?;
         crate::auth::stored::load_stored(&store, &keys)

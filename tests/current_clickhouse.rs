@@ -219,7 +219,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
             from_ms,
             to_ms,
         };
-        weighted_statement(&w).render()
+        weighted_statement(&w, &[(w.from_ms, w.to_ms)]).render()
     };
     let later = (to, to + 3_600_000);
     let checks = vec![

@@ -499,3 +499,262 @@ async fn as_of_a_moment_the_value_carried_in_is_the_one_ingested_by_then() {
     assert_eq!(quantity(&today), d("20"));
     app.shutdown().await;
 }
+
+/// Sealed days of a weighted meter are read from its hour grain (`store::weighted_grain`):
+/// the same figures as from the samples (`as_of` reads take the samples), windows cut
+/// anywhere, per region and per a price's own group; a late event re-opens its day, read from
+/// the samples until the maintenance writes it again.
+#[tokio::test]
+async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_reopen_them() {
+    use meterhouse::store::weighted_grain::WeightedMeter;
+    use std::time::Duration;
+
+    let mut config = common::test_config("weighted_grain", &common::store_url());
+    config.rollup_maintenance_every_s = 0;
+    config.catalog = Some(common::backfill_catalog("catalog-weighted-grain.json"));
+    let app = common::spawn_with(config, true).await;
+    storage_catalog(
+        &app,
+        "hour",
+        json!({"external_id": "c1"}),
+        json!({"code": "store", "name": "Store", "currency": "USD", "interval": "month",
+               "prices": [
+                 {"code": "by_region", "type": "usage", "meter": "storage", "model": "per_unit",
+                  "unit_amount": "0.10", "group_by": ["region"]},
+                 {"code": "by_tier", "type": "usage", "meter": "storage", "model": "per_unit",
+                  "unit_amount": "0.01", "group_by": ["tier"]}]}),
+    )
+    .await;
+    // Six whole UTC days before today, and a value of each region carried in before them.
+    let now = Utc::now();
+    let day_ms = 24 * HOUR_MS;
+    let base_ms = (now.timestamp_millis() / day_ms - 6) * day_ms;
+    let at = |ms: i64| DateTime::from_timestamp_millis(base_ms + ms).unwrap();
+    post(
+        &app,
+        "/v1/subscriptions",
+        json!({"external_id": "sub_g", "customer": "c1", "plan": "store",
+               "start_date": at(-3 * day_ms).to_rfc3339()}),
+    )
+    .await;
+    let mut sent = vec![
+        Held {
+            at: at(-5 * HOUR_MS),
+            region: "eu",
+            gb: "10",
+        },
+        Held {
+            at: at(-30 * HOUR_MS),
+            region: "us",
+            gb: "3",
+        },
+    ];
+    for day in 0..6 {
+        let gb = ["4", "7.5", "0.25", "12", "2", "9", "1.125"];
+        let moments = [
+            (2 * HOUR_MS + 5 * 60_000, "eu"),
+            (2 * HOUR_MS + 20 * 60_000 + 17, "eu"),
+            (2 * HOUR_MS + 47 * 60_000, "eu"),
+            (4 * HOUR_MS + 10 * 60_000, "us"),
+            (9 * HOUR_MS, "eu"),
+            (13 * HOUR_MS + 50 * 60_000 + 999, "us"),
+            (17 * HOUR_MS + 30 * 60_000, "eu"),
+        ];
+        for (i, (offset, region)) in moments.into_iter().enumerate() {
+            let k = (day as usize + i) % gb.len();
+            sent.push(Held {
+                at: at(day * day_ms + offset),
+                region,
+                gb: gb[k],
+            });
+        }
+    }
+    send_tiered(&app, &sent).await;
+
+    let store = app.store().await;
+    common::age_reopening_marks(&store).await;
+    let patience = Duration::from_secs(60);
+    let round = store.compact_days(10, 1_000, patience).await.unwrap();
+    assert!(round.sealed >= 4, "{round:?}");
+    let meters = [WeightedMeter {
+        tenant: "acme".into(),
+        meter: "storage".into(),
+        series_keys: vec!["region".into()],
+    }];
+    let mut written = 0;
+    loop {
+        let days = store.compact_weighted(&meters, 30).await.unwrap();
+        if days == 0 {
+            break;
+        }
+        written += days;
+    }
+    assert!(written >= 4, "{written} days written");
+    let rows = app.scalar("SELECT count() FROM usage_weighted_hour").await;
+    assert!(rows >= 4 * 5, "{rows} weighted hours");
+    let covered = store
+        .weighted_grain_hours(
+            ("acme", Some("c1"), "storage"),
+            &meters[0].series_keys,
+            (base_ms - day_ms, base_ms + 6 * day_ms),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        covered.first().map(|r| r.0),
+        Some(base_ms - day_ms),
+        "{covered:?}"
+    );
+    assert!(
+        covered.last().unwrap().1 >= base_ms + 4 * day_ms,
+        "{covered:?}"
+    );
+    // The service reads the day grain's horizon again after a few seconds.
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+
+    let windows = [
+        (
+            at(HOUR_MS + 13_000),
+            at(4 * day_ms + 2 * HOUR_MS + 50 * 60_000),
+        ), // ragged days
+        (at(2 * day_ms), at(3 * day_ms)), // one whole day
+        (at(-2 * day_ms), now),           // everything
+        (
+            at(day_ms + 2 * HOUR_MS + 10 * 60_000),
+            at(day_ms + 2 * HOUR_MS + 30 * 60_000),
+        ), // inside an hour
+    ];
+    let check = |sent: Vec<Held>| {
+        let app = &app;
+        async move {
+            let as_of = Utc::now().timestamp_millis();
+            for window in windows {
+                let path = format!("/v1/subscriptions/sub_g/usage?{}", q(window));
+                let (status, grain) = get(app, &path, "read_key_a").await;
+                assert_eq!(status, 200, "{grain}");
+                let (status, samples) =
+                    get(app, &format!("{path}&as_of={as_of}"), "read_key_a").await;
+                assert_eq!(status, 200, "{samples}");
+                assert_eq!(grain["charges"], samples["charges"], "{window:?}");
+                let by_region = charge(&grain, "by_region");
+                let mut regions = Decimal::ZERO;
+                for region in ["eu", "us"] {
+                    let expected = integral(&sent, Some(region), window, HOUR_MS);
+                    assert_eq!(
+                        group_quantity(by_region, region),
+                        expected,
+                        "{region} {window:?}: {grain}"
+                    );
+                    regions += expected;
+                }
+                assert_eq!(dec(&by_region["quantity"]), regions, "{window:?}");
+                // Each tier's quantity is divided on its own: equal up to the last digit.
+                let total = integral(&sent, None, window, HOUR_MS);
+                let by_tier = dec(&charge(&grain, "by_tier")["quantity"]);
+                assert!(
+                    (by_tier - total).abs() < Decimal::new(1, 20),
+                    "{by_tier} {total} {window:?}"
+                );
+            }
+            for size in ["hour", "day"] {
+                let window = (at(-day_ms), at(5 * day_ms + 30 * 60_000));
+                let path = format!(
+                    "/v1/meters/storage/query?customer=c1&window_size={size}&group_by=tier&{}",
+                    q(window)
+                );
+                let (status, grain) = get(app, &path, "read_key_a").await;
+                assert_eq!(status, 200, "{grain}");
+                let (status, samples) =
+                    get(app, &format!("{path}&as_of={as_of}"), "read_key_a").await;
+                assert_eq!(status, 200, "{samples}");
+                assert_eq!(grain["data"], samples["data"], "{size}");
+                let sum: Decimal = grain["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| dec(&p["value"]))
+                    .sum();
+                let total = integral(&sent, None, window, HOUR_MS);
+                assert!(
+                    (sum - total).abs() < Decimal::new(1, 20),
+                    "{sum} {total} {size}"
+                );
+            }
+        }
+    };
+    check(sent.clone()).await;
+
+    // A late event of day 2, mid-hour: that day is read from the samples at once.
+    let late = Held {
+        at: at(2 * day_ms + 2 * HOUR_MS + 30 * 60_000),
+        region: "eu",
+        gb: "1000",
+    };
+    sent.push(late);
+    send_tiered(&app, &sent[sent.len() - 1..]).await;
+    check(sent.clone()).await;
+    let day2 = (base_ms + 2 * day_ms, base_ms + 3 * day_ms);
+    let hours_of_day2 = |store: meterhouse::store::Store| async move {
+        store
+            .weighted_grain_hours(
+                ("acme", Some("c1"), "storage"),
+                &["region".to_owned()],
+                day2,
+            )
+            .await
+            .unwrap()
+    };
+    assert_eq!(hours_of_day2(store.clone()).await, vec![]);
+    // The maintenance writes the day again (hours included) and clears its mark.
+    common::age_reopening_marks(&store).await;
+    let round = store.compact_days(10, 1_000, patience).await.unwrap();
+    assert_eq!(round.resealed, 1, "{round:?}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(hours_of_day2(store.clone()).await, vec![day2]);
+    check(sent.clone()).await;
+
+    // The reads above took those hours from the grain: a row written over one changes them.
+    let hour = base_ms + 3 * day_ms + 9 * HOUR_MS;
+    store
+        .client()
+        .query(
+            "INSERT INTO usage_weighted_hour SELECT tenant, meter, customer, series_keys, series, \
+             bucket, part_keys, part_values, arrayMap(v -> '0', part_value_ms), part_samples, \
+             first_ms, last_ms, last_value, last_keys, last_values, version + 1 \
+             FROM usage_weighted_hour WHERE customer = 'c1' AND bucket = toDateTime(?)",
+        )
+        .bind(hour / 1000)
+        .execute()
+        .await
+        .unwrap();
+    let window = (at(3 * day_ms), at(4 * day_ms));
+    let (_, report) = get(
+        &app,
+        &format!("/v1/subscriptions/sub_g/usage?{}", q(window)),
+        "read_key_a",
+    )
+    .await;
+    let expected = integral(&sent, Some("eu"), window, HOUR_MS);
+    let doctored = group_quantity(charge(&report, "by_region"), "eu");
+    assert!(doctored < expected, "{doctored} {expected}");
+    app.shutdown().await;
+}
+
+/// Sends `sent` for customer `c1`, each event's tier by its index (gold, basic, ...).
+async fn send_tiered(app: &TestApp, sent: &[Held]) {
+    let events: Vec<Value> = sent
+        .iter()
+        .map(|h| {
+            let tier = if h.at.timestamp_millis() / 60_000 % 2 == 0 {
+                "gold"
+            } else {
+                "basic"
+            };
+            json!({"id": format!("c1-{}-{}", h.region, h.at.timestamp_millis()), "customer": "c1",
+                   "type": "storage", "timestamp": h.at.timestamp_millis(),
+                   "properties": {"gb": h.gb, "region": h.region, "tier": tier}})
+        })
+        .collect();
+    let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
+    assert_eq!(status, 202, "{ack}");
+}

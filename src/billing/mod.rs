@@ -5,4 +5,3 @@ pub mod decimal;
 pub mod money;
 pub mod period;
 pub mod rating;
-pub mod weighted;

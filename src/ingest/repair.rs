@@ -1,13 +1,18 @@
 //! The rollups' maintenance in the background: hours marked in `rollup_dirty` are rebuilt from
 //! samples and unmarked (`Store::repair_dirty_hours`), closed days compacted into the day grain
-//! and re-opened days written again (`Store::compact_days`). With replicas, the one that takes a
+//! and re-opened days written again (`Store::compact_days`), and the sealed days of the catalog's
+//! `weighted_sum` meters written into their hour grain (`Store::compact_weighted`). With
+//! replicas, the one that takes a
 //! lock in Redis does it; a process that keeps ids in its own memory is the only writer of its
 //! database and needs none.
 
 use std::time::Duration;
 
 use super::shared::Lock;
+use crate::catalog::Catalog;
+use crate::domain::Aggregation;
 use crate::store::Store;
+use crate::store::weighted_grain::WeightedMeter;
 
 /// At most this many hours per round.
 const HOURS_PER_ROUND: u64 = 1_000;
@@ -15,6 +20,8 @@ const HOURS_PER_ROUND: u64 = 1_000;
 /// several rounds), and customers' days written again.
 const DAYS_PER_ROUND: u32 = 3;
 const REOPENED_PER_ROUND: u64 = 1_000;
+/// At most this many days of weighted meters' hours written per round (all meters together).
+const WEIGHTED_DAYS_PER_ROUND: u32 = 30;
 /// How long a round waits for each of ClickHouse's mutations before it leaves the marks in
 /// place (a round waits for at most a handful).
 const MUTATION_PATIENCE: Duration = Duration::from_secs(120);
@@ -23,7 +30,11 @@ const MUTATION_PATIENCE: Duration = Duration::from_secs(120);
 const LOCK_MS: u64 = 30 * 60 * 1_000;
 
 /// Maintains the rollups every `every`, holding `lock` (replicas) while it does.
-pub fn spawn(store: Store, mut lock: Option<Lock>, every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    (store, catalog): (Store, Catalog),
+    mut lock: Option<Lock>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
@@ -37,7 +48,7 @@ pub fn spawn(store: Store, mut lock: Option<Lock>, every: Duration) -> tokio::ta
                     }
                 }
             }
-            round(&store).await;
+            round(&store, &weighted_meters(&catalog)).await;
             if let Some(lock) = &mut lock {
                 lock.give_back().await;
             }
@@ -46,13 +57,30 @@ pub fn spawn(store: Store, mut lock: Option<Lock>, every: Duration) -> tokio::ta
 }
 
 /// One round on each shard (the one server, without a cluster): each keeps its own rollups.
-async fn round(store: &Store) {
+async fn round(store: &Store, weighted: &[WeightedMeter]) {
     for shard in store.shards() {
-        round_on(&shard).await;
+        round_on(&shard, weighted).await;
     }
 }
 
-async fn round_on(store: &Store) {
+/// Every tenant's `weighted_sum` meters, with the series keys their samples are grouped by.
+pub fn weighted_meters(catalog: &Catalog) -> Vec<WeightedMeter> {
+    let mut meters = Vec::new();
+    for (tenant, snapshot) in catalog.tenants() {
+        let weighted = snapshot
+            .meters
+            .values()
+            .filter(|m| m.aggregation == Aggregation::WeightedSum);
+        meters.extend(weighted.map(|m| WeightedMeter {
+            tenant: tenant.clone(),
+            meter: m.slug.clone(),
+            series_keys: m.group_by.clone(),
+        }));
+    }
+    meters
+}
+
+async fn round_on(store: &Store, weighted: &[WeightedMeter]) {
     match store.may_have_dirty_hours().await {
         Ok(false) => {}
         Ok(true) => {
@@ -70,5 +98,12 @@ async fn round_on(store: &Store) {
         .await;
     if let Err(e) = compacted {
         tracing::warn!(error = %e, "day grain maintenance failed; reads use the hour rollup");
+        return;
+    }
+    if let Err(e) = store
+        .compact_weighted(weighted, WEIGHTED_DAYS_PER_ROUND)
+        .await
+    {
+        tracing::warn!(error = %e, "weighted grain maintenance failed; reads use the samples");
     }
 }

@@ -1,5 +1,5 @@
 //! The quantities of `weighted_sum` meters: each series' samples (the value carried in and
-//! those inside the window, `store::weighted_sql`) integrated exactly (`billing::weighted`);
+//! those inside the window, `store::weighted_sql`) integrated exactly (`domain::weighted`);
 //! each sample's time is counted in the group of the read's `group_by` that sample carries.
 //! Always from the samples, never from memory or the rollups (see `store::weighted_sql`).
 
@@ -14,10 +14,11 @@ use chrono_tz::Tz;
 
 use crate::billing::period::{Anchor, Cadence, Interval};
 use crate::billing::rating::RatingError;
-use crate::billing::weighted::{HeldValue, contributions, in_units};
 use crate::domain::meter::WeightUnit;
+use crate::domain::weighted::{Piece, SpanState, in_units, integrate_pieces};
 use crate::store::series_sql::{SeriesPoint, SeriesQuery, WindowSize};
 use crate::store::usage_sql::GroupUsage;
+use crate::store::weighted_grain::{FullGroup, WeightedHour, hours_statement};
 use crate::store::weighted_sql::{WeightedSample, WeightedScope, weighted_statement};
 
 /// One customer's and group's integral and the events inside the window.
@@ -27,6 +28,9 @@ pub struct WeightedUsage {
     pub usage: GroupUsage,
 }
 
+/// Per window (its index), customer and group: value × ms and the samples inside the window.
+type Totals = BTreeMap<(usize, String, Vec<String>), (Decimal, u64)>;
+
 /// The integral of `w` in value × `unit`, per customer and group; a group with no sample in
 /// the window but a value carried in has its events count at 0.
 pub async fn weighted_usage(
@@ -34,23 +38,180 @@ pub async fn weighted_usage(
     w: &WeightedScope<'_>,
     unit: WeightUnit,
 ) -> Result<Vec<WeightedUsage>, UsageError> {
-    let statement = weighted_statement(w);
-    let samples = samples_of(reader, w, &statement).await?;
-    integrate(&samples, (w.from_ms, w.to_ms), unit)
+    let totals = integrals(reader, w, &[(w.from_ms, w.to_ms)]).await?;
+    totals
+        .into_iter()
+        .map(|((_, customer, group), (value_ms, count))| {
+            Ok(WeightedUsage {
+                customer,
+                usage: GroupUsage {
+                    group,
+                    value: in_units(value_ms, unit.millis())?,
+                    count,
+                },
+            })
+        })
+        .collect()
 }
 
-/// The samples `statement` reads for `w`: from the customer's shard, or every shard (each
-/// customer's whole on its own, in order).
-async fn samples_of(
+/// The integrals of `w` over `windows` (sorted, disjoint, inside `w`'s bounds), from each
+/// store that holds its customers: whole hours from the weighted grain where it covers them
+/// and no window starts or ends inside them (reads as of a moment, or narrowed by a filter,
+/// take none), the rest from the samples.
+async fn integrals(
     reader: &UsageReader,
     w: &WeightedScope<'_>,
-    statement: &crate::store::sql::Sql,
-) -> Result<Vec<crate::store::weighted_sql::WeightedSample>, UsageError> {
-    let mut samples = Vec::new();
-    for store in reader.stores_for(w.scope.tenant, w.scope.customer) {
-        samples.extend(store.weighted_samples(statement).await?);
+    windows: &[(i64, i64)],
+) -> Result<Totals, UsageError> {
+    let mut totals = Totals::new();
+    let (tenant, customer, meter) = (w.scope.tenant, w.scope.customer, w.scope.meter);
+    for store in reader.stores_for(tenant, customer) {
+        let grain = match w.scope.as_of_ms.is_none() && w.scope.filters.is_empty() {
+            true => {
+                let hours = store
+                    .weighted_grain_hours(
+                        (tenant, customer, meter),
+                        w.series_by,
+                        (w.from_ms, w.to_ms),
+                    )
+                    .await?;
+                uncut(&hours, windows)
+            }
+            false => Vec::new(),
+        };
+        let inside = complement(&grain, (w.from_ms, w.to_ms));
+        let samples = store
+            .weighted_samples(&weighted_statement(w, &inside))
+            .await?;
+        let hours = match grain.is_empty() {
+            true => Vec::new(),
+            false => {
+                let statement = hours_statement((tenant, customer, meter), w.series_by, &grain);
+                store.weighted_hours(&statement).await?
+            }
+        };
+        add_series(&samples, &hours, w.group_by, windows, &mut totals)?;
     }
-    Ok(samples)
+    Ok(totals)
+}
+
+/// The hours of `ranges` (whole hours) that no window starts or ends inside, as ranges.
+fn uncut(ranges: &[(i64, i64)], windows: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    const HOUR_MS: i64 = 3_600_000;
+    let mut edges: Vec<i64> = windows.iter().flat_map(|&(a, b)| [a, b]).collect();
+    edges.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &(from, to) in ranges {
+        let mut hour = from;
+        while hour < to {
+            let next = hour + HOUR_MS;
+            let first_after = edges.partition_point(|&e| e <= hour);
+            let cut = edges.get(first_after).is_some_and(|&e| e < next);
+            if !cut {
+                match out.last_mut() {
+                    Some(last) if last.1 == hour => last.1 = next,
+                    _ => out.push((hour, next)),
+                }
+            }
+            hour = next;
+        }
+    }
+    out
+}
+
+/// The parts of `(from_ms, to_ms)` outside `ranges` (sorted, disjoint, inside it).
+fn complement(ranges: &[(i64, i64)], (from_ms, to_ms): (i64, i64)) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let mut at = from_ms;
+    for &(from, to) in ranges {
+        if from > at {
+            out.push((at, from));
+        }
+        at = at.max(to);
+    }
+    if at < to_ms {
+        out.push((at, to_ms));
+    }
+    out
+}
+
+/// The values of `keys` in a sample's whole group ("" where it lacks one), as the samples'
+/// statement projects them.
+fn project((keys, values): &FullGroup, on: &[String]) -> Vec<String> {
+    on.iter()
+        .map(|key| {
+            keys.iter()
+                .position(|k| k == key)
+                .and_then(|i| values.get(i))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Adds each customer's series, from `samples` (ordered by customer, series and time) and
+/// `hours` (whole hours, none of them holding a sample of `samples`), to `totals`.
+pub fn add_series(
+    samples: &[WeightedSample],
+    hours: &[WeightedHour],
+    group_by: &[String],
+    windows: &[(i64, i64)],
+    totals: &mut Totals,
+) -> Result<(), UsageError> {
+    let projected: Vec<SpanState<Vec<String>>> = hours
+        .iter()
+        .map(|h| SpanState {
+            start_ms: h.state.start_ms,
+            end_ms: h.state.end_ms,
+            parts: h
+                .state
+                .parts
+                .iter()
+                .map(|(g, value_ms, n)| (project(g, group_by), *value_ms, *n))
+                .collect(),
+            first_ms: h.state.first_ms,
+            last_ms: h.state.last_ms,
+            last_value: h.state.last_value,
+            last_group: project(&h.state.last_group, group_by),
+        })
+        .collect();
+    let mut series: BTreeMap<(&str, &[String]), Vec<(i64, Piece<'_, Vec<String>>)>> =
+        BTreeMap::new();
+    for s in samples {
+        let piece = Piece::Sample {
+            ts_ms: s.ts_ms,
+            value: s.value,
+            group: &s.group,
+            counted: !s.carried,
+        };
+        series
+            .entry((&s.customer, &s.series))
+            .or_default()
+            .push((s.ts_ms, piece));
+    }
+    for (hour, state) in hours.iter().zip(&projected) {
+        series
+            .entry((&hour.customer, &hour.series))
+            .or_default()
+            .push((state.start_ms, Piece::Span(state)));
+    }
+    for ((customer, _), mut pieces) in series {
+        // Stable: the samples' own order (time, then event id) stays.
+        pieces.sort_by_key(|p| p.0);
+        integrate_pieces(
+            pieces.into_iter().map(|p| p.1),
+            windows,
+            |i, group, value_ms, n| {
+                let total = totals
+                    .entry((i, customer.to_owned(), group.clone()))
+                    .or_default();
+                total.0 = total.0.checked_add(value_ms).ok_or(RatingError::Overflow)?;
+                total.1 += n;
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Integrates `samples` (ordered by customer, series and time) over `window`.
@@ -59,28 +220,15 @@ pub fn integrate(
     window: (i64, i64),
     unit: WeightUnit,
 ) -> Result<Vec<WeightedUsage>, UsageError> {
-    let mut totals: BTreeMap<(&str, &[String]), (Decimal, u64)> = BTreeMap::new();
-    for series in samples.chunk_by(|a, b| a.customer == b.customer && a.series == b.series) {
-        let held: Vec<HeldValue> = series
-            .iter()
-            .map(|s| HeldValue {
-                since_ms: s.ts_ms,
-                value: s.value,
-            })
-            .collect();
-        for (sample, value_ms) in series.iter().zip(contributions(&held, window)?) {
-            let total = totals.entry((&sample.customer, &sample.group)).or_default();
-            total.0 = total.0.checked_add(value_ms).ok_or(RatingError::Overflow)?;
-            total.1 += u64::from(!sample.carried);
-        }
-    }
+    let mut totals = Totals::new();
+    add_series(samples, &[], &[], &[window], &mut totals)?;
     totals
         .into_iter()
-        .map(|((customer, group), (value_ms, count))| {
+        .map(|((_, customer, group), (value_ms, count))| {
             Ok(WeightedUsage {
-                customer: customer.to_owned(),
+                customer,
                 usage: GroupUsage {
-                    group: group.to_vec(),
+                    group,
                     value: in_units(value_ms, unit.millis())?,
                     count,
                 },
@@ -165,42 +313,19 @@ pub async fn weighted_series(
         from_ms: q.from_ms,
         to_ms: q.to_ms,
     };
-    let samples = samples_of(reader, &w, &weighted_statement(&w)).await?;
-    let mut totals: BTreeMap<(i64, &str, &[String]), (Decimal, u64)> = BTreeMap::new();
-    for series in samples.chunk_by(|a, b| a.customer == b.customer && a.series == b.series) {
-        let held: Vec<HeldValue> = series
-            .iter()
-            .map(|s| HeldValue {
-                since_ms: s.ts_ms,
-                value: s.value,
-            })
-            .collect();
-        for &(start, end) in windows {
-            let window = (start.max(q.from_ms), end.min(q.to_ms));
-            let first = held.partition_point(|h| h.since_ms < window.0);
-            let last = held.partition_point(|h| h.since_ms < window.1);
-            if last == 0 {
-                continue;
-            }
-            let first = first.saturating_sub(1);
-            let parts = contributions(&held[first..last], window)?;
-            for (sample, value_ms) in series[first..last].iter().zip(parts) {
-                let total = totals
-                    .entry((start, &sample.customer, &sample.group))
-                    .or_default();
-                total.0 = total.0.checked_add(value_ms).ok_or(RatingError::Overflow)?;
-                total.1 += u64::from(sample.ts_ms >= window.0);
-            }
-        }
-    }
+    let clipped: Vec<(i64, i64)> = windows
+        .iter()
+        .map(|&(start, end)| (start.max(q.from_ms), end.min(q.to_ms)))
+        .collect();
+    let totals = integrals(reader, &w, &clipped).await?;
     totals
         .into_iter()
-        .map(|((start, customer, group), (value_ms, count))| {
+        .map(|((i, customer, group), (value_ms, count))| {
             Ok(SeriesPoint {
-                window: start.div_euclid(1000),
-                customer: customer.to_owned(),
+                window: windows[i].0.div_euclid(1000),
+                customer,
                 usage: GroupUsage {
-                    group: group.to_vec(),
+                    group,
                     value: in_units(value_ms, unit.millis())?,
                     count,
                 },

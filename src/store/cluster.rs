@@ -45,6 +45,8 @@ pub const SHARDED: &[&str] = &[
     "usage_rollup_day",
     "rollup_days_sealed",
     "rollup_days_reopened",
+    "usage_weighted_hour",
+    "weighted_grain",
 ];
 
 /// Tables replicated on every node: small, and read by every process whatever the customer.

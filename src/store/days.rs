@@ -12,7 +12,8 @@
 //! the day again from the hour rollup (a greater version replaces the old rows) once its marks
 //! are older than [`RACE_WINDOW_S`] and none of its hours is marked (its old rows deleted first,
 //! so that a day read from the grain has one set of rows and is read without FINAL), then clears
-//! the marks made before that: a mark made since stays, and the day with it.
+//! the marks made before that: a mark made since stays, and the day with it. The weighted
+//! hours of those days are written again with them (`store::weighted_grain`).
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
@@ -209,6 +210,7 @@ impl Store {
                 .query(&client)
                 .execute()
                 .await?;
+            self.reseal_weighted(&client, &ready, version).await?;
             if !self.mutations_done("usage_rollup_day", patience).await? {
                 done.deferred += ready.len();
                 return Ok(done);

@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "dashboard_secrets",
         include_str!("../../sql/0018_dashboard_secrets.sql"),
     ),
+    (
+        19,
+        "weighted_hours",
+        include_str!("../../sql/0019_weighted_hours.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

@@ -26,6 +26,7 @@ pub mod series_sql;
 pub mod sql;
 pub mod usage_sql;
 pub mod webhooks;
+pub mod weighted_grain;
 pub mod weighted_sql;
 
 pub use error::StoreError;

@@ -1,9 +1,10 @@
-//! The samples a `weighted_sum` meter is integrated from (`billing::weighted`): per customer
+//! The samples a `weighted_sum` meter is integrated from (`domain::weighted`): per customer
 //! and series (the meter's own group values), the last sample before the window (the value
 //! carried in) and every sample inside it, in time order (equal times by event id). Read from
-//! `usage_samples`, never from the rollups: an hour's states do not say when in the hour each
-//! value started to hold. The carried-in sample is the newest of the series' history, found
-//! through the table's key `(tenant, customer, meter, ts_ms)`.
+//! `usage_samples`: the hour rollups' states do not say when in the hour each value started to
+//! hold; whole hours may come from the weighted grain instead (`store::weighted_grain`), and the
+//! samples are then read only around them. The carried-in sample is the newest of the series'
+//! history, found through the table's key `(tenant, customer, meter, ts_ms)`.
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -39,7 +40,7 @@ pub struct WeightedSample {
     pub carried: bool,
 }
 
-fn values_of(keys: &[String]) -> Sql {
+pub(super) fn values_of(keys: &[String]) -> Sql {
     if keys.is_empty() {
         return Sql::new("emptyArrayString()");
     }
@@ -54,9 +55,11 @@ fn values_of(keys: &[String]) -> Sql {
     sql
 }
 
-/// The samples of `w`: carried-in ones first per series, then those inside the window; ordered
-/// by customer, series, time and event id.
-pub fn weighted_statement(w: &WeightedScope<'_>) -> Sql {
+/// The samples of `w`: carried-in ones first per series (the last before the window), then
+/// those inside `inside` (ranges of the window, epoch ms, sorted: the window whole unless some
+/// hours are read from the grain, `store::weighted_grain`); ordered by customer, series, time
+/// and event id.
+pub fn weighted_statement(w: &WeightedScope<'_>, inside: &[(i64, i64)]) -> Sql {
     let select = |carried: u8| {
         let mut sql = Sql::new("SELECT customer, ");
         sql.append(values_of(w.series_by))
@@ -69,10 +72,21 @@ pub fn weighted_statement(w: &WeightedScope<'_>) -> Sql {
         if carried == 1 {
             sql.push(" AND ts_ms < ").arg(w.from_ms);
         } else {
-            sql.push(" AND ts_ms >= ")
-                .arg(w.from_ms)
-                .push(" AND ts_ms < ")
-                .arg(w.to_ms);
+            let empty = [(w.from_ms, w.from_ms)];
+            let inside = if inside.is_empty() {
+                &empty[..]
+            } else {
+                inside
+            };
+            sql.push(" AND (").join(
+                inside.iter().map(|&(from, to)| {
+                    let mut range = Sql::new("ts_ms >= ");
+                    range.arg(from).push(" AND ts_ms < ").arg(to);
+                    range
+                }),
+                " OR ",
+            );
+            sql.push(")");
         }
         if let Some(as_of_ms) = w.scope.as_of_ms {
             sql.push(" WHERE ingested_ms <= ").arg(as_of_ms);
@@ -144,12 +158,12 @@ mod tests {
             to_ms: 20,
         };
         assert_eq!(
-            weighted_statement(&w).render(),
+            weighted_statement(&w, &[(10, 20)]).render(),
             "SELECT customer, series, grp, ts_ms, toString(value) AS value, carried FROM (\
              SELECT customer, [group_values[indexOf(group_keys, 'region')]] AS series, \
              [group_values[indexOf(group_keys, 'tier')]] AS grp, ts_ms, value, event_id, 0 AS carried \
              FROM usage_samples PREWHERE tenant = 't' AND meter = 'gb' AND customer = 'c' \
-             AND ts_ms >= 10 AND ts_ms < 20 WHERE ingested_ms <= 50 UNION ALL SELECT * FROM (\
+             AND (ts_ms >= 10 AND ts_ms < 20) WHERE ingested_ms <= 50 UNION ALL SELECT * FROM (\
              SELECT customer, [group_values[indexOf(group_keys, 'region')]] AS series, \
              [group_values[indexOf(group_keys, 'tier')]] AS grp, ts_ms, value, event_id, 1 AS carried \
              FROM usage_samples PREWHERE tenant = 't' AND meter = 'gb' AND customer = 'c' \

@@ -1,0 +1,546 @@
+//! The hour grain of `weighted_sum` meters (sql/0019): per customer, series and UTC hour, what
+//! the hour's samples contribute (`domain::weighted::span_state`), so that a read takes whole
+//! hours from here and only the rest from the samples.
+//!
+//! Coverage: each weighted meter has a record (`weighted_grain`) of the UTC days whose hours are
+//! written, `[since, until)`, for the series keys (the meter's `group_by`) they were written
+//! with. The maintenance ([`Store::compact_weighted`]) writes only days the day grain has sealed
+//! (`store::days`): forwards as days are sealed, then backwards through the days sealed before
+//! the meter had a record. A meter whose `group_by` changes gets a new record and starts again.
+//!
+//! Late events: an event of a sealed day re-opens its customer's day (`rollup_days_reopened`),
+//! whose weighted hours readers then take from the samples, like its day-grain rows. When the
+//! day grain writes a re-opened day again (`Store::compact_days`), the hours of every weighted
+//! meter covering that day are written again too, at a greater version, before its marks go.
+//! Readers keep each hour's row of the greatest version.
+
+use std::collections::BTreeMap;
+
+use clickhouse::Row;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::queries::{self, CustomerDay};
+use super::sql::Sql;
+use super::usage_sql::parse_value;
+use super::weighted_sql::values_of;
+use super::{Store, StoreError};
+use crate::domain::weighted::{SpanState, span_state};
+
+const DAY_S: u32 = 86_400;
+const HOUR_MS: i64 = 3_600_000;
+
+/// A weighted meter the maintenance keeps the grain of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedMeter {
+    pub tenant: String,
+    pub meter: String,
+    /// The meter's `group_by`: its samples form one series per combination of their values.
+    pub series_keys: Vec<String>,
+}
+
+/// A sample's whole group: its group keys and their values (a read projects them on its own
+/// `group_by`).
+pub type FullGroup = (Vec<String>, Vec<String>);
+
+/// One customer's series' state over one UTC hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedHour {
+    pub customer: String,
+    pub series: Vec<String>,
+    pub state: SpanState<FullGroup>,
+}
+
+#[derive(Row, Serialize, Deserialize)]
+struct HourRow {
+    tenant: String,
+    meter: String,
+    customer: String,
+    series_keys: Vec<String>,
+    series: Vec<String>,
+    bucket: u32,
+    part_keys: Vec<Vec<String>>,
+    part_values: Vec<Vec<String>>,
+    part_value_ms: Vec<String>,
+    part_samples: Vec<u64>,
+    first_ms: i64,
+    last_ms: i64,
+    last_value: String,
+    last_keys: Vec<String>,
+    last_values: Vec<String>,
+    version: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct DaySample {
+    customer: String,
+    series: Vec<String>,
+    group_keys: Vec<String>,
+    group_values: Vec<String>,
+    ts_ms: i64,
+    value: String,
+}
+
+/// A meter's record as read: the newest version's.
+#[derive(Debug, Row, Deserialize)]
+struct Coverage {
+    tenant: String,
+    meter: String,
+    series_keys: Vec<String>,
+    since: u32,
+    until: u32,
+}
+
+#[derive(Debug, Row, Serialize)]
+struct CoverageRow {
+    tenant: String,
+    meter: String,
+    series_keys: Vec<String>,
+    since: u32,
+    until: u32,
+    version: u64,
+}
+
+/// Every meter's record, or one tenant's meter's.
+fn coverage(meter: Option<(&str, &str)>) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT tenant, meter, argMax(series_keys, version) AS series_keys, \
+         toUInt32(argMax(since, version)) AS since, toUInt32(argMax(until, version)) AS until \
+         FROM weighted_grain",
+    );
+    if let Some((tenant, meter)) = meter {
+        sql.push(" WHERE tenant = ")
+            .arg(tenant)
+            .push(" AND meter = ")
+            .arg(meter);
+    }
+    sql.push(" GROUP BY tenant, meter");
+    sql
+}
+
+/// `series_keys` equal to `keys` (an empty array literal has no type in ClickHouse 18.16).
+fn keys_are(keys: &[String]) -> Sql {
+    if keys.is_empty() {
+        return Sql::new("empty(series_keys)");
+    }
+    let mut sql = Sql::new("series_keys = ");
+    sql.arg(keys);
+    sql
+}
+
+/// The samples of `meter` in `[from_s, from_s + span_s)`, of `customers` (or all), in the
+/// order of a series' values.
+fn day_samples(meter: &WeightedMeter, from_s: u32, span_s: u32, customers: &[&str]) -> Sql {
+    let mut sql = Sql::new("SELECT customer, ");
+    sql.append(values_of(&meter.series_keys))
+        .push(
+            " AS series, group_keys, group_values, ts_ms, toString(value) AS value \
+             FROM usage_samples PREWHERE tenant = ",
+        )
+        .arg(&meter.tenant)
+        .push(" AND meter = ")
+        .arg(&meter.meter)
+        .push(" AND ts_ms >= ")
+        .arg(i64::from(from_s) * 1000)
+        .push(" AND ts_ms < ")
+        .arg(i64::from(from_s + span_s) * 1000);
+    if !customers.is_empty() {
+        sql.push(" AND customer IN (")
+            .join(
+                customers.iter().map(|c| {
+                    let mut one = Sql::new("");
+                    one.arg(*c);
+                    one
+                }),
+                ", ",
+            )
+            .push(")");
+    }
+    sql.push(" ORDER BY customer, series, ts_ms, event_id");
+    sql
+}
+
+/// The hours of one customer's (or every customer's) series of a weighted meter in `ranges`
+/// (epoch ms, whole hours), ordered by customer, series and hour, the newest version first.
+pub fn hours_statement(
+    (tenant, customer, meter): (&str, Option<&str>, &str),
+    series_keys: &[String],
+    ranges: &[(i64, i64)],
+) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT customer, series, toUInt32(bucket) AS bucket, part_keys, part_values, \
+         part_value_ms, part_samples, first_ms, last_ms, last_value, last_keys, last_values, \
+         version FROM usage_weighted_hour PREWHERE tenant = ",
+    );
+    sql.arg(tenant);
+    if let Some(customer) = customer {
+        sql.push(" AND customer = ").arg(customer);
+    }
+    sql.push(" AND meter = ")
+        .arg(meter)
+        .push(" AND ")
+        .append(keys_are(series_keys))
+        .push(" AND (")
+        .join(
+            ranges.iter().map(|&(from, to)| {
+                let mut range = Sql::new("bucket >= toDateTime(");
+                range
+                    .arg(from.div_euclid(1000))
+                    .push(") AND bucket < toDateTime(")
+                    .arg(to.div_euclid(1000))
+                    .push(")");
+                range
+            }),
+            " OR ",
+        )
+        .push(") ORDER BY customer, series, bucket, version DESC");
+    sql
+}
+
+#[derive(Row, Deserialize)]
+struct StoredHour {
+    customer: String,
+    series: Vec<String>,
+    bucket: u32,
+    part_keys: Vec<Vec<String>>,
+    part_values: Vec<Vec<String>>,
+    part_value_ms: Vec<String>,
+    part_samples: Vec<u64>,
+    first_ms: i64,
+    last_ms: i64,
+    last_value: String,
+    last_keys: Vec<String>,
+    last_values: Vec<String>,
+    #[allow(dead_code)]
+    version: u64,
+}
+
+impl StoredHour {
+    fn into_hour(self) -> Result<WeightedHour, StoreError> {
+        let start_ms = i64::from(self.bucket) * 1000;
+        let parts = self
+            .part_keys
+            .into_iter()
+            .zip(self.part_values)
+            .zip(self.part_value_ms.iter().zip(self.part_samples))
+            .map(|(group, (value_ms, samples))| Ok((group, parse_value(value_ms)?, samples)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(WeightedHour {
+            customer: self.customer,
+            series: self.series,
+            state: SpanState {
+                start_ms,
+                end_ms: start_ms + HOUR_MS,
+                parts,
+                first_ms: self.first_ms,
+                last_ms: self.last_ms,
+                last_value: parse_value(&self.last_value)?,
+                last_group: (self.last_keys, self.last_values),
+            },
+        })
+    }
+}
+
+/// Ranges (epoch ms, whole UTC hours) of `(from_ms, to_ms)` inside the days `[since_s,
+/// until_s)` but the `reopened` ones (epoch ms, sorted).
+pub fn covered_hours(
+    (from_ms, to_ms): (i64, i64),
+    (since_s, until_s): (u32, u32),
+    reopened: &[i64],
+) -> Vec<(i64, i64)> {
+    let start =
+        (from_ms.div_euclid(HOUR_MS) + i64::from(from_ms.rem_euclid(HOUR_MS) > 0)) * HOUR_MS;
+    let start = start.max(i64::from(since_s) * 1000);
+    let end = (to_ms.div_euclid(HOUR_MS) * HOUR_MS).min(i64::from(until_s) * 1000);
+    let day_ms = i64::from(DAY_S) * 1000;
+    let mut ranges = Vec::new();
+    let mut at = start;
+    for &day in reopened.iter().filter(|&&d| d + day_ms > start && d < end) {
+        if day > at {
+            ranges.push((at, day));
+        }
+        at = at.max(day + day_ms);
+    }
+    if at < end {
+        ranges.push((at, end));
+    }
+    ranges
+}
+
+impl Store {
+    /// What a read of `[from_ms, to_ms)` of a weighted meter may take from the grain: whole
+    /// hours (epoch ms ranges) of days covered for `series_keys`, sealed and not re-opened for
+    /// the customer (any customer's, for a read of all).
+    pub async fn weighted_grain_hours(
+        &self,
+        (tenant, customer, meter): (&str, Option<&str>, &str),
+        series_keys: &[String],
+        (from_ms, to_ms): (i64, i64),
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let records: Vec<Coverage> = self.read_rows(&coverage(Some((tenant, meter)))).await?;
+        let Some(record) = records.into_iter().find(|r| r.series_keys == series_keys) else {
+            return Ok(Vec::new());
+        };
+        if record.since >= record.until {
+            return Ok(Vec::new());
+        }
+        let from_ms = from_ms.max(i64::from(record.since) * 1000);
+        let to_ms = to_ms.min(i64::from(record.until) * 1000);
+        if from_ms >= to_ms {
+            return Ok(Vec::new());
+        }
+        let parts = self.day_parts(tenant, customer, (from_ms, to_ms)).await?;
+        let until_s = record
+            .until
+            .min(u32::try_from(parts.sealed_until_ms / 1000).unwrap_or(u32::MAX));
+        Ok(covered_hours(
+            (from_ms, to_ms),
+            (record.since, until_s),
+            &parts.reopened,
+        ))
+    }
+
+    /// Runs [`hours_statement`] within the request's read budget: one row per customer's
+    /// series and hour, the newest version.
+    pub async fn weighted_hours(&self, statement: &Sql) -> Result<Vec<WeightedHour>, StoreError> {
+        let rows: Vec<StoredHour> = self.read_rows(statement).await?;
+        let mut hours: Vec<WeightedHour> = Vec::with_capacity(rows.len());
+        let mut last: Option<(String, Vec<String>, u32)> = None;
+        for row in rows {
+            let key = (row.customer.clone(), row.series.clone(), row.bucket);
+            if last.as_ref() == Some(&key) {
+                continue;
+            }
+            last = Some(key);
+            hours.push(row.into_hour()?);
+        }
+        Ok(hours)
+    }
+
+    /// One round of the weighted grain's maintenance: a record for each meter of `meters`
+    /// without one for its series keys, then up to `max_days` days written, forwards to the
+    /// day grain's horizon first, then backwards to the first day of the hour rollup.
+    /// Returns the days written.
+    pub async fn compact_weighted(
+        &self,
+        meters: &[WeightedMeter],
+        max_days: u32,
+    ) -> Result<u32, StoreError> {
+        let sealed: u32 = self
+            .client()
+            .query(queries::DAYS_SEALED_UNTIL)
+            .fetch_one()
+            .await?;
+        if sealed == 0 || meters.is_empty() {
+            return Ok(0);
+        }
+        let client = self.maintenance_client().await?;
+        let first: u32 = client.query(queries::FIRST_ROLLUP_HOUR).fetch_one().await?;
+        let floor = first - first % DAY_S;
+        let t0 = self.server_now().await?;
+        let version = u64::from(t0) * 1000;
+        let records: Vec<Coverage> = coverage(None).query(&client).fetch_all().await?;
+        let mut step = 0u64;
+        let mut record = |meter: &WeightedMeter, since: u32, until: u32| {
+            step += 1;
+            CoverageRow {
+                tenant: meter.tenant.clone(),
+                meter: meter.meter.clone(),
+                series_keys: meter.series_keys.clone(),
+                since,
+                until,
+                version: u64::from(t0) * 1_000_000 + step,
+            }
+        };
+        let mut written = 0;
+        for meter in meters {
+            let known = records.iter().find(|r| {
+                r.tenant == meter.tenant
+                    && r.meter == meter.meter
+                    && r.series_keys == meter.series_keys
+            });
+            let (mut since, mut until) = match known {
+                Some(r) => (r.since, r.until),
+                None => {
+                    write_coverage(&client, record(meter, sealed, sealed)).await?;
+                    (sealed, sealed)
+                }
+            };
+            while until < sealed && written < max_days {
+                write_day(&client, meter, until, &[], version).await?;
+                until += DAY_S;
+                written += 1;
+                write_coverage(&client, record(meter, since, until)).await?;
+            }
+            while since > floor && written < max_days {
+                since -= DAY_S;
+                write_day(&client, meter, since, &[], version).await?;
+                written += 1;
+                write_coverage(&client, record(meter, since, until)).await?;
+            }
+        }
+        if written > 0 {
+            tracing::info!(days = written, "weighted grain maintained");
+        }
+        Ok(written)
+    }
+
+    /// Writes again, at `version`, the weighted hours of the customers' days `days` for every
+    /// meter whose record covers them (the day grain is writing those days again).
+    pub(super) async fn reseal_weighted(
+        &self,
+        client: &clickhouse::Client,
+        days: &[CustomerDay],
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let records: Vec<Coverage> = coverage(None).query(client).fetch_all().await?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut by_day: BTreeMap<(&str, u32), Vec<&str>> = BTreeMap::new();
+        for (tenant, customer, day) in days {
+            by_day.entry((tenant, *day)).or_default().push(customer);
+        }
+        for ((tenant, day), customers) in by_day {
+            for r in records
+                .iter()
+                .filter(|r| r.tenant == tenant && r.since <= day && day < r.until)
+            {
+                let meter = WeightedMeter {
+                    tenant: r.tenant.clone(),
+                    meter: r.meter.clone(),
+                    series_keys: r.series_keys.clone(),
+                };
+                write_day(client, &meter, day, &customers, version).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn write_coverage(
+    client: &clickhouse::Client,
+    record: CoverageRow,
+) -> Result<(), StoreError> {
+    let mut insert = client.insert::<CoverageRow>("weighted_grain").await?;
+    insert.write(&record).await?;
+    insert.end().await?;
+    Ok(())
+}
+
+/// Writes the hours of the UTC day `day_s` of `meter` (of `customers`, or all) from its samples.
+async fn write_day(
+    client: &clickhouse::Client,
+    meter: &WeightedMeter,
+    day_s: u32,
+    customers: &[&str],
+    version: u64,
+) -> Result<(), StoreError> {
+    let mut cursor = day_samples(meter, day_s, DAY_S, customers)
+        .query(client)
+        .fetch::<DaySample>()?;
+    let mut insert = client.insert::<HourRow>("usage_weighted_hour").await?;
+    // The samples of the hour being gathered, and whose they are.
+    let mut key: Option<(String, Vec<String>, i64)> = None;
+    let mut samples: Vec<(i64, Decimal, FullGroup)> = Vec::new();
+    let mut rows = 0u64;
+    loop {
+        let next = cursor.next().await?;
+        let next_key = next.as_ref().map(|s| {
+            let hour = s.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
+            (s.customer.clone(), s.series.clone(), hour)
+        });
+        if key != next_key
+            && let Some((customer, series, hour)) = key.take()
+        {
+            let state = span_state(&samples, (hour, hour + HOUR_MS))
+                .map_err(|e| StoreError::Rejected(format!("weighted hour: {e}")))?;
+            if let Some(state) = state {
+                insert
+                    .write(&hour_row(meter, customer, series, state, version))
+                    .await?;
+                rows += 1;
+            }
+            samples.clear();
+        }
+        let Some(sample) = next else { break };
+        key = next_key;
+        samples.push((
+            sample.ts_ms,
+            parse_value(&sample.value)?,
+            (sample.group_keys, sample.group_values),
+        ));
+    }
+    insert.end().await?;
+    tracing::debug!(meter = %meter.meter, day_s, rows, "weighted hours written");
+    Ok(())
+}
+
+fn hour_row(
+    meter: &WeightedMeter,
+    customer: String,
+    series: Vec<String>,
+    state: SpanState<FullGroup>,
+    version: u64,
+) -> HourRow {
+    let mut row = HourRow {
+        tenant: meter.tenant.clone(),
+        meter: meter.meter.clone(),
+        customer,
+        series_keys: meter.series_keys.clone(),
+        series,
+        bucket: u32::try_from(state.start_ms / 1000).unwrap_or(0),
+        part_keys: Vec::with_capacity(state.parts.len()),
+        part_values: Vec::with_capacity(state.parts.len()),
+        part_value_ms: Vec::with_capacity(state.parts.len()),
+        part_samples: Vec::with_capacity(state.parts.len()),
+        first_ms: state.first_ms,
+        last_ms: state.last_ms,
+        last_value: state.last_value.to_string(),
+        last_keys: state.last_group.0,
+        last_values: state.last_group.1,
+        version,
+    };
+    for ((keys, values), value_ms, samples) in state.parts {
+        row.part_keys.push(keys);
+        row.part_values.push(values);
+        row.part_value_ms.push(value_ms.to_string());
+        row.part_samples.push(samples);
+    }
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: i64 = 86_400_000;
+
+    #[test]
+    fn covered_hours_are_whole_hours_of_covered_days_but_the_reopened() {
+        // Days 0 to 3 covered, day 1 re-opened; a window from 00:30 of day 0 to 12:15 of day 3.
+        let window = (HOUR_MS / 2, 3 * DAY_MS + 12 * HOUR_MS + HOUR_MS / 4);
+        assert_eq!(
+            covered_hours(window, (0, 4 * DAY_S), &[DAY_MS]),
+            vec![(HOUR_MS, DAY_MS), (2 * DAY_MS, 3 * DAY_MS + 12 * HOUR_MS)]
+        );
+        // Coverage ends with day 2: the window's last day is read from samples.
+        assert_eq!(
+            covered_hours(window, (0, 3 * DAY_S), &[]),
+            vec![(HOUR_MS, 3 * DAY_MS)]
+        );
+        assert!(covered_hours((HOUR_MS / 2, HOUR_MS), (0, DAY_S), &[]).is_empty());
+        assert!(covered_hours(window, (0, DAY_S), &[0]).is_empty());
+    }
+
+    #[test]
+    fn the_hours_of_a_meter_without_series_keys_are_read_by_an_empty_array() {
+        let sql = hours_statement(("t", Some("c"), "m"), &[], &[(0, 3_600_000)]).render();
+        assert!(
+            sql.contains(
+                "AND empty(series_keys) AND (bucket >= toDateTime(0) AND bucket < toDateTime(3600))"
+            ),
+            "{sql}"
+        );
+    }
+}
