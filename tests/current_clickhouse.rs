@@ -16,6 +16,7 @@ use meterhouse::store::dashboard::{WeekMeter, week_volumes_statement};
 use meterhouse::store::priced_sql::{PricedScope, priced_samples_statement};
 use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
 use meterhouse::store::usage_sql::{Part, Scope, usage_statement};
+use meterhouse::store::weighted_grain;
 use meterhouse::store::weighted_sql::{WeightedScope, weighted_statement};
 use meterhouse::store::{migrate, queries};
 use serde_json::json;
@@ -61,6 +62,12 @@ fn migrations_and_queries_run_on_current_clickhouse() {
             .into(),
     );
     statements.push("INSERT INTO webhook_attempts VALUES ('t', 'evt_1', 'we_1', 1, 1795000001000, 500, 'answered 500', 12)".into());
+    statements.push("INSERT INTO weighted_grain VALUES ('t', 'tokens', ['model'], toDateTime(1794960000), toDateTime(1795046400), 5)".into());
+    statements.push(
+        "INSERT INTO usage_weighted_hour VALUES ('t', 'tokens', 'c', ['model'], ['gpt-x'], toDateTime(1794999600), \
+         [['model']], [['gpt-x']], ['1250.5'], [1], 1795000000000, 1795000000000, '1250.5', ['model'], ['gpt-x'], 7)"
+            .into(),
+    );
     statements.push("INSERT INTO catalog VALUES ('t', 'meter', 'm', '{\"v\":1}', 5), ('t', 'meter', 'm', '{\"v\":2}', 9)".into());
     // The usage read: an hour from the hour rollup and a ragged edge from samples; the
     // event (11:06:40) falls in the edge.
@@ -222,6 +229,11 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         weighted_statement(&w, &[(w.from_ms, w.to_ms)]).render()
     };
     let later = (to, to + 3_600_000);
+    let grain_meter = weighted_grain::WeightedMeter {
+        tenant: "t".into(),
+        meter: "tokens".into(),
+        series_keys: model.to_vec(),
+    };
     let checks = vec![
         json!({"sql": usage_sql, "expect": "['gpt-x']\t1250.5\t1"}),
         json!({"sql": priced_sql(None), "expect": "0\te1\t1250.5"}),
@@ -246,6 +258,14 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": week_sql, "expect": "tokens\tc\t1250.5\nusers\tc\t1"}),
         json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM usage_samples ORDER BY meter",
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
+        json!({"sql": weighted_grain::coverage_statement(Some(("t", "tokens"))).render(),
+               "expect": "t\ttokens\t['model']\t1794960000\t1795046400"}),
+        json!({"sql": weighted_grain::day_samples_statement(&grain_meter, 1_794_960_000, 86_400, &["c"]).render(),
+               "expect": "c\t['gpt-x']\t['model']\t['gpt-x']\t1795000000000\t1250.5"}),
+        json!({"sql": weighted_grain::hours_statement(("t", Some("c"), "tokens"), &model, &[(1_794_999_600_000, 1_795_003_200_000)]).render(),
+               "expect": "c\t['gpt-x']\t1794999600\t[['model']]\t[['gpt-x']]\t['1250.5']\t[1]\t1795000000000\t1795000000000\t1250.5\t['model']\t['gpt-x']\t7"}),
+        json!({"sql": weighted_grain::hours_statement(("t", None, "tokens"), &[], &[(1_794_999_600_000, 1_795_003_200_000)]).render(),
+               "expect": ""}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),
         json!({"sql": format!("SELECT count() FROM ({})", queries::WRITER_TABLES), "expect": "2"}),
         json!({"sql": format!("SELECT count() FROM ({})", queries::SERVER_NOW), "expect": "1"}),

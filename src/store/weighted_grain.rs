@@ -102,7 +102,7 @@ struct CoverageRow {
 }
 
 /// Every meter's record, or one tenant's meter's.
-fn coverage(meter: Option<(&str, &str)>) -> Sql {
+pub fn coverage_statement(meter: Option<(&str, &str)>) -> Sql {
     let mut sql = Sql::new(
         "SELECT tenant, meter, argMax(series_keys, version) AS series_keys, \
          toUInt32(argMax(since, version)) AS since, toUInt32(argMax(until, version)) AS until \
@@ -130,7 +130,12 @@ fn keys_are(keys: &[String]) -> Sql {
 
 /// The samples of `meter` in `[from_s, from_s + span_s)`, of `customers` (or all), in the
 /// order of a series' values.
-fn day_samples(meter: &WeightedMeter, from_s: u32, span_s: u32, customers: &[&str]) -> Sql {
+pub fn day_samples_statement(
+    meter: &WeightedMeter,
+    from_s: u32,
+    span_s: u32,
+    customers: &[&str],
+) -> Sql {
     let mut sql = Sql::new("SELECT customer, ");
     sql.append(values_of(&meter.series_keys))
         .push(
@@ -277,7 +282,9 @@ impl Store {
         series_keys: &[String],
         (from_ms, to_ms): (i64, i64),
     ) -> Result<Vec<(i64, i64)>, StoreError> {
-        let records: Vec<Coverage> = self.read_rows(&coverage(Some((tenant, meter)))).await?;
+        let records: Vec<Coverage> = self
+            .read_rows(&coverage_statement(Some((tenant, meter))))
+            .await?;
         let Some(record) = records.into_iter().find(|r| r.series_keys == series_keys) else {
             return Ok(Vec::new());
         };
@@ -339,7 +346,7 @@ impl Store {
         let floor = first - first % DAY_S;
         let t0 = self.server_now().await?;
         let version = u64::from(t0) * 1000;
-        let records: Vec<Coverage> = coverage(None).query(&client).fetch_all().await?;
+        let records: Vec<Coverage> = coverage_statement(None).query(&client).fetch_all().await?;
         let mut step = 0u64;
         let mut record = |meter: &WeightedMeter, since: u32, until: u32| {
             step += 1;
@@ -393,7 +400,7 @@ impl Store {
         days: &[CustomerDay],
         version: u64,
     ) -> Result<(), StoreError> {
-        let records: Vec<Coverage> = coverage(None).query(client).fetch_all().await?;
+        let records: Vec<Coverage> = coverage_statement(None).query(client).fetch_all().await?;
         if records.is_empty() {
             return Ok(());
         }
@@ -436,7 +443,7 @@ async fn write_day(
     customers: &[&str],
     version: u64,
 ) -> Result<(), StoreError> {
-    let mut cursor = day_samples(meter, day_s, DAY_S, customers)
+    let mut cursor = day_samples_statement(meter, day_s, DAY_S, customers)
         .query(client)
         .fetch::<DaySample>()?;
     let mut insert = client.insert::<HourRow>("usage_weighted_hour").await?;
