@@ -26,6 +26,7 @@ use meterhouse::readmodel::preload::load_current_periods;
 use meterhouse::readmodel::weighted::weighted_usage;
 use meterhouse::store::local::LocalClickHouse;
 use meterhouse::store::usage_sql::Scope;
+use meterhouse::store::weighted_grain::WeightedMeter;
 use meterhouse::store::weighted_sql::WeightedScope;
 use meterhouse::store::{Store, migrate};
 
@@ -100,6 +101,16 @@ pub struct Report {
     pub sum_30d_p99_ms: f64,
     pub weighted_sum_30d_p50_ms: f64,
     pub weighted_sum_30d_p99_ms: f64,
+    /// Building the day grain and m3's weighted hours (every closed day), then the same reads
+    /// again: the sum with its days from the day grain, the weighted sum with its whole hours
+    /// from the weighted grain (equal quantities checked), and that grain's rows and disk.
+    pub grain_seconds: f64,
+    pub weighted_grain_rows: u64,
+    pub weighted_grain_bytes: u64,
+    pub sum_30d_days_p50_ms: f64,
+    pub sum_30d_days_p99_ms: f64,
+    pub weighted_sum_30d_grain_p50_ms: f64,
+    pub weighted_sum_30d_grain_p99_ms: f64,
     /// The cheapest read of the store: a query that matches no row of the samples table.
     /// Every answer costs at least this (one round trip, one table opened).
     pub empty_query_p50_ms: f64,
@@ -362,39 +373,42 @@ async fn measure(
         get(&http, &url).await?;
         series.push(started.elapsed());
     }
-    let (mut plain, mut weighted) = (Vec::new(), Vec::new());
-    for i in 0..args.samples.min(200) {
-        let customer = format!("cust_{}", pick(i));
-        let (from_ms, to_ms) = (from * 1000 + 123, to * 1000 - 77);
-        let query = UsageQuery {
-            tenant: TENANT,
-            meter: "m3",
-            aggregation: Aggregation::Sum,
-            customer: &customer,
-            from_ms,
-            to_ms,
-            group_by: &[],
-        };
-        let started = Instant::now();
-        service.usage.of_meter(&query).await?;
-        plain.push(started.elapsed());
-        let scope = WeightedScope {
-            scope: Scope {
-                tenant: TENANT,
-                meter: "m3",
-                customer: Some(&customer),
-                filters: &[],
-                as_of_ms: None,
-            },
-            series_by: &[],
-            group_by: &[],
-            from_ms,
-            to_ms,
-        };
-        let started = Instant::now();
-        weighted_usage(&service.usage, &scope, WeightUnit::Hour).await?;
-        weighted.push(started.elapsed());
+    let window = (from * 1000 + 123, to * 1000 - 77);
+    let customers: Vec<String> = (0..args.samples.min(200))
+        .map(|i| format!("cust_{}", pick(i)))
+        .collect();
+    let (mut plain, mut weighted, before) = gauge_reads(&service.usage, &customers, window).await?;
+    // Then with the grains built: the day grain (sums) and the weighted hours of m3 (its
+    // samples as a `weighted_sum` without group), as the service's maintenance builds them.
+    let started = Instant::now();
+    while store
+        .compact_days(40, 1_000, Duration::from_secs(600))
+        .await?
+        .sealed
+        > 0
+    {}
+    let gauge = [WeightedMeter {
+        tenant: TENANT.into(),
+        meter: "m3".into(),
+        series_keys: Vec::new(),
+    }];
+    while store.compact_weighted(&gauge, 40).await? > 0 {}
+    let grain_seconds = started.elapsed().as_secs_f64();
+    // The service reads the day grain's horizon again after a few seconds.
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    let (mut plain_grain, mut weighted_grain, after) =
+        gauge_reads(&service.usage, &customers, window).await?;
+    if before != after {
+        bail!("the weighted quantities differ with the grain: {before:?} against {after:?}");
     }
+    let (grain_rows, grain_bytes): (u64, u64) = store
+        .client()
+        .query(
+            "SELECT sum(rows), sum(bytes_on_disk) FROM system.parts \
+             WHERE database = currentDatabase() AND table = 'usage_weighted_hour' AND active",
+        )
+        .fetch_one()
+        .await?;
     let mut empty = Vec::new();
     for i in 0..args.samples {
         let started = Instant::now();
@@ -415,6 +429,8 @@ async fn measure(
         &mut series,
         &mut plain,
         &mut weighted,
+        &mut plain_grain,
+        &mut weighted_grain,
         &mut empty,
     ] {
         list.sort_unstable();
@@ -452,9 +468,58 @@ async fn measure(
         sum_30d_p99_ms: percentile(&plain, 0.99),
         weighted_sum_30d_p50_ms: percentile(&weighted, 0.5),
         weighted_sum_30d_p99_ms: percentile(&weighted, 0.99),
+        grain_seconds,
+        weighted_grain_rows: grain_rows,
+        weighted_grain_bytes: grain_bytes,
+        sum_30d_days_p50_ms: percentile(&plain_grain, 0.5),
+        sum_30d_days_p99_ms: percentile(&plain_grain, 0.99),
+        weighted_sum_30d_grain_p50_ms: percentile(&weighted_grain, 0.5),
+        weighted_sum_30d_grain_p99_ms: percentile(&weighted_grain, 0.99),
         empty_query_p50_ms: percentile(&empty, 0.5),
         empty_query_p99_ms: percentile(&empty, 0.99),
     })
+}
+
+/// Each customer's gauge meter m3 over `window`, read as a plain sum and integrated as a
+/// `weighted_sum` (GB-hours): the latencies of each, and the weighted quantities.
+async fn gauge_reads(
+    usage: &meterhouse::readmodel::UsageReader,
+    customers: &[String],
+    (from_ms, to_ms): (i64, i64),
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Vec<String>)> {
+    let (mut plain, mut weighted, mut quantities) = (Vec::new(), Vec::new(), Vec::new());
+    for customer in customers {
+        let query = UsageQuery {
+            tenant: TENANT,
+            meter: "m3",
+            aggregation: Aggregation::Sum,
+            customer,
+            from_ms,
+            to_ms,
+            group_by: &[],
+        };
+        let started = Instant::now();
+        usage.of_meter(&query).await?;
+        plain.push(started.elapsed());
+        let scope = WeightedScope {
+            scope: Scope {
+                tenant: TENANT,
+                meter: "m3",
+                customer: Some(customer),
+                filters: &[],
+                as_of_ms: None,
+            },
+            series_by: &[],
+            group_by: &[],
+            from_ms,
+            to_ms,
+        };
+        let started = Instant::now();
+        let usage = weighted_usage(usage, &scope, WeightUnit::Hour).await?;
+        weighted.push(started.elapsed());
+        quantities.push(format!("{usage:?}"));
+    }
+    Ok((plain, weighted, quantities))
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
