@@ -175,8 +175,9 @@ pub fn add_series(
             last_group: project(&h.state.last_group, group_by),
         })
         .collect();
-    let mut series: BTreeMap<(&str, &[String]), Vec<(i64, Piece<'_, Vec<String>>)>> =
-        BTreeMap::new();
+    // Per customer and series: its pieces, each with the time it starts at.
+    type Pieces<'a> = Vec<(i64, Piece<'a, Vec<String>>)>;
+    let mut series: BTreeMap<(&str, &[String]), Pieces<'_>> = BTreeMap::new();
     for s in samples {
         let piece = Piece::Sample {
             ts_ms: s.ts_ms,

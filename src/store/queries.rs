@@ -322,6 +322,9 @@ pub fn dirty_hours(
 /// The end (epoch seconds) of the sealed days of the day grain (sql/0015); 0 before the first.
 pub const DAYS_SEALED_UNTIL: &str = "SELECT toUInt32(max(until)) FROM rollup_days_sealed";
 
+/// Where the day grain started (epoch seconds): the first horizon recorded; 0 before it.
+pub const DAYS_SEALED_FROM: &str = "SELECT toUInt32(min(until)) FROM rollup_days_sealed";
+
 /// The first hour (epoch seconds) of the hour rollup; 0 when it is empty.
 pub const FIRST_ROLLUP_HOUR: &str = "SELECT toUInt32(min(bucket)) FROM usage_rollup_hour";
 

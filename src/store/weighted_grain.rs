@@ -151,17 +151,33 @@ pub fn day_samples_statement(
         .arg(i64::from(from_s + span_s) * 1000);
     if !customers.is_empty() {
         sql.push(" AND customer IN (")
-            .join(
-                customers.iter().map(|c| {
-                    let mut one = Sql::new("");
-                    one.arg(*c);
-                    one
-                }),
-                ", ",
-            )
+            .join(customers.iter().map(|c| one(c)), ", ")
             .push(")");
     }
     sql.push(" ORDER BY customer, series, ts_ms, event_id");
+    sql
+}
+
+/// The greatest version of the rows of `meter` of `customers` in the UTC day `day_s`.
+fn newest_version(meter: &WeightedMeter, day_s: u32, customers: &[&str]) -> Sql {
+    let mut sql = Sql::new("SELECT max(version) FROM usage_weighted_hour PREWHERE tenant = ");
+    sql.arg(&meter.tenant)
+        .push(" AND customer IN (")
+        .join(customers.iter().map(|c| one(c)), ", ")
+        .push(") AND meter = ")
+        .arg(&meter.meter)
+        .push(" AND bucket >= toDateTime(")
+        .arg(day_s)
+        .push(") AND bucket < toDateTime(")
+        .arg(day_s + DAY_S)
+        .push(")");
+    sql
+}
+
+/// One bound value.
+fn one(value: &str) -> Sql {
+    let mut sql = Sql::new("");
+    sql.arg(value);
     sql
 }
 
@@ -326,7 +342,7 @@ impl Store {
 
     /// One round of the weighted grain's maintenance: a record for each meter of `meters`
     /// without one for its series keys, then up to `max_days` days written, forwards to the
-    /// day grain's horizon first, then backwards to the first day of the hour rollup.
+    /// day grain's horizon first, then backwards to the day grain's start.
     /// Returns the days written.
     pub async fn compact_weighted(
         &self,
@@ -342,8 +358,9 @@ impl Store {
             return Ok(0);
         }
         let client = self.maintenance_client().await?;
-        let first: u32 = client.query(queries::FIRST_ROLLUP_HOUR).fetch_one().await?;
-        let floor = first - first % DAY_S;
+        // Days before the day grain's start are read from the samples (they hold nothing but
+        // events that came later, as backfills).
+        let floor: u32 = client.query(queries::DAYS_SEALED_FROM).fetch_one().await?;
         let t0 = self.server_now().await?;
         let version = u64::from(t0) * 1000;
         let records: Vec<Coverage> = coverage_statement(None).query(&client).fetch_all().await?;
@@ -418,6 +435,12 @@ impl Store {
                     meter: r.meter.clone(),
                     series_keys: r.series_keys.clone(),
                 };
+                // Newer than any row of those days, whatever the clocks did.
+                let newest: u64 = newest_version(&meter, day, &customers)
+                    .query(client)
+                    .fetch_one()
+                    .await?;
+                let version = version.max(newest + 1);
                 write_day(client, &meter, day, &customers, version).await?;
             }
         }
