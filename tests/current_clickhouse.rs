@@ -263,7 +263,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": weighted_grain::day_samples_statement(&grain_meter, 1_794_960_000, 86_400, &["c"]).render(),
                "expect": "c\t['gpt-x']\t['model']\t['gpt-x']\t1795000000000\t1250.5"}),
         json!({"sql": weighted_grain::hours_statement(("t", Some("c"), "tokens"), &model, &[(1_794_999_600_000, 1_795_003_200_000)]).render(),
-               "expect": "c\t['gpt-x']\t1794999600\t[['model']]\t[['gpt-x']]\t['1250.5']\t[1]\t1795000000000\t1795000000000\t1250.5\t['model']\t['gpt-x']\t7"}),
+               "expect": "t\ttokens\tc\t['model']\t['gpt-x']\t1794999600\t[['model']]\t[['gpt-x']]\t['1250.5']\t[1]\t1795000000000\t1795000000000\t1250.5\t['model']\t['gpt-x']\t7"}),
         json!({"sql": weighted_grain::hours_statement(("t", None, "tokens"), &[], &[(1_794_999_600_000, 1_795_003_200_000)]).render(),
                "expect": ""}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),

@@ -39,19 +39,31 @@ pub async fn weighted_usage(
     unit: WeightUnit,
 ) -> Result<Vec<WeightedUsage>, UsageError> {
     let totals = integrals(reader, w, &[(w.from_ms, w.to_ms)]).await?;
+    usages(totals, unit)
+}
+
+/// The totals of one window, per customer and group, in value × `unit`.
+fn usages(totals: Totals, unit: WeightUnit) -> Result<Vec<WeightedUsage>, UsageError> {
     totals
         .into_iter()
-        .map(|((_, customer, group), (value_ms, count))| {
-            Ok(WeightedUsage {
-                customer,
-                usage: GroupUsage {
-                    group,
-                    value: in_units(value_ms, unit.millis())?,
-                    count,
-                },
-            })
+        .map(|((_, customer, group), total)| {
+            let usage = group_usage(group, total, unit)?;
+            Ok(WeightedUsage { customer, usage })
         })
         .collect()
+}
+
+/// A group's total (value × ms, samples) in value × `unit`.
+fn group_usage(
+    group: Vec<String>,
+    (value_ms, count): (Decimal, u64),
+    unit: WeightUnit,
+) -> Result<GroupUsage, UsageError> {
+    Ok(GroupUsage {
+        group,
+        value: in_units(value_ms, unit.millis())?,
+        count,
+    })
 }
 
 /// The integrals of `w` over `windows` (sorted, disjoint, inside `w`'s bounds), from each
@@ -223,19 +235,7 @@ pub fn integrate(
 ) -> Result<Vec<WeightedUsage>, UsageError> {
     let mut totals = Totals::new();
     add_series(samples, &[], &[], &[window], &mut totals)?;
-    totals
-        .into_iter()
-        .map(|((_, customer, group), (value_ms, count))| {
-            Ok(WeightedUsage {
-                customer,
-                usage: GroupUsage {
-                    group,
-                    value: in_units(value_ms, unit.millis())?,
-                    count,
-                },
-            })
-        })
-        .collect()
+    usages(totals, unit)
 }
 
 /// The windows of a time series over `[from, to)`: each window's local start (minute, hour or
@@ -321,15 +321,11 @@ pub async fn weighted_series(
     let totals = integrals(reader, &w, &clipped).await?;
     totals
         .into_iter()
-        .map(|((i, customer, group), (value_ms, count))| {
+        .map(|((i, customer, group), total)| {
             Ok(SeriesPoint {
                 window: windows[i].0.div_euclid(1000),
                 customer,
-                usage: GroupUsage {
-                    group,
-                    value: in_units(value_ms, unit.millis())?,
-                    count,
-                },
+                usage: group_usage(group, total, unit)?,
             })
         })
         .collect()

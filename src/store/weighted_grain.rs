@@ -189,9 +189,9 @@ pub fn hours_statement(
     ranges: &[(i64, i64)],
 ) -> Sql {
     let mut sql = Sql::new(
-        "SELECT customer, series, toUInt32(bucket) AS bucket, part_keys, part_values, \
-         part_value_ms, part_samples, first_ms, last_ms, last_value, last_keys, last_values, \
-         version FROM usage_weighted_hour PREWHERE tenant = ",
+        "SELECT tenant, meter, customer, series_keys, series, toUInt32(bucket) AS bucket, \
+         part_keys, part_values, part_value_ms, part_samples, first_ms, last_ms, last_value, \
+         last_keys, last_values, version FROM usage_weighted_hour PREWHERE tenant = ",
     );
     sql.arg(tenant);
     if let Some(customer) = customer {
@@ -218,25 +218,7 @@ pub fn hours_statement(
     sql
 }
 
-#[derive(Row, Deserialize)]
-struct StoredHour {
-    customer: String,
-    series: Vec<String>,
-    bucket: u32,
-    part_keys: Vec<Vec<String>>,
-    part_values: Vec<Vec<String>>,
-    part_value_ms: Vec<String>,
-    part_samples: Vec<u64>,
-    first_ms: i64,
-    last_ms: i64,
-    last_value: String,
-    last_keys: Vec<String>,
-    last_values: Vec<String>,
-    #[allow(dead_code)]
-    version: u64,
-}
-
-impl StoredHour {
+impl HourRow {
     fn into_hour(self) -> Result<WeightedHour, StoreError> {
         let start_ms = i64::from(self.bucket) * 1000;
         let parts = self
@@ -326,7 +308,7 @@ impl Store {
     /// Runs [`hours_statement`] within the request's read budget: one row per customer's
     /// series and hour, the newest version.
     pub async fn weighted_hours(&self, statement: &Sql) -> Result<Vec<WeightedHour>, StoreError> {
-        let rows: Vec<StoredHour> = self.read_rows(statement).await?;
+        let rows: Vec<HourRow> = self.read_rows(statement).await?;
         let mut hours: Vec<WeightedHour> = Vec::with_capacity(rows.len());
         let mut last: Option<(String, Vec<String>, u32)> = None;
         for row in rows {
