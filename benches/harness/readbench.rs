@@ -380,7 +380,13 @@ async fn measure(
     let (mut plain, mut weighted, before) = gauge_reads(&service.usage, &customers, window).await?;
     // Then with the grains built: the day grain (sums) and the weighted hours of m3 (its
     // samples as a `weighted_sum` without group), as the service's maintenance builds them.
+    // The generated days are complete: the marks their events left as late go first.
     let started = Instant::now();
+    store
+        .client()
+        .query("TRUNCATE TABLE rollup_days_reopened")
+        .execute()
+        .await?;
     while store
         .compact_days(40, 1_000, Duration::from_secs(600))
         .await?
