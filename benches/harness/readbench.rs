@@ -297,6 +297,28 @@ async fn measure(
     args: &ReadbenchArgs,
     generate_seconds: f64,
 ) -> anyhow::Result<Report> {
+    // No grain of closed days yet (a store reused from an earlier run may hold them): they
+    // are built below, between two passes of the same reads. The generated days are complete:
+    // the marks their events left as late go too.
+    let reset = Store::new(
+        config.store.clickhouse_url.as_deref().unwrap_or_default(),
+        &config.store,
+    )
+    .connect()
+    .await?;
+    for table in [
+        "rollup_days_reopened",
+        "rollup_days_sealed",
+        "usage_rollup_day",
+        "weighted_grain",
+        "usage_weighted_hour",
+    ] {
+        reset
+            .client()
+            .query(&format!("TRUNCATE TABLE {table}"))
+            .execute()
+            .await?;
+    }
     // The first pass measures reads of ClickHouse: nothing is loaded behind its back.
     let mut config = config.clone();
     config.usage_preload_every_s = 0;
@@ -380,13 +402,7 @@ async fn measure(
     let (mut plain, mut weighted, before) = gauge_reads(&service.usage, &customers, window).await?;
     // Then with the grains built: the day grain (sums) and the weighted hours of m3 (its
     // samples as a `weighted_sum` without group), as the service's maintenance builds them.
-    // The generated days are complete: the marks their events left as late go first.
     let started = Instant::now();
-    store
-        .client()
-        .query("TRUNCATE TABLE rollup_days_reopened")
-        .execute()
-        .await?;
     while store
         .compact_days(40, 1_000, Duration::from_secs(600))
         .await?
