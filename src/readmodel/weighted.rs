@@ -92,16 +92,15 @@ async fn integrals(
             false => Vec::new(),
         };
         let inside = complement(&grain, (w.from_ms, w.to_ms));
-        let samples = store
-            .weighted_samples(&weighted_statement(w, &inside))
-            .await?;
-        let hours = match grain.is_empty() {
-            true => Vec::new(),
-            false => {
-                let statement = hours_statement((tenant, customer, meter), w.series_by, &grain);
-                store.weighted_hours(&statement).await?
+        let samples = weighted_statement(w, &inside);
+        let hours = hours_statement((tenant, customer, meter), w.series_by, &grain);
+        // Both at once: the samples around the hours, and the hours.
+        let (samples, hours) = tokio::try_join!(store.weighted_samples(&samples), async {
+            match grain.is_empty() {
+                true => Ok(Vec::new()),
+                false => store.weighted_hours(&hours).await,
             }
-        };
+        })?;
         add_series(&samples, &hours, w.group_by, windows, &mut totals)?;
     }
     Ok(totals)

@@ -280,21 +280,15 @@ impl Store {
         series_keys: &[String],
         (from_ms, to_ms): (i64, i64),
     ) -> Result<Vec<(i64, i64)>, StoreError> {
-        let records: Vec<Coverage> = self
-            .read_rows(&coverage_statement(Some((tenant, meter))))
-            .await?;
+        // The record and the day grain's state at once: one round trip, not two.
+        let statement = coverage_statement(Some((tenant, meter)));
+        let (records, parts) = tokio::try_join!(
+            self.read_rows::<Coverage>(&statement),
+            self.day_parts(tenant, customer, (from_ms, to_ms)),
+        )?;
         let Some(record) = records.into_iter().find(|r| r.series_keys == series_keys) else {
             return Ok(Vec::new());
         };
-        if record.since >= record.until {
-            return Ok(Vec::new());
-        }
-        let from_ms = from_ms.max(i64::from(record.since) * 1000);
-        let to_ms = to_ms.min(i64::from(record.until) * 1000);
-        if from_ms >= to_ms {
-            return Ok(Vec::new());
-        }
-        let parts = self.day_parts(tenant, customer, (from_ms, to_ms)).await?;
         let until_s = record
             .until
             .min(u32::try_from(parts.sealed_until_ms / 1000).unwrap_or(u32::MAX));
