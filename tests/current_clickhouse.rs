@@ -259,7 +259,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": "SELECT meter, arrayStringConcat(group_values, ','), toString(value), value_str FROM usage_samples ORDER BY meter",
                "expect": "tokens\tgpt-x\t1250.5\t\nusers\t\t1\tu7"}),
         json!({"sql": weighted_grain::coverage_statement(Some(("t", "tokens"))).render(),
-               "expect": "t\ttokens\t['model']\t1794960000\t1795046400"}),
+               "expect": "t\ttokens\t['model']\t1794960000\t1795046400\t5"}),
         json!({"sql": weighted_grain::day_samples_statement(&grain_meter, 1_794_960_000, 86_400, &["c"]).render(),
                "expect": "c\t['gpt-x']\t['model']\t['gpt-x']\t1795000000000\t1250.5"}),
         json!({"sql": weighted_grain::hours_statement(("t", Some("c"), "tokens"), &model, &[(1_794_999_600_000, 1_795_003_200_000)]).render(),

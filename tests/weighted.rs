@@ -583,7 +583,31 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
         meter: "storage".into(),
         series_keys: vec!["region".into()],
     }];
-    let mut written = 0;
+    // Meters take turns: with two days to write, each walks back one.
+    let other = WeightedMeter {
+        tenant: "acme".into(),
+        meter: "other".into(),
+        series_keys: Vec::new(),
+    };
+    let both = [meters[0].clone(), other];
+    assert_eq!(store.compact_weighted(&both, 2).await.unwrap(), 2);
+    let walked: Vec<(String, u32, u32)> = store
+        .client()
+        .query(
+            "SELECT meter, toUInt32(argMax(since, version)), toUInt32(argMax(until, version)) \
+             FROM weighted_grain GROUP BY meter ORDER BY meter",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    let (_, since, until) = &walked[0];
+    assert_eq!(
+        walked[1],
+        ("storage".to_owned(), *since, *until),
+        "{walked:?}"
+    );
+    assert_eq!(until - since, 86_400, "{walked:?}");
+    let mut written = 2;
     loop {
         let days = store.compact_weighted(&meters, 30).await.unwrap();
         if days == 0 {

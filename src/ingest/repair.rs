@@ -98,7 +98,6 @@ async fn round_on(store: &Store, weighted: &[WeightedMeter]) {
         .await;
     if let Err(e) = compacted {
         tracing::warn!(error = %e, "day grain maintenance failed; reads use the hour rollup");
-        return;
     }
     if let Err(e) = store
         .compact_weighted(weighted, WEIGHTED_DAYS_PER_ROUND)

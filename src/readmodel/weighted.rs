@@ -1,7 +1,9 @@
-//! The quantities of `weighted_sum` meters: each series' samples (the value carried in and
-//! those inside the window, `store::weighted_sql`) integrated exactly (`domain::weighted`);
-//! each sample's time is counted in the group of the read's `group_by` that sample carries.
-//! Always from the samples, never from memory or the rollups (see `store::weighted_sql`).
+//! The quantities of `weighted_sum` meters, integrated exactly (`domain::weighted`) from each
+//! series' whole hours in the weighted grain (`store::weighted_grain`, closed days) and its
+//! samples around them (the value carried in and those outside those hours,
+//! `store::weighted_sql`); each sample's time is counted in the group of the read's `group_by`
+//! that sample carries. Never from memory nor the hour rollup, whose states do not say when in
+//! the hour each value started to hold.
 
 use std::collections::BTreeMap;
 

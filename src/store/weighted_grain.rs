@@ -89,6 +89,7 @@ struct Coverage {
     series_keys: Vec<String>,
     since: u32,
     until: u32,
+    newest: u64,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -105,8 +106,8 @@ struct CoverageRow {
 pub fn coverage_statement(meter: Option<(&str, &str)>) -> Sql {
     let mut sql = Sql::new(
         "SELECT tenant, meter, argMax(series_keys, version) AS series_keys, \
-         toUInt32(argMax(since, version)) AS since, toUInt32(argMax(until, version)) AS until \
-         FROM weighted_grain",
+         toUInt32(argMax(since, version)) AS since, toUInt32(argMax(until, version)) AS until, \
+         max(version) AS newest FROM weighted_grain",
     );
     if let Some((tenant, meter)) = meter {
         sql.push(" WHERE tenant = ")
@@ -145,7 +146,11 @@ pub fn day_samples_statement(
         .arg(&meter.tenant)
         .push(" AND meter = ")
         .arg(&meter.meter)
-        .push(" AND ts_ms >= ")
+        .push(" AND ts >= toDateTime(")
+        .arg(from_s)
+        .push(") AND ts < toDateTime(")
+        .arg(from_s + span_s)
+        .push(") AND ts_ms >= ")
         .arg(i64::from(from_s) * 1000)
         .push(" AND ts_ms < ")
         .arg(i64::from(from_s + span_s) * 1000);
@@ -158,13 +163,16 @@ pub fn day_samples_statement(
     sql
 }
 
-/// The greatest version of the rows of `meter` of `customers` in the UTC day `day_s`.
+/// The greatest version of the rows of `meter` of `customers` (or all) in the UTC day `day_s`.
 fn newest_version(meter: &WeightedMeter, day_s: u32, customers: &[&str]) -> Sql {
     let mut sql = Sql::new("SELECT max(version) FROM usage_weighted_hour PREWHERE tenant = ");
-    sql.arg(&meter.tenant)
-        .push(" AND customer IN (")
-        .join(customers.iter().map(|c| one(c)), ", ")
-        .push(") AND meter = ")
+    sql.arg(&meter.tenant);
+    if !customers.is_empty() {
+        sql.push(" AND customer IN (")
+            .join(customers.iter().map(|c| one(c)), ", ")
+            .push(")");
+    }
+    sql.push(" AND meter = ")
         .arg(&meter.meter)
         .push(" AND bucket >= toDateTime(")
         .arg(day_s)
@@ -317,9 +325,11 @@ impl Store {
     }
 
     /// One round of the weighted grain's maintenance: a record for each meter of `meters`
-    /// without one for its series keys, then up to `max_days` days written, forwards to the
-    /// day grain's horizon first, then backwards to the day grain's start.
-    /// Returns the days written.
+    /// without one for its series keys, then up to `max_days` days written: forwards to the
+    /// day grain's horizon for every meter first, then backwards to the day grain's start, a
+    /// day of each meter in turn. A day that cannot be written stops that meter's walk (its
+    /// days past it are read from the samples) and is logged; the others go on. Returns the
+    /// days written.
     pub async fn compact_weighted(
         &self,
         meters: &[WeightedMeter],
@@ -340,43 +350,50 @@ impl Store {
         let t0 = self.server_now().await?;
         let version = u64::from(t0) * 1000;
         let records: Vec<Coverage> = coverage_statement(None).query(&client).fetch_all().await?;
-        let mut step = 0u64;
-        let mut record = |meter: &WeightedMeter, since: u32, until: u32| {
-            step += 1;
-            CoverageRow {
-                tenant: meter.tenant.clone(),
-                meter: meter.meter.clone(),
-                series_keys: meter.series_keys.clone(),
-                since,
-                until,
-                version: u64::from(t0) * 1_000_000 + step,
-            }
-        };
-        let mut written = 0;
+        let mut walks = Vec::with_capacity(meters.len());
         for meter in meters {
-            let known = records.iter().find(|r| {
-                r.tenant == meter.tenant
-                    && r.meter == meter.meter
-                    && r.series_keys == meter.series_keys
-            });
-            let (mut since, mut until) = match known {
-                Some(r) => (r.since, r.until),
-                None => {
-                    write_coverage(&client, record(meter, sealed, sealed)).await?;
-                    (sealed, sealed)
-                }
+            let same_meter = records
+                .iter()
+                .find(|r| r.tenant == meter.tenant && r.meter == meter.meter);
+            let mut walk = Walk {
+                meter,
+                since: sealed,
+                until: sealed,
+                version: (u64::from(t0) * 1_000_000).max(same_meter.map_or(0, |r| r.newest + 1)),
+                stuck: false,
             };
-            while until < sealed && written < max_days {
-                write_day(&client, meter, until, &[], version).await?;
-                until += DAY_S;
-                written += 1;
-                write_coverage(&client, record(meter, since, until)).await?;
+            match same_meter.filter(|r| r.series_keys == meter.series_keys) {
+                Some(r) => (walk.since, walk.until) = (r.since, r.until),
+                None => walk.record(&client).await?,
             }
-            while since > floor && written < max_days {
-                since -= DAY_S;
-                write_day(&client, meter, since, &[], version).await?;
-                written += 1;
-                write_coverage(&client, record(meter, since, until)).await?;
+            walks.push(walk);
+        }
+        let mut written = 0;
+        for walk in &mut walks {
+            while !walk.stuck && walk.until < sealed && written < max_days {
+                if self.walk_to(&client, walk, walk.until, version).await? {
+                    walk.until += DAY_S;
+                    written += 1;
+                    walk.record(&client).await?;
+                }
+            }
+        }
+        let mut moved = true;
+        while moved && written < max_days {
+            moved = false;
+            for walk in walks.iter_mut().filter(|w| !w.stuck && w.since > floor) {
+                if written == max_days {
+                    break;
+                }
+                if self
+                    .walk_to(&client, walk, walk.since - DAY_S, version)
+                    .await?
+                {
+                    walk.since -= DAY_S;
+                    written += 1;
+                    moved = true;
+                    walk.record(&client).await?;
+                }
             }
         }
         if written > 0 {
@@ -385,8 +402,31 @@ impl Store {
         Ok(written)
     }
 
-    /// Writes again, at `version`, the weighted hours of the customers' days `days` for every
-    /// meter whose record covers them (the day grain is writing those days again).
+    /// Writes the day `day_s` of a walk's meter; `false` (the walk stuck) when it cannot be.
+    async fn walk_to(
+        &self,
+        client: &clickhouse::Client,
+        walk: &mut Walk<'_>,
+        day_s: u32,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        match self
+            .write_day(client, walk.meter, day_s, &[], version)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::warn!(error = %e, tenant = %walk.meter.tenant, meter = %walk.meter.meter,
+                    day_s, "a weighted meter's day cannot be written; its older days are read from samples");
+                walk.stuck = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Writes again, at `version` or later, the weighted hours of the customers' days `days`
+    /// for every meter whose record covers them (the day grain is writing those days again).
+    /// A meter whose day cannot be written no longer covers it, nor the days before it.
     pub(super) async fn reseal_weighted(
         &self,
         client: &clickhouse::Client,
@@ -411,16 +451,107 @@ impl Store {
                     meter: r.meter.clone(),
                     series_keys: r.series_keys.clone(),
                 };
-                // Newer than any row of those days, whatever the clocks did.
-                let newest: u64 = newest_version(&meter, day, &customers)
-                    .query(client)
-                    .fetch_one()
-                    .await?;
-                let version = version.max(newest + 1);
-                write_day(client, &meter, day, &customers, version).await?;
+                let Err(e) = self
+                    .write_day(client, &meter, day, &customers, version)
+                    .await
+                else {
+                    continue;
+                };
+                tracing::warn!(error = %e, tenant, meter = %r.meter, day_s = day,
+                    "a weighted meter's re-opened day cannot be written; it and the days before it are read from samples");
+                let mut walk = Walk {
+                    meter: &meter,
+                    since: day + DAY_S,
+                    until: r.until,
+                    version: r.newest + 1,
+                    stuck: true,
+                };
+                walk.record(client).await?;
             }
         }
         Ok(())
+    }
+
+    /// Writes the hours of the UTC day `day_s` of `meter` (of `customers`, or all) from its
+    /// samples, at `version` or, should rows of that day have one as great, past theirs.
+    async fn write_day(
+        &self,
+        client: &clickhouse::Client,
+        meter: &WeightedMeter,
+        day_s: u32,
+        customers: &[&str],
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let newest: u64 = newest_version(meter, day_s, customers)
+            .query(client)
+            .fetch_one()
+            .await?;
+        let version = version.max(newest + 1);
+        // Read through a client of its own: the maintenance client's statements share one
+        // query id, and the insert below starts while this read still streams.
+        let mut cursor = day_samples_statement(meter, day_s, DAY_S, customers)
+            .query(self.client())
+            .fetch::<DaySample>()?;
+        let mut insert = client.insert::<HourRow>("usage_weighted_hour").await?;
+        // The samples of the hour being gathered, and whose they are.
+        let mut key: Option<(String, Vec<String>, i64)> = None;
+        let mut samples: Vec<(i64, Decimal, FullGroup)> = Vec::new();
+        let mut rows = 0u64;
+        loop {
+            let next = cursor.next().await?;
+            let next_key = next.as_ref().map(|s| {
+                let hour = s.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
+                (s.customer.clone(), s.series.clone(), hour)
+            });
+            if key != next_key
+                && let Some((customer, series, hour)) = key.take()
+            {
+                let state = span_state(&samples, (hour, hour + HOUR_MS))
+                    .map_err(|e| StoreError::Rejected(format!("weighted hour: {e}")))?;
+                if let Some(state) = state {
+                    insert
+                        .write(&hour_row(meter, customer, series, state, version))
+                        .await?;
+                    rows += 1;
+                }
+                samples.clear();
+            }
+            let Some(sample) = next else { break };
+            key = next_key;
+            samples.push((
+                sample.ts_ms,
+                parse_value(&sample.value)?,
+                (sample.group_keys, sample.group_values),
+            ));
+        }
+        insert.end().await?;
+        tracing::debug!(meter = %meter.meter, day_s, rows, "weighted hours written");
+        Ok(())
+    }
+}
+
+/// A meter's coverage as one round moves it, and the version its next record takes.
+struct Walk<'a> {
+    meter: &'a WeightedMeter,
+    since: u32,
+    until: u32,
+    version: u64,
+    stuck: bool,
+}
+
+impl Walk<'_> {
+    /// Records the walk's coverage (newer than the meter's records before).
+    async fn record(&mut self, client: &clickhouse::Client) -> Result<(), StoreError> {
+        let row = CoverageRow {
+            tenant: self.meter.tenant.clone(),
+            meter: self.meter.meter.clone(),
+            series_keys: self.meter.series_keys.clone(),
+            since: self.since,
+            until: self.until,
+            version: self.version,
+        };
+        self.version += 1;
+        write_coverage(client, row).await
     }
 }
 
@@ -431,54 +562,6 @@ async fn write_coverage(
     let mut insert = client.insert::<CoverageRow>("weighted_grain").await?;
     insert.write(&record).await?;
     insert.end().await?;
-    Ok(())
-}
-
-/// Writes the hours of the UTC day `day_s` of `meter` (of `customers`, or all) from its samples.
-async fn write_day(
-    client: &clickhouse::Client,
-    meter: &WeightedMeter,
-    day_s: u32,
-    customers: &[&str],
-    version: u64,
-) -> Result<(), StoreError> {
-    let mut cursor = day_samples_statement(meter, day_s, DAY_S, customers)
-        .query(client)
-        .fetch::<DaySample>()?;
-    let mut insert = client.insert::<HourRow>("usage_weighted_hour").await?;
-    // The samples of the hour being gathered, and whose they are.
-    let mut key: Option<(String, Vec<String>, i64)> = None;
-    let mut samples: Vec<(i64, Decimal, FullGroup)> = Vec::new();
-    let mut rows = 0u64;
-    loop {
-        let next = cursor.next().await?;
-        let next_key = next.as_ref().map(|s| {
-            let hour = s.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
-            (s.customer.clone(), s.series.clone(), hour)
-        });
-        if key != next_key
-            && let Some((customer, series, hour)) = key.take()
-        {
-            let state = span_state(&samples, (hour, hour + HOUR_MS))
-                .map_err(|e| StoreError::Rejected(format!("weighted hour: {e}")))?;
-            if let Some(state) = state {
-                insert
-                    .write(&hour_row(meter, customer, series, state, version))
-                    .await?;
-                rows += 1;
-            }
-            samples.clear();
-        }
-        let Some(sample) = next else { break };
-        key = next_key;
-        samples.push((
-            sample.ts_ms,
-            parse_value(&sample.value)?,
-            (sample.group_keys, sample.group_values),
-        ));
-    }
-    insert.end().await?;
-    tracing::debug!(meter = %meter.meter, day_s, rows, "weighted hours written");
     Ok(())
 }
 
