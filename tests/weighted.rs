@@ -627,12 +627,12 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
         .await
         .unwrap();
     assert_eq!(
-        covered.first().map(|r| r.0),
+        covered.ranges.first().map(|r| r.0),
         Some(base_ms - day_ms),
         "{covered:?}"
     );
     assert!(
-        covered.last().unwrap().1 >= base_ms + 4 * day_ms,
+        covered.ranges.last().unwrap().1 >= base_ms + 4 * day_ms,
         "{covered:?}"
     );
     // The service reads the day grain's horizon again after a few seconds.
@@ -729,6 +729,7 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
             )
             .await
             .unwrap()
+            .ranges
     };
     assert_eq!(hours_of_day2(store.clone()).await, vec![]);
     // The maintenance writes the day again (hours included) and clears its mark.
@@ -763,6 +764,25 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
     let expected = integral(&sent, Some("eu"), window, HOUR_MS);
     let doctored = group_quantity(charge(&report, "by_region"), "eu");
     assert!(doctored < expected, "{doctored} {expected}");
+    // The meter's record moves (its coverage now starts after that day): the service, which
+    // knew the record before, finds out within the same read and takes the day from samples.
+    store
+        .client()
+        .query(
+            "INSERT INTO weighted_grain SELECT tenant, meter, series_keys, toDateTime(?), until, \
+             version + 1000 FROM weighted_grain WHERE meter = 'storage' ORDER BY version DESC LIMIT 1",
+        )
+        .bind((base_ms + 4 * day_ms) / 1000)
+        .execute()
+        .await
+        .unwrap();
+    let (_, report) = get(
+        &app,
+        &format!("/v1/subscriptions/sub_g/usage?{}", q(window)),
+        "read_key_a",
+    )
+    .await;
+    assert_eq!(group_quantity(charge(&report, "by_region"), "eu"), expected);
     app.shutdown().await;
 }
 

@@ -20,7 +20,7 @@ use crate::domain::meter::WeightUnit;
 use crate::domain::weighted::{Piece, SpanState, in_units, integrate_pieces};
 use crate::store::series_sql::{SeriesPoint, SeriesQuery, WindowSize};
 use crate::store::usage_sql::GroupUsage;
-use crate::store::weighted_grain::{FullGroup, WeightedHour, hours_statement};
+use crate::store::weighted_grain::{FullGroup, GrainHours, WeightedHour, hours_statement};
 use crate::store::weighted_sql::{WeightedSample, WeightedScope, weighted_statement};
 
 /// One customer's and group's integral and the events inside the window.
@@ -79,30 +79,39 @@ async fn integrals(
 ) -> Result<Totals, UsageError> {
     let mut totals = Totals::new();
     let (tenant, customer, meter) = (w.scope.tenant, w.scope.customer, w.scope.meter);
+    let usable = w.scope.as_of_ms.is_none() && w.scope.filters.is_empty();
     for store in reader.stores_for(tenant, customer) {
-        let grain = match w.scope.as_of_ms.is_none() && w.scope.filters.is_empty() {
-            true => {
-                let hours = store
-                    .weighted_grain_hours(
-                        (tenant, customer, meter),
-                        w.series_by,
-                        (w.from_ms, w.to_ms),
-                    )
-                    .await?;
-                uncut(&hours, windows)
+        // Twice at most: a plan made from a record this process knew is confirmed beside the
+        // statements; if the record has moved, the second plan reads it anew.
+        let (samples, hours) = loop {
+            let plan = match usable {
+                true => {
+                    let window = (w.from_ms, w.to_ms);
+                    store
+                        .weighted_grain_hours((tenant, customer, meter), w.series_by, window)
+                        .await?
+                }
+                false => GrainHours::default(),
+            };
+            let grain = uncut(&plan.ranges, windows);
+            let inside = complement(&grain, (w.from_ms, w.to_ms));
+            let samples = weighted_statement(w, &inside);
+            let hours = hours_statement((tenant, customer, meter), w.series_by, &grain);
+            // All at once: the samples around the hours, the hours, and the confirmation.
+            let (samples, hours, holds) = tokio::try_join!(
+                store.weighted_samples(&samples),
+                async {
+                    match grain.is_empty() {
+                        true => Ok(Vec::new()),
+                        false => store.weighted_hours(&hours).await,
+                    }
+                },
+                store.weighted_grain_holds((tenant, meter), &plan),
+            )?;
+            if holds {
+                break (samples, hours);
             }
-            false => Vec::new(),
         };
-        let inside = complement(&grain, (w.from_ms, w.to_ms));
-        let samples = weighted_statement(w, &inside);
-        let hours = hours_statement((tenant, customer, meter), w.series_by, &grain);
-        // Both at once: the samples around the hours, and the hours.
-        let (samples, hours) = tokio::try_join!(store.weighted_samples(&samples), async {
-            match grain.is_empty() {
-                true => Ok(Vec::new()),
-                false => store.weighted_hours(&hours).await,
-            }
-        })?;
         add_series(&samples, &hours, w.group_by, windows, &mut totals)?;
     }
     Ok(totals)

@@ -35,6 +35,8 @@ pub(super) struct DayGrain {
     sealed_until_s: AtomicU32,
     sealed_checked_ms: AtomicI64,
     reopened: Marks,
+    /// The weighted grain's records (`store::weighted_grain`), as last read.
+    pub(super) weighted: super::weighted_grain::KnownRecords,
 }
 
 /// What a read may take from the day grain: the UTC days before `sealed_until_ms`, except the

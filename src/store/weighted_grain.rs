@@ -14,7 +14,8 @@
 //! meter covering that day are written again too, at a greater version, before its marks go.
 //! Readers keep each hour's row of the greatest version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use clickhouse::Row;
 use rust_decimal::Decimal;
@@ -82,8 +83,8 @@ struct DaySample {
 }
 
 /// A meter's record as read: the newest version's.
-#[derive(Debug, Row, Deserialize)]
-struct Coverage {
+#[derive(Debug, Clone, Row, Deserialize)]
+pub(super) struct Coverage {
     tenant: String,
     meter: String,
     series_keys: Vec<String>,
@@ -278,33 +279,98 @@ pub fn covered_hours(
     ranges
 }
 
+/// The records this process last read, per tenant and meter (`None`: it had none then).
+#[derive(Default)]
+pub(super) struct KnownRecords(Mutex<HashMap<(String, String), Option<Coverage>>>);
+
+impl KnownRecords {
+    fn get(&self, tenant: &str, meter: &str) -> Option<Option<Coverage>> {
+        let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(&(tenant.to_owned(), meter.to_owned())).cloned()
+    }
+
+    fn forget(&self, tenant: &str, meter: &str) {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        known.remove(&(tenant.to_owned(), meter.to_owned()));
+    }
+
+    fn set(&self, tenant: &str, meter: &str, record: Option<Coverage>) {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        known.insert((tenant.to_owned(), meter.to_owned()), record);
+    }
+}
+
+/// The whole hours a read takes from the grain, and the version of the meter's record they
+/// were chosen by when that record came from memory: the read confirms it
+/// ([`Store::weighted_grain_holds`]) beside its own statements, or starts again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrainHours {
+    pub ranges: Vec<(i64, i64)>,
+    confirm: Option<u64>,
+}
+
+/// The newest version of a meter's record (0 without one).
+fn record_version(tenant: &str, meter: &str) -> Sql {
+    let mut sql = Sql::new("SELECT max(version) FROM weighted_grain WHERE tenant = ");
+    sql.arg(tenant).push(" AND meter = ").arg(meter);
+    sql
+}
+
 impl Store {
     /// What a read of `[from_ms, to_ms)` of a weighted meter may take from the grain: whole
     /// hours (epoch ms ranges) of days covered for `series_keys`, sealed and not re-opened for
-    /// the customer (any customer's, for a read of all).
+    /// the customer (any customer's, for a read of all). The meter's record is the one last
+    /// read when this process has one (to be confirmed), else read now.
     pub async fn weighted_grain_hours(
         &self,
         (tenant, customer, meter): (&str, Option<&str>, &str),
         series_keys: &[String],
         (from_ms, to_ms): (i64, i64),
-    ) -> Result<Vec<(i64, i64)>, StoreError> {
-        // The record and the day grain's state at once: one round trip, not two.
-        let statement = coverage_statement(Some((tenant, meter)));
-        let (records, parts) = tokio::try_join!(
-            self.read_rows::<Coverage>(&statement),
-            self.day_parts(tenant, customer, (from_ms, to_ms)),
-        )?;
-        let Some(record) = records.into_iter().find(|r| r.series_keys == series_keys) else {
-            return Ok(Vec::new());
+    ) -> Result<GrainHours, StoreError> {
+        let (record, parts, confirm) = match self.days.weighted.get(tenant, meter) {
+            Some(record) => {
+                let parts = self.day_parts(tenant, customer, (from_ms, to_ms)).await?;
+                let confirm = record.as_ref().map_or(0, |r| r.newest);
+                (record, parts, Some(confirm))
+            }
+            None => {
+                // The record and the day grain's state at once: one round trip, not two.
+                let statement = coverage_statement(Some((tenant, meter)));
+                let (records, parts) = tokio::try_join!(
+                    self.read_rows::<Coverage>(&statement),
+                    self.day_parts(tenant, customer, (from_ms, to_ms)),
+                )?;
+                let record = records.into_iter().next();
+                self.days.weighted.set(tenant, meter, record.clone());
+                (record, parts, None)
+            }
+        };
+        let Some(record) = record.filter(|r| r.series_keys == series_keys) else {
+            return Ok(GrainHours::default());
         };
         let until_s = record
             .until
             .min(u32::try_from(parts.sealed_until_ms / 1000).unwrap_or(u32::MAX));
-        Ok(covered_hours(
-            (from_ms, to_ms),
-            (record.since, until_s),
-            &parts.reopened,
-        ))
+        let ranges = covered_hours((from_ms, to_ms), (record.since, until_s), &parts.reopened);
+        Ok(GrainHours { ranges, confirm })
+    }
+
+    /// Whether the meter's record `hours` were chosen by is still its newest; if not, it is
+    /// forgotten, and the read starts again (with the record read anew).
+    pub async fn weighted_grain_holds(
+        &self,
+        (tenant, meter): (&str, &str),
+        hours: &GrainHours,
+    ) -> Result<bool, StoreError> {
+        let Some(version) = hours.confirm else {
+            return Ok(true);
+        };
+        let newest: Vec<u64> = self.read_rows(&record_version(tenant, meter)).await?;
+        if newest.first() == Some(&version) {
+            return Ok(true);
+        }
+        self.days.weighted.forget(tenant, meter);
+        Ok(false)
     }
 
     /// Runs [`hours_statement`] within the request's read budget: one row per customer's
