@@ -572,6 +572,9 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
         }
     }
     send_tiered(&app, &sent).await;
+    // A read before the grain exists: the service learns the meter has no record yet.
+    let (status, _) = get(&app, "/v1/subscriptions/sub_g/usage", "read_key_a").await;
+    assert_eq!(status, 200);
 
     let store = app.store().await;
     common::age_reopening_marks(&store).await;

@@ -346,7 +346,8 @@ impl Store {
             }
         };
         let Some(record) = record.filter(|r| r.series_keys == series_keys) else {
-            return Ok(GrainHours::default());
+            let ranges = Vec::new();
+            return Ok(GrainHours { ranges, confirm });
         };
         let until_s = record
             .until
