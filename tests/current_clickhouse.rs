@@ -64,7 +64,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     statements.push("INSERT INTO webhook_attempts VALUES ('t', 'evt_1', 'we_1', 1, 1795000001000, 500, 'answered 500', 12)".into());
     statements.push("INSERT INTO weighted_grain VALUES ('t', 'tokens', ['model'], toDateTime(1794960000), toDateTime(1795046400), 5)".into());
     statements.push(
-        "INSERT INTO usage_weighted_hour VALUES ('t', 'tokens', 'c', ['model'], ['gpt-x'], toDateTime(1794999600), \
+        "INSERT INTO usage_weighted_hour VALUES ('t', 'tokens', 'c', ['model'], ['gpt-x'], toDateTime(1794999600), 3600, \
          [['model']], [['gpt-x']], ['1250.5'], [1], 1795000000000, 1795000000000, '1250.5', ['model'], ['gpt-x'], 7)"
             .into(),
     );
@@ -262,9 +262,9 @@ fn migrations_and_queries_run_on_current_clickhouse() {
                "expect": "t\ttokens\t['model']\t1794960000\t1795046400\t5"}),
         json!({"sql": weighted_grain::day_samples_statement(&grain_meter, 1_794_960_000, 86_400, &["c"]).render(),
                "expect": "c\t['gpt-x']\t['model']\t['gpt-x']\t1795000000000\t1250.5"}),
-        json!({"sql": weighted_grain::hours_statement(("t", Some("c"), "tokens"), &model, &[(1_794_999_600_000, 1_795_003_200_000)]).render(),
-               "expect": "t\ttokens\tc\t['model']\t['gpt-x']\t1794999600\t[['model']]\t[['gpt-x']]\t['1250.5']\t[1]\t1795000000000\t1795000000000\t1250.5\t['model']\t['gpt-x']\t7"}),
-        json!({"sql": weighted_grain::hours_statement(("t", None, "tokens"), &[], &[(1_794_999_600_000, 1_795_003_200_000)]).render(),
+        json!({"sql": weighted_grain::hours_statement(("t", Some("c"), "tokens"), &model, (&[], &[(1_794_999_600_000, 1_795_003_200_000)])).render(),
+               "expect": "t\ttokens\tc\t['model']\t['gpt-x']\t1794999600\t3600\t[['model']]\t[['gpt-x']]\t['1250.5']\t[1]\t1795000000000\t1795000000000\t1250.5\t['model']\t['gpt-x']\t7"}),
+        json!({"sql": weighted_grain::hours_statement(("t", None, "tokens"), &[], (&[(1_794_960_000_000, 1_795_046_400_000)], &[(1_794_999_600_000, 1_795_003_200_000)])).render(),
                "expect": ""}),
         json!({"sql": queries::APPLIED_MIGRATIONS, "expect": "1"}),
         json!({"sql": format!("SELECT count() FROM ({})", queries::WRITER_TABLES), "expect": "2"}),

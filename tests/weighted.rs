@@ -619,8 +619,14 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
         written += days;
     }
     assert!(written >= 4, "{written} days written");
-    let rows = app.scalar("SELECT count() FROM usage_weighted_hour").await;
+    let rows = app
+        .scalar("SELECT count() FROM usage_weighted_hour WHERE span_s = 3600")
+        .await;
     assert!(rows >= 4 * 5, "{rows} weighted hours");
+    let days = app
+        .scalar("SELECT count() FROM usage_weighted_hour WHERE span_s = 86400")
+        .await;
+    assert!(days >= 4 * 2, "{days} weighted days");
     let covered = store
         .weighted_grain_hours(
             ("acme", Some("c1"), "storage"),
@@ -743,30 +749,42 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
     assert_eq!(hours_of_day2(store.clone()).await, vec![day2]);
     check(sent.clone()).await;
 
-    // The reads above took those hours from the grain: a row written over one changes them.
-    let hour = base_ms + 3 * day_ms + 9 * HOUR_MS;
+    // The reads above took day 3 from the grain (its day row for the whole day, its hour rows
+    // for a window that cuts it): rows written over them change both.
     store
         .client()
         .query(
             "INSERT INTO usage_weighted_hour SELECT tenant, meter, customer, series_keys, series, \
-             bucket, part_keys, part_values, arrayMap(v -> '0', part_value_ms), part_samples, \
-             first_ms, last_ms, last_value, last_keys, last_values, version + 1 \
-             FROM usage_weighted_hour WHERE customer = 'c1' AND bucket = toDateTime(?)",
+             bucket, span_s, part_keys, part_values, arrayMap(v -> '0', part_value_ms), \
+             part_samples, first_ms, last_ms, last_value, last_keys, last_values, version + 1 \
+             FROM usage_weighted_hour WHERE customer = 'c1' AND bucket >= toDateTime(?) \
+             AND bucket < toDateTime(?)",
         )
-        .bind(hour / 1000)
+        .bind((base_ms + 3 * day_ms) / 1000)
+        .bind((base_ms + 4 * day_ms) / 1000)
         .execute()
         .await
         .unwrap();
-    let window = (at(3 * day_ms), at(4 * day_ms));
-    let (_, report) = get(
-        &app,
-        &format!("/v1/subscriptions/sub_g/usage?{}", q(window)),
-        "read_key_a",
-    )
-    .await;
-    let expected = integral(&sent, Some("eu"), window, HOUR_MS);
-    let doctored = group_quantity(charge(&report, "by_region"), "eu");
-    assert!(doctored < expected, "{doctored} {expected}");
+    let day3 = [
+        (at(3 * day_ms), at(4 * day_ms)),
+        (at(3 * day_ms + HOUR_MS / 2), at(4 * day_ms)),
+    ];
+    let eu = |window| {
+        let app = &app;
+        async move {
+            let path = format!("/v1/subscriptions/sub_g/usage?{}", q(window));
+            let (status, report) = get(app, &path, "read_key_a").await;
+            assert_eq!(status, 200, "{report}");
+            group_quantity(charge(&report, "by_region"), "eu")
+        }
+    };
+    for window in day3 {
+        let (doctored, expected) = (
+            eu(window).await,
+            integral(&sent, Some("eu"), window, HOUR_MS),
+        );
+        assert!(doctored < expected, "{doctored} {expected} {window:?}");
+    }
     // The meter's record moves (its coverage now starts after that day): the service, which
     // knew the record before, finds out within the same read and takes the day from samples.
     store
@@ -779,13 +797,13 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
         .execute()
         .await
         .unwrap();
-    let (_, report) = get(
-        &app,
-        &format!("/v1/subscriptions/sub_g/usage?{}", q(window)),
-        "read_key_a",
-    )
-    .await;
-    assert_eq!(group_quantity(charge(&report, "by_region"), "eu"), expected);
+    for window in day3 {
+        assert_eq!(
+            eu(window).await,
+            integral(&sent, Some("eu"), window, HOUR_MS),
+            "{window:?}"
+        );
+    }
     app.shutdown().await;
 }
 

@@ -93,10 +93,24 @@ async fn integrals(
                 }
                 false => GrainHours::default(),
             };
-            let grain = uncut(&plan.ranges, windows);
+            // Whole days where no window cuts them, else whole hours.
+            let grain = uncut(&plan.ranges, windows, HOUR_MS);
+            let days = uncut(&grain, windows, DAY_MS);
+            let hours: Vec<(i64, i64)> = grain
+                .iter()
+                .flat_map(|&range| {
+                    let inside: Vec<(i64, i64)> = days
+                        .iter()
+                        .copied()
+                        .filter(|d| range.0 <= d.0 && d.1 <= range.1)
+                        .collect();
+                    complement(&inside, range)
+                })
+                .collect();
             let inside = complement(&grain, (w.from_ms, w.to_ms));
             let samples = weighted_statement(w, &inside);
-            let hours = hours_statement((tenant, customer, meter), w.series_by, &grain);
+            let spans = (&days[..], &hours[..]);
+            let hours = hours_statement((tenant, customer, meter), w.series_by, spans);
             // All at once: the samples around the hours, the hours, and the confirmation.
             let (samples, hours, holds) = tokio::try_join!(
                 store.weighted_samples(&samples),
@@ -117,25 +131,31 @@ async fn integrals(
     Ok(totals)
 }
 
-/// The hours of `ranges` (whole hours) that no window starts or ends inside, as ranges.
-fn uncut(ranges: &[(i64, i64)], windows: &[(i64, i64)]) -> Vec<(i64, i64)> {
-    const HOUR_MS: i64 = 3_600_000;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// The whole units (`unit_ms` long, from the epoch: UTC hours or days) inside `ranges` that no
+/// window starts or ends inside, as ranges.
+fn uncut(ranges: &[(i64, i64)], windows: &[(i64, i64)], unit_ms: i64) -> Vec<(i64, i64)> {
     let mut edges: Vec<i64> = windows.iter().flat_map(|&(a, b)| [a, b]).collect();
     edges.sort_unstable();
     let mut out: Vec<(i64, i64)> = Vec::new();
     for &(from, to) in ranges {
-        let mut hour = from;
-        while hour < to {
-            let next = hour + HOUR_MS;
-            let first_after = edges.partition_point(|&e| e <= hour);
+        let mut unit = from.div_euclid(unit_ms) * unit_ms;
+        if unit < from {
+            unit += unit_ms;
+        }
+        while unit + unit_ms <= to {
+            let next = unit + unit_ms;
+            let first_after = edges.partition_point(|&e| e <= unit);
             let cut = edges.get(first_after).is_some_and(|&e| e < next);
             if !cut {
                 match out.last_mut() {
-                    Some(last) if last.1 == hour => last.1 = next,
-                    _ => out.push((hour, next)),
+                    Some(last) if last.1 == unit => last.1 = next,
+                    _ => out.push((unit, next)),
                 }
             }
-            hour = next;
+            unit = next;
         }
     }
     out

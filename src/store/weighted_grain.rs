@@ -1,6 +1,6 @@
-//! The hour grain of `weighted_sum` meters (sql/0019): per customer, series and UTC hour, what
-//! the hour's samples contribute (`domain::weighted::span_state`), so that a read takes whole
-//! hours from here and only the rest from the samples.
+//! The grain of `weighted_sum` meters (sql/0019): per customer, series and UTC hour, and again
+//! per UTC day, what the span's samples contribute (`domain::weighted::span_state`), so that a
+//! read takes whole days and hours from here and only the rest from the samples.
 //!
 //! Coverage: each weighted meter has a record (`weighted_grain`) of the UTC days whose hours are
 //! written, `[since, until)`, for the series keys (the meter's `group_by`) they were written
@@ -44,7 +44,7 @@ pub struct WeightedMeter {
 /// `group_by`).
 pub type FullGroup = (Vec<String>, Vec<String>);
 
-/// One customer's series' state over one UTC hour.
+/// One customer's series' state over one UTC hour or day.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightedHour {
     pub customer: String,
@@ -60,6 +60,7 @@ struct HourRow {
     series_keys: Vec<String>,
     series: Vec<String>,
     bucket: u32,
+    span_s: u32,
     part_keys: Vec<Vec<String>>,
     part_values: Vec<Vec<String>>,
     part_value_ms: Vec<String>,
@@ -190,40 +191,53 @@ fn one(value: &str) -> Sql {
     sql
 }
 
-/// The hours of one customer's (or every customer's) series of a weighted meter in `ranges`
-/// (epoch ms, whole hours), ordered by customer, series and hour, the newest version first.
+/// Time ranges, epoch ms, `[from, to)`.
+pub type Ranges<'a> = &'a [(i64, i64)];
+
+/// The spans of one customer's (or every customer's) series of a weighted meter: whole UTC
+/// days in `days`, whole hours in `hours` (epoch ms ranges), ordered by customer, series and
+/// time, the newest version first.
 pub fn hours_statement(
     (tenant, customer, meter): (&str, Option<&str>, &str),
     series_keys: &[String],
-    ranges: &[(i64, i64)],
+    (days, hours): (Ranges<'_>, Ranges<'_>),
 ) -> Sql {
     let mut sql = Sql::new(
         "SELECT tenant, meter, customer, series_keys, series, toUInt32(bucket) AS bucket, \
-         part_keys, part_values, part_value_ms, part_samples, first_ms, last_ms, last_value, \
-         last_keys, last_values, version FROM usage_weighted_hour PREWHERE tenant = ",
+         span_s, part_keys, part_values, part_value_ms, part_samples, first_ms, last_ms, \
+         last_value, last_keys, last_values, version FROM usage_weighted_hour PREWHERE tenant = ",
     );
     sql.arg(tenant);
     if let Some(customer) = customer {
         sql.push(" AND customer = ").arg(customer);
     }
+    let spans = [(DAY_S, days), (3_600, hours)]
+        .into_iter()
+        .filter(|(_, ranges)| !ranges.is_empty())
+        .map(|(span_s, ranges)| {
+            let mut spans = Sql::new("span_s = ");
+            spans.arg(span_s).push(" AND (").join(
+                ranges.iter().map(|&(from, to)| {
+                    let mut range = Sql::new("bucket >= toDateTime(");
+                    range
+                        .arg(from.div_euclid(1000))
+                        .push(") AND bucket < toDateTime(")
+                        .arg(to.div_euclid(1000))
+                        .push(")");
+                    range
+                }),
+                " OR ",
+            );
+            spans.push(")");
+            spans
+        });
     sql.push(" AND meter = ")
         .arg(meter)
         .push(" AND ")
         .append(keys_are(series_keys))
         .push(" AND (")
-        .join(
-            ranges.iter().map(|&(from, to)| {
-                let mut range = Sql::new("bucket >= toDateTime(");
-                range
-                    .arg(from.div_euclid(1000))
-                    .push(") AND bucket < toDateTime(")
-                    .arg(to.div_euclid(1000))
-                    .push(")");
-                range
-            }),
-            " OR ",
-        )
-        .push(") ORDER BY customer, series, bucket, version DESC");
+        .join(spans, " OR ")
+        .push(") ORDER BY customer, series, bucket, span_s, version DESC");
     sql
 }
 
@@ -242,7 +256,7 @@ impl HourRow {
             series: self.series,
             state: SpanState {
                 start_ms,
-                end_ms: start_ms + HOUR_MS,
+                end_ms: start_ms + i64::from(self.span_s) * 1000,
                 parts,
                 first_ms: self.first_ms,
                 last_ms: self.last_ms,
@@ -379,9 +393,14 @@ impl Store {
     pub async fn weighted_hours(&self, statement: &Sql) -> Result<Vec<WeightedHour>, StoreError> {
         let rows: Vec<HourRow> = self.read_rows(statement).await?;
         let mut hours: Vec<WeightedHour> = Vec::with_capacity(rows.len());
-        let mut last: Option<(String, Vec<String>, u32)> = None;
+        let mut last: Option<(String, Vec<String>, u32, u32)> = None;
         for row in rows {
-            let key = (row.customer.clone(), row.series.clone(), row.bucket);
+            let key = (
+                row.customer.clone(),
+                row.series.clone(),
+                row.bucket,
+                row.span_s,
+            );
             if last.as_ref() == Some(&key) {
                 continue;
             }
@@ -560,26 +579,36 @@ impl Store {
             .query(self.client())
             .fetch::<DaySample>()?;
         let mut insert = client.insert::<HourRow>("usage_weighted_hour").await?;
-        // The samples of the hour being gathered, and whose they are.
-        let mut key: Option<(String, Vec<String>, i64)> = None;
+        // The day's samples of the series being gathered, and whose they are.
+        let mut key: Option<(String, Vec<String>)> = None;
         let mut samples: Vec<(i64, Decimal, FullGroup)> = Vec::new();
         let mut rows = 0u64;
         loop {
             let next = cursor.next().await?;
-            let next_key = next.as_ref().map(|s| {
-                let hour = s.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
-                (s.customer.clone(), s.series.clone(), hour)
-            });
+            let next_key = next
+                .as_ref()
+                .map(|s| (s.customer.clone(), s.series.clone()));
             if key != next_key
-                && let Some((customer, series, hour)) = key.take()
+                && let Some((customer, series)) = key.take()
             {
-                let state = span_state(&samples, (hour, hour + HOUR_MS))
-                    .map_err(|e| StoreError::Rejected(format!("weighted hour: {e}")))?;
-                if let Some(state) = state {
-                    insert
-                        .write(&hour_row(meter, customer, series, state, version))
-                        .await?;
-                    rows += 1;
+                let day = i64::from(day_s) * 1000;
+                let hours =
+                    samples.chunk_by(|a, b| a.0.div_euclid(HOUR_MS) == b.0.div_euclid(HOUR_MS));
+                let spans = hours
+                    .map(|hour| {
+                        let start = hour[0].0.div_euclid(HOUR_MS) * HOUR_MS;
+                        (hour, (start, start + HOUR_MS))
+                    })
+                    .chain([(&samples[..], (day, day + i64::from(DAY_S) * 1000))]);
+                for (inside, span) in spans {
+                    let state = span_state(inside, span)
+                        .map_err(|e| StoreError::Rejected(format!("weighted span: {e}")))?;
+                    if let Some(state) = state {
+                        let row =
+                            span_row(meter, (customer.clone(), series.clone()), state, version);
+                        insert.write(&row).await?;
+                        rows += 1;
+                    }
                 }
                 samples.clear();
             }
@@ -632,10 +661,10 @@ async fn write_coverage(
     Ok(())
 }
 
-fn hour_row(
+/// The row of one customer's series' span (an hour or a day).
+fn span_row(
     meter: &WeightedMeter,
-    customer: String,
-    series: Vec<String>,
+    (customer, series): (String, Vec<String>),
     state: SpanState<FullGroup>,
     version: u64,
 ) -> HourRow {
@@ -646,6 +675,7 @@ fn hour_row(
         series_keys: meter.series_keys.clone(),
         series,
         bucket: u32::try_from(state.start_ms / 1000).unwrap_or(0),
+        span_s: u32::try_from((state.end_ms - state.start_ms) / 1000).unwrap_or(0),
         part_keys: Vec::with_capacity(state.parts.len()),
         part_values: Vec::with_capacity(state.parts.len()),
         part_value_ms: Vec::with_capacity(state.parts.len()),
@@ -691,10 +721,14 @@ mod tests {
 
     #[test]
     fn the_hours_of_a_meter_without_series_keys_are_read_by_an_empty_array() {
-        let sql = hours_statement(("t", Some("c"), "m"), &[], &[(0, 3_600_000)]).render();
+        let days = [(0, 86_400_000)];
+        let hours = [(86_400_000, 90_000_000)];
+        let sql = hours_statement(("t", Some("c"), "m"), &[], (&days, &hours)).render();
         assert!(
             sql.contains(
-                "AND empty(series_keys) AND (bucket >= toDateTime(0) AND bucket < toDateTime(3600))"
+                "AND empty(series_keys) AND (span_s = 86400 AND (bucket >= toDateTime(0) AND \
+                 bucket < toDateTime(86400)) OR span_s = 3600 AND (bucket >= toDateTime(86400) \
+                 AND bucket < toDateTime(90000)))"
             ),
             "{sql}"
         );
