@@ -81,49 +81,41 @@ async fn integrals(
     let (tenant, customer, meter) = (w.scope.tenant, w.scope.customer, w.scope.meter);
     let usable = w.scope.as_of_ms.is_none() && w.scope.filters.is_empty();
     for store in reader.stores_for(tenant, customer) {
-        // Twice at most: a plan made from a record this process knew is confirmed beside the
-        // statements; if the record has moved, the second plan reads it anew.
+        // A plan is confirmed beside its statements (the meter's record it was made from is
+        // still the newest). Twice at most from the grain: a record that moved is read anew;
+        // should it move again meanwhile, the third read takes only samples.
+        let mut attempt = 0;
         let (samples, hours) = loop {
-            let plan = match usable {
+            let plan = match usable && attempt < 2 {
                 true => {
                     let window = (w.from_ms, w.to_ms);
+                    let fresh = attempt > 0;
                     store
-                        .weighted_grain_hours((tenant, customer, meter), w.series_by, window)
+                        .weighted_grain_hours((tenant, customer, meter), w.series_by, window, fresh)
                         .await?
                 }
                 false => GrainHours::default(),
             };
-            // Whole days where no window cuts them, else whole hours.
+            attempt += 1;
+            let (days, hours) = days_and_hours(&plan.ranges, windows);
             let grain = uncut(&plan.ranges, windows, HOUR_MS);
-            let days = uncut(&grain, windows, DAY_MS);
-            let hours: Vec<(i64, i64)> = grain
-                .iter()
-                .flat_map(|&range| {
-                    let inside: Vec<(i64, i64)> = days
-                        .iter()
-                        .copied()
-                        .filter(|d| range.0 <= d.0 && d.1 <= range.1)
-                        .collect();
-                    complement(&inside, range)
-                })
-                .collect();
             let inside = complement(&grain, (w.from_ms, w.to_ms));
             let samples = weighted_statement(w, &inside);
-            let spans = (&days[..], &hours[..]);
-            let hours = hours_statement((tenant, customer, meter), w.series_by, spans);
-            // All at once: the samples around the hours, the hours, and the confirmation.
-            let (samples, hours, holds) = tokio::try_join!(
+            let spans = hours_statement((tenant, customer, meter), w.series_by, (&days, &hours));
+            // All at once: the samples around the spans, the spans, and the confirmation; a
+            // plan that no longer holds is dropped whatever its statements gave.
+            let (samples, spans, holds) = tokio::join!(
                 store.weighted_samples(&samples),
                 async {
-                    match grain.is_empty() {
+                    match days.is_empty() && hours.is_empty() {
                         true => Ok(Vec::new()),
-                        false => store.weighted_hours(&hours).await,
+                        false => store.weighted_hours(&spans).await,
                     }
                 },
                 store.weighted_grain_holds((tenant, meter), &plan),
-            )?;
-            if holds {
-                break (samples, hours);
+            );
+            if holds? {
+                break (samples?, spans?);
             }
         };
         add_series(&samples, &hours, w.group_by, windows, &mut totals)?;
@@ -133,6 +125,9 @@ async fn integrals(
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
+
+/// A time range, epoch ms, `[from, to)`.
+type Range = (i64, i64);
 
 /// The whole units (`unit_ms` long, from the epoch: UTC hours or days) inside `ranges` that no
 /// window starts or ends inside, as ranges.
@@ -159,6 +154,18 @@ fn uncut(ranges: &[(i64, i64)], windows: &[(i64, i64)], unit_ms: i64) -> Vec<(i6
         }
     }
     out
+}
+
+/// The spans of `ranges` (whole hours) a read takes from the grain: whole UTC days no window
+/// starts or ends inside, and the other whole hours no window cuts, each as ranges.
+fn days_and_hours(ranges: &[(i64, i64)], windows: &[(i64, i64)]) -> (Vec<Range>, Vec<Range>) {
+    let (mut days, mut hours) = (Vec::new(), Vec::new());
+    for range in uncut(ranges, windows, HOUR_MS) {
+        let whole = uncut(&[range], windows, DAY_MS);
+        hours.extend(complement(&whole, range));
+        days.extend(whole);
+    }
+    (days, hours)
 }
 
 /// The parts of `(from_ms, to_ms)` outside `ranges` (sorted, disjoint, inside it).

@@ -308,15 +308,23 @@ impl KnownRecords {
         known.remove(&(tenant.to_owned(), meter.to_owned()));
     }
 
+    /// Keeps `record` unless a newer one is kept already (another read's, read later).
     fn set(&self, tenant: &str, meter: &str, record: Option<Coverage>) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        known.insert((tenant.to_owned(), meter.to_owned()), record);
+        let newest = |r: &Option<Coverage>| r.as_ref().map_or(0, |r| r.newest);
+        let key = (tenant.to_owned(), meter.to_owned());
+        if known
+            .get(&key)
+            .is_none_or(|kept| newest(kept) <= newest(&record))
+        {
+            known.insert(key, record);
+        }
     }
 }
 
 /// The whole hours a read takes from the grain, and the version of the meter's record they
-/// were chosen by when that record came from memory: the read confirms it
-/// ([`Store::weighted_grain_holds`]) beside its own statements, or starts again.
+/// were chosen by: the read confirms it ([`Store::weighted_grain_holds`]) beside its own
+/// statements, or starts again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrainHours {
     pub ranges: Vec<(i64, i64)>,
@@ -334,18 +342,20 @@ impl Store {
     /// What a read of `[from_ms, to_ms)` of a weighted meter may take from the grain: whole
     /// hours (epoch ms ranges) of days covered for `series_keys`, sealed and not re-opened for
     /// the customer (any customer's, for a read of all). The meter's record is the one last
-    /// read when this process has one (to be confirmed), else read now.
+    /// read when this process has one and `fresh` is not asked, else read now; either way the
+    /// read confirms it ([`Store::weighted_grain_holds`]).
     pub async fn weighted_grain_hours(
         &self,
         (tenant, customer, meter): (&str, Option<&str>, &str),
         series_keys: &[String],
         (from_ms, to_ms): (i64, i64),
+        fresh: bool,
     ) -> Result<GrainHours, StoreError> {
-        let (record, parts, confirm) = match self.days.weighted.get(tenant, meter) {
+        let known = self.days.weighted.get(tenant, meter).filter(|_| !fresh);
+        let (record, parts) = match known {
             Some(record) => {
                 let parts = self.day_parts(tenant, customer, (from_ms, to_ms)).await?;
-                let confirm = record.as_ref().map_or(0, |r| r.newest);
-                (record, parts, Some(confirm))
+                (record, parts)
             }
             None => {
                 // The record and the day grain's state at once: one round trip, not two.
@@ -356,9 +366,10 @@ impl Store {
                 )?;
                 let record = records.into_iter().next();
                 self.days.weighted.set(tenant, meter, record.clone());
-                (record, parts, None)
+                (record, parts)
             }
         };
+        let confirm = Some(record.as_ref().map_or(0, |r| r.newest));
         let Some(record) = record.filter(|r| r.series_keys == series_keys) else {
             let ranges = Vec::new();
             return Ok(GrainHours { ranges, confirm });
