@@ -632,7 +632,6 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
             ("acme", Some("c1"), "storage"),
             &meters[0].series_keys,
             (base_ms - day_ms, base_ms + 6 * day_ms),
-            true,
         )
         .await
         .unwrap();
@@ -736,7 +735,6 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
                 ("acme", Some("c1"), "storage"),
                 &["region".to_owned()],
                 day2,
-                true,
             )
             .await
             .unwrap()

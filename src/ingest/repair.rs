@@ -1,10 +1,9 @@
 //! The rollups' maintenance in the background: hours marked in `rollup_dirty` are rebuilt from
 //! samples and unmarked (`Store::repair_dirty_hours`), closed days compacted into the day grain
-//! and re-opened days written again (`Store::compact_days`), and the sealed days of the catalog's
-//! `weighted_sum` meters written into their hour grain (`Store::compact_weighted`). With
-//! replicas, the one that takes a
-//! lock in Redis does it; a process that keeps ids in its own memory is the only writer of its
-//! database and needs none.
+//! and re-opened days written again (`Store::compact_days`), and the sealed days of the
+//! catalog's `weighted_sum` meters written into their grain (`Store::compact_weighted`). With
+//! replicas, the one that takes a lock in Redis does it; a process that keeps ids in its own
+//! memory is the only writer of its database and needs none.
 
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ const HOURS_PER_ROUND: u64 = 1_000;
 /// several rounds), and customers' days written again.
 const DAYS_PER_ROUND: u32 = 3;
 const REOPENED_PER_ROUND: u64 = 1_000;
-/// At most this many days of weighted meters' hours written per round (all meters together).
+/// At most this many days of weighted meters written per round (all meters together).
 const WEIGHTED_DAYS_PER_ROUND: u32 = 30;
 /// How long a round waits for each of ClickHouse's mutations before it leaves the marks in
 /// place (a round waits for at most a handful).
@@ -64,7 +63,7 @@ async fn round(store: &Store, weighted: &[WeightedMeter]) {
 }
 
 /// Every tenant's `weighted_sum` meters, with the series keys their samples are grouped by.
-pub fn weighted_meters(catalog: &Catalog) -> Vec<WeightedMeter> {
+fn weighted_meters(catalog: &Catalog) -> Vec<WeightedMeter> {
     let mut meters = Vec::new();
     for (tenant, snapshot) in catalog.tenants() {
         let weighted = snapshot

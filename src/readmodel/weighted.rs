@@ -1,6 +1,6 @@
 //! The quantities of `weighted_sum` meters, integrated exactly (`domain::weighted`) from each
-//! series' whole hours in the weighted grain (`store::weighted_grain`, closed days) and its
-//! samples around them (the value carried in and those outside those hours,
+//! series' whole days and hours in the weighted grain (`store::weighted_grain`, closed days)
+//! and its samples around them (the value carried in and those outside those spans,
 //! `store::weighted_sql`); each sample's time is counted in the group of the read's `group_by`
 //! that sample carries. Never from memory nor the hour rollup, whose states do not say when in
 //! the hour each value started to hold.
@@ -20,7 +20,7 @@ use crate::domain::meter::WeightUnit;
 use crate::domain::weighted::{Piece, SpanState, in_units, integrate_pieces};
 use crate::store::series_sql::{SeriesPoint, SeriesQuery, WindowSize};
 use crate::store::usage_sql::GroupUsage;
-use crate::store::weighted_grain::{FullGroup, GrainHours, WeightedHour, hours_statement};
+use crate::store::weighted_grain::{FullGroup, GrainHours, WeightedSpan, spans_statement};
 use crate::store::weighted_sql::{WeightedSample, WeightedScope, weighted_statement};
 
 /// One customer's and group's integral and the events inside the window.
@@ -69,8 +69,8 @@ fn group_usage(
 }
 
 /// The integrals of `w` over `windows` (sorted, disjoint, inside `w`'s bounds), from each
-/// store that holds its customers: whole hours from the weighted grain where it covers them
-/// and no window starts or ends inside them (reads as of a moment, or narrowed by a filter,
+/// store that holds its customers: whole days and hours from the weighted grain where it
+/// covers them and no window starts or ends inside them (reads as of a moment, or narrowed by a filter,
 /// take none), the rest from the samples.
 async fn integrals(
     reader: &UsageReader,
@@ -82,26 +82,26 @@ async fn integrals(
     let usable = w.scope.as_of_ms.is_none() && w.scope.filters.is_empty();
     for store in reader.stores_for(tenant, customer) {
         // A plan is confirmed beside its statements (the meter's record it was made from is
-        // still the newest). Twice at most from the grain: a record that moved is read anew;
-        // should it move again meanwhile, the third read takes only samples.
+        // still the newest). Twice at most from the grain: a record that moved is replaced by
+        // the one the confirmation read; should it move again meanwhile, the third read takes
+        // only samples.
         let mut attempt = 0;
-        let (samples, hours) = loop {
+        let (samples, spans) = loop {
             let plan = match usable && attempt < 2 {
                 true => {
                     let window = (w.from_ms, w.to_ms);
-                    let fresh = attempt > 0;
                     store
-                        .weighted_grain_hours((tenant, customer, meter), w.series_by, window, fresh)
+                        .weighted_grain_hours((tenant, customer, meter), w.series_by, window)
                         .await?
                 }
                 false => GrainHours::default(),
             };
             attempt += 1;
-            let (days, hours) = days_and_hours(&plan.ranges, windows);
             let grain = uncut(&plan.ranges, windows, HOUR_MS);
+            let (days, hours) = days_and_hours(&grain, windows);
             let inside = complement(&grain, (w.from_ms, w.to_ms));
             let samples = weighted_statement(w, &inside);
-            let spans = hours_statement((tenant, customer, meter), w.series_by, (&days, &hours));
+            let spans = spans_statement((tenant, customer, meter), w.series_by, (&days, &hours));
             // All at once: the samples around the spans, the spans, and the confirmation; a
             // plan that no longer holds is dropped whatever its statements gave.
             let (samples, spans, holds) = tokio::join!(
@@ -109,7 +109,7 @@ async fn integrals(
                 async {
                     match days.is_empty() && hours.is_empty() {
                         true => Ok(Vec::new()),
-                        false => store.weighted_hours(&spans).await,
+                        false => store.weighted_spans(&spans).await,
                     }
                 },
                 store.weighted_grain_holds((tenant, meter), &plan),
@@ -118,7 +118,7 @@ async fn integrals(
                 break (samples?, spans?);
             }
         };
-        add_series(&samples, &hours, w.group_by, windows, &mut totals)?;
+        add_series(&samples, &spans, w.group_by, windows, &mut totals)?;
     }
     Ok(totals)
 }
@@ -156,11 +156,11 @@ fn uncut(ranges: &[(i64, i64)], windows: &[(i64, i64)], unit_ms: i64) -> Vec<(i6
     out
 }
 
-/// The spans of `ranges` (whole hours) a read takes from the grain: whole UTC days no window
-/// starts or ends inside, and the other whole hours no window cuts, each as ranges.
-fn days_and_hours(ranges: &[(i64, i64)], windows: &[(i64, i64)]) -> (Vec<Range>, Vec<Range>) {
+/// `grain` (whole hours no window cuts) as the spans a read takes: whole UTC days no window
+/// starts or ends inside, and the other hours, each as ranges.
+fn days_and_hours(grain: &[Range], windows: &[Range]) -> (Vec<Range>, Vec<Range>) {
     let (mut days, mut hours) = (Vec::new(), Vec::new());
-    for range in uncut(ranges, windows, HOUR_MS) {
+    for &range in grain {
         let whole = uncut(&[range], windows, DAY_MS);
         hours.extend(complement(&whole, range));
         days.extend(whole);
@@ -199,15 +199,15 @@ fn project((keys, values): &FullGroup, on: &[String]) -> Vec<String> {
 }
 
 /// Adds each customer's series, from `samples` (ordered by customer, series and time) and
-/// `hours` (whole hours, none of them holding a sample of `samples`), to `totals`.
-pub fn add_series(
+/// `spans` (whole days and hours, none of them holding a sample of `samples`), to `totals`.
+fn add_series(
     samples: &[WeightedSample],
-    hours: &[WeightedHour],
+    spans: &[WeightedSpan],
     group_by: &[String],
     windows: &[(i64, i64)],
     totals: &mut Totals,
 ) -> Result<(), UsageError> {
-    let projected: Vec<SpanState<Vec<String>>> = hours
+    let projected: Vec<SpanState<Vec<String>>> = spans
         .iter()
         .map(|h| SpanState {
             start_ms: h.state.start_ms,
@@ -239,9 +239,9 @@ pub fn add_series(
             .or_default()
             .push((s.ts_ms, piece));
     }
-    for (hour, state) in hours.iter().zip(&projected) {
+    for (span, state) in spans.iter().zip(&projected) {
         series
-            .entry((&hour.customer, &hour.series))
+            .entry((&span.customer, &span.series))
             .or_default()
             .push((state.start_ms, Piece::Span(state)));
     }

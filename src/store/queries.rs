@@ -186,7 +186,7 @@ fn time(seconds: u32) -> Sql {
 }
 
 /// `column >= toDateTime(from_s) AND column < toDateTime(to_s)`.
-fn times(column: &str, from_s: u32, to_s: u32) -> Sql {
+pub(super) fn times(column: &str, from_s: u32, to_s: u32) -> Sql {
     let mut sql = Sql::new(column);
     sql.push(" >= ")
         .append(time(from_s))

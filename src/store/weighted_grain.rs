@@ -2,17 +2,17 @@
 //! per UTC day, what the span's samples contribute (`domain::weighted::span_state`), so that a
 //! read takes whole days and hours from here and only the rest from the samples.
 //!
-//! Coverage: each weighted meter has a record (`weighted_grain`) of the UTC days whose hours are
+//! Coverage: each weighted meter has a record (`weighted_grain`) of the UTC days whose rows are
 //! written, `[since, until)`, for the series keys (the meter's `group_by`) they were written
 //! with. The maintenance ([`Store::compact_weighted`]) writes only days the day grain has sealed
 //! (`store::days`): forwards as days are sealed, then backwards through the days sealed before
 //! the meter had a record. A meter whose `group_by` changes gets a new record and starts again.
 //!
 //! Late events: an event of a sealed day re-opens its customer's day (`rollup_days_reopened`),
-//! whose weighted hours readers then take from the samples, like its day-grain rows. When the
-//! day grain writes a re-opened day again (`Store::compact_days`), the hours of every weighted
+//! whose weighted rows readers then take from the samples, like its day-grain rows. When the
+//! day grain writes a re-opened day again (`Store::compact_days`), the rows of every weighted
 //! meter covering that day are written again too, at a greater version, before its marks go.
-//! Readers keep each hour's row of the greatest version.
+//! Readers keep each span's row of the greatest version.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -46,14 +46,14 @@ pub type FullGroup = (Vec<String>, Vec<String>);
 
 /// One customer's series' state over one UTC hour or day.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WeightedHour {
+pub struct WeightedSpan {
     pub customer: String,
     pub series: Vec<String>,
     pub state: SpanState<FullGroup>,
 }
 
 #[derive(Row, Serialize, Deserialize)]
-struct HourRow {
+struct SpanRow {
     tenant: String,
     meter: String,
     customer: String,
@@ -148,17 +148,15 @@ pub fn day_samples_statement(
         .arg(&meter.tenant)
         .push(" AND meter = ")
         .arg(&meter.meter)
-        .push(" AND ts >= toDateTime(")
-        .arg(from_s)
-        .push(") AND ts < toDateTime(")
-        .arg(from_s + span_s)
-        .push(") AND ts_ms >= ")
+        .push(" AND ")
+        .append(queries::times("ts", from_s, from_s + span_s))
+        .push(" AND ts_ms >= ")
         .arg(i64::from(from_s) * 1000)
         .push(" AND ts_ms < ")
         .arg(i64::from(from_s + span_s) * 1000);
     if !customers.is_empty() {
         sql.push(" AND customer IN (")
-            .join(customers.iter().map(|c| one(c)), ", ")
+            .list(customers.iter().copied())
             .push(")");
     }
     sql.push(" ORDER BY customer, series, ts_ms, event_id");
@@ -171,23 +169,13 @@ fn newest_version(meter: &WeightedMeter, day_s: u32, customers: &[&str]) -> Sql 
     sql.arg(&meter.tenant);
     if !customers.is_empty() {
         sql.push(" AND customer IN (")
-            .join(customers.iter().map(|c| one(c)), ", ")
+            .list(customers.iter().copied())
             .push(")");
     }
     sql.push(" AND meter = ")
         .arg(&meter.meter)
-        .push(" AND bucket >= toDateTime(")
-        .arg(day_s)
-        .push(") AND bucket < toDateTime(")
-        .arg(day_s + DAY_S)
-        .push(")");
-    sql
-}
-
-/// One bound value.
-fn one(value: &str) -> Sql {
-    let mut sql = Sql::new("");
-    sql.arg(value);
+        .push(" AND ")
+        .append(queries::times("bucket", day_s, day_s + DAY_S));
     sql
 }
 
@@ -197,7 +185,7 @@ pub type Ranges<'a> = &'a [(i64, i64)];
 /// The spans of one customer's (or every customer's) series of a weighted meter: whole UTC
 /// days in `days`, whole hours in `hours` (epoch ms ranges), ordered by customer, series and
 /// time, the newest version first.
-pub fn hours_statement(
+pub fn spans_statement(
     (tenant, customer, meter): (&str, Option<&str>, &str),
     series_keys: &[String],
     (days, hours): (Ranges<'_>, Ranges<'_>),
@@ -216,16 +204,11 @@ pub fn hours_statement(
         .filter(|(_, ranges)| !ranges.is_empty())
         .map(|(span_s, ranges)| {
             let mut spans = Sql::new("span_s = ");
+            let seconds = |ms: i64| u32::try_from(ms.div_euclid(1000)).unwrap_or(u32::MAX);
             spans.arg(span_s).push(" AND (").join(
-                ranges.iter().map(|&(from, to)| {
-                    let mut range = Sql::new("bucket >= toDateTime(");
-                    range
-                        .arg(from.div_euclid(1000))
-                        .push(") AND bucket < toDateTime(")
-                        .arg(to.div_euclid(1000))
-                        .push(")");
-                    range
-                }),
+                ranges
+                    .iter()
+                    .map(|&(from, to)| queries::times("bucket", seconds(from), seconds(to))),
                 " OR ",
             );
             spans.push(")");
@@ -241,8 +224,8 @@ pub fn hours_statement(
     sql
 }
 
-impl HourRow {
-    fn into_hour(self) -> Result<WeightedHour, StoreError> {
+impl SpanRow {
+    fn into_span(self) -> Result<WeightedSpan, StoreError> {
         let start_ms = i64::from(self.bucket) * 1000;
         let parts = self
             .part_keys
@@ -251,7 +234,7 @@ impl HourRow {
             .zip(self.part_value_ms.iter().zip(self.part_samples))
             .map(|(group, (value_ms, samples))| Ok((group, parse_value(value_ms)?, samples)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(WeightedHour {
+        Ok(WeightedSpan {
             customer: self.customer,
             series: self.series,
             state: SpanState {
@@ -303,19 +286,16 @@ impl KnownRecords {
         known.get(&(tenant.to_owned(), meter.to_owned())).cloned()
     }
 
-    fn forget(&self, tenant: &str, meter: &str) {
-        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        known.remove(&(tenant.to_owned(), meter.to_owned()));
-    }
-
-    /// Keeps `record` unless a newer one is kept already (another read's, read later).
-    fn set(&self, tenant: &str, meter: &str, record: Option<Coverage>) {
+    /// Keeps `record`: unless a newer one is kept already (another read's, read later), or
+    /// whatever is kept when `confirmed` (the record a confirmation just read is the newest).
+    fn set(&self, (tenant, meter): (&str, &str), record: Option<Coverage>, confirmed: bool) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let newest = |r: &Option<Coverage>| r.as_ref().map_or(0, |r| r.newest);
         let key = (tenant.to_owned(), meter.to_owned());
-        if known
-            .get(&key)
-            .is_none_or(|kept| newest(kept) <= newest(&record))
+        if confirmed
+            || known
+                .get(&key)
+                .is_none_or(|kept| newest(kept) <= newest(&record))
         {
             known.insert(key, record);
         }
@@ -331,28 +311,19 @@ pub struct GrainHours {
     confirm: Option<u64>,
 }
 
-/// The newest version of a meter's record (0 without one).
-fn record_version(tenant: &str, meter: &str) -> Sql {
-    let mut sql = Sql::new("SELECT max(version) FROM weighted_grain WHERE tenant = ");
-    sql.arg(tenant).push(" AND meter = ").arg(meter);
-    sql
-}
-
 impl Store {
     /// What a read of `[from_ms, to_ms)` of a weighted meter may take from the grain: whole
     /// hours (epoch ms ranges) of days covered for `series_keys`, sealed and not re-opened for
     /// the customer (any customer's, for a read of all). The meter's record is the one last
-    /// read when this process has one and `fresh` is not asked, else read now; either way the
-    /// read confirms it ([`Store::weighted_grain_holds`]).
+    /// read when this process has one, else read now; either way the read confirms it
+    /// ([`Store::weighted_grain_holds`]).
     pub async fn weighted_grain_hours(
         &self,
         (tenant, customer, meter): (&str, Option<&str>, &str),
         series_keys: &[String],
         (from_ms, to_ms): (i64, i64),
-        fresh: bool,
     ) -> Result<GrainHours, StoreError> {
-        let known = self.days.weighted.get(tenant, meter).filter(|_| !fresh);
-        let (record, parts) = match known {
+        let (record, parts) = match self.days.weighted.get(tenant, meter) {
             Some(record) => {
                 let parts = self.day_parts(tenant, customer, (from_ms, to_ms)).await?;
                 (record, parts)
@@ -365,7 +336,9 @@ impl Store {
                     self.day_parts(tenant, customer, (from_ms, to_ms)),
                 )?;
                 let record = records.into_iter().next();
-                self.days.weighted.set(tenant, meter, record.clone());
+                self.days
+                    .weighted
+                    .set((tenant, meter), record.clone(), false);
                 (record, parts)
             }
         };
@@ -381,8 +354,8 @@ impl Store {
         Ok(GrainHours { ranges, confirm })
     }
 
-    /// Whether the meter's record `hours` were chosen by is still its newest; if not, it is
-    /// forgotten, and the read starts again (with the record read anew).
+    /// Whether the meter's record `hours` were chosen by is still its newest; if not, the
+    /// newest (just read) is kept in its place, and the read starts again with it.
     pub async fn weighted_grain_holds(
         &self,
         (tenant, meter): (&str, &str),
@@ -391,34 +364,38 @@ impl Store {
         let Some(version) = hours.confirm else {
             return Ok(true);
         };
-        let newest: Vec<u64> = self.read_rows(&record_version(tenant, meter)).await?;
-        if newest.first() == Some(&version) {
+        let statement = coverage_statement(Some((tenant, meter)));
+        let record = self
+            .read_rows::<Coverage>(&statement)
+            .await?
+            .into_iter()
+            .next();
+        if record.as_ref().map_or(0, |r| r.newest) == version {
             return Ok(true);
         }
-        self.days.weighted.forget(tenant, meter);
+        self.days.weighted.set((tenant, meter), record, true);
         Ok(false)
     }
 
-    /// Runs [`hours_statement`] within the request's read budget: one row per customer's
-    /// series and hour, the newest version.
-    pub async fn weighted_hours(&self, statement: &Sql) -> Result<Vec<WeightedHour>, StoreError> {
-        let rows: Vec<HourRow> = self.read_rows(statement).await?;
-        let mut hours: Vec<WeightedHour> = Vec::with_capacity(rows.len());
-        let mut last: Option<(String, Vec<String>, u32, u32)> = None;
+    /// Runs [`spans_statement`] within the request's read budget: one row per customer's
+    /// series and span, the newest version.
+    pub async fn weighted_spans(&self, statement: &Sql) -> Result<Vec<WeightedSpan>, StoreError> {
+        let rows: Vec<SpanRow> = self.read_rows(statement).await?;
+        let mut spans: Vec<WeightedSpan> = Vec::with_capacity(rows.len());
         for row in rows {
-            let key = (
-                row.customer.clone(),
-                row.series.clone(),
-                row.bucket,
-                row.span_s,
-            );
-            if last.as_ref() == Some(&key) {
-                continue;
+            // Rows of a span come newest first: the first is kept.
+            let start_ms = i64::from(row.bucket) * 1000;
+            let end_ms = start_ms + i64::from(row.span_s) * 1000;
+            let seen = spans.last().is_some_and(|h| {
+                (h.state.start_ms, h.state.end_ms) == (start_ms, end_ms)
+                    && h.customer == row.customer
+                    && h.series == row.series
+            });
+            if !seen {
+                spans.push(row.into_span()?);
             }
-            last = Some(key);
-            hours.push(row.into_hour()?);
         }
-        Ok(hours)
+        Ok(spans)
     }
 
     /// One round of the weighted grain's maintenance: a record for each meter of `meters`
@@ -468,7 +445,7 @@ impl Store {
         let mut written = 0;
         for walk in &mut walks {
             while !walk.stuck && walk.until < sealed && written < max_days {
-                if self.walk_to(&client, walk, walk.until, version).await? {
+                if self.walk_to(&client, walk, walk.until, version).await {
                     walk.until += DAY_S;
                     written += 1;
                     walk.record(&client).await?;
@@ -484,7 +461,7 @@ impl Store {
                 }
                 if self
                     .walk_to(&client, walk, walk.since - DAY_S, version)
-                    .await?
+                    .await
                 {
                     walk.since -= DAY_S;
                     written += 1;
@@ -506,22 +483,20 @@ impl Store {
         walk: &mut Walk<'_>,
         day_s: u32,
         version: u64,
-    ) -> Result<bool, StoreError> {
-        match self
+    ) -> bool {
+        let written = self
             .write_day(client, walk.meter, day_s, &[], version)
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                tracing::warn!(error = %e, tenant = %walk.meter.tenant, meter = %walk.meter.meter,
-                    day_s, "a weighted meter's day cannot be written; its older days are read from samples");
-                walk.stuck = true;
-                Ok(false)
-            }
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, tenant = %walk.meter.tenant, meter = %walk.meter.meter,
+                day_s, "a weighted meter's day cannot be written; its older days are read from samples");
+            walk.stuck = true;
+            return false;
         }
+        true
     }
 
-    /// Writes again, at `version` or later, the weighted hours of the customers' days `days`
+    /// Writes again, at `version` or later, the weighted rows of the customers' days `days`
     /// for every meter whose record covers them (the day grain is writing those days again).
     /// A meter whose day cannot be written no longer covers it, nor the days before it.
     pub(super) async fn reseal_weighted(
@@ -569,7 +544,7 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the hours of the UTC day `day_s` of `meter` (of `customers`, or all) from its
+    /// Writes the rows of the UTC day `day_s` of `meter` (of `customers`, or all) from its
     /// samples, at `version` or, should rows of that day have one as great, past theirs.
     async fn write_day(
         &self,
@@ -589,52 +564,60 @@ impl Store {
         let mut cursor = day_samples_statement(meter, day_s, DAY_S, customers)
             .query(self.client())
             .fetch::<DaySample>()?;
-        let mut insert = client.insert::<HourRow>("usage_weighted_hour").await?;
-        // The day's samples of the series being gathered, and whose they are.
-        let mut key: Option<(String, Vec<String>)> = None;
+        let mut insert = client.insert::<SpanRow>("usage_weighted_hour").await?;
+        // The series being gathered (customer, values) and its samples of the day.
+        let mut series: Option<(String, Vec<String>)> = None;
         let mut samples: Vec<(i64, Decimal, FullGroup)> = Vec::new();
-        let mut rows = 0u64;
+        let mut rows = 0;
         loop {
             let next = cursor.next().await?;
-            let next_key = next
-                .as_ref()
-                .map(|s| (s.customer.clone(), s.series.clone()));
-            if key != next_key
-                && let Some((customer, series)) = key.take()
-            {
-                let day = i64::from(day_s) * 1000;
-                let hours =
-                    samples.chunk_by(|a, b| a.0.div_euclid(HOUR_MS) == b.0.div_euclid(HOUR_MS));
-                let spans = hours
-                    .map(|hour| {
-                        let start = hour[0].0.div_euclid(HOUR_MS) * HOUR_MS;
-                        (hour, (start, start + HOUR_MS))
-                    })
-                    .chain([(&samples[..], (day, day + i64::from(DAY_S) * 1000))]);
-                for (inside, span) in spans {
-                    let state = span_state(inside, span)
-                        .map_err(|e| StoreError::Rejected(format!("weighted span: {e}")))?;
-                    if let Some(state) = state {
-                        let row =
-                            span_row(meter, (customer.clone(), series.clone()), state, version);
-                        insert.write(&row).await?;
-                        rows += 1;
-                    }
-                }
+            let ended = |(customer, values): &mut (String, Vec<String>)| {
+                next.as_ref()
+                    .is_none_or(|n| *customer != n.customer || *values != n.series)
+            };
+            if let Some(done) = series.take_if(ended) {
+                rows += write_series(&mut insert, (meter, done), &samples, day_s, version).await?;
                 samples.clear();
             }
             let Some(sample) = next else { break };
-            key = next_key;
-            samples.push((
-                sample.ts_ms,
-                parse_value(&sample.value)?,
-                (sample.group_keys, sample.group_values),
-            ));
+            let group = (sample.group_keys, sample.group_values);
+            samples.push((sample.ts_ms, parse_value(&sample.value)?, group));
+            series.get_or_insert((sample.customer, sample.series));
         }
         insert.end().await?;
-        tracing::debug!(meter = %meter.meter, day_s, rows, "weighted hours written");
+        tracing::debug!(meter = %meter.meter, day_s, rows, "weighted rows written");
         Ok(())
     }
+}
+
+/// Writes the rows of one customer's series' day from its `samples` (in time order): one per
+/// hour with samples, and one for the day; returns how many.
+async fn write_series(
+    insert: &mut clickhouse::insert::Insert<SpanRow>,
+    (meter, (customer, series)): (&WeightedMeter, (String, Vec<String>)),
+    samples: &[(i64, Decimal, FullGroup)],
+    day_s: u32,
+    version: u64,
+) -> Result<u64, StoreError> {
+    let day = i64::from(day_s) * 1000;
+    let hours = samples.chunk_by(|a, b| a.0.div_euclid(HOUR_MS) == b.0.div_euclid(HOUR_MS));
+    let spans = hours
+        .map(|hour| {
+            let start = hour[0].0.div_euclid(HOUR_MS) * HOUR_MS;
+            (hour, (start, start + HOUR_MS))
+        })
+        .chain([(samples, (day, day + i64::from(DAY_S) * 1000))]);
+    let mut rows = 0;
+    for (inside, span) in spans {
+        let state = span_state(inside, span)
+            .map_err(|e| StoreError::Rejected(format!("weighted span: {e}")))?;
+        if let Some(state) = state {
+            let row = span_row(meter, (customer.clone(), series.clone()), state, version);
+            insert.write(&row).await?;
+            rows += 1;
+        }
+    }
+    Ok(rows)
 }
 
 /// A meter's coverage as one round moves it, and the version its next record takes.
@@ -678,8 +661,8 @@ fn span_row(
     (customer, series): (String, Vec<String>),
     state: SpanState<FullGroup>,
     version: u64,
-) -> HourRow {
-    let mut row = HourRow {
+) -> SpanRow {
+    let mut row = SpanRow {
         tenant: meter.tenant.clone(),
         meter: meter.meter.clone(),
         customer,
@@ -734,7 +717,7 @@ mod tests {
     fn the_hours_of_a_meter_without_series_keys_are_read_by_an_empty_array() {
         let days = [(0, 86_400_000)];
         let hours = [(86_400_000, 90_000_000)];
-        let sql = hours_statement(("t", Some("c"), "m"), &[], (&days, &hours)).render();
+        let sql = spans_statement(("t", Some("c"), "m"), &[], (&days, &hours)).render();
         assert!(
             sql.contains(
                 "AND empty(series_keys) AND (span_s = 86400 AND (bucket >= toDateTime(0) AND \

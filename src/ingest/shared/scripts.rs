@@ -15,10 +15,9 @@
 /// Lua shared by the scripts: `generations(prefix, span)` gives the three live generations'
 /// keys (newest first) and the one that fell out of use, never older than the newest used so
 /// far (`gmax:{span}`: a clock stepped back does not hide the generations written before), and
-/// the newest's number;
-/// `holders(gens, first)` looks up
-/// `ARGV[first..]` and gives, per id (from 1), its holder and the generation (index in `gens`)
-/// that holds it; `put(gens, old, span, pairs)` writes field/value `pairs` into the newest;
+/// the newest's number; `holders(gens, first)` looks up `ARGV[first..]` and gives, per id
+/// (from 1), its holder and the generation (index in `gens`) that holds it;
+/// `put(gens, old, span, pairs)` writes field/value `pairs` into the newest;
 /// `accept_free(prefix, span, first)` records `ARGV[first..]` as accepted (`d`) where no batch
 /// holds them.
 macro_rules! lua_generations {
