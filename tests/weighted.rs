@@ -89,10 +89,11 @@ fn charge<'a>(report: &'a Value, price: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no charge {price}: {report}"))
 }
 
-/// A price of 0.10 per GB-unit, per region.
-fn by_region() -> Value {
-    json!({"code": "by_region", "type": "usage", "meter": "storage", "model": "per_unit",
-           "unit_amount": "0.10", "group_by": ["region"]})
+/// Plan `store` (monthly, USD): 0.10 per GB-unit per region (`by_region`), and `other`.
+fn store_plan(other: Value) -> Value {
+    json!({"code": "store", "name": "Store", "currency": "USD", "interval": "month",
+           "prices": [{"code": "by_region", "type": "usage", "meter": "storage", "model": "per_unit",
+                       "unit_amount": "0.10", "group_by": ["region"]}, other]})
 }
 
 async fn storage_catalog(app: &TestApp, unit: &str, customer: Value, plan: Value) {
@@ -120,11 +121,11 @@ async fn a_window_bills_the_value_in_force_cut_at_its_edges_per_group() {
         &app,
         "hour",
         json!({"external_id": "c1"}),
-        json!({"code": "store", "name": "Store", "currency": "USD", "interval": "month",
-               "prices": [by_region(),
-                 {"code": "total", "type": "usage", "meter": "storage", "model": "graduated",
-                  "tiers": [{"up_to": "10", "unit_amount": "0", "flat_amount": "0"},
-                            {"up_to": null, "unit_amount": "0.02", "flat_amount": "0"}]}]}),
+        store_plan(
+            json!({"code": "total", "type": "usage", "meter": "storage", "model": "graduated",
+                          "tiers": [{"up_to": "10", "unit_amount": "0", "flat_amount": "0"},
+                                    {"up_to": null, "unit_amount": "0.02", "flat_amount": "0"}]}),
+        ),
     )
     .await;
     post(
@@ -521,10 +522,10 @@ async fn sealed_days_are_read_from_the_weighted_grain_exactly_and_late_events_re
         &app,
         "hour",
         json!({"external_id": "c1"}),
-        json!({"code": "store", "name": "Store", "currency": "USD", "interval": "month",
-               "prices": [by_region(),
-                 {"code": "by_tier", "type": "usage", "meter": "storage", "model": "per_unit",
-                  "unit_amount": "0.01", "group_by": ["tier"]}]}),
+        store_plan(
+            json!({"code": "by_tier", "type": "usage", "meter": "storage", "model": "per_unit",
+                          "unit_amount": "0.01", "group_by": ["tier"]}),
+        ),
     )
     .await;
     // Six whole UTC days before today, and a value of each region carried in before them.
