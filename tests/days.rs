@@ -11,8 +11,9 @@ use common::{get_json, post_ok, spawn_with, test_config};
 use meterhouse::domain::Aggregation;
 use meterhouse::readmodel::window::{self, DAY_MS, HOUR_MS};
 use meterhouse::readmodel::{UsageQuery, UsageReader};
+use meterhouse::store::combined_sql::combined_statement;
 use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
-use meterhouse::store::usage_sql::{GroupUsage, Part, Scope, usage_statement};
+use meterhouse::store::usage_sql::{GroupUsage, MeterGroupUsage, Part, Scope, usage_statement};
 use meterhouse::store::{Compacted, Store};
 use serde_json::json;
 
@@ -91,6 +92,41 @@ async fn assert_same(store: &Store, windows: &[(i64, i64)]) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// A subscription's read of all three meters at once (one statement: the day grain, the hour
+/// rollup and the samples, the distinct counts' rows read apart from the others') gives what
+/// the hours and samples alone give.
+async fn assert_same_combined(store: &Store, windows: &[(i64, i64)]) {
+    let meters: Vec<(&str, Aggregation)> = METERS.iter().map(|&(m, a, _)| (m, a)).collect();
+    let sorted = |mut rows: Vec<MeterGroupUsage>| {
+        rows.sort_by(|a, b| (&a.meter, &a.values).cmp(&(&b.meter, &b.values)));
+        rows
+    };
+    for &window in windows {
+        for customer in ["c1", "c2"] {
+            let got = UsageReader::uncached(store.clone())
+                .of_customers("acme", &[(customer, window)], &meters)
+                .await
+                .unwrap()
+                .expect("no hour is marked for repair")
+                .remove(customer)
+                .unwrap_or_default();
+            let parts = window::split(window.0, window.1, true);
+            let want = store
+                .usage_of_meters(&combined_statement("acme", customer, &parts, &meters), true)
+                .await
+                .unwrap()
+                .remove(customer)
+                .unwrap_or_default();
+            assert!(!want.is_empty(), "{customer} over {window:?}");
+            assert_eq!(
+                sorted(got),
+                sorted(want),
+                "{customer} over {window:?}, all meters"
+            );
         }
     }
 }
@@ -248,6 +284,7 @@ async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_
             .contains(&Part::Days(base, sealed_end))
     );
     assert_same(&store, &windows).await;
+    assert_same_combined(&store, &windows).await;
     let day2 = with_grain(&store, "v", Aggregation::Sum, "c1", windows[2], &[]).await;
     assert_eq!(day2[0].value.to_string(), "1063.75");
 
@@ -271,6 +308,7 @@ async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_
             .contains(&Part::Days(base, sealed_end))
     );
     assert_same(&store, &windows).await;
+    assert_same_combined(&store, &windows).await;
 
     // An hour marked for repair in a sealed day is read from samples, its day by the hour.
     store

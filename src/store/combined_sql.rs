@@ -14,15 +14,57 @@ use crate::domain::Aggregation;
 /// The meters of a combined read, each with its aggregation.
 pub type Meters<'a> = [(&'a str, Aggregation)];
 
-/// `states` of the aggregations of `meters` that keep one, each once, in order: `, sum_value`
-/// (the rollup's columns) or `, sumState(value) AS sum_value` (built from samples).
-pub(super) fn state_columns(meters: &Meters<'_>, from_samples: bool) -> String {
+/// `, sumState(value) AS sum_value` and the like: the state of each aggregation of `meters`
+/// that keeps one, each once, in order, built from samples.
+fn sample_state_columns(meters: &Meters<'_>) -> String {
     state_aggregations(meters)
         .into_iter()
         .filter_map(States::of)
-        .map(|s| match from_samples {
-            false => format!(", {}", s.column),
-            true => format!(", {} AS {}", s.from_samples, s.column),
+        .map(|s| format!(", {} AS {}", s.from_samples, s.column))
+        .collect()
+}
+
+/// One read of the rollups' rows within a combined read: the meters whose rows it takes, and
+/// its state columns (`, sum_value, distinct_values`), those of every aggregation of the read.
+struct RollupRead<'a> {
+    slugs: Vec<&'a str>,
+    columns: String,
+}
+
+/// The reads of the rollups' rows of `meters`. A state that grows with what it holds (a
+/// distinct count's set of values) is costly to decode, and ClickHouse decodes a column for
+/// every row of each granule a read touches: a read of one customer's counts would decode the
+/// sets of whichever rows share its granules, another customer's heavy distinct counts
+/// included (the rows before and after it in the tables' key order). So when distinct counts
+/// sit beside other aggregations, the other meters' rows are read apart, with an empty set in
+/// that column, and the distinct counts' rows apart, with theirs.
+fn rollup_reads<'a>(meters: &Meters<'a>) -> Vec<RollupRead<'a>> {
+    let costly = |a: Aggregation| States::of(a).is_some_and(|s| s.empty.is_some());
+    let (sets, rest): (Vec<_>, Vec<_>) = meters.iter().partition(|(_, a)| costly(*a));
+    let reads = if sets.is_empty() || rest.is_empty() {
+        vec![meters.to_vec()]
+    } else {
+        vec![rest, sets]
+    };
+    reads
+        .into_iter()
+        .map(|read| {
+            let needs = |column: &str| {
+                read.iter()
+                    .any(|&(_, a)| States::of(a).is_some_and(|s| s.column == column))
+            };
+            let columns = state_aggregations(meters)
+                .into_iter()
+                .filter_map(States::of)
+                .map(|s| match s.empty {
+                    Some(empty) if !needs(s.column) => format!(", {empty} AS {}", s.column),
+                    _ => format!(", {}", s.column),
+                })
+                .collect();
+            RollupRead {
+                slugs: read.iter().map(|(slug, _)| *slug).collect(),
+                columns,
+            }
         })
         .collect()
 }
@@ -83,16 +125,17 @@ pub(super) fn combined_of_parts(
     meters: &Meters<'_>,
     as_of_ms: Option<i64>,
 ) -> Sql {
-    let scope = || {
+    let scope = |slugs: &[&str]| {
         let mut sql = Sql::new("tenant = ");
         sql.arg(tenant)
             .push(" AND customer = ")
             .arg(customer)
             .push(" AND meter IN (")
-            .list(meters.iter().map(|(slug, _)| *slug))
+            .list(slugs.iter().copied())
             .push(")");
         sql
     };
+    let all: Vec<&str> = meters.iter().map(|(slug, _)| *slug).collect();
     let ranges_of = |wanted: fn(&Part) -> Option<(i64, i64)>| -> Vec<(i64, i64)> {
         parts.iter().filter_map(wanted).collect()
     };
@@ -109,6 +152,7 @@ pub(super) fn combined_of_parts(
         _ => None,
     });
     let mut selects = Vec::new();
+    let reads = rollup_reads(meters);
     for (table, ranges) in [
         ("usage_rollup_day FINAL", &days),
         ("usage_rollup_hour", &hours),
@@ -116,31 +160,33 @@ pub(super) fn combined_of_parts(
         if ranges.is_empty() {
             continue;
         }
-        let mut sql = Sql::new("SELECT customer, meter, group_keys, group_values, samples");
-        sql.push(&state_columns(meters, false))
-            .push(" FROM ")
-            .push(table)
-            .push(" PREWHERE ")
-            .append(scope())
-            .push(" AND (");
-        let ranges = ranges.iter().map(|&(a, b)| {
-            let mut range = Sql::new("bucket >= toDateTime(");
-            range
-                .arg(a / 1000)
-                .push(") AND bucket < toDateTime(")
-                .arg(b / 1000)
-                .push(")");
-            range
-        });
-        sql.join(ranges, " OR ").push(")");
-        selects.push(sql);
+        for read in &reads {
+            let mut sql = Sql::new("SELECT customer, meter, group_keys, group_values, samples");
+            sql.push(&read.columns)
+                .push(" FROM ")
+                .push(table)
+                .push(" PREWHERE ")
+                .append(scope(&read.slugs))
+                .push(" AND (");
+            let ranges = ranges.iter().map(|&(a, b)| {
+                let mut range = Sql::new("bucket >= toDateTime(");
+                range
+                    .arg(a / 1000)
+                    .push(") AND bucket < toDateTime(")
+                    .arg(b / 1000)
+                    .push(")");
+                range
+            });
+            sql.join(ranges, " OR ").push(")");
+            selects.push(sql);
+        }
     }
     if !edges.is_empty() {
         let mut sql =
             Sql::new("SELECT customer, meter, group_keys, group_values, countState() AS samples");
-        sql.push(&state_columns(meters, true))
+        sql.push(&sample_state_columns(meters))
             .push(" FROM usage_samples PREWHERE ")
-            .append(scope())
+            .append(scope(&all))
             .push(" AND (");
         let ranges = edges.iter().map(|&(a, b)| {
             let mut range = Sql::new("(ts_ms >= ");
@@ -200,11 +246,11 @@ impl<'a> Windows<'a> {
 /// the windows' overall span, then each row is kept by its own customer's bounds, looked up
 /// with `transform` (a condition per customer would be evaluated per row).
 pub fn customers_statement(tenant: &str, windows: &Windows<'_>, meters: &Meters<'_>) -> Sql {
-    let scope = |(from, to): (i64, i64), column: &str| {
+    let scope = |slugs: &[&str], (from, to): (i64, i64), column: &str| {
         let mut sql = Sql::new("tenant = ");
         sql.arg(tenant)
             .push(" AND meter IN (")
-            .list(meters.iter().map(|(slug, _)| *slug))
+            .list(slugs.iter().copied())
             .push(") AND customer IN (")
             .list(windows.customers.iter().copied())
             .push(") AND ")
@@ -233,21 +279,24 @@ pub fn customers_statement(tenant: &str, windows: &Windows<'_>, meters: &Meters<
     let seconds = |ms: &[i64]| ms.iter().map(|v| v / 1000).collect::<Vec<i64>>();
     let mut selects = Vec::new();
     if let Some((from, to)) = windows.hours() {
-        let mut sql = Sql::new("SELECT customer, meter, group_keys, group_values, samples");
-        sql.push(&state_columns(meters, false))
-            .push(" FROM usage_rollup_hour PREWHERE ")
-            .append(scope((from / 1000, to / 1000), "bucket"))
-            .push(" AND toUInt32(bucket) >= ")
-            .append(bound(&seconds(&windows.h0), "UInt32"))
-            .push(" AND toUInt32(bucket) < ")
-            .append(bound(&seconds(&windows.h1), "UInt32"));
-        selects.push(sql);
+        for read in rollup_reads(meters) {
+            let mut sql = Sql::new("SELECT customer, meter, group_keys, group_values, samples");
+            sql.push(&read.columns)
+                .push(" FROM usage_rollup_hour PREWHERE ")
+                .append(scope(&read.slugs, (from / 1000, to / 1000), "bucket"))
+                .push(" AND toUInt32(bucket) >= ")
+                .append(bound(&seconds(&windows.h0), "UInt32"))
+                .push(" AND toUInt32(bucket) < ")
+                .append(bound(&seconds(&windows.h1), "UInt32"));
+            selects.push(sql);
+        }
     }
+    let all: Vec<&str> = meters.iter().map(|(slug, _)| *slug).collect();
     let mut sql =
         Sql::new("SELECT customer, meter, group_keys, group_values, countState() AS samples");
-    sql.push(&state_columns(meters, true))
+    sql.push(&sample_state_columns(meters))
         .push(" FROM usage_samples PREWHERE ")
-        .append(scope(windows.span(), "ts_ms"))
+        .append(scope(&all, windows.span(), "ts_ms"))
         .push(" AND ts_ms >= ")
         .append(bound(&windows.from, "Int64"))
         .push(" AND ts_ms < ")

@@ -53,28 +53,39 @@ pub(super) struct States {
     pub(super) column: &'static str,
     pub(super) from_samples: &'static str,
     pub(super) merge: &'static str,
+    /// An empty state of the column, for a state whose size grows with what it holds (a set
+    /// of distinct values): a read of several meters' rows leaves the column out of the rows
+    /// of meters that do not need it (see `combined_sql::rollup_reads`).
+    pub(super) empty: Option<&'static str>,
 }
 
 impl States {
     pub(super) fn of(aggregation: Aggregation) -> Option<Self> {
-        let (column, from_samples, merge) = match aggregation {
+        let (column, from_samples, merge, empty) = match aggregation {
             // A weighted sum is integrated from the samples' times (`weighted_sql`): the other
             // reads count its events.
             Aggregation::Count | Aggregation::WeightedSum => return None,
-            Aggregation::Sum => ("sum_value", "sumState(value)", "sumMerge"),
-            Aggregation::Min => ("min_value", "minState(value)", "minMerge"),
-            Aggregation::Max => ("max_value", "maxState(value)", "maxMerge"),
+            Aggregation::Sum => ("sum_value", "sumState(value)", "sumMerge", None),
+            Aggregation::Min => ("min_value", "minState(value)", "minMerge", None),
+            Aggregation::Max => ("max_value", "maxState(value)", "maxMerge", None),
             Aggregation::UniqueCount => (
                 "distinct_values",
                 "uniqExactState(value_str)",
                 "uniqExactMerge",
+                Some("arrayReduce('uniqExactState', emptyArrayString())"),
             ),
-            Aggregation::Latest => ("latest_value", "argMaxState(value, ts_ms)", "argMaxMerge"),
+            Aggregation::Latest => (
+                "latest_value",
+                "argMaxState(value, ts_ms)",
+                "argMaxMerge",
+                None,
+            ),
         };
         Some(Self {
             column,
             from_samples,
             merge,
+            empty,
         })
     }
 }
