@@ -153,10 +153,9 @@ pub(super) fn combined_of_parts(
     });
     let mut selects = Vec::new();
     let reads = rollup_reads(meters);
-    for (table, ranges) in [
-        ("usage_rollup_day FINAL", &days),
-        ("usage_rollup_hour", &hours),
-    ] {
+    // Without FINAL, like the per-meter reads: a sealed day that readers take from the grain
+    // has one set of rows (`store::days` deletes a day's rows before writing it again).
+    for (table, ranges) in [("usage_rollup_day", &days), ("usage_rollup_hour", &hours)] {
         if ranges.is_empty() {
             continue;
         }

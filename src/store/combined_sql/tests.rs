@@ -85,7 +85,9 @@ fn branches_reading_sets(sql: &str) -> Vec<String> {
     sql.split("UNION ALL")
         .filter_map(|b| {
             let (columns, from) = b.rsplit_once("FROM usage_rollup")?;
-            let columns = columns.rsplit_once("SELECT customer").map_or(columns, |c| c.1);
+            let columns = columns
+                .rsplit_once("SELECT customer")
+                .map_or(columns, |c| c.1);
             if !columns.contains(", distinct_values") {
                 return None;
             }
@@ -119,7 +121,8 @@ fn distinct_counts_rows_are_read_apart_from_the_other_meters_rows() {
         "{one}"
     );
     assert_eq!(
-        one.matches("emptyArrayString()) AS distinct_values").count(),
+        one.matches("emptyArrayString()) AS distinct_values")
+            .count(),
         2
     );
     assert!(one.contains("meter IN ('calls', 'tokens', 'last')"));
