@@ -375,3 +375,121 @@ async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_
 fn urlencode(text: &str) -> String {
     text.replace('+', "%2B").replace(':', "%3A")
 }
+
+/// A customer whose window holds too many samples to be read from them alone, but few outside
+/// the day grain's whole days, is read from those days and its samples for the rest: the same
+/// answer as the rollups give, one part less. Which plan a read took shows in a count: samples
+/// written behind the rollups (no view took them) are seen only when the hours around them are
+/// read from samples.
+#[tokio::test]
+async fn a_denser_customers_ragged_window_takes_the_grains_days_and_samples_for_the_rest() {
+    let mut config = test_config("days_plan", &common::clickhouse_url());
+    config.rollup_maintenance_every_s = 0;
+    config.catalog = Some(common::backfill_catalog("catalog-days.json"));
+    let app = spawn_with(config, true).await;
+    for (slug, _, aggregation) in METERS {
+        let property = match slug {
+            "v" => "v",
+            "users" => "user",
+            _ => "load",
+        };
+        post_ok(
+            &app,
+            "/v1/meters",
+            json!({"slug": slug, "name": slug, "event_type": "measure",
+            "aggregation": aggregation, "value_property": property, "group_by": ["model"]}),
+        )
+        .await;
+    }
+    // An event an hour for six whole days before today (UTC), for c1 and c2.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let base = (now_ms / DAY_MS - 6) * DAY_MS;
+    let at = |h: i64| base + h * HOUR_MS + 60_000 * (h % 50) + 7;
+    let mut events = Vec::new();
+    for customer in ["c1", "c2"] {
+        for h in 0..6 * 24 {
+            events.push(json!({"id": format!("{customer}-{h}"), "customer": customer, "type": "measure",
+                "timestamp": at(h),
+                "properties": {"v": format!("{}.5", h % 13), "user": format!("u{}", h % 9),
+                               "load": format!("{}", 100 - h % 17), "model": if h % 3 == 0 { "a" } else { "b" }}}));
+        }
+    }
+    let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
+    assert_eq!(status, 202, "{ack}");
+    let store = app.store().await;
+    age_marks(&store).await;
+    let round = store
+        .compact_days(10, 1_000, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(round.sealed >= 4, "{round:?}");
+    // Two whole sealed days (2 and 3) between a day and a half of partial ones.
+    let window = (
+        base + DAY_MS + 7 * HOUR_MS + 13_000,
+        base + 4 * DAY_MS + 5 * HOUR_MS + 1_000,
+    );
+    let grain = store.day_parts("acme", Some("c1"), window).await.unwrap();
+    assert!(grain.sealed_until_ms >= base + 4 * DAY_MS, "{grain:?}");
+    // c1's samples behind the rollups, in a whole hour of a partial day.
+    store
+        .client()
+        .query(
+            "INSERT INTO usage_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
+             SELECT 'acme', 'v', 'c1', ['model'], ['a'], toInt64(?) + number, toDateTime(intDiv(toInt64(?) + number, 1000)), toDecimal128(1, 12), '', concat('behind-', toString(number)), toInt64(?), 77 FROM numbers(2)",
+        )
+        .bind(base + DAY_MS + 10 * HOUR_MS + 5)
+        .bind(base + DAY_MS + 10 * HOUR_MS + 5)
+        .bind(now_ms)
+        .execute()
+        .await
+        .unwrap();
+    let meters: Vec<(&str, Aggregation)> = METERS.iter().map(|&(m, a, _)| (m, a)).collect();
+    let meters = &meters[..];
+    let sorted = |mut rows: Vec<MeterGroupUsage>| {
+        rows.sort_by(|a, b| (&a.meter, &a.values).cmp(&(&b.meter, &b.values)));
+        rows
+    };
+    let events_of = |rows: &[MeterGroupUsage]| -> u64 {
+        rows.iter()
+            .filter(|r| r.meter == "v")
+            .map(|r| r.count)
+            .sum()
+    };
+    // About 70 events in the window (a sample of each meter each), 22 outside its two whole
+    // days: with reads of at most 3 x 40 samples alone, not light as a whole, light outside
+    // the grain's days.
+    let reader = UsageReader::uncached(store.clone()).with_light_read_samples(3 * 40);
+    let read = |reader: UsageReader, customer: &'static str| async move {
+        sorted(
+            reader
+                .of_meters_from_store("acme", customer, window, meters)
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+    };
+    let in_window = (0..6 * 24)
+        .filter(|&h| (window.0..window.1).contains(&at(h)))
+        .count() as u64;
+    let first = read(reader.clone(), "c1").await;
+    assert_eq!(
+        events_of(&first),
+        in_window,
+        "unknown customer: the rollups, blind to c1's samples behind"
+    );
+    let second = read(reader.clone(), "c1").await;
+    assert_eq!(
+        events_of(&second),
+        in_window + 2,
+        "the hours outside the grain's days from samples"
+    );
+    // c2 has none behind: both plans give the same answer, every aggregation and group.
+    let rollups = read(reader.clone(), "c2").await;
+    let planned = read(reader.clone(), "c2").await;
+    assert_eq!(planned, rollups);
+    // A bound under what lies outside the days: the rollups again.
+    let strict = UsageReader::uncached(store.clone()).with_light_read_samples(3 * 15);
+    assert_eq!(events_of(&read(strict.clone(), "c1").await), in_window);
+    assert_eq!(events_of(&read(strict, "c1").await), in_window);
+    app.shutdown().await;
+}

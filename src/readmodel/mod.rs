@@ -32,7 +32,7 @@ use crate::domain::Aggregation;
 use crate::store::as_of_sql::{LateWindow, as_of_statement, late_events_statement};
 use crate::store::combined_sql::{Meters, combined_statement, customers_statement};
 use crate::store::series_sql::{SeriesPoint, SeriesQuery, series_statement};
-use crate::store::usage_sql::{GroupUsage, MeterGroupUsage, Scope, usage_statement};
+use crate::store::usage_sql::{GroupUsage, MeterGroupUsage, Part, Scope, usage_statement};
 use crate::store::{Store, StoreError};
 use cache::{AnswerKey, UsageCache};
 
@@ -231,28 +231,35 @@ impl UsageReader {
         // A light customer's ragged window from its samples alone (`plan`), judged and learnt
         // over the window's past. Only where the rollups' statement would read ragged edges
         // beside the hours: a window of whole hours is one part either way, with fewer rows.
+        // A denser one's from the day grain's whole days and its samples for the rest, when
+        // the rest is light.
         let reads = plan::Reads::of(tenant, customer, meters.iter().map(|(m, _)| *m));
-        let past = (
-            bounds.0,
-            bounds.1.min(chrono::Utc::now().timestamp_millis()),
-        );
+        let now = chrono::Utc::now().timestamp_millis();
+        let past = (bounds.0, bounds.1.min(now));
         let ragged = window::split(bounds.0, bounds.1, true).len() > 1;
-        if ragged && !meters.is_empty() && self.densities.light(&reads, past) {
+        if ragged && !meters.is_empty() {
             let store = self.store.for_customer(tenant, customer);
-            let parts = window::split(bounds.0, bounds.1, false);
-            let statement = combined_statement(tenant, customer, &parts, meters);
-            match store.usage_of_meters(&statement, true).await {
-                Ok(mut usage) => {
-                    let rows = usage.remove(customer).unwrap_or_default();
-                    self.densities.learn(&reads, past, &rows);
-                    return Ok(Some(rows));
+            let parts = if self.densities.light(&reads, past) {
+                Some(window::split(bounds.0, bounds.1, false))
+            } else {
+                self.days_and_samples(&store, (tenant, customer), bounds, &reads, now)
+                    .await?
+            };
+            if let Some(parts) = parts {
+                let statement = combined_statement(tenant, customer, &parts, meters);
+                match store.usage_of_meters(&statement, true).await {
+                    Ok(mut usage) => {
+                        let rows = usage.remove(customer).unwrap_or_default();
+                        self.densities.learn(&reads, past, &rows);
+                        return Ok(Some(rows));
+                    }
+                    // Denser than its last read said: the rollups, which will teach it again.
+                    Err(StoreError::OverBudget(e)) => {
+                        tracing::debug!(tenant, customer, error = %e, "samples over the read budget; reading the rollups");
+                        self.densities.forget(&reads);
+                    }
+                    Err(e) => return Err(e),
                 }
-                // Denser than its last read said: the rollups, which will teach it again.
-                Err(StoreError::OverBudget(e)) => {
-                    tracing::debug!(tenant, customer, error = %e, "samples over the read budget; reading the rollups");
-                    self.densities.forget(&reads);
-                }
-                Err(e) => return Err(e),
             }
         }
         let usage = self
@@ -263,6 +270,33 @@ impl UsageReader {
             self.densities.learn(&reads, past, rows);
         }
         Ok(rows)
+    }
+
+    /// The parts of a customer's window read as the day grain's whole days and samples for the
+    /// rest (`window::days_and_samples`), when the rest is expected to hold few samples
+    /// (`plan`); `None` otherwise, when the grain holds none of its days, or while some hour
+    /// may be marked for repair (the rollups' reads take those apart).
+    async fn days_and_samples(
+        &self,
+        store: &Store,
+        (tenant, customer): (&str, &str),
+        bounds: (i64, i64),
+        reads: &plan::Reads,
+        now: i64,
+    ) -> Result<Option<Vec<Part>>, StoreError> {
+        // Not even an hour of its samples is light: no window of it past a day is.
+        if !self.densities.light(reads, (0, window::HOUR_MS))
+            || store.may_have_dirty_hours().await?
+        {
+            return Ok(None);
+        }
+        let grain = store.day_parts(tenant, Some(customer), bounds).await?;
+        let parts = window::with_days(window::split(bounds.0, bounds.1, true), &grain);
+        let light = parts.iter().any(|p| matches!(p, Part::Days(..)))
+            && self
+                .densities
+                .light(reads, (0, window::beyond_days(&parts, now)));
+        Ok(light.then(|| window::days_and_samples(parts)))
     }
 
     /// [`UsageReader::of_meters_from_store`] of several customers of a tenant, each over its

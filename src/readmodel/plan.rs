@@ -4,9 +4,11 @@
 //! window's edges, hours and days (a window of whole hours is one part of the rollups, which
 //! are then read). A customer's density over a set of meters is learnt from its last read of
 //! an hour or more that found usage (every read returns each group's event count), over the
-//! window's past, so the first such read of a customer after start takes the rollups. Both
-//! plans give the same answer (for a latest value, one of those at the latest instant, as
-//! either gives): this only chooses the cheaper.
+//! window's past, so the first such read of a customer after start takes the rollups. A
+//! denser customer's ragged window whose samples outside the day grain's whole days are few
+//! takes those days from the grain and the rest from its samples (one part for the hours and
+//! edges instead of two). Every plan gives the same answer (for a latest value, one of those
+//! at the latest instant, as each gives): this only chooses the cheaper.
 
 use std::sync::Arc;
 

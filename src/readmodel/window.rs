@@ -81,6 +81,32 @@ pub fn with_days(parts: Vec<Part>, days: &DayParts) -> Vec<Part> {
     coalesce(out)
 }
 
+/// `parts` with everything but the day grain's days read from samples: for a customer whose
+/// samples outside those days are few, one pass over them costs less than the hour rollup and
+/// the edges apart. The parts still tile the same window.
+pub fn days_and_samples(parts: Vec<Part>) -> Vec<Part> {
+    let parts = parts
+        .into_iter()
+        .map(|part| match part {
+            Part::Hours(a, b) => Part::Samples(a, b),
+            other => other,
+        })
+        .collect();
+    coalesce(parts)
+}
+
+/// How long the parts of `parts` not read from the day grain last before `now` (ms).
+pub fn beyond_days(parts: &[Part], now: i64) -> i64 {
+    parts
+        .iter()
+        .filter(|p| !matches!(p, Part::Days(..)))
+        .map(|&p| {
+            let (a, b) = bounds(p);
+            (b.min(now) - a).max(0)
+        })
+        .sum()
+}
+
 /// Drops empty parts and joins neighbours read from the same table.
 fn coalesce(parts: Vec<Part>) -> Vec<Part> {
     let mut out: Vec<Part> = Vec::with_capacity(parts.len());
@@ -328,6 +354,34 @@ mod tests {
             with_days(split(from, to, true), &nothing_sealed),
             split(from, to, true)
         );
+    }
+
+    #[test]
+    fn days_and_samples_keep_the_grains_days_and_read_the_rest_from_samples() {
+        let from = DAY_MS + 5 * HOUR_MS + 77;
+        let to = 6 * DAY_MS + 2 * HOUR_MS + 5;
+        let grain = DayParts {
+            sealed_until_ms: 5 * DAY_MS,
+            reopened: vec![3 * DAY_MS],
+        };
+        let parts = days_and_samples(with_days(split(from, to, true), &grain));
+        assert_eq!(
+            parts,
+            vec![
+                Part::Samples(from, 2 * DAY_MS),
+                Part::Days(2 * DAY_MS, 3 * DAY_MS),
+                Part::Samples(3 * DAY_MS, 4 * DAY_MS),
+                Part::Days(4 * DAY_MS, 5 * DAY_MS),
+                Part::Samples(5 * DAY_MS, to),
+            ]
+        );
+        // The past of what samples hold: the two partial days and the re-opened one.
+        assert_eq!(beyond_days(&parts, to), to - from - 2 * DAY_MS);
+        assert_eq!(
+            beyond_days(&parts, 5 * DAY_MS + 7),
+            (2 * DAY_MS - from) + DAY_MS + 7
+        );
+        assert_eq!(beyond_days(&[Part::Samples(10, 20)], 5), 0);
     }
 
     #[test]
