@@ -122,6 +122,22 @@ async fn assert_same_combined(store: &Store, windows: &[(i64, i64)]) {
                 .remove(customer)
                 .unwrap_or_default();
             assert!(!want.is_empty(), "{customer} over {window:?}");
+            // Each meter's rows as its own read from hours and samples gives them.
+            let by_model = ["model".to_owned()];
+            for (meter, aggregation, _) in METERS {
+                let alone = without_grain(store, meter, aggregation, customer, window, &by_model)
+                    .await
+                    .into_iter()
+                    .map(|g| (g.group, g.value, g.count))
+                    .collect::<Vec<_>>();
+                let mut of_meter: Vec<_> = got
+                    .iter()
+                    .filter(|r| r.meter == meter)
+                    .map(|r| (r.values.clone(), r.value, r.count))
+                    .collect();
+                of_meter.sort_by(|a, b| a.0.cmp(&b.0));
+                assert_eq!(of_meter, alone, "{meter} of {customer} over {window:?}");
+            }
             assert_eq!(
                 sorted(got),
                 sorted(want),
@@ -430,19 +446,26 @@ async fn a_denser_customers_ragged_window_takes_the_grains_days_and_samples_for_
     );
     let grain = store.day_parts("acme", Some("c1"), window).await.unwrap();
     assert!(grain.sealed_until_ms >= base + 4 * DAY_MS, "{grain:?}");
-    // c1's samples behind the rollups, in a whole hour of a partial day.
-    store
-        .client()
-        .query(
-            "INSERT INTO usage_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
-             SELECT 'acme', 'v', 'c1', ['model'], ['a'], toInt64(?) + number, toDateTime(intDiv(toInt64(?) + number, 1000)), toDecimal128(1, 12), '', concat('behind-', toString(number)), toInt64(?), 77 FROM numbers(2)",
-        )
-        .bind(base + DAY_MS + 10 * HOUR_MS + 5)
-        .bind(base + DAY_MS + 10 * HOUR_MS + 5)
-        .bind(now_ms)
-        .execute()
-        .await
-        .unwrap();
+    // c1's samples behind the rollups: two in a whole hour of a partial day, two in a day the
+    // grain holds (neither the grain nor the hour rollup has them).
+    for at in [
+        base + DAY_MS + 10 * HOUR_MS + 5,
+        base + 2 * DAY_MS + 10 * HOUR_MS + 5,
+    ] {
+        store
+            .client()
+            .query(
+                "INSERT INTO usage_samples (tenant, meter, customer, group_keys, group_values, ts_ms, ts, value, value_str, event_id, ingested_ms, batch_id) \
+                 SELECT 'acme', 'v', 'c1', ['model'], ['a'], toInt64(?) + number, toDateTime(intDiv(toInt64(?) + number, 1000)), toDecimal128(1, 12), '', concat('behind-', toString(?), '-', toString(number)), toInt64(?), 77 FROM numbers(2)",
+            )
+            .bind(at)
+            .bind(at)
+            .bind(at)
+            .bind(now_ms)
+            .execute()
+            .await
+            .unwrap();
+    }
     let meters: Vec<(&str, Aggregation)> = METERS.iter().map(|&(m, a, _)| (m, a)).collect();
     let meters = &meters[..];
     let sorted = |mut rows: Vec<MeterGroupUsage>| {
@@ -481,7 +504,7 @@ async fn a_denser_customers_ragged_window_takes_the_grains_days_and_samples_for_
     assert_eq!(
         events_of(&second),
         in_window + 2,
-        "the hours outside the grain's days from samples"
+        "the hours outside the grain's days from samples, its days from the grain"
     );
     // c2 has none behind: both plans give the same answer, every aggregation and group.
     let rollups = read(reader.clone(), "c2").await;

@@ -25,7 +25,8 @@ fn sample_state_columns(meters: &Meters<'_>) -> String {
 }
 
 /// One read of the rollups' rows within a combined read: the meters whose rows it takes, and
-/// its state columns (`, sum_value, distinct_values`), those of every aggregation of the read.
+/// its state columns (`, sum_value, distinct_values`): one for every aggregation of the whole
+/// combined read, so that its branches line up.
 struct RollupRead<'a> {
     slugs: Vec<&'a str>,
     columns: String,
@@ -153,9 +154,12 @@ pub(super) fn combined_of_parts(
     });
     let mut selects = Vec::new();
     let reads = rollup_reads(meters);
-    // Without FINAL, like the per-meter reads: a sealed day that readers take from the grain
-    // has one set of rows (`store::days` deletes a day's rows before writing it again).
-    for (table, ranges) in [("usage_rollup_day", &days), ("usage_rollup_hour", &hours)] {
+    // FINAL: a day written again is deleted first (`store::days`), but with replicas that
+    // deletion is waited for on one node, and another may hold both sets of rows a moment.
+    for (table, ranges) in [
+        ("usage_rollup_day FINAL", &days),
+        ("usage_rollup_hour", &hours),
+    ] {
         if ranges.is_empty() {
             continue;
         }
