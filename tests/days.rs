@@ -23,6 +23,30 @@ const METERS: [(&str, Aggregation, &str); 3] = [
     ("last", Aggregation::Latest, "latest"),
 ];
 
+/// A service on a database of its own with the three meters, each grouped by model, and no
+/// maintenance behind the test's back.
+async fn app_with_meters(test: &str) -> common::TestApp {
+    let mut config = test_config(test, &common::clickhouse_url());
+    config.rollup_maintenance_every_s = 0;
+    config.catalog = Some(common::backfill_catalog("catalog-days.json"));
+    let app = spawn_with(config, true).await;
+    for (slug, _, aggregation) in METERS {
+        let property = match slug {
+            "v" => "v",
+            "users" => "user",
+            _ => "load",
+        };
+        post_ok(
+            &app,
+            "/v1/meters",
+            json!({"slug": slug, "name": slug, "event_type": "measure",
+            "aggregation": aggregation, "value_property": property, "group_by": ["model"]}),
+        )
+        .await;
+    }
+    app
+}
+
 /// Through the read path under test: days from the grain where it may.
 async fn with_grain(
     store: &Store,
@@ -162,26 +186,7 @@ async fn age_marks(store: &Store) {
 
 #[tokio::test]
 async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_them() {
-    let mut config = test_config("days", &common::clickhouse_url());
-    config.rollup_maintenance_every_s = 0;
-    config.catalog = Some(common::backfill_catalog("catalog-days.json"));
-    let app = spawn_with(config, true).await;
-    for (slug, _, aggregation) in METERS {
-        let property = if slug == "v" {
-            "v"
-        } else if slug == "users" {
-            "user"
-        } else {
-            "load"
-        };
-        post_ok(
-            &app,
-            "/v1/meters",
-            json!({"slug": slug, "name": slug, "event_type": "measure",
-            "aggregation": aggregation, "value_property": property, "group_by": ["model"]}),
-        )
-        .await;
-    }
+    let app = app_with_meters("days").await;
     // Six whole days before today (UTC) and today up to ten minutes ago: c1 three events a
     // day, c2 one.
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -399,24 +404,7 @@ fn urlencode(text: &str) -> String {
 /// read from samples.
 #[tokio::test]
 async fn a_denser_customers_ragged_window_takes_the_grains_days_and_samples_for_the_rest() {
-    let mut config = test_config("days_plan", &common::clickhouse_url());
-    config.rollup_maintenance_every_s = 0;
-    config.catalog = Some(common::backfill_catalog("catalog-days.json"));
-    let app = spawn_with(config, true).await;
-    for (slug, _, aggregation) in METERS {
-        let property = match slug {
-            "v" => "v",
-            "users" => "user",
-            _ => "load",
-        };
-        post_ok(
-            &app,
-            "/v1/meters",
-            json!({"slug": slug, "name": slug, "event_type": "measure",
-            "aggregation": aggregation, "value_property": property, "group_by": ["model"]}),
-        )
-        .await;
-    }
+    let app = app_with_meters("days_plan").await;
     // An event an hour for six whole days before today (UTC), for c1 and c2.
     let now_ms = chrono::Utc::now().timestamp_millis();
     let base = (now_ms / DAY_MS - 6) * DAY_MS;

@@ -11,9 +11,11 @@
 //! day is sealed. Readers take a re-opened day from the hour rollup. A maintenance round writes
 //! the day again from the hour rollup (a greater version replaces the old rows) once its marks
 //! are older than [`RACE_WINDOW_S`] and none of its hours is marked (its old rows deleted first,
-//! so that a day read from the grain has one set of rows and is read without FINAL), then clears
-//! the marks made before that: a mark made since stays, and the day with it. The weighted
-//! hours of those days are written again with them (`store::weighted_grain`).
+//! so that a day read from the grain has one set of rows), then clears the marks made before
+//! that: a mark made since stays, and the day with it. The deletion is waited for on the node
+//! the maintenance asks; with replicas another node may hold both sets of rows a moment, so the
+//! subscription reads (`combined_sql`) take the grain with FINAL. The weighted hours of those
+//! days are written again with them (`store::weighted_grain`).
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
