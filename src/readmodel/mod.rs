@@ -33,7 +33,7 @@ use crate::store::as_of_sql::{LateWindow, as_of_statement, late_events_statement
 use crate::store::combined_sql::{Meters, combined_statement, customers_statement};
 use crate::store::series_sql::{SeriesPoint, SeriesQuery, series_statement};
 use crate::store::usage_sql::{GroupUsage, MeterGroupUsage, Part, Scope, usage_statement};
-use crate::store::{Store, StoreError};
+use crate::store::{DayParts, Store, StoreError};
 use cache::{AnswerKey, UsageCache};
 
 /// One meter's usage of one customer over a window.
@@ -47,6 +47,14 @@ pub struct UsageQuery<'a> {
     pub to_ms: i64,
     /// Group keys to split by (a price's `group_by`); empty for one total.
     pub group_by: &'a [String],
+}
+
+/// What one customer's read from the store takes (`plan`).
+enum Choice {
+    /// These parts, in one statement: its samples alone, or the day grain's days and samples.
+    Parts(Vec<Part>),
+    /// The rollups' statement, with the day grain's view of the window if it was looked up.
+    Rollups(Option<DayParts>),
 }
 
 /// Reads usage from the store, through the answers kept in memory. Cheap to clone.
@@ -237,34 +245,43 @@ impl UsageReader {
         let now = chrono::Utc::now().timestamp_millis();
         let past = (bounds.0, bounds.1.min(now));
         let ragged = window::split(bounds.0, bounds.1, true).len() > 1;
+        let store = self.store.for_customer(tenant, customer);
+        // The day grain's view of the window, when the plan looked it up: the rollups' read
+        // takes it rather than asking again.
+        let mut grain = None;
         if ragged && !meters.is_empty() {
-            let store = self.store.for_customer(tenant, customer);
-            let parts = if self.densities.light(&reads, past) {
-                Some(window::split(bounds.0, bounds.1, false))
+            let choice = if self.densities.light(&reads, past) {
+                Choice::Parts(window::split(bounds.0, bounds.1, false))
             } else {
                 self.days_and_samples(&store, (tenant, customer), bounds, &reads, now)
                     .await?
             };
-            if let Some(parts) = parts {
-                let statement = combined_statement(tenant, customer, &parts, meters);
-                match store.usage_of_meters(&statement, true).await {
-                    Ok(mut usage) => {
-                        let rows = usage.remove(customer).unwrap_or_default();
-                        self.densities.learn(&reads, past, &rows);
-                        return Ok(Some(rows));
+            match choice {
+                Choice::Parts(parts) => {
+                    let statement = combined_statement(tenant, customer, &parts, meters);
+                    match store.usage_of_meters(&statement, true).await {
+                        Ok(mut usage) => {
+                            let rows = usage.remove(customer).unwrap_or_default();
+                            self.densities.learn(&reads, past, &rows);
+                            return Ok(Some(rows));
+                        }
+                        // Denser than its last read said: the rollups, which will teach it
+                        // again.
+                        Err(StoreError::OverBudget(e)) => {
+                            tracing::debug!(tenant, customer, error = %e, "samples over the read budget; reading the rollups");
+                            self.densities.forget(&reads);
+                        }
+                        Err(e) => return Err(e),
                     }
-                    // Denser than its last read said: the rollups, which will teach it again.
-                    Err(StoreError::OverBudget(e)) => {
-                        tracing::debug!(tenant, customer, error = %e, "samples over the read budget; reading the rollups");
-                        self.densities.forget(&reads);
-                    }
-                    Err(e) => return Err(e),
                 }
+                Choice::Rollups(looked_up) => grain = looked_up,
             }
         }
-        let usage = self
-            .of_customers(tenant, &[(customer, bounds)], meters)
-            .await?;
+        let asked = [(customer, bounds)];
+        let usage = match grain {
+            Some(_) => Self::of_customers_on(&store, tenant, &asked, meters, grain).await?,
+            None => self.of_customers(tenant, &asked, meters).await?,
+        };
         let rows = usage.map(|mut by_customer| by_customer.remove(customer).unwrap_or_default());
         if let Some(rows) = &rows {
             self.densities.learn(&reads, past, rows);
@@ -272,10 +289,10 @@ impl UsageReader {
         Ok(rows)
     }
 
-    /// The parts of a customer's window read as the day grain's whole days and samples for the
-    /// rest (`window::days_and_samples`), when the rest is expected to hold few samples
-    /// (`plan`); `None` otherwise, when the grain holds none of its days, or while some hour
-    /// may be marked for repair (the rollups' reads take those apart).
+    /// A customer's window read as the day grain's whole days and samples for the rest
+    /// (`window::days_and_samples`), when the rest is expected to hold few samples (`plan`);
+    /// the rollups otherwise, when the grain holds none of its days, or while some hour may be
+    /// marked for repair (the rollups' reads take those apart).
     async fn days_and_samples(
         &self,
         store: &Store,
@@ -283,12 +300,12 @@ impl UsageReader {
         bounds: (i64, i64),
         reads: &plan::Reads,
         now: i64,
-    ) -> Result<Option<Vec<Part>>, StoreError> {
+    ) -> Result<Choice, StoreError> {
         // Not even an hour of its samples is light: no window of it past a day is.
         if !self.densities.light(reads, (0, window::HOUR_MS))
             || store.may_have_dirty_hours().await?
         {
-            return Ok(None);
+            return Ok(Choice::Rollups(None));
         }
         let grain = store.day_parts(tenant, Some(customer), bounds).await?;
         let parts = window::with_days(window::split(bounds.0, bounds.1, true), &grain);
@@ -296,7 +313,10 @@ impl UsageReader {
             && self
                 .densities
                 .light(reads, (0, window::beyond_days(&parts, now)));
-        Ok(light.then(|| window::days_and_samples(parts)))
+        Ok(match light {
+            true => Choice::Parts(window::days_and_samples(parts)),
+            false => Choice::Rollups(Some(grain)),
+        })
     }
 
     /// [`UsageReader::of_meters_from_store`] of several customers of a tenant, each over its
@@ -319,7 +339,7 @@ impl UsageReader {
             return Ok(Some(HashMap::new()));
         }
         let Some(cluster) = self.store.cluster() else {
-            return Self::of_customers_on(&self.store, tenant, &asked, meters).await;
+            return Self::of_customers_on(&self.store, tenant, &asked, meters, None).await;
         };
         // Each shard answers for its customers; together, for all of them.
         let mut by_shard = vec![Vec::new(); cluster.shard_count()];
@@ -333,7 +353,7 @@ impl UsageReader {
             .iter()
             .zip(&by_shard)
             .filter(|(_, asked)| !asked.is_empty())
-            .map(|(shard, asked)| Self::of_customers_on(shard, tenant, asked, meters));
+            .map(|(shard, asked)| Self::of_customers_on(shard, tenant, asked, meters, None));
         for read in futures_util::future::join_all(reads).await {
             match read? {
                 Some(of_shard) => usage.extend(of_shard),
@@ -343,12 +363,14 @@ impl UsageReader {
         Ok(Some(usage))
     }
 
-    /// [`UsageReader::of_customers`] from one shard (or the one server), for customers it holds.
+    /// [`UsageReader::of_customers`] from one shard (or the one server), for customers it holds;
+    /// one customer's read with `grain`, the day grain's view of its window, if already known.
     async fn of_customers_on(
         store: &Store,
         tenant: &str,
         asked: &[(&str, (i64, i64))],
         meters: &Meters<'_>,
+        grain: Option<DayParts>,
     ) -> Result<Option<HashMap<String, Vec<MeterGroupUsage>>>, StoreError> {
         let windows = window::windows_of(asked);
         if windows.hours().is_some() && store.may_have_dirty_hours().await? {
@@ -366,7 +388,10 @@ impl UsageReader {
         }
         let usage = match asked[..] {
             [(customer, (from, to))] => {
-                let grain = store.day_parts(tenant, Some(customer), (from, to)).await?;
+                let grain = match grain {
+                    Some(grain) => grain,
+                    None => store.day_parts(tenant, Some(customer), (from, to)).await?,
+                };
                 let parts = window::with_days(window::split(from, to, true), &grain);
                 let statement = combined_statement(tenant, customer, &parts, meters);
                 store.usage_of_meters(&statement, true).await?
