@@ -24,6 +24,7 @@ use common::{
     serve_process_on, spawn_retrying_clients_over, spawn_with, start_redis, test_config,
     wait_ready, wait_redis,
 };
+use meterhouse::store::Compacted;
 use meterhouse::store::cluster::shard_of;
 use serde_json::{Value, json};
 
@@ -240,8 +241,82 @@ async fn the_cluster_answers_exactly_as_one_server() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     compare(&clustered, &single, now, "with shard 0's days sealed").await;
 
-    // Each customer's rows on its shard only, on both replicas; every shard holds some.
+    // A re-opened day is written again for good only once every replica of its shard holds the
+    // new rows and has deleted the old: until then the day stays re-opened (read from the hour
+    // rollup), as a read on a replica behind would count it twice, or not at all.
     let database = "test_cluster_same";
+    let shard0 = &cluster_store.shards()[0];
+    let first = first_of(&cluster, 0);
+    let other = (0..cluster.nodes.len())
+        .find(|&i| i != first && cluster.nodes[i].shard == 0)
+        .unwrap();
+    let customer = (0..CUSTOMERS)
+        .map(|i| format!("c{i}"))
+        .find(|c| shard_of("acme", c, 2) == 0)
+        .unwrap();
+    let now_s = now.timestamp();
+    let day_s = (now_s / 86_400 - 5) * 86_400;
+    let marks = format!(
+        "SELECT count() FROM {database}.rollup_days_reopened WHERE customer = '{customer}'"
+    );
+    cluster
+        .query(
+            first,
+            &format!(
+                "INSERT INTO {database}.rollup_days_reopened VALUES \
+                 ('acme', '{customer}', toDateTime({day_s}), toDateTime({}))",
+                now_s - 600
+            ),
+        )
+        .await;
+    let held = format!("{database}.usage_rollup_day");
+    for (stop, start) in [
+        ("STOP MERGES", "START MERGES"),   // its deletions held back
+        ("STOP FETCHES", "START FETCHES"), // the rows written again not fetched
+    ] {
+        cluster.query(other, &format!("SYSTEM {stop} {held}")).await;
+        let round = shard0.compact_days(30, 1_000, Duration::from_secs(3)).await;
+        assert!(
+            matches!(
+                round,
+                Err(_)
+                    | Ok(Compacted {
+                        resealed: 0,
+                        deferred: 1,
+                        ..
+                    })
+            ),
+            "{stop}: {round:?}"
+        );
+        assert_eq!(cluster.query(first, &marks).await.trim(), "1", "{stop}");
+        cluster
+            .query(other, &format!("SYSTEM {start} {held}"))
+            .await;
+        cluster
+            .query(other, &format!("SYSTEM SYNC REPLICA {held}"))
+            .await;
+    }
+    let round = shard0
+        .compact_days(30, 1_000, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!((round.resealed, round.deferred), (1, 0), "{round:?}");
+    assert_eq!(cluster.query(first, &marks).await.trim(), "0");
+    let rows = format!(
+        "SELECT count() FROM {held} WHERE customer = '{customer}' AND bucket = toDateTime({day_s})"
+    );
+    let written = cluster.query(first, &rows).await;
+    assert_ne!(written.trim(), "0");
+    assert_eq!(written, cluster.query(other, &rows).await);
+    compare(
+        &clustered,
+        &single,
+        now,
+        "with a day of shard 0 written again",
+    )
+    .await;
+
+    // Each customer's rows on its shard only, on both replicas; every shard holds some.
     sync_replicas(&cluster, database).await;
     let total = body.as_array().unwrap().len() as u64;
     let per_node = stored(&cluster, database).await;

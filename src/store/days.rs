@@ -12,10 +12,13 @@
 //! the day again from the hour rollup (a greater version replaces the old rows) once its marks
 //! are older than [`RACE_WINDOW_S`] and none of its hours is marked (its old rows deleted first,
 //! so that a day read from the grain has one set of rows), then clears the marks made before
-//! that: a mark made since stays, and the day with it. The deletion is waited for on the node
-//! the maintenance asks; with replicas another node may hold both sets of rows a moment, so the
-//! subscription reads (`combined_sql`) take the grain with FINAL. The weighted hours of those
-//! days are written again with them (`store::weighted_grain`).
+//! that: a mark made since stays, and the day with it. The weighted hours of those days are
+//! written again with them (`store::weighted_grain`).
+//!
+//! Replicas: a day is sealed, and a re-opened day's marks cleared, only once every replica of
+//! the shard holds the rows the round wrote and has done its deletions (`Store::replicas_hold`,
+//! `Store::mutations_done`): reads go to any replica of the shard. A replica that does not
+//! answer holds the round back, and the days stay read from the hour rollup.
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
@@ -173,6 +176,10 @@ impl Store {
                 .query(&client)
                 .execute()
                 .await?;
+            let written = queries::rows_of_version(version);
+            if !self.replicas_hold(&written, patience).await? {
+                break;
+            }
             until += DAY_S;
             queries::days_sealed(until).query(&client).execute().await?;
             self.days.sealed_until_s.fetch_max(until, Ordering::Relaxed);
@@ -215,7 +222,11 @@ impl Store {
                 .execute()
                 .await?;
             self.reseal_weighted(&client, &ready, version).await?;
-            if !self.mutations_done("usage_rollup_day", patience).await? {
+            if !self.mutations_done("usage_rollup_day", patience).await?
+                || !self
+                    .replicas_hold(&queries::rows_of_version(version), patience)
+                    .await?
+            {
                 done.deferred += ready.len();
                 return Ok(done);
             }

@@ -203,6 +203,22 @@ impl Store {
         }
     }
 
+    /// The clients of every replica holding this handle's tables, in cluster mode (every node
+    /// for the tables every node holds); none for one server.
+    pub(super) fn replica_clients(&self) -> Vec<Client> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        match self.shard {
+            Some(shard) => cluster
+                .replicas(shard)
+                .into_iter()
+                .map(|node| node.client.clone())
+                .collect(),
+            None => cluster.clients().cloned().collect(),
+        }
+    }
+
     /// The client for the reads a request makes: each statement is bounded in time and memory
     /// (map its errors with [`StoreError::from_read`]).
     pub fn reader(&self) -> &Client {

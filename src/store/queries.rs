@@ -205,6 +205,13 @@ pub fn delete_rollup_hours(hours: &[MeterHour]) -> Sql {
     sql
 }
 
+/// Rows of the hour rollup in `hours`.
+pub fn rollup_rows_of_hours(hours: &[MeterHour]) -> Sql {
+    let mut sql = Sql::new("SELECT count() FROM usage_rollup_hour WHERE ");
+    hours_in(&mut sql, hours);
+    sql
+}
+
 /// Writes the hour rollup's rows of `hours` from `usage_samples`, exactly as the view
 /// `events_to_usage_rollup_hour` (sql/0008) does at insert.
 pub fn rebuild_rollup_hours(hours: &[MeterHour]) -> Sql {
@@ -231,6 +238,30 @@ pub fn pending_mutations(table: &str) -> Sql {
     let mut sql = Sql::new(
         "SELECT count() FROM system.mutations WHERE database = currentDatabase() AND is_done = 0 \
          AND table = ",
+    );
+    sql.arg(table);
+    sql
+}
+
+/// The newest mutation of `table` (a replicated table's ids are the same zero-padded numbers on
+/// every replica), or an empty string.
+pub fn newest_mutation(table: &str) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT max(mutation_id) FROM system.mutations WHERE database = currentDatabase() \
+         AND table = ",
+    );
+    sql.arg(table);
+    sql
+}
+
+/// On one replica, whether it knows the mutation `id` of `table`, and how many of the table's
+/// mutations it has not done yet.
+pub fn mutations_known_and_pending(table: &str, id: &str) -> Sql {
+    let mut sql = Sql::new("SELECT toUInt64(countIf(mutation_id = ");
+    sql.arg(id);
+    sql.push(
+        ") > 0), countIf(is_done = 0) FROM system.mutations \
+         WHERE database = currentDatabase() AND table = ",
     );
     sql.arg(table);
     sql
@@ -358,6 +389,13 @@ pub fn seal_day(day_s: u32, version: u64) -> Sql {
 pub fn rows_of_day(day_s: u32) -> Sql {
     let mut sql = Sql::new("SELECT count() FROM usage_rollup_day WHERE bucket = toDateTime(");
     sql.arg(day_s).push(")");
+    sql
+}
+
+/// Rows of the day grain a maintenance round wrote (its `version`).
+pub fn rows_of_version(version: u64) -> Sql {
+    let mut sql = Sql::new("SELECT count() FROM usage_rollup_day WHERE version = ");
+    sql.arg(version);
     sql
 }
 

@@ -5,7 +5,8 @@
 //! 1. takes the hours marked before `t0`;
 //! 2. deletes their rollup rows (a mutation: it touches the parts that exist when it is made),
 //!    then writes them again from `usage_samples`, exactly as the rollup's view would;
-//! 3. waits for the deletion to be done;
+//! 3. waits for the deletion to be done, and with replicas for every replica of the shard to
+//!    have done it and to hold the rows written again (reads go to any of them);
 //! 4. unmarks the hours no batch recorded since `t0 - RACE_WINDOW_S` may have written to, of the
 //!    marks made before `t0`. A batch that wrote into an hour meanwhile may have put its rows in
 //!    the rollup before the deletion while its samples missed the rewrite (or the other way
@@ -20,6 +21,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::queries::{self, MeterHour};
+use super::sql::Sql;
 use super::{Store, StoreError};
 
 /// How far back a round looks for batches that may have written into the hours it rebuilds: far
@@ -83,7 +85,11 @@ impl Store {
             .query(&client)
             .execute()
             .await?;
-        if !self.mutations_done("usage_rollup_hour", patience).await? {
+        if !self.mutations_done("usage_rollup_hour", patience).await?
+            || !self
+                .replicas_hold(&queries::rollup_rows_of_hours(&hours), patience)
+                .await?
+        {
             tracing::warn!(
                 hours = hours.len(),
                 "rollup repair still running; hours stay marked"
@@ -129,25 +135,79 @@ impl Store {
     }
 
     /// Whether the mutations of `table` are done, waiting at most `patience`.
+    ///
+    /// With replicas, each applies a mutation on its own: one done on the node that made it may
+    /// still be running (or not yet known) on another, which meanwhile holds the rows it deletes
+    /// beside those written since, and reads there would count them twice. So every replica of
+    /// this handle's shard must know the newest mutation the node it uses knows, and have done
+    /// all of them; a replica that does not answer has not.
     pub(super) async fn mutations_done(
         &self,
         table: &str,
         patience: Duration,
     ) -> Result<bool, StoreError> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
+        waited(patience, || self.mutations_done_now(table)).await
+    }
+
+    async fn mutations_done_now(&self, table: &str) -> Result<bool, StoreError> {
+        let replicas = self.replica_clients();
+        if replicas.len() < 2 {
             let pending: u64 = queries::pending_mutations(table)
                 .query(self.client())
                 .fetch_one()
                 .await?;
-            if pending == 0 {
-                return Ok(true);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Ok(pending == 0);
         }
+        let newest: String = queries::newest_mutation(table)
+            .query(self.client())
+            .fetch_one()
+            .await?;
+        for replica in replicas {
+            let status = queries::mutations_known_and_pending(table, &newest)
+                .query(&replica)
+                .fetch_one::<(u64, u64)>()
+                .await;
+            match status {
+                Ok((known, 0)) if known == 1 || newest.is_empty() => {}
+                Ok(_) => return Ok(false),
+                Err(error) => {
+                    tracing::debug!(%error, table, "a replica's mutations are unknown");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether every replica of this handle's shard holds at least the rows `count` (a
+    /// `SELECT count()`) finds on the node it uses, waiting at most `patience`: rows a round
+    /// wrote, which reads on any replica take once the round clears its marks. A replica that
+    /// had not fetched them yet would answer without them; one that does not answer does not
+    /// hold them.
+    pub(super) async fn replicas_hold(
+        &self,
+        count: &Sql,
+        patience: Duration,
+    ) -> Result<bool, StoreError> {
+        let replicas = self.replica_clients();
+        if replicas.len() < 2 {
+            return Ok(true);
+        }
+        let written: u64 = count.query(self.client()).fetch_one().await?;
+        waited(patience, || async {
+            for replica in &replicas {
+                match count.query(replica).fetch_one::<u64>().await {
+                    Ok(rows) if rows >= written => {}
+                    Ok(_) => return Ok(false),
+                    Err(error) => {
+                        tracing::debug!(%error, "a replica's rows are unknown");
+                        return Ok(false);
+                    }
+                }
+            }
+            Ok(true)
+        })
+        .await
     }
 
     /// Of `hours`, those a batch recorded since `since_s` may have written into: every hour of a
@@ -186,5 +246,23 @@ impl Store {
             touched.extend(written);
         }
         Ok(touched)
+    }
+}
+
+/// Calls `check` every 100 ms until it holds or `patience` is out; whether it held.
+async fn waited<F, Fut>(patience: Duration, mut check: F) -> Result<bool, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if check().await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
