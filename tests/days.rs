@@ -238,11 +238,16 @@ async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_
     assert!(reopened >= 4 * 2);
     age_marks(&store).await;
     let round = store.compact_days(10, 1_000, patience).await.unwrap();
-    // Days 0 to 3 at least are over by a day and an hour, whatever the time of day.
-    assert!(round.sealed >= 4, "{round:?}");
+    // Every day over by an hour is sealed: yesterday too, from 01:00 (UTC) on.
+    let closed_days_end = |ms: i64| (ms - HOUR_MS).div_euclid(DAY_MS) * DAY_MS;
+    let sealed_end = base + i64::from(round.sealed) * DAY_MS;
+    let after_ms = chrono::Utc::now().timestamp_millis();
+    assert!(
+        [closed_days_end(now_ms), closed_days_end(after_ms)].contains(&sealed_end),
+        "{round:?}"
+    );
     // The seal took those events: their marks go with it.
     assert_eq!(round.resealed, 0);
-    let sealed_end = base + i64::from(round.sealed) * DAY_MS;
     let left: u64 = store
         .client()
         .query("SELECT count() FROM rollup_days_reopened WHERE toInt64(toUInt32(day)) * 1000 < ?")
@@ -308,13 +313,21 @@ async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_
     assert_same_combined(&store, &windows).await;
     let day2 = with_grain(&store, "v", Aggregation::Sum, "c1", windows[2], &[]).await;
     assert_eq!(day2[0].value.to_string(), "1063.75");
+    // So does one of the last sealed day (yesterday, but for the first hour of a day).
+    let last = (sealed_end - DAY_MS, sealed_end);
+    let late = json!([{"id": "late-last", "customer": "c2", "type": "measure", "timestamp": last.0 + 7 * HOUR_MS,
+        "properties": {"v": "500", "user": "u-late", "load": "7", "model": "b"}}]);
+    let (status, _) = app.post_events("ingest_key_a", &late).await;
+    assert_eq!(status, 202);
+    let last_day = with_grain(&store, "v", Aggregation::Sum, "c2", last, &[]).await;
+    assert_eq!(last_day[0].value.to_string(), "501");
 
     // Marks younger than five minutes stay; older ones are written again and cleared.
     let round = store.compact_days(10, 1_000, patience).await.unwrap();
     assert_eq!(round.resealed, 0);
     age_marks(&store).await;
     let round = store.compact_days(10, 1_000, patience).await.unwrap();
-    assert_eq!((round.resealed, round.deferred), (1, 0));
+    assert_eq!((round.resealed, round.deferred), (2, 0));
     let marks: u64 = store
         .client()
         .query("SELECT count() FROM rollup_days_reopened")

@@ -124,10 +124,11 @@ impl BatchObserver for UsageReader {
 }
 
 /// Events before this moment (epoch seconds) may be of a day the day grain has sealed: a day
-/// before yesterday (UTC), with an hour's allowance for the server's clock running ahead.
+/// before today (UTC). A day is sealed an hour after it ends by the server's clock, which
+/// leaves that hour for the server's clock running ahead of this one.
 fn late_before() -> i64 {
-    let ahead = chrono::Utc::now().timestamp() + 3_600;
-    ahead - ahead.rem_euclid(86_400) - 86_400
+    let now = chrono::Utc::now().timestamp();
+    now - now.rem_euclid(86_400)
 }
 
 /// (tenant, customer) of each row that carries samples.

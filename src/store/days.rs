@@ -1,9 +1,8 @@
 //! The day grain (sql/0015): the hour rollup compacted into UTC days, off the ingest path.
 //!
-//! Sealing: once a UTC day is over by a day and an hour (events of it are then caught as late
-//! by the view `events_to_rollup_days_reopened` from the day after it ended on, and an hour
-//! more lets inserts under way at that moment end), its rows are written from the hour rollup
-//! and the day is recorded sealed. Days are sealed in order: every day before the horizon
+//! Sealing: once a UTC day is over by an hour (events of it are caught as late by the view
+//! `events_to_rollup_days_late` from the moment it ended, and the hour lets inserts under way
+//! then end), its rows are written from the hour rollup and the day is recorded sealed. Days are sealed in order: every day before the horizon
 //! (`rollup_days_sealed`) is in the grain.
 //!
 //! Re-opening: an event of a sealed day re-opens its customer's day (the view), and so do the
@@ -95,8 +94,8 @@ impl Store {
         Ok(parts)
     }
 
-    /// Records that days were just re-opened by this process: by events of a day before
-    /// yesterday it wrote (the view marked their days), or by its repair of hours. Its next
+    /// Records that days were just re-opened by this process: by events of a day before today
+    /// it wrote (the view marked their days), or by its repair of hours. Its next
     /// reads look the marks up.
     pub fn reopened_days_marked(&self) {
         self.days.reopened.marked();
@@ -136,10 +135,10 @@ impl Store {
             .query(queries::DAYS_SEALED_UNTIL)
             .fetch_one()
             .await?;
-        // The last day that may be sealed ends where yesterday began, an hour ago: every event
-        // of an earlier day inserted since then was caught as late.
+        // The last day that may be sealed ended an hour ago or more: every event of it inserted
+        // since it ended was caught as late.
         let closed = t0.saturating_sub(SEAL_MARGIN_S);
-        let last_end = (closed - closed % DAY_S).saturating_sub(DAY_S);
+        let last_end = closed - closed % DAY_S;
         if until == 0 {
             // The grain starts at the first day of the hour rollup (or the last that may be
             // sealed, if later), recorded at once: nothing before it is in the rollup, and

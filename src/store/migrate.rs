@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "weighted_hours",
         include_str!("../../sql/0019_weighted_hours.sql"),
     ),
+    (
+        20,
+        "seal_days_sooner",
+        include_str!("../../sql/0020_seal_days_sooner.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]
