@@ -154,10 +154,10 @@ pub(super) fn combined_of_parts(
     });
     let mut selects = Vec::new();
     let reads = rollup_reads(meters);
-    // FINAL: a day written again is deleted first (`store::days`), but with replicas that
-    // deletion is waited for on one node, and another may hold both sets of rows a moment.
+    // Without FINAL: a day is read from the grain only once one set of its rows is there, on
+    // every replica (`store::days`).
     for (table, ranges) in [
-        ("usage_rollup_day FINAL", &days),
+        ("usage_rollup_day", &days),
         ("usage_rollup_hour", &hours),
     ] {
         if ranges.is_empty() {
