@@ -304,6 +304,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": format!("SELECT length(({})) > 0", queries::newest_mutation("usage_rollup_hour").render()), "expect": "1"}),
         json!({"sql": queries::mutations_known_and_pending("usage_rollup_hour", "x").render(), "expect": "0\t0"}),
         json!({"sql": queries::rollup_rows_of_hours(&hour).render(), "expect": "1"}),
+        json!({"sql": queries::REPLICATION_LAG, "expect": "0"}),
         json!({"sql": format!("SELECT count() > 0 FROM ({})", queries::recent_changes_of(0, &hour).render()), "expect": "1"}),
         json!({"sql": format!("SELECT * FROM ({}) ORDER BY meter", queries::hours_of_batches(&hour, &[42]).render()), "expect": "t\ttokens\tc\t1794999600\nt\tusers\tc\t1794999600"}),
         json!({"sql": queries::unmark_dirty_hours(&hour, i64::MAX).render(), "expect": ""}),

@@ -227,7 +227,7 @@ async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_
     );
 
     let patience = Duration::from_secs(60);
-    // Those events re-opened their days as they arrived (days before yesterday are late);
+    // Those events re-opened their days as they arrived (days before today are late);
     // five minutes on, the round writes them.
     let reopened: u64 = store
         .client()

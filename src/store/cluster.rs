@@ -255,6 +255,11 @@ impl Cluster {
         self.nodes.iter().map(|n| &n.client)
     }
 
+    /// Every node.
+    pub(super) fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter()
+    }
+
     /// Learns the shard of `node`, which did not answer at start and does now; whether it
     /// joined (a node whose macro names no shard of the cluster is left out).
     async fn join(&self, node: &Node) -> bool {

@@ -156,10 +156,7 @@ pub(super) fn combined_of_parts(
     let reads = rollup_reads(meters);
     // Without FINAL: a day is read from the grain only once one set of its rows is there, on
     // every replica (`store::days`).
-    for (table, ranges) in [
-        ("usage_rollup_day", &days),
-        ("usage_rollup_hour", &hours),
-    ] {
+    for (table, ranges) in [("usage_rollup_day", &days), ("usage_rollup_hour", &hours)] {
         if ranges.is_empty() {
             continue;
         }

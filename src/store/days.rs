@@ -15,9 +15,8 @@
 //! written again with them (`store::weighted_grain`).
 //!
 //! Replicas: a day is sealed, and a re-opened day's marks cleared, only once every replica of
-//! the shard holds the rows the round wrote and has done its deletions (`Store::replicas_hold`,
-//! `Store::mutations_done`): reads go to any replica of the shard. A replica that does not
-//! answer holds the round back, and the days stay read from the hour rollup.
+//! the shard holds the rows the round wrote and has done its deletions, and a round starts only
+//! on a node not behind its shard (`store::replicas`).
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
@@ -130,6 +129,9 @@ impl Store {
         let t0 = self.server_now().await?;
         let version = u64::from(t0) * 1000;
         let mut done = Compacted::default();
+        if self.behind(&client).await? {
+            return Ok(done);
+        }
         let mut until: u32 = self
             .client()
             .query(queries::DAYS_SEALED_UNTIL)
@@ -162,8 +164,10 @@ impl Store {
                 .fetch_one()
                 .await?;
             if left > 0 {
-                queries::delete_day(until).query(&client).execute().await?;
-                if !self.mutations_done("usage_rollup_day", patience).await? {
+                let deleted = self
+                    .mutate(&client, "usage_rollup_day", queries::delete_day(until))
+                    .await?;
+                if !self.mutations_done(&deleted, patience).await? {
                     break;
                 }
             }
@@ -176,7 +180,7 @@ impl Store {
                 .execute()
                 .await?;
             let written = queries::rows_of_version(version);
-            if !self.replicas_hold(&written, patience).await? {
+            if !self.replicas_hold(&client, &written, patience).await? {
                 break;
             }
             until += DAY_S;
@@ -187,12 +191,11 @@ impl Store {
         if done.sealed > 0 {
             // The seal took every event whose mark is that old; hours of those days marked for
             // repair re-opened them anew.
-            queries::unmark_sealed_days(sealed_from, until, before_s)
-                .query(&client)
-                .execute()
+            let unmarked = queries::unmark_sealed_days(sealed_from, until, before_s);
+            let unmarked = self
+                .mutate(&client, "rollup_days_reopened", unmarked)
                 .await?;
-            self.mutations_done("rollup_days_reopened", patience)
-                .await?;
+            self.mutations_done(&unmarked, patience).await?;
         }
         let reopened: Vec<CustomerDay> = queries::reopened_days_before(before_s, until, limit)
             .query(&client)
@@ -212,29 +215,25 @@ impl Store {
         if !ready.is_empty() {
             // Old rows first (the mutation touches the parts that exist now, not those written
             // next); the marks go only once it is done.
-            queries::delete_customer_days(&ready)
-                .query(&client)
-                .execute()
-                .await?;
+            let deleted = queries::delete_customer_days(&ready);
+            let deleted = self.mutate(&client, "usage_rollup_day", deleted).await?;
             queries::reseal_days(&ready, version)
                 .query(&client)
                 .execute()
                 .await?;
             self.reseal_weighted(&client, &ready, version).await?;
-            if !self.mutations_done("usage_rollup_day", patience).await?
-                || !self
-                    .replicas_hold(&queries::rows_of_version(version), patience)
-                    .await?
+            let written = queries::rows_of_version(version);
+            if !self.mutations_done(&deleted, patience).await?
+                || !self.replicas_hold(&client, &written, patience).await?
             {
                 done.deferred += ready.len();
                 return Ok(done);
             }
-            queries::unmark_reopened_days(&ready, before_s)
-                .query(&client)
-                .execute()
+            let unmarked = queries::unmark_reopened_days(&ready, before_s);
+            let unmarked = self
+                .mutate(&client, "rollup_days_reopened", unmarked)
                 .await?;
-            self.mutations_done("rollup_days_reopened", patience)
-                .await?;
+            self.mutations_done(&unmarked, patience).await?;
             done.resealed = ready.len();
         }
         self.days.reopened.look_again();

@@ -20,6 +20,7 @@ pub mod migrate;
 pub mod priced_sql;
 pub mod queries;
 mod repair;
+mod replicas;
 pub use repair::Repaired;
 pub mod rows;
 pub mod series_sql;
@@ -200,22 +201,6 @@ impl Store {
         match &self.cluster {
             Some(cluster) => &cluster.node(self.shard).client,
             None => &self.first_client,
-        }
-    }
-
-    /// The clients of every replica holding this handle's tables, in cluster mode (every node
-    /// for the tables every node holds); none for one server.
-    pub(super) fn replica_clients(&self) -> Vec<Client> {
-        let Some(cluster) = &self.cluster else {
-            return Vec::new();
-        };
-        match self.shard {
-            Some(shard) => cluster
-                .replicas(shard)
-                .into_iter()
-                .map(|node| node.client.clone())
-                .collect(),
-            None => cluster.clients().cloned().collect(),
         }
     }
 

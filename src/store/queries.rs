@@ -243,6 +243,13 @@ pub fn pending_mutations(table: &str) -> Sql {
     sql
 }
 
+/// How far behind its shard this node is: the age of the oldest insert it has not fetched yet,
+/// in seconds, over the tables a maintenance round reads (0 for a table not replicated).
+pub const REPLICATION_LAG: &str = "SELECT toUInt64(max(absolute_delay)) FROM system.replicas \
+     WHERE database = currentDatabase() AND table IN ('usage_rollup_hour', 'usage_samples', \
+     'rollup_days_reopened', 'rollup_dirty', 'usage_rollup_day', 'usage_changes', \
+     'usage_change_batches')";
+
 /// The newest mutation of `table` (a replicated table's ids are the same zero-padded numbers on
 /// every replica), or an empty string.
 pub fn newest_mutation(table: &str) -> Sql {

@@ -6,7 +6,8 @@
 //! 2. deletes their rollup rows (a mutation: it touches the parts that exist when it is made),
 //!    then writes them again from `usage_samples`, exactly as the rollup's view would;
 //! 3. waits for the deletion to be done, and with replicas for every replica of the shard to
-//!    have done it and to hold the rows written again (reads go to any of them);
+//!    have done it and to hold the rows written again (reads go to any of them; a round starts
+//!    only on a node not behind its shard: `store::replicas`);
 //! 4. unmarks the hours no batch recorded since `t0 - RACE_WINDOW_S` may have written to, of the
 //!    marks made before `t0`. A batch that wrote into an hour meanwhile may have put its rows in
 //!    the rollup before the deletion while its samples missed the rewrite (or the other way
@@ -21,7 +22,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::queries::{self, MeterHour};
-use super::sql::Sql;
 use super::{Store, StoreError};
 
 /// How far back a round looks for batches that may have written into the hours it rebuilds: far
@@ -77,18 +77,26 @@ impl Store {
             self.dirty_hours_looked_at();
             return Ok(Repaired::default());
         }
-        queries::delete_rollup_hours(&hours)
-            .query(&client)
-            .execute()
+        if self.behind(&client).await? {
+            return Ok(Repaired {
+                repaired: 0,
+                deferred: hours.len(),
+            });
+        }
+        let deleted = self
+            .mutate(
+                &client,
+                "usage_rollup_hour",
+                queries::delete_rollup_hours(&hours),
+            )
             .await?;
         queries::rebuild_rollup_hours(&hours)
             .query(&client)
             .execute()
             .await?;
-        if !self.mutations_done("usage_rollup_hour", patience).await?
-            || !self
-                .replicas_hold(&queries::rollup_rows_of_hours(&hours), patience)
-                .await?
+        let written = queries::rollup_rows_of_hours(&hours);
+        if !self.mutations_done(&deleted, patience).await?
+            || !self.replicas_hold(&client, &written, patience).await?
         {
             tracing::warn!(
                 hours = hours.len(),
@@ -115,11 +123,9 @@ impl Store {
             // Other processes learn of marks up to a second late (`Marks`): the day stays
             // re-opened for them before the hour stops being read from samples.
             tokio::time::sleep(Duration::from_millis(1_200)).await;
-            queries::unmark_dirty_hours(&clean, before_ms)
-                .query(&client)
-                .execute()
-                .await?;
-            self.mutations_done("rollup_dirty", patience).await?;
+            let unmarked = queries::unmark_dirty_hours(&clean, before_ms);
+            let unmarked = self.mutate(&client, "rollup_dirty", unmarked).await?;
+            self.mutations_done(&unmarked, patience).await?;
         }
         self.dirty_hours_looked_at();
         let repaired = Repaired {
@@ -132,82 +138,6 @@ impl Store {
             "rollup hours rebuilt from samples"
         );
         Ok(repaired)
-    }
-
-    /// Whether the mutations of `table` are done, waiting at most `patience`.
-    ///
-    /// With replicas, each applies a mutation on its own: one done on the node that made it may
-    /// still be running (or not yet known) on another, which meanwhile holds the rows it deletes
-    /// beside those written since, and reads there would count them twice. So every replica of
-    /// this handle's shard must know the newest mutation the node it uses knows, and have done
-    /// all of them; a replica that does not answer has not.
-    pub(super) async fn mutations_done(
-        &self,
-        table: &str,
-        patience: Duration,
-    ) -> Result<bool, StoreError> {
-        waited(patience, || self.mutations_done_now(table)).await
-    }
-
-    async fn mutations_done_now(&self, table: &str) -> Result<bool, StoreError> {
-        let replicas = self.replica_clients();
-        if replicas.len() < 2 {
-            let pending: u64 = queries::pending_mutations(table)
-                .query(self.client())
-                .fetch_one()
-                .await?;
-            return Ok(pending == 0);
-        }
-        let newest: String = queries::newest_mutation(table)
-            .query(self.client())
-            .fetch_one()
-            .await?;
-        for replica in replicas {
-            let status = queries::mutations_known_and_pending(table, &newest)
-                .query(&replica)
-                .fetch_one::<(u64, u64)>()
-                .await;
-            match status {
-                Ok((known, 0)) if known == 1 || newest.is_empty() => {}
-                Ok(_) => return Ok(false),
-                Err(error) => {
-                    tracing::debug!(%error, table, "a replica's mutations are unknown");
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    /// Whether every replica of this handle's shard holds at least the rows `count` (a
-    /// `SELECT count()`) finds on the node it uses, waiting at most `patience`: rows a round
-    /// wrote, which reads on any replica take once the round clears its marks. A replica that
-    /// had not fetched them yet would answer without them; one that does not answer does not
-    /// hold them.
-    pub(super) async fn replicas_hold(
-        &self,
-        count: &Sql,
-        patience: Duration,
-    ) -> Result<bool, StoreError> {
-        let replicas = self.replica_clients();
-        if replicas.len() < 2 {
-            return Ok(true);
-        }
-        let written: u64 = count.query(self.client()).fetch_one().await?;
-        waited(patience, || async {
-            for replica in &replicas {
-                match count.query(replica).fetch_one::<u64>().await {
-                    Ok(rows) if rows >= written => {}
-                    Ok(_) => return Ok(false),
-                    Err(error) => {
-                        tracing::debug!(%error, "a replica's rows are unknown");
-                        return Ok(false);
-                    }
-                }
-            }
-            Ok(true)
-        })
-        .await
     }
 
     /// Of `hours`, those a batch recorded since `since_s` may have written into: every hour of a
@@ -246,23 +176,5 @@ impl Store {
             touched.extend(written);
         }
         Ok(touched)
-    }
-}
-
-/// Calls `check` every 100 ms until it holds or `patience` is out; whether it held.
-async fn waited<F, Fut>(patience: Duration, mut check: F) -> Result<bool, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, StoreError>>,
-{
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        if check().await? {
-            return Ok(true);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
