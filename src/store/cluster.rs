@@ -40,6 +40,7 @@ pub const SHARDED: &[&str] = &[
     "usage_rollup_hour",
     "usage_rollup_hour_g256",
     "usage_rollup_hour_g1024",
+    "usage_rollup_hour_g32",
     "usage_changes",
     "usage_change_batches",
     "usage_rollup_day",

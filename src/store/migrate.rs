@@ -80,6 +80,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "seal_days_sooner",
         include_str!("../../sql/0020_seal_days_sooner.sql"),
     ),
+    (
+        21,
+        "rollup_hour_granules_32",
+        include_str!("../../sql/0021_rollup_hour_granules_32.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]
@@ -100,7 +105,7 @@ pub async fn run(store: &Store) -> Result<usize, StoreError> {
 /// of the copy; and 0020, whose views an insert begun before it would not go through (its
 /// events of yesterday would not re-open that day). They run only while no writer beats
 /// (`ingest_writers`, `ingest_writer_beats`).
-const WHILE_NOTHING_INGESTS: &[u32] = &[8, 9, 16, 20];
+const WHILE_NOTHING_INGESTS: &[u32] = &[8, 9, 16, 20, 21];
 
 /// How long a migration of [`WHILE_NOTHING_INGESTS`] waits for writers to stop (a rolling
 /// restart) before it refuses.
