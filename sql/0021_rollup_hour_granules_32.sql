@@ -4,21 +4,7 @@
 -- (all its month's hours), 65 ms on 18.16, against 25 ms with granules of 32 (BENCHMARKS.md,
 -- "Reads across densities: hour granules of 32"). The primary key in memory grows eightfold
 -- (from about 0.3 to 2.2 bytes per rollup row). Copies the rollup like 0016: it runs only while nothing ingests.
-CREATE TABLE IF NOT EXISTS usage_rollup_hour_g32
-(
-    tenant String,
-    meter String,
-    customer String,
-    group_keys Array(String),
-    group_values Array(String),
-    bucket DateTime,
-    sum_value AggregateFunction(sum, Decimal(38, 12)),
-    samples AggregateFunction(count),
-    min_value AggregateFunction(min, Decimal(38, 12)),
-    max_value AggregateFunction(max, Decimal(38, 12)),
-    distinct_values AggregateFunction(uniqExact, String),
-    latest_value AggregateFunction(argMax, Decimal(38, 12), Int64)
-)
+CREATE TABLE IF NOT EXISTS usage_rollup_hour_g32 AS usage_rollup_hour
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (tenant, customer, meter, bucket, group_keys, group_values)

@@ -167,7 +167,11 @@ impl Store {
                 let deleted = self
                     .mutate(&client, "usage_rollup_day", queries::delete_day(until))
                     .await?;
-                if !self.mutations_done(&deleted, patience).await? {
+                if !self.mutations_done(&deleted, patience).await?
+                    || !self
+                        .replicas_lack(&queries::rows_of_day(until), patience)
+                        .await?
+                {
                     break;
                 }
             }
@@ -223,7 +227,9 @@ impl Store {
                 .await?;
             self.reseal_weighted(&client, &ready, version).await?;
             let written = queries::rows_of_version(version);
+            let left = queries::older_rows_of_days(&ready, version);
             if !self.mutations_done(&deleted, patience).await?
+                || !self.replicas_lack(&left, patience).await?
                 || !self.replicas_hold(&client, &written, patience).await?
             {
                 done.deferred += ready.len();

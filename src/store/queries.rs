@@ -493,6 +493,14 @@ pub fn delete_customer_days(days: &[CustomerDay]) -> Sql {
     sql
 }
 
+/// Rows of the day grain of `days` written before `version` (the deletion's left-overs).
+pub fn older_rows_of_days(days: &[CustomerDay], version: u64) -> Sql {
+    let mut sql = Sql::new("SELECT count() FROM usage_rollup_day WHERE version < ");
+    sql.arg(version).push(" AND ");
+    customer_days_in(&mut sql, days, "bucket");
+    sql
+}
+
 /// Writes the day grain of `days` again, at `version`.
 pub fn reseal_days(days: &[CustomerDay], version: u64) -> Sql {
     let mut filter = Sql::new("");

@@ -7,7 +7,8 @@
 //!   the shard knows it and has done all of the table's mutations: until then a replica holds
 //!   the rows it deletes beside those written since, and would count them twice.
 //! - Rows the round wrote are held once every replica counts at least as many of them as that
-//!   node: until then a replica would answer without them.
+//!   node: until then a replica would answer without them. The day grain's deletions are also
+//!   checked by their effect: no replica holds the rows they delete.
 //! - A round starts only if that node is not behind its shard: it reads the hour rollup, the
 //!   samples and the marks as that node holds them.
 //!
@@ -138,15 +139,40 @@ impl Store {
         count: &Sql,
         patience: Duration,
     ) -> Result<bool, StoreError> {
-        let replicas = self.replicas();
-        if replicas.len() < 2 {
+        if self.replicas().len() < 2 {
             return Ok(true);
         }
         let written: u64 = count.query(client).fetch_one().await?;
-        let held = waited(patience, || async {
+        self.replicas_count(count, |rows| rows >= written, patience)
+            .await
+    }
+
+    /// Whether no replica holds any of the rows `count` (a `SELECT count()`) finds, waiting at
+    /// most `patience`: what a deletion leaves, looked at where `system.mutations` may call a
+    /// replicated deletion done a moment before its parts are rewritten (18.16).
+    pub(super) async fn replicas_lack(
+        &self,
+        count: &Sql,
+        patience: Duration,
+    ) -> Result<bool, StoreError> {
+        if self.cluster.is_none() {
+            return Ok(true);
+        }
+        self.replicas_count(count, |rows| rows == 0, patience).await
+    }
+
+    /// Whether `count` on every replica satisfies `enough`, waiting at most `patience`.
+    async fn replicas_count(
+        &self,
+        count: &Sql,
+        enough: impl Fn(u64) -> bool,
+        patience: Duration,
+    ) -> Result<bool, StoreError> {
+        let replicas = self.replicas();
+        let agreed = waited(patience, || async {
             for (url, replica) in &replicas {
                 match ask::<u64>(replica, count).await {
-                    Ok(rows) if rows >= written => {}
+                    Ok(rows) if enough(rows) => {}
                     Ok(_) => return Ok(false),
                     Err(error) => {
                         tracing::debug!(%error, replica = %url, "a replica does not answer");
@@ -157,10 +183,10 @@ impl Store {
             Ok(true)
         })
         .await?;
-        if !held {
-            tracing::warn!("rows a maintenance round wrote are not on every replica yet");
+        if !agreed {
+            tracing::warn!("a maintenance round's rows are not as written on every replica yet");
         }
-        Ok(held)
+        Ok(agreed)
     }
 
     /// Whether the round's node (`client`) is behind its shard: inserts it has not fetched are
