@@ -322,6 +322,7 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": queries::rows_of_day(day).render(), "expect": "2"}),
         json!({"sql": queries::rows_of_version(5).render(), "expect": "2"}),
         json!({"sql": queries::older_rows_of_days(&customer_day, 6).render(), "expect": "2"}),
+        json!({"sql": queries::weighted_rows_of_days(&customer_day, 6).render(), "expect": "1"}),
         json!({"sql": queries::delete_customer_days(&customer_day).render(), "expect": ""}),
         json!({"sql": queries::rows_of_day(day).render(), "expect": "0"}),
         json!({"sql": queries::reseal_days(&customer_day, 6).render(), "expect": ""}),

@@ -228,9 +228,11 @@ impl Store {
             self.reseal_weighted(&client, &ready, version).await?;
             let written = queries::rows_of_version(version);
             let left = queries::older_rows_of_days(&ready, version);
+            let weighted = queries::weighted_rows_of_days(&ready, version);
             if !self.mutations_done(&deleted, patience).await?
                 || !self.replicas_lack(&left, patience).await?
                 || !self.replicas_hold(&client, &written, patience).await?
+                || !self.replicas_hold(&client, &weighted, patience).await?
             {
                 done.deferred += ready.len();
                 return Ok(done);

@@ -501,6 +501,18 @@ pub fn older_rows_of_days(days: &[CustomerDay], version: u64) -> Sql {
     sql
 }
 
+/// Rows of the weighted grain (sql/0019) of `days` written at `version` or later.
+pub fn weighted_rows_of_days(days: &[CustomerDay], version: u64) -> Sql {
+    let mut sql = Sql::new("SELECT count() FROM usage_weighted_hour WHERE version >= ");
+    sql.arg(version).push(" AND ");
+    customer_days_in(
+        &mut sql,
+        days,
+        "toDateTime(intDiv(toUInt32(bucket), 86400) * 86400)",
+    );
+    sql
+}
+
 /// Writes the day grain of `days` again, at `version`.
 pub fn reseal_days(days: &[CustomerDay], version: u64) -> Sql {
     let mut filter = Sql::new("");

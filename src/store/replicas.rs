@@ -6,8 +6,9 @@
 //! - A deletion (a mutation) is done once the node that made it knows it and every replica of
 //!   the shard knows it and has done all of the table's mutations: until then a replica holds
 //!   the rows it deletes beside those written since, and would count them twice.
-//! - Rows the round wrote are held once every replica counts at least as many of them as that
-//!   node: until then a replica would answer without them. The day grain's deletions are also
+//! - Rows the round wrote (the day grain's, and the weighted grain's of the days it writes
+//!   again) are held once every replica counts at least as many of them as that node: until
+//!   then a replica would answer without them. The day grain's deletions are also
 //!   checked by their effect: no replica holds the rows they delete.
 //! - A round starts only if that node is not behind its shard: it reads the hour rollup, the
 //!   samples and the marks as that node holds them.
