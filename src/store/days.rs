@@ -2,8 +2,8 @@
 //!
 //! Sealing: once a UTC day is over by an hour (events of it are caught as late by the view
 //! `events_to_rollup_days_late` from the moment it ended, and the hour lets inserts under way
-//! then end), its rows are written from the hour rollup and the day is recorded sealed. Days are sealed in order: every day before the horizon
-//! (`rollup_days_sealed`) is in the grain.
+//! then end), its rows are written from the hour rollup and the day is recorded sealed. Days
+//! are sealed in order: every day before the horizon (`rollup_days_sealed`) is in the grain.
 //!
 //! Re-opening: an event of a sealed day re-opens its customer's day (the view), and so do the
 //! hours the repair rebuilt (`store::repair`) and the hours marked in `rollup_dirty` when their

@@ -140,12 +140,12 @@ impl Store {
         count: &Sql,
         patience: Duration,
     ) -> Result<bool, StoreError> {
-        if self.replicas().len() < 2 {
+        let replicas = self.replicas();
+        if replicas.len() < 2 {
             return Ok(true);
         }
         let written: u64 = count.query(client).fetch_one().await?;
-        self.replicas_count(count, |rows| rows >= written, patience)
-            .await
+        replicas_count(&replicas, count, |rows| rows >= written, patience).await
     }
 
     /// Whether no replica holds any of the rows `count` (a `SELECT count()`) finds, waiting at
@@ -159,35 +159,7 @@ impl Store {
         if self.cluster.is_none() {
             return Ok(true);
         }
-        self.replicas_count(count, |rows| rows == 0, patience).await
-    }
-
-    /// Whether `count` on every replica satisfies `enough`, waiting at most `patience`.
-    async fn replicas_count(
-        &self,
-        count: &Sql,
-        enough: impl Fn(u64) -> bool,
-        patience: Duration,
-    ) -> Result<bool, StoreError> {
-        let replicas = self.replicas();
-        let agreed = waited(patience, || async {
-            for (url, replica) in &replicas {
-                match ask::<u64>(replica, count).await {
-                    Ok(rows) if enough(rows) => {}
-                    Ok(_) => return Ok(false),
-                    Err(error) => {
-                        tracing::debug!(%error, replica = %url, "a replica does not answer");
-                        return Ok(false);
-                    }
-                }
-            }
-            Ok(true)
-        })
-        .await?;
-        if !agreed {
-            tracing::warn!("a maintenance round's rows are not as written on every replica yet");
-        }
-        Ok(agreed)
+        replicas_count(&self.replicas(), count, |rows| rows == 0, patience).await
     }
 
     /// Whether the round's node (`client`) is behind its shard: inserts it has not fetched are
@@ -205,6 +177,33 @@ impl Store {
         }
         Ok(lag > MAX_LAG_S)
     }
+}
+
+/// Whether `count` on every replica satisfies `enough`, waiting at most `patience`.
+async fn replicas_count(
+    replicas: &[Replica],
+    count: &Sql,
+    enough: impl Fn(u64) -> bool,
+    patience: Duration,
+) -> Result<bool, StoreError> {
+    let agreed = waited(patience, || async {
+        for (url, replica) in replicas {
+            match ask::<u64>(replica, count).await {
+                Ok(rows) if enough(rows) => {}
+                Ok(_) => return Ok(false),
+                Err(error) => {
+                    tracing::debug!(%error, replica = %url, "a replica does not answer");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+    if !agreed {
+        tracing::warn!("a maintenance round's rows are not as written on every replica yet");
+    }
+    Ok(agreed)
 }
 
 /// `statement`'s one row from `client`, within [`REPLICA_TIMEOUT`].
