@@ -486,7 +486,7 @@ async fn a_denser_customers_ragged_window_takes_the_grains_days_and_samples_for_
     let read = |reader: UsageReader, customer: &'static str| async move {
         sorted(
             reader
-                .of_meters_from_store("acme", customer, window, meters)
+                .of_meters_from_store("acme", customer, window, meters, false)
                 .await
                 .unwrap()
                 .unwrap(),
@@ -515,5 +515,173 @@ async fn a_denser_customers_ragged_window_takes_the_grains_days_and_samples_for_
     let strict = UsageReader::uncached(store.clone()).with_light_read_samples(3 * 15);
     assert_eq!(events_of(&read(strict.clone(), "c1").await), in_window);
     assert_eq!(events_of(&read(strict, "c1").await), in_window);
+    app.shutdown().await;
+}
+
+/// Waits until `sql` (a count) is at least 1.
+async fn eventually(store: &Store, sql: &str) {
+    for _ in 0..300 {
+        let n: u64 = store.client().query(sql).fetch_one().await.unwrap();
+        if n >= 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 30 s: {sql}");
+}
+
+/// Waits for every mutation of `table` to be done.
+async fn mutations_done(store: &Store, table: &str) {
+    let sql = format!(
+        "SELECT count() FROM system.mutations WHERE database = currentDatabase() \
+         AND table = '{table}' AND is_done = 0"
+    );
+    for _ in 0..300 {
+        let n: u64 = store.client().query(&sql).fetch_one().await.unwrap();
+        if n == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("mutations of {table} not done within 30 s");
+}
+
+#[tokio::test]
+async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_ones() {
+    let app = app_with_meters("days_to_date").await;
+    // An event an hour for six whole days before today (UTC) and today up to ten minutes ago,
+    // for c1 and c2.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let base = (now_ms / DAY_MS - 6) * DAY_MS;
+    let at = |h: i64| base + h * HOUR_MS + 60_000 * (h % 50) + 7;
+    let mut events = Vec::new();
+    for customer in ["c1", "c2"] {
+        for h in (0..7 * 24).filter(|&h| at(h) < now_ms - 600_000) {
+            events.push(json!({"id": format!("{customer}-{h}"), "customer": customer, "type": "measure",
+                "timestamp": at(h),
+                "properties": {"v": format!("{}.5", h % 13), "user": format!("u{}", h % 9),
+                               "load": format!("{}", 100 - h % 17), "model": if h % 3 == 0 { "a" } else { "b" }}}));
+        }
+    }
+    let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
+    assert_eq!(status, 202, "{ack}");
+    let store = app.store().await;
+    let patience = Duration::from_secs(60);
+    age_marks(&store).await;
+    let round = store.compact_days(10, 1_000, patience).await.unwrap();
+    assert!(round.sealed >= 5, "{round:?}");
+    // A current period: from a ragged start in day 1 to beyond now.
+    let window = (base + DAY_MS + 7 * HOUR_MS + 13_000, now_ms + HOUR_MS);
+    let meters: Vec<(&str, Aggregation)> = METERS.iter().map(|&(m, a, _)| (m, a)).collect();
+    let meters = &meters[..];
+    let sorted = |mut rows: Vec<MeterGroupUsage>| {
+        rows.sort_by(|a, b| (&a.meter, &a.values).cmp(&(&b.meter, &b.values)));
+        rows
+    };
+    // What the hours and samples alone give.
+    let want = |customer: &'static str| {
+        let store = store.clone();
+        async move {
+            let parts = window::split(window.0, window.1, true);
+            let statement = combined_statement("acme", customer, &parts, meters);
+            let rows = store.usage_of_meters(&statement, true).await.unwrap();
+            sorted(rows.get(customer).cloned().unwrap_or_default())
+        }
+    };
+    // No customer light enough for its samples alone.
+    let reader = UsageReader::uncached(store.clone()).with_light_read_samples(1);
+    let read = |customer: &'static str, from_start: bool| {
+        let reader = reader.clone();
+        async move {
+            sorted(
+                reader
+                    .of_meters_from_store("acme", customer, window, meters, from_start)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+        }
+    };
+    let complete = |customer: &str| {
+        format!(
+            "SELECT count() FROM usage_rollup_to_date FINAL WHERE customer = '{customer}' AND meter = '' \
+             AND built_ms >= (SELECT max(version) FROM usage_rollup_day WHERE customer = '{customer}')"
+        )
+    };
+    // The first read finds no states and asks for them; the next reads take them.
+    for customer in ["c1", "c2"] {
+        let expected = want(customer).await;
+        assert!(expected.len() >= 3, "{expected:?}");
+        assert_eq!(
+            read(customer, true).await,
+            expected,
+            "{customer}, first read"
+        );
+        eventually(&store, &complete(customer)).await;
+        assert_eq!(
+            read(customer, true).await,
+            expected,
+            "{customer}, from its states"
+        );
+    }
+    let written: u64 = app
+        .scalar("SELECT count() FROM usage_rollup_to_date WHERE customer = 'c1' AND meter = ''")
+        .await;
+    assert_eq!(
+        written, 1,
+        "one set of states per customer, meters, start and horizon"
+    );
+
+    // A late event of day 3: c1's day re-opens, and its read goes back to the hours at once.
+    let late = json!([{"id": "late", "customer": "c1", "type": "measure", "timestamp": base + 3 * DAY_MS + 5 * HOUR_MS,
+        "properties": {"v": "1000", "user": "u-late", "load": "999", "model": "a"}}]);
+    let (status, _) = app.post_events("ingest_key_a", &late).await;
+    assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let with_late = want("c1").await;
+    let total = |rows: &[MeterGroupUsage]| -> u64 { rows.iter().map(|r| r.count).sum() };
+    let before = read("c1", false).await;
+    assert_eq!(total(&with_late), total(&before));
+    assert_eq!(
+        read("c1", true).await,
+        with_late,
+        "re-opened: not from the states"
+    );
+
+    // States of a horizon two days past go with the next round.
+    store
+        .client()
+        .query(
+            "INSERT INTO usage_rollup_to_date (tenant, customer, meters, start_ms, until, meter, built_ms) \
+             VALUES ('acme', 'old', 'x', 0, toDateTime(?), '', 1)",
+        )
+        .bind((base + DAY_MS) / 1000)
+        .execute()
+        .await
+        .unwrap();
+    // The day written again: the states, older than it, are not read; new ones are written.
+    age_marks(&store).await;
+    let round = store.compact_days(10, 1_000, patience).await.unwrap();
+    assert_eq!(round.resealed, 1, "{round:?}");
+    let old: u64 = app
+        .scalar("SELECT count() FROM usage_rollup_to_date WHERE customer = 'old'")
+        .await;
+    assert_eq!(old, 0, "states of a past horizon dropped");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(read("c1", true).await, with_late, "stale states not read");
+    eventually(&store, &complete("c1")).await;
+    assert_eq!(read("c1", true).await, with_late, "from the new states");
+
+    // Those reads took the states: without c1's day grain rows, the read from the grain misses
+    // its days, the read from the states does not.
+    store
+        .client()
+        .query("ALTER TABLE usage_rollup_day DELETE WHERE customer = 'c1'")
+        .execute()
+        .await
+        .unwrap();
+    mutations_done(&store, "usage_rollup_day").await;
+    assert!(total(&read("c1", false).await) < total(&with_late));
+    assert_eq!(read("c1", true).await, with_late);
     app.shutdown().await;
 }

@@ -172,14 +172,14 @@ async fn every_aggregate_is_exact_for_aligned_and_ragged_windows() {
             let meters = [("v", aggregation), ("users", Aggregation::UniqueCount)];
             let planned = reader(&store);
             let rows = planned
-                .of_meters_from_store("acme", "c1", (from, to), &meters)
+                .of_meters_from_store("acme", "c1", (from, to), &meters, false)
                 .await
                 .unwrap()
                 .expect("nothing marked dirty");
             // Read again by the same reader, which now knows the customer is light: from its
             // samples alone (a window of over an hour), the same rows.
             let again = planned
-                .of_meters_from_store("acme", "c1", (from, to), &meters)
+                .of_meters_from_store("acme", "c1", (from, to), &meters, false)
                 .await
                 .unwrap()
                 .expect("nothing marked dirty");
@@ -584,7 +584,7 @@ async fn hours_marked_dirty_are_read_from_samples() {
         .unwrap();
     let meters = [("calls", Aggregation::Count)];
     let combined = reader(&store)
-        .of_meters_from_store("acme", "c1", (from, to), &meters)
+        .of_meters_from_store("acme", "c1", (from, to), &meters, false)
         .await;
     assert_eq!(combined.unwrap().unwrap()[0].count, 3, "nothing marked yet");
     // Another process learns of marks within a second.
@@ -596,11 +596,11 @@ async fn hours_marked_dirty_are_read_from_samples() {
     // The combined read of a subscription's meters gives way to the per-meter read, which
     // takes the marked hour from samples.
     let combined = reader(&store)
-        .of_meters_from_store("acme", "c1", (from, to), &meters)
+        .of_meters_from_store("acme", "c1", (from, to), &meters, false)
         .await;
     assert_eq!(combined.unwrap(), None);
     let other_customer = reader(&store)
-        .of_meters_from_store("acme", "c2", (from, to), &meters)
+        .of_meters_from_store("acme", "c2", (from, to), &meters, false)
         .await;
     assert_eq!(
         other_customer.unwrap(),
@@ -655,7 +655,7 @@ async fn a_light_customers_reads_after_its_first_come_from_its_samples_alone() {
         let planned = planned.clone();
         async move {
             planned
-                .of_meters_from_store("acme", "c1", window, &meters)
+                .of_meters_from_store("acme", "c1", window, &meters, false)
                 .await
                 .unwrap()
         }
@@ -671,7 +671,7 @@ async fn a_light_customers_reads_after_its_first_come_from_its_samples_alone() {
     let month = (day.0 - 29 * 86_400_000, day.1);
     assert_eq!(count(read(month).await), 5);
     let fresh = reader(&store)
-        .of_meters_from_store("acme", "c1", month, &meters)
+        .of_meters_from_store("acme", "c1", month, &meters, false)
         .await
         .unwrap();
     assert_eq!(count(fresh), 3);
@@ -686,7 +686,7 @@ async fn a_light_customers_reads_after_its_first_come_from_its_samples_alone() {
     }
     let of_c2 = |planned: UsageReader| async move {
         planned
-            .of_meters_from_store("acme", "c2", day, &meters)
+            .of_meters_from_store("acme", "c2", day, &meters, false)
             .await
             .unwrap()
     };
@@ -751,7 +751,7 @@ async fn a_store_of_the_meter_keyed_layout_is_copied_into_the_customer_keyed_one
     let meters = [("calls", Aggregation::Count)];
     let window = (hour - 3_600_000, hour + 2 * 3_600_000);
     let rows = reader(&store)
-        .of_meters_from_store("acme", "c1", window, &meters)
+        .of_meters_from_store("acme", "c1", window, &meters, false)
         .await
         .unwrap()
         .unwrap();

@@ -19,6 +19,7 @@ mod dynamic;
 pub mod plan;
 pub mod preload;
 pub mod report;
+pub mod to_date;
 pub mod weighted;
 pub mod window;
 
@@ -69,6 +70,8 @@ pub struct UsageReader {
     as_of_ms: Option<i64>,
     /// Each customer's density, which chooses where its reads from storage are taken from.
     densities: plan::Densities,
+    /// The period-to-date states this process asked for (`to_date`).
+    to_date: to_date::Builds,
 }
 
 impl UsageReader {
@@ -79,6 +82,7 @@ impl UsageReader {
             cache: Arc::new(UsageCache::new(0)),
             as_of_ms: None,
             densities: plan::Densities::default(),
+            to_date: to_date::Builds::default(),
         }
     }
 
@@ -96,6 +100,7 @@ impl UsageReader {
             cache: Arc::new(UsageCache::new(customers)),
             as_of_ms: None,
             densities: plan::Densities::default(),
+            to_date: to_date::Builds::default(),
         };
         let since = changes::poll(&reader, None).await.ok();
         let poller = changes::spawn_poll(reader.clone(), every, since);
@@ -191,10 +196,11 @@ impl UsageReader {
         customer: &str,
         bounds: (i64, i64),
         meters: &Meters<'_>,
+        from_start: bool,
     ) -> Result<Option<Arc<Vec<MeterGroupUsage>>>, StoreError> {
         if self.cache.capacity() == 0 || !self.cache.fresh() || self.as_of_ms.is_some() {
             return Ok(self
-                .of_meters_from_store(tenant, customer, bounds, meters)
+                .of_meters_from_store(tenant, customer, bounds, meters, from_start)
                 .await?
                 .map(Arc::new));
         }
@@ -205,7 +211,7 @@ impl UsageReader {
         };
         // `None` (hours marked for repair) is not kept: those reads go meter by meter.
         let Some(rows) = self
-            .of_meters_from_store(tenant, customer, bounds, meters)
+            .of_meters_from_store(tenant, customer, bounds, meters, from_start)
             .await?
         else {
             return Ok(None);
@@ -217,13 +223,15 @@ impl UsageReader {
     }
 
     /// [`UsageReader::of_meters`], from the store whatever is kept (as of this reader's moment,
-    /// if it has one: from samples only).
+    /// if it has one: from samples only). `from_start`: the window starts where a billing
+    /// period does, so that its period-to-date states are worth keeping (`to_date`).
     pub async fn of_meters_from_store(
         &self,
         tenant: &str,
         customer: &str,
         bounds: (i64, i64),
         meters: &Meters<'_>,
+        from_start: bool,
     ) -> Result<Option<Vec<MeterGroupUsage>>, StoreError> {
         if let Some(as_of_ms) = self.as_of_ms {
             if meters.is_empty() || bounds.0 >= bounds.1 {
@@ -246,6 +254,15 @@ impl UsageReader {
         let past = (bounds.0, bounds.1.min(now));
         let ragged = window::split(bounds.0, bounds.1, true).len() > 1;
         let store = self.store.for_customer(tenant, customer);
+        // A period's closed days from its states to date, but a light customer's (its samples
+        // alone are cheaper).
+        if from_start && !self.densities.light(&reads, past) {
+            let read = to_date::read(&self.to_date, &store, (tenant, customer), bounds, meters);
+            if let Some(rows) = read.await? {
+                self.densities.learn(&reads, past, &rows);
+                return Ok(Some(rows));
+            }
+        }
         // The day grain's view of the window, when the plan looked it up: the rollups' read
         // takes it rather than asking again.
         let mut grain = None;

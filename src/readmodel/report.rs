@@ -205,7 +205,8 @@ pub async fn report(
                 to_ms: inside.to.timestamp_millis(),
             });
         }
-        let period_charges = usage_charges(reader, resolved, plan, inside).await?;
+        let from_start = inside.from == period.window.from;
+        let period_charges = usage_charges(reader, resolved, plan, inside, from_start).await?;
         let mut billed = period_charges.iter().map(|c| c.amount).sum::<Decimal>();
         charges.extend(period_charges);
         if !period.trial {
@@ -313,19 +314,20 @@ fn flat_fee(plan: &Plan, price: &Price, period: &Period) -> Result<FlatFee, Usag
 /// The usage prices of `plan` over `window`: every meter they use read in one statement
 /// ([`UsageReader::of_meters`], often from memory); a price whose groups cannot be taken from
 /// that read ([`groups_of_price`]) is read on its own. A dynamic price also reads its priced
-/// samples (`dynamic`).
+/// samples (`dynamic`). `from_start`: `window` starts at its period's start.
 async fn usage_charges(
     reader: &UsageReader,
     resolved: &ResolvedSubscription<'_>,
     plan: &Plan,
     window: Window,
+    from_start: bool,
 ) -> Result<Vec<UsageCharge>, UsageError> {
     let priced = priced_meters(resolved.catalog, plan)?;
     let meters = meters_read(resolved.catalog, &priced);
     let customer = resolved.customer.external_id.as_str();
     let bounds = (window.from.timestamp_millis(), window.to.timestamp_millis());
     let rows = reader
-        .of_meters(resolved.tenant, customer, bounds, &meters)
+        .of_meters(resolved.tenant, customer, bounds, &meters, from_start)
         .await?;
     let read = MeterRead {
         reader,

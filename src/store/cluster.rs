@@ -48,6 +48,7 @@ pub const SHARDED: &[&str] = &[
     "rollup_days_reopened",
     "usage_weighted_hour",
     "weighted_grain",
+    "usage_rollup_to_date",
 ];
 
 /// Tables replicated on every node: small, and read by every process whatever the customer.

@@ -16,7 +16,7 @@ pub type Meters<'a> = [(&'a str, Aggregation)];
 
 /// `, sumState(value) AS sum_value` and the like: the state of each aggregation of `meters`
 /// that keeps one, each once, in order, built from samples.
-fn sample_state_columns(meters: &Meters<'_>) -> String {
+pub(super) fn sample_state_columns(meters: &Meters<'_>) -> String {
     state_aggregations(meters)
         .into_iter()
         .filter_map(States::of)
@@ -71,7 +71,7 @@ fn rollup_reads<'a>(meters: &Meters<'a>) -> Vec<RollupRead<'a>> {
 }
 
 /// The aggregations of `meters` that read a state besides the count, each once, in order.
-fn state_aggregations(meters: &Meters<'_>) -> Vec<Aggregation> {
+pub(super) fn state_aggregations(meters: &Meters<'_>) -> Vec<Aggregation> {
     let mut seen = Vec::new();
     for &(_, a) in meters {
         if States::of(a).is_some() && !seen.contains(&a) {
@@ -126,6 +126,21 @@ pub(super) fn combined_of_parts(
     meters: &Meters<'_>,
     as_of_ms: Option<i64>,
 ) -> Sql {
+    combined(
+        meters,
+        part_selects(tenant, customer, parts, meters, as_of_ms),
+    )
+}
+
+/// The inner SELECTs of [`combined_of_parts`]: partial states per customer, meter and group,
+/// each table read once.
+pub(super) fn part_selects(
+    tenant: &str,
+    customer: &str,
+    parts: &[Part],
+    meters: &Meters<'_>,
+    as_of_ms: Option<i64>,
+) -> Vec<Sql> {
     let scope = |slugs: &[&str]| {
         let mut sql = Sql::new("tenant = ");
         sql.arg(tenant)
@@ -200,7 +215,7 @@ pub(super) fn combined_of_parts(
         sql.push(" GROUP BY customer, meter, group_keys, group_values");
         selects.push(sql);
     }
-    combined(meters, selects)
+    selects
 }
 
 /// The windows of a read of several customers, as parallel lists: each customer's window

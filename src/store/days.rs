@@ -201,6 +201,20 @@ impl Store {
                 .await?;
             self.mutations_done(&unmarked, patience).await?;
         }
+        // Period-to-date states are read at the current horizon only (at the one before it by
+        // a process that has not looked again yet): older ones go.
+        match self
+            .drop_to_date_before(&client, until.saturating_sub(DAY_S))
+            .await
+        {
+            Ok(0) => {}
+            Ok(dropped) => {
+                tracing::info!(dropped, "period-to-date states of past horizons dropped")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "period-to-date states of past horizons not dropped")
+            }
+        }
         let reopened: Vec<CustomerDay> = queries::reopened_days_before(before_s, until, limit)
             .query(&client)
             .fetch_all()

@@ -85,6 +85,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "rollup_hour_granules_32",
         include_str!("../../sql/0021_rollup_hour_granules_32.sql"),
     ),
+    (
+        22,
+        "usage_to_date",
+        include_str!("../../sql/0022_usage_to_date.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

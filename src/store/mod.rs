@@ -25,6 +25,7 @@ pub use repair::Repaired;
 pub mod rows;
 pub mod series_sql;
 pub mod sql;
+pub mod to_date_sql;
 pub mod usage_sql;
 pub mod webhooks;
 pub mod weighted_grain;

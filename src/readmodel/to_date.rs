@@ -1,0 +1,261 @@
+//! Reads of a window from its start's period-to-date states (`store::to_date_sql`, sql/0022):
+//! a current period's closed days (and its first, partial day) as one state per meter and
+//! group, the rest of the window (today's hours and the edge) from the rollup and samples, in
+//! one statement.
+//!
+//! - **When.** A read from a billing period's start, at least [`MIN_SPAN_MS`] before the day
+//!   grain's horizon, no day of it re-opened and no hour marked for repair: otherwise the read
+//!   goes on as before.
+//! - **Written off the request.** A read that finds no complete states asks for them
+//!   ([`Builds::request`]) and reads the window as before; the states are written in the
+//!   background from the same parts a read would take, once per customer, set of meters, start
+//!   and horizon (a new horizon, each day, writes them again). While they are being written,
+//!   reads do not look for them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::domain::Aggregation;
+use crate::store::combined_sql::Meters;
+use crate::store::to_date_sql::{COMPLETE, ToDate, build_statement, meters_key, to_date_statement};
+use crate::store::usage_sql::{MeterGroupUsage, Part};
+use crate::store::{DayParts, Store, StoreError};
+
+use super::window::{self, DAY_MS};
+
+/// The least a window's start lies before the day grain's horizon for its states to be kept:
+/// shorter, and its days and hours are few enough to read as they are.
+pub const MIN_SPAN_MS: i64 = 2 * DAY_MS;
+
+/// How long a request for states is not made again (while they are written, or after a write
+/// that failed or found the window changing).
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Past this many requests remembered, those older than [`RETRY_AFTER`] are forgotten.
+const REMEMBERED: usize = 4_096;
+
+/// The states a read of `meters` over `bounds` would take, given the day grain's view of the
+/// window: from its start to the horizon, if that is far enough and no day of it is re-opened.
+pub fn applies<'a>(
+    (tenant, customer): (&'a str, &'a str),
+    (from, to): (i64, i64),
+    grain: &DayParts,
+) -> Option<ToDate<'a>> {
+    let until = grain.sealed_until_ms;
+    if until > to || until - from < MIN_SPAN_MS {
+        return None;
+    }
+    let first_day = from.div_euclid(DAY_MS) * DAY_MS;
+    if grain
+        .reopened
+        .iter()
+        .any(|&day| day >= first_day && day < until)
+    {
+        return None;
+    }
+    Some(ToDate {
+        tenant,
+        customer,
+        start_ms: from,
+        until_ms: until,
+    })
+}
+
+/// The states asked for by this process's reads, and when.
+#[derive(Clone, Default)]
+pub struct Builds(Arc<Mutex<HashMap<String, Instant>>>);
+
+fn key_of(to_date: &ToDate<'_>, meters: &Meters<'_>) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        to_date.tenant,
+        to_date.customer,
+        meters_key(meters),
+        to_date.start_ms,
+        to_date.until_ms
+    )
+}
+
+impl Builds {
+    /// Whether these states were asked for less than [`RETRY_AFTER`] ago and not written yet.
+    fn pending(&self, key: &str) -> bool {
+        let builds = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        builds.get(key).is_some_and(|at| at.elapsed() < RETRY_AFTER)
+    }
+
+    /// Writes the states of `meters` over `to_date` in the background through `store` (the
+    /// customer's), unless they were asked for less than [`RETRY_AFTER`] ago.
+    pub fn request(&self, store: &Store, to_date: &ToDate<'_>, meters: &Meters<'_>) {
+        let key = key_of(to_date, meters);
+        {
+            let mut builds = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if builds
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+            {
+                return;
+            }
+            if builds.len() >= REMEMBERED {
+                builds.retain(|_, at| at.elapsed() < RETRY_AFTER);
+            }
+            builds.insert(key.clone(), Instant::now());
+        }
+        let builds = self.clone();
+        let store = store.clone();
+        let (tenant, customer) = (to_date.tenant.to_owned(), to_date.customer.to_owned());
+        let bounds = (to_date.start_ms, to_date.until_ms);
+        let meters: Vec<(String, Aggregation)> =
+            meters.iter().map(|(s, a)| ((*s).to_owned(), *a)).collect();
+        tokio::spawn(async move {
+            let meters: Vec<(&str, Aggregation)> =
+                meters.iter().map(|(s, a)| (s.as_str(), *a)).collect();
+            match build(&store, (&tenant, &customer), bounds, &meters).await {
+                Ok(true) => {
+                    builds
+                        .0
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                    tracing::debug!(tenant, customer, "period-to-date states written");
+                }
+                Ok(false) => {
+                    tracing::debug!(
+                        tenant,
+                        customer,
+                        "period-to-date states not written: the window is changing"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(tenant, customer, error = %e, "period-to-date states not written");
+                }
+            }
+        });
+    }
+}
+
+/// Writes the states of `meters` of one customer over `[from, until)`, from the parts a read
+/// takes now; `false`, writing nothing, if the window no longer qualifies (an hour marked for
+/// repair, a day re-opened, the horizon moved back).
+async fn build(
+    store: &Store,
+    (tenant, customer): (&str, &str),
+    (from, until): (i64, i64),
+    meters: &Meters<'_>,
+) -> Result<bool, StoreError> {
+    if store.may_have_dirty_hours().await? {
+        return Ok(false);
+    }
+    let grain = store
+        .day_parts(tenant, Some(customer), (from, until))
+        .await?;
+    let Some(to_date) = applies((tenant, customer), (from, until), &grain) else {
+        return Ok(false);
+    };
+    if to_date.until_ms != until {
+        return Ok(false);
+    }
+    let parts = window::with_days(window::split(from, until, true), &grain);
+    store
+        .build_to_date(&build_statement(&to_date, &parts, meters))
+        .await?;
+    Ok(true)
+}
+
+/// The read of `meters` of one customer over `bounds` from the states of its start, with the
+/// rest of the window after them; `None` where they do not apply or are not (yet, or no
+/// longer) complete, having asked for them in the latter case.
+pub async fn read(
+    builds: &Builds,
+    store: &Store,
+    (tenant, customer): (&str, &str),
+    bounds: (i64, i64),
+    meters: &Meters<'_>,
+) -> Result<Option<Vec<MeterGroupUsage>>, StoreError> {
+    if meters.is_empty() || store.may_have_dirty_hours().await? {
+        return Ok(None);
+    }
+    let grain = store.day_parts(tenant, Some(customer), bounds).await?;
+    let Some(to_date) = applies((tenant, customer), bounds, &grain) else {
+        return Ok(None);
+    };
+    if builds.pending(&key_of(&to_date, meters)) {
+        return Ok(None);
+    }
+    let rest: Vec<Part> = window::split(to_date.until_ms, bounds.1, true);
+    let statement = to_date_statement(&to_date, &rest, meters);
+    let mut rows = store
+        .usage_of_meters(&statement, true)
+        .await?
+        .remove(customer)
+        .unwrap_or_default();
+    let read = rows.len();
+    rows.retain(|row| row.meter != COMPLETE);
+    if rows.len() < read {
+        return Ok(Some(rows));
+    }
+    builds.request(store, &to_date, meters);
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grain(sealed_until_ms: i64, reopened: Vec<i64>) -> DayParts {
+        DayParts {
+            sealed_until_ms,
+            reopened,
+        }
+    }
+
+    #[test]
+    fn states_are_kept_from_the_start_to_the_horizon_of_a_window_past_it() {
+        let from = 3 * DAY_MS + 5_000;
+        let at = applies(("t", "c"), (from, 40 * DAY_MS), &grain(30 * DAY_MS, vec![]));
+        assert_eq!(
+            at,
+            Some(ToDate {
+                tenant: "t",
+                customer: "c",
+                start_ms: from,
+                until_ms: 30 * DAY_MS
+            })
+        );
+    }
+
+    #[test]
+    fn no_states_for_a_short_span_a_window_before_the_horizon_or_a_reopened_day() {
+        let from = 3 * DAY_MS + 5_000;
+        // Less than two days before the horizon.
+        assert_eq!(
+            applies(("t", "c"), (from, 9 * DAY_MS), &grain(5 * DAY_MS, vec![])),
+            None
+        );
+        // The window ends before the horizon.
+        assert_eq!(
+            applies(("t", "c"), (from, 9 * DAY_MS), &grain(10 * DAY_MS, vec![])),
+            None
+        );
+        // Its first, partial day re-opened; then a day in the middle.
+        for day in [3 * DAY_MS, 6 * DAY_MS] {
+            assert_eq!(
+                applies(
+                    ("t", "c"),
+                    (from, 40 * DAY_MS),
+                    &grain(30 * DAY_MS, vec![day])
+                ),
+                None
+            );
+        }
+        // A re-opened day before the window's first day does not matter.
+        assert!(
+            applies(
+                ("t", "c"),
+                (from, 40 * DAY_MS),
+                &grain(30 * DAY_MS, vec![DAY_MS])
+            )
+            .is_some()
+        );
+    }
+}

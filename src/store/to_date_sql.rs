@@ -1,0 +1,257 @@
+//! Period-to-date states (sql/0022): one customer's usage of a set of meters from the start of
+//! a window (a billing period's, to the millisecond) to the day grain's horizon, one row per
+//! meter and group. A current period then reads one state per meter and group for everything
+//! before today, instead of a state per day, per hour of its first day and its first partial
+//! hour's samples. What decides when they are written and read is the read model's
+//! (`readmodel::to_date`); this module states and runs them.
+//!
+//! - **Complete or absent.** The states of a set of meters are written by one insert (one
+//!   block, one part, on every replica at once), with a row of meter [`COMPLETE`]. A read takes
+//!   them with that row, and a read that gets no such row reads the window otherwise.
+//! - **Never stale.** A day of the window re-opened by a late event or a repaired hour is
+//!   written again into the day grain with a greater version (the round's start, after the
+//!   event). States are read only if written at or after every day grain row of their days
+//!   (`built_ms`, the server's clock when the insert began, against the grain's `version`),
+//!   so states older than a day written again are not read; while a day is re-opened, the read
+//!   model does not read them at all.
+//! - **Gone by partition.** States are partitioned by their horizon: maintenance drops those of
+//!   horizons past ([`Store::drop_to_date_before`]).
+
+use chrono::{DateTime, Datelike};
+use clickhouse::Client;
+
+use super::combined_sql::{Meters, combined, part_selects, state_aggregations};
+use super::sql::Sql;
+use super::usage_sql::{Part, States};
+use super::{Store, StoreError};
+
+/// The meter of the row that says a set of states is complete (no meter's slug is empty).
+pub const COMPLETE: &str = "";
+
+const DAY_MS: i64 = 86_400_000;
+
+/// One customer's usage of a set of meters over `[start_ms, until_ms)`: from a window's start
+/// to the day grain's horizon (the start of a UTC day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToDate<'a> {
+    pub tenant: &'a str,
+    pub customer: &'a str,
+    pub start_ms: i64,
+    pub until_ms: i64,
+}
+
+/// What names a set of meters in the table: each slug with its aggregation, in order.
+pub fn meters_key(meters: &Meters<'_>) -> String {
+    let named: Vec<String> = meters.iter().map(|(s, a)| format!("{s}:{a:?}")).collect();
+    named.join(",")
+}
+
+/// The table's state columns: each with a state that holds nothing (for a column the set of
+/// meters does not use) and an aggregate over no row (the complete row's).
+const COLUMNS: [(&str, &str, &str); 5] = [
+    (
+        "sum_value",
+        "arrayReduce('sumState', CAST([] AS Array(Decimal(38, 12))))",
+        "sumState(toDecimal128(0, 12))",
+    ),
+    (
+        "min_value",
+        "arrayReduce('minState', CAST([] AS Array(Decimal(38, 12))))",
+        "minState(toDecimal128(0, 12))",
+    ),
+    (
+        "max_value",
+        "arrayReduce('maxState', CAST([] AS Array(Decimal(38, 12))))",
+        "maxState(toDecimal128(0, 12))",
+    ),
+    (
+        "distinct_values",
+        "arrayReduce('uniqExactState', emptyArrayString())",
+        "uniqExactState('')",
+    ),
+    (
+        "latest_value",
+        "arrayReduce('argMaxState', CAST([] AS Array(Decimal(38, 12))), CAST([] AS Array(Int64)))",
+        "argMaxState(toDecimal128(0, 12), toInt64(0))",
+    ),
+];
+
+/// The states the reads of `meters` use, each once, in order.
+fn used(meters: &Meters<'_>) -> Vec<States> {
+    state_aggregations(meters)
+        .into_iter()
+        .filter_map(States::of)
+        .collect()
+}
+
+/// Writes the states of `meters` over `to_date`, read from `parts` (which must tile it), with
+/// the row that says they are complete. Every row carries when the insert began.
+pub fn build_statement(to_date: &ToDate<'_>, parts: &[Part], meters: &Meters<'_>) -> Sql {
+    let used = used(meters);
+    let mut selects = part_selects(to_date.tenant, to_date.customer, parts, meters, None);
+    let mut complete = Sql::new("SELECT ");
+    complete
+        .arg(to_date.customer)
+        .push(" AS customer, ")
+        .arg(COMPLETE)
+        .push(" AS meter, emptyArrayString() AS group_keys, emptyArrayString() AS group_values, countState() AS samples");
+    for states in &used {
+        let (_, _, none) = COLUMNS
+            .iter()
+            .find(|(column, ..)| *column == states.column)
+            .expect("every state column is in the table");
+        complete.push(&format!(", {none} AS {}", states.column));
+    }
+    complete.push(" FROM system.one WHERE 0");
+    selects.push(complete);
+    let mut sql = Sql::new(
+        "INSERT INTO usage_rollup_to_date (tenant, customer, meters, start_ms, until, meter, \
+         group_keys, group_values, samples, sum_value, min_value, max_value, distinct_values, \
+         latest_value, built_ms) SELECT ",
+    );
+    sql.arg(to_date.tenant)
+        .push(", customer, ")
+        .arg(meters_key(meters).as_str())
+        .push(", ")
+        .arg(to_date.start_ms)
+        .push(", toDateTime(")
+        .arg(to_date.until_ms / 1000)
+        .push("), meter, group_keys, group_values, countMergeState(samples)");
+    for (column, empty, _) in COLUMNS {
+        match used.iter().find(|s| s.column == column) {
+            Some(states) => sql.push(&format!(", {}State({column})", states.merge)),
+            None => sql.push(&format!(", {empty}")),
+        };
+    }
+    sql.push(", toUInt64(now()) * 1000 FROM (")
+        .join(selects, " UNION ALL ")
+        .push(") GROUP BY customer, meter, group_keys, group_values");
+    sql
+}
+
+/// The inner SELECT of a combined read that takes `to_date`'s states of `meters`, the complete
+/// row among them; nothing if they were written before some day grain row of their days.
+fn to_date_select(to_date: &ToDate<'_>, meters: &Meters<'_>) -> Sql {
+    let columns: String = used(meters)
+        .iter()
+        .map(|s| format!(", {}", s.column))
+        .collect();
+    let first_day = to_date.start_ms.div_euclid(DAY_MS) * DAY_MS;
+    let mut sql = Sql::new("SELECT customer, meter, group_keys, group_values, samples");
+    sql.push(&columns)
+        .push(" FROM usage_rollup_to_date FINAL PREWHERE tenant = ")
+        .arg(to_date.tenant)
+        .push(" AND customer = ")
+        .arg(to_date.customer)
+        .push(" AND meters = ")
+        .arg(meters_key(meters).as_str())
+        .push(" AND start_ms = ")
+        .arg(to_date.start_ms)
+        .push(" AND until = toDateTime(")
+        .arg(to_date.until_ms / 1000)
+        .push(") WHERE built_ms >= (SELECT max(version) FROM usage_rollup_day WHERE tenant = ")
+        .arg(to_date.tenant)
+        .push(" AND customer = ")
+        .arg(to_date.customer)
+        .push(" AND meter IN (")
+        .list(meters.iter().map(|(slug, _)| *slug))
+        .push(") AND bucket >= toDateTime(")
+        .arg(first_day / 1000)
+        .push(") AND bucket < toDateTime(")
+        .arg(to_date.until_ms / 1000)
+        .push("))");
+    sql
+}
+
+/// The combined read of `meters` of one customer: `to_date`'s states, then `rest` (the parts
+/// of the window after them), in one statement. Its rows hold one of meter [`COMPLETE`] only
+/// if the states were read.
+pub fn to_date_statement(to_date: &ToDate<'_>, rest: &[Part], meters: &Meters<'_>) -> Sql {
+    let mut selects = part_selects(to_date.tenant, to_date.customer, rest, meters, None);
+    selects.push(to_date_select(to_date, meters));
+    combined(meters, selects)
+}
+
+/// The partitions (`YYYYMMDD` of their horizon) the table holds.
+pub const TO_DATE_PARTITIONS: &str = "SELECT DISTINCT partition FROM system.parts \
+     WHERE database = currentDatabase() AND table = 'usage_rollup_to_date' AND active";
+
+/// `YYYYMMDD` of the UTC day of `s` (epoch seconds), as the table's partitions are named.
+fn partition_of(s: u32) -> u32 {
+    let day = DateTime::from_timestamp(i64::from(s), 0).unwrap_or_default();
+    day.year().unsigned_abs() * 10_000 + day.month() * 100 + day.day()
+}
+
+impl Store {
+    /// Writes period-to-date states ([`build_statement`]).
+    pub async fn build_to_date(&self, statement: &Sql) -> Result<(), StoreError> {
+        statement.query(self.client()).execute().await?;
+        Ok(())
+    }
+
+    /// Drops the states of horizons before `before_s` (epoch seconds) through `client`; how
+    /// many partitions went.
+    pub(super) async fn drop_to_date_before(
+        &self,
+        client: &Client,
+        before_s: u32,
+    ) -> Result<usize, StoreError> {
+        let partitions: Vec<String> = client.query(TO_DATE_PARTITIONS).fetch_all().await?;
+        let before = partition_of(before_s);
+        let old: Vec<u32> = partitions
+            .iter()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .filter(|&p| p < before)
+            .collect();
+        for partition in &old {
+            let mut sql = Sql::new("ALTER TABLE usage_rollup_to_date DROP PARTITION ");
+            sql.arg(*partition);
+            sql.query(client).execute().await?;
+        }
+        Ok(old.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Aggregation;
+
+    #[test]
+    fn partitions_are_named_by_the_utc_day() {
+        assert_eq!(partition_of(1_796_256_000), 20_261_203);
+        assert_eq!(partition_of(1_796_256_000 - 1), 20_261_202);
+    }
+
+    #[test]
+    fn a_set_of_meters_is_named_by_its_slugs_and_aggregations_in_order() {
+        let meters = [
+            ("calls", Aggregation::Count),
+            ("users", Aggregation::UniqueCount),
+        ];
+        assert_eq!(meters_key(&meters), "calls:Count,users:UniqueCount");
+    }
+
+    #[test]
+    fn the_build_fills_every_column_and_writes_the_complete_row() {
+        let meters = [("calls", Aggregation::Count), ("gb", Aggregation::Sum)];
+        let to_date = ToDate {
+            tenant: "t",
+            customer: "c",
+            start_ms: 1_000,
+            until_ms: 2 * DAY_MS,
+        };
+        let sql = build_statement(&to_date, &[Part::Samples(1_000, 2 * DAY_MS)], &meters).render();
+        assert!(sql.contains("sumMergeState(sum_value)"), "{sql}");
+        assert!(
+            sql.contains("arrayReduce('uniqExactState', emptyArrayString())"),
+            "{sql}"
+        );
+        assert!(sql.contains("'' AS meter"), "{sql}");
+        assert!(
+            sql.contains("sumState(toDecimal128(0, 12)) AS sum_value"),
+            "{sql}"
+        );
+        assert!(!sql.contains("uniqExactState('')"), "{sql}");
+    }
+}
