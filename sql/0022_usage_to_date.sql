@@ -7,7 +7,8 @@
 -- with meter '' says the set is complete (written in the same insert). Readers take it only
 -- if it was written at or after every day grain row of those days (`built_ms` against the
 -- grain's `version`): a day re-opened and written again makes the states older than it
--- stale. Partitioned by the horizon, so that states of past horizons go by partition.
+-- stale. Partitioned by the horizon's day number (days since 1970, whatever the server's
+-- timezone), so that states of past horizons go by partition.
 CREATE TABLE IF NOT EXISTS usage_rollup_to_date
 (
     tenant String,
@@ -27,6 +28,6 @@ CREATE TABLE IF NOT EXISTS usage_rollup_to_date
     built_ms UInt64
 )
 ENGINE = ReplacingMergeTree(built_ms)
-PARTITION BY toYYYYMMDD(until)
+PARTITION BY intDiv(toUInt32(until), 86400)
 ORDER BY (tenant, customer, meters, start_ms, until, meter, group_keys, group_values)
 SETTINGS index_granularity = 8;

@@ -15,6 +15,7 @@ use meterhouse::store::combined_sql::{combined_statement, customers_statement};
 use meterhouse::store::dashboard::{WeekMeter, week_volumes_statement};
 use meterhouse::store::priced_sql::{PricedScope, priced_samples_statement};
 use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
+use meterhouse::store::to_date_sql::{self, ToDate};
 use meterhouse::store::usage_sql::{Part, Scope, usage_statement};
 use meterhouse::store::weighted_grain;
 use meterhouse::store::weighted_sql::{WeightedScope, weighted_statement};
@@ -100,6 +101,29 @@ fn migrations_and_queries_run_on_current_clickhouse() {
     let combined_sql = format!(
         "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter",
         combined_statement("t", "c", &parts, &meters).render()
+    );
+    // Period-to-date states of those meters, from a start before the event to the end of its
+    // day, written and read back with the rest of a window after them.
+    let to_date = ToDate {
+        tenant: "t",
+        customer: "c",
+        start_ms: 1_794_990_000_000,
+        until_ms: 1_795_046_400_000,
+    };
+    let to_date_build = to_date_sql::build_statement(
+        &to_date,
+        &[Part::Samples(to_date.start_ms, to_date.until_ms)],
+        &meters,
+    )
+    .render();
+    let to_date_read = format!(
+        "SELECT meter, group_values, value, events FROM ({}) ORDER BY meter DESC",
+        to_date_sql::to_date_statement(
+            &to_date,
+            &split(to_date.until_ms, to_date.until_ms + 7_200_000, true),
+            &meters
+        )
+        .render()
     );
     // The same read of several customers at once, each over its own window (loading current
     // periods into memory): c over the window above, nobody over a window without usage.
@@ -252,6 +276,11 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": meter_late_sql(before), "expect": "1"}),
         json!({"sql": meter_late_sql(at), "expect": "0"}),
         json!({"sql": combined_sql, "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
+        json!({"sql": to_date_build, "expect": ""}),
+        json!({"sql": to_date_read, "expect": "users\t[]\t1\t1\ntokens\t['gpt-x']\t1250.5\t1\n\t[]\t0\t0"}),
+        json!({"sql": to_date_sql::TO_DATE_PARTITIONS, "expect": "20776"}),
+        json!({"sql": to_date_sql::drop_partition(20_776).render(), "expect": ""}),
+        json!({"sql": "SELECT count() FROM usage_rollup_to_date", "expect": "0"}),
         json!({"sql": users_sql, "expect": "['']\t1\t1"}),
         json!({"sql": several_sql, "expect": "c\ttokens\t1250.5\t1\nc\tusers\t1\t1"}),
         json!({"sql": series_sql, "expect": "1794997800\tc\t1250.5"}),

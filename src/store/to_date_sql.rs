@@ -17,7 +17,6 @@
 //! - **Gone by partition.** States are partitioned by their horizon: maintenance drops those of
 //!   horizons past ([`Store::drop_to_date_before`]).
 
-use chrono::{DateTime, Datelike};
 use clickhouse::Client;
 
 use super::combined_sql::{Meters, combined, part_selects, state_aggregations};
@@ -172,14 +171,15 @@ pub fn to_date_statement(to_date: &ToDate<'_>, rest: &[Part], meters: &Meters<'_
     combined(meters, selects)
 }
 
-/// The partitions (`YYYYMMDD` of their horizon) the table holds.
+/// The partitions (their horizon's day number) the table holds.
 pub const TO_DATE_PARTITIONS: &str = "SELECT DISTINCT partition FROM system.parts \
      WHERE database = currentDatabase() AND table = 'usage_rollup_to_date' AND active";
 
-/// `YYYYMMDD` of the UTC day of `s` (epoch seconds), as the table's partitions are named.
-fn partition_of(s: u32) -> u32 {
-    let day = DateTime::from_timestamp(i64::from(s), 0).unwrap_or_default();
-    day.year().unsigned_abs() * 10_000 + day.month() * 100 + day.day()
+/// Drops the states of the horizon `partition` (its day number, days since 1970).
+pub fn drop_partition(partition: u32) -> Sql {
+    let mut sql = Sql::new("ALTER TABLE usage_rollup_to_date DROP PARTITION ");
+    sql.arg(partition);
+    sql
 }
 
 impl Store {
@@ -197,16 +197,14 @@ impl Store {
         before_s: u32,
     ) -> Result<usize, StoreError> {
         let partitions: Vec<String> = client.query(TO_DATE_PARTITIONS).fetch_all().await?;
-        let before = partition_of(before_s);
+        let before = before_s / 86_400;
         let old: Vec<u32> = partitions
             .iter()
             .filter_map(|p| p.parse::<u32>().ok())
             .filter(|&p| p < before)
             .collect();
-        for partition in &old {
-            let mut sql = Sql::new("ALTER TABLE usage_rollup_to_date DROP PARTITION ");
-            sql.arg(*partition);
-            sql.query(client).execute().await?;
+        for &partition in &old {
+            drop_partition(partition).query(client).execute().await?;
         }
         Ok(old.len())
     }
@@ -216,12 +214,6 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::Aggregation;
-
-    #[test]
-    fn partitions_are_named_by_the_utc_day() {
-        assert_eq!(partition_of(1_796_256_000), 20_261_203);
-        assert_eq!(partition_of(1_796_256_000 - 1), 20_261_202);
-    }
 
     #[test]
     fn a_set_of_meters_is_named_by_its_slugs_and_aggregations_in_order() {
