@@ -278,6 +278,8 @@ fn migrations_and_queries_run_on_current_clickhouse() {
         json!({"sql": combined_sql, "expect": "tokens\t['gpt-x']\t1250.5\t1\nusers\t[]\t1\t1"}),
         json!({"sql": to_date_build, "expect": ""}),
         json!({"sql": to_date_read, "expect": "users\t[]\t1\t1\ntokens\t['gpt-x']\t1250.5\t1\n\t[]\t0\t0"}),
+        json!({"sql": to_date_sql::hour_rows_statement("t", "c", &meters, 1_794_999_600_000).render(), "expect": "1"}),
+        json!({"sql": to_date_sql::hour_rows_statement("t", "c", &meters, 1_795_003_200_000).render(), "expect": "0"}),
         json!({"sql": to_date_sql::TO_DATE_PARTITIONS, "expect": "20776"}),
         json!({"sql": to_date_sql::drop_partition(20_776).render(), "expect": ""}),
         json!({"sql": "SELECT count() FROM usage_rollup_to_date", "expect": "0"}),

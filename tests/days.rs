@@ -563,6 +563,13 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
                                "load": format!("{}", 100 - h % 17), "model": if h % 3 == 0 { "a" } else { "b" }}}));
         }
     }
+    // A current period: from a ragged start in day 1 to beyond now. c1 has an event ahead of
+    // now in its last, partial hour (events are taken up to a day ahead), the latest of all.
+    let window = (base + DAY_MS + 7 * HOUR_MS + 13_000, now_ms + HOUR_MS);
+    events.push(
+        json!({"id": "c1-ahead", "customer": "c1", "type": "measure", "timestamp": window.1 - 1,
+        "properties": {"v": "7", "user": "u-ahead", "load": "1", "model": "b"}}),
+    );
     let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
     assert_eq!(status, 202, "{ack}");
     let store = app.store().await;
@@ -570,8 +577,6 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
     age_marks(&store).await;
     let round = store.compact_days(10, 1_000, patience).await.unwrap();
     assert!(round.sealed >= 5, "{round:?}");
-    // A current period: from a ragged start in day 1 to beyond now.
-    let window = (base + DAY_MS + 7 * HOUR_MS + 13_000, now_ms + HOUR_MS);
     let meters: Vec<(&str, Aggregation)> = METERS.iter().map(|&(m, a, _)| (m, a)).collect();
     let meters = &meters[..];
     let sorted = |mut rows: Vec<MeterGroupUsage>| {
@@ -608,15 +613,18 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
              AND built_ms >= (SELECT max(version) FROM usage_rollup_day WHERE customer = '{customer}')"
         )
     };
-    // The first read finds no states and asks for them; the next reads take them.
+    // The first read learns that the customer is not light, the second finds no states and
+    // asks for them; the next reads take them.
     for customer in ["c1", "c2"] {
         let expected = want(customer).await;
         assert!(expected.len() >= 3, "{expected:?}");
-        assert_eq!(
-            read(customer, true).await,
-            expected,
-            "{customer}, first read"
-        );
+        for nth in ["first", "second"] {
+            assert_eq!(
+                read(customer, true).await,
+                expected,
+                "{customer}, {nth} read"
+            );
+        }
         eventually(&store, &complete(customer)).await;
         assert_eq!(
             read(customer, true).await,
@@ -624,6 +632,15 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
             "{customer}, from its states"
         );
     }
+    let latest_b = |rows: &[MeterGroupUsage]| {
+        let row = rows.iter().find(|r| r.meter == "last" && r.values == ["b"]);
+        row.map(|r| r.value.to_string())
+    };
+    assert_eq!(
+        latest_b(&read("c1", true).await).as_deref(),
+        Some("1"),
+        "the event ahead of now, in the trailing edge"
+    );
     let written: u64 = app
         .scalar("SELECT count() FROM usage_rollup_to_date WHERE customer = 'c1' AND meter = ''")
         .await;

@@ -254,9 +254,9 @@ impl UsageReader {
         let past = (bounds.0, bounds.1.min(now));
         let ragged = window::split(bounds.0, bounds.1, true).len() > 1;
         let store = self.store.for_customer(tenant, customer);
-        // A period's closed days from its states to date, but a light customer's (its samples
-        // alone are cheaper).
-        if from_start && !self.densities.light(&reads, past) {
+        // A period's closed days from its states to date, for a customer known to be dense
+        // (a light one's samples alone are cheaper).
+        if from_start && self.densities.dense(&reads, past) {
             let read = to_date::read(&self.to_date, &store, (tenant, customer), bounds, meters);
             if let Some(rows) = read.await? {
                 self.densities.learn(&reads, past, &rows);

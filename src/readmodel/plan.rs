@@ -68,6 +68,14 @@ impl Densities {
             .is_some_and(|per_day| self.limit > 0 && expected(per_day, to - from) <= self.limit)
     }
 
+    /// Whether a read of `[from, to)` (its past) is known to hold more samples than a light
+    /// one: learnt, and not light.
+    pub fn dense(&self, reads: &Reads, (from, to): (i64, i64)) -> bool {
+        self.per_day
+            .get(reads)
+            .is_some_and(|per_day| self.limit == 0 || expected(per_day, to - from) > self.limit)
+    }
+
     /// Records what a read of `[from, to)` (its past) held. A read of under an hour teaches
     /// nothing (too short to say what a longer one would hold), nor does one that found no
     /// usage (a quiet window says nothing of the others).

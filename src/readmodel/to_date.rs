@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::domain::Aggregation;
 use crate::store::combined_sql::Meters;
-use crate::store::to_date_sql::{COMPLETE, ToDate, build_statement, meters_key, to_date_statement};
+use crate::store::to_date_sql::{
+    COMPLETE, ToDate, build_statement, hour_rows_statement, meters_key, to_date_statement,
+};
 use crate::store::usage_sql::{MeterGroupUsage, Part};
 use crate::store::{DayParts, Store, StoreError};
 
@@ -182,7 +184,25 @@ pub async fn read(
     if builds.pending(&key_of(&to_date, meters)) {
         return Ok(None);
     }
-    let rest: Vec<Part> = window::split(to_date.until_ms, bounds.1, true);
+    let mut rest: Vec<Part> = window::split(to_date.until_ms, bounds.1, true);
+    // A trailing edge wholly ahead of now (a period's end) holds samples only if its hour has a
+    // rollup row: events are taken up to a day ahead, each into both, and no hour is marked
+    // for repair. Asking costs less than reading a granule of every part of the samples.
+    let now = chrono::Utc::now().timestamp_millis();
+    if let Some(&Part::Samples(from, _)) = rest.last()
+        && from > now
+        && from % window::HOUR_MS == 0
+        && !store
+            .hour_has_rows(&hour_rows_statement(
+                to_date.tenant,
+                to_date.customer,
+                meters,
+                from,
+            ))
+            .await?
+    {
+        rest.pop();
+    }
     let statement = to_date_statement(&to_date, &rest, meters);
     let mut rows = store
         .usage_of_meters(&statement, true)

@@ -171,6 +171,21 @@ pub fn to_date_statement(to_date: &ToDate<'_>, rest: &[Part], meters: &Meters<'_
     combined(meters, selects)
 }
 
+/// Whether the hour rollup holds a row of `meters` of one customer in the hour starting at
+/// `hour_ms`.
+pub fn hour_rows_statement(tenant: &str, customer: &str, meters: &Meters<'_>, hour_ms: i64) -> Sql {
+    let mut sql = Sql::new("SELECT count() > 0 FROM usage_rollup_hour WHERE tenant = ");
+    sql.arg(tenant)
+        .push(" AND customer = ")
+        .arg(customer)
+        .push(" AND meter IN (")
+        .list(meters.iter().map(|(slug, _)| *slug))
+        .push(") AND bucket = toDateTime(")
+        .arg(hour_ms / 1000)
+        .push(")");
+    sql
+}
+
 /// The partitions (their horizon's day number) the table holds.
 pub const TO_DATE_PARTITIONS: &str = "SELECT DISTINCT partition FROM system.parts \
      WHERE database = currentDatabase() AND table = 'usage_rollup_to_date' AND active";
@@ -187,6 +202,16 @@ impl Store {
     pub async fn build_to_date(&self, statement: &Sql) -> Result<(), StoreError> {
         statement.query(self.client()).execute().await?;
         Ok(())
+    }
+
+    /// Runs a [`hour_rows_statement`], within the request's read budget.
+    pub async fn hour_has_rows(&self, statement: &Sql) -> Result<bool, StoreError> {
+        let any: u8 = statement
+            .query(self.reader())
+            .fetch_one()
+            .await
+            .map_err(StoreError::from_read)?;
+        Ok(any == 1)
     }
 
     /// Drops the states of horizons before `before_s` (epoch seconds) through `client`; how
