@@ -136,7 +136,7 @@ pub async fn run(args: ReadbenchArgs) -> anyhow::Result<MatrixReport> {
         .client()
         .query(
             "SELECT table, sum(rows), sum(bytes_on_disk), sum(primary_key_bytes_in_memory) FROM system.parts \
-             WHERE database = currentDatabase() AND active AND table IN ('events', 'usage_samples', 'usage_rollup_hour', 'usage_rollup_day') \
+             WHERE database = currentDatabase() AND active AND table IN ('events', 'usage_samples', 'usage_rollup_hour', 'usage_rollup_day', 'usage_rollup_to_date') \
              GROUP BY table ORDER BY table",
         )
         .fetch_all::<(String, u64, u64, u64)>()
