@@ -3,11 +3,11 @@
 -- meter and group, so that a current period reads one state per meter and group for its
 -- closed days instead of a state per day and per hour (a distinct count's set of values is
 -- costly to decode once per row). Written off the ingest path by the service
--- (src/store/to_date.rs) from the parts it would read; a row for the meters' set `meters`
--- with meter '' says the set is complete (written in the same insert). Readers take it only
--- if it was written at or after every day grain row of those days (`built_ms` against the
--- grain's `version`): a day re-opened and written again makes the states older than it
--- stale. Partitioned by the horizon's day number (days since 1970, whatever the server's
+-- (src/readmodel/to_date.rs, src/store/to_date_sql.rs) from the parts it would read; a row
+-- for the meters' set `meters` with meter '' says the set is complete (written in the same
+-- insert, one block). Readers take it only if it was written at or after every day grain row
+-- of the customer's days it covers (`built_ms` against the grain's `version`): a day
+-- re-opened and written again makes the states older than it stale. Partitioned by the horizon's day number (days since 1970, whatever the server's
 -- timezone), so that states of past horizons go by partition.
 CREATE TABLE IF NOT EXISTS usage_rollup_to_date
 (

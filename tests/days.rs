@@ -171,6 +171,26 @@ async fn assert_same_combined(store: &Store, windows: &[(i64, i64)]) {
     }
 }
 
+/// When the event of hour `h` after `base` happens: minutes into the hour vary.
+fn hour_event_at(base: i64, h: i64) -> i64 {
+    base + h * HOUR_MS + 60_000 * (h % 50) + 7
+}
+
+/// An event of c1 and one of c2 in each hour `h` after `base` of `hours` ([`hour_event_at`]):
+/// the three meters' values vary with the hour, in two models.
+fn hourly_events(base: i64, hours: impl Iterator<Item = i64> + Clone) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    for customer in ["c1", "c2"] {
+        for h in hours.clone() {
+            events.push(json!({"id": format!("{customer}-{h}"), "customer": customer, "type": "measure",
+                "timestamp": hour_event_at(base, h),
+                "properties": {"v": format!("{}.5", h % 13), "user": format!("u{}", h % 9),
+                               "load": format!("{}", 100 - h % 17), "model": if h % 3 == 0 { "a" } else { "b" }}}));
+        }
+    }
+    events
+}
+
 /// Moves every re-opening mark five minutes back, as if that long had passed.
 async fn age_marks(store: &Store) {
     for sql in [
@@ -421,16 +441,8 @@ async fn a_denser_customers_ragged_window_takes_the_grains_days_and_samples_for_
     // An event an hour for six whole days before today (UTC), for c1 and c2.
     let now_ms = chrono::Utc::now().timestamp_millis();
     let base = (now_ms / DAY_MS - 6) * DAY_MS;
-    let at = |h: i64| base + h * HOUR_MS + 60_000 * (h % 50) + 7;
-    let mut events = Vec::new();
-    for customer in ["c1", "c2"] {
-        for h in 0..6 * 24 {
-            events.push(json!({"id": format!("{customer}-{h}"), "customer": customer, "type": "measure",
-                "timestamp": at(h),
-                "properties": {"v": format!("{}.5", h % 13), "user": format!("u{}", h % 9),
-                               "load": format!("{}", 100 - h % 17), "model": if h % 3 == 0 { "a" } else { "b" }}}));
-        }
-    }
+    let at = |h: i64| hour_event_at(base, h);
+    let events = hourly_events(base, 0..6 * 24);
     let (status, ack) = app.post_events("ingest_key_a", &json!(events)).await;
     assert_eq!(status, 202, "{ack}");
     let store = app.store().await;
@@ -553,16 +565,8 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
     // for c1 and c2.
     let now_ms = chrono::Utc::now().timestamp_millis();
     let base = (now_ms / DAY_MS - 6) * DAY_MS;
-    let at = |h: i64| base + h * HOUR_MS + 60_000 * (h % 50) + 7;
-    let mut events = Vec::new();
-    for customer in ["c1", "c2"] {
-        for h in (0..7 * 24).filter(|&h| at(h) < now_ms - 600_000) {
-            events.push(json!({"id": format!("{customer}-{h}"), "customer": customer, "type": "measure",
-                "timestamp": at(h),
-                "properties": {"v": format!("{}.5", h % 13), "user": format!("u{}", h % 9),
-                               "load": format!("{}", 100 - h % 17), "model": if h % 3 == 0 { "a" } else { "b" }}}));
-        }
-    }
+    let hours = (0..7 * 24).filter(|&h| hour_event_at(base, h) < now_ms - 600_000);
+    let mut events = hourly_events(base, hours);
     // A current period: from a ragged start in day 1 to beyond now. c1 has an event ahead of
     // now in its last, partial hour (events are taken up to a day ahead), the latest of all.
     let window = (base + DAY_MS + 7 * HOUR_MS + 13_000, now_ms + HOUR_MS);
@@ -593,8 +597,11 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
             sorted(rows.get(customer).cloned().unwrap_or_default())
         }
     };
-    // No customer light enough for its samples alone.
-    let reader = UsageReader::uncached(store.clone()).with_light_read_samples(1);
+    // No customer light enough for its samples alone; states asked for again after 100 ms
+    // (a minute by default).
+    let reader = UsageReader::uncached(store.clone())
+        .with_light_read_samples(1)
+        .with_to_date_retry(Duration::from_millis(100));
     let read = |customer: &'static str, from_start: bool| {
         let reader = reader.clone();
         async move {
@@ -632,6 +639,31 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
             "{customer}, from its states"
         );
     }
+    // A set of meters without a sum, an extreme or a latest value: the states' other columns
+    // hold empty ones.
+    let users = [("users", Aggregation::UniqueCount)];
+    let parts = window::split(window.0, window.1, true);
+    let statement = combined_statement("acme", "c2", &parts, &users);
+    let expected = sorted(store.usage_of_meters(&statement, true).await.unwrap()["c2"].clone());
+    for _ in 0..2 {
+        let rows = reader
+            .of_meters_from_store("acme", "c2", window, &users, true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sorted(rows), expected);
+    }
+    eventually(
+        &store,
+        "SELECT count() FROM usage_rollup_to_date WHERE customer = 'c2' AND meter = '' AND meters = 'users:UniqueCount'",
+    )
+    .await;
+    let rows = reader
+        .of_meters_from_store("acme", "c2", window, &users, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sorted(rows), expected, "users alone, from its states");
     let latest_b = |rows: &[MeterGroupUsage]| {
         let row = rows.iter().find(|r| r.meter == "last" && r.values == ["b"]);
         row.map(|r| r.value.to_string())

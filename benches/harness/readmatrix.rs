@@ -207,6 +207,21 @@ async fn generate(
     Ok((total, seconds))
 }
 
+/// Waits (up to 30 s) until no period-to-date states have been written for a second.
+async fn states_written(store: &Store) -> anyhow::Result<()> {
+    let complete = "SELECT count() FROM usage_rollup_to_date WHERE meter = ''";
+    let mut last = u64::MAX;
+    for _ in 0..30 {
+        let now: u64 = store.client().query(complete).fetch_one().await?;
+        if now == last {
+            return Ok(());
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
 /// What each measured phase shares.
 struct Phase<'a> {
     config: &'a Config,
@@ -270,25 +285,25 @@ async fn measure(
             // Warm-up, not measured: each customer read below, once. The service learns a
             // customer's density from its first read (`readmodel::plan`), so the figures are
             // those of the reads after it: a light customer's from its samples alone.
-            // A current period is read twice: a dense customer's second read asks for its
-            // states to date, written in the background (`readmodel::to_date`) once a day, and
+            // A current period is read three times: a dense customer's second read asks for
+            // its states to date, written in the background (`readmodel::to_date`) once a day,
+            // two at a time (a request past that is dropped: the third read asks again), and
             // the reads after them take them.
-            let warm_ups = if query.is_empty() { 2 } else { 1 };
-            let mut warmed = std::collections::HashSet::new();
-            for i in 0..reads {
-                let name = format!("c{per_day}_{}", (i as u64 * 7919) % count);
-                if warmed.insert(name.clone()) {
-                    for _ in 0..warm_ups {
-                        get(
-                            &http,
-                            &format!("{base}/v1/subscriptions/sub_{name}/usage{query}"),
-                        )
-                        .await?;
-                    }
+            let warm_ups = if query.is_empty() { 3 } else { 1 };
+            let names: std::collections::BTreeSet<String> = (0..reads)
+                .map(|i| format!("c{per_day}_{}", (i as u64 * 7919) % count))
+                .collect();
+            for round in 0..warm_ups {
+                for name in &names {
+                    get(
+                        &http,
+                        &format!("{base}/v1/subscriptions/sub_{name}/usage{query}"),
+                    )
+                    .await?;
                 }
-            }
-            if query.is_empty() {
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                if round > 0 {
+                    states_written(store).await?;
+                }
             }
             let (mut ours, mut naive, mut as_of) = (Vec::new(), Vec::new(), Vec::new());
             for i in 0..reads {

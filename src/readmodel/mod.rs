@@ -159,6 +159,13 @@ impl UsageReader {
         self
     }
 
+    /// This reader with its period-to-date states (`to_date`) asked for at most once every
+    /// `every` (a minute by default).
+    pub fn with_to_date_retry(mut self, every: Duration) -> Self {
+        self.to_date = to_date::Builds::new(every);
+        self
+    }
+
     /// The customers' densities this reader learnt (`plan`).
     pub fn densities(&self) -> &plan::Densities {
         &self.densities
@@ -258,9 +265,16 @@ impl UsageReader {
         // (a light one's samples alone are cheaper).
         if from_start && self.densities.dense(&reads, past) {
             let read = to_date::read(&self.to_date, &store, (tenant, customer), bounds, meters);
-            if let Some(rows) = read.await? {
-                self.densities.learn(&reads, past, &rows);
-                return Ok(Some(rows));
+            match read.await {
+                Ok(Some(rows)) => {
+                    self.densities.learn(&reads, past, &rows);
+                    return Ok(Some(rows));
+                }
+                Ok(None) => {}
+                // The states are a shortcut: the read goes on without them.
+                Err(e) => {
+                    tracing::debug!(tenant, customer, error = %e, "period-to-date states not read");
+                }
             }
         }
         // The day grain's view of the window, when the plan looked it up: the rollups' read

@@ -9,12 +9,13 @@
 //! - **Written off the request.** A read that finds no complete states asks for them
 //!   ([`Builds::request`]) and reads the window as before; the states are written in the
 //!   background from the same parts a read would take, once per customer, set of meters, start
-//!   and horizon (a new horizon, each day, writes them again). While they are being written,
-//!   reads do not look for them.
+//!   and horizon (a new horizon, each day, writes them again), asked for at most once a minute
+//!   by a process. While they are being written, reads do not look for them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use crate::domain::Aggregation;
 use crate::store::combined_sql::Meters;
@@ -30,12 +31,15 @@ use super::window::{self, DAY_MS};
 /// shorter, and its days and hours are few enough to read as they are.
 pub const MIN_SPAN_MS: i64 = 2 * DAY_MS;
 
-/// How long a request for states is not made again (while they are written, or after a write
-/// that failed or found the window changing).
+/// How long a request for states is not made again, by default (while they are written, or
+/// after a write, whatever came of it).
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// Past this many requests remembered, those older than [`RETRY_AFTER`] are forgotten.
-const REMEMBERED: usize = 4_096;
+/// Requests remembered at most (the oldest go first).
+const REMEMBERED: u64 = 4_096;
+
+/// States written at once, at most, by a process.
+const AT_ONCE: usize = 2;
 
 /// The states a read of `meters` over `bounds` would take, given the day grain's view of the
 /// window: from its start to the horizon, if that is far enough and no day of it is re-opened.
@@ -64,9 +68,23 @@ pub fn applies<'a>(
     })
 }
 
-/// The states asked for by this process's reads, and when.
-#[derive(Clone, Default)]
-pub struct Builds(Arc<Mutex<HashMap<String, Instant>>>);
+/// The states asked for by this process's reads, and whether they were written since. States
+/// are asked for at most once every retry (a minute by default), written or not: states written
+/// but not found (a replica that has not fetched them yet, a clock behind the day grain's
+/// version) are not written again at every read. At most [`AT_ONCE`] are written at a time; a
+/// request past that is dropped, and the next read asks again.
+#[derive(Clone)]
+pub struct Builds {
+    /// Each request's key and whether its states were written, forgotten after the retry.
+    asked: moka::sync::Cache<String, bool>,
+    writing: Arc<Semaphore>,
+}
+
+impl Default for Builds {
+    fn default() -> Self {
+        Self::new(RETRY_AFTER)
+    }
+}
 
 fn key_of(to_date: &ToDate<'_>, meters: &Meters<'_>) -> String {
     format!(
@@ -80,30 +98,34 @@ fn key_of(to_date: &ToDate<'_>, meters: &Meters<'_>) -> String {
 }
 
 impl Builds {
-    /// Whether these states were asked for less than [`RETRY_AFTER`] ago and not written yet.
+    /// States asked for at most once every `retry_after`.
+    pub fn new(retry_after: Duration) -> Self {
+        Self {
+            asked: moka::sync::Cache::builder()
+                .max_capacity(REMEMBERED)
+                .time_to_live(retry_after)
+                .build(),
+            writing: Arc::new(Semaphore::new(AT_ONCE)),
+        }
+    }
+
+    /// Whether these states were asked for less than a retry ago and not written yet.
     fn pending(&self, key: &str) -> bool {
-        let builds = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        builds.get(key).is_some_and(|at| at.elapsed() < RETRY_AFTER)
+        self.asked.get(key) == Some(false)
     }
 
     /// Writes the states of `meters` over `to_date` in the background through `store` (the
-    /// customer's), unless they were asked for less than [`RETRY_AFTER`] ago.
+    /// customer's), unless they were asked for less than a retry ago or [`AT_ONCE`] are being
+    /// written.
     pub fn request(&self, store: &Store, to_date: &ToDate<'_>, meters: &Meters<'_>) {
+        let Ok(permit) = self.writing.clone().try_acquire_owned() else {
+            return;
+        };
         let key = key_of(to_date, meters);
-        {
-            let mut builds = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            if builds
-                .get(&key)
-                .is_some_and(|at| at.elapsed() < RETRY_AFTER)
-            {
-                return;
-            }
-            if builds.len() >= REMEMBERED {
-                builds.retain(|_, at| at.elapsed() < RETRY_AFTER);
-            }
-            builds.insert(key.clone(), Instant::now());
+        if !self.asked.entry(key.clone()).or_insert(false).is_fresh() {
+            return;
         }
-        let builds = self.clone();
+        let asked = self.asked.clone();
         let store = store.clone();
         let (tenant, customer) = (to_date.tenant.to_owned(), to_date.customer.to_owned());
         let bounds = (to_date.start_ms, to_date.until_ms);
@@ -114,11 +136,7 @@ impl Builds {
                 meters.iter().map(|(s, a)| (s.as_str(), *a)).collect();
             match build(&store, (&tenant, &customer), bounds, &meters).await {
                 Ok(true) => {
-                    builds
-                        .0
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&key);
+                    asked.insert(key, true);
                     tracing::debug!(tenant, customer, "period-to-date states written");
                 }
                 Ok(false) => {
@@ -132,6 +150,7 @@ impl Builds {
                     tracing::warn!(tenant, customer, error = %e, "period-to-date states not written");
                 }
             }
+            drop(permit);
         });
     }
 }

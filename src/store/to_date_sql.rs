@@ -5,15 +5,20 @@
 //! hour's samples. What decides when they are written and read is the read model's
 //! (`readmodel::to_date`); this module states and runs them.
 //!
-//! - **Complete or absent.** The states of a set of meters are written by one insert (one
-//!   block, one part, on every replica at once), with a row of meter [`COMPLETE`]. A read takes
-//!   them with that row, and a read that gets no such row reads the window otherwise.
+//! - **Complete or absent.** The states of a set of meters are written by one insert with a
+//!   row of meter [`COMPLETE`], squashed into one block whatever its size
+//!   ([`Store::build_to_date`]): one part, committed at once, and fetched by a replica at once.
+//!   A read takes them with that row, and a read that gets no such row reads the window
+//!   otherwise.
 //! - **Never stale.** A day of the window re-opened by a late event or a repaired hour is
 //!   written again into the day grain with a greater version (the round's start, after the
-//!   event). States are read only if written at or after every day grain row of their days
-//!   (`built_ms`, the server's clock when the insert began, against the grain's `version`),
-//!   so states older than a day written again are not read; while a day is re-opened, the read
-//!   model does not read them at all.
+//!   event). States are read only if written at or after every day grain row of the
+//!   customer's days they cover (`built_ms`, the server's clock when the insert began, in whole
+//!   seconds, against the grain's `version`), so states older than a day written again are not
+//!   read; while a day is re-opened, the read model does not read them at all. A state can be
+//!   stale only if written before the late event that re-opened its day, and a day is written
+//!   again only from marks five minutes old (`store::repair::RACE_WINDOW_S`), so the clocks
+//!   of the nodes that write states and days may differ by up to that.
 //! - **Gone by partition.** States are partitioned by their horizon: maintenance drops those of
 //!   horizons past ([`Store::drop_to_date_before`]).
 
@@ -94,12 +99,10 @@ pub fn build_statement(to_date: &ToDate<'_>, parts: &[Part], meters: &Meters<'_>
         .push(" AS customer, ")
         .arg(COMPLETE)
         .push(" AS meter, emptyArrayString() AS group_keys, emptyArrayString() AS group_values, countState() AS samples");
-    for states in &used {
-        let (_, _, none) = COLUMNS
-            .iter()
-            .find(|(column, ..)| *column == states.column)
-            .expect("every state column is in the table");
-        complete.push(&format!(", {none} AS {}", states.column));
+    for (column, _, none) in COLUMNS {
+        if used.iter().any(|s| s.column == column) {
+            complete.push(&format!(", {none} AS {column}"));
+        }
     }
     complete.push(" FROM system.one WHERE 0");
     selects.push(complete);
@@ -129,7 +132,9 @@ pub fn build_statement(to_date: &ToDate<'_>, parts: &[Part], meters: &Meters<'_>
 }
 
 /// The inner SELECT of a combined read that takes `to_date`'s states of `meters`, the complete
-/// row among them; nothing if they were written before some day grain row of their days.
+/// row among them; nothing if they were written before some day grain row of the customer's
+/// days they cover (of any meter: a day written again holds at least the row of the meter whose
+/// late event re-opened it).
 fn to_date_select(to_date: &ToDate<'_>, meters: &Meters<'_>) -> Sql {
     let columns: String = used(meters)
         .iter()
@@ -152,9 +157,7 @@ fn to_date_select(to_date: &ToDate<'_>, meters: &Meters<'_>) -> Sql {
         .arg(to_date.tenant)
         .push(" AND customer = ")
         .arg(to_date.customer)
-        .push(" AND meter IN (")
-        .list(meters.iter().map(|(slug, _)| *slug))
-        .push(") AND bucket >= toDateTime(")
+        .push(" AND bucket >= toDateTime(")
         .arg(first_day / 1000)
         .push(") AND bucket < toDateTime(")
         .arg(to_date.until_ms / 1000)
@@ -198,9 +201,16 @@ pub fn drop_partition(partition: u32) -> Sql {
 }
 
 impl Store {
-    /// Writes period-to-date states ([`build_statement`]).
+    /// Writes period-to-date states ([`build_statement`]) as one block, whatever its size (the
+    /// insert squashes a SELECT's blocks up to these bounds), within a minute.
     pub async fn build_to_date(&self, statement: &Sql) -> Result<(), StoreError> {
-        statement.query(self.client()).execute().await?;
+        statement
+            .query(self.client())
+            .with_setting("min_insert_block_size_rows", "1000000000000")
+            .with_setting("min_insert_block_size_bytes", "1000000000000000")
+            .with_setting("max_execution_time", "60")
+            .execute()
+            .await?;
         Ok(())
     }
 
