@@ -254,7 +254,7 @@ impl Cluster {
 
     /// Every node's client.
     pub(super) fn clients(&self) -> impl Iterator<Item = &Client> {
-        self.nodes.iter().map(|n| &n.client)
+        self.nodes().map(|n| &n.client)
     }
 
     /// Every node.

@@ -16,11 +16,19 @@ pub type Meters<'a> = [(&'a str, Aggregation)];
 
 /// `, sumState(value) AS sum_value` and the like: the state of each aggregation of `meters`
 /// that keeps one, each once, in order, built from samples.
-pub(super) fn sample_state_columns(meters: &Meters<'_>) -> String {
+fn sample_state_columns(meters: &Meters<'_>) -> String {
+    states_of(meters)
+        .into_iter()
+        .map(|s| format!(", {} AS {}", s.from_samples, s.column))
+        .collect()
+}
+
+/// The states the aggregations of `meters` keep besides the count, each once, in order: the
+/// state columns of every branch of their combined read.
+pub(super) fn states_of(meters: &Meters<'_>) -> Vec<States> {
     state_aggregations(meters)
         .into_iter()
         .filter_map(States::of)
-        .map(|s| format!(", {} AS {}", s.from_samples, s.column))
         .collect()
 }
 
@@ -54,9 +62,8 @@ fn rollup_reads<'a>(meters: &Meters<'a>) -> Vec<RollupRead<'a>> {
                 read.iter()
                     .any(|&(_, a)| States::of(a).is_some_and(|s| s.column == column))
             };
-            let columns = state_aggregations(meters)
+            let columns = states_of(meters)
                 .into_iter()
-                .filter_map(States::of)
                 .map(|s| match s.empty {
                     Some(empty) if !needs(s.column) => format!(", {empty} AS {}", s.column),
                     _ => format!(", {}", s.column),
@@ -71,7 +78,7 @@ fn rollup_reads<'a>(meters: &Meters<'a>) -> Vec<RollupRead<'a>> {
 }
 
 /// The aggregations of `meters` that read a state besides the count, each once, in order.
-pub(super) fn state_aggregations(meters: &Meters<'_>) -> Vec<Aggregation> {
+fn state_aggregations(meters: &Meters<'_>) -> Vec<Aggregation> {
     let mut seen = Vec::new();
     for &(_, a) in meters {
         if States::of(a).is_some() && !seen.contains(&a) {

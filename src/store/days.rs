@@ -26,7 +26,7 @@ use super::queries::{self, CustomerDay};
 use super::repair::RACE_WINDOW_S;
 use super::{Store, StoreError};
 
-const DAY_S: u32 = 86_400;
+pub(super) const DAY_S: u32 = 86_400;
 /// A day is sealed this long after events of it start to be caught as late.
 const SEAL_MARGIN_S: u32 = 3_600;
 /// How long this process trusts the horizon it last read.

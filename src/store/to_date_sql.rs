@@ -24,15 +24,16 @@
 
 use clickhouse::Client;
 
-use super::combined_sql::{Meters, combined, part_selects, state_aggregations};
+use super::combined_sql::{Meters, combined, part_selects, states_of};
+use super::days::DAY_S;
 use super::sql::Sql;
-use super::usage_sql::{Part, States};
+use super::usage_sql::Part;
 use super::{Store, StoreError};
 
 /// The meter of the row that says a set of states is complete (no meter's slug is empty).
 pub const COMPLETE: &str = "";
 
-const DAY_MS: i64 = 86_400_000;
+const DAY_MS: i64 = DAY_S as i64 * 1_000;
 
 /// One customer's usage of a set of meters over `[start_ms, until_ms)`: from a window's start
 /// to the day grain's horizon (the start of a UTC day).
@@ -80,18 +81,10 @@ const COLUMNS: [(&str, &str, &str); 5] = [
     ),
 ];
 
-/// The states the reads of `meters` use, each once, in order.
-fn used(meters: &Meters<'_>) -> Vec<States> {
-    state_aggregations(meters)
-        .into_iter()
-        .filter_map(States::of)
-        .collect()
-}
-
 /// Writes the states of `meters` over `to_date`, read from `parts` (which must tile it), with
 /// the row that says they are complete. Every row carries when the insert began.
 pub fn build_statement(to_date: &ToDate<'_>, parts: &[Part], meters: &Meters<'_>) -> Sql {
-    let used = used(meters);
+    let used = states_of(meters);
     let mut selects = part_selects(to_date.tenant, to_date.customer, parts, meters, None);
     let mut complete = Sql::new("SELECT ");
     complete
@@ -136,7 +129,7 @@ pub fn build_statement(to_date: &ToDate<'_>, parts: &[Part], meters: &Meters<'_>
 /// days they cover (of any meter: a day written again holds at least the row of the meter whose
 /// late event re-opened it).
 fn to_date_select(to_date: &ToDate<'_>, meters: &Meters<'_>) -> Sql {
-    let columns: String = used(meters)
+    let columns: String = states_of(meters)
         .iter()
         .map(|s| format!(", {}", s.column))
         .collect();
@@ -232,7 +225,7 @@ impl Store {
         before_s: u32,
     ) -> Result<usize, StoreError> {
         let partitions: Vec<String> = client.query(TO_DATE_PARTITIONS).fetch_all().await?;
-        let before = before_s / 86_400;
+        let before = before_s / DAY_S;
         let old: Vec<u32> = partitions
             .iter()
             .filter_map(|p| p.parse::<u32>().ok())
