@@ -191,16 +191,24 @@ fn hourly_events(base: i64, hours: impl Iterator<Item = i64> + Clone) -> Vec<ser
     events
 }
 
-/// Moves every re-opening mark five minutes back, as if that long had passed.
+/// Moves every late event's mark (re-opened days, late hours) ten minutes back, as if that long
+/// had passed.
 async fn age_marks(store: &Store) {
-    for sql in [
-        "CREATE TABLE marks_aged AS rollup_days_reopened",
-        "INSERT INTO marks_aged SELECT tenant, customer, day, toDateTime(toUInt32(at) - 600) FROM rollup_days_reopened",
-        "TRUNCATE TABLE rollup_days_reopened",
-        "INSERT INTO rollup_days_reopened SELECT * FROM marks_aged",
-        "DROP TABLE marks_aged",
+    for (table, key) in [
+        ("rollup_days_reopened", "day"),
+        ("rollup_hours_late", "hour"),
     ] {
-        store.client().query(sql).execute().await.unwrap();
+        for sql in [
+            format!("CREATE TABLE marks_aged AS {table}"),
+            format!(
+                "INSERT INTO marks_aged SELECT tenant, customer, {key}, toDateTime(toUInt32(at) - 600) FROM {table}"
+            ),
+            format!("TRUNCATE TABLE {table}"),
+            format!("INSERT INTO {table} SELECT * FROM marks_aged"),
+            "DROP TABLE marks_aged".to_owned(),
+        ] {
+            store.client().query(&sql).execute().await.unwrap();
+        }
     }
 }
 
@@ -674,7 +682,10 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
         "the event ahead of now, in the trailing edge"
     );
     let written: u64 = app
-        .scalar("SELECT count() FROM usage_rollup_to_date WHERE customer = 'c1' AND meter = ''")
+        .scalar(
+            "SELECT max(n) FROM (SELECT count() AS n FROM usage_rollup_to_date \
+             WHERE customer = 'c1' AND meter = '' GROUP BY meters, start_ms, until)",
+        )
         .await;
     assert_eq!(
         written, 1,
@@ -732,5 +743,140 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
     mutations_done(&store, "usage_rollup_day").await;
     assert!(total(&read("c1", false).await) < total(&with_late));
     assert_eq!(read("c1", true).await, with_late);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn states_reach_an_hour_ago_past_the_day_grain_and_never_miss_a_late_event_of_their_hours() {
+    let app = app_with_meters("days_to_hour").await;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let base = (now_ms / DAY_MS - 6) * DAY_MS;
+    let hours = (0..7 * 24).filter(|&h| hour_event_at(base, h) < now_ms - 600_000);
+    let (status, ack) = app
+        .post_events("ingest_key_a", &json!(hourly_events(base, hours)))
+        .await;
+    assert_eq!(status, 202, "{ack}");
+    let store = app.store().await;
+    age_marks(&store).await;
+    // Four days sealed: the day grain's horizon is two days before today, and states reach past
+    // it, to the last hour that ended an hour (and the clocks' skew) ago.
+    let round = store
+        .compact_days(4, 1_000, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(round.sealed, 4, "{round:?}");
+    let day_until = base + 4 * DAY_MS;
+    let hour_until = (now_ms - 600_000) / HOUR_MS * HOUR_MS - HOUR_MS;
+    assert!(hour_until >= day_until + DAY_MS);
+    let window = (base + DAY_MS + 7 * HOUR_MS + 13_000, now_ms + HOUR_MS);
+    let meters: Vec<(&str, Aggregation)> = METERS.iter().map(|&(m, a, _)| (m, a)).collect();
+    let meters = &meters[..];
+    let sorted = |mut rows: Vec<MeterGroupUsage>| {
+        rows.sort_by(|a, b| (&a.meter, &a.values).cmp(&(&b.meter, &b.values)));
+        rows
+    };
+    let want = || {
+        let store = store.clone();
+        async move {
+            let parts = window::split(window.0, window.1, true);
+            let statement = combined_statement("acme", "c1", &parts, meters);
+            let rows = store.usage_of_meters(&statement, true).await.unwrap();
+            sorted(rows.get("c1").cloned().unwrap_or_default())
+        }
+    };
+    // The horizon does not move while the test runs.
+    let reader = UsageReader::uncached(store.clone())
+        .with_light_read_samples(1)
+        .with_to_date_retry(Duration::from_millis(100))
+        .with_to_date_clock_stopped_at(now_ms);
+    let read = |from_start: bool| {
+        let reader = reader.clone();
+        async move {
+            sorted(
+                reader
+                    .of_meters_from_store("acme", "c1", window, meters, from_start)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+        }
+    };
+    let expected = want().await;
+    for nth in ["first", "second"] {
+        assert_eq!(read(true).await, expected, "{nth} read");
+    }
+    let complete_at = |until_ms: i64| {
+        format!(
+            "SELECT count() FROM usage_rollup_to_date FINAL WHERE customer = 'c1' AND meter = '' \
+             AND until = toDateTime({})",
+            until_ms / 1000
+        )
+    };
+    eventually(&store, &complete_at(hour_until)).await;
+    assert_eq!(
+        read(true).await,
+        expected,
+        "from the states to {hour_until}"
+    );
+
+    // They were read: a group written into an hour they cover after them, with no event (so no
+    // mark), is in the read of the hours and not in the read from the states.
+    let injected = day_until + 3 * HOUR_MS;
+    store
+        .client()
+        .query(
+            "INSERT INTO usage_rollup_hour (tenant, meter, customer, group_keys, group_values, bucket, samples, sum_value) \
+             SELECT 'acme', 'v', 'c1', ['model'], ['zz'], toDateTime(?), countState(), sumState(toDecimal128(1000, 12)) FROM system.one",
+        )
+        .bind(injected / 1000)
+        .execute()
+        .await
+        .unwrap();
+    let hours_read = read(false).await;
+    assert!(
+        hours_read.iter().any(|r| r.values == ["zz"]),
+        "{hours_read:?}"
+    );
+    assert_eq!(read(true).await, expected, "the states, not the hours");
+    store
+        .client()
+        .query("ALTER TABLE usage_rollup_hour DELETE WHERE group_values = ['zz']")
+        .execute()
+        .await
+        .unwrap();
+    mutations_done(&store, "usage_rollup_hour").await;
+
+    // A late event of an hour they cover (an hour after the day grain's horizon): marked, so
+    // the states written before it are not read again; the day grain's horizon's are.
+    let late_at = day_until + HOUR_MS + 5 * 60_000;
+    let late = json!([{"id": "late-hour", "customer": "c1", "type": "measure", "timestamp": late_at,
+        "properties": {"v": "1000", "user": "u-late", "load": "999", "model": "a"}}]);
+    let (status, _) = app.post_events("ingest_key_a", &late).await;
+    assert_eq!(status, 202);
+    eventually(
+        &store,
+        &format!(
+            "SELECT count() FROM rollup_hours_late WHERE customer = 'c1' AND hour = toDateTime({}) \
+             AND at > now() - 120",
+            (late_at / HOUR_MS * HOUR_MS) / 1000
+        ),
+    )
+    .await;
+    eventually(&store, &complete_at(day_until)).await;
+    let with_late = want().await;
+    assert_ne!(with_late, expected);
+    assert_eq!(read(true).await, with_late, "the late event counted");
+    // States to that hour are not written again within five minutes of the mark: they would
+    // not be read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read(true).await, with_late);
+    let written: u64 = app
+        .scalar(&format!(
+            "SELECT count() FROM usage_rollup_to_date WHERE customer = 'c1' AND meter = '' \
+             AND until = toDateTime({})",
+            hour_until / 1000
+        ))
+        .await;
+    assert_eq!(written, 1, "not written again so soon after the mark");
     app.shutdown().await;
 }

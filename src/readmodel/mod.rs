@@ -166,6 +166,13 @@ impl UsageReader {
         self
     }
 
+    /// This reader with the clock of its period-to-date states stopped at `now_ms` (tests: a
+    /// horizon that does not move while they run; never ahead of ClickHouse's clock).
+    pub fn with_to_date_clock_stopped_at(mut self, now_ms: i64) -> Self {
+        self.to_date = self.to_date.stopped_at(now_ms);
+        self
+    }
+
     /// The customers' densities this reader learnt (`plan`).
     pub fn densities(&self) -> &plan::Densities {
         &self.densities

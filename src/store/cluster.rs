@@ -49,6 +49,7 @@ pub const SHARDED: &[&str] = &[
     "usage_weighted_hour",
     "weighted_grain",
     "usage_rollup_to_date",
+    "rollup_hours_late",
 ];
 
 /// Tables replicated on every node: small, and read by every process whatever the customer.

@@ -202,17 +202,22 @@ impl Store {
             self.mutations_done(&unmarked, patience).await?;
         }
         // Period-to-date states are read at the current horizon only (at the one before it by
-        // a process that has not looked again yet): older ones go.
-        match self
-            .drop_to_date_before(&client, until.saturating_sub(DAY_S))
-            .await
-        {
-            Ok(0) => {}
-            Ok(dropped) => {
-                tracing::info!(dropped, "period-to-date states of past horizons dropped")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "period-to-date states of past horizons not dropped")
+        // a process that has not looked again yet, or at an hour past it): older ones go. Marks
+        // of late hours matter for today and the three days before.
+        let drops = [
+            ("usage_rollup_to_date", until.saturating_sub(DAY_S)),
+            (
+                "rollup_hours_late",
+                (t0 - t0 % DAY_S).saturating_sub(3 * DAY_S),
+            ),
+        ];
+        for (table, before_s) in drops {
+            match self.drop_partitions_before(&client, table, before_s).await {
+                Ok(0) => {}
+                Ok(dropped) => tracing::info!(table, dropped, "partitions of past days dropped"),
+                Err(e) => {
+                    tracing::warn!(table, error = %e, "partitions of past days not dropped")
+                }
             }
         }
         let reopened: Vec<CustomerDay> = queries::reopened_days_before(before_s, until, limit)

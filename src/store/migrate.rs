@@ -90,6 +90,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "usage_to_date",
         include_str!("../../sql/0022_usage_to_date.sql"),
     ),
+    (
+        23,
+        "late_hours",
+        include_str!("../../sql/0023_late_hours.sql"),
+    ),
 ];
 
 #[derive(clickhouse::Row, serde::Serialize)]

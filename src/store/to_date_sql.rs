@@ -19,13 +19,19 @@
 //!   stale only if written before the late event that re-opened its day, and a day is written
 //!   again only from marks five minutes old (`store::repair::RACE_WINDOW_S`), so the clocks
 //!   of the nodes that write states and days may differ by up to that.
-//! - **Gone by partition.** States are partitioned by their horizon: maintenance drops those of
-//!   horizons past ([`Store::drop_to_date_before`]).
+//! - **Late hours.** States may reach past the day grain's horizon, to an hour that ended over
+//!   an hour ago (the read model decides). An event of such an hour arriving later leaves a mark
+//!   (`rollup_hours_late`, sql/0023, made by a view on the events); states are read only if
+//!   written five minutes or more after every mark of the customer's hours they cover, so that
+//!   an insert under way while they were written cannot have been missed by them.
+//! - **Gone by partition.** States are partitioned by their horizon, late hours' marks by their
+//!   day: maintenance drops those past ([`Store::drop_partitions_before`]).
 
 use clickhouse::Client;
 
 use super::combined_sql::{Meters, combined, part_selects, states_of};
 use super::days::DAY_S;
+use super::repair::RACE_WINDOW_S;
 use super::sql::Sql;
 use super::usage_sql::Part;
 use super::{Store, StoreError};
@@ -154,7 +160,35 @@ fn to_date_select(to_date: &ToDate<'_>, meters: &Meters<'_>) -> Sql {
         .arg(first_day / 1000)
         .push(") AND bucket < toDateTime(")
         .arg(to_date.until_ms / 1000)
+        .push(")) AND built_ms >= (SELECT toUInt64(max(at)) * 1000 + ")
+        .arg(u64::from(RACE_WINDOW_S) * 1000)
+        .push(" FROM rollup_hours_late WHERE tenant = ")
+        .arg(to_date.tenant)
+        .push(" AND customer = ")
+        .arg(to_date.customer)
+        .push(" AND hour >= toDateTime(")
+        .arg(first_day / 1000)
+        .push(") AND hour < toDateTime(")
+        .arg(to_date.until_ms / 1000)
         .push("))");
+    sql
+}
+
+/// The newest mark of a late event in the hours `to_date` covers, and the server's clock, in
+/// epoch seconds: states written less than five minutes after such a mark are not read.
+pub fn late_mark_statement(to_date: &ToDate<'_>) -> Sql {
+    let first_day = to_date.start_ms.div_euclid(DAY_MS) * DAY_MS;
+    let mut sql = Sql::new(
+        "SELECT toUInt32(max(at)), toUInt32(now()) FROM rollup_hours_late WHERE tenant = ",
+    );
+    sql.arg(to_date.tenant)
+        .push(" AND customer = ")
+        .arg(to_date.customer)
+        .push(" AND hour >= toDateTime(")
+        .arg(first_day / 1000)
+        .push(") AND hour < toDateTime(")
+        .arg(to_date.until_ms / 1000)
+        .push(")");
     sql
 }
 
@@ -182,13 +216,22 @@ pub fn hour_rows_statement(tenant: &str, customer: &str, meters: &Meters<'_>, ho
     sql
 }
 
-/// The partitions (their horizon's day number) the table holds.
-pub const TO_DATE_PARTITIONS: &str = "SELECT DISTINCT partition FROM system.parts \
-     WHERE database = currentDatabase() AND table = 'usage_rollup_to_date' AND active";
+/// The tables partitioned by a day number (days since 1970): the states by their horizon's, the
+/// late hours' marks by their hour's.
+pub const BY_DAY: [&str; 2] = ["usage_rollup_to_date", "rollup_hours_late"];
 
-/// Drops the states of the horizon `partition` (its day number, days since 1970).
-pub fn drop_partition(partition: u32) -> Sql {
-    let mut sql = Sql::new("ALTER TABLE usage_rollup_to_date DROP PARTITION ");
+/// The partitions (day numbers) `table` holds.
+pub fn partitions_statement(table: &str) -> Sql {
+    let mut sql = Sql::new(
+        "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = ",
+    );
+    sql.arg(table).push(" AND active");
+    sql
+}
+
+/// Drops the partition `partition` (a day number) of `table`, one of [`BY_DAY`].
+pub fn drop_partition(table: &'static str, partition: u32) -> Sql {
+    let mut sql = Sql::new(&format!("ALTER TABLE {table} DROP PARTITION "));
     sql.arg(partition);
     sql
 }
@@ -217,14 +260,28 @@ impl Store {
         Ok(any == 1)
     }
 
-    /// Drops the states of horizons before `before_s` (epoch seconds) through `client`; how
-    /// many partitions went.
-    pub(super) async fn drop_to_date_before(
+    /// Whether states of `to_date` written now would be read: no late event of the hours they
+    /// cover was marked in the last five minutes ([`late_mark_statement`]).
+    pub async fn late_hours_settled(&self, to_date: &ToDate<'_>) -> Result<bool, StoreError> {
+        let (late, now): (u32, u32) = late_mark_statement(to_date)
+            .query(self.client())
+            .fetch_one()
+            .await?;
+        Ok(late == 0 || now >= late + RACE_WINDOW_S)
+    }
+
+    /// Drops the partitions of `table` (one of [`BY_DAY`]) of days before `before_s` (epoch
+    /// seconds) through `client`; how many went.
+    pub(super) async fn drop_partitions_before(
         &self,
         client: &Client,
+        table: &'static str,
         before_s: u32,
     ) -> Result<usize, StoreError> {
-        let partitions: Vec<String> = client.query(TO_DATE_PARTITIONS).fetch_all().await?;
+        let partitions: Vec<String> = partitions_statement(table)
+            .query(client)
+            .fetch_all()
+            .await?;
         let before = before_s / DAY_S;
         let old: Vec<u32> = partitions
             .iter()
@@ -232,7 +289,10 @@ impl Store {
             .filter(|&p| p < before)
             .collect();
         for &partition in &old {
-            drop_partition(partition).query(client).execute().await?;
+            drop_partition(table, partition)
+                .query(client)
+                .execute()
+                .await?;
         }
         Ok(old.len())
     }
