@@ -1,12 +1,11 @@
--- Hours of today and the three days before (UTC) that received an event after they ended,
--- with when (server clock): period-to-date states (0022) may now reach the last hour that has
--- ended, past the day grain's horizon, and a read takes them only if no such mark of the
--- customer in their span is as recent as they are, give or take five minutes
+-- Hours of today and the three days before (UTC) that received an event an hour or more after
+-- they ended, with when (server clock): period-to-date states (0022) may now reach an hour that
+-- ended over an hour ago, past the day grain's horizon, and a read takes them only if no such
+-- mark of the customer in their span is as recent as they are, give or take five minutes
 -- (src/store/to_date_sql.rs). Events of older days re-open their day (0015, 0020) instead.
--- Blocks with events of an hour past hold them in the first seconds of an hour, or when a
--- client sends late: most blocks hold none. Partitioned by the hour's day number (days since
--- 1970, whatever the server's timezone), so that maintenance drops past days' marks by
--- partition.
+-- An event a little late (the hour just ended) leaves no mark: states never reach that hour.
+-- Most blocks hold none. Partitioned by the hour's day number (days since 1970, whatever the
+-- server's timezone), so that maintenance drops past days' marks by partition.
 CREATE TABLE IF NOT EXISTS rollup_hours_late
 (
     tenant String,
@@ -21,7 +20,7 @@ ORDER BY (tenant, customer, hour);
 CREATE MATERIALIZED VIEW IF NOT EXISTS events_to_rollup_hours_late TO rollup_hours_late AS
 SELECT tenant, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600) AS hour, now() AS at
 FROM events
-WHERE toUInt32(ts) < intDiv(toUInt32(now()), 3600) * 3600
+WHERE toUInt32(ts) < intDiv(toUInt32(now()), 3600) * 3600 - 3600
   AND toUInt32(ts) >= intDiv(toUInt32(now()), 86400) * 86400 - 3 * 86400
   AND length(sample_meter) > 0
 GROUP BY tenant, customer, hour;
@@ -29,7 +28,7 @@ GROUP BY tenant, customer, hour;
 CREATE MATERIALIZED VIEW IF NOT EXISTS replay_to_rollup_hours_late TO rollup_hours_late AS
 SELECT tenant, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600) AS hour, now() AS at
 FROM events_replay
-WHERE toUInt32(ts) < intDiv(toUInt32(now()), 3600) * 3600
+WHERE toUInt32(ts) < intDiv(toUInt32(now()), 3600) * 3600 - 3600
   AND toUInt32(ts) >= intDiv(toUInt32(now()), 86400) * 86400 - 3 * 86400
   AND length(sample_meter) > 0
 GROUP BY tenant, customer, hour;

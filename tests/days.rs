@@ -747,7 +747,7 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
 }
 
 #[tokio::test]
-async fn states_reach_the_last_hour_ended_past_the_day_grain_and_never_miss_a_late_event_of_it() {
+async fn states_reach_an_hour_ago_past_the_day_grain_and_never_miss_a_late_event_of_their_hours() {
     let app = app_with_meters("days_to_hour").await;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let base = (now_ms / DAY_MS - 6) * DAY_MS;
@@ -759,14 +759,14 @@ async fn states_reach_the_last_hour_ended_past_the_day_grain_and_never_miss_a_la
     let store = app.store().await;
     age_marks(&store).await;
     // Four days sealed: the day grain's horizon is two days before today, and states reach past
-    // it, to the last hour that has ended (by a clock the skew allowed for behind).
+    // it, to the last hour that ended an hour (and the clocks' skew) ago.
     let round = store
         .compact_days(4, 1_000, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(round.sealed, 4, "{round:?}");
     let day_until = base + 4 * DAY_MS;
-    let hour_until = (now_ms - 600_000) / HOUR_MS * HOUR_MS;
+    let hour_until = (now_ms - 600_000) / HOUR_MS * HOUR_MS - HOUR_MS;
     assert!(hour_until >= day_until + DAY_MS);
     let window = (base + DAY_MS + 7 * HOUR_MS + 13_000, now_ms + HOUR_MS);
     let meters: Vec<(&str, Aggregation)> = METERS.iter().map(|&(m, a, _)| (m, a)).collect();

@@ -19,8 +19,8 @@
 //!   stale only if written before the late event that re-opened its day, and a day is written
 //!   again only from marks five minutes old (`store::repair::RACE_WINDOW_S`), so the clocks
 //!   of the nodes that write states and days may differ by up to that.
-//! - **Late hours.** States may reach past the day grain's horizon, to the last hour that has
-//!   ended (the read model decides). An event of an hour that has ended leaves a mark
+//! - **Late hours.** States may reach past the day grain's horizon, to an hour that ended over
+//!   an hour ago (the read model decides). An event of such an hour arriving later leaves a mark
 //!   (`rollup_hours_late`, sql/0023, made by a view on the events); states are read only if
 //!   written five minutes or more after every mark of the customer's hours they cover, so that
 //!   an insert under way while they were written cannot have been missed by them.
