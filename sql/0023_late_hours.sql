@@ -32,3 +32,33 @@ WHERE toUInt32(ts) < intDiv(toUInt32(now()), 3600) * 3600 - 3600
   AND toUInt32(ts) >= intDiv(toUInt32(now()), 86400) * 86400 - 3 * 86400
   AND length(sample_meter) > 0
 GROUP BY tenant, customer, hour;
+
+-- Period-to-date states again, partitioned by their horizon's hour number (hours since 1970)
+-- instead of its day's: a subscription's states are now written once an hour, and maintenance
+-- keeps those of the last hours and of the day grain's horizons only, dropping the others by
+-- partition (src/store/to_date_sql.rs). States are derived: the old table's go, and reads
+-- take the other path until they are written again.
+DROP TABLE IF EXISTS usage_rollup_to_date;
+
+CREATE TABLE IF NOT EXISTS usage_rollup_to_date
+(
+    tenant String,
+    customer String,
+    meters String,
+    start_ms Int64,
+    until DateTime,
+    meter String,
+    group_keys Array(String),
+    group_values Array(String),
+    sum_value AggregateFunction(sum, Decimal(38, 12)),
+    samples AggregateFunction(count),
+    min_value AggregateFunction(min, Decimal(38, 12)),
+    max_value AggregateFunction(max, Decimal(38, 12)),
+    distinct_values AggregateFunction(uniqExact, String),
+    latest_value AggregateFunction(argMax, Decimal(38, 12), Int64),
+    built_ms UInt64
+)
+ENGINE = ReplacingMergeTree(built_ms)
+PARTITION BY intDiv(toUInt32(until), 3600)
+ORDER BY (tenant, customer, meters, start_ms, until, meter, group_keys, group_values)
+SETTINGS index_granularity = 8;

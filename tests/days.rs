@@ -719,6 +719,14 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
         .execute()
         .await
         .unwrap();
+    // So do marks of late hours four days before today and earlier.
+    store
+        .client()
+        .query("INSERT INTO rollup_hours_late VALUES ('acme', 'old', toDateTime(?), now())")
+        .bind((base + 2 * DAY_MS + 5 * HOUR_MS) / 1000)
+        .execute()
+        .await
+        .unwrap();
     // The day written again: the states, older than it, are not read; new ones are written.
     age_marks(&store).await;
     let round = store.compact_days(10, 1_000, patience).await.unwrap();
@@ -727,6 +735,15 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
         .scalar("SELECT count() FROM usage_rollup_to_date WHERE customer = 'old'")
         .await;
     assert_eq!(old, 0, "states of a past horizon dropped");
+    // Marks of late hours are kept for today and the three days before.
+    let old_marks: u64 = app
+        .scalar("SELECT count() FROM rollup_hours_late WHERE customer = 'old'")
+        .await;
+    assert_eq!(old_marks, 0, "marks of days past dropped");
+    let recent: u64 = app
+        .scalar("SELECT count() FROM rollup_hours_late WHERE customer = 'c1'")
+        .await;
+    assert!(recent > 0, "the marks of the last days kept");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(read("c1", true).await, with_late, "stale states not read");
     eventually(&store, &complete("c1")).await;

@@ -24,6 +24,7 @@ use std::time::Duration;
 use super::changes::Marks;
 use super::queries::{self, CustomerDay};
 use super::repair::RACE_WINDOW_S;
+use super::to_date_sql;
 use super::{Store, StoreError};
 
 pub(super) const DAY_S: u32 = 86_400;
@@ -201,23 +202,21 @@ impl Store {
                 .await?;
             self.mutations_done(&unmarked, patience).await?;
         }
-        // Period-to-date states are read at the current horizon only (at the one before it by
-        // a process that has not looked again yet, or at an hour past it): older ones go. Marks
-        // of late hours matter for today and the three days before.
-        let drops = [
-            ("usage_rollup_to_date", until.saturating_sub(DAY_S)),
-            (
-                "rollup_hours_late",
-                (t0 - t0 % DAY_S).saturating_sub(3 * DAY_S),
-            ),
+        // Period-to-date states are read at the day grain's horizon (at the one before it by a
+        // process that has not looked again yet) and at the last hours: others go. Marks of late
+        // hours matter for today and the three days before.
+        let today = t0 / DAY_S;
+        let drops: [(&'static str, &(dyn Fn(u32) -> bool + Sync)); 2] = [
+            ("usage_rollup_to_date", &|p| {
+                to_date_sql::keeps_to_date(p, until, t0)
+            }),
+            ("rollup_hours_late", &|p| p + 3 >= today),
         ];
-        for (table, before_s) in drops {
-            match self.drop_partitions_before(&client, table, before_s).await {
+        for (table, keep) in drops {
+            match self.drop_partitions(&client, table, keep).await {
                 Ok(0) => {}
-                Ok(dropped) => tracing::info!(table, dropped, "partitions of past days dropped"),
-                Err(e) => {
-                    tracing::warn!(table, error = %e, "partitions of past days not dropped")
-                }
+                Ok(dropped) => tracing::info!(table, dropped, "partitions past dropped"),
+                Err(e) => tracing::warn!(table, error = %e, "partitions past not dropped"),
             }
         }
         let reopened: Vec<CustomerDay> = queries::reopened_days_before(before_s, until, limit)

@@ -24,8 +24,10 @@
 //!   (`rollup_hours_late`, sql/0023, made by a view on the events); states are read only if
 //!   written five minutes or more after every mark of the customer's hours they cover, so that
 //!   an insert under way while they were written cannot have been missed by them.
-//! - **Gone by partition.** States are partitioned by their horizon, late hours' marks by their
-//!   day: maintenance drops those past ([`Store::drop_partitions_before`]).
+//! - **Gone by partition.** States are partitioned by their horizon's hour, late hours' marks by
+//!   their day: maintenance keeps the states of the day grain's horizon, the one before it and
+//!   the last hours ([`keeps_to_date`]), and the marks of today and the three days before
+//!   ([`Store::drop_partitions`]).
 
 use clickhouse::Client;
 
@@ -216,11 +218,11 @@ pub fn hour_rows_statement(tenant: &str, customer: &str, meters: &Meters<'_>, ho
     sql
 }
 
-/// The tables partitioned by a day number (days since 1970): the states by their horizon's, the
-/// late hours' marks by their hour's.
-pub const BY_DAY: [&str; 2] = ["usage_rollup_to_date", "rollup_hours_late"];
+/// The tables maintenance drops partitions of: the states by their horizon's hour number, the
+/// late hours' marks by their hour's day number (hours or days since 1970).
+pub const PARTITIONED: [&str; 2] = ["usage_rollup_to_date", "rollup_hours_late"];
 
-/// The partitions (day numbers) `table` holds.
+/// The partitions (numbers) `table` holds.
 pub fn partitions_statement(table: &str) -> Sql {
     let mut sql = Sql::new(
         "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = ",
@@ -229,11 +231,21 @@ pub fn partitions_statement(table: &str) -> Sql {
     sql
 }
 
-/// Drops the partition `partition` (a day number) of `table`, one of [`BY_DAY`].
+/// Drops the partition `partition` of `table`, one of [`PARTITIONED`].
 pub fn drop_partition(table: &'static str, partition: u32) -> Sql {
     let mut sql = Sql::new(&format!("ALTER TABLE {table} DROP PARTITION "));
     sql.arg(partition);
     sql
+}
+
+/// Whether maintenance keeps the states of the horizon of hour number `partition`, the day
+/// grain's horizon being `sealed_s` and the server's clock `now_s` (epoch seconds): those of the
+/// day grain's horizon and the one before it (a process that has not looked again reads at it),
+/// and of the last hours (a process reads at the hour horizon of its clock).
+pub fn keeps_to_date(partition: u32, sealed_s: u32, now_s: u32) -> bool {
+    let until = u64::from(partition) * 3_600;
+    let (sealed, now) = (u64::from(sealed_s), u64::from(now_s));
+    until == sealed || until + u64::from(DAY_S) == sealed || until + 3 * 3_600 >= now
 }
 
 impl Store {
@@ -270,23 +282,22 @@ impl Store {
         Ok(late == 0 || now >= late + RACE_WINDOW_S)
     }
 
-    /// Drops the partitions of `table` (one of [`BY_DAY`]) of days before `before_s` (epoch
-    /// seconds) through `client`; how many went.
-    pub(super) async fn drop_partitions_before(
+    /// Drops the partitions of `table` (one of [`PARTITIONED`]) that `keep` does not keep,
+    /// through `client`; how many went.
+    pub(super) async fn drop_partitions(
         &self,
         client: &Client,
         table: &'static str,
-        before_s: u32,
+        keep: impl Fn(u32) -> bool,
     ) -> Result<usize, StoreError> {
         let partitions: Vec<String> = partitions_statement(table)
             .query(client)
             .fetch_all()
             .await?;
-        let before = before_s / DAY_S;
         let old: Vec<u32> = partitions
             .iter()
             .filter_map(|p| p.parse::<u32>().ok())
-            .filter(|&p| p < before)
+            .filter(|&p| !keep(p))
             .collect();
         for &partition in &old {
             drop_partition(table, partition)
@@ -333,5 +344,28 @@ mod tests {
             "{sql}"
         );
         assert!(!sql.contains("uniqExactState('')"), "{sql}");
+    }
+
+    #[test]
+    fn maintenance_keeps_the_day_horizons_states_and_the_last_hours() {
+        let day = DAY_S / 3_600;
+        let sealed = 100 * DAY_S;
+        let now = sealed + 20 * 3_600 + 1_800;
+        let kept: Vec<u32> = (98 * day..102 * day)
+            .filter(|&p| keeps_to_date(p, sealed, now))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                99 * day,
+                100 * day,
+                100 * day + 18,
+                100 * day + 19,
+                100 * day + 20
+            ]
+            .into_iter()
+            .chain(100 * day + 21..102 * day)
+            .collect::<Vec<_>>()
+        );
     }
 }
