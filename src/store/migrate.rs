@@ -112,10 +112,11 @@ pub async fn run(store: &Store) -> Result<usize, StoreError> {
 /// Applies the migrations not yet recorded up to version `last` (a store as an older release
 /// left it, for upgrade tests); returns how many ran.
 /// Migrations that copy a table and swap it in: a process ingesting meanwhile would lose rows
-/// of the copy; and 0020, whose views an insert begun before it would not go through (its
-/// events of yesterday would not re-open that day). They run only while no writer beats
-/// (`ingest_writers`, `ingest_writer_beats`).
-const WHILE_NOTHING_INGESTS: &[u32] = &[8, 9, 16, 20, 21];
+/// of the copy; and 0020 and 0023, whose views an insert begun before them would not go
+/// through (its events of yesterday would not re-open that day; its late events of an hour
+/// would leave no mark, and states written meanwhile would miss them). They run only while no
+/// writer beats (`ingest_writers`, `ingest_writer_beats`).
+const WHILE_NOTHING_INGESTS: &[u32] = &[8, 9, 16, 20, 21, 23];
 
 /// How long a migration of [`WHILE_NOTHING_INGESTS`] waits for writers to stop (a rolling
 /// restart) before it refuses.
