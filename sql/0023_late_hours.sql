@@ -1,7 +1,7 @@
 -- Hours of today and the three days before (UTC) that received an event an hour or more after
 -- they ended, with when (server clock): period-to-date states (0022) may now reach an hour that
--- ended over an hour ago, past the day grain's horizon, and a read takes them only if no such
--- mark of the customer in their span is as recent as they are, give or take five minutes
+-- ended over an hour ago, past the day grain's horizon, and a read takes them only if they
+-- were written five minutes or more after every such mark of the customer in their span
 -- (src/store/to_date_sql.rs). Events of older days re-open their day (0015, 0020) instead.
 -- An event a little late (the hour just ended) leaves no mark: states never reach that hour.
 -- Most blocks hold none. Partitioned by the hour's day number (days since 1970, whatever the

@@ -572,8 +572,14 @@ async fn a_dead_writers_unsettled_batch_is_settled_by_the_next_process() {
             .await,
         3
     );
-    // Three meters of c1 in one hour: read from samples until the rollup is repaired.
+    // Three meters of c1 in one hour: read from samples until the rollup is repaired, and
+    // period-to-date states written before never read again.
     assert_eq!(app.scalar("SELECT count() FROM rollup_dirty").await, 3);
+    assert_eq!(
+        app.scalar("SELECT count() FROM rollup_hours_late WHERE customer = 'c1'")
+            .await,
+        1
+    );
     assert_eq!(app.scalar(changes).await, changes_before + 1);
     app.shutdown().await;
     assert_eq!(scalar_of(&config, unsettled).await, 0);

@@ -179,6 +179,12 @@ async fn landed_on(
         .execute()
         .await?;
     store.dirty_hours_marked();
+    // Period-to-date states may cover these hours (past the day grain's horizon): those written
+    // before are never read again.
+    queries::mark_hours_late(since_ms, &landed)
+        .query(client)
+        .execute()
+        .await?;
     // Every process drops what it holds of these customers (sql/0011), this one included.
     queries::mark_usage_changed(since_ms, &landed)
         .query(client)

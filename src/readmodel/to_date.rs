@@ -9,7 +9,7 @@
 //! - **Written off the request.** A read that finds no complete states asks for them
 //!   ([`Builds::request`]) and reads the window as before; the states are written in the
 //!   background from the same parts a read would take, once per customer, set of meters, start
-//!   and horizon (a new horizon, each day, writes them again), asked for at most once a minute
+//!   and horizon (a new horizon, each hour, writes them again), asked for at most once a minute
 //!   by a process. While they are being written, reads do not look for them.
 
 use std::sync::Arc;
@@ -223,8 +223,9 @@ async fn build(
     let Some(to_date) = horizons.into_iter().find(|d| d.until_ms == until) else {
         return Ok(false);
     };
-    // States written within five minutes of a late event of their hours would not be read.
-    if !store.late_hours_settled(&to_date).await? {
+    // Not yet (their last hour too recent, a late event of their hours just marked) or not
+    // from here (a replica behind): states written now could miss an event or not be read.
+    if !store.may_write_to_date(&to_date).await? {
         return Ok(false);
     }
     let parts = window::with_days(window::split(from, until, true), &grain);

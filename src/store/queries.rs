@@ -91,6 +91,21 @@ pub fn mark_dirty_hours(since_ms: i64, batch_ids: &[u64]) -> Sql {
     sql
 }
 
+/// Marks the hours of `batch_ids` committed since `since_ms` as late (sql/0023), at the
+/// server's time: period-to-date states written before their repair are never read.
+pub fn mark_hours_late(since_ms: i64, batch_ids: &[u64]) -> Sql {
+    let mut sql = Sql::new(
+        "INSERT INTO rollup_hours_late (tenant, customer, hour, at) \
+         SELECT DISTINCT tenant, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600), now() \
+         FROM usage_samples PREWHERE ingested_ms >= ",
+    );
+    sql.arg(since_ms)
+        .push(" WHERE has(")
+        .arg(batch_ids)
+        .push(", batch_id)");
+    sql
+}
+
 /// Up to `limit` marked hours (tenant, meter, customer, hour in epoch seconds) with a mark
 /// older than `before_ms` (server clock).
 pub fn dirty_hours_marked_before(before_ms: i64, limit: u64) -> Sql {

@@ -21,9 +21,12 @@
 //!   of the nodes that write states and days may differ by up to that.
 //! - **Late hours.** States may reach past the day grain's horizon, to an hour that ended over
 //!   an hour ago (the read model decides). An event of such an hour arriving later leaves a mark
-//!   (`rollup_hours_late`, sql/0023, made by a view on the events); states are read only if
-//!   written five minutes or more after every mark of the customer's hours they cover, so that
-//!   an insert under way while they were written cannot have been missed by them.
+//!   (`rollup_hours_late`, sql/0023, made by a view on the events), and so does the settling
+//!   of an in-doubt batch (whose hours are repaired); states are read only if written five
+//!   minutes or more after every mark of the customer's hours they cover, so that a marked
+//!   insert under way while they were written cannot have been missed by them. They are
+//!   written only once their last hour ended an hour and five minutes ago by ClickHouse's
+//!   clock (an unmarked insert is then done), and not from a replica behind its shard.
 //! - **Gone by partition.** States are partitioned by their horizon's hour, late hours' marks by
 //!   their day: maintenance keeps the states of the day grain's horizon, the one before it and
 //!   the last hours ([`keeps_to_date`]), and the marks of today and the three days before
@@ -163,8 +166,16 @@ fn to_date_select(to_date: &ToDate<'_>, meters: &Meters<'_>) -> Sql {
         .push(") AND bucket < toDateTime(")
         .arg(to_date.until_ms / 1000)
         .push(")) AND built_ms >= (SELECT toUInt64(max(at)) * 1000 + ")
-        .arg(u64::from(RACE_WINDOW_S) * 1000)
-        .push(" FROM rollup_hours_late WHERE tenant = ")
+        .arg(u64::from(RACE_WINDOW_S) * 1000);
+    late_marks_of(&mut sql, to_date);
+    sql.push(")");
+    sql
+}
+
+/// ` FROM` the marks of late events in the hours `to_date` covers.
+fn late_marks_of(sql: &mut Sql, to_date: &ToDate<'_>) {
+    let first_day = to_date.start_ms.div_euclid(DAY_MS) * DAY_MS;
+    sql.push(" FROM rollup_hours_late WHERE tenant = ")
         .arg(to_date.tenant)
         .push(" AND customer = ")
         .arg(to_date.customer)
@@ -172,25 +183,14 @@ fn to_date_select(to_date: &ToDate<'_>, meters: &Meters<'_>) -> Sql {
         .arg(first_day / 1000)
         .push(") AND hour < toDateTime(")
         .arg(to_date.until_ms / 1000)
-        .push("))");
-    sql
+        .push(")");
 }
 
 /// The newest mark of a late event in the hours `to_date` covers, and the server's clock, in
 /// epoch seconds: states written less than five minutes after such a mark are not read.
 pub fn late_mark_statement(to_date: &ToDate<'_>) -> Sql {
-    let first_day = to_date.start_ms.div_euclid(DAY_MS) * DAY_MS;
-    let mut sql = Sql::new(
-        "SELECT toUInt32(max(at)), toUInt32(now()) FROM rollup_hours_late WHERE tenant = ",
-    );
-    sql.arg(to_date.tenant)
-        .push(" AND customer = ")
-        .arg(to_date.customer)
-        .push(" AND hour >= toDateTime(")
-        .arg(first_day / 1000)
-        .push(") AND hour < toDateTime(")
-        .arg(to_date.until_ms / 1000)
-        .push(")");
+    let mut sql = Sql::new("SELECT toUInt32(max(at)), toUInt32(now())");
+    late_marks_of(&mut sql, to_date);
     sql
 }
 
@@ -272,14 +272,20 @@ impl Store {
         Ok(any == 1)
     }
 
-    /// Whether states of `to_date` written now would be read: no late event of the hours they
-    /// cover was marked in the last five minutes ([`late_mark_statement`]).
-    pub async fn late_hours_settled(&self, to_date: &ToDate<'_>) -> Result<bool, StoreError> {
+    /// Whether states of `to_date` may be written now: by ClickHouse's clock, their last hour
+    /// ended over an hour and five minutes ago (every event of it arriving since is marked,
+    /// and an insert begun before is done), no late event of the hours they cover was marked
+    /// in the last five minutes ([`late_mark_statement`]), and this node is not behind its
+    /// shard's replicas.
+    pub async fn may_write_to_date(&self, to_date: &ToDate<'_>) -> Result<bool, StoreError> {
         let (late, now): (u32, u32) = late_mark_statement(to_date)
             .query(self.client())
             .fetch_one()
             .await?;
-        Ok(late == 0 || now >= late + RACE_WINDOW_S)
+        let until = u32::try_from(to_date.until_ms / 1000).unwrap_or(u32::MAX);
+        let settled = now >= until.saturating_add(3_600 + RACE_WINDOW_S)
+            && (late == 0 || now >= late + RACE_WINDOW_S);
+        Ok(settled && !self.behind(self.client()).await?)
     }
 
     /// Drops the partitions of `table` (one of [`PARTITIONED`]) that `keep` does not keep,
