@@ -873,10 +873,14 @@ async fn the_overviews_week_is_the_meter_querys_daily_series_folded_in_one_read(
             .await
             .unwrap();
         sealed += round.sealed;
-        // The seal took every late event: no day is left to the hour rollup.
+        // The seal took every late event: no sealed day is left to the hour rollup (from
+        // midnight to the seal of yesterday, an hour later, yesterday's events mark it).
         let reopened: u64 = shard
             .client()
-            .query("SELECT count() FROM rollup_days_reopened")
+            .query(
+                "SELECT count() FROM rollup_days_reopened \
+                 WHERE day < (SELECT max(until) FROM rollup_days_sealed)",
+            )
             .fetch_one()
             .await
             .unwrap();

@@ -13,6 +13,7 @@ use meterhouse::readmodel::window::{self, DAY_MS, HOUR_MS};
 use meterhouse::readmodel::{UsageQuery, UsageReader};
 use meterhouse::store::combined_sql::combined_statement;
 use meterhouse::store::series_sql::{SeriesQuery, WindowSize, series_statement};
+use meterhouse::store::to_date_sql::ToDate;
 use meterhouse::store::usage_sql::{GroupUsage, MeterGroupUsage, Part, Scope, usage_statement};
 use meterhouse::store::{Compacted, Store};
 use serde_json::json;
@@ -356,9 +357,14 @@ async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_
     age_marks(&store).await;
     let round = store.compact_days(10, 1_000, patience).await.unwrap();
     assert_eq!((round.resealed, round.deferred), (2, 0));
+    // None of a sealed day is left (from midnight to the seal of yesterday, an hour later, the
+    // events of yesterday mark it).
     let marks: u64 = store
         .client()
-        .query("SELECT count() FROM rollup_days_reopened")
+        .query(
+            "SELECT count() FROM rollup_days_reopened \
+             WHERE day < (SELECT max(until) FROM rollup_days_sealed)",
+        )
         .fetch_one()
         .await
         .unwrap();
@@ -429,7 +435,10 @@ async fn closed_days_are_read_from_the_day_grain_exactly_and_late_events_reopen_
             .await
             .unwrap();
         assert_eq!(got, want, "daily series of {meter}");
-        assert_eq!(got.len(), 2 * 6 + 1);
+        // Six days of both customers, and c1's event of ten minutes ago (yesterday's until
+        // ten past midnight).
+        let today_too = usize::from((now_ms - 600_000) / DAY_MS == now_ms / DAY_MS);
+        assert_eq!(got.len(), 2 * 6 + today_too);
     }
     app.shutdown().await;
 }
@@ -607,9 +616,11 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
     };
     // No customer light enough for its samples alone; states asked for again after 100 ms
     // (a minute by default).
+    // The states' horizon does not move while the test runs.
     let reader = UsageReader::uncached(store.clone())
         .with_light_read_samples(1)
-        .with_to_date_retry(Duration::from_millis(100));
+        .with_to_date_retry(Duration::from_millis(100))
+        .with_to_date_clock_stopped_at(now_ms);
     let read = |customer: &'static str, from_start: bool| {
         let reader = reader.clone();
         async move {
@@ -740,10 +751,16 @@ async fn a_current_period_reads_its_closed_days_from_states_to_date_never_stale_
         .scalar("SELECT count() FROM rollup_hours_late WHERE customer = 'old'")
         .await;
     assert_eq!(old_marks, 0, "marks of days past dropped");
-    let recent: u64 = app
-        .scalar("SELECT count() FROM rollup_hours_late WHERE customer = 'c1'")
+    let three_days_back: u64 = app
+        .scalar(&format!(
+            "SELECT count() FROM rollup_hours_late WHERE customer = 'c1' AND hour = toDateTime({})",
+            (base + 3 * DAY_MS + 5 * HOUR_MS) / 1000
+        ))
         .await;
-    assert!(recent > 0, "the marks of the last days kept");
+    assert!(
+        three_days_back >= 1,
+        "the late event's mark, three days back, kept"
+    );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(read("c1", true).await, with_late, "stale states not read");
     eventually(&store, &complete("c1")).await;
@@ -830,6 +847,22 @@ async fn states_reach_an_hour_ago_past_the_day_grain_and_never_miss_a_late_event
         )
     };
     eventually(&store, &complete_at(hour_until)).await;
+    // States are written only once their last hour ended over an hour (and five minutes) ago by
+    // ClickHouse's clock: every event of it arriving later is marked.
+    let c2_until = |until_ms| ToDate {
+        tenant: "acme",
+        customer: "c2",
+        start_ms: window.0,
+        until_ms,
+    };
+    let this_hour = now_ms / HOUR_MS * HOUR_MS;
+    assert!(!store.may_write_to_date(&c2_until(this_hour)).await.unwrap());
+    assert!(
+        store
+            .may_write_to_date(&c2_until(this_hour - 2 * HOUR_MS))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         read(true).await,
         expected,
@@ -885,15 +918,20 @@ async fn states_reach_an_hour_ago_past_the_day_grain_and_never_miss_a_late_event
     assert_eq!(read(true).await, with_late, "the late event counted");
     // States to that hour are not written again within five minutes of the mark: they would
     // not be read.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(read(true).await, with_late);
-    let written: u64 = app
-        .scalar(&format!(
-            "SELECT count() FROM usage_rollup_to_date WHERE customer = 'c1' AND meter = '' \
-             AND until = toDateTime({})",
-            hour_until / 1000
-        ))
-        .await;
-    assert_eq!(written, 1, "not written again so soon after the mark");
+    let built = format!(
+        "SELECT max(built_ms) FROM usage_rollup_to_date WHERE customer = 'c1' AND meter = '' \
+         AND until = toDateTime({})",
+        hour_until / 1000
+    );
+    let built_before: u64 = app.scalar(&built).await;
+    for _ in 0..5 {
+        assert_eq!(read(true).await, with_late);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let built_after: u64 = app.scalar(&built).await;
+    assert_eq!(
+        built_after, built_before,
+        "not written again so soon after the mark"
+    );
     app.shutdown().await;
 }
