@@ -206,19 +206,12 @@ impl Store {
         // process that has not looked again yet) and at the last hours: others go. Marks of late
         // hours matter for today and the three days before.
         let today = t0 / DAY_S;
-        let drops: [(&'static str, &(dyn Fn(u32) -> bool + Sync)); 2] = [
-            ("usage_rollup_to_date", &|p| {
-                to_date_sql::keeps_to_date(p, until, t0)
-            }),
-            ("rollup_hours_late", &|p| p + 3 >= today),
-        ];
-        for (table, keep) in drops {
-            match self.drop_partitions(&client, table, keep).await {
-                Ok(0) => {}
-                Ok(dropped) => tracing::info!(table, dropped, "partitions past dropped"),
-                Err(e) => tracing::warn!(table, error = %e, "partitions past not dropped"),
-            }
-        }
+        self.drop_partitions(&client, "usage_rollup_to_date", |p| {
+            to_date_sql::keeps_to_date(p, until, t0)
+        })
+        .await;
+        self.drop_partitions(&client, "rollup_hours_late", |p| p + 3 >= today)
+            .await;
         let reopened: Vec<CustomerDay> = queries::reopened_days_before(before_s, until, limit)
             .query(&client)
             .fetch_all()

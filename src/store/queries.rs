@@ -79,27 +79,31 @@ pub fn repair_batch_samples(batch_id: u64) -> Sql {
 /// read from samples, not the rollup (sql/0007), at the server's time: the repair
 /// ([`super::repair`]) unmarks only what was marked before it started, by the same clock.
 pub fn mark_dirty_hours(since_ms: i64, batch_ids: &[u64]) -> Sql {
-    let mut sql = Sql::new(
+    samples_of_batches(
         "INSERT INTO rollup_dirty (tenant, meter, customer, bucket, marked_ms) \
          SELECT DISTINCT tenant, meter, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600), \
-         toInt64(toUInt32(now())) * 1000 FROM usage_samples PREWHERE ingested_ms >= ",
-    );
-    sql.arg(since_ms)
-        .push(" WHERE has(")
-        .arg(batch_ids)
-        .push(", batch_id)");
-    sql
+         toInt64(toUInt32(now())) * 1000",
+        since_ms,
+        batch_ids,
+    )
 }
 
 /// Marks the hours of `batch_ids` committed since `since_ms` as late (sql/0023), at the
 /// server's time: period-to-date states written before their repair are never read.
 pub fn mark_hours_late(since_ms: i64, batch_ids: &[u64]) -> Sql {
-    let mut sql = Sql::new(
+    samples_of_batches(
         "INSERT INTO rollup_hours_late (tenant, customer, hour, at) \
-         SELECT DISTINCT tenant, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600), now() \
-         FROM usage_samples PREWHERE ingested_ms >= ",
-    );
-    sql.arg(since_ms)
+         SELECT DISTINCT tenant, customer, toDateTime(intDiv(toUInt32(ts), 3600) * 3600), now()",
+        since_ms,
+        batch_ids,
+    )
+}
+
+/// `select` over the samples of `batch_ids` committed since `since_ms`.
+fn samples_of_batches(select: &str, since_ms: i64, batch_ids: &[u64]) -> Sql {
+    let mut sql = Sql::new(select);
+    sql.push(" FROM usage_samples PREWHERE ingested_ms >= ")
+        .arg(since_ms)
         .push(" WHERE has(")
         .arg(batch_ids)
         .push(", batch_id)");

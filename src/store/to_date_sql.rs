@@ -218,10 +218,6 @@ pub fn hour_rows_statement(tenant: &str, customer: &str, meters: &Meters<'_>, ho
     sql
 }
 
-/// The tables maintenance drops partitions of: the states by their horizon's hour number, the
-/// late hours' marks by their hour's day number (hours or days since 1970).
-pub const PARTITIONED: [&str; 2] = ["usage_rollup_to_date", "rollup_hours_late"];
-
 /// The partitions (numbers) `table` holds.
 pub fn partitions_statement(table: &str) -> Sql {
     let mut sql = Sql::new(
@@ -231,7 +227,8 @@ pub fn partitions_statement(table: &str) -> Sql {
     sql
 }
 
-/// Drops the partition `partition` of `table`, one of [`PARTITIONED`].
+/// Drops the partition `partition` of `table`: `usage_rollup_to_date` (partitioned by its
+/// horizon's hour number) or `rollup_hours_late` (by its hour's day number).
 pub fn drop_partition(table: &'static str, partition: u32) -> Sql {
     let mut sql = Sql::new(&format!("ALTER TABLE {table} DROP PARTITION "));
     sql.arg(partition);
@@ -288,30 +285,37 @@ impl Store {
         Ok(settled && !self.behind(self.client()).await?)
     }
 
-    /// Drops the partitions of `table` (one of [`PARTITIONED`]) that `keep` does not keep,
-    /// through `client`; how many went.
+    /// Drops the partitions of `table` (see [`drop_partition`]) that `keep` does not keep,
+    /// through `client`; an error is logged, and the next round tries again.
     pub(super) async fn drop_partitions(
         &self,
         client: &Client,
         table: &'static str,
         keep: impl Fn(u32) -> bool,
-    ) -> Result<usize, StoreError> {
-        let partitions: Vec<String> = partitions_statement(table)
-            .query(client)
-            .fetch_all()
-            .await?;
-        let old: Vec<u32> = partitions
-            .iter()
-            .filter_map(|p| p.parse::<u32>().ok())
-            .filter(|&p| !keep(p))
-            .collect();
-        for &partition in &old {
-            drop_partition(table, partition)
+    ) {
+        let dropped = async {
+            let partitions: Vec<String> = partitions_statement(table)
                 .query(client)
-                .execute()
+                .fetch_all()
                 .await?;
+            let old: Vec<u32> = partitions
+                .iter()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .filter(|&p| !keep(p))
+                .collect();
+            for &partition in &old {
+                drop_partition(table, partition)
+                    .query(client)
+                    .execute()
+                    .await?;
+            }
+            Ok::<_, StoreError>(old.len())
+        };
+        match dropped.await {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(table, dropped, "partitions past dropped"),
+            Err(e) => tracing::warn!(table, error = %e, "partitions past not dropped"),
         }
-        Ok(old.len())
     }
 }
 
